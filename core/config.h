@@ -1,0 +1,114 @@
+/*
+ * config.h: the Docker Registry config.yml (read with libyaml), as content-cache uses it.
+ *
+ * The keys read are those of docs/DESIGN: version, log.{level,formatter,fields},
+ * storage.filesystem.rootdirectory, storage.delete.enabled, http.{addr,host,secret,
+ * draintimeout,headers,tls.{certificate,key,minimumtls},debug.addr}, auth.token.{realm,
+ * service,issuer,rootcertbundle}, and middleware.registry[] entries; the entry named
+ * "downstream" carries our options (blobttl, upstreams, cas, and our extension
+ * policydir). Every other key is a warning that names file:line, not an error.
+ *
+ * Errors name "file:line:column: key: what was expected". Environment variables
+ * REGISTRY_<SECTION>_<KEY> (upper case, '_' between levels) override scalar keys, as
+ * Docker Registry does; an error in such a value names the variable instead of a line.
+ */
+#ifndef CC_CONFIG_H
+#define CC_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "url.h"
+
+struct config_upstream {
+    char *originhost;          /* as written, validated by url_parse */
+    struct url origin;         /* parsed */
+    char **upstreamhosts;      /* as written */
+    struct url *upstream_urls; /* parsed, same order */
+    size_t n_upstreamhosts;
+};
+
+struct config_kv {
+    char *key;
+    char *value;
+};
+
+struct config_header {         /* http.headers: a name and its values */
+    char *name;
+    char **values;
+    size_t n_values;
+};
+
+struct config {
+    char *file;                /* path the config was read from */
+
+    char *log_level;           /* "error", "warn", "info" (default), "debug" */
+    char *log_formatter;       /* "text" (default) or "json" */
+    struct config_kv *log_fields;
+    size_t n_log_fields;
+
+    char *storage_root;        /* storage.filesystem.rootdirectory; default /var/lib/registry */
+    bool delete_enabled;       /* storage.delete.enabled */
+
+    char *http_addr;           /* default ":5000" */
+    char *http_host;
+    char *http_secret;
+    uint64_t http_draintimeout_ns; /* default 0: do not wait for in-flight responses */
+    struct config_header *http_headers;
+    size_t n_http_headers;
+    char *http_tls_certificate;
+    char *http_tls_key;
+    char *http_tls_minimumtls; /* "tls1.2" (default) or "tls1.3" */
+    char *http_debug_addr;
+
+    char *auth_token_realm;    /* all four set, or none: auth.token */
+    char *auth_token_service;
+    char *auth_token_issuer;
+    char *auth_token_rootcertbundle;
+
+    bool has_downstream;       /* a middleware.registry entry named downstream exists */
+    bool has_blobttl;
+    uint64_t blobttl_ns;
+    struct config_upstream *upstreams;
+    size_t n_upstreams;
+    char **cas;
+    size_t n_cas;
+    char *policydir;           /* our extension: drop-in policy directory, absolute */
+
+    char **warnings;           /* "file:line: unknown key ... (ignored)" and the like */
+    size_t n_warnings;
+};
+
+/*
+ * Parses a config from memory. `filename` is used in messages only; `env` is a
+ * NULL-terminated "NAME=value" array (environ, or a test's own), may be NULL.
+ * Returns 0 and a new config in *out (free with config_free), or -EINVAL and a
+ * message in err (always NUL-terminated). Semantic checks (blobttl needs
+ * storage.delete.enabled, upstreams non-empty, URLs, absolute cas paths) are made
+ * here; whether cas files are readable is checked by config_check_files.
+ */
+int config_parse(const char *filename, const char *data, size_t len, char *const *env,
+                 struct config **out, char *err, size_t errlen);
+
+/* Reads the file at `path` and calls config_parse. -errno when the file cannot be read. */
+int config_load(const char *path, char *const *env, struct config **out, char *err,
+                size_t errlen);
+
+/*
+ * Checks what needs the file system: every cas file is readable and holds PEM text.
+ * Returns 0 or -EINVAL with a message in err.
+ */
+int config_check_files(const struct config *cfg, char *err, size_t errlen);
+
+void config_free(struct config *cfg);
+
+/*
+ * Parses a duration as the downstream middleware's blobttl: a positive integer with an
+ * optional suffix ns, us, ms, s, m, h; no suffix means nanoseconds. Zero, a sign,
+ * fractions, spaces, unknown suffixes and values past UINT64_MAX ns are refused.
+ * Returns 0 and the value in *ns, or -EINVAL (malformed) or -ERANGE (overflow, zero).
+ */
+int config_parse_duration(const char *text, uint64_t *ns);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * main.c: the command line, signals and wiring.
+ *
+ *   content-cache CONFIG            serve
+ *   content-cache serve CONFIG      the same
+ *   content-cache --check CONFIG    validate, print what would be done, exit
+ *   content-cache --version | --help
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "proxy.h"
+#include "server.h"
+#include "upstream.h"
+
+extern char **environ;
+
+enum exit_code {
+    EXIT_OK = 0,
+    EXIT_CONFIG = 1,  /* the configuration is invalid */
+    EXIT_USAGE = 2,   /* the command line is wrong */
+    EXIT_RUNTIME = 3, /* could not start serving (address in use, storage not writable) */
+};
+
+static const char usage_text[] =
+    "Usage:\n"
+    "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
+    "  content-cache serve CONFIG      the same\n"
+    "  content-cache --check CONFIG    validate CONFIG, print what would be done, exit\n"
+    "  content-cache --version         print the version\n"
+    "  content-cache --help            print this help\n"
+    "\n"
+    "Environment variables REGISTRY_<SECTION>_<KEY> override scalar keys of CONFIG,\n"
+    "as in Docker Registry (REGISTRY_HTTP_ADDR, REGISTRY_LOG_LEVEL, ...).\n"
+    "\n"
+    "Signals: SIGTERM and SIGINT stop accepting and let responses in progress finish\n"
+    "for up to http.draintimeout; SIGHUP reloads the policies.\n"
+    "\n"
+    "Exit codes:\n"
+    "  0  success (or a clean stop after SIGTERM/SIGINT)\n"
+    "  1  the configuration is invalid\n"
+    "  2  the command line is wrong\n"
+    "  3  could not start serving (address in use, storage root not usable, ...)\n";
+
+struct app {
+    uv_loop_t *loop;
+    struct config *cfg;
+    struct upstream_pool *pool;
+    struct proxy *proxy;
+    struct http_server *server;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    bool stopping;
+};
+
+static struct config *load_config(const char *path)
+{
+    char err[1024];
+    struct config *cfg = NULL;
+    if (config_load(path, environ, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->n_warnings; i++)
+        fprintf(stderr, "content-cache: warning: %s\n", cfg->warnings[i]);
+    if (config_check_files(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void format_duration(uint64_t ns, char *buf, size_t len)
+{
+    static const struct {
+        uint64_t ns;
+        const char *unit;
+    } units[] = {{3600000000000ULL, "h"}, {60000000000ULL, "m"}, {1000000000ULL, "s"},
+                 {1000000ULL, "ms"},      {1000ULL, "us"},       {1ULL, "ns"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(*units); i++) {
+        if (ns % units[i].ns == 0) {
+            snprintf(buf, len, "%llu%s", (unsigned long long)(ns / units[i].ns), units[i].unit);
+            return;
+        }
+    }
+    snprintf(buf, len, "%lluns", (unsigned long long)ns);
+}
+
+static int run_check(const char *path)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL) {
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        return EXIT_CONFIG;
+    }
+    printf("configuration file %s is valid\n", path);
+    printf("listen:        %s%s\n", cfg->http_addr,
+           cfg->http_tls_certificate ? " (https)" : " (http)");
+    printf("storage root:  %s%s\n", cfg->storage_root,
+           cfg->delete_enabled ? " (delete enabled)" : "");
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const struct config_upstream *u = &cfg->upstreams[i];
+        printf("upstreams[%zu]:  ", i);
+        for (size_t k = 0; k < u->n_upstreamhosts; k++)
+            printf("%s, ", u->upstreamhosts[k]);
+        printf("then origin %s\n", u->originhost);
+    }
+    if (cfg->has_blobttl) {
+        char d[64];
+        format_duration(cfg->blobttl_ns, d, sizeof(d));
+        printf("blob ttl:      %s (blobs not pulled for this long are deleted)\n", d);
+    } else {
+        printf("blob ttl:      none (blobs are kept)\n");
+    }
+    for (size_t i = 0; i < cfg->n_cas; i++)
+        printf("upstream CA:   %s\n", cfg->cas[i]);
+    if (cfg->policydir)
+        printf("policies:      %s\n", cfg->policydir);
+    config_free(cfg);
+    return EXIT_OK;
+}
+
+static void server_stopped(void *arg)
+{
+    struct app *app = arg;
+    app->server = NULL;
+    upstream_pool_close(app->pool);
+    app->pool = NULL;
+    uv_close((uv_handle_t *)&app->sig_term, NULL);
+    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&app->sig_hup, NULL);
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    struct app *app = h->data;
+    if (app->stopping) {
+        log_msg(LOG_WARN, "second %s: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        exit(EXIT_OK);
+    }
+    app->stopping = true;
+    unsigned drain_ms = (unsigned)(app->cfg->http_draintimeout_ns / 1000000ULL);
+    log_msg(LOG_INFO, "%s received: draining (up to %ums), then stopping",
+            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+    http_server_shutdown(app->server, drain_ms, server_stopped, app);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    log_msg(LOG_INFO, "SIGHUP received: no policies to reload in this build");
+}
+
+/* Lets the process hold as many connections as the hard limit allows. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int mkdir_p(const char *path)
+{
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(buf))
+        return -ENAMETOOLONG;
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return -errno;
+            buf[i] = c;
+        }
+    }
+    return 0;
+}
+
+static int run_serve(const char *path)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    app.cfg = load_config(path);
+    if (app.cfg == NULL)
+        return EXIT_CONFIG;
+    log_configure(app.cfg);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+
+    int rc = mkdir_p(app.cfg->storage_root);
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "storage root %s cannot be created: %s", app.cfg->storage_root,
+                strerror(-rc));
+        config_free(app.cfg);
+        return EXIT_RUNTIME;
+    }
+
+    app.loop = uv_default_loop();
+    app.pool = upstream_pool_new(app.loop, NULL);
+    app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
+    if (app.proxy == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+
+    struct http_header extra[64];
+    size_t n_extra = 0;
+    for (size_t i = 0; i < app.cfg->n_http_headers; i++) {
+        const struct config_header *h = &app.cfg->http_headers[i];
+        for (size_t k = 0; k < h->n_values && n_extra < 64; k++)
+            extra[n_extra++] = (struct http_header){h->name, strlen(h->name), h->values[k],
+                                                    strlen(h->values[k])};
+    }
+    struct http_server_opts opts = {
+        .extra_headers = extra,
+        .n_extra_headers = n_extra,
+        .on_request = proxy_handle,
+        .ud = app.proxy,
+    };
+    char err[512];
+    rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        return EXIT_RUNTIME;
+    }
+
+    log_msg(LOG_INFO, "content-cache %s listening on %s", CC_VERSION,
+            http_server_address(app.server));
+    log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
+    for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
+        const struct config_upstream *u = &app.cfg->upstreams[i];
+        for (size_t k = 0; k < u->n_upstreamhosts; k++)
+            log_msg(LOG_INFO, "upstream cache %s (for origin %s)", u->upstreamhosts[k],
+                    u->originhost);
+        log_msg(LOG_INFO, "origin %s", u->originhost);
+    }
+
+    uv_signal_init(app.loop, &app.sig_term);
+    uv_signal_init(app.loop, &app.sig_int);
+    uv_signal_init(app.loop, &app.sig_hup);
+    app.sig_term.data = app.sig_int.data = app.sig_hup.data = &app;
+    uv_signal_start(&app.sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&app.sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&app.sig_hup, on_hup, SIGHUP);
+
+    uv_run(app.loop, UV_RUN_DEFAULT);
+    log_msg(LOG_INFO, "stopped");
+    proxy_free(app.proxy);
+    config_free(app.cfg);
+    uv_loop_close(app.loop);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-v") == 0)) {
+        printf("content-cache %s\n", CC_VERSION);
+        return EXIT_OK;
+    }
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        fputs(usage_text, stdout);
+        return EXIT_OK;
+    }
+    if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
+        return run_check(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "serve") == 0)
+        return run_serve(argv[2]);
+    if (argc == 2 && argv[1][0] != '-')
+        return run_serve(argv[1]);
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+}

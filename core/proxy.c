@@ -1,0 +1,475 @@
+/*
+ * proxy.c: routing of pull-API requests and their relay to an upstream.
+ */
+#include "proxy.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "registry.h"
+
+#define PROXY_MAX_CANDIDATES 16
+#define PROXY_MAX_FORWARDED 24
+
+struct proxy {
+    uv_loop_t *loop;
+    const struct config *cfg;
+    struct upstream_pool *pool;
+    unsigned in_flight;
+    /* Base URLs ("scheme://host:port/prefix") of the first upstreams entry, in the
+     * order they are tried. */
+    char *bases[PROXY_MAX_CANDIDATES];
+    size_t n_bases;
+};
+
+/* One relayed exchange. */
+struct relay {
+    struct proxy *proxy;
+    struct http_exchange *x;
+    struct upstream_req *ureq;
+    size_t attempt;
+    bool head_sent;
+    bool upstream_done;
+    int upstream_err;
+    bool finished;
+    /* Body bytes: `inflight` is being written to the client, `pending` waits. */
+    char *inflight;
+    size_t inflight_cap;
+    char *pending;
+    size_t pending_len, pending_cap;
+    bool writing;
+    char last_error[256];
+};
+
+static void relay_start_attempt(struct relay *r);
+
+static char *join_base(const struct url *u)
+{
+    char origin[400];
+    if (url_format_origin(u, origin, sizeof(origin)) < 0)
+        return NULL;
+    size_t n = strlen(origin) + strlen(u->path) + 1;
+    char *s = malloc(n);
+    if (s != NULL)
+        snprintf(s, n, "%s%s", origin, u->path);
+    return s;
+}
+
+struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstream_pool *pool)
+{
+    struct proxy *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->loop = loop;
+    p->cfg = cfg;
+    p->pool = pool;
+    if (cfg->n_upstreams > 0) {
+        const struct config_upstream *up = &cfg->upstreams[0];
+        for (size_t i = 0; i < up->n_upstreamhosts && p->n_bases < PROXY_MAX_CANDIDATES - 1; i++)
+            p->bases[p->n_bases++] = join_base(&up->upstream_urls[i]);
+        p->bases[p->n_bases++] = join_base(&up->origin);
+    }
+    for (size_t i = 0; i < p->n_bases; i++) {
+        if (p->bases[i] == NULL) {
+            proxy_free(p);
+            return NULL;
+        }
+    }
+    return p;
+}
+
+void proxy_free(struct proxy *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->n_bases; i++)
+        free(p->bases[i]);
+    free(p);
+}
+
+unsigned proxy_in_flight(const struct proxy *p)
+{
+    return p->in_flight;
+}
+
+void proxy_respond_error(struct http_exchange *x, int code, const char *message,
+                         const char *detail)
+{
+    char body[2048];
+    int n = registry_error_json((enum registry_error_code)code, message, detail, body,
+                                sizeof(body));
+    if (n < 0)
+        n = 0;
+    struct http_header hdrs[3];
+    size_t nh = 0;
+    hdrs[nh++] = (struct http_header){"Content-Type", 12, "application/json; charset=utf-8", 31};
+    hdrs[nh++] = (struct http_header){"X-Content-Type-Options", 22, "nosniff", 7};
+    if (code == REG_ERR_UNSUPPORTED)
+        hdrs[nh++] = (struct http_header){"Allow", 5, "GET, HEAD", 9};
+    int status = registry_error_status((enum registry_error_code)code);
+    http_log_set_error(x, message);
+    if (http_respond_head(x, status, hdrs, nh, n) == 0 && !http_req_is_head(x) && n > 0) {
+        int w = http_respond_try(x, body, (size_t)n);
+        if (w >= 0 && w < n) {
+            /* Rare: the socket took part of a small body. Close rather than keep a
+             * copy around; the client sees a short body, never a wrong one. */
+            http_respond_abort(x);
+            return;
+        }
+    }
+    http_respond_end(x);
+}
+
+/* --- Relay ------------------------------------------------------------------------ */
+
+static void relay_free(struct relay *r)
+{
+    r->proxy->in_flight--;
+    free(r->inflight);
+    free(r->pending);
+    free(r);
+}
+
+/* Ends the exchange once the upstream is done and every byte is written. */
+static void relay_maybe_finish(struct relay *r)
+{
+    if (r->finished || !r->upstream_done || r->writing)
+        return;
+    r->finished = true;
+    if (http_exchange_client_gone(r->x)) {
+        http_respond_end(r->x);
+    } else if (r->upstream_err == 0) {
+        http_respond_end(r->x);
+    } else if (!r->head_sent) {
+        int err = r->upstream_err;
+        int code = (err == UV_ECONNREFUSED || err == UV_EHOSTUNREACH || err == UV_ENETUNREACH ||
+                    err == UV_EAI_NONAME || err == UV_EAI_AGAIN || err == UV_ECONNRESET)
+                       ? REG_ERR_UNAVAILABLE
+                       : REG_ERR_UPSTREAM_FAILED;
+        char msg[400];
+        snprintf(msg, sizeof(msg), "upstream failed: %s", r->last_error);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        proxy_respond_error(r->x, code, msg, NULL);
+    } else {
+        /* The body broke off after the head went out: close, so the client can tell. */
+        char msg[400];
+        snprintf(msg, sizeof(msg), "upstream body broke off: %s", r->last_error);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        http_log_set_error(r->x, msg);
+        http_respond_abort(r->x);
+    }
+    relay_free(r);
+}
+
+static void relay_write_pending(struct relay *r);
+
+static void relay_write_done(struct http_exchange *x, int status, void *arg)
+{
+    struct relay *r = arg;
+    r->writing = false;
+    if (status < 0) {
+        /* The client is gone: stop the upstream too. */
+        if (!r->upstream_done) {
+            upstream_cancel(r->ureq);
+            r->ureq = NULL;
+            r->upstream_done = true;
+            r->upstream_err = status;
+        }
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
+    if (r->pending_len > 0) {
+        relay_write_pending(r);
+        return;
+    }
+    if (!r->upstream_done && r->ureq != NULL)
+        upstream_resume(r->ureq);
+    relay_maybe_finish(r);
+}
+
+/* Moves pending bytes into flight. */
+static void relay_write_pending(struct relay *r)
+{
+    char *tmp = r->inflight;
+    size_t tmp_cap = r->inflight_cap;
+    r->inflight = r->pending;
+    r->inflight_cap = r->pending_cap;
+    size_t len = r->pending_len;
+    r->pending = tmp;
+    r->pending_cap = tmp_cap;
+    r->pending_len = 0;
+    r->writing = true;
+    int rc = http_respond_body(r->x, r->inflight, len, relay_write_done, r);
+    if (rc < 0) {
+        r->writing = false;
+        relay_write_done(r->x, rc, r);
+    }
+}
+
+static int relay_append_pending(struct relay *r, const char *data, size_t len)
+{
+    if (r->pending_len + len > r->pending_cap) {
+        size_t cap = r->pending_cap ? r->pending_cap : 16384;
+        while (cap < r->pending_len + len)
+            cap *= 2;
+        char *nb = realloc(r->pending, cap);
+        if (nb == NULL)
+            return UV_ENOMEM;
+        r->pending = nb;
+        r->pending_cap = cap;
+    }
+    memcpy(r->pending + r->pending_len, data, len);
+    r->pending_len += len;
+    return 0;
+}
+
+static const char *const relayed_response_headers[] = {
+    "Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "ETag", "Link",
+    "Content-Range", "Accept-Ranges", "Retry-After", "OCI-Filters-Applied", "Last-Modified",
+    "Cache-Control", "X-Content-Type-Options", "Warning",
+};
+
+static void relay_on_head(void *ud, int status, const struct http_header *hdrs, size_t n_hdrs,
+                          int64_t content_length)
+{
+    struct relay *r = ud;
+    if (status >= 500 && r->attempt + 1 < r->proxy->n_bases) {
+        log_msg(LOG_WARN, "upstream %s answered %d for %s; trying the next upstream",
+                r->proxy->bases[r->attempt], status, http_req_target(r->x));
+        upstream_cancel(r->ureq);
+        r->ureq = NULL;
+        r->attempt++;
+        relay_start_attempt(r);
+        return;
+    }
+    struct http_header out[32];
+    size_t n = 0;
+    for (size_t i = 0; i < n_hdrs && n < 32; i++) {
+        for (size_t k = 0; k < sizeof(relayed_response_headers) / sizeof(*relayed_response_headers);
+             k++) {
+            if (http_header_is(&hdrs[i], relayed_response_headers[k])) {
+                out[n++] = hdrs[i];
+                break;
+            }
+        }
+    }
+    http_log_set_upstream(r->x, r->proxy->bases[r->attempt]);
+    http_respond_head(r->x, status, out, n, content_length);
+    r->head_sent = true;
+}
+
+static void relay_on_body(void *ud, const char *data, size_t len)
+{
+    struct relay *r = ud;
+    if (http_exchange_client_gone(r->x))
+        return;
+    if (!r->writing && r->pending_len == 0) {
+        int w = http_respond_try(r->x, data, len);
+        if (w < 0) {
+            return; /* the write path will notice the closed connection */
+        }
+        data += w;
+        len -= (size_t)w;
+        if (len == 0)
+            return;
+    }
+    if (relay_append_pending(r, data, len) < 0) {
+        snprintf(r->last_error, sizeof(r->last_error), "out of memory");
+        upstream_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_ENOMEM;
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
+    upstream_pause(r->ureq);
+    if (!r->writing)
+        relay_write_pending(r);
+}
+
+static void relay_on_done(void *ud, int err)
+{
+    struct relay *r = ud;
+    if (err < 0) {
+        snprintf(r->last_error, sizeof(r->last_error), "%s", upstream_error_message(r->ureq));
+        if (!r->head_sent && r->attempt + 1 < r->proxy->n_bases) {
+            log_msg(LOG_WARN, "upstream %s failed for %s: %s; trying the next upstream",
+                    r->proxy->bases[r->attempt], http_req_target(r->x), r->last_error);
+            r->ureq = NULL;
+            r->attempt++;
+            relay_start_attempt(r);
+            return;
+        }
+    }
+    r->ureq = NULL;
+    r->upstream_done = true;
+    r->upstream_err = err;
+    relay_maybe_finish(r);
+}
+
+static void relay_client_gone(struct http_exchange *x, void *arg)
+{
+    struct relay *r = arg;
+    if (!r->upstream_done && r->ureq != NULL) {
+        upstream_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_ECANCELED;
+    }
+    r->pending_len = 0;
+    relay_maybe_finish(r);
+}
+
+static const char *const forwarded_request_headers[] = {
+    "Accept", "Range", "If-None-Match", "If-Modified-Since", "If-Range",
+};
+
+static void relay_start_attempt(struct relay *r)
+{
+    struct http_exchange *x = r->x;
+    const char *base = r->proxy->bases[r->attempt];
+    const char *target = http_req_target(x);
+    size_t url_len = strlen(base) + strlen(target) + 1;
+    char *url = malloc(url_len);
+    if (url == NULL) {
+        r->upstream_done = true;
+        r->upstream_err = UV_ENOMEM;
+        snprintf(r->last_error, sizeof(r->last_error), "out of memory");
+        relay_maybe_finish(r);
+        return;
+    }
+    snprintf(url, url_len, "%s%s", base, target);
+
+    struct upstream_header fwd[PROXY_MAX_FORWARDED];
+    size_t nf = 0;
+    const struct http_header *hdrs;
+    size_t n_hdrs;
+    http_req_headers(x, &hdrs, &n_hdrs);
+    /* Header values are copied by upstream_request; NUL-terminate them in a scratch
+     * buffer first. */
+    char scratch[16384 + PROXY_MAX_FORWARDED * 2];
+    size_t sp = 0;
+    for (size_t i = 0; i < n_hdrs && nf < PROXY_MAX_FORWARDED; i++) {
+        const char *name = NULL;
+        bool sensitive = false;
+        if (http_header_is(&hdrs[i], "Authorization")) {
+            name = "Authorization";
+            sensitive = true;
+        } else {
+            for (size_t k = 0;
+                 k < sizeof(forwarded_request_headers) / sizeof(*forwarded_request_headers); k++)
+                if (http_header_is(&hdrs[i], forwarded_request_headers[k]))
+                    name = forwarded_request_headers[k];
+        }
+        if (name == NULL || sp + hdrs[i].value_len + 1 > sizeof(scratch))
+            continue;
+        memcpy(scratch + sp, hdrs[i].value, hdrs[i].value_len);
+        scratch[sp + hdrs[i].value_len] = '\0';
+        fwd[nf++] = (struct upstream_header){name, scratch + sp, sensitive};
+        sp += hdrs[i].value_len + 1;
+    }
+    struct upstream_request_spec spec = {
+        .method = http_req_is_head(x) ? "HEAD" : "GET",
+        .url = url,
+        .headers = fwd,
+        .n_headers = nf,
+        .max_redirects = 5,
+    };
+    static const struct upstream_callbacks cbs = {
+        .on_head = relay_on_head,
+        .on_body = relay_on_body,
+        .on_done = relay_on_done,
+    };
+    int rc = upstream_request(r->proxy->pool, &spec, &cbs, r, &r->ureq);
+    free(url);
+    if (rc < 0) {
+        snprintf(r->last_error, sizeof(r->last_error), "%s: %s", base,
+                 rc == UV_ENOTSUP ? "https upstreams are not supported by this build yet"
+                                  : uv_strerror(rc));
+        r->ureq = NULL;
+        if (r->attempt + 1 < r->proxy->n_bases) {
+            r->attempt++;
+            relay_start_attempt(r);
+            return;
+        }
+        r->upstream_done = true;
+        r->upstream_err = rc;
+        relay_maybe_finish(r);
+    }
+}
+
+/* Relays x to the upstreams. */
+static void relay(struct proxy *p, struct http_exchange *x)
+{
+    if (p->n_bases == 0) {
+        proxy_respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
+        return;
+    }
+    struct relay *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        proxy_respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    r->proxy = p;
+    r->x = x;
+    p->in_flight++;
+    http_exchange_on_gone(x, relay_client_gone, r);
+    relay_start_attempt(r);
+}
+
+/* --- Routing ---------------------------------------------------------------------- */
+
+void proxy_handle(struct http_exchange *x, void *ud)
+{
+    struct proxy *p = ud;
+    size_t path_len;
+    const char *path = http_req_path(x, &path_len);
+    bool under_v2 = path_len >= 3 && memcmp(path, "/v2", 3) == 0 &&
+                    (path_len == 3 || path[3] == '/');
+
+    if (!http_req_is_get(x) && !http_req_is_head(x)) {
+        if (under_v2)
+            proxy_respond_error(x, REG_ERR_UNSUPPORTED,
+                                "the cache serves pulls only; push to the origin registry",
+                                NULL);
+        else
+            proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
+        return;
+    }
+
+    struct registry_route route;
+    enum registry_error_code err = registry_route_parse(path, path_len, &route);
+    if (route.name != NULL)
+        http_log_set_target(x, route.name, route.name_len,
+                            route.reference_is_digest ? route.reference : NULL,
+                            route.reference_len);
+    if (err != REG_ERR_NONE) {
+        const char *msg = err == REG_ERR_NAME_INVALID     ? "invalid repository name"
+                          : err == REG_ERR_TAG_INVALID    ? "invalid tag"
+                          : err == REG_ERR_DIGEST_INVALID ? "invalid digest"
+                                                          : "not found";
+        proxy_respond_error(x, err, msg, NULL);
+        return;
+    }
+    switch (route.kind) {
+    case ROUTE_BASE:
+    case ROUTE_MANIFEST:
+    case ROUTE_BLOB:
+    case ROUTE_TAGS:
+    case ROUTE_REFERRERS:
+    case ROUTE_CATALOG:
+        if (route.kind == ROUTE_BLOB)
+            http_log_set_cache(x, CACHE_BYPASS);
+        relay(p, x);
+        return;
+    case ROUTE_V2_OTHER:
+    case ROUTE_NOT_V2:
+        break;
+    }
+    proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
+}
