@@ -8,9 +8,16 @@
  * "downstream" carries our options (blobttl, upstreams, cas, and our extension
  * policydir). Every other key is a warning that names file:line, not an error.
  *
- * Errors name "file:line:column: key: what was expected". Environment variables
+ * Errors name "file:line:column: key: what was expected", the key as a dotted path
+ * ("middleware.registry[0].options.blobttl"). Environment variables
  * REGISTRY_<SECTION>_<KEY> (upper case, '_' between levels) override scalar keys, as
- * Docker Registry does; an error in such a value names the variable instead of a line.
+ * Docker Registry does; an error in such a value names the variable instead of a line
+ * ("REGISTRY_LOG_LEVEL: expected ..."). Overrides apply after the file is read and
+ * before values are checked. A null or empty value (in the file or the environment)
+ * leaves the key at its default.
+ *
+ * The file may use anchors and aliases; it may not hold more than one document, a key
+ * twice in a map, nesting past 64 levels, or more than 1 MiB.
  */
 #ifndef CC_CONFIG_H
 #define CC_CONFIG_H
@@ -43,8 +50,10 @@ struct config_header {         /* http.headers: a name and its values */
 struct config {
     char *file;                /* path the config was read from */
 
-    char *log_level;           /* "error", "warn", "info" (default), "debug" */
-    char *log_formatter;       /* "text" (default) or "json" */
+    char *log_level;           /* "error", "warn", "info" (default), "debug" ("warning" is
+                                  stored as "warn"), always lower case */
+    char *log_formatter;       /* "text" (default) or "json" ("logstash" is stored as "json",
+                                  with a warning) */
     struct config_kv *log_fields;
     size_t n_log_fields;
 
@@ -67,7 +76,8 @@ struct config {
     char *auth_token_issuer;
     char *auth_token_rootcertbundle;
 
-    bool has_downstream;       /* a middleware.registry entry named downstream exists */
+    bool has_downstream;       /* a middleware.registry entry named downstream exists: always
+                                  true in a config that parsed, as is n_upstreams >= 1 */
     bool has_blobttl;
     uint64_t blobttl_ns;
     struct config_upstream *upstreams;
@@ -76,28 +86,37 @@ struct config {
     size_t n_cas;
     char *policydir;           /* our extension: drop-in policy directory, absolute */
 
-    char **warnings;           /* "file:line: unknown key ... (ignored)" and the like */
+    char **warnings;           /* "file:line: key.path: not used by content-cache (ignored)",
+                                  "REGISTRY_X: environment variable not used ..." and the like;
+                                  at most 100, the last of them counting the rest */
     size_t n_warnings;
 };
 
 /*
  * Parses a config from memory. `filename` is used in messages only; `env` is a
  * NULL-terminated "NAME=value" array (environ, or a test's own), may be NULL.
- * Returns 0 and a new config in *out (free with config_free), or -EINVAL and a
- * message in err (always NUL-terminated). Semantic checks (blobttl needs
- * storage.delete.enabled, upstreams non-empty, URLs, absolute cas paths) are made
- * here; whether cas files are readable is checked by config_check_files.
+ * Returns 0 and a new config in *out (free with config_free), or -EINVAL (-ENOMEM when
+ * memory ran out) with *out NULL and a message in err (always NUL-terminated; err may
+ * be NULL when errlen is 0). Any bytes are safe to pass; more than 1 MiB is refused.
+ * Semantic checks (blobttl needs storage.delete.enabled, upstreams non-empty, URLs,
+ * absolute cas paths) are made here; whether cas files are readable is checked by
+ * config_check_files.
  */
 int config_parse(const char *filename, const char *data, size_t len, char *const *env,
                  struct config **out, char *err, size_t errlen);
 
-/* Reads the file at `path` and calls config_parse. -errno when the file cannot be read. */
+/*
+ * Reads the file at `path` and calls config_parse. -errno when the file cannot be read,
+ * -EFBIG when it is larger than 1 MiB; err says which.
+ */
 int config_load(const char *path, char *const *env, struct config **out, char *err,
                 size_t errlen);
 
 /*
- * Checks what needs the file system: every cas file is readable and holds PEM text.
- * Returns 0 or -EINVAL with a message in err.
+ * Checks what needs the file system: every cas file, http.tls.certificate and
+ * auth.token.rootcertbundle is readable and holds "-----BEGIN CERTIFICATE-----",
+ * http.tls.key is readable and holds "-----BEGIN", policydir is a directory.
+ * Returns 0 or -EINVAL with a message in err that names the key and the path.
  */
 int config_check_files(const struct config *cfg, char *err, size_t errlen);
 

@@ -3,8 +3,20 @@
  *
  * A diagnostic line is logrus-style text, as Docker Registry writes it:
  *   time="2026-11-27T23:00:00.123Z" level=info msg="listening on 127.0.0.1:5000"
- * or one JSON object per line with log.formatter json. Values are escaped so that no
- * byte from a client can start a new line or forge a field. Never pass a credential.
+ * or one JSON object per line with log.formatter json:
+ *   {"time":"2026-11-27T23:00:00.123Z","level":"info","msg":"listening on ...","k":"v"}
+ * The config's log.fields follow msg on every diagnostic line, in the config's order (a
+ * field named time, level or msg is written as fields.time, as logrus does). Values are
+ * escaped so that no byte from a client can start a new line or forge a field. Never pass
+ * a credential.
+ *
+ * Every line is written with one write(2) (continued only after a partial write or
+ * EINTR), so lines from several processes or threads do not interleave where the kernel
+ * makes a write atomic (pipes up to PIPE_BUF, files opened O_APPEND), and is at most
+ * LOG_LINE_MAX bytes: a longer message is cut and ends with "...".
+ *
+ * Logging is safe from any thread; log_configure is not, and should run before other
+ * threads log (at start and at a reload on the loop thread, with workers idle).
  */
 #ifndef CC_LOG_H
 #define CC_LOG_H
@@ -12,15 +24,24 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 
+/* The longest line written, newline included. */
+#define LOG_LINE_MAX 16384
+
 struct config;
 
-/* Sets level, formatter and extra fields from the config (NULL: defaults). */
+/*
+ * Sets level, formatter and extra fields from the config (NULL: defaults, which are level
+ * info, format text, no fields). An unknown level means info, a formatter other than
+ * "json" means text (config validation refuses both before this). The fields are copied;
+ * fields past 4 KiB of rendered text are dropped with a warning.
+ */
 void log_configure(const struct config *cfg);
 
-/* Parses "error", "warn"/"warning", "info", "debug". Returns 0 or -EINVAL. */
+/* Parses "error", "warn"/"warning", "info", "debug", in any case. Returns 0 or -EINVAL. */
 int log_level_parse(const char *text, enum log_level *out);
 
 /* True when a message at `level` would be written. */
@@ -29,18 +50,29 @@ int log_enabled(enum log_level level);
 /* One diagnostic line with a printf-style message. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* One access-log line, written as given (a trailing newline is added). */
+/*
+ * One access-log line to stdout, written as given except that a trailing newline is
+ * dropped, control bytes (a newline inside included) become \xNN, and a line longer
+ * than LOG_LINE_MAX is cut with "..."; a newline is added.
+ */
 void log_access_line(const char *line, size_t len);
 
 /*
- * Appends `key=value` to buf (at *pos, capacity cap) in the text formatter's quoting:
- * bare when the value is made of safe characters, else in double quotes with '"', '\\'
- * and control bytes escaped. Never writes past cap; returns 0 or -ENOSPC.
+ * Appends `key=value` to buf at *pos, capacity cap, preceded by one space when *pos > 0
+ * (so consecutive calls build a line), in the text formatter's quoting: bare when the value is made
+ * of [A-Za-z0-9._/:@+-] and not empty, else in double quotes with '"', '\\', \n, \r, \t escaped
+ * with a backslash, other control bytes and invalid UTF-8 as \xNN, the C1 controls and
+ * U+2028/U+2029 as \uXXXX, and other UTF-8 as is. Key bytes outside that set become '_'. value may
+ * be NULL when value_len is 0. On success advances *pos, NUL-terminates and returns 0; returns
+ * -ENOSPC, *pos unchanged, when the pair and its NUL do not fit. Never writes past cap.
  */
 int log_append_kv(char *buf, size_t cap, size_t *pos, const char *key, const char *value,
                   size_t value_len);
 
 /* RFC 3339 UTC time with milliseconds of the wall clock, into buf (>= 32 bytes). */
 void log_format_time(char *buf, size_t len);
+
+/* The same for a given time: "2026-11-27T23:00:00.123Z". */
+void log_format_time_at(char *buf, size_t len, const struct timespec *ts);
 
 #endif

@@ -16,10 +16,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "blob.h"
 #include "config.h"
+#include "fetch.h"
 #include "log.h"
 #include "proxy.h"
 #include "server.h"
+#include "store.h"
 #include "upstream.h"
 
 extern char **environ;
@@ -56,6 +59,9 @@ struct app {
     struct config *cfg;
     struct upstream_pool *pool;
     struct proxy *proxy;
+    struct store *store;
+    struct fetch_manager *fetches;
+    struct blob_service *blobs;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -133,6 +139,7 @@ static void server_stopped(void *arg)
 {
     struct app *app = arg;
     app->server = NULL;
+    fetch_manager_cancel_all(app->fetches);
     upstream_pool_close(app->pool);
     app->pool = NULL;
     uv_close((uv_handle_t *)&app->sig_term, NULL);
@@ -169,25 +176,6 @@ static void raise_fd_limit(void)
     }
 }
 
-static int mkdir_p(const char *path)
-{
-    char buf[4096];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof(buf))
-        return -ENAMETOOLONG;
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i <= n; i++) {
-        if (buf[i] == '/' || buf[i] == '\0') {
-            char c = buf[i];
-            buf[i] = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return -errno;
-            buf[i] = c;
-        }
-    }
-    return 0;
-}
-
 static int run_serve(const char *path)
 {
     struct app app;
@@ -199,21 +187,34 @@ static int run_serve(const char *path)
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
-    int rc = mkdir_p(app.cfg->storage_root);
+    /* File I/O and hashing run on libuv's thread pool: size it for a disk with
+     * several fetches and many readers in flight, unless the operator did. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
+
+    char err[512];
+    unsigned removed = 0;
+    int rc = store_open(app.cfg->storage_root, &app.store, &removed, err, sizeof(err));
     if (rc != 0) {
-        log_msg(LOG_ERROR, "storage root %s cannot be created: %s", app.cfg->storage_root,
-                strerror(-rc));
+        log_msg(LOG_ERROR, "%s", err);
         config_free(app.cfg);
         return EXIT_RUNTIME;
     }
+    if (removed > 0)
+        log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
+                removed);
 
     app.loop = uv_default_loop();
     app.pool = upstream_pool_new(app.loop, NULL);
     app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
-    if (app.proxy == NULL) {
+    app.fetches = app.pool ? fetch_manager_new(app.loop, app.store, app.pool) : NULL;
+    app.blobs = app.proxy && app.fetches
+                    ? blob_service_new(app.loop, app.store, app.fetches, app.proxy)
+                    : NULL;
+    if (app.blobs == NULL) {
         log_msg(LOG_ERROR, "out of memory at start");
         return EXIT_RUNTIME;
     }
+    proxy_set_blob_service(app.proxy, app.blobs);
 
     struct http_header extra[64];
     size_t n_extra = 0;
@@ -229,7 +230,6 @@ static int run_serve(const char *path)
         .on_request = proxy_handle,
         .ud = app.proxy,
     };
-    char err[512];
     rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
     if (rc != 0) {
         log_msg(LOG_ERROR, "%s", err);
@@ -258,6 +258,9 @@ static int run_serve(const char *path)
 
     uv_run(app.loop, UV_RUN_DEFAULT);
     log_msg(LOG_INFO, "stopped");
+    blob_service_free(app.blobs);
+    fetch_manager_free(app.fetches);
+    store_close(app.store);
     proxy_free(app.proxy);
     config_free(app.cfg);
     uv_loop_close(app.loop);

@@ -9,6 +9,8 @@
 #include <string.h>
 
 #include "log.h"
+#include "blob.h"
+#include "chain.h"
 #include "registry.h"
 
 #define PROXY_MAX_CANDIDATES 16
@@ -23,14 +25,14 @@ struct proxy {
      * order they are tried. */
     char *bases[PROXY_MAX_CANDIDATES];
     size_t n_bases;
+    struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
 };
 
 /* One relayed exchange. */
 struct relay {
     struct proxy *proxy;
     struct http_exchange *x;
-    struct upstream_req *ureq;
-    size_t attempt;
+    struct chain_req *ureq;
     bool head_sent;
     bool upstream_done;
     int upstream_err;
@@ -43,8 +45,6 @@ struct relay {
     bool writing;
     char last_error[256];
 };
-
-static void relay_start_attempt(struct relay *r);
 
 static char *join_base(const struct url *u)
 {
@@ -95,21 +95,25 @@ unsigned proxy_in_flight(const struct proxy *p)
     return p->in_flight;
 }
 
-void proxy_respond_error(struct http_exchange *x, int code, const char *message,
-                         const char *detail)
+void proxy_respond_error_with(struct http_exchange *x, int code, int status,
+                              const struct http_header *extra, size_t n_extra,
+                              const char *message, const char *detail)
 {
     char body[2048];
     int n = registry_error_json((enum registry_error_code)code, message, detail, body,
                                 sizeof(body));
     if (n < 0)
         n = 0;
-    struct http_header hdrs[3];
+    struct http_header hdrs[8];
     size_t nh = 0;
     hdrs[nh++] = (struct http_header){"Content-Type", 12, "application/json; charset=utf-8", 31};
     hdrs[nh++] = (struct http_header){"X-Content-Type-Options", 22, "nosniff", 7};
     if (code == REG_ERR_UNSUPPORTED)
         hdrs[nh++] = (struct http_header){"Allow", 5, "GET, HEAD", 9};
-    int status = registry_error_status((enum registry_error_code)code);
+    for (size_t i = 0; i < n_extra && nh < 8; i++)
+        hdrs[nh++] = extra[i];
+    if (status <= 0)
+        status = registry_error_status((enum registry_error_code)code);
     http_log_set_error(x, message);
     if (http_respond_head(x, status, hdrs, nh, n) == 0 && !http_req_is_head(x) && n > 0) {
         int w = http_respond_try(x, body, (size_t)n);
@@ -121,6 +125,12 @@ void proxy_respond_error(struct http_exchange *x, int code, const char *message,
         }
     }
     http_respond_end(x);
+}
+
+void proxy_respond_error(struct http_exchange *x, int code, const char *message,
+                         const char *detail)
+{
+    proxy_respond_error_with(x, code, 0, NULL, 0, message, detail);
 }
 
 /* --- Relay ------------------------------------------------------------------------ */
@@ -173,7 +183,7 @@ static void relay_write_done(struct http_exchange *x, int status, void *arg)
     if (status < 0) {
         /* The client is gone: stop the upstream too. */
         if (!r->upstream_done) {
-            upstream_cancel(r->ureq);
+            chain_cancel(r->ureq);
             r->ureq = NULL;
             r->upstream_done = true;
             r->upstream_err = status;
@@ -187,7 +197,7 @@ static void relay_write_done(struct http_exchange *x, int status, void *arg)
         return;
     }
     if (!r->upstream_done && r->ureq != NULL)
-        upstream_resume(r->ureq);
+        chain_resume(r->ureq);
     relay_maybe_finish(r);
 }
 
@@ -237,15 +247,6 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
                           int64_t content_length)
 {
     struct relay *r = ud;
-    if (status >= 500 && r->attempt + 1 < r->proxy->n_bases) {
-        log_msg(LOG_WARN, "upstream %s answered %d for %s; trying the next upstream",
-                r->proxy->bases[r->attempt], status, http_req_target(r->x));
-        upstream_cancel(r->ureq);
-        r->ureq = NULL;
-        r->attempt++;
-        relay_start_attempt(r);
-        return;
-    }
     struct http_header out[32];
     size_t n = 0;
     for (size_t i = 0; i < n_hdrs && n < 32; i++) {
@@ -257,7 +258,7 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
             }
         }
     }
-    http_log_set_upstream(r->x, r->proxy->bases[r->attempt]);
+    http_log_set_upstream(r->x, chain_base(r->ureq));
     http_respond_head(r->x, status, out, n, content_length);
     r->head_sent = true;
 }
@@ -279,7 +280,7 @@ static void relay_on_body(void *ud, const char *data, size_t len)
     }
     if (relay_append_pending(r, data, len) < 0) {
         snprintf(r->last_error, sizeof(r->last_error), "out of memory");
-        upstream_cancel(r->ureq);
+        chain_cancel(r->ureq);
         r->ureq = NULL;
         r->upstream_done = true;
         r->upstream_err = UV_ENOMEM;
@@ -287,7 +288,7 @@ static void relay_on_body(void *ud, const char *data, size_t len)
         relay_maybe_finish(r);
         return;
     }
-    upstream_pause(r->ureq);
+    chain_pause(r->ureq);
     if (!r->writing)
         relay_write_pending(r);
 }
@@ -295,17 +296,8 @@ static void relay_on_body(void *ud, const char *data, size_t len)
 static void relay_on_done(void *ud, int err)
 {
     struct relay *r = ud;
-    if (err < 0) {
-        snprintf(r->last_error, sizeof(r->last_error), "%s", upstream_error_message(r->ureq));
-        if (!r->head_sent && r->attempt + 1 < r->proxy->n_bases) {
-            log_msg(LOG_WARN, "upstream %s failed for %s: %s; trying the next upstream",
-                    r->proxy->bases[r->attempt], http_req_target(r->x), r->last_error);
-            r->ureq = NULL;
-            r->attempt++;
-            relay_start_attempt(r);
-            return;
-        }
-    }
+    if (err < 0)
+        snprintf(r->last_error, sizeof(r->last_error), "%s", chain_error_message(r->ureq));
     r->ureq = NULL;
     r->upstream_done = true;
     r->upstream_err = err;
@@ -316,7 +308,7 @@ static void relay_client_gone(struct http_exchange *x, void *arg)
 {
     struct relay *r = arg;
     if (!r->upstream_done && r->ureq != NULL) {
-        upstream_cancel(r->ureq);
+        chain_cancel(r->ureq);
         r->ureq = NULL;
         r->upstream_done = true;
         r->upstream_err = UV_ECANCELED;
@@ -329,53 +321,48 @@ static const char *const forwarded_request_headers[] = {
     "Accept", "Range", "If-None-Match", "If-Modified-Since", "If-Range",
 };
 
-static void relay_start_attempt(struct relay *r)
+size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditionals,
+                             struct upstream_header *out, size_t max, char *scratch,
+                             size_t scratch_len)
 {
-    struct http_exchange *x = r->x;
-    const char *base = r->proxy->bases[r->attempt];
-    const char *target = http_req_target(x);
-    size_t url_len = strlen(base) + strlen(target) + 1;
-    char *url = malloc(url_len);
-    if (url == NULL) {
-        r->upstream_done = true;
-        r->upstream_err = UV_ENOMEM;
-        snprintf(r->last_error, sizeof(r->last_error), "out of memory");
-        relay_maybe_finish(r);
-        return;
-    }
-    snprintf(url, url_len, "%s%s", base, target);
-
-    struct upstream_header fwd[PROXY_MAX_FORWARDED];
-    size_t nf = 0;
     const struct http_header *hdrs;
-    size_t n_hdrs;
+    size_t n_hdrs, nf = 0, sp = 0;
     http_req_headers(x, &hdrs, &n_hdrs);
-    /* Header values are copied by upstream_request; NUL-terminate them in a scratch
-     * buffer first. */
-    char scratch[16384 + PROXY_MAX_FORWARDED * 2];
-    size_t sp = 0;
-    for (size_t i = 0; i < n_hdrs && nf < PROXY_MAX_FORWARDED; i++) {
+    for (size_t i = 0; i < n_hdrs && nf < max; i++) {
         const char *name = NULL;
         bool sensitive = false;
         if (http_header_is(&hdrs[i], "Authorization")) {
             name = "Authorization";
             sensitive = true;
-        } else {
-            for (size_t k = 0;
+        } else if (http_header_is(&hdrs[i], "Accept")) {
+            name = "Accept";
+        } else if (with_conditionals) {
+            for (size_t k = 1;
                  k < sizeof(forwarded_request_headers) / sizeof(*forwarded_request_headers); k++)
                 if (http_header_is(&hdrs[i], forwarded_request_headers[k]))
                     name = forwarded_request_headers[k];
         }
-        if (name == NULL || sp + hdrs[i].value_len + 1 > sizeof(scratch))
+        if (name == NULL || sp + hdrs[i].value_len + 1 > scratch_len)
             continue;
         memcpy(scratch + sp, hdrs[i].value, hdrs[i].value_len);
         scratch[sp + hdrs[i].value_len] = '\0';
-        fwd[nf++] = (struct upstream_header){name, scratch + sp, sensitive};
+        out[nf++] = (struct upstream_header){name, scratch + sp, sensitive};
         sp += hdrs[i].value_len + 1;
     }
-    struct upstream_request_spec spec = {
+    return nf;
+}
+
+static void relay_start(struct relay *r)
+{
+    struct http_exchange *x = r->x;
+    struct upstream_header fwd[PROXY_MAX_FORWARDED];
+    char scratch[16384 + PROXY_MAX_FORWARDED * 2];
+    size_t nf = proxy_forward_headers(x, true, fwd, PROXY_MAX_FORWARDED, scratch, sizeof(scratch));
+    struct chain_spec spec = {
         .method = http_req_is_head(x) ? "HEAD" : "GET",
-        .url = url,
+        .bases = (const char *const *)r->proxy->bases,
+        .n_bases = r->proxy->n_bases,
+        .target = http_req_target(x),
         .headers = fwd,
         .n_headers = nf,
         .max_redirects = 5,
@@ -385,18 +372,12 @@ static void relay_start_attempt(struct relay *r)
         .on_body = relay_on_body,
         .on_done = relay_on_done,
     };
-    int rc = upstream_request(r->proxy->pool, &spec, &cbs, r, &r->ureq);
-    free(url);
+    int rc = chain_request(r->proxy->pool, &spec, &cbs, r, &r->ureq);
     if (rc < 0) {
-        snprintf(r->last_error, sizeof(r->last_error), "%s: %s", base,
+        snprintf(r->last_error, sizeof(r->last_error), "%s: %s", r->proxy->bases[0],
                  rc == UV_ENOTSUP ? "https upstreams are not supported by this build yet"
                                   : uv_strerror(rc));
         r->ureq = NULL;
-        if (r->attempt + 1 < r->proxy->n_bases) {
-            r->attempt++;
-            relay_start_attempt(r);
-            return;
-        }
         r->upstream_done = true;
         r->upstream_err = rc;
         relay_maybe_finish(r);
@@ -419,7 +400,7 @@ static void relay(struct proxy *p, struct http_exchange *x)
     r->x = x;
     p->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
-    relay_start_attempt(r);
+    relay_start(r);
 }
 
 /* --- Routing ---------------------------------------------------------------------- */
@@ -463,8 +444,14 @@ void proxy_handle(struct http_exchange *x, void *ud)
     case ROUTE_TAGS:
     case ROUTE_REFERRERS:
     case ROUTE_CATALOG:
-        if (route.kind == ROUTE_BLOB)
+        if (route.kind == ROUTE_BLOB) {
+            if (p->blobs != NULL && route.reference_len == 71 &&
+                memcmp(route.reference, "sha256:", 7) == 0) {
+                blob_handle(p->blobs, x, &route);
+                return;
+            }
             http_log_set_cache(x, CACHE_BYPASS);
+        }
         relay(p, x);
         return;
     case ROUTE_V2_OTHER:
@@ -472,4 +459,20 @@ void proxy_handle(struct http_exchange *x, void *ud)
         break;
     }
     proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
+}
+
+const char *const *proxy_bases(const struct proxy *p, size_t *n)
+{
+    *n = p->n_bases;
+    return (const char *const *)p->bases;
+}
+
+struct upstream_pool *proxy_pool(const struct proxy *p)
+{
+    return p->pool;
+}
+
+void proxy_set_blob_service(struct proxy *p, struct blob_service *bs)
+{
+    p->blobs = bs;
 }

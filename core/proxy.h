@@ -3,6 +3,8 @@
  * refuses what the cache does not do, and relays the rest to an upstream (upstream.h),
  * streaming the body back with backpressure.
  *
+ * Blob requests go to the blob service (blob.h) once one is set.
+ *
  * Upstream choice: the upstreamhosts of the first upstreams entry, in order, then its
  * originhost; the next one is tried when a host cannot be reached or answers 5xx
  * before any byte has gone to the client.
@@ -36,5 +38,28 @@ void proxy_free(struct proxy *p);
  */
 void proxy_respond_error(struct http_exchange *x, int code, const char *message,
                          const char *detail);
+
+/* The same with extra headers and, when status > 0, another status than the code's. */
+void proxy_respond_error_with(struct http_exchange *x, int code, int status,
+                              const struct http_header *extra, size_t n_extra,
+                              const char *message, const char *detail);
+
+struct blob_service;
+/* Blob GET/HEAD of sha256 digests go to bs (see blob.h) from now on. */
+void proxy_set_blob_service(struct proxy *p, struct blob_service *bs);
+
+/*
+ * Copies the request headers that go upstream with a request made for x: Authorization
+ * (marked sensitive), every Accept, and with_conditionals also Range, If-None-Match,
+ * If-Modified-Since, If-Range. Values are NUL-terminated copies in scratch. Returns how
+ * many were written to out (at most max).
+ */
+size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditionals,
+                             struct upstream_header *out, size_t max, char *scratch,
+                             size_t scratch_len);
+
+/* The base URLs to try, in order, and the pool. */
+const char *const *proxy_bases(const struct proxy *p, size_t *n);
+struct upstream_pool *proxy_pool(const struct proxy *p);
 
 #endif

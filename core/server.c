@@ -132,6 +132,7 @@ struct http_server {
 static void conn_close(struct conn *c);
 static void conn_continue(struct conn *c);
 static void conn_feed(struct conn *c, const char *data, size_t len);
+static void idle_cb(uv_idle_t *h);
 static void exchange_finish(struct http_exchange *x);
 static void server_maybe_done(struct http_server *srv);
 
@@ -552,7 +553,7 @@ static void conn_continue(struct conn *c)
             c->on_ready_list = true;
             c->ready_next = c->srv->ready_head;
             c->srv->ready_head = c;
-            uv_idle_start(&c->srv->idle, NULL);
+            uv_idle_start(&c->srv->idle, idle_cb);
         }
         return;
     }

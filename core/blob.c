@@ -1,0 +1,622 @@
+/*
+ * blob.c: serving blobs: authorize with the upstream, then a hit from disk or a miss
+ * through a fetch. See blob.h.
+ *
+ * A request's body is pumped: read a chunk at `pos` (from the file with uv_fs_read on
+ * the thread pool, or from a pass-through window), write it to the client, and when the
+ * write is done read the next one. A follower of a running fetch waits for the fetch's
+ * next progress when it has caught up. One chunk buffer per request, nothing else.
+ */
+#include "blob.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chain.h"
+#include "log.h"
+
+#define BLOB_CHUNK (256 * 1024)
+#define BLOB_MAX_FORWARDED 24
+
+struct blob_service {
+    uv_loop_t *loop;
+    struct store *store;
+    struct fetch_manager *fetches;
+    struct proxy *proxy;
+};
+
+struct blob_req {
+    struct blob_service *bs;
+    struct http_exchange *x;
+    char hex[65];
+    char digest[72];
+
+    struct chain_req *auth;
+    int auth_status;
+    int64_t size; /* from the upstream's HEAD, -1 when it gave none */
+    char *challenge;
+
+    /* What is sent: [pos, end) of the blob; end is UINT64_MAX while the size is unknown. */
+    int status;
+    uint64_t pos, end;
+    uint64_t total;
+    bool head_ready;
+
+    uv_file fd;
+    bool own_fd;
+    struct fetch *fetch;
+    struct fetch_follower follower;
+    struct fetch_waiter waiter;
+
+    char *buf;
+    size_t buf_cap;
+    uv_fs_t fs;
+    bool fs_busy;
+    bool writing;
+    bool gone;
+    bool done;
+};
+
+static void pump(struct blob_req *r);
+
+struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
+                                      struct fetch_manager *fetches, struct proxy *proxy)
+{
+    struct blob_service *bs = calloc(1, sizeof(*bs));
+    if (bs == NULL)
+        return NULL;
+    bs->loop = loop;
+    bs->store = store;
+    bs->fetches = fetches;
+    bs->proxy = proxy;
+    return bs;
+}
+
+void blob_service_free(struct blob_service *bs)
+{
+    free(bs);
+}
+
+/* --- Range ------------------------------------------------------------------------ */
+
+static bool parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 19)
+        return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+enum blob_range_result blob_parse_range(const char *value, size_t len, uint64_t size,
+                                        uint64_t *start, uint64_t *end)
+{
+    while (len > 0 && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        len--;
+    }
+    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+        len--;
+    if (len < 7 || strncasecmp(value, "bytes=", 6) != 0)
+        return RANGE_NONE;
+    const char *spec = value + 6;
+    size_t n = len - 6;
+    if (memchr(spec, ',', n) != NULL)
+        return RANGE_NONE;
+    const char *dash = memchr(spec, '-', n);
+    if (dash == NULL)
+        return RANGE_NONE;
+    size_t a_len = (size_t)(dash - spec);
+    size_t b_len = n - a_len - 1;
+    uint64_t a, b;
+    if (a_len == 0) {
+        /* bytes=-n: the last n bytes. */
+        if (!parse_u64(dash + 1, b_len, &b))
+            return RANGE_NONE;
+        if (b == 0 || size == 0)
+            return RANGE_UNSATISFIABLE;
+        *start = b >= size ? 0 : size - b;
+        *end = size;
+        return RANGE_PARTIAL;
+    }
+    if (!parse_u64(spec, a_len, &a))
+        return RANGE_NONE;
+    if (b_len == 0) {
+        b = UINT64_MAX;
+    } else {
+        if (!parse_u64(dash + 1, b_len, &b))
+            return RANGE_NONE;
+        if (b < a)
+            return RANGE_NONE;
+    }
+    if (a >= size)
+        return RANGE_UNSATISFIABLE;
+    *start = a;
+    *end = b >= size - 1 ? size : b + 1;
+    return RANGE_PARTIAL;
+}
+
+/* --- The end of a request ----------------------------------------------------------- */
+
+static void close_fs_cb(uv_fs_t *req)
+{
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+static void release(struct blob_req *r)
+{
+    if (r->auth != NULL) {
+        chain_cancel(r->auth);
+        r->auth = NULL;
+    }
+    if (r->fetch != NULL) {
+        fetch_unwait(r->fetch, &r->waiter);
+        fetch_follow_end(r->fetch, &r->follower);
+        fetch_unref(r->fetch);
+        r->fetch = NULL;
+    }
+    if (r->own_fd && r->fd >= 0) {
+        uv_fs_t *req = malloc(sizeof(*req));
+        if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0)
+            free(req);
+        r->fd = -1;
+    }
+    free(r->buf);
+    free(r->challenge);
+    free(r);
+}
+
+/* Ends the exchange: normally when the body is complete, else by closing. */
+static void finish(struct blob_req *r, bool complete)
+{
+    if (r->done)
+        return;
+    r->done = true;
+    struct http_exchange *x = r->x;
+    if (complete)
+        http_respond_end(x);
+    else
+        http_respond_abort(x);
+    release(r);
+}
+
+/* Fails the request: a clean registry error while nothing was sent, else a close. */
+static void fail(struct blob_req *r, int code, const char *message)
+{
+    if (r->done)
+        return;
+    if (!http_exchange_head_sent(r->x) && !r->gone) {
+        r->done = true;
+        proxy_respond_error(r->x, code, message, NULL);
+        release(r);
+        return;
+    }
+    http_log_set_error(r->x, message);
+    finish(r, false);
+}
+
+static void on_gone(struct http_exchange *x, void *arg)
+{
+    struct blob_req *r = arg;
+    r->gone = true;
+    if (r->fetch != NULL)
+        fetch_unwait(r->fetch, &r->waiter);
+    if (!r->fs_busy && !r->writing)
+        finish(r, false);
+}
+
+/* --- Sending ---------------------------------------------------------------------- */
+
+static void set_head(struct blob_req *r)
+{
+    if (r->head_ready)
+        return;
+    r->head_ready = true;
+    char range[96];
+    char etag[80];
+    struct http_header h[6];
+    size_t n = 0;
+    snprintf(etag, sizeof(etag), "\"%s\"", r->digest);
+    h[n++] = (struct http_header){"Content-Type", 12, "application/octet-stream", 24};
+    h[n++] = (struct http_header){"Docker-Content-Digest", 21, r->digest, strlen(r->digest)};
+    h[n++] = (struct http_header){"ETag", 4, etag, strlen(etag)};
+    h[n++] = (struct http_header){"Accept-Ranges", 13, "bytes", 5};
+    h[n++] = (struct http_header){"Cache-Control", 13, "max-age=31536000, immutable", 27};
+    if (r->status == 206) {
+        int l = snprintf(range, sizeof(range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, r->pos,
+                         r->end - 1, r->total);
+        h[n++] = (struct http_header){"Content-Range", 13, range, (size_t)l};
+    }
+    int64_t length = r->end == UINT64_MAX ? -1 : (int64_t)(r->end - r->pos);
+    http_respond_head(r->x, r->status, h, n, length);
+}
+
+static void write_done(struct http_exchange *x, int status, void *arg)
+{
+    struct blob_req *r = arg;
+    r->writing = false;
+    if (status < 0 || r->gone) {
+        r->gone = true;
+        finish(r, false);
+        return;
+    }
+    pump(r);
+}
+
+static void send_chunk(struct blob_req *r, size_t n)
+{
+    set_head(r);
+    r->pos += n;
+    if (r->fetch != NULL) {
+        r->follower.offset = r->pos;
+        fetch_follow_moved(r->fetch);
+    }
+    r->writing = true;
+    int rc = http_respond_body(r->x, r->buf, n, write_done, r);
+    if (rc < 0) {
+        r->writing = false;
+        r->gone = true;
+        finish(r, false);
+    }
+}
+
+static void read_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (n <= 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "reading blob %s at offset %" PRIu64 ": %s", r->digest, r->pos,
+                 n == 0 ? "unexpected end of file" : uv_strerror((int)n));
+        log_msg(LOG_ERROR, "%s", msg);
+        fail(r, REG_ERR_INTERNAL, msg);
+        return;
+    }
+    send_chunk(r, (size_t)n);
+}
+
+static void on_progress(struct fetch_waiter *w)
+{
+    struct blob_req *r = (struct blob_req *)((char *)w - offsetof(struct blob_req, waiter));
+    if (!r->fs_busy && !r->writing && !r->done)
+        pump(r);
+}
+
+/* Sends what can be sent now; waits for the fetch when it has caught up. */
+static void pump(struct blob_req *r)
+{
+    if (r->done || r->fs_busy || r->writing)
+        return;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    struct fetch *f = r->fetch;
+    if (f != NULL && fetch_state(f) == FETCH_FAILED) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "fetching %s failed: %s", r->digest, fetch_error(f));
+        fail(r, REG_ERR_UPSTREAM_FAILED, msg);
+        return;
+    }
+    if (r->end == UINT64_MAX && f != NULL && fetch_state(f) == FETCH_DONE)
+        r->end = (uint64_t)fetch_size(f); /* a length that only the end told */
+    if (r->pos >= r->end) {
+        finish(r, true);
+        return;
+    }
+    uint64_t avail = f != NULL ? fetch_readable(f) : r->end;
+    if (avail > r->end)
+        avail = r->end;
+    if (r->pos >= avail) {
+        fetch_wait(f, &r->waiter);
+        return;
+    }
+    uint64_t want = avail - r->pos;
+    size_t n = want > r->buf_cap ? r->buf_cap : (size_t)want;
+    if (f != NULL && fetch_in_memory(f, r->pos)) {
+        size_t got = fetch_copy_window(f, r->pos, r->buf, n);
+        if (got == 0) {
+            fetch_wait(f, &r->waiter);
+            return;
+        }
+        send_chunk(r, got);
+        return;
+    }
+    uv_file fd = f != NULL ? fetch_fd(f) : r->fd;
+    uv_buf_t b = uv_buf_init(r->buf, (unsigned)n);
+    r->fs.data = r;
+    r->fs_busy = true;
+    int rc = uv_fs_read(r->bs->loop, &r->fs, fd, &b, 1, (int64_t)r->pos, read_done);
+    if (rc < 0) {
+        r->fs_busy = false;
+        fail(r, REG_ERR_INTERNAL, "cannot read the blob file");
+    }
+}
+
+/* Decides status and range against the blob's size, then starts pumping. */
+static void serve(struct blob_req *r, int64_t size)
+{
+    r->status = 200;
+    r->pos = 0;
+    r->end = size >= 0 ? (uint64_t)size : UINT64_MAX;
+    r->total = size >= 0 ? (uint64_t)size : 0;
+    const struct http_header *range = http_req_header(r->x, "Range");
+    if (range != NULL && size >= 0) {
+        uint64_t a, b;
+        enum blob_range_result rr =
+            blob_parse_range(range->value, range->value_len, (uint64_t)size, &a, &b);
+        if (rr == RANGE_UNSATISFIABLE) {
+            char cr[64];
+            snprintf(cr, sizeof(cr), "bytes */%" PRId64, size);
+            struct http_header h = {"Content-Range", 13, cr, strlen(cr)};
+            r->done = true;
+            proxy_respond_error_with(r->x, REG_ERR_RANGE_INVALID, 416, &h, 1,
+                                     "requested range not satisfiable", NULL);
+            release(r);
+            return;
+        }
+        if (rr == RANGE_PARTIAL) {
+            r->status = 206;
+            r->pos = a;
+            r->end = b;
+        }
+    }
+    uint64_t span = r->end == UINT64_MAX ? BLOB_CHUNK : r->end - r->pos;
+    r->buf_cap = span > BLOB_CHUNK ? BLOB_CHUNK : (span < 4096 ? 4096 : (size_t)span);
+    r->buf = malloc(r->buf_cap);
+    if (r->buf == NULL) {
+        fail(r, REG_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (r->fetch != NULL) {
+        r->follower.offset = r->pos;
+        fetch_follow_begin(r->fetch, &r->follower);
+    }
+    pump(r);
+}
+
+/* --- Hit or miss -------------------------------------------------------------------- */
+
+static void start_fetch(struct blob_req *r)
+{
+    struct blob_service *bs = r->bs;
+    struct fetch *f = fetch_find(bs->fetches, r->hex);
+    if (f != NULL) {
+        fetch_ref(f);
+        http_log_set_cache(r->x, CACHE_COALESCED);
+    } else {
+        struct upstream_header fwd[BLOB_MAX_FORWARDED];
+        char scratch[16384 + BLOB_MAX_FORWARDED * 2];
+        size_t nf = proxy_forward_headers(r->x, false, fwd, BLOB_MAX_FORWARDED, scratch,
+                                          sizeof(scratch));
+        size_t path_len;
+        const char *path = http_req_path(r->x, &path_len);
+        char *target = strndup(path, path_len);
+        size_t n_bases;
+        const char *const *bases = proxy_bases(bs->proxy, &n_bases);
+        struct chain_spec spec = {
+            .method = "GET",
+            .bases = bases,
+            .n_bases = n_bases,
+            .target = target,
+            .headers = fwd,
+            .n_headers = nf,
+            .max_redirects = 5,
+        };
+        int rc = target ? fetch_start(bs->fetches, r->hex, &spec, r->size, &f) : UV_ENOMEM;
+        free(target);
+        if (rc < 0) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "cannot start fetching %s: %s", r->digest,
+                     uv_strerror(rc));
+            fail(r, REG_ERR_UNAVAILABLE, msg);
+            return;
+        }
+        http_log_set_cache(r->x, CACHE_MISS);
+    }
+    r->fetch = f;
+    r->waiter.cb = on_progress;
+    if (fetch_upstream(f) != NULL)
+        http_log_set_upstream(r->x, fetch_upstream(f));
+    serve(r, r->size >= 0 ? r->size : fetch_size(f));
+}
+
+static void fstat_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
+    int err = (int)req->result;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (err < 0) {
+        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
+        return;
+    }
+    if (r->size >= 0 && size != r->size)
+        log_msg(LOG_WARN, "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
+                          "; serving the stored (verified) file",
+                r->digest, size, r->size);
+    http_log_set_cache(r->x, CACHE_HIT);
+    serve(r, size);
+}
+
+static void open_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    int result = (int)req->result;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (result >= 0) {
+        r->fd = result;
+        r->own_fd = true;
+    }
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (result < 0) {
+        if (result != UV_ENOENT)
+            log_msg(LOG_WARN, "cannot open stored blob %s (%s): fetching it", r->digest,
+                    uv_strerror(result));
+        start_fetch(r);
+        return;
+    }
+    r->fs.data = r;
+    r->fs_busy = true;
+    if (uv_fs_fstat(r->bs->loop, &r->fs, r->fd, fstat_done) < 0) {
+        r->fs_busy = false;
+        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
+    }
+}
+
+static void authorized(struct blob_req *r)
+{
+    if (http_req_is_head(r->x)) {
+        r->status = 200;
+        r->pos = 0;
+        r->end = r->size >= 0 ? (uint64_t)r->size : UINT64_MAX;
+        r->done = true;
+        set_head(r);
+        http_respond_end(r->x);
+        release(r);
+        return;
+    }
+    char path[4200];
+    if (store_blob_path(r->bs->store, r->hex, path, sizeof(path)) != 0) {
+        fail(r, REG_ERR_INTERNAL, "blob path too long");
+        return;
+    }
+    r->fs.data = r;
+    r->fs_busy = true;
+    if (uv_fs_open(r->bs->loop, &r->fs, path, UV_FS_O_RDONLY | O_CLOEXEC, 0, open_done) <
+        0) {
+        r->fs_busy = false;
+        start_fetch(r);
+    }
+}
+
+/* --- Authorization by the upstream ------------------------------------------------- */
+
+static void auth_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                      int64_t content_length)
+{
+    struct blob_req *r = ud;
+    r->auth_status = status;
+    r->size = content_length;
+    const struct http_header *ch = http_header_find(hdrs, n, "WWW-Authenticate");
+    if (ch != NULL) {
+        free(r->challenge);
+        r->challenge = strndup(ch->value, ch->value_len);
+    }
+}
+
+static void auth_body(void *ud, const char *data, size_t len)
+{
+}
+
+static void auth_done(void *ud, int err)
+{
+    struct blob_req *r = ud;
+    char msg[400];
+    if (err < 0 && r->auth_status == 0)
+        snprintf(msg, sizeof(msg), "upstream failed: %s", chain_error_message(r->auth));
+    r->auth = NULL;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (err < 0 && r->auth_status == 0) {
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        fail(r, err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
+                                                               : REG_ERR_UPSTREAM_FAILED,
+             msg);
+        return;
+    }
+    int st = r->auth_status;
+    if (st >= 200 && st < 300) {
+        authorized(r);
+        return;
+    }
+    /* A refusal: relay the status and the challenge; no byte of the blob. */
+    int code = st == 401   ? REG_ERR_UNAUTHORIZED
+               : st == 403 ? REG_ERR_DENIED
+               : st == 404 ? REG_ERR_BLOB_UNKNOWN
+               : st == 429 ? REG_ERR_TOOMANYREQUESTS
+               : st >= 500 ? REG_ERR_UPSTREAM_FAILED
+                           : REG_ERR_DENIED;
+    int status = st >= 500 ? 502 : st;
+    struct http_header h;
+    size_t nh = 0;
+    if (r->challenge != NULL) {
+        h = (struct http_header){"WWW-Authenticate", 16, r->challenge, strlen(r->challenge)};
+        nh = 1;
+    }
+    snprintf(msg, sizeof(msg), "the upstream answered %d for this blob in this repository", st);
+    r->done = true;
+    proxy_respond_error_with(r->x, code, status, &h, nh, msg, NULL);
+    release(r);
+}
+
+void blob_handle(struct blob_service *bs, struct http_exchange *x,
+                 const struct registry_route *route)
+{
+    struct blob_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        proxy_respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    r->bs = bs;
+    r->x = x;
+    r->fd = -1;
+    r->size = -1;
+    memcpy(r->hex, route->reference + 7, 64);
+    r->hex[64] = '\0';
+    snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
+    http_exchange_on_gone(x, on_gone, r);
+
+    struct upstream_header fwd[BLOB_MAX_FORWARDED];
+    char scratch[16384 + BLOB_MAX_FORWARDED * 2];
+    size_t nf = proxy_forward_headers(x, false, fwd, BLOB_MAX_FORWARDED, scratch, sizeof(scratch));
+    size_t path_len;
+    const char *path = http_req_path(x, &path_len);
+    char *target = strndup(path, path_len);
+    size_t n_bases;
+    const char *const *bases = proxy_bases(bs->proxy, &n_bases);
+    struct chain_spec spec = {
+        .method = "HEAD",
+        .bases = bases,
+        .n_bases = n_bases,
+        .target = target,
+        .headers = fwd,
+        .n_headers = nf,
+        .max_redirects = 5,
+    };
+    static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
+    int rc = target ? chain_request(proxy_pool(bs->proxy), &spec, &cbs, r, &r->auth) : UV_ENOMEM;
+    free(target);
+    if (rc < 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "cannot ask the upstream: %s", uv_strerror(rc));
+        fail(r, REG_ERR_UNAVAILABLE, msg);
+    }
+}

@@ -1,0 +1,46 @@
+/*
+ * blob.h: GET and HEAD of /v2/<name>/blobs/sha256:<hex>, the cache's main job.
+ *
+ * Every request is first authorized by the upstream: a HEAD of that blob in that
+ * repository with the client's Authorization. A refusal is relayed (status and
+ * challenge) and no byte of the blob is sent. Then a HEAD is answered from the
+ * upstream's answer; a GET is served from disk when the blob is stored (a hit),
+ * else from a fetch (fetch.h): the one already running for that digest (coalesced),
+ * or a new one (a miss). Range requests (one range) get 206 or 416, on hits and on
+ * misses.
+ */
+#ifndef CC_BLOB_H
+#define CC_BLOB_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "fetch.h"
+#include "proxy.h"
+#include "registry.h"
+#include "server.h"
+#include "store.h"
+
+struct blob_service;
+
+struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
+                                      struct fetch_manager *fetches, struct proxy *proxy);
+void blob_service_free(struct blob_service *bs);
+
+/* Handles a blob route whose digest is sha256. */
+void blob_handle(struct blob_service *bs, struct http_exchange *x,
+                 const struct registry_route *route);
+
+enum blob_range_result { RANGE_NONE = 0, RANGE_PARTIAL = 1, RANGE_UNSATISFIABLE = -1 };
+
+/*
+ * Interprets a Range header value against a blob of `size` bytes. One range of the
+ * forms "bytes=a-b", "bytes=a-", "bytes=-n" is honoured: RANGE_PARTIAL with
+ * [*start, *end) set. Anything this function does not honour (several ranges,
+ * another unit, bad syntax) is RANGE_NONE: the whole blob is sent, as RFC 9110 allows.
+ * A well-formed range that lies past the end is RANGE_UNSATISFIABLE.
+ */
+enum blob_range_result blob_parse_range(const char *value, size_t len, uint64_t size,
+                                        uint64_t *start, uint64_t *end);
+
+#endif

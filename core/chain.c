@@ -1,0 +1,206 @@
+/*
+ * chain.c: failover over an ordered list of upstream base URLs. See chain.h.
+ */
+#include "chain.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+struct chain_req {
+    struct upstream_pool *pool;
+    const struct upstream_callbacks *cbs;
+    void *ud;
+    struct upstream_req *cur;
+    char **bases;
+    size_t n_bases;
+    size_t attempt;
+    char *method;
+    char *target;
+    struct upstream_header *headers;
+    size_t n_headers;
+    int max_redirects;
+    bool head_given;
+    char error[512];
+};
+
+static void chain_free(struct chain_req *c)
+{
+    for (size_t i = 0; i < c->n_bases; i++)
+        free(c->bases[i]);
+    free(c->bases);
+    for (size_t i = 0; i < c->n_headers; i++) {
+        free((char *)c->headers[i].name);
+        free((char *)c->headers[i].value);
+    }
+    free(c->headers);
+    free(c->method);
+    free(c->target);
+    free(c);
+}
+
+static int chain_start_attempt(struct chain_req *c);
+
+/* Moves on to the next base after a failure; false when there is none. */
+static bool chain_next(struct chain_req *c)
+{
+    while (c->attempt + 1 < c->n_bases) {
+        log_msg(LOG_WARN, "upstream %s failed (%s); trying %s", c->bases[c->attempt], c->error,
+                c->bases[c->attempt + 1]);
+        c->attempt++;
+        if (chain_start_attempt(c) == 0)
+            return true;
+    }
+    return false;
+}
+
+static void on_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                    int64_t content_length)
+{
+    struct chain_req *c = ud;
+    if (status >= 500 && c->attempt + 1 < c->n_bases) {
+        snprintf(c->error, sizeof(c->error), "%s answered %d", c->bases[c->attempt], status);
+        upstream_cancel(c->cur);
+        c->cur = NULL;
+        if (chain_next(c))
+            return;
+        /* Every later base failed to start: report this one's failure. */
+        const struct upstream_callbacks *cbs = c->cbs;
+        void *cud = c->ud;
+        cbs->on_done(cud, UV_EPROTO);
+        chain_free(c);
+        return;
+    }
+    c->head_given = true;
+    c->cbs->on_head(c->ud, status, hdrs, n, content_length);
+}
+
+static void on_body(void *ud, const char *data, size_t len)
+{
+    struct chain_req *c = ud;
+    c->cbs->on_body(c->ud, data, len);
+}
+
+static void on_done(void *ud, int err)
+{
+    struct chain_req *c = ud;
+    if (err < 0) {
+        snprintf(c->error, sizeof(c->error), "%s", upstream_error_message(c->cur));
+        if (!c->head_given) {
+            c->cur = NULL;
+            if (chain_next(c))
+                return;
+        }
+    }
+    c->cur = NULL;
+    c->cbs->on_done(c->ud, err);
+    chain_free(c);
+}
+
+static int chain_start_attempt(struct chain_req *c)
+{
+    static const struct upstream_callbacks cbs = {on_head, on_body, on_done};
+    size_t len = strlen(c->bases[c->attempt]) + strlen(c->target) + 1;
+    char *url = malloc(len);
+    if (url == NULL)
+        return UV_ENOMEM;
+    snprintf(url, len, "%s%s", c->bases[c->attempt], c->target);
+    struct upstream_request_spec spec = {
+        .method = c->method,
+        .url = url,
+        .headers = c->headers,
+        .n_headers = c->n_headers,
+        .max_redirects = c->max_redirects,
+    };
+    int rc = upstream_request(c->pool, &spec, &cbs, c, &c->cur);
+    free(url);
+    if (rc < 0) {
+        snprintf(c->error, sizeof(c->error), "%s: %s", c->bases[c->attempt],
+                 rc == UV_ENOTSUP ? "https upstreams are not supported by this build"
+                                  : uv_strerror(rc));
+        c->cur = NULL;
+    }
+    return rc;
+}
+
+static char *dup_str(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
+                  const struct upstream_callbacks *cbs, void *ud, struct chain_req **out)
+{
+    if (spec->n_bases == 0)
+        return UV_EINVAL;
+    struct chain_req *c = calloc(1, sizeof(*c));
+    if (c == NULL)
+        return UV_ENOMEM;
+    c->pool = pool;
+    c->cbs = cbs;
+    c->ud = ud;
+    c->max_redirects = spec->max_redirects;
+    c->method = dup_str(spec->method);
+    c->target = dup_str(spec->target);
+    c->bases = calloc(spec->n_bases, sizeof(*c->bases));
+    c->headers = calloc(spec->n_headers ? spec->n_headers : 1, sizeof(*c->headers));
+    bool ok = c->method && c->target && c->bases && c->headers;
+    for (size_t i = 0; ok && i < spec->n_bases; i++) {
+        c->bases[i] = dup_str(spec->bases[i]);
+        ok = c->bases[i] != NULL;
+        c->n_bases = i + 1;
+    }
+    for (size_t i = 0; ok && i < spec->n_headers; i++) {
+        c->headers[i].name = dup_str(spec->headers[i].name);
+        c->headers[i].value = dup_str(spec->headers[i].value);
+        c->headers[i].sensitive = spec->headers[i].sensitive;
+        c->n_headers = i + 1;
+        ok = c->headers[i].name && c->headers[i].value;
+    }
+    if (!ok) {
+        chain_free(c);
+        return UV_ENOMEM;
+    }
+    int rc = chain_start_attempt(c);
+    while (rc < 0 && c->attempt + 1 < c->n_bases) {
+        c->attempt++;
+        rc = chain_start_attempt(c);
+    }
+    if (rc < 0) {
+        chain_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+void chain_pause(struct chain_req *c)
+{
+    if (c->cur)
+        upstream_pause(c->cur);
+}
+
+void chain_resume(struct chain_req *c)
+{
+    if (c->cur)
+        upstream_resume(c->cur);
+}
+
+void chain_cancel(struct chain_req *c)
+{
+    if (c->cur)
+        upstream_cancel(c->cur);
+    chain_free(c);
+}
+
+const char *chain_base(const struct chain_req *c)
+{
+    return c->bases[c->attempt];
+}
+
+const char *chain_error_message(const struct chain_req *c)
+{
+    return c->error;
+}

@@ -1,0 +1,59 @@
+/*
+ * store.h: blobs on disk, laid out as Docker Registry lays them out:
+ *
+ *   <root>/docker/registry/v2/blobs/sha256/<first two hex>/<hex>/data
+ *
+ * A file at that path is always complete and matches its digest: blobs are written to
+ * a temporary file under <root>/docker/registry/v2/_content-cache/tmp (the same file
+ * system), synced, and renamed into place only after the digest matched; the
+ * directory is synced after the rename. Temporary files left by a crash are removed by
+ * store_open.
+ *
+ * Functions named *_sync do blocking file-system calls: call them from the thread pool
+ * (uv_queue_work) or at start, never on the loop thread while serving. Errors are
+ * negative errno values.
+ */
+#ifndef CC_STORE_H
+#define CC_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+struct store;
+
+/*
+ * Opens the store at `root`, creating the directories it needs, and removes leftover
+ * temporary files (their count in *removed, may be NULL). Returns 0 and the store in
+ * *out, or -errno with the failing path in err.
+ */
+int store_open(const char *root, struct store **out, unsigned *removed, char *err,
+               size_t errlen);
+void store_close(struct store *st);
+
+const char *store_root(const struct store *st);
+
+/* True when `hex` is 64 lowercase hex digits (the only names the store accepts). */
+bool store_hex_valid(const char *hex);
+
+/* Writes the final path of blob `hex` into buf. Returns 0 or -ENAMETOOLONG. */
+int store_blob_path(const struct store *st, const char *hex, char *buf, size_t len);
+
+/*
+ * Creates a new temporary file for blob `hex` (O_RDWR|O_CREAT|O_EXCL, 0644, a unique
+ * name). Returns the fd and its path in path_out, or -errno.
+ */
+int store_tmp_create_sync(const struct store *st, const char *hex, char *path_out, size_t len);
+
+/*
+ * Commits a verified temporary file: fsync(fd), creates the blob's directories,
+ * renames tmp_path to the final path, fsyncs the directory. The fd stays open (the
+ * caller closes it). Returns 0 or -errno; on failure the temporary file is unlinked.
+ */
+int store_commit_sync(const struct store *st, int fd, const char *tmp_path, const char *hex);
+
+/* Removes blob `hex` (its data file and its directory). Returns 0, -ENOENT or -errno. */
+int store_remove_sync(const struct store *st, const char *hex);
+
+#endif

@@ -1,0 +1,212 @@
+/*
+ * policy.h: the Lua policy engine, the hooks by which an operator changes how the cache
+ * picks upstreams, expires and evicts blobs, and writes its access log.
+ *
+ * A policy is a Lua file that returns a table of hooks (functions). The engine loads the
+ * built-in defaults (default.lua in the builtin directory) and then every "*.lua" file in
+ * the config's drop-in directory (downstream option `policydir`), in byte-wise name order;
+ * a later file overrides the hooks it defines and leaves the others. Names starting with
+ * '.' are skipped, and so are subdirectories: put helper modules there and `require` them
+ * ("lib.helpers" is <dir>/lib/helpers.lua).
+ *
+ * The Lua state is a sandbox: only the base, table, string, math and utf8 libraries, no
+ * io, os, debug, package, dofile, loadfile or string.dump; `load` accepts text chunks
+ * only; `print` goes to the diagnostic log. `require` searches the builtin directory,
+ * then the drop-in directory, for text files only, and caches what a module returns
+ * (`require "default"` gives the built-in hooks, for a drop-in that wraps one). The
+ * global `cache` (also `require "cache"`) offers:
+ *   cache.now()            wall-clock seconds since the epoch, a float
+ *   cache.log(level, msg)  a diagnostic line "policy: msg" at "error", "warn", "info" or
+ *                          "debug"; at most POLICY_LOG_BURST lines per POLICY_LOG_INTERVAL
+ *                          seconds, the rest are counted and reported, not written
+ *   cache.config           read-only: blobttl (seconds, or nil), upstreams (a list of
+ *                          {index=1.., originhost=..., upstreamhosts={...}}), log =
+ *                          {level=..., formatter="text"|"json", fields={{key=, value=}...}
+ *                          in the config's order}, storage_root, policydir (or nil)
+ * A read-only table refuses assignment with an error; read it with ., [], #, ipairs and
+ * pairs (not next, which sees the empty proxy).
+ *
+ * Every hook call runs under lua_pcall with a traceback, an instruction budget and a cap
+ * on the state's memory. A hook that raises an error, runs past its budget, hits the cap
+ * or returns a value of the wrong type is logged (at most one line per hook per
+ * POLICY_LOG_INTERVAL seconds; the line counts the failures not logged since the last
+ * one), counted (policy_error_count), and makes the call return a negative error: the
+ * caller then does what the built-in C default does, for that call only. A policy that
+ * catches the budget error with pcall gains nothing: once past its budget, every further
+ * instruction of that call fails. The budget bounds Lua instructions, not the time spent
+ * inside one library function (a pathological string.find pattern): policy files are the
+ * operator's code, and the budget is there for their mistakes, not for hostile scripts.
+ *
+ * State kept by policies (the default's round-robin cursors) lives in the Lua state and
+ * starts afresh at a reload: after SIGHUP the rotation begins again at the first host.
+ *
+ * Errors are negative errno values and 0 is success:
+ *   -ENOENT     the hook is not defined: use the built-in default (not counted, not logged)
+ *   -EIO        the hook raised an error
+ *   -ETIMEDOUT  the hook ran past its instruction budget
+ *   -ENOMEM     the hook hit the memory cap (or malloc failed)
+ *   -EINVAL     the hook returned a value of the wrong type, or one that is not allowed
+ *   -ERANGE     the caller passed an upstream index that the config does not have
+ * The access-log entries, requests and blobs handed to hooks never contain a credential
+ * (no Authorization header, no token, no userinfo): keep it that way when adding fields.
+ *
+ * Everything here runs on the loop thread; an engine is not safe to share between threads.
+ */
+#ifndef CC_POLICY_H
+#define CC_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct policy_engine;
+
+enum policy_hook {
+    POLICY_HOOK_SELECT_UPSTREAM,
+    POLICY_HOOK_BLOB_TTL,
+    POLICY_HOOK_FORMAT_LOG,
+    POLICY_HOOK_EVICT,
+    POLICY_HOOK_COUNT
+};
+
+/* Defaults of policy_engine_set_limits. */
+#define POLICY_DEFAULT_INSTRUCTIONS 1000000UL
+#define POLICY_DEFAULT_MEMORY ((size_t)32 << 20)
+/* evict gets its budget plus this many instructions per candidate (it sorts them). */
+#define POLICY_EVICT_INSTRUCTIONS_PER_CANDIDATE 1000UL
+/* Seconds between two logged failures of one hook, and cache.log's window. */
+#define POLICY_LOG_INTERVAL 10.0
+/* cache.log lines written per window; the rest are counted. */
+#define POLICY_LOG_BURST 20
+
+/* A request, as select_upstream sees it: req = {method, repository, reference, digest,
+ * kind}. Strings are NUL-terminated and only read during the call; NULL becomes nil. */
+struct policy_request {
+    const char *method;     /* "GET", "HEAD" */
+    const char *repository; /* "library/alpine", or NULL for /v2/ and _catalog */
+    const char *reference;  /* tag or digest of a manifest, digest of a blob, or NULL */
+    const char *digest;     /* the reference when it is a digest, else NULL */
+    const char *kind;       /* "base", "manifest", "blob", "tags", "referrers", "catalog" */
+};
+
+/* A stored blob, as blob_ttl and evict see it: {digest, size, last_pulled, created,
+ * repositories}. Times are seconds since the epoch. */
+struct policy_blob {
+    const char *digest;                /* "sha256:..." */
+    uint64_t size;                     /* bytes */
+    double last_pulled;                /* the last time a client pulled it */
+    bool has_created;                  /* false: created is nil */
+    double created;                    /* when the cache stored it */
+    const char *const *repositories;   /* repositories it was last pulled from; may be NULL */
+    size_t n_repositories;
+};
+
+/* One access-log line, as format_log sees it. NULL strings become nil; so do status 0,
+ * duration_ms < 0 and time <= 0 (the hook then uses cache.now()). */
+struct policy_log_entry {
+    double time;              /* when the response completed, seconds since the epoch */
+    const char *method;
+    const char *uri;          /* the request target as received */
+    const char *repository;
+    const char *digest;
+    int status;
+    uint64_t bytes;           /* body bytes written */
+    double duration_ms;
+    const char *cache;        /* "hit", "miss", "coalesced", "bypass", or NULL */
+    const char *upstream;     /* base URL that answered, or NULL */
+    const char *remote_addr;  /* "ip:port" */
+    const char *user_agent;
+    const char *error;        /* a short sentence, or NULL */
+};
+
+/*
+ * Creates an engine and loads its policies: builtin_dir/default.lua, then the drop-in
+ * files of cfg->policydir. builtin_dir NULL means CC_POLICY_DIR (the source tree's
+ * policies/) when it holds default.lua, else CC_POLICY_INSTALL_DIR. The engine copies
+ * what it needs from cfg (which may be NULL: no upstreams, no blobttl, text logs), so
+ * cfg may be freed afterwards. Returns 0 and the engine in *out, or a negative error
+ * and a message in err (always NUL-terminated) that names the file and line at fault:
+ * -ENOENT (no builtin directory, or the drop-in directory cannot be read), -EINVAL (a
+ * file does not load, or does not return a table of functions), -ENOMEM.
+ */
+int policy_engine_new(const struct config *cfg, const char *builtin_dir,
+                      struct policy_engine **out, char *err, size_t errlen);
+
+/*
+ * Builds a new Lua state from the files as they are now, with cfg (NULL: the config
+ * the engine has), and swaps it in when every file loaded. When one did not, the
+ * running state and config stay and the error is as for policy_engine_new. Error
+ * counters are kept across reloads.
+ */
+int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, char *err,
+                         size_t errlen);
+
+/* Closes the Lua state and frees the engine. NULL is a no-op. */
+void policy_engine_free(struct policy_engine *pe);
+
+/* The clock behind cache.now() and the log rate limits (default: CLOCK_REALTIME). */
+void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud);
+
+/*
+ * The instruction budget of one hook call (and of loading one file), and the cap on
+ * the memory of the Lua state; 0 keeps the default. Applies from the next call on, the
+ * memory cap at once (memory already held is not taken back).
+ */
+void policy_engine_set_limits(struct policy_engine *pe, unsigned long instructions,
+                              size_t memory_bytes);
+
+/* Bytes the Lua state holds now. */
+size_t policy_engine_memory(const struct policy_engine *pe);
+
+/* "select_upstream", "blob_ttl", "format_log", "evict"; "?" for anything else. */
+const char *policy_hook_name(enum policy_hook h);
+
+/* True when some policy defines the hook. */
+bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h);
+
+/* Failed calls of the hook since the engine was created (reloads do not reset it). */
+uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h);
+
+/*
+ * select_upstream(req, upstream) for the config's upstreams[upstream_index]; upstream
+ * is the same read-only table as cache.config.upstreams[upstream_index + 1]. The hook
+ * returns a non-empty list of base URLs to try in order, each exactly the originhost or
+ * one of the upstreamhosts of that entry as written in the config; any other string is
+ * -EINVAL. A URL listed twice is kept once. On 0, *urls_out is a malloc'd array of
+ * *n_out malloc'd strings (free with policy_free_list; it fits chain_spec.bases).
+ */
+int policy_select_upstream(struct policy_engine *pe, const struct policy_request *req,
+                           size_t upstream_index, char ***urls_out, size_t *n_out);
+
+/*
+ * blob_ttl(blob) -> seconds, a number >= 0, that a blob not pulled again is kept
+ * counted from its last pull, or nil to keep it. On 0, *has_ttl says whether there is
+ * a TTL and *ttl_seconds holds it (0 when there is none).
+ */
+int policy_blob_ttl(struct policy_engine *pe, const struct policy_blob *blob, bool *has_ttl,
+                    double *ttl_seconds);
+
+/*
+ * format_log(entry) -> the access-log line, a string (without a newline; hand it to
+ * log_access_line, which escapes control bytes). On 0 buf holds it NUL-terminated and
+ * *out_len its length; a longer string is cut to len - 1 bytes. len must be > 0.
+ */
+int policy_format_log(struct policy_engine *pe, const struct policy_log_entry *entry, char *buf,
+                      size_t len, size_t *out_len);
+
+/*
+ * evict(candidates, bytes_needed) -> a list of the candidates' digests to delete, in
+ * the order to delete them. Digests that are not among the candidates are ignored, one
+ * named twice counts once. On 0, *victims_out is a malloc'd array (free()) of *n_out
+ * indexes into cands (NULL when n_out is 0). The budget grows with n (see
+ * POLICY_EVICT_INSTRUCTIONS_PER_CANDIDATE); each candidate costs the Lua state a few
+ * hundred bytes, so pass at most some tens of thousands per call.
+ */
+int policy_evict(struct policy_engine *pe, const struct policy_blob *cands, size_t n,
+                 uint64_t bytes_needed, size_t **victims_out, size_t *n_out);
+
+/* Frees a list from policy_select_upstream: each of the n strings, then the array. */
+void policy_free_list(char **list, size_t n);
+
+#endif
