@@ -183,6 +183,8 @@ static void finish(struct blob_req *r, bool complete)
         return;
     r->done = true;
     struct http_exchange *x = r->x;
+    if (r->fetch != NULL && fetch_upstream(r->fetch) != NULL)
+        http_log_set_upstream(x, fetch_upstream(r->fetch));
     if (complete)
         http_respond_end(x);
     else
@@ -432,8 +434,6 @@ static void start_fetch(struct blob_req *r)
     }
     r->fetch = f;
     r->waiter.cb = on_progress;
-    if (fetch_upstream(f) != NULL)
-        http_log_set_upstream(r->x, fetch_upstream(f));
     serve(r, r->size >= 0 ? r->size : fetch_size(f));
 }
 

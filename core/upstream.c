@@ -30,7 +30,8 @@
  * the bodies of these functions: handshake in transport_connected(), encrypt in
  * transport_write(), decrypt in on_tcp_read() into the plaintext buffer that
  * conn_on_data() parses (and must not overwrite while conn->has_pending), and nothing
- * above them changes. The https refusal in exchange_start() is the one other place.
+ * above them changes. The https refusals in upstream_request() and exchange_start()
+ * are the only other places to touch.
  */
 #include "upstream.h"
 
@@ -1466,7 +1467,7 @@ int upstream_request(struct upstream_pool *pool, const struct upstream_request_s
     int err = target_parse(spec->url, &orig, &path_query, &why);
     if (err != 0) return err;
     free(path_query);
-    if (orig.tls) return UV_ENOTSUP;
+    if (orig.tls) return UV_ENOTSUP; /* until the TLS transport (see the top of this file) */
 
     struct upstream_req *r = calloc(1, sizeof(*r));
     if (r == NULL) return UV_ENOMEM;
