@@ -15,14 +15,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "chain.h"
+#include "expire.h"
 #include "log.h"
 
 #define BLOB_CHUNK (256 * 1024)
 #define BLOB_MAX_FORWARDED 24
 
 struct blob_service {
+    double ttl_s; /* the configured blobttl, for how often a pull refreshes its time */
     uv_loop_t *loop;
     struct store *store;
     struct fetch_manager *fetches;
@@ -74,6 +77,35 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
     bs->fetches = fetches;
     bs->proxy = proxy;
     return bs;
+}
+
+void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
+{
+    bs->ttl_s = ttl_s;
+}
+
+static void touch_done(uv_fs_t *req)
+{
+    if (req->result < 0)
+        log_msg(LOG_WARN, "cannot record the pull time of a blob: %s",
+                uv_strerror((int)req->result));
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+/* Records a pull: the data file's access time is the blob's last-pulled time. */
+static void touch(struct blob_req *r, const uv_stat_t *sb)
+{
+    double atime = (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9;
+    double mtime = (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (!expire_touch_due(atime, now, r->bs->ttl_s))
+        return;
+    uv_fs_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_fs_futime(r->bs->loop, req, r->fd, now, mtime, touch_done) != 0)
+        free(req);
 }
 
 void blob_service_free(struct blob_service *bs)
@@ -442,6 +474,8 @@ static void fstat_done(uv_fs_t *req)
     struct blob_req *r = req->data;
     int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
     int err = (int)req->result;
+    if (err == 0 && !r->gone)
+        touch(r, &req->statbuf);
     uv_fs_req_cleanup(req);
     r->fs_busy = false;
     if (r->gone) {

@@ -27,6 +27,9 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
                                       struct fetch_manager *fetches, struct proxy *proxy);
 void blob_service_free(struct blob_service *bs);
 
+/* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
+void blob_service_set_ttl(struct blob_service *bs, double ttl_s);
+
 /* Handles a blob route whose digest is sha256. */
 void blob_handle(struct blob_service *bs, struct http_exchange *x,
                  const struct registry_route *route);

@@ -13,11 +13,13 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "blob.h"
 #include "config.h"
+#include "expire.h"
 #include "fetch.h"
 #include "log.h"
 #include "proxy.h"
@@ -39,6 +41,7 @@ static const char usage_text[] =
     "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
     "  content-cache serve CONFIG      the same\n"
     "  content-cache --check CONFIG    validate CONFIG, print what would be done, exit\n"
+    "  content-cache expire CONFIG     delete the blobs whose blobttl has passed, now\n"
     "  content-cache --version         print the version\n"
     "  content-cache --help            print this help\n"
     "\n"
@@ -62,6 +65,7 @@ struct app {
     struct store *store;
     struct fetch_manager *fetches;
     struct blob_service *blobs;
+    struct expiry *expiry;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -135,11 +139,51 @@ static int run_check(const char *path)
     return EXIT_OK;
 }
 
+static void print_removed(void *ud, const struct expire_blob *b)
+{
+    printf("removed sha256:%s (%llu bytes, last pulled %.0fs ago)\n", b->hex,
+           (unsigned long long)b->size, *(double *)ud - b->last_pulled);
+}
+
+/* `content-cache expire CONFIG`: one TTL sweep now. */
+static int run_expire(const char *path)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL)
+        return EXIT_CONFIG;
+    if (!cfg->has_blobttl) {
+        printf("no blobttl configured: nothing expires\n");
+        config_free(cfg);
+        return EXIT_OK;
+    }
+    char err[512];
+    struct store *st;
+    if (store_open(cfg->storage_root, &st, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        config_free(cfg);
+        return EXIT_RUNTIME;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    struct expire_opts eo = {
+        .default_ttl_s = (double)cfg->blobttl_ns / 1e9, .on_removed = print_removed, .ud = &now};
+    long n = expire_sweep_sync(st, &eo, now);
+    printf("%ld blobs removed\n", n < 0 ? 0 : n);
+    store_close(st);
+    config_free(cfg);
+    return n < 0 ? EXIT_RUNTIME : EXIT_OK;
+}
+
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
     app->server = NULL;
     fetch_manager_cancel_all(app->fetches);
+    if (app->expiry != NULL) {
+        expire_stop(app->expiry, NULL, NULL);
+        app->expiry = NULL;
+    }
     upstream_pool_close(app->pool);
     app->pool = NULL;
     uv_close((uv_handle_t *)&app->sig_term, NULL);
@@ -215,6 +259,15 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     proxy_set_blob_service(app.proxy, app.blobs);
+    if (app.cfg->has_blobttl) {
+        double ttl_s = (double)app.cfg->blobttl_ns / 1e9;
+        blob_service_set_ttl(app.blobs, ttl_s);
+        struct expire_opts eo = {.default_ttl_s = ttl_s};
+        if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
+            log_msg(LOG_ERROR, "cannot start the blob expiry timer");
+            return EXIT_RUNTIME;
+        }
+    }
 
     struct http_header extra[64];
     size_t n_extra = 0;
@@ -279,6 +332,8 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
         return run_check(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "expire") == 0)
+        return run_expire(argv[2]);
     if (argc == 3 && strcmp(argv[1], "serve") == 0)
         return run_serve(argv[2]);
     if (argc == 2 && argv[1][0] != '-')

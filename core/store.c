@@ -210,3 +210,46 @@ int store_remove_sync(const struct store *st, const char *hex)
     rmdir(dir); /* fails harmlessly when it holds other files */
     return 0;
 }
+
+double store_stat_atime(const struct stat *sb)
+{
+    return (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9;
+}
+
+int store_remove_if_unpulled_sync(const struct store *st, const char *hex, double pulled_before)
+{
+    char path[STORE_PATH_MAX];
+    int rc = store_blob_path(st, hex, path, sizeof(path));
+    if (rc != 0)
+        return rc;
+    struct stat sb;
+    if (stat(path, &sb) != 0)
+        return -errno;
+    if (store_stat_atime(&sb) > pulled_before)
+        return -EBUSY;
+    return store_remove_sync(st, hex);
+}
+
+int store_scan_prefix_sync(const struct store *st, unsigned prefix, store_visit_fn fn, void *ud)
+{
+    char dir[STORE_PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s/%02x", st->blobs, prefix & 0xff);
+    DIR *d = opendir(dir);
+    if (d == NULL)
+        return -errno;
+    struct dirent *e;
+    int rc = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (!store_hex_valid(e->d_name) || strncmp(e->d_name, dir + strlen(dir) - 2, 2) != 0)
+            continue;
+        char path[STORE_PATH_MAX];
+        snprintf(path, sizeof(path), "%s/%s/data", dir, e->d_name);
+        struct stat sb;
+        if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+            continue;
+        if (fn(ud, e->d_name, &sb) != 0)
+            break;
+    }
+    closedir(d);
+    return rc;
+}

@@ -19,6 +19,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 struct store;
@@ -55,5 +56,25 @@ int store_commit_sync(const struct store *st, int fd, const char *tmp_path, cons
 
 /* Removes blob `hex` (its data file and its directory). Returns 0, -ENOENT or -errno. */
 int store_remove_sync(const struct store *st, const char *hex);
+
+/*
+ * Removes blob `hex` only if its data file was not accessed (pulled) after
+ * `pulled_before` (seconds since the epoch): the check and the unlink are as close as
+ * the file system allows. Returns 0, -EBUSY when it was pulled meanwhile, -ENOENT, or
+ * -errno.
+ */
+int store_remove_if_unpulled_sync(const struct store *st, const char *hex, double pulled_before);
+
+/*
+ * Calls fn for every blob under prefix directory `prefix` (0..255, the first two hex
+ * digits), with the stat of its data file. Entries that are not blobs are skipped.
+ * fn returns 0 to go on, non-zero to stop. Returns 0 or -errno (-ENOENT when the
+ * prefix directory does not exist, which is normal).
+ */
+typedef int (*store_visit_fn)(void *ud, const char *hex, const struct stat *sb);
+int store_scan_prefix_sync(const struct store *st, unsigned prefix, store_visit_fn fn, void *ud);
+
+/* A stat's access time in seconds since the epoch, with its fraction. */
+double store_stat_atime(const struct stat *sb);
 
 #endif

@@ -12,6 +12,7 @@
 #include <lua.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "log.h"
 #include "policy.h"
@@ -30,7 +31,7 @@ struct policy_field {
 
 struct policy_settings {
     bool has_blobttl;
-    double blobttl_seconds;
+    uint64_t blobttl_ns;
     struct policy_upstream *upstreams;
     size_t n_upstreams;
     char *log_level;     /* NULL: "info" */

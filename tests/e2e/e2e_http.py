@@ -2,14 +2,16 @@
 and RawConnection for pipelining, oversized headers and connection handling."""
 
 import base64
+import hashlib
 import http.client
 import json
 import socket
+import time
 
 from e2e_base import HTTP_TIMEOUT
 
 __all__ = [
-    "Response", "request", "basic_auth", "RawConnection",
+    "Response", "request", "basic_auth", "RawConnection", "Body", "get_body",
 ]
 
 
@@ -159,3 +161,108 @@ class RawConnection:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+# --- Big bodies, streamed and hashed ---------------------------------------------------
+
+class Body:
+    """What get_body read: status, reason, headers (list of (name, value)),
+    content_length (None when the response had none), received (bytes of body that
+    arrived), sha256 ("sha256:<hex>" of those bytes), data (the bytes, when kept),
+    complete (the whole announced body arrived and the response ended normally),
+    error (why reading stopped early, else None), and times from the start of the
+    request: t_first_byte (first body byte, None if none) and t_end."""
+
+    def __init__(self):
+        self.status = None
+        self.reason = None
+        self.headers = []
+        self.content_length = None
+        self.received = 0
+        self.sha256 = None
+        self.data = None
+        self.complete = False
+        self.error = None
+        self.t_first_byte = None
+        self.t_end = None
+        self.started = None  # time.monotonic() when the request was sent
+
+    def header(self, name, default=None):
+        lname = name.lower()
+        for k, v in self.headers:
+            if k.lower() == lname:
+                return v
+        return default
+
+    def error_codes(self):
+        try:
+            doc = json.loads((self.data or b"").decode("utf-8"))
+            return [e.get("code") for e in doc.get("errors", [])]
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            return []
+
+    def complete_wrong_200(self, digest):
+        """True for the one outcome a cache must never produce: a complete 200 whose
+        bytes do not hash to `digest`."""
+        return self.status == 200 and self.complete and self.sha256 != digest
+
+    def __repr__(self):
+        return ("<Body status=%s length=%s received=%d complete=%s sha256=%s error=%r "
+                "first_byte=%s end=%s>" % (
+                    self.status, self.content_length, self.received, self.complete,
+                    (self.sha256 or "")[:19], self.error,
+                    None if self.t_first_byte is None else "%.3f" % self.t_first_byte,
+                    None if self.t_end is None else "%.3f" % self.t_end))
+
+
+def get_body(port, path, method="GET", headers=None, host="127.0.0.1", timeout=HTTP_TIMEOUT,
+             keep=False, keep_small=65536, chunk=1 << 20):
+    """One request on a new connection; the body is read in chunks and hashed as it
+    arrives, so a 200 MB blob costs no memory. Never raises for what the server does
+    (an early close, a reset, a stall past `timeout`): it is recorded in Body.error
+    and Body.complete says whether the announced body arrived whole. The body is kept
+    in Body.data when `keep`, or when it is at most `keep_small` bytes (error bodies)."""
+    b = Body()
+    h = hashlib.sha256()
+    kept = []
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    b.started = time.monotonic()
+    try:
+        conn.request(method, path, headers=headers or {})
+        r = conn.getresponse()
+        b.status, b.reason = r.status, r.reason
+        b.headers = list(r.getheaders())
+        cl = r.getheader("Content-Length")
+        b.content_length = int(cl) if cl is not None and cl.isdigit() else None
+        while True:
+            data = r.read(chunk) if method != "HEAD" else b""
+            if not data:
+                break
+            if b.t_first_byte is None:
+                b.t_first_byte = time.monotonic() - b.started
+            b.received += len(data)
+            h.update(data)
+            if keep or b.received <= keep_small:
+                kept.append(data)
+        if method == "HEAD":
+            b.complete = True
+        elif b.content_length is not None:
+            b.complete = b.received == b.content_length
+            if not b.complete:
+                b.error = "connection closed after %d of %d bytes" % (b.received,
+                                                                       b.content_length)
+        else:
+            b.complete = True  # chunked: its last chunk arrived (else IncompleteRead)
+    except (http.client.HTTPException, OSError) as e:
+        b.error = "%s: %s" % (type(e).__name__, e)
+        if isinstance(e, http.client.IncompleteRead) and e.partial:
+            b.received += len(e.partial)
+            h.update(e.partial)
+        b.complete = False
+    finally:
+        conn.close()
+    b.t_end = time.monotonic() - b.started
+    b.sha256 = "sha256:" + h.hexdigest()
+    if keep or b.received <= keep_small:
+        b.data = b"".join(kept)
+    return b

@@ -54,7 +54,8 @@ import traceback
 # The pieces in their own modules, re-exported so that tests use harness.X throughout.
 from e2e_base import *  # noqa: F401,F403
 from e2e_base import (CLIENT_TIMEOUT, LOG_TIMEOUT, POLL, START_TIMEOUT, STOP_TIMEOUT,
-                      binary_available, binary_path, log, tail, wait_for_count)
+                      binary_available, binary_path, log, sha256_digest, tail,
+                      wait_for_count)
 from e2e_http import *  # noqa: F401,F403
 from e2e_http import request
 from e2e_images import *  # noqa: F401,F403
@@ -413,6 +414,32 @@ class Origin:
     def wait_for_count(self, fn, at_least, timeout=LOG_TIMEOUT):
         return wait_for_count(fn, at_least, timeout, "%s's access log" % self.name)
 
+    def upload_blob(self, repo, data, timeout=CLIENT_TIMEOUT):
+        """Uploads `data` as a blob of `repo` with the blob upload API (monolithic:
+        POST, then PUT of the whole body with ?digest=) and returns its digest. No
+        image refers to it: enough for tests that request blobs by digest."""
+        import http.client
+        digest = sha256_digest(data)
+        r = request(self.port, "POST", "/v2/%s/blobs/uploads/" % repo, timeout=timeout)
+        if r.status != 202 or not r.header("Location"):
+            raise AssertionError("%s: starting an upload to %s: %r" % (self.name, repo, r))
+        location = r.header("Location")
+        if location.startswith("http"):
+            location = "/" + location.split("/", 3)[3]
+        location += ("&" if "?" in location else "?") + "digest=" + digest
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("PUT", location, body=data,
+                         headers={"Content-Type": "application/octet-stream"})
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status != 201:
+                raise AssertionError("%s: PUT of blob %s: %d %r" % (self.name, digest,
+                                                                   resp.status, body[:300]))
+        finally:
+            conn.close()
+        return digest
+
 
 # --- The cache under test ------------------------------------------------------------
 
@@ -545,6 +572,48 @@ class Cache:
         self.stopped = True
         self.exit_code = self.proc.stop()
         return self.exit_code
+
+    def kill(self, sig=signal.SIGKILL):
+        """Kills the cache by its PID with `sig` (default SIGKILL: a crash) and waits for
+        it. It counts as stopped on purpose: Run.finish does not hold it against the
+        test. Returns the exit code (negative: the signal)."""
+        if self.proc is None or self.proc.popen is None:
+            return None
+        self.stopped = True
+        if self.proc.alive():
+            os.kill(self.proc.pid, sig)
+            self.proc.popen.wait(timeout=STOP_TIMEOUT)
+        self.exit_code = self.proc.stop()
+        return self.exit_code
+
+    # The storage layout (docs/DESIGN.md, Storage).
+    @property
+    def tmp_dir(self):
+        """Where blobs being fetched are written: <root>/docker/registry/v2/_content-cache/tmp."""
+        return os.path.join(self.storage, "docker", "registry", "v2", "_content-cache", "tmp")
+
+    def blob_file(self, digest):
+        """The final path of a stored blob: <root>/docker/registry/v2/blobs/sha256/<2>/<hex>/data."""
+        hexd = digest.split(":", 1)[1]
+        return os.path.join(self.storage, "docker", "registry", "v2", "blobs", "sha256",
+                            hexd[:2], hexd, "data")
+
+    def tmp_files(self, digest=None):
+        """{name: size} of the files in tmp_dir (only those of `digest`, if given)."""
+        out = {}
+        prefix = digest.split(":", 1)[1] if digest else ""
+        try:
+            names = os.listdir(self.tmp_dir)
+        except FileNotFoundError:
+            return out
+        for name in names:
+            if not name.startswith(prefix):
+                continue
+            try:
+                out[name] = os.stat(os.path.join(self.tmp_dir, name)).st_size
+            except FileNotFoundError:
+                pass
+        return out
 
     def stderr_text(self):
         return "\n".join(read_lines(self.stderr_path))

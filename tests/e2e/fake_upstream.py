@@ -1,0 +1,407 @@
+"""A scriptable fake upstream for the blob e2e tests: its own process, stopped by PID.
+
+Two roles, chosen at start:
+
+  registry  a registry that serves only what the test scripts: GET /v2/ -> 200, and
+            HEAD/GET /v2/<name>/blobs/<digest> for the blobs it was told about, each with
+            a behaviour (see MODES) and a pace (bytes per second, 0: as fast as it can).
+            Anything else -> 404 with a registry error body.
+  proxy     a reverse proxy to a real origin (--target URL) that relays every request
+            and paces response bodies at --rate bytes per second, so that a test can
+            catch a fetch in the middle.
+
+Both count the requests they were sent, per "METHOD path" (the path with its query),
+and write one line per request to stdout. A test scripts and reads them over HTTP, on
+paths that nothing else uses:
+
+  GET  /__fake/stats   {"requests": {"GET /v2/..": n}, "completed": {...}}
+  POST /__fake/blob    {"digest", "path" (a file holding the blob's real bytes),
+                        "mode", "rate"}: adds or changes a blob (registry role)
+  POST /__fake/config  {"rate": bytes per second}: the proxy's pace
+
+Tests use the FakeUpstream class below (start, stop, set_blob, set_rate, count), which
+runs this file as a process with the harness's Proc. Standard library only.
+"""
+
+import argparse
+import http.client
+import http.server
+import json
+import os
+import re
+import socket
+import sys
+import threading
+import time
+import urllib.parse
+
+# How a blob's GET is answered (its HEAD always tells the true size and digest):
+MODES = {
+    "honest": "200, the right Content-Length and the right bytes",
+    "short": "200 with the right Content-Length, half of the bytes, then the connection closes",
+    "wrong": "200, the right length, one byte in the middle flipped",
+    "wrong_last": "200, the right length, the last byte flipped",
+    "long": "200, chunked (no Content-Length), the right bytes and 64 KiB more",
+    "bad_length": "200, Content-Length 1000 more than the HEAD said, the right bytes and "
+                  "1000 more",
+    "missing": "404 BLOB_UNKNOWN for HEAD and GET",
+}
+
+EXTRA = 64 * 1024
+CHUNK = 64 * 1024
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
+BLOB_PATH = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
+
+
+# --- The server (runs in its own process) --------------------------------------------
+
+class State:
+    def __init__(self, role, target, rate):
+        self.role = role
+        self.target = target
+        self.rate = rate
+        self.lock = threading.Lock()
+        self.blobs = {}
+        self.requests = {}
+        self.completed = {}
+
+    def note(self, table, key):
+        with self.lock:
+            table[key] = table.get(key, 0) + 1
+
+
+class Pacer:
+    """Keeps a body at `rate` bytes per second (0: no pacing)."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def sent_bytes(self, n):
+        self.sent += n
+        if self.rate > 0:
+            ahead = self.start + self.sent / self.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-upstream/1"
+    state = None  # set by serve()
+
+    def log_message(self, fmt, *args):
+        sys.stdout.write("%s %s\n" % (time.strftime("%H:%M:%S"), fmt % args))
+        sys.stdout.flush()
+
+    # --- helpers ---
+    def _send_json(self, status, doc, extra=None):
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _read_body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n > 0 else b""
+
+    def _error(self, status, code, message):
+        self._send_json(status, {"errors": [{"code": code, "message": message}]})
+
+    def _key(self):
+        return "%s %s" % (self.command, self.path)
+
+    # --- dispatch ---
+    def _handle(self):
+        st = self.state
+        if self.path.startswith("/__fake/"):
+            return self._control()
+        key = self._key()
+        st.note(st.requests, key)
+        try:
+            if st.role == "proxy":
+                self._proxy()
+            else:
+                self._registry()
+        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+            self.close_connection = True
+            return
+        st.note(st.completed, key)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    def _control(self):
+        st = self.state
+        if self.path == "/__fake/stats" and self.command == "GET":
+            with st.lock:
+                doc = {"requests": dict(st.requests), "completed": dict(st.completed)}
+            return self._send_json(200, doc)
+        if self.command == "POST" and self.path in ("/__fake/blob", "/__fake/config"):
+            try:
+                doc = json.loads(self._read_body() or b"{}")
+            except ValueError as e:
+                return self._send_json(400, {"error": str(e)})
+            with st.lock:
+                if self.path == "/__fake/config":
+                    if "rate" in doc:
+                        st.rate = float(doc["rate"])
+                else:
+                    mode = doc.get("mode", "honest")
+                    if mode not in MODES:
+                        return self._send_json(400, {"error": "unknown mode %r" % mode})
+                    size = os.path.getsize(doc["path"])
+                    st.blobs[doc["digest"]] = {"path": doc["path"], "mode": mode,
+                                               "rate": float(doc.get("rate", 0)), "size": size}
+            return self._send_json(200, {"ok": True})
+        return self._send_json(404, {"error": "no such control path"})
+
+    # --- registry role ---
+    def _registry(self):
+        st = self.state
+        if self.command not in ("GET", "HEAD"):
+            self._read_body()
+            return self._error(405, "UNSUPPORTED", "the fake registry only serves pulls")
+        path = urllib.parse.urlsplit(self.path).path
+        if path == "/v2/" or path == "/v2":
+            return self._send_json(200, {})
+        m = BLOB_PATH.match(path)
+        if not m:
+            return self._error(404, "NAME_UNKNOWN", "the fake registry has only blobs")
+        digest = m.group(2)
+        with st.lock:
+            blob = dict(st.blobs[digest]) if digest in st.blobs else None
+        if blob is None or blob["mode"] == "missing":
+            return self._error(404, "BLOB_UNKNOWN", "blob unknown to the fake registry")
+        size, mode = blob["size"], blob["mode"]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Docker-Content-Digest", digest)
+        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+        if self.command == "HEAD":
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            return
+        if mode == "long":
+            self.send_header("Transfer-Encoding", "chunked")
+        elif mode == "bad_length":
+            self.send_header("Content-Length", str(size + 1000))
+        else:
+            self.send_header("Content-Length", str(size))
+        if mode == "short":
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self._blob_body(blob["path"], size, mode, blob["rate"])
+
+    def _blob_body(self, path, size, mode, rate):
+        limit = size // 2 if mode == "short" else size
+        flip = {"wrong": size // 2, "wrong_last": size - 1}.get(mode)
+        pacer = Pacer(rate)
+        chunked = mode == "long"
+        sent = 0
+        with open(path, "rb") as f:
+            while sent < limit:
+                data = f.read(min(CHUNK if rate > 0 else 1 << 20, limit - sent))
+                if not data:
+                    break
+                if flip is not None and sent <= flip < sent + len(data):
+                    b = bytearray(data)
+                    b[flip - sent] ^= 0xFF
+                    data = bytes(b)
+                self._write(data, chunked)
+                sent += len(data)
+                pacer.sent_bytes(len(data))
+        if mode in ("long", "bad_length"):
+            self._write(b"\x5a" * (EXTRA if mode == "long" else 1000), chunked)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        if mode == "short":
+            # Content-Length promised `size`: closing here makes the body short.
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _write(self, data, chunked):
+        if chunked:
+            self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
+        else:
+            self.wfile.write(data)
+
+    # --- proxy role ---
+    def _proxy(self):
+        st = self.state
+        body = self._read_body()
+        target = urllib.parse.urlsplit(st.target)
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
+        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        try:
+            conn.request(self.command, self.path, body=body or None, headers=headers)
+            r = conn.getresponse()
+            self.send_response(r.status, r.reason)
+            for k, v in r.getheaders():
+                if k.lower() not in HOP_BY_HOP:
+                    self.send_header(k, v)
+            if self.command == "HEAD":
+                cl = r.getheader("Content-Length")
+                if cl is not None:
+                    self.send_header("Content-Length", cl)
+                self.end_headers()
+                return
+            cl = r.getheader("Content-Length")
+            if cl is None:
+                data = r.read()  # small (error bodies): relay it with a length
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return
+            self.send_header("Content-Length", cl)
+            self.end_headers()
+            pacer = Pacer(st.rate)
+            while True:
+                with st.lock:
+                    pacer.rate = st.rate
+                data = r.read(CHUNK if pacer.rate > 0 else 1 << 20)
+                if not data:
+                    break
+                self.wfile.write(data)
+                pacer.sent_bytes(len(data))
+            self.wfile.flush()
+        finally:
+            conn.close()
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+    allow_reuse_address = True
+
+
+def serve(argv):
+    ap = argparse.ArgumentParser(description="fake upstream for the content-cache e2e tests")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--role", choices=("registry", "proxy"), default="registry")
+    ap.add_argument("--target", help="the origin's base URL (proxy role)")
+    ap.add_argument("--rate", type=float, default=0.0, help="bytes per second (proxy role)")
+    args = ap.parse_args(argv)
+    if args.role == "proxy" and not args.target:
+        ap.error("--target is required for the proxy role")
+    Handler.state = State(args.role, args.target, args.rate)
+    server = Server(("127.0.0.1", args.port), Handler)
+    print("fake upstream (%s) listening on 127.0.0.1:%d" % (args.role, args.port), flush=True)
+    server.serve_forever()
+
+
+# --- The test side ------------------------------------------------------------------
+
+class FakeUpstream:
+    """A fake upstream process of the test's own (see the module's doc).
+
+        fake = FakeUpstream(run.work, role="registry").start()
+        fake.set_blob(digest, path, mode="short", rate=4e6)
+        ... fake.count("GET", "/v2/x/blobs/" + digest) ...
+        fake.stop()
+
+    Started with the harness's Proc (PR_SET_PDEATHSIG, stopped by PID at exit), on a
+    free port, or on a given port (to come back where a cache expects it)."""
+
+    def __init__(self, work, name="fake", role="registry", target=None, rate=0):
+        self.work = work
+        self.name = name
+        self.role = role
+        self.target = target.url if hasattr(target, "url") else target
+        self.rate = rate
+        self.log_path = work.sub(name + ".log")
+        self.port = None
+        self.proc = None
+
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def url(self):
+        return "http://" + self.host
+
+    def _make(self, port):
+        import harness as h
+        argv = [sys.executable, os.path.abspath(__file__), "--port", str(port),
+                "--role", self.role, "--rate", str(self.rate)]
+        if self.target:
+            argv += ["--target", self.target]
+        return h.Proc(self.name, argv, self.log_path, env=h.server_env())
+
+    def _ready(self, port, proc):
+        import harness as h
+        try:
+            return h.request(port, "GET", "/__fake/stats", timeout=2).status == 200
+        except OSError:
+            return False
+
+    def start(self, port=None):
+        """Starts on a free port, or on `port` (which must be free)."""
+        import harness as h
+        if port is None:
+            self.port, self.proc = h._start_server(self._make, self._ready, self.name)
+        else:
+            proc = self._make(port).start()
+            try:
+                h.wait_until(lambda: self._ready(port, proc) or not proc.alive(),
+                             h.START_TIMEOUT, "%s to answer on port %d" % (self.name, port))
+            except h.WaitTimeout:
+                proc.stop()
+                raise
+            if not proc.alive():
+                proc.stop()
+                raise h.ServerStartError("%s exited during start on port %d:\n%s"
+                                         % (self.name, port, h.tail(self.log_path)))
+            self.port, self.proc = port, proc
+        h.log("%s: fake upstream (%s) pid %d on %s" % (self.name, self.role, self.proc.pid,
+                                                      self.url))
+        return self
+
+    def stop(self):
+        return self.proc.stop() if self.proc else None
+
+    def alive(self):
+        return self.proc is not None and self.proc.alive()
+
+    def _post(self, path, doc):
+        import harness as h
+        r = h.request(self.port, "POST", path, body=json.dumps(doc).encode(),
+                      headers={"Content-Type": "application/json"})
+        if r.status != 200:
+            raise AssertionError("%s: POST %s %r -> %r" % (self.name, path, doc, r))
+
+    def set_blob(self, digest, path, mode="honest", rate=0):
+        """Serves the bytes in file `path` as blob `digest` (any repository), answering
+        its GET as MODES[mode] says, paced at `rate` bytes per second (0: unpaced)."""
+        self._post("/__fake/blob", {"digest": digest, "path": path, "mode": mode,
+                                    "rate": rate})
+
+    def set_rate(self, rate):
+        """The proxy's pace for response bodies from now on, also for bodies in flight."""
+        self._post("/__fake/config", {"rate": rate})
+
+    def stats(self):
+        import harness as h
+        return h.request(self.port, "GET", "/__fake/stats").json()
+
+    def count(self, method, path, completed=False):
+        """How many `method` requests for `path` (exactly, query included) arrived
+        (or, with completed, were answered to the end)."""
+        table = self.stats()["completed" if completed else "requests"]
+        return table.get("%s %s" % (method, path), 0)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1:])
