@@ -443,7 +443,7 @@ static void start_fetch(struct blob_req *r)
         const char *path = http_req_path(r->x, &path_len);
         char *target = strndup(path, path_len);
         size_t n_bases;
-        const char *const *bases = proxy_bases(bs->proxy, &n_bases);
+        const char *const *bases = proxy_bases(bs->proxy, true, &n_bases);
         struct chain_spec spec = {
             .method = "GET",
             .bases = bases,
@@ -635,7 +635,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     const char *path = http_req_path(x, &path_len);
     char *target = strndup(path, path_len);
     size_t n_bases;
-    const char *const *bases = proxy_bases(bs->proxy, &n_bases);
+    const char *const *bases = proxy_bases(bs->proxy, false, &n_bases);
     struct chain_spec spec = {
         .method = "HEAD",
         .bases = bases,

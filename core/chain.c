@@ -26,6 +26,75 @@ struct chain_req {
     char error[512];
 };
 
+/* --- Backoff: a base that failed is tried last for a while ----------------------------- */
+
+#define BACKOFF_SLOTS 64
+#define BACKOFF_FIRST_MS 1000u
+#define BACKOFF_MAX_MS 30000u
+
+struct backoff {
+    char base[256];
+    uint64_t until_ms;
+    unsigned failures;
+};
+
+/* One table per process: every chain request of the loop sees the same hosts. */
+static struct backoff backoffs[BACKOFF_SLOTS];
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static struct backoff *backoff_find(const char *base, bool create)
+{
+    struct backoff *free_slot = NULL, *oldest = &backoffs[0];
+    for (size_t i = 0; i < BACKOFF_SLOTS; i++) {
+        struct backoff *b = &backoffs[i];
+        if (b->base[0] != '\0' && strcmp(b->base, base) == 0)
+            return b;
+        if (b->base[0] == '\0' && free_slot == NULL)
+            free_slot = b;
+        if (b->until_ms < oldest->until_ms)
+            oldest = b;
+    }
+    if (!create || strlen(base) >= sizeof(oldest->base))
+        return NULL;
+    struct backoff *b = free_slot ? free_slot : oldest;
+    memset(b, 0, sizeof(*b));
+    snprintf(b->base, sizeof(b->base), "%s", base);
+    return b;
+}
+
+bool chain_backing_off(const char *base)
+{
+    struct backoff *b = backoff_find(base, false);
+    return b != NULL && b->until_ms > mono_ms();
+}
+
+static void backoff_failed(const char *base, const char *why)
+{
+    struct backoff *b = backoff_find(base, true);
+    if (b == NULL)
+        return;
+    unsigned ms = BACKOFF_FIRST_MS << (b->failures < 5 ? b->failures : 5);
+    if (ms > BACKOFF_MAX_MS)
+        ms = BACKOFF_MAX_MS;
+    b->failures++;
+    b->until_ms = mono_ms() + ms;
+    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", base, why,
+            ms / 1000);
+}
+
+static void backoff_succeeded(const char *base)
+{
+    struct backoff *b = backoff_find(base, false);
+    if (b != NULL && b->failures > 0) {
+        log_msg(LOG_INFO, "upstream %s answers again", base);
+        memset(b, 0, sizeof(*b));
+    }
+}
+
 static void chain_free(struct chain_req *c)
 {
     for (size_t i = 0; i < c->n_bases; i++)
@@ -47,8 +116,8 @@ static int chain_start_attempt(struct chain_req *c);
 static bool chain_next(struct chain_req *c)
 {
     while (c->attempt + 1 < c->n_bases) {
-        log_msg(LOG_WARN, "upstream %s failed (%s); trying %s", c->bases[c->attempt], c->error,
-                c->bases[c->attempt + 1]);
+        backoff_failed(c->bases[c->attempt], c->error);
+        log_msg(LOG_INFO, "trying the next upstream, %s", c->bases[c->attempt + 1]);
         c->attempt++;
         if (chain_start_attempt(c) == 0)
             return true;
@@ -74,6 +143,8 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
         return;
     }
     c->head_given = true;
+    if (status < 500)
+        backoff_succeeded(c->bases[c->attempt]);
     c->cbs->on_head(c->ud, status, hdrs, n, content_length);
 }
 
@@ -147,10 +218,15 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
     c->bases = calloc(spec->n_bases, sizeof(*c->bases));
     c->headers = calloc(spec->n_headers ? spec->n_headers : 1, sizeof(*c->headers));
     bool ok = c->method && c->target && c->bases && c->headers;
-    for (size_t i = 0; ok && i < spec->n_bases; i++) {
-        c->bases[i] = dup_str(spec->bases[i]);
-        ok = c->bases[i] != NULL;
-        c->n_bases = i + 1;
+    /* The bases in the given order, except that those backing off go last. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; ok && i < spec->n_bases; i++) {
+            if (chain_backing_off(spec->bases[i]) != (pass == 1))
+                continue;
+            c->bases[c->n_bases] = dup_str(spec->bases[i]);
+            ok = c->bases[c->n_bases] != NULL;
+            c->n_bases++;
+        }
     }
     for (size_t i = 0; ok && i < spec->n_headers; i++) {
         c->headers[i].name = dup_str(spec->headers[i].name);

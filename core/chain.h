@@ -26,6 +26,13 @@ struct chain_spec {
     int max_redirects;
 };
 
+/*
+ * A base that failed (unreachable, or 5xx) is tried after the others for a backoff time
+ * (1 s, doubling per failure up to 30 s) and logged; its first good answer clears it.
+ * True while `base` is backing off.
+ */
+bool chain_backing_off(const char *base);
+
 /* Starts the request. Returns 0 (callbacks will come) or a negative error (none will). */
 int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
                   const struct upstream_callbacks *cbs, void *ud, struct chain_req **out);

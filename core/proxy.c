@@ -23,8 +23,11 @@ struct proxy {
     unsigned in_flight;
     /* Base URLs ("scheme://host:port/prefix") of the first upstreams entry, in the
      * order they are tried. */
-    char *bases[PROXY_MAX_CANDIDATES];
+    char *bases[PROXY_MAX_CANDIDATES]; /* upstreamhosts in config order, then the origin */
     size_t n_bases;
+    size_t n_hosts;                    /* how many of bases are upstreamhosts */
+    size_t cursor;                     /* round-robin position among the hosts */
+    const char *order[PROXY_MAX_CANDIDATES]; /* scratch for proxy_bases */
     struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
 };
 
@@ -70,6 +73,7 @@ struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstre
         const struct config_upstream *up = &cfg->upstreams[0];
         for (size_t i = 0; i < up->n_upstreamhosts && p->n_bases < PROXY_MAX_CANDIDATES - 1; i++)
             p->bases[p->n_bases++] = join_base(&up->upstream_urls[i]);
+        p->n_hosts = p->n_bases;
         p->bases[p->n_bases++] = join_base(&up->origin);
     }
     for (size_t i = 0; i < p->n_bases; i++) {
@@ -358,10 +362,11 @@ static void relay_start(struct relay *r)
     struct upstream_header fwd[PROXY_MAX_FORWARDED];
     char scratch[16384 + PROXY_MAX_FORWARDED * 2];
     size_t nf = proxy_forward_headers(x, true, fwd, PROXY_MAX_FORWARDED, scratch, sizeof(scratch));
+    size_t n_bases;
     struct chain_spec spec = {
         .method = http_req_is_head(x) ? "HEAD" : "GET",
-        .bases = (const char *const *)r->proxy->bases,
-        .n_bases = r->proxy->n_bases,
+        .bases = proxy_bases(r->proxy, false, &n_bases),
+        .n_bases = n_bases,
         .target = http_req_target(x),
         .headers = fwd,
         .n_headers = nf,
@@ -461,10 +466,18 @@ void proxy_handle(struct http_exchange *x, void *ud)
     proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
 }
 
-const char *const *proxy_bases(const struct proxy *p, size_t *n)
+const char *const *proxy_bases(struct proxy *p, bool advance, size_t *n)
 {
+    /* The built-in order: the upstream caches in round-robin order from the cursor,
+     * then the origin as the last resort. */
+    for (size_t i = 0; i < p->n_hosts; i++)
+        p->order[i] = p->bases[(p->cursor + i) % p->n_hosts];
+    for (size_t i = p->n_hosts; i < p->n_bases; i++)
+        p->order[i] = p->bases[i];
+    if (advance && p->n_hosts > 0)
+        p->cursor = (p->cursor + 1) % p->n_hosts;
     *n = p->n_bases;
-    return (const char *const *)p->bases;
+    return p->order;
 }
 
 struct upstream_pool *proxy_pool(const struct proxy *p)

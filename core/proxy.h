@@ -5,9 +5,9 @@
  *
  * Blob requests go to the blob service (blob.h) once one is set.
  *
- * Upstream choice: the upstreamhosts of the first upstreams entry, in order, then its
- * originhost; the next one is tried when a host cannot be reached or answers 5xx
- * before any byte has gone to the client.
+ * Upstream choice: the upstreamhosts of the first upstreams entry in round-robin order,
+ * then its originhost (proxy_bases); the next one is tried when a host cannot be
+ * reached or answers 5xx before any byte has gone to the client (chain.h).
  */
 #ifndef CC_PROXY_H
 #define CC_PROXY_H
@@ -58,8 +58,14 @@ size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditiona
                              struct upstream_header *out, size_t max, char *scratch,
                              size_t scratch_len);
 
-/* The base URLs to try, in order, and the pool. */
-const char *const *proxy_bases(const struct proxy *p, size_t *n);
+/*
+ * The base URLs to try for one upstream request, in order: the upstreamhosts in
+ * round-robin order, then the originhost. `advance` moves the round-robin cursor on
+ * (once per blob fetch, so that fetches alternate between the upstream caches while
+ * the authorization HEAD of a request goes where its fetch will go). The array is
+ * valid until the next call.
+ */
+const char *const *proxy_bases(struct proxy *p, bool advance, size_t *n);
 struct upstream_pool *proxy_pool(const struct proxy *p);
 
 #endif
