@@ -119,16 +119,8 @@ void proxy_respond_error_with(struct http_exchange *x, int code, int status,
     if (status <= 0)
         status = registry_error_status((enum registry_error_code)code);
     http_log_set_error(x, message);
-    if (http_respond_head(x, status, hdrs, nh, n) == 0 && !http_req_is_head(x) && n > 0) {
-        int w = http_respond_try(x, body, (size_t)n);
-        if (w >= 0 && w < n) {
-            /* Rare: the socket took part of a small body. Close rather than keep a
-             * copy around; the client sees a short body, never a wrong one. */
-            http_respond_abort(x);
-            return;
-        }
-    }
-    http_respond_end(x);
+    if (http_respond_full(x, status, hdrs, nh, body, (size_t)n) != 0)
+        http_respond_abort(x);
 }
 
 void proxy_respond_error(struct http_exchange *x, int code, const char *message,

@@ -775,6 +775,27 @@ int http_respond_head(struct http_exchange *x, int status, const struct http_hea
     return 0;
 }
 
+int http_respond_full(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, const char *body, size_t len)
+{
+    int rc = http_respond_head(x, status, hdrs, n_hdrs, (int64_t)len);
+    if (rc != 0)
+        return rc;
+    bool head_only = x->method == HTTP_HEAD || status == 204 || status == 304;
+    if (!head_only && len > 0) {
+        /* The body rides in the head's buffer: one write for the whole response. */
+        char *h = realloc(x->head, x->head_len + len);
+        if (h == NULL)
+            return UV_ENOMEM;
+        memcpy(h + x->head_len, body, len);
+        x->head = h;
+        x->head_len += len;
+        x->body_sent = len;
+    }
+    http_respond_end(x);
+    return 0;
+}
+
 static void exchange_write_cb(uv_write_t *req, int status)
 {
     struct http_exchange *x = req->data;

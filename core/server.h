@@ -126,6 +126,14 @@ int http_respond_try(struct http_exchange *x, const char *data, size_t len);
  */
 void http_respond_end(struct http_exchange *x);
 
+/*
+ * A whole small response at once: status, headers and body (copied) go out in one
+ * write, and the exchange ends. Returns 0 or a negative error (the exchange is then
+ * still the caller's to end).
+ */
+int http_respond_full(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, const char *body, size_t len);
+
 /* Ends the exchange by closing the connection (a body that cannot be completed). */
 void http_respond_abort(struct http_exchange *x);
 

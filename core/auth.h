@@ -1,0 +1,160 @@
+/*
+ * auth.h: who may pull what. Two independent parts, both pure and for the loop thread
+ * (no I/O but the bundle file read once by auth_token_verifier_new, no locks):
+ *
+ * - The decision cache (auth.c) remembers, for a short time, what an upstream answered
+ *   to "may this credential do this action on this repository": the cache asks its
+ *   upstream (with the client's Authorization) at most once per TTL per credential,
+ *   origin, repository and action.
+ * - The token verifier (jwt.c) checks a bearer token itself against the issuer's
+ *   certificate bundle of the standard auth.token config section, as Docker
+ *   Distribution does: signature, issuer, audience, validity and the access claim.
+ *
+ * Errors are negative errno values; 0 is success. Credentials are never stored, logged
+ * or copied into a message: the cache keeps only a SHA-256 over them, and the reasons
+ * written by the verifier never quote the token.
+ */
+#ifndef CC_AUTH_H
+#define CC_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- the decision cache ---------------------------------------------------------------- */
+
+#define AUTH_CACHE_DEFAULT_ENTRIES 65536
+#define AUTH_CACHE_DEFAULT_ALLOW_TTL_MS 60000
+#define AUTH_CACHE_DEFAULT_DENY_TTL_MS 5000
+#define AUTH_CACHE_MAX_ENTRIES (1u << 24)
+
+struct auth_cache;
+
+struct auth_cache_stats {
+    uint64_t hits;      /* lookups that found a fresh decision */
+    uint64_t misses;    /* lookups that did not (none stored, or expired) */
+    uint64_t evictions; /* fresh or stale entries dropped to make room */
+    size_t entries;     /* entries held now (some may have expired, not yet dropped) */
+};
+
+/*
+ * Creates a cache of at most max_entries (1..AUTH_CACHE_MAX_ENTRIES) decisions. Allowed
+ * decisions are kept allow_ttl_ms, refusals deny_ttl_ms; a TTL of 0 keeps none of that
+ * kind. Returns NULL when max_entries is out of range or memory ran out. Memory grows
+ * with the entries held, up to ~60 bytes each plus 4 bytes per slot of a fixed table.
+ */
+struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms,
+                                  unsigned deny_ttl_ms);
+
+void auth_cache_free(struct auth_cache *c);
+
+/*
+ * A decision is keyed by SHA-256 over the length-prefixed origin, credential, repository
+ * and action, so that a "yes" for one of them never answers for another:
+ *   origin      the upstream entry's originhost as configured (C string), so one
+ *               origin's answer never opens another origin's repository
+ *   credential  the client's whole Authorization header value, credential[0..cred_len);
+ *               "" (cred_len 0, credential may be NULL) for an anonymous client
+ *   repository  repo[0..repo_len), the name as routed (registry.h)
+ *   action      "pull" (C string)
+ *
+ * auth_cache_lookup returns true and the decision in *status_out (200 for allowed, else
+ * the refusal status: 401, 403 or 404) when a decision is stored and now_ms is before
+ * its expiry, and marks it recently used; else false (an expired entry is dropped).
+ * Every call counts a hit or a miss.
+ */
+bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *credential,
+                       size_t cred_len, const char *repo, size_t repo_len, const char *action,
+                       uint64_t now_ms, int *status_out);
+
+/*
+ * Stores the upstream's answer `status` for that key at time now_ms, replacing an entry
+ * already there. 2xx is kept as allowed (200) for allow_ttl_ms, but never past the
+ * token's own `exp` when the credential is "Bearer <JWT>" with a readable exp (see
+ * auth_bearer_exp; an exp already past stores nothing); 401, 403 and 404 are kept
+ * deny_ttl_ms; any other status stores nothing. When the cache is full, the least
+ * recently used entry is dropped. Returns true when a decision was stored.
+ */
+bool auth_cache_store(struct auth_cache *c, const char *origin, const char *credential,
+                      size_t cred_len, const char *repo, size_t repo_len, const char *action,
+                      int status, uint64_t now_ms);
+
+void auth_cache_stats(const struct auth_cache *c, struct auth_cache_stats *out);
+
+/* ---- bearer tokens (jwt.c) ----------------------------------------------------------- */
+
+#define AUTH_TOKEN_MAX 8192     /* longer Authorization values are refused unread */
+#define AUTH_TOKEN_LEEWAY_S 60  /* exp and nbf are honoured with this much clock skew */
+#define AUTH_KID_SIZE 60        /* a libtrust key ID: 59 characters and a NUL */
+
+struct auth_verifier;
+
+/*
+ * Loads the PEM certificate bundle at rootcertbundle_path (one or more certificates, all
+ * of which must parse) and keeps copies of issuer and service. Returns 0 and a verifier
+ * in *out (free with auth_token_verifier_free), or -ENOENT/-EACCES/-EINVAL/-ENOMEM with
+ * a message naming the path in err (NUL-terminated; err may be NULL when errlen is 0).
+ */
+int auth_token_verifier_new(const char *rootcertbundle_path, const char *issuer,
+                            const char *service, char *err, size_t errlen,
+                            struct auth_verifier **out);
+
+void auth_token_verifier_free(struct auth_verifier *v);
+
+/* How many certificates the bundle held. */
+size_t auth_token_verifier_certs(const struct auth_verifier *v);
+
+/*
+ * Verifies an Authorization header value, header[0..len), for `action` ("pull") on the
+ * repository repo[0..repo_len) at time now_s (Unix seconds). It must be "Bearer <jwt>"
+ * (scheme in any case, one space), at most AUTH_TOKEN_MAX bytes, with a compact JWS of
+ * alg RS256, RS384, RS512, ES256, ES384 or ES512 whose signature verifies with:
+ *   - the first certificate of the header's x5c chain, when there is one: the chain
+ *     (standard base64 DER, leaf first) must verify against the bundle, each
+ *     certificate valid at now_s; or else
+ *   - the bundle certificate whose public key's libtrust ID equals the header's kid; or
+ *     else, with neither x5c nor kid, any bundle certificate.
+ * and whose claims hold: iss == issuer; aud == service, or an array holding it; exp
+ * present and now_s <= exp + leeway; nbf absent or nbf <= now_s + leeway; an access entry
+ * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}.
+ *
+ * Returns 0 when all hold. Else writes a short reason into why (never a byte of the
+ * token; why may be NULL when why_len is 0) and returns -EINVAL (not "Bearer" or not a
+ * well-formed token: base64url, JSON, header fields), -EMSGSIZE (over AUTH_TOKEN_MAX),
+ * -ENOTSUP (an algorithm or critical header not supported), -EPERM (no trusted key or
+ * the signature does not verify), -EACCES (the claims do not grant the access: issuer,
+ * audience, times, scope) or -ENOMEM. Any bytes are safe to pass.
+ */
+int auth_token_verify(const struct auth_verifier *v, const char *header, size_t len,
+                      const char *repo, size_t repo_len, const char *action, int64_t now_s,
+                      char *why, size_t why_len);
+
+/*
+ * The `exp` claim of a bearer credential, read WITHOUT verifying anything: header[0..len)
+ * must be "Bearer " and a JWT (three base64url parts, at most AUTH_TOKEN_MAX bytes)
+ * whose payload is a JSON object with a numeric exp. Returns 0 and exp (Unix seconds) in
+ * *exp_s, -ENOENT when there is no such claim, -EINVAL when it is not such a token. For
+ * capping a cache TTL only, never for granting anything.
+ */
+int auth_bearer_exp(const char *header, size_t len, int64_t *exp_s);
+
+/*
+ * The libtrust key ID of a public key given as DER SubjectPublicKeyInfo: the base32
+ * (RFC 4648, no padding) of the first 240 bits of its SHA-256, in 12 groups of 4
+ * characters joined by ':'. out receives 59 characters and a NUL.
+ */
+void auth_libtrust_kid(const unsigned char *spki_der, size_t len, char out[AUTH_KID_SIZE]);
+
+/* ---- the challenge (auth.c) ---------------------------------------------------------- */
+
+/*
+ * Writes the WWW-Authenticate value of a 401 for pulling repo[0..repo_len) into buf:
+ *   Bearer realm="<realm>",service="<service>",scope="repository:<repo>:pull"
+ * (without the scope when repo is NULL, as for /v2/). '"' and '\\' in the values are
+ * backslash-escaped. Returns the length (NUL-terminated), -ENOSPC when buf is too small,
+ * -EINVAL when a value holds a control byte.
+ */
+int auth_challenge(const char *realm, const char *service, const char *repo, size_t repo_len,
+                   char *buf, size_t len);
+
+#endif
