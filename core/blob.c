@@ -425,6 +425,42 @@ static void serve(struct blob_req *r, int64_t size)
     pump(r);
 }
 
+/* --- Upstream requests made for a client --------------------------------------------- */
+
+/* A request to the upstreams on behalf of r's client: its credentials, this blob. */
+struct upstream_call {
+    struct upstream_header fwd[BLOB_MAX_FORWARDED];
+    char scratch[16384 + BLOB_MAX_FORWARDED * 2];
+    char *target;
+    struct chain_spec spec;
+};
+
+static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method,
+                              bool advance)
+{
+    size_t path_len, n_bases;
+    const char *path = http_req_path(r->x, &path_len);
+    c->target = strndup(path, path_len);
+    if (c->target == NULL)
+        return UV_ENOMEM;
+    c->spec = (struct chain_spec){
+        .method = method,
+        .bases = proxy_bases(r->bs->proxy, advance, &n_bases),
+        .target = c->target,
+        .headers = c->fwd,
+        .n_headers = proxy_forward_headers(r->x, false, c->fwd, BLOB_MAX_FORWARDED, c->scratch,
+                                           sizeof(c->scratch)),
+        .max_redirects = 5,
+    };
+    c->spec.n_bases = n_bases;
+    return 0;
+}
+
+static void upstream_call_free(struct upstream_call *c)
+{
+    free(c->target);
+}
+
 /* --- Hit or miss -------------------------------------------------------------------- */
 
 static void start_fetch(struct blob_req *r)
@@ -435,26 +471,11 @@ static void start_fetch(struct blob_req *r)
         fetch_ref(f);
         http_log_set_cache(r->x, CACHE_COALESCED);
     } else {
-        struct upstream_header fwd[BLOB_MAX_FORWARDED];
-        char scratch[16384 + BLOB_MAX_FORWARDED * 2];
-        size_t nf = proxy_forward_headers(r->x, false, fwd, BLOB_MAX_FORWARDED, scratch,
-                                          sizeof(scratch));
-        size_t path_len;
-        const char *path = http_req_path(r->x, &path_len);
-        char *target = strndup(path, path_len);
-        size_t n_bases;
-        const char *const *bases = proxy_bases(bs->proxy, true, &n_bases);
-        struct chain_spec spec = {
-            .method = "GET",
-            .bases = bases,
-            .n_bases = n_bases,
-            .target = target,
-            .headers = fwd,
-            .n_headers = nf,
-            .max_redirects = 5,
-        };
-        int rc = target ? fetch_start(bs->fetches, r->hex, &spec, r->size, &f) : UV_ENOMEM;
-        free(target);
+        struct upstream_call call;
+        int rc = upstream_call_init(&call, r, "GET", true);
+        if (rc == 0)
+            rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size, &f);
+        upstream_call_free(&call);
         if (rc < 0) {
             char msg[200];
             snprintf(msg, sizeof(msg), "cannot start fetching %s: %s", r->digest,
@@ -628,26 +649,12 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
     http_exchange_on_gone(x, on_gone, r);
 
-    struct upstream_header fwd[BLOB_MAX_FORWARDED];
-    char scratch[16384 + BLOB_MAX_FORWARDED * 2];
-    size_t nf = proxy_forward_headers(x, false, fwd, BLOB_MAX_FORWARDED, scratch, sizeof(scratch));
-    size_t path_len;
-    const char *path = http_req_path(x, &path_len);
-    char *target = strndup(path, path_len);
-    size_t n_bases;
-    const char *const *bases = proxy_bases(bs->proxy, false, &n_bases);
-    struct chain_spec spec = {
-        .method = "HEAD",
-        .bases = bases,
-        .n_bases = n_bases,
-        .target = target,
-        .headers = fwd,
-        .n_headers = nf,
-        .max_redirects = 5,
-    };
+    struct upstream_call call;
     static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
-    int rc = target ? chain_request(proxy_pool(bs->proxy), &spec, &cbs, r, &r->auth) : UV_ENOMEM;
-    free(target);
+    int rc = upstream_call_init(&call, r, "HEAD", false);
+    if (rc == 0)
+        rc = chain_request(proxy_pool(bs->proxy), &call.spec, &cbs, r, &r->auth);
+    upstream_call_free(&call);
     if (rc < 0) {
         char msg[200];
         snprintf(msg, sizeof(msg), "cannot ask the upstream: %s", uv_strerror(rc));
