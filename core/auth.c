@@ -20,15 +20,15 @@
 struct auth_entry {
     unsigned char key[32];
     uint64_t expires_ms;
-    uint32_t chain;              /* next entry in the bucket, or next free slot */
-    uint32_t newer, older;       /* the use list */
+    uint32_t chain;        /* next entry in the bucket, or next free slot */
+    uint32_t newer, older; /* the use list */
     int status;
 };
 
 struct auth_cache {
     struct auth_entry *entries;
-    size_t n_alloc;              /* slots allocated */
-    size_t n_used;               /* slots ever handed out (the rest are untouched) */
+    size_t n_alloc; /* slots allocated */
+    size_t n_used;  /* slots ever handed out (the rest are untouched) */
     size_t n_live;
     size_t max_entries;
     uint32_t *buckets;
@@ -39,14 +39,11 @@ struct auth_cache {
     uint64_t hits, misses, evictions;
 };
 
-struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms,
-                                  unsigned deny_ttl_ms)
+struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, unsigned deny_ttl_ms)
 {
-    if (max_entries == 0 || max_entries > AUTH_CACHE_MAX_ENTRIES)
-        return NULL;
+    if (max_entries == 0 || max_entries > AUTH_CACHE_MAX_ENTRIES) return NULL;
     struct auth_cache *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return NULL;
+    if (c == NULL) return NULL;
     size_t n_buckets = 16;
     while (n_buckets < max_entries)
         n_buckets *= 2;
@@ -67,8 +64,7 @@ struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms,
 
 void auth_cache_free(struct auth_cache *c)
 {
-    if (c == NULL)
-        return;
+    if (c == NULL) return;
     free(c->entries);
     free(c->buckets);
     free(c);
@@ -89,13 +85,11 @@ static void hash_field(struct digest_sha256 *ctx, const void *data, size_t len)
     for (int i = 0; i < 8; i++)
         prefix[i] = (unsigned char)(n >> (8 * i));
     digest_sha256_update(ctx, prefix, sizeof(prefix));
-    if (len > 0)
-        digest_sha256_update(ctx, data, len);
+    if (len > 0) digest_sha256_update(ctx, data, len);
 }
 
-static void make_key(const char *origin, const char *credential, size_t cred_len,
-                     const char *repo, size_t repo_len, const char *action,
-                     unsigned char key[32])
+static void make_key(const char *origin, const char *credential, size_t cred_len, const char *repo,
+                     size_t repo_len, const char *action, unsigned char key[32])
 {
     struct digest_sha256 ctx;
     digest_sha256_init(&ctx);
@@ -116,8 +110,7 @@ static size_t bucket_of(const struct auth_cache *c, const unsigned char key[32])
 static uint32_t find(const struct auth_cache *c, const unsigned char key[32])
 {
     for (uint32_t i = c->buckets[bucket_of(c, key)]; i != NIL; i = c->entries[i].chain)
-        if (memcmp(c->entries[i].key, key, 32) == 0)
-            return i;
+        if (memcmp(c->entries[i].key, key, 32) == 0) return i;
     return NIL;
 }
 
@@ -139,11 +132,9 @@ static void use_push_newest(struct auth_cache *c, uint32_t i)
     struct auth_entry *e = &c->entries[i];
     e->newer = NIL;
     e->older = c->newest;
-    if (c->newest != NIL)
-        c->entries[c->newest].newer = i;
+    if (c->newest != NIL) c->entries[c->newest].newer = i;
     c->newest = i;
-    if (c->oldest == NIL)
-        c->oldest = i;
+    if (c->oldest == NIL) c->oldest = i;
 }
 
 /* Takes entry i out of its bucket and the use list, and puts it on the free list. */
@@ -173,11 +164,9 @@ static uint32_t take_slot(struct auth_cache *c)
     }
     if (c->n_used == c->n_alloc) {
         size_t want = c->n_alloc == 0 ? 64 : c->n_alloc * 2;
-        if (want > c->max_entries)
-            want = c->max_entries;
+        if (want > c->max_entries) want = c->max_entries;
         struct auth_entry *grown = realloc(c->entries, want * sizeof(*grown));
-        if (grown == NULL)
-            return NIL;
+        if (grown == NULL) return NIL;
         c->entries = grown;
         c->n_alloc = want;
     }
@@ -212,19 +201,14 @@ static uint64_t expiry_for(const struct auth_cache *c, const char *credential, s
 {
     if (status == 401 || status == 403 || status == 404)
         return c->deny_ttl_ms > 0 ? now_ms + c->deny_ttl_ms : 0;
-    if (status < 200 || status > 299 || c->allow_ttl_ms == 0)
-        return 0;
+    if (status < 200 || status > 299 || c->allow_ttl_ms == 0) return 0;
     uint64_t expires = now_ms + c->allow_ttl_ms;
     int64_t exp_s;
     if (credential != NULL && auth_bearer_exp(credential, cred_len, &exp_s) == 0) {
-        if (exp_s <= 0)
-            return 0;
-        uint64_t exp_ms = (uint64_t)exp_s > UINT64_MAX / 1000 ? UINT64_MAX
-                                                               : (uint64_t)exp_s * 1000;
-        if (exp_ms <= now_ms)
-            return 0;
-        if (exp_ms < expires)
-            expires = exp_ms;
+        if (exp_s <= 0) return 0;
+        uint64_t exp_ms = (uint64_t)exp_s > UINT64_MAX / 1000 ? UINT64_MAX : (uint64_t)exp_s * 1000;
+        if (exp_ms <= now_ms) return 0;
+        if (exp_ms < expires) expires = exp_ms;
     }
     return expires;
 }
@@ -234,8 +218,7 @@ bool auth_cache_store(struct auth_cache *c, const char *origin, const char *cred
                       int status, uint64_t now_ms)
 {
     uint64_t expires = expiry_for(c, credential, cred_len, status, now_ms);
-    if (expires == 0)
-        return false;
+    if (expires == 0) return false;
     unsigned char key[32];
     make_key(origin, credential, cred_len, repo, repo_len, action, key);
     uint32_t i = find(c, key);
@@ -243,8 +226,7 @@ bool auth_cache_store(struct auth_cache *c, const char *origin, const char *cred
         use_unlink(c, i);
     } else {
         i = take_slot(c);
-        if (i == NIL)
-            return false;
+        if (i == NIL) return false;
         struct auth_entry *e = &c->entries[i];
         memcpy(e->key, key, 32);
         size_t b = bucket_of(c, key);
@@ -279,8 +261,7 @@ static void put(struct out_buf *o, const char *s, size_t n, bool quoted)
             o->err = -ENOSPC;
             return;
         }
-        if (esc)
-            o->p[o->len++] = '\\';
+        if (esc) o->p[o->len++] = '\\';
         o->p[o->len++] = (char)ch;
     }
 }
@@ -294,8 +275,7 @@ int auth_challenge(const char *realm, const char *service, const char *repo, siz
                    char *buf, size_t len)
 {
     struct out_buf o = {buf, 0, len, 0};
-    if (len == 0)
-        return -ENOSPC;
+    if (len == 0) return -ENOSPC;
     put_lit(&o, "Bearer realm=\"");
     put(&o, realm ? realm : "", realm ? strlen(realm) : 0, true);
     put_lit(&o, "\",service=\"");
@@ -306,8 +286,7 @@ int auth_challenge(const char *realm, const char *service, const char *repo, siz
         put_lit(&o, ":pull");
     }
     put_lit(&o, "\"");
-    if (o.err != 0)
-        return o.err;
+    if (o.err != 0) return o.err;
     buf[o.len] = '\0';
     return (int)o.len;
 }

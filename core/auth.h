@@ -43,8 +43,7 @@ struct auth_cache_stats {
  * kind. Returns NULL when max_entries is out of range or memory ran out. Memory grows
  * with the entries held, up to ~60 bytes each plus 4 bytes per slot of a fixed table.
  */
-struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms,
-                                  unsigned deny_ttl_ms);
+struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, unsigned deny_ttl_ms);
 
 void auth_cache_free(struct auth_cache *c);
 
@@ -83,9 +82,9 @@ void auth_cache_stats(const struct auth_cache *c, struct auth_cache_stats *out);
 
 /* ---- bearer tokens (jwt.c) ----------------------------------------------------------- */
 
-#define AUTH_TOKEN_MAX 8192     /* longer Authorization values are refused unread */
-#define AUTH_TOKEN_LEEWAY_S 60  /* exp and nbf are honoured with this much clock skew */
-#define AUTH_KID_SIZE 60        /* a libtrust key ID: 59 characters and a NUL */
+#define AUTH_TOKEN_MAX 8192    /* longer Authorization values are refused unread */
+#define AUTH_TOKEN_LEEWAY_S 60 /* exp and nbf are honoured with this much clock skew */
+#define AUTH_KID_SIZE 60       /* a libtrust key ID: 59 characters and a NUL */
 
 struct auth_verifier;
 

@@ -25,25 +25,20 @@ static bool is_digit(char c)
 
 static int hex_value(char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
 /* Reads 4 hex digits at s[0..n); -1 when they are not there. */
 static long read_hex4(const char *s, size_t n)
 {
-    if (n < 4)
-        return -1;
+    if (n < 4) return -1;
     long v = 0;
     for (int k = 0; k < 4; k++) {
         int h = hex_value(s[k]);
-        if (h < 0)
-            return -1;
+        if (h < 0) return -1;
         v = (v << 4) | h;
     }
     return v;
@@ -58,31 +53,25 @@ static size_t scan_string(const char *text, size_t len, size_t pos)
     size_t p = pos + 1;
     while (p < len) {
         unsigned char c = (unsigned char)text[p];
-        if (c == '"')
-            return p + 1;
-        if (c < 0x20)
-            return 0;
+        if (c == '"') return p + 1;
+        if (c < 0x20) return 0;
         if (c == '\\') {
-            if (p + 1 >= len)
-                return 0;
+            if (p + 1 >= len) return 0;
             char e = text[p + 1];
-            if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' ||
-                e == 'r' || e == 't') {
+            if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' ||
+                e == 't') {
                 p += 2;
                 continue;
             }
-            if (e != 'u')
-                return 0;
+            if (e != 'u') return 0;
             long u = read_hex4(text + p + 2, len - (p + 2));
             if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
                 return 0; /* not hex, or a low surrogate on its own */
             p += 6;
             if (u >= 0xd800 && u <= 0xdbff) {
-                if (p + 1 >= len || text[p] != '\\' || text[p + 1] != 'u')
-                    return 0;
+                if (p + 1 >= len || text[p] != '\\' || text[p + 1] != 'u') return 0;
                 long lo = read_hex4(text + p + 2, len - (p + 2));
-                if (lo < 0xdc00 || lo > 0xdfff)
-                    return 0;
+                if (lo < 0xdc00 || lo > 0xdfff) return 0;
                 p += 6;
             }
             continue;
@@ -93,8 +82,7 @@ static size_t scan_string(const char *text, size_t len, size_t pos)
         }
         unsigned int cp;
         size_t step = registry_utf8_decode((const unsigned char *)text + p, len - p, &cp);
-        if (step == 0)
-            return 0;
+        if (step == 0) return 0;
         p += step;
     }
     return 0;
@@ -104,10 +92,8 @@ static size_t scan_string(const char *text, size_t len, size_t pos)
 static size_t scan_number(const char *text, size_t len, size_t pos)
 {
     size_t p = pos;
-    if (p < len && text[p] == '-')
-        p++;
-    if (p >= len || !is_digit(text[p]))
-        return 0;
+    if (p < len && text[p] == '-') p++;
+    if (p >= len || !is_digit(text[p])) return 0;
     if (text[p] == '0') {
         p++;
     } else {
@@ -116,17 +102,14 @@ static size_t scan_number(const char *text, size_t len, size_t pos)
     }
     if (p < len && text[p] == '.') {
         p++;
-        if (p >= len || !is_digit(text[p]))
-            return 0;
+        if (p >= len || !is_digit(text[p])) return 0;
         while (p < len && is_digit(text[p]))
             p++;
     }
     if (p < len && (text[p] == 'e' || text[p] == 'E')) {
         p++;
-        if (p < len && (text[p] == '+' || text[p] == '-'))
-            p++;
-        if (p >= len || !is_digit(text[p]))
-            return 0;
+        if (p < len && (text[p] == '+' || text[p] == '-')) p++;
+        if (p >= len || !is_digit(text[p])) return 0;
         while (p < len && is_digit(text[p]))
             p++;
     }
@@ -134,12 +117,12 @@ static size_t scan_number(const char *text, size_t len, size_t pos)
 }
 
 enum parse_state {
-    EXPECT_VALUE,        /* a value (the root, an element, a member's value) */
-    EXPECT_FIRST,        /* just after '[' or '{': a first element/key, or the close */
-    EXPECT_KEY,          /* after ',' in an object */
-    EXPECT_COLON,        /* after a key */
-    EXPECT_COMMA_CLOSE,  /* after an element or member */
-    EXPECT_END,          /* the root is complete: only whitespace may follow */
+    EXPECT_VALUE,       /* a value (the root, an element, a member's value) */
+    EXPECT_FIRST,       /* just after '[' or '{': a first element/key, or the close */
+    EXPECT_KEY,         /* after ',' in an object */
+    EXPECT_COLON,       /* after a key */
+    EXPECT_COMMA_CLOSE, /* after an element or member */
+    EXPECT_END,         /* the root is complete: only whitespace may follow */
 };
 
 int json_parse(const char *text, size_t len, struct json_token *tokens, size_t cap,
@@ -149,24 +132,20 @@ int json_parse(const char *text, size_t len, struct json_token *tokens, size_t c
     size_t depth = 0, n = 0, pos = 0;
     enum parse_state state = EXPECT_VALUE;
 
-    if (len > JSON_MAX_TEXT)
-        return -E2BIG;
+    if (len > JSON_MAX_TEXT) return -E2BIG;
     for (;;) {
         while (pos < len && is_ws(text[pos]))
             pos++;
         if (state == EXPECT_END) {
-            if (pos != len)
-                return -EINVAL;
+            if (pos != len) return -EINVAL;
             break;
         }
-        if (pos >= len)
-            return -EINVAL;
+        if (pos >= len) return -EINVAL;
         char c = text[pos];
         struct json_token *top = depth > 0 ? &tokens[stack[depth - 1]] : NULL;
 
         if (state == EXPECT_COLON) {
-            if (c != ':')
-                return -EINVAL;
+            if (c != ':') return -EINVAL;
             pos++;
             state = EXPECT_VALUE;
             continue;
@@ -182,30 +161,25 @@ int json_parse(const char *text, size_t len, struct json_token *tokens, size_t c
                 continue;
             }
             if (state == EXPECT_COMMA_CLOSE) {
-                if (c != ',')
-                    return -EINVAL;
+                if (c != ',') return -EINVAL;
                 pos++;
                 while (pos < len && is_ws(text[pos]))
                     pos++;
-                if (pos >= len)
-                    return -EINVAL;
+                if (pos >= len) return -EINVAL;
                 c = text[pos];
             }
             state = top->type == JSON_OBJECT ? EXPECT_KEY : EXPECT_VALUE;
         }
 
         /* A key or a value starts at pos. */
-        if (n >= cap)
-            return -E2BIG;
+        if (n >= cap) return -E2BIG;
         struct json_token *t = &tokens[n];
         t->start = (uint32_t)pos;
         t->count = 0;
         if (state == EXPECT_KEY) {
-            if (c != '"')
-                return -EINVAL;
+            if (c != '"') return -EINVAL;
             size_t after = scan_string(text, len, pos);
-            if (after == 0)
-                return -EINVAL;
+            if (after == 0) return -EINVAL;
             t->type = JSON_STRING;
             t->len = (uint32_t)(after - pos);
             t->end = (uint32_t)(++n);
@@ -215,11 +189,9 @@ int json_parse(const char *text, size_t len, struct json_token *tokens, size_t c
             continue;
         }
         /* EXPECT_VALUE */
-        if (top != NULL && top->type == JSON_ARRAY)
-            top->count++;
+        if (top != NULL && top->type == JSON_ARRAY) top->count++;
         if (c == '{' || c == '[') {
-            if (depth >= JSON_MAX_DEPTH)
-                return -ELOOP;
+            if (depth >= JSON_MAX_DEPTH) return -ELOOP;
             t->type = c == '{' ? JSON_OBJECT : JSON_ARRAY;
             stack[depth++] = (uint32_t)n++;
             pos++;
@@ -245,8 +217,7 @@ int json_parse(const char *text, size_t len, struct json_token *tokens, size_t c
         } else {
             return -EINVAL;
         }
-        if (after == 0)
-            return -EINVAL;
+        if (after == 0) return -EINVAL;
         t->len = (uint32_t)(after - pos);
         t->end = (uint32_t)(++n);
         pos = after;
@@ -325,39 +296,33 @@ static size_t string_unit(const char *s, size_t *p, unsigned char out[4])
 
 bool json_string_equals(const struct json_doc *doc, size_t i, const char *s, size_t n)
 {
-    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_STRING)
-        return false;
+    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_STRING) return false;
     const struct json_token *t = &doc->tokens[i];
     const char *body = doc->text + t->start;
     size_t p = 1, last = t->len - 1, matched = 0;
     while (p < last) {
         unsigned char unit[4];
         size_t k = string_unit(body, &p, unit);
-        if (k > n - matched || memcmp(unit, s + matched, k) != 0)
-            return false;
+        if (k > n - matched || memcmp(unit, s + matched, k) != 0) return false;
         matched += k;
     }
     return matched == n;
 }
 
-int json_string_decode(const struct json_doc *doc, size_t i, char *buf, size_t cap,
-                       size_t *out_len)
+int json_string_decode(const struct json_doc *doc, size_t i, char *buf, size_t cap, size_t *out_len)
 {
-    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_STRING)
-        return -EINVAL;
+    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_STRING) return -EINVAL;
     const struct json_token *t = &doc->tokens[i];
     const char *body = doc->text + t->start;
     size_t p = 1, last = t->len - 1, n = 0;
     while (p < last) {
         unsigned char unit[4];
         size_t k = string_unit(body, &p, unit);
-        if (cap < 1 || k > cap - 1 - n)
-            return -ENOSPC;
+        if (cap < 1 || k > cap - 1 - n) return -ENOSPC;
         memcpy(buf + n, unit, k);
         n += k;
     }
-    if (cap < 1)
-        return -ENOSPC;
+    if (cap < 1) return -ENOSPC;
     buf[n] = '\0';
     *out_len = n;
     return 0;
@@ -365,58 +330,50 @@ int json_string_decode(const struct json_doc *doc, size_t i, char *buf, size_t c
 
 int json_object_get(const struct json_doc *doc, size_t obj, const char *key, size_t *value)
 {
-    if (obj >= doc->n_tokens || doc->tokens[obj].type != JSON_OBJECT)
-        return -EINVAL;
+    if (obj >= doc->n_tokens || doc->tokens[obj].type != JSON_OBJECT) return -EINVAL;
     size_t key_len = strlen(key), found = 0, members = doc->tokens[obj].count;
     bool have = false;
     size_t k = obj + 1;
     for (size_t m = 0; m < members; m++) {
         if (json_string_equals(doc, k, key, key_len)) {
-            if (have)
-                return -EINVAL;
+            if (have) return -EINVAL;
             have = true;
             found = k + 1;
         }
         k = doc->tokens[k + 1].end;
     }
-    if (!have)
-        return -ENOENT;
+    if (!have) return -ENOENT;
     *value = found;
     return 0;
 }
 
 int json_number_int64(const struct json_doc *doc, size_t i, int64_t *out)
 {
-    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_NUMBER)
-        return -EINVAL;
+    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_NUMBER) return -EINVAL;
     const struct json_token *t = &doc->tokens[i];
     const char *s = doc->text + t->start;
     size_t n = t->len;
     bool integer = true;
     for (size_t k = 0; k < n; k++)
-        if (s[k] == '.' || s[k] == 'e' || s[k] == 'E')
-            integer = false;
+        if (s[k] == '.' || s[k] == 'e' || s[k] == 'E') integer = false;
     if (integer) {
         /* An integer: exact, with overflow checked. */
         bool neg = s[0] == '-';
         uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
         for (size_t k = neg ? 1 : 0; k < n; k++) {
             unsigned d = (unsigned)(s[k] - '0');
-            if (v > (limit - d) / 10)
-                return -ERANGE;
+            if (v > (limit - d) / 10) return -ERANGE;
             v = v * 10 + d;
         }
         *out = neg ? (int64_t)(0 - v) : (int64_t)v;
         return 0;
     }
     char copy[64];
-    if (n >= sizeof(copy))
-        return -ERANGE;
+    if (n >= sizeof(copy)) return -ERANGE;
     memcpy(copy, s, n);
     copy[n] = '\0';
     double d = strtod(copy, NULL);
-    if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0))
-        return -ERANGE;
+    if (!(d > -9223372036854775808.0 && d < 9223372036854775808.0)) return -ERANGE;
     *out = (int64_t)d;
     return 0;
 }

@@ -26,12 +26,17 @@
  * Transport seam. Bytes go out only through transport_write() and come in only
  * through on_tcp_read() -> conn_on_data() / conn_on_eof(); reading is switched with
  * transport_read_start()/transport_read_stop(), and a new connection becomes usable
- * in transport_connected(). A TLS transport (mbedTLS over the same uv_tcp_t) replaces
- * the bodies of these functions: handshake in transport_connected(), encrypt in
- * transport_write(), decrypt in on_tcp_read() into the plaintext buffer that
- * conn_on_data() parses (and must not overwrite while conn->has_pending), and nothing
- * above them changes. The https refusals in upstream_request() and exchange_start()
- * are the only other places to touch.
+ * in transport_connected().
+ *
+ * TLS (https) is a tls_session (tls.h) on the same uv_tcp_t. transport_connected()
+ * starts the handshake (state CONN_HANDSHAKE, under the connect timeout, reading
+ * whether or not the request is paused) and conn_ready() comes when it is done and the
+ * server is verified. The socket is read straight into the session's input buffer;
+ * tls_pump() decrypts into the 64 KiB plaintext buffer that conn_on_data() parses, and
+ * stops when the request pauses (ciphertext not yet decrypted stays in the session, so
+ * upstream_resume() kicks the pump before the socket is read again).
+ * transport_write() encrypts and writes a copy of the ciphertext (requests are small).
+ * A connection whose session still holds bytes after the response is not pooled.
  */
 #include "upstream.h"
 
@@ -43,6 +48,7 @@
 
 #include <llhttp.h>
 
+#include "tls.h"
 #include "url.h"
 
 #ifndef CC_VERSION
@@ -58,6 +64,7 @@
 enum conn_state {
     CONN_RESOLVING,  /* getaddrinfo in flight; the timer is the connect timeout */
     CONN_CONNECTING, /* uv_tcp_connect in flight; the timer is the connect timeout */
+    CONN_HANDSHAKE,  /* TLS handshake; the timer is the connect timeout again */
     CONN_ACTIVE,     /* lent to a request; the timer is the io timeout or the kick */
     CONN_IDLE,       /* in the pool; reading to notice a close; the timer is idle */
     CONN_CLOSING,    /* handles closing; freed when both have called back */
@@ -71,6 +78,7 @@ struct conn {
     bool tls;
     uint16_t port;
     char host[256];
+    struct tls_session *tls_session; /* https, once connected */
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect;
@@ -436,7 +444,10 @@ static char *resolve_location(const char *base, const char *loc, size_t loc_len)
 
 static void pool_maybe_free(struct upstream_pool *pool)
 {
-    if (pool->closing && pool->n_conns == 0 && pool->n_reqs == 0) free(pool);
+    if (pool->closing && pool->n_conns == 0 && pool->n_reqs == 0) {
+        tls_config_free(pool->opts.tls);
+        free(pool);
+    }
 }
 
 static void req_free(struct upstream_req *r)
@@ -518,18 +529,29 @@ static void on_tcp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(c->pool->idle_scratch, sizeof(c->pool->idle_scratch));
         return;
     }
+    if (c->tls_session != NULL) {
+        /* Ciphertext goes straight into the session (never full while reading: the
+         * pump drains it before reading starts again). */
+        size_t room;
+        char *space = tls_in_space(c->tls_session, &room);
+        *buf = uv_buf_init(space, (unsigned)room); /* 0: UV_ENOBUFS */
+        return;
+    }
     if (c->rbuf == NULL) c->rbuf = malloc(READ_BUF_SIZE);
     *buf = uv_buf_init(c->rbuf, c->rbuf ? READ_BUF_SIZE : 0); /* 0: UV_ENOBUFS */
 }
 
 static void conn_on_data(struct conn *c, const char *data, size_t len);
 static void conn_on_eof(struct conn *c, int err);
+static void tls_on_read(struct conn *c, ssize_t nread);
 
-/* Raw bytes from the socket. TLS: decrypt here, then hand plaintext on. */
+/* Raw bytes from the socket: plaintext for the parser, or ciphertext for the session. */
 static void on_tcp_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
-    if (nread > 0)
+    if (c->tls_session != NULL && c->state != CONN_IDLE)
+        tls_on_read(c, nread);
+    else if (nread > 0)
         conn_on_data(c, buf->base, (size_t)nread);
     else if (nread < 0)
         conn_on_eof(c, (int)nread);
@@ -575,8 +597,8 @@ static void on_tcp_write(uv_write_t *w, int status)
     io_timer_restart(c);
 }
 
-/* Sends `data` (malloc'd; owned from here on, also on failure). TLS: encrypt here. */
-static int transport_write(struct conn *c, char *data, size_t len)
+/* Writes `data` to the socket (malloc'd; owned from here on, also on failure). */
+static int tcp_write(struct conn *c, char *data, size_t len)
 {
     struct conn_write *cw = malloc(sizeof(*cw));
     if (cw == NULL) {
@@ -596,13 +618,156 @@ static int transport_write(struct conn *c, char *data, size_t len)
     return 0;
 }
 
+/* Writes what the TLS session has for the server (a copy; the session's is consumed). */
+static int tls_send_output(struct conn *c)
+{
+    size_t len;
+    const char *data;
+    while ((data = tls_out_peek(c->tls_session, &len)) != NULL) {
+        char *copy = malloc(len);
+        if (copy == NULL) return UV_ENOMEM;
+        memcpy(copy, data, len);
+        tls_out_consume(c->tls_session, len);
+        int err = tcp_write(c, copy, len);
+        if (err != 0) return err;
+    }
+    return 0;
+}
+
+/* Sends `data` (malloc'd; owned from here on, also on failure), encrypted for https. */
+static int transport_write(struct conn *c, char *data, size_t len)
+{
+    if (c->tls_session == NULL) return tcp_write(c, data, len);
+    size_t off = 0;
+    int err = 0;
+    while (off < len && err == 0) {
+        ssize_t n = tls_write(c->tls_session, data + off, len - off);
+        if (n > 0)
+            off += (size_t)n;
+        else if (n != UV_EAGAIN || tls_out_pending(c->tls_session) == 0)
+            err = n == UV_EAGAIN ? UV_EPROTO : (int)n; /* (EAGAIN with nothing to send: stuck) */
+        if (err == 0) err = tls_send_output(c);
+    }
+    free(data);
+    return err;
+}
+
 static void conn_ready(struct conn *c);
 
-/* The TCP connection is up. TLS: start the handshake here; conn_ready when it is done. */
+/*
+ * Advances the TLS handshake with what was read, sends what it has to say, and once it
+ * is done lets the request go out. Called with a reference on the request.
+ */
+static void tls_handshake_step(struct conn *c)
+{
+    struct upstream_req *r = c->req;
+    int rc;
+    size_t sent;
+    do {
+        rc = tls_handshake(c->tls_session);
+        sent = tls_out_pending(c->tls_session);
+        int err = tls_send_output(c);
+        if (err != 0 && (rc == 0 || rc == UV_EAGAIN)) {
+            req_fail(r, err, "write to %s: %s", r->hostport, uv_strerror(err));
+            return;
+        }
+    } while (rc == UV_EAGAIN && sent > 0); /* (mbedTLS may have held bytes back) */
+    if (rc == UV_EAGAIN) return;
+    if (rc != 0) {
+        req_fail(r, rc, "TLS to %s: %s", r->hostport, tls_session_error(c->tls_session));
+        return;
+    }
+    /* Done: reading goes on when the request is sent, unless it is paused. */
+    uv_timer_stop(&c->timer);
+    transport_read_stop(c);
+    c->state = CONN_ACTIVE;
+    conn_ready(c);
+}
+
+/* The TCP connection is up: ready for http, the handshake first for https. */
 static void transport_connected(struct conn *c)
 {
     uv_tcp_nodelay(&c->tcp, 1);
-    conn_ready(c);
+    if (!c->tls) {
+        conn_ready(c);
+        return;
+    }
+    struct upstream_req *r = c->req;
+    int err = tls_session_new(c->pool->opts.tls, c->host, &c->tls_session);
+    if (err == 0) {
+        c->state = CONN_HANDSHAKE;
+        uv_timer_start(&c->timer, on_timer, c->pool->opts.connect_timeout_ms, 0);
+        err = uv_read_start((uv_stream_t *)&c->tcp, on_tcp_alloc, on_tcp_read);
+    }
+    if (err != 0) {
+        req_fail(r, err, "TLS to %s: %s", r->hostport, uv_strerror(err));
+        return;
+    }
+    c->reading = true;
+    tls_handshake_step(c);
+}
+
+/*
+ * Decrypts what the session holds and hands it to the parser, up to a buffer at a
+ * time, until the session needs more ciphertext or the request pauses, ends or lets go
+ * of the connection. Called with a reference on the request.
+ */
+static void tls_pump(struct conn *c)
+{
+    struct upstream_req *r = c->req;
+    while (c->state == CONN_ACTIVE && c->req == r && !r->finished && !r->paused &&
+           !c->has_pending) {
+        if (c->rbuf == NULL && (c->rbuf = malloc(READ_BUF_SIZE)) == NULL) {
+            req_fail(r, UV_ENOMEM, "%s: out of memory for the response", r->hostport);
+            return;
+        }
+        size_t n = 0;
+        ssize_t rc = 0;
+        while (n < READ_BUF_SIZE &&
+               (rc = tls_read(c->tls_session, c->rbuf + n, READ_BUF_SIZE - n)) > 0)
+            n += (size_t)rc;
+        /* What reading made the session say (an alert) goes out, or is lost with the
+         * connection. */
+        tls_send_output(c);
+        if (n > 0) {
+            conn_on_data(c, c->rbuf, n);
+            continue; /* an end or failure that followed comes again from tls_read */
+        }
+        if (rc == UV_EAGAIN) return;
+        if (rc == UV_EOF)
+            conn_on_eof(c, UV_EOF); /* close_notify */
+        else
+            req_fail(r, (int)rc, "TLS to %s: %s", r->hostport, tls_session_error(c->tls_session));
+        return;
+    }
+}
+
+/* Bytes (or the end) from the socket of an https connection that is not idle. */
+static void tls_on_read(struct conn *c, ssize_t nread)
+{
+    struct upstream_req *r = c->req;
+    if (nread == 0) return;
+    if (r == NULL) {
+        conn_close(c);
+        return;
+    }
+    if (nread > 0) tls_in_commit(c->tls_session, (size_t)nread);
+    req_ref(r);
+    if (c->state == CONN_HANDSHAKE) {
+        if (nread == UV_EOF)
+            req_fail(r, UV_ECONNRESET, "TLS to %s: connection closed during the handshake",
+                     r->hostport);
+        else if (nread < 0)
+            req_fail(r, (int)nread, "TLS to %s: %s", r->hostport, uv_strerror((int)nread));
+        else
+            tls_handshake_step(c);
+    } else if (nread > 0) {
+        io_timer_restart(c);
+        tls_pump(c);
+    } else {
+        conn_on_eof(c, (int)nread);
+    }
+    req_unref(r);
 }
 
 /* --- Connections and the pool ------------------------------------------------------ */
@@ -612,6 +777,7 @@ static void conn_maybe_free(struct conn *c)
     if (c->state != CONN_CLOSING || c->closes_pending > 0 || c->resolving) return;
     struct upstream_pool *pool = c->pool;
     uv_freeaddrinfo(c->addrs);
+    tls_session_free(c->tls_session);
     free(c->rbuf);
     free(c);
     pool->n_conns--;
@@ -1161,10 +1327,9 @@ static int exchange_start(struct upstream_req *r, bool fresh_only)
                       err == UV_ENOMEM ? "out of memory" : why);
         return err;
     }
-    if (u.tls) {
-        /* TLS goes here: a TLS transport on the connection (see the top of this file). */
+    if (u.tls && r->pool->opts.tls == NULL) {
         free(path_query);
-        req_set_error(r, "%.*s: https is not supported yet (TLS is not built in)",
+        req_set_error(r, "%.*s: https is not available (the upstream pool has no TLS config)",
                       url_shown(r->url_text), r->url_text);
         return UV_ENOTSUP;
     }
@@ -1219,7 +1384,8 @@ static void exchange_done(struct upstream_req *r)
         return;
     }
     bool reuse = r->message_complete && r->keep_alive && !r->says_close && !c->trailing &&
-                 c->writes_pending == 0;
+                 c->writes_pending == 0 &&
+                 (c->tls_session == NULL || !tls_read_pending(c->tls_session));
     r->conn = NULL;
     c->req = NULL;
     if (reuse)
@@ -1358,6 +1524,10 @@ static void conn_continue(struct conn *c)
         conn_feed(c, data, len);
         if (r->finished || r->conn != c || r->paused || c->has_pending) return;
     }
+    if (c->tls_session != NULL && tls_read_pending(c->tls_session)) {
+        tls_pump(c);
+        if (r->finished || r->conn != c || r->paused || c->has_pending) return;
+    }
     if (conn_listen(c) != 0) conn_lost(r, UV_EPIPE, "read");
 }
 
@@ -1374,6 +1544,7 @@ static void on_timer(uv_timer_t *t)
         return;
     case CONN_RESOLVING:
     case CONN_CONNECTING:
+    case CONN_HANDSHAKE:
     case CONN_ACTIVE:
         break;
     }
@@ -1382,7 +1553,10 @@ static void on_timer(uv_timer_t *t)
         return;
     }
     req_ref(r);
-    if (c->state != CONN_ACTIVE) {
+    if (c->state == CONN_HANDSHAKE) {
+        req_fail(r, UV_ETIMEDOUT, "TLS to %s: handshake timed out after %s", r->hostport,
+                 format_ms(c->pool->opts.connect_timeout_ms, dur, sizeof(dur)));
+    } else if (c->state != CONN_ACTIVE) {
         req_fail(r, UV_ETIMEDOUT, "connect to %s: timed out after %s", r->hostport,
                  format_ms(c->pool->opts.connect_timeout_ms, dur, sizeof(dur)));
     } else if (c->kick) {
@@ -1412,6 +1586,7 @@ struct upstream_pool *upstream_pool_new(uv_loop_t *loop, const struct upstream_p
     if (pool->opts.io_timeout_ms == 0) pool->opts.io_timeout_ms = 30000;
     if (pool->opts.idle_timeout_ms == 0) pool->opts.idle_timeout_ms = 30000;
     if (pool->opts.max_idle_per_host == 0) pool->opts.max_idle_per_host = 16;
+    tls_config_ref(pool->opts.tls);
     return pool;
 }
 
@@ -1467,7 +1642,7 @@ int upstream_request(struct upstream_pool *pool, const struct upstream_request_s
     int err = target_parse(spec->url, &orig, &path_query, &why);
     if (err != 0) return err;
     free(path_query);
-    if (orig.tls) return UV_ENOTSUP; /* until the TLS transport (see the top of this file) */
+    if (orig.tls && pool->opts.tls == NULL) return UV_ENOTSUP;
 
     struct upstream_req *r = calloc(1, sizeof(*r));
     if (r == NULL) return UV_ENOMEM;
@@ -1511,7 +1686,8 @@ void upstream_resume(struct upstream_req *r)
     struct conn *c = r->conn;
     if (c == NULL || c->state != CONN_ACTIVE)
         return; /* still connecting: reading starts once the request is sent */
-    if (c->has_pending || r->done_pending) {
+    if (c->has_pending || r->done_pending ||
+        (c->tls_session != NULL && tls_read_pending(c->tls_session))) {
         /* Deliver from the loop, not from inside the caller. */
         c->kick = true;
         uv_timer_start(&c->timer, on_timer, 0, 0);

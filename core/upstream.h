@@ -9,11 +9,19 @@
  * is not read while paused). A request that makes no progress (no byte in either
  * direction while not paused) for io_timeout_ms fails with UV_ETIMEDOUT.
  *
+ * https needs the pool's TLS config (a tls.h client config): the server's certificate
+ * must chain to a trusted CA and name the URL's host (a DNS name is also sent as SNI;
+ * an IP literal must be an iPAddress SAN). The handshake counts against the connect
+ * timeout (once more, after the TCP connect). A TLS failure fails the request with
+ * UV_EPROTO and a message naming the host and the reason ("TLS to 10.0.0.5:443:
+ * certificate signed by unknown authority"); there is never a fallback to http.
+ *
  * Redirects (301, 302, 303, 307, 308 with a Location) are followed up to
  * max_redirects times, GET/HEAD only; headers marked `sensitive` (Authorization) are
  * sent only to the scheme, host and port of the original URL, never after a redirect
- * to another one. A connection goes back to the pool only when its response was read
- * to the end and both sides allow keep-alive.
+ * to another one (https to http is followed, as another origin). A connection goes
+ * back to the pool only when its response was read to the end and both sides allow
+ * keep-alive.
  *
  * A pooled connection that turns out to be dead (closed by the server while idle)
  * before any byte of the response came is retried once on a new connection (GET and
@@ -21,12 +29,12 @@
  * in order; a numeric address is used as is.
  *
  * Errors are negative libuv codes (UV_ECONNREFUSED, UV_ETIMEDOUT, UV_EPROTO for a
- * response that is not HTTP, UV_E2BIG for headers past 64 KiB or more than 100
- * headers, UV_ELOOP for too many redirects, UV_ECONNRESET for a connection closed
- * before the response was complete, e.g. a body shorter than its Content-Length,
- * UV_ENOTSUP for an https URL while TLS is not built in). A function that returns an
- * error never calls a callback, and no function calls one before it returns: every
- * callback comes from the loop.
+ * response that is not HTTP or a TLS failure, UV_E2BIG for headers past 64 KiB or
+ * more than 100 headers, UV_ELOOP for too many redirects, UV_ECONNRESET for a
+ * connection closed before the response was complete, e.g. a body shorter than its
+ * Content-Length, UV_ENOTSUP for an https URL when the pool has no TLS config). A
+ * function that returns an error never calls a callback, and no function calls one
+ * before it returns: every callback comes from the loop.
  *
  * Everything runs on the loop's thread. The process must ignore SIGPIPE (main.c does),
  * as a write to an upstream that has gone away raises it.
@@ -40,6 +48,7 @@
 
 #include "http_types.h"
 
+struct tls_config;
 struct upstream_pool;
 struct upstream_req;
 
@@ -49,6 +58,8 @@ struct upstream_pool_opts {
     unsigned io_timeout_ms;      /* default 30000: no progress for this long fails */
     unsigned idle_timeout_ms;    /* default 30000: an idle pooled connection is closed */
     unsigned max_idle_per_host;  /* default 16 */
+    struct tls_config *tls;      /* client config for https (the pool takes its own
+                                    reference); NULL: https fails with UV_ENOTSUP */
 };
 
 /* An extra request header. Both strings are copied by upstream_request. */
@@ -109,7 +120,8 @@ void upstream_pool_close(struct upstream_pool *pool);
  * Starts a request. Copies everything in spec. Returns 0 and the handle in *out (which
  * stays valid until on_done returns or upstream_cancel is called), or a negative error
  * (UV_EINVAL for a URL that does not parse or a bad method or header, UV_ENOTSUP for
- * https without TLS, UV_ENOMEM, or the error of starting the connection).
+ * https on a pool without a TLS config, UV_ENOMEM, or the error of starting the
+ * connection).
  */
 int upstream_request(struct upstream_pool *pool, const struct upstream_request_spec *spec,
                      const struct upstream_callbacks *cbs, void *ud, struct upstream_req **out);

@@ -123,8 +123,8 @@ static struct policy_settings *settings_new(const struct config *cfg)
         goto nomem;
     s->n_log_fields = cfg->n_log_fields;
     for (size_t i = 0; i < cfg->n_log_fields; i++) {
-        s->log_fields[i].key = copy_string(cfg->log_fields[i].key ? cfg->log_fields[i].key : "",
-                                           &failed);
+        s->log_fields[i].key =
+            copy_string(cfg->log_fields[i].key ? cfg->log_fields[i].key : "", &failed);
         s->log_fields[i].value = copy_string(cfg->log_fields[i].value, &failed);
     }
     if (!failed) return s;
@@ -166,8 +166,10 @@ static int builtin_dir_find(const char *given, char **out, char *err, size_t err
             if (has_default_policy(candidates[i])) dir = candidates[i];
     }
     if (dir == NULL) {
-        snprintf(err, errlen, "policy: no default.lua in %s", given ? given : "the builtin "
-                                                                              "policy directories");
+        snprintf(err, errlen, "policy: no default.lua in %s",
+                 given ? given
+                       : "the builtin "
+                         "policy directories");
         return -ENOENT;
     }
     if ((*out = strdup(dir)) == NULL) {
@@ -177,8 +179,8 @@ static int builtin_dir_find(const char *given, char **out, char *err, size_t err
     return 0;
 }
 
-int policy_engine_new(const struct config *cfg, const char *builtin_dir,
-                      struct policy_engine **out, char *err, size_t errlen)
+int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct policy_engine **out,
+                      char *err, size_t errlen)
 {
     struct policy_engine *pe;
     int rc;
@@ -197,8 +199,8 @@ int policy_engine_new(const struct config *cfg, const char *builtin_dir,
         rc = -ENOMEM;
     }
     if (rc == 0)
-        rc = policy_vm_new(pe, pe->settings, pe->builtin_dir, pe->instructions, pe->memory,
-                           &pe->vm, err, errlen);
+        rc = policy_vm_new(pe, pe->settings, pe->builtin_dir, pe->instructions, pe->memory, &pe->vm,
+                           err, errlen);
     if (rc != 0) {
         policy_engine_free(pe);
         return rc;
@@ -299,11 +301,14 @@ static bool interval_over(double start, double now)
 
 void policy_engine_script_log(struct policy_engine *pe, enum log_level level, const char *msg)
 {
-    double now = policy_engine_now(pe);
+    double now;
 
+    if (!log_enabled(level)) return;
+    now = policy_engine_now(pe);
     if (!pe->script_window_open || interval_over(pe->script_window_start, now)) {
         if (pe->script_dropped)
-            log_msg(LOG_WARN, "policy: %" PRIu64 " cache.log lines not written (more than %d in %g s)",
+            log_msg(LOG_WARN,
+                    "policy: %" PRIu64 " cache.log lines not written (more than %d in %g s)",
                     pe->script_dropped, POLICY_LOG_BURST, POLICY_LOG_INTERVAL);
         pe->script_window_open = true;
         pe->script_window_start = now;
@@ -468,13 +473,15 @@ static void select_take(lua_State *L, struct hook_call *call)
         bool seen = false;
 
         if (lua_geti(L, -1, i) != LUA_TSTRING)
-            policy_vm_bad_return(L, "select_upstream returned a list whose item %lld is a %s, "
-                                    "expected a string",
+            policy_vm_bad_return(L,
+                                 "select_upstream returned a list whose item %lld is a %s, "
+                                 "expected a string",
                                  (long long)i, luaL_typename(L, -1));
         url = upstream_url_find(c->upstream, lua_tostring(L, -1));
         if (url == NULL)
-            policy_vm_bad_return(L, "select_upstream returned \"%.200s\", which is neither the "
-                                    "originhost nor an upstreamhost of upstreams[%zu]",
+            policy_vm_bad_return(L,
+                                 "select_upstream returned \"%.200s\", which is neither the "
+                                 "originhost nor an upstreamhost of upstreams[%zu]",
                                  lua_tostring(L, -1), c->index + 1);
         for (size_t j = 0; j < c->n_urls && !seen; j++)
             seen = strcmp(c->urls[j], url) == 0;
@@ -630,10 +637,10 @@ struct evict_call {
     const struct policy_blob *cands;
     size_t n;
     uint64_t bytes_needed;
-    size_t *by_digest;      /* indexes of the candidates with a digest, sorted by it */
+    size_t *by_digest; /* indexes of the candidates with a digest, sorted by it */
     size_t n_by_digest;
-    unsigned char *chosen;  /* per candidate */
-    size_t *victims;        /* up to n */
+    unsigned char *chosen; /* per candidate */
+    size_t *victims;       /* up to n */
     size_t n_victims;
 };
 
@@ -677,8 +684,9 @@ static void evict_take(lua_State *L, struct hook_call *call)
         long at;
 
         if (lua_geti(L, -1, i) != LUA_TSTRING)
-            policy_vm_bad_return(L, "evict returned a list whose item %lld is a %s, expected a "
-                                    "digest",
+            policy_vm_bad_return(L,
+                                 "evict returned a list whose item %lld is a %s, expected a "
+                                 "digest",
                                  (long long)i, luaL_typename(L, -1));
         at = evict_find(c, lua_tostring(L, -1));
         if (at >= 0 && !c->chosen[at]) {
@@ -719,7 +727,8 @@ int policy_evict(struct policy_engine *pe, const struct policy_blob *cands, size
     }
     for (size_t i = 0; i < n; i++)
         if (cands[i].digest) c.by_digest[c.n_by_digest++] = i;
-    qsort_r(c.by_digest, c.n_by_digest, sizeof *c.by_digest, compare_digests, (void *)cands);
+    if (c.n_by_digest > 1)
+        qsort_r(c.by_digest, c.n_by_digest, sizeof *c.by_digest, compare_digests, (void *)cands);
 
     if (n > (ULONG_MAX - instructions) / POLICY_EVICT_INSTRUCTIONS_PER_CANDIDATE)
         instructions = ULONG_MAX;

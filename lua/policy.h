@@ -93,31 +93,31 @@ struct policy_request {
 /* A stored blob, as blob_ttl and evict see it: {digest, size, last_pulled, created,
  * repositories}. Times are seconds since the epoch. */
 struct policy_blob {
-    const char *digest;                /* "sha256:..." */
-    uint64_t size;                     /* bytes */
-    double last_pulled;                /* the last time a client pulled it */
-    bool has_created;                  /* false: created is nil */
-    double created;                    /* when the cache stored it */
-    const char *const *repositories;   /* repositories it was last pulled from; may be NULL */
+    const char *digest;              /* "sha256:..." */
+    uint64_t size;                   /* bytes */
+    double last_pulled;              /* the last time a client pulled it */
+    bool has_created;                /* false: created is nil */
+    double created;                  /* when the cache stored it */
+    const char *const *repositories; /* repositories it was last pulled from; may be NULL */
     size_t n_repositories;
 };
 
 /* One access-log line, as format_log sees it. NULL strings become nil; so do status 0,
  * duration_ms < 0 and time <= 0 (the hook then uses cache.now()). */
 struct policy_log_entry {
-    double time;              /* when the response completed, seconds since the epoch */
+    double time; /* when the response completed, seconds since the epoch */
     const char *method;
-    const char *uri;          /* the request target as received */
+    const char *uri; /* the request target as received */
     const char *repository;
     const char *digest;
     int status;
-    uint64_t bytes;           /* body bytes written */
+    uint64_t bytes; /* body bytes written */
     double duration_ms;
-    const char *cache;        /* "hit", "miss", "coalesced", "bypass", or NULL */
-    const char *upstream;     /* base URL that answered, or NULL */
-    const char *remote_addr;  /* "ip:port" */
+    const char *cache;       /* "hit", "miss", "coalesced", "bypass", or NULL */
+    const char *upstream;    /* base URL that answered, or NULL */
+    const char *remote_addr; /* "ip:port" */
     const char *user_agent;
-    const char *error;        /* a short sentence, or NULL */
+    const char *error; /* a short sentence, or NULL */
 };
 
 /*
@@ -130,8 +130,8 @@ struct policy_log_entry {
  * -ENOENT (no builtin directory, or the drop-in directory cannot be read), -EINVAL (a
  * file does not load, or does not return a table of functions), -ENOMEM.
  */
-int policy_engine_new(const struct config *cfg, const char *builtin_dir,
-                      struct policy_engine **out, char *err, size_t errlen);
+int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct policy_engine **out,
+                      char *err, size_t errlen);
 
 /*
  * Builds a new Lua state from the files as they are now, with cfg (NULL: the config

@@ -145,7 +145,11 @@ int policy_vm_call(struct policy_vm *vm, lua_CFunction fn, void *ud, unsigned lo
     status = lua_pcall(L, 1, 0, base + 1);
     if (status != LUA_OK) {
         const char *text = lua_tostring(L, -1);
-        if (msg && msglen) snprintf(msg, msglen, "%s", text ? text : "(no error message)");
+        if (msg && msglen)
+            snprintf(msg, msglen, "%s%s", text ? text : "(no error message)",
+                     vm->mem_refused && status == LUA_ERRMEM
+                         ? " (the policy state reached its memory cap)"
+                         : "");
         if (status == LUA_ERRMEM)
             rc = -ENOMEM;
         else if (vm->budget_exceeded)
@@ -438,8 +442,9 @@ static int policy_require(lua_State *L)
     lua_pop(L, 1);
 
     if (!module_name_ok(name) || strlen(name) + 5 > sizeof relative)
-        return luaL_error(L, "module '%s' not found: a module name is words of [A-Za-z0-9_-] "
-                             "joined by '.'",
+        return luaL_error(L,
+                          "module '%s' not found: a module name is words of [A-Za-z0-9_-] "
+                          "joined by '.'",
                           name);
     snprintf(relative, sizeof relative, "%s.lua", name);
     for (char *p = relative; *p && strcmp(p, ".lua") != 0; p++)
@@ -480,8 +485,10 @@ struct build {
 
 static void open_sandbox(lua_State *L, struct policy_vm *vm)
 {
-    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},       {LUA_TABLIBNAME, luaopen_table},
-                                    {LUA_STRLIBNAME, luaopen_string}, {LUA_MATHLIBNAME, luaopen_math},
+    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
+                                    {LUA_TABLIBNAME, luaopen_table},
+                                    {LUA_STRLIBNAME, luaopen_string},
+                                    {LUA_MATHLIBNAME, luaopen_math},
                                     {LUA_UTF8LIBNAME, luaopen_utf8}};
     static const char *const removed[] = {"dofile", "loadfile"};
 
@@ -585,8 +592,7 @@ static void load_policy(lua_State *L, struct build *b, int hooks, const char *pa
     while (lua_next(L, result)) {
         lua_pop(L, 1);
         if (lua_type(L, -1) == LUA_TSTRING && !is_hook_name(lua_tostring(L, -1)))
-            log_msg(LOG_WARN, "policy %s: '%s' is not a hook (ignored)", path,
-                    lua_tostring(L, -1));
+            log_msg(LOG_WARN, "policy %s: '%s' is not a hook (ignored)", path, lua_tostring(L, -1));
     }
     if (module) {
         lua_getfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
@@ -657,8 +663,7 @@ static int list_dropins(const char *dir, char ***out, size_t *n_out, char *err, 
         struct stat st;
         int w;
 
-        if (de->d_name[0] == '.' || len <= 4 || strcmp(de->d_name + len - 4, ".lua") != 0)
-            continue;
+        if (de->d_name[0] == '.' || len <= 4 || strcmp(de->d_name + len - 4, ".lua") != 0) continue;
         w = snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
         if (w < 0 || (size_t)w >= sizeof path || stat(path, &st) != 0 || !S_ISREG(st.st_mode))
             continue;

@@ -38,22 +38,22 @@ struct policy_settings {
     char *log_formatter; /* NULL: "text" */
     struct policy_field *log_fields;
     size_t n_log_fields;
-    char *storage_root;  /* may be NULL */
-    char *policydir;     /* the drop-in directory, or NULL */
+    char *storage_root; /* may be NULL */
+    char *policydir;    /* the drop-in directory, or NULL */
 };
 
 struct policy_vm {
     lua_State *L;
     struct policy_engine *pe;
     const struct policy_settings *settings; /* the engine's; outlives the vm's use of it */
-    const char *builtin_dir;                 /* the engine's */
+    const char *builtin_dir;                /* the engine's */
 
     size_t mem_used, mem_limit;
-    bool mem_refused;        /* an allocation was refused (or malloc failed) in this call */
+    bool mem_refused; /* an allocation was refused (or malloc failed) in this call */
 
     unsigned long instr_used, instr_limit, hook_period;
-    bool budget_exceeded;    /* this call ran past its budget: every instruction now fails */
-    bool bad_return;         /* the error being raised is a wrong return value */
+    bool budget_exceeded; /* this call ran past its budget: every instruction now fails */
+    bool bad_return;      /* the error being raised is a wrong return value */
 
     int hook_ref[POLICY_HOOK_COUNT]; /* LUA_NOREF when no policy defines the hook */
 };
@@ -84,8 +84,7 @@ int policy_vm_call(struct policy_vm *vm, lua_CFunction fn, void *ud, unsigned lo
                    char *msg, size_t msglen);
 
 /* Raises a Lua error that policy_vm_call reports as -EINVAL ("wrong return value"). */
-int policy_vm_bad_return(lua_State *L, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+int policy_vm_bad_return(lua_State *L, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Marks the current call as out of memory (a malloc of the C side failed) and raises. */
 int policy_vm_out_of_memory(lua_State *L);

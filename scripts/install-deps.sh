@@ -22,6 +22,8 @@ PACKAGES=(
     # Policy specs.
     lua5.4
     lua-busted
+    lua-dkjson
+    lua-filesystem
     # End-to-end tests and the demo: a real origin registry and real clients.
     docker-registry     # the origin (Docker Distribution 2.8)
     skopeo              # pushes test images to the origin, pulls through the cache
@@ -29,6 +31,11 @@ PACKAGES=(
     curl
     python3             # tests/e2e harness (standard library only)
     ca-certificates
+    # The side-by-side benchmark (bench/run.sh): the peers and the load tools.
+    nginx-light         # static-file peer (sendfile, TLS)
+    wrk                 # request rates
+    openssl             # self-signed certificate for the TLS rows
+    procps              # pgrep/ps in bench scripts
     # Later issues: uncomment when a test starts using it.
     # python3-cryptography  # token-auth tests: signing JWTs
     # containerd            # pulls through the cache with ctr

@@ -216,12 +216,15 @@ class Body:
 
 
 def get_body(port, path, method="GET", headers=None, host="127.0.0.1", timeout=HTTP_TIMEOUT,
-             keep=False, keep_small=65536, chunk=1 << 20):
-    """One request on a new connection; the body is read in chunks and hashed as it
-    arrives, so a 200 MB blob costs no memory. Never raises for what the server does
-    (an early close, a reset, a stall past `timeout`): it is recorded in Body.error
-    and Body.complete says whether the announced body arrived whole. The body is kept
-    in Body.data when `keep`, or when it is at most `keep_small` bytes (error bodies)."""
+             keep=False, keep_small=65536, chunk=1 << 20, on_first_byte=None):
+    """One request on a new connection; the body is read as it arrives (whatever one
+    recv gives, up to `chunk`) and hashed, so a 200 MB blob costs no memory. Never
+    raises for what the server does (an early close, a reset, a stall past `timeout`):
+    it is recorded in Body.error and Body.complete says whether the announced body
+    arrived whole. The body is kept in Body.data when `keep`, or when it is at most
+    `keep_small` bytes (error bodies). on_first_byte(body), if given, is called as soon
+    as the first bytes of the body have arrived (e.g. to look at the server's state at
+    that moment)."""
     b = Body()
     h = hashlib.sha256()
     kept = []
@@ -235,11 +238,13 @@ def get_body(port, path, method="GET", headers=None, host="127.0.0.1", timeout=H
         cl = r.getheader("Content-Length")
         b.content_length = int(cl) if cl is not None and cl.isdigit() else None
         while True:
-            data = r.read(chunk) if method != "HEAD" else b""
+            data = r.read1(chunk) if method != "HEAD" else b""
             if not data:
                 break
             if b.t_first_byte is None:
                 b.t_first_byte = time.monotonic() - b.started
+                if on_first_byte is not None:
+                    on_first_byte(b)
             b.received += len(data)
             h.update(data)
             if keep or b.received <= keep_small:

@@ -45,6 +45,8 @@ MODES = {
     "bad_length": "200, Content-Length 1000 more than the HEAD said, the right bytes and "
                   "1000 more",
     "missing": "404 BLOB_UNKNOWN for HEAD and GET",
+    "unsized": "HEAD without Content-Length; GET chunked with the right bytes",
+    "unsized_wrong": "HEAD without Content-Length; GET chunked, the last byte flipped",
 }
 
 EXTRA = 64 * 1024
@@ -185,11 +187,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Docker-Content-Digest", digest)
         self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+        unsized = mode.startswith("unsized")
         if self.command == "HEAD":
-            self.send_header("Content-Length", str(size))
+            if not unsized:
+                self.send_header("Content-Length", str(size))
             self.end_headers()
             return
-        if mode == "long":
+        if mode == "long" or unsized:
             self.send_header("Transfer-Encoding", "chunked")
         elif mode == "bad_length":
             self.send_header("Content-Length", str(size + 1000))
@@ -202,9 +206,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _blob_body(self, path, size, mode, rate):
         limit = size // 2 if mode == "short" else size
-        flip = {"wrong": size // 2, "wrong_last": size - 1}.get(mode)
+        flip = {"wrong": size // 2, "wrong_last": size - 1, "unsized_wrong": size - 1}.get(mode)
         pacer = Pacer(rate)
-        chunked = mode == "long"
+        chunked = mode == "long" or mode.startswith("unsized")
         sent = 0
         with open(path, "rb") as f:
             while sent < limit:

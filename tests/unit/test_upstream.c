@@ -7,8 +7,17 @@
  * tests run the loop until the request they started is done, check what the callbacks
  * saw and what the server saw, and end by closing the pool and the servers, running
  * the loop to completion and checking that nothing is left (uv_loop_close() == 0).
+ *
+ * A server with a TLS config (srv->tls) speaks https with a tls.h server session per
+ * connection, driven as the cache's server drives one: ciphertext is read straight
+ * into the session, responses are queued as plaintext and encrypted while the session
+ * takes them, and its output is written in place (uv_write from the session's buffer,
+ * consumed in the write callback), so a large body moves with backpressure. The
+ * certificates come from certs.h, made when the test starts.
  */
+#include "certs.h"
 #include "check.h"
+#include "tls.h"
 #include "upstream.h"
 
 #include <signal.h>
@@ -25,6 +34,14 @@
 
 struct srv;
 
+/* A piece of plaintext queued for a TLS connection. */
+struct tseg {
+    struct tseg *next;
+    char *data;
+    size_t len, off;
+    bool owned;
+};
+
 struct sconn {
     uv_tcp_t tcp;
     struct srv *srv;
@@ -34,6 +51,12 @@ struct sconn {
     int n_requests; /* on this connection */
     size_t len;
     char buf[16384];
+    /* TLS only. */
+    struct tls_session *tls;
+    struct tseg *queue, *queue_tail; /* plaintext not yet encrypted */
+    size_t in_flight;                /* output of the session handed to uv_write */
+    bool notified;                   /* close_notify queued (after shut) */
+    bool shutdown_started;
 };
 
 struct srv {
@@ -46,6 +69,10 @@ struct srv {
     int n_heads;
     char heads[MAX_HEADS][4096];
     struct sconn *conns;
+    struct tls_config *tls; /* https when set */
+    int handshakes;
+    int tls_failures;
+    char tls_error[320];
 };
 
 struct swrite {
@@ -65,6 +92,13 @@ static void sconn_on_closed(uv_handle_t *h)
         }
     }
     s->closed++;
+    while (sc->queue != NULL) {
+        struct tseg *g = sc->queue;
+        sc->queue = g->next;
+        if (g->owned) free(g->data);
+        free(g);
+    }
+    tls_session_free(sc->tls);
     free(sc);
 }
 
@@ -84,11 +118,26 @@ static void sconn_on_write(uv_write_t *w, int status)
 
 enum send_mode { SEND_COPY, SEND_OWNED, SEND_STATIC };
 
+static void sconn_tls_send(struct sconn *sc);
+
 /* Sends len bytes: a copy, or data itself (SEND_OWNED: freed after, SEND_STATIC: not). */
 static void sconn_send_buf(struct sconn *sc, char *data, size_t len, enum send_mode mode)
 {
     if (sc->closing || sc->shut) {
         if (mode == SEND_OWNED) free(data);
+        return;
+    }
+    if (sc->tls != NULL) {
+        struct tseg *g = calloc(1, sizeof(*g));
+        g->data = mode == SEND_COPY ? memcpy(malloc(len), data, len) : data;
+        g->len = len;
+        g->owned = mode != SEND_STATIC;
+        if (sc->queue_tail != NULL)
+            sc->queue_tail->next = g;
+        else
+            sc->queue = g;
+        sc->queue_tail = g;
+        sconn_tls_send(sc);
         return;
     }
     struct swrite *sw = malloc(sizeof(*sw));
@@ -117,14 +166,90 @@ static void sconn_on_shutdown(uv_shutdown_t *req, int status)
     sconn_close(req->data);
 }
 
-/* Closes the connection once everything queued is written (the client sees an EOF). */
+static void sconn_shutdown_now(struct sconn *sc)
+{
+    sc->shutdown_started = true;
+    sc->shutdown.data = sc;
+    if (uv_shutdown(&sc->shutdown, (uv_stream_t *)&sc->tcp, sconn_on_shutdown) != 0)
+        sconn_close(sc);
+}
+
+/*
+ * Closes the connection once everything queued is written (the client sees an EOF;
+ * over TLS a close_notify first).
+ */
 static void sconn_end(struct sconn *sc)
 {
     if (sc->closing || sc->shut) return;
     sc->shut = true;
-    sc->shutdown.data = sc;
-    if (uv_shutdown(&sc->shutdown, (uv_stream_t *)&sc->tcp, sconn_on_shutdown) != 0)
-        sconn_close(sc);
+    if (sc->tls != NULL)
+        sconn_tls_send(sc);
+    else
+        sconn_shutdown_now(sc);
+}
+
+/* --- TLS: the way the cache's server drives a session --------------------------------- */
+
+struct twrite {
+    uv_write_t req;
+    struct sconn *sc;
+    size_t len;
+};
+
+static void sconn_tls_on_write(uv_write_t *w, int status)
+{
+    struct twrite *tw = (struct twrite *)w;
+    struct sconn *sc = tw->sc;
+    sc->in_flight -= tw->len;
+    tls_out_consume(sc->tls, tw->len);
+    free(tw);
+    if (status < 0 || sc->closing) return;
+    sconn_tls_send(sc);
+}
+
+/*
+ * Encrypts queued plaintext while the session takes it, writes the output that is not
+ * in flight yet straight from the session's buffer, and after the queue (when the
+ * connection is to end) says close_notify and shuts the socket down.
+ */
+static void sconn_tls_send(struct sconn *sc)
+{
+    while (sc->queue != NULL) {
+        struct tseg *g = sc->queue;
+        ssize_t n = tls_write(sc->tls, g->data + g->off, g->len - g->off);
+        if (n == UV_EAGAIN) break; /* 64 KiB wait: the write callback calls again */
+        if (n < 0) {
+            sconn_close(sc);
+            return;
+        }
+        g->off += (size_t)n;
+        if (g->off == g->len) {
+            sc->queue = g->next;
+            if (sc->queue == NULL) sc->queue_tail = NULL;
+            if (g->owned) free(g->data);
+            free(g);
+        }
+    }
+    if (sc->queue == NULL && sc->shut && !sc->notified && tls_handshake_done(sc->tls)) {
+        sc->notified = true;
+        tls_close_notify(sc->tls);
+    }
+    size_t len;
+    const char *out = tls_out_peek(sc->tls, &len);
+    if (len > sc->in_flight) {
+        struct twrite *tw = malloc(sizeof(*tw));
+        tw->sc = sc;
+        tw->len = len - sc->in_flight;
+        uv_buf_t b = uv_buf_init((char *)out + sc->in_flight, (unsigned)tw->len);
+        if (uv_write(&tw->req, (uv_stream_t *)&sc->tcp, &b, 1, sconn_tls_on_write) != 0) {
+            free(tw);
+            sconn_close(sc);
+            return;
+        }
+        sc->in_flight = len;
+    }
+    if (sc->shut && sc->queue == NULL && sc->in_flight == 0 && !sc->shutdown_started)
+        sconn_shutdown_now(sc);
 }
 
 /* The byte at offset i of the big bodies. */
@@ -138,6 +263,12 @@ static void route(struct sconn *sc, const char *method, const char *target);
 static void sconn_alloc(uv_handle_t *h, size_t size, uv_buf_t *b)
 {
     struct sconn *sc = h->data;
+    if (sc->tls != NULL) {
+        size_t room;
+        b->base = tls_in_space(sc->tls, &room);
+        b->len = room;
+        return;
+    }
     b->base = sc->buf + sc->len;
     b->len = sizeof(sc->buf) - sc->len;
 }
@@ -150,7 +281,26 @@ static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         sconn_close(sc);
         return;
     }
-    sc->len += (size_t)n;
+    if (sc->tls != NULL) {
+        tls_in_commit(sc->tls, (size_t)n);
+        bool was_done = tls_handshake_done(sc->tls);
+        ssize_t r = 0;
+        while (sc->len < sizeof(sc->buf) &&
+               (r = tls_read(sc->tls, sc->buf + sc->len, sizeof(sc->buf) - sc->len)) > 0)
+            sc->len += (size_t)r;
+        if (!was_done && tls_handshake_done(sc->tls)) s->handshakes++;
+        if (r < 0 && r != UV_EAGAIN) {
+            if (r != UV_EOF) {
+                s->tls_failures++;
+                snprintf(s->tls_error, sizeof(s->tls_error), "%s", tls_session_error(sc->tls));
+            }
+            sconn_close(sc);
+            return;
+        }
+        sconn_tls_send(sc); /* what the handshake has to say */
+    } else {
+        sc->len += (size_t)n;
+    }
     char *end;
     while (!sc->closing && !sc->shut && (end = memmem(sc->buf, sc->len, "\r\n\r\n", 4)) != NULL) {
         size_t head_len = (size_t)(end + 4 - sc->buf);
@@ -185,6 +335,7 @@ static void srv_on_connection(uv_stream_t *listener, int status)
     sc->next = s->conns;
     s->conns = sc;
     s->accepted++;
+    if (s->tls != NULL) CHECK_INT(tls_session_new(s->tls, NULL, &sc->tls), 0);
     uv_read_start((uv_stream_t *)&sc->tcp, sconn_alloc, sconn_read);
 }
 
@@ -205,6 +356,8 @@ static void srv_start(uv_loop_t *loop, struct srv *s)
 
 static void srv_stop(struct srv *s)
 {
+    tls_config_free(s->tls); /* (its sessions hold their own references) */
+    s->tls = NULL;
     uv_close((uv_handle_t *)&s->listener, NULL);
     for (struct sconn *sc = s->conns; sc != NULL; sc = sc->next)
         sconn_close(sc);
@@ -525,7 +678,7 @@ static void call_close(struct call *cl)
 
 static void url_of(char *buf, size_t len, const struct srv *s, const char *path)
 {
-    snprintf(buf, len, "http://127.0.0.1:%d%s", s->port, path);
+    snprintf(buf, len, "%s://127.0.0.1:%d%s", s->tls ? "https" : "http", s->port, path);
 }
 
 static void on_tick(uv_timer_t *t)

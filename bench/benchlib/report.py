@@ -1,0 +1,289 @@
+"""The benchmark's table: one Markdown file with the figures (medians over the rounds),
+the ratios content-cache/nginx and content-cache/Distribution, the target of each row,
+where each figure comes from, and the per-round values underneath."""
+
+import statistics
+
+NA = "not available yet"
+DASH = "—"
+
+
+def short(value):
+    """A per-round value for the progress log."""
+    if isinstance(value, dict):
+        return " ".join("%s=%s" % (k, short(v)) for k, v in sorted(value.items()))
+    if isinstance(value, float):
+        return "%.4g" % value
+    return str(value)
+
+
+def role(name):
+    """Which column a server's figures go in."""
+    if name.startswith("cache"):
+        return "cc"
+    if name.startswith("distproxy"):
+        return "dist"
+    return name  # nginx, origin
+
+
+def medians(values, key=None):
+    """{role: median} of {server name: [value or dict]}."""
+    out = {}
+    for name, vals in values.items():
+        vals = [v[key] for v in vals] if key else vals
+        if vals:
+            out[role(name)] = statistics.median(vals)
+    return out
+
+
+def num(v, digits=0):
+    if v is None:
+        return DASH
+    if digits == 0:
+        return "{:,.0f}".format(v)
+    return "{:,.{d}f}".format(v, d=digits)
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(r):
+    return DASH if r is None else "%.2fx" % r
+
+
+def verdict(ok):
+    return "met" if ok else "**missed**"
+
+
+class Table:
+    COLUMNS = ["#", "scenario", "unit", "nginx", "Distribution proxy", "origin direct",
+               "content-cache", "cc/nginx", "cc/dist", "target", "result", "measured with"]
+
+    def __init__(self):
+        self.rows = []
+        self.notes = []
+
+    def row(self, num_, scenario, unit, fig=None, digits=0, r_nginx=None, r_dist=None,
+            target="", result="", how="", cc_text=None):
+        fig = fig or {}
+        cells = [num_, scenario, unit]
+        for key in ("nginx", "dist", "origin"):
+            cells.append(num(fig.get(key), digits) if key in fig else DASH)
+        cells.append(cc_text if cc_text is not None else
+                     (num(fig.get("cc"), digits) if "cc" in fig else DASH))
+        cells += [fmt_ratio(r_nginx), fmt_ratio(r_dist), target, result, how]
+        self.rows.append(cells)
+
+    def unavailable(self, num_, scenario, unit, target, how, why, fig=None, digits=0):
+        self.row(num_, scenario, unit, fig, digits, target=target, result=NA, how=how,
+                 cc_text=NA)
+        self.notes.append("Row %s: %s (%s)." % (num_, NA, why))
+
+    def error(self, num_, scenario, unit, target, how, err):
+        self.row(num_, scenario, unit, target=target, result="**ERROR**", how=how,
+                 cc_text="ERROR")
+        self.notes.append("Row %s: ERROR: %s" % (num_, err))
+
+    def markdown(self):
+        lines = ["| " + " | ".join(self.COLUMNS) + " |",
+                 "|" + "|".join("---" for _ in self.COLUMNS) + "|"]
+        for cells in self.rows:
+            lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+        return "\n".join(lines)
+
+
+def render(env, mode, results, args):
+    t = Table()
+    big, cold = mode["big_mib"], mode["cold_mib"]
+    secs = mode["wrk_seconds"]
+
+    def scenario(name, num_, label, unit, target, how, fill):
+        res = results.get(name)
+        if res is None:
+            t.row(num_, label, unit, target=target, result="not run", how=how,
+                  cc_text="not run")
+        elif res["status"] == "error":
+            t.error(num_, label, unit, target, how, res["error"])
+        elif res["status"] == "na":
+            t.unavailable(num_, label, unit, target, how, res["why"],
+                          medians(res["values"]) if "values" in res else None)
+        else:
+            fill(res)
+
+    # 1
+    def hit1k(res):
+        m = medians(res["values"])
+        rn, rd = ratio(m.get("cc"), m.get("nginx")), ratio(m.get("cc"), m.get("dist"))
+        t.row(1, "cached 1 KiB blob", "req/s", m, 0, rn, rd, "cc/nginx >= 1.0",
+              verdict(rn is not None and rn >= 1.0), "`wrk -t2 -c64 -d%ds URL`" % secs)
+    scenario("hit1k", 1, "cached 1 KiB blob", "req/s", "cc/nginx >= 1.0",
+             "`wrk -t2 -c64 -d%ds URL`" % secs, hit1k)
+
+    # 2
+    def big16(res):
+        m = medians(res["values"])
+        rn, rd = ratio(m.get("cc"), m.get("nginx")), ratio(m.get("cc"), m.get("dist"))
+        t.row(2, "16 concurrent downloads of a cached %d MiB blob" % big, "MB/s (sum)", m, 0,
+              rn, rd, "cc/nginx >= 1.0", verdict(rn is not None and rn >= 1.0),
+              "16 x `curl -o /dev/null URL` at once; 16 x size / wall clock")
+    scenario("big16", 2, "16 concurrent downloads of a cached %d MiB blob" % big, "MB/s (sum)",
+             "cc/nginx >= 1.0", "16 x `curl`", big16)
+
+    # 3, 4
+    def cold1(res):
+        total = medians(res["values"], "total")
+        ttfb = medians(res["values"], "ttfb_ms")
+        r_origin = ratio(total.get("cc"), total.get("origin"))
+        t.row(3, "one cold %d MiB blob: total" % cold, "s", total, 3, None,
+              ratio(total.get("cc"), total.get("dist")), "cc <= 1.2x origin direct",
+              "%s: %.2fx origin" % (verdict(r_origin <= 1.2), r_origin),
+              "`curl -w %{time_total}`; fresh cache storage each run")
+        extra = ttfb["cc"] - ttfb["origin"]
+        t.row(4, "one cold %d MiB blob: time to first byte" % cold, "ms", ttfb, 1, None,
+              ratio(ttfb.get("cc"), ttfb.get("dist")), "cc <= origin + 5 ms",
+              "%s: %+.1f ms" % (verdict(extra <= 5.0), extra), "`curl -w %{time_starttransfer}`")
+        t.notes.append("Rows 3-4: origin fetches per content-cache cold pull: %s."
+                       % ", ".join(str(x) for x in res["cache_fetches"]))
+    res = results.get("cold1")
+    if res is None or res["status"] != "ok":
+        scenario("cold1", 3, "one cold %d MiB blob: total" % cold, "s",
+                 "cc <= 1.2x origin direct", "`curl -w %{time_total}`", None)
+        scenario("cold1", 4, "one cold %d MiB blob: time to first byte" % cold, "ms",
+                 "cc <= origin + 5 ms", "`curl -w %{time_starttransfer}`", None)
+    else:
+        cold1(res)
+
+    # 5, 6
+    def cold32(res):
+        fetches = {role(k): [v["fetches"] for v in vals] for k, vals in res["values"].items()}
+        wall = medians(res["values"], "wall")
+        single = None
+        if results.get("cold1", {}).get("status") == "ok":
+            single = medians(results["cold1"]["values"], "total").get("cc")
+        cc_f = fetches.get("cc", [])
+        t.row(5, "32 concurrent requests for one cold blob: upstream fetches", "GETs",
+              target="exactly 1", result="%s: %s" % (verdict(cc_f and all(f == 1 for f in cc_f)),
+                                                     ", ".join(map(str, cc_f))),
+              how="origin's access log: `GET .../blobs/<digest>` 200, once settled",
+              cc_text=", ".join(map(str, cc_f)))
+        t.rows[-1][4] = ", ".join(map(str, fetches.get("dist", [])))
+        r_single = ratio(wall.get("cc"), single)
+        t.row(6, "32 concurrent requests for one cold blob: all done", "s", wall, 3, None,
+              ratio(wall.get("cc"), wall.get("dist")), "cc <= 1.5x one cold pull (row 3)",
+              DASH if r_single is None else "%s: %.2fx" % (verdict(r_single <= 1.5), r_single),
+              "32 x `curl` at once, wall clock; fresh storage each run")
+    res = results.get("cold32")
+    if res is None or res["status"] != "ok":
+        scenario("cold32", 5, "32 concurrent requests for one cold blob: upstream fetches",
+                 "GETs", "exactly 1", "origin's access log", None)
+        scenario("cold32", 6, "32 concurrent requests for one cold blob: all done", "s",
+                 "cc <= 1.5x one cold pull", "32 x `curl`", None)
+    else:
+        cold32(res)
+
+    # 7
+    def sha(res):
+        d, p = res["paths"]["default"], res["paths"]["portable"]
+        how = "`bench/sha256_speed %d` (core/digest.c)" % res["mib"]
+        t.row("7a", "sha256 of %d MiB in memory, default path" % res["mib"], "GB/s", target=">= 1.8",
+              result="%s: path %s ran" % (verdict(d["gbps"] >= 1.8), d["path"]), how=how,
+              cc_text="%.2f (%s)" % (d["gbps"], d["path"]))
+        t.row("7b", "sha256, portable path forced", "GB/s", target=DASH,
+              result="path %s ran" % p["path"], how="the same, `digest_sha256_use_hw(false)`",
+              cc_text="%.2f (%s)" % (p["gbps"], p["path"]))
+        if res.get("openssl_gbps"):
+            t.row("7c", "sha256, OpenSSL for scale", "GB/s", target=DASH, result="reference",
+                  how="`openssl speed -evp sha256 -bytes 16384`",
+                  cc_text="%.2f (openssl)" % res["openssl_gbps"])
+        t.notes.append("Row 7: CPU has SHA-NI: %s; a context initialized by default uses %s."
+                       % (res["info"].get("hw_available", "?"),
+                          res["info"].get("default_path", "?")))
+    scenario("sha256", "7a", "sha256 of 1 GiB in memory", "GB/s", ">= 1.8",
+             "`bench/sha256_speed`", sha)
+
+    # 8
+    def rss(res):
+        m = medians(res["values"])
+        t.row(8, "RSS after rows 1-2", "MiB", m, 1, None, None, "cc <= 16",
+              verdict(m["cc"] <= 16.0), "VmRSS in /proc/PID/status (nginx: master + workers)")
+    scenario("rss", 8, "RSS after rows 1-2", "MiB", "cc <= 16", "VmRSS", rss)
+
+    # 9
+    def idle(res):
+        m = medians(res["values"])
+        d = res["detail"].get("cache", {})
+        t.row(9, "%s idle keep-alive connections: RSS growth" % num(res["count"]), "MiB", m, 1,
+              None, None, "cc <= 30", verdict(m["cc"] <= 30.0),
+              "bench/benchlib/clients.py IdleConnections: one `GET /v2/` each, kept open")
+        t.notes.append("Row 9: content-cache RSS %.1f -> %.1f MiB; responses %s."
+                       % (d.get("before_mib", 0), d.get("after_mib", 0), d.get("statuses")))
+    scenario("idle", 9, "10,000 idle keep-alive connections: RSS growth", "MiB", "cc <= 30",
+             "IdleConnections", idle)
+
+    # 10
+    def tls(res):
+        m = medians(res["values"])
+        rn = ratio(m.get("cc"), m.get("nginx"))
+        t.row(10, "cached %d MiB blob over TLS, one client" % big, "MB/s", m, 0, rn, None,
+              "cc/nginx >= 0.7", verdict(rn >= 0.7), "`curl -k -o /dev/null https://...`")
+        t.notes.append("Row 10: TLS sessions: nginx %s; content-cache %s."
+                       % (res["sessions"].get("nginx"), res["sessions"].get("cache-tls")))
+    scenario("tls", 10, "cached %d MiB blob over TLS, one client" % big, "MB/s",
+             "cc/nginx >= 0.7", "`curl -k`", tls)
+
+    # 11
+    def policy(res):
+        m = {role_: statistics.median(v) for role_, v in
+             (("default", res["values"]["cache-policies"]),
+              ("nohooks", res["values"]["cache-nohooks"]))}
+        slower = 1.0 - m["default"] / m["nohooks"]
+        how = "`wrk -t2 -c64 -d%ds URL`, two content-caches" % secs
+        t.row("11a", "cached 1 KiB blob, default policies", "req/s", target=DASH, result=DASH,
+              how=how, cc_text=num(m["default"]))
+        t.row("11b", "cached 1 KiB blob, no hooks defined", "req/s",
+              target="11a <= 5% slower",
+              result="%s: %.1f%% slower" % (verdict(slower <= 0.05), slower * 100), how=how,
+              cc_text=num(m["nohooks"]))
+    scenario("policy", 11, "cached 1 KiB blob, default policies vs no hooks", "req/s",
+             "<= 5% slower", "`wrk`, two content-caches", policy)
+
+    if "setup" in results:
+        t.notes.append("Setup failed: %s" % results["setup"]["error"])
+    if "interrupted" in results:
+        t.notes.insert(0, "**Interrupted**: the run was stopped before it finished; rows "
+                       "not run have no figures.")
+
+    return _document(env, mode, results, t, args)
+
+
+def _document(env, mode, results, t, args):
+    out = ["# content-cache side-by-side benchmark, %s (%s)" % (env.get("date"), env.get("mode")),
+           "",
+           "Command: `bench/run.sh%s`. Figures are medians of %d round(s); servers alternate "
+           "within each scenario (the order rotates each round). MB/s and GB/s are 10^6 and "
+           "10^9 bytes a second. cc = content-cache, dist = Docker Distribution in proxy "
+           "mode." % (" --quick" if env.get("mode") == "quick" else "", mode["rounds"]),
+           ""]
+    if env.get("mode") == "quick":
+        out += ["**Quick mode**: %d MiB blobs, %d s wrk runs, %d idle connections, one round. "
+                "It shows that every scenario still runs; its sizes are too small for the "
+                "targets to mean anything." % (mode["big_mib"], mode["wrk_seconds"],
+                                                mode["idle"]), ""]
+    out += [t.markdown(), ""]
+    if t.notes:
+        out += ["Notes:", ""] + ["- " + n for n in t.notes] + [""]
+    out += ["Environment:", ""]
+    for key in ("cpu", "kernel", "content-cache", "nginx", "docker-registry", "wrk", "curl"):
+        out.append("- %s: %s" % (key, env.get(key)))
+    out.append("- load average at start / end: %s / %s (other work on the machine shows here)"
+               % (" ".join(env.get("loadavg_start", [])), " ".join(env.get("loadavg_end", []))))
+    out += ["", "Per-round values:", ""]
+    for name, res in results.items():
+        if res.get("status") != "ok" or "values" not in res:
+            continue
+        parts = []
+        for server, vals in res["values"].items():
+            parts.append("%s [%s]" % (server, "; ".join(short(v) for v in vals)))
+        out.append("- %s: %s" % (name, ", ".join(parts)))
+    return "\n".join(out) + "\n"

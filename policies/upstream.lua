@@ -1,0 +1,45 @@
+-- upstream.lua: which base URLs a request goes to, in order.
+--
+-- The upstreamhosts of the request's upstreams entry in round-robin order, then the
+-- originhost as the last resort: the cache fails over down the list. With hosts A and B
+-- the first call gives {A, B, origin}, the second {B, A, origin}, the third {A, B,
+-- origin} again. Each upstreams entry has its own cursor, advanced once per call.
+--
+-- The cursors live in this module, in the Lua state: a reload (SIGHUP) builds a new state,
+-- so the rotation starts again at the first host.
+
+local M = {}
+
+-- Per upstreams entry: the position in upstreamhosts to start the next list with.
+local cursors = {}
+
+-- The entry's key for its cursor: its position in the config when the host passes it,
+-- else its originhost (a spec's hand-made table).
+local function entry_key(upstream)
+    return upstream.index or upstream.originhost
+end
+
+-- select_upstream(req, upstream) -> {base URL, ...}
+-- req: {method, repository, reference, digest, kind}; upstream: {index, originhost,
+-- upstreamhosts = {...}}, as in cache.config.upstreams.
+function M.select_upstream(req, upstream)
+    local hosts = upstream.upstreamhosts or {}
+    local n = #hosts
+    local order = {}
+
+    if n > 0 then
+        local key = entry_key(upstream)
+        local first = cursors[key] or 1
+        if first > n then
+            first = 1
+        end
+        for i = 0, n - 1 do
+            order[#order + 1] = hosts[(first - 1 + i) % n + 1]
+        end
+        cursors[key] = first % n + 1
+    end
+    order[#order + 1] = upstream.originhost
+    return order
+end
+
+return M

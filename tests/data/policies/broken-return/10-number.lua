@@ -1,0 +1,4 @@
+-- A policy file must return a table of hooks.
+local ttl = 60
+
+return ttl

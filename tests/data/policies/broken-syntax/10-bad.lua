@@ -1,0 +1,5 @@
+return {
+    blob_ttl = function(blob)
+        return 60 +
+    end,
+}

@@ -1,0 +1,2 @@
+-- Outside every policy directory: require must not find this.
+return { secret = true }

@@ -1,0 +1,1 @@
+return 42 -- would fail to load: names starting with '.' are skipped
