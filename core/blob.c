@@ -37,6 +37,8 @@ struct blob_req {
     struct http_exchange *x;
     char hex[65];
     char digest[72];
+    char **bases; /* where this request's upstream requests go, in order */
+    size_t n_bases;
 
     struct chain_req *auth;
     int auth_status;
@@ -203,6 +205,9 @@ static void release(struct blob_req *r)
             free(req);
         r->fd = -1;
     }
+    for (size_t i = 0; i < r->n_bases; i++)
+        free(r->bases[i]);
+    free(r->bases);
     free(r->buf);
     free(r->challenge);
     free(r);
@@ -435,24 +440,23 @@ struct upstream_call {
     struct chain_spec spec;
 };
 
-static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method,
-                              bool advance)
+static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method)
 {
-    size_t path_len, n_bases;
+    size_t path_len;
     const char *path = http_req_path(r->x, &path_len);
     c->target = strndup(path, path_len);
     if (c->target == NULL)
         return UV_ENOMEM;
     c->spec = (struct chain_spec){
         .method = method,
-        .bases = proxy_bases(r->bs->proxy, advance, &n_bases),
+        .bases = (const char *const *)r->bases,
+        .n_bases = r->n_bases,
         .target = c->target,
         .headers = c->fwd,
         .n_headers = proxy_forward_headers(r->x, false, c->fwd, BLOB_MAX_FORWARDED, c->scratch,
                                            sizeof(c->scratch)),
         .max_redirects = 5,
     };
-    c->spec.n_bases = n_bases;
     return 0;
 }
 
@@ -472,7 +476,7 @@ static void start_fetch(struct blob_req *r)
         http_log_set_cache(r->x, CACHE_COALESCED);
     } else {
         struct upstream_call call;
-        int rc = upstream_call_init(&call, r, "GET", true);
+        int rc = upstream_call_init(&call, r, "GET");
         if (rc == 0)
             rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size, &f);
         upstream_call_free(&call);
@@ -649,9 +653,23 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
     http_exchange_on_gone(x, on_gone, r);
 
+    struct proxy_req_info info;
+    size_t n_bases;
+    proxy_req_info_init(&info, x, route);
+    const char *const *bases = proxy_select(bs->proxy, &info.req, &n_bases);
+    r->bases = calloc(n_bases, sizeof(*r->bases));
+    for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
+        r->bases[i] = strdup(bases[i]);
+        r->n_bases += r->bases[i] != NULL;
+    }
+    if (r->n_bases != n_bases) {
+        fail(r, REG_ERR_INTERNAL, "out of memory");
+        return;
+    }
+
     struct upstream_call call;
     static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
-    int rc = upstream_call_init(&call, r, "HEAD", false);
+    int rc = upstream_call_init(&call, r, "HEAD");
     if (rc == 0)
         rc = chain_request(proxy_pool(bs->proxy), &call.spec, &cbs, r, &r->auth);
     upstream_call_free(&call);

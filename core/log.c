@@ -385,3 +385,110 @@ void log_access_line(const char *text, size_t len)
     line[pos++] = '\n';
     write_line(STDOUT_FILENO, line, pos);
 }
+
+/* ---- the access line ------------------------------------------------------------------- */
+
+/* Go's way of writing a duration below an hour: "1.234ms", "2.5s", "0ms". */
+static void format_duration_ms(double ms, char *buf, size_t len)
+{
+    const char *unit = "ms";
+    if (ms != ms || ms < 0) ms = 0;
+    if (ms >= 1000) {
+        ms /= 1000;
+        unit = "s";
+    }
+    int n = snprintf(buf, len, "%.6f", ms);
+    while (n > 0 && buf[n - 1] == '0') n--;
+    if (n > 0 && buf[n - 1] == '.') n--;
+    snprintf(buf + n, len - (size_t)n, "%s", unit);
+}
+
+/* RFC 3339 with milliseconds of t seconds since the epoch, cut, not rounded. */
+static void format_time_double(double t, char *buf, size_t len)
+{
+    long long us = (long long)(t * 1e6 + 0.5);
+    struct timespec ts = {.tv_sec = (time_t)(us / 1000000), .tv_nsec = (long)(us % 1000000) * 1000};
+    log_format_time_at(buf, len, &ts);
+}
+
+struct access_writer {
+    char *buf;
+    size_t cap, pos;
+    bool json;
+};
+
+static void access_str(struct access_writer *w, const char *key, const char *value)
+{
+    if (value == NULL) return;
+    size_t n = strlen(value);
+    if (w->json) {
+        if (!put_raw(w->buf, w->cap, &w->pos, ",\"", 2)) return;
+        put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
+        put_raw(w->buf, w->cap, &w->pos, "\":", 2);
+        put_json_string(w->buf, w->cap, &w->pos, value, n);
+    } else {
+        put_raw(w->buf, w->cap, &w->pos, " ", 1);
+        put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
+        put_raw(w->buf, w->cap, &w->pos, "=", 1);
+        put_text_value(w->buf, w->cap, &w->pos, value, n);
+    }
+}
+
+static void access_num(struct access_writer *w, const char *key, unsigned long long v)
+{
+    char num[32];
+    int n = snprintf(num, sizeof num, "%llu", v);
+    if (w->json) {
+        put_raw(w->buf, w->cap, &w->pos, ",\"", 2);
+        put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
+        put_raw(w->buf, w->cap, &w->pos, "\":", 2);
+    } else {
+        put_raw(w->buf, w->cap, &w->pos, " ", 1);
+        put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
+        put_raw(w->buf, w->cap, &w->pos, "=", 1);
+    }
+    put_raw(w->buf, w->cap, &w->pos, num, (size_t)n);
+}
+
+size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap)
+{
+    char now[40], dur[48];
+    struct access_writer w = {buf, cap - 1, 0,
+                              atomic_load_explicit(&current_format, memory_order_relaxed) ==
+                                  LOG_FORMAT_JSON};
+    if (e->time > 0) {
+        format_time_double(e->time, now, sizeof now);
+    } else {
+        log_format_time(now, sizeof now);
+    }
+    if (w.json) {
+        w.pos = (size_t)snprintf(buf, w.cap,
+                                 "{\"time\":\"%s\",\"level\":\"info\",\"msg\":\"response "
+                                 "completed\"",
+                                 now);
+        put_raw(buf, w.cap, &w.pos, fields_json, fields_json_len);
+    } else {
+        w.pos = (size_t)snprintf(buf, w.cap,
+                                 "time=\"%s\" level=info msg=\"response completed\"", now);
+        put_raw(buf, w.cap, &w.pos, fields_text, fields_text_len);
+    }
+    if (w.pos > w.cap) w.pos = w.cap;
+    access_str(&w, "http.request.method", e->method);
+    access_str(&w, "http.request.uri", e->uri);
+    access_str(&w, "http.request.remoteaddr", e->remote_addr);
+    access_str(&w, "http.request.useragent", e->user_agent);
+    access_str(&w, "vars.name", e->repository);
+    access_str(&w, "vars.digest", e->digest);
+    if (e->status != 0) access_num(&w, "http.response.status", (unsigned long long)e->status);
+    access_num(&w, "http.response.written", (unsigned long long)e->bytes);
+    if (e->duration_ms >= 0) {
+        format_duration_ms(e->duration_ms, dur, sizeof dur);
+        access_str(&w, "http.response.duration", dur);
+    }
+    access_str(&w, "cache", e->cache);
+    access_str(&w, "upstream", e->upstream);
+    access_str(&w, "error", e->error);
+    if (w.json) put_raw(buf, cap, &w.pos, "}", 1);
+    buf[w.pos] = '\0';
+    return w.pos;
+}

@@ -50,6 +50,33 @@ int log_enabled(enum log_level level);
 /* One diagnostic line with a printf-style message. */
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* One access-log line's facts. */
+struct log_access_entry {
+    double time; /* when the response completed, seconds since the epoch */
+    const char *method;
+    const char *uri; /* the request target as received */
+    const char *repository;
+    const char *digest;
+    int status;
+    uint64_t bytes; /* body bytes written */
+    double duration_ms;
+    const char *cache;       /* "hit", "miss", "coalesced", "bypass", or NULL */
+    const char *upstream;    /* base URL that answered, or NULL */
+    const char *remote_addr; /* "ip:port" */
+    const char *user_agent;
+    const char *error; /* a short sentence, or NULL */
+};
+
+/*
+ * Formats an access-log line (without a newline) in the configured format: Docker
+ * Registry's "response completed" line in logrus text, or one JSON object; time, level,
+ * msg, the config's log.fields, then the entry's fields that are set. This is the C
+ * twin of the default policy's format_log (policies/logformat.lua), byte for byte
+ * (tests/unit/test_policy.c holds them to it). Returns the length (cut to fit cap - 1,
+ * NUL-terminated).
+ */
+size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap);
+
 /*
  * One access-log line to stdout, written as given except that a trailing newline is
  * dropped, control bytes (a newline inside included) become \xNN, and a line longer

@@ -22,6 +22,7 @@
 #include "expire.h"
 #include "fetch.h"
 #include "log.h"
+#include "policy.h"
 #include "proxy.h"
 #include "server.h"
 #include "store.h"
@@ -66,6 +67,7 @@ struct app {
     struct fetch_manager *fetches;
     struct blob_service *blobs;
     struct expiry *expiry;
+    struct policy_engine *policy;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -112,6 +114,14 @@ static int run_check(const char *path)
         fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
         return EXIT_CONFIG;
     }
+    char perr[1024];
+    struct policy_engine *pe = NULL;
+    if (policy_engine_new(cfg, NULL, &pe, perr, sizeof(perr)) != 0) {
+        fprintf(stderr, "content-cache: policies: %s\n", perr);
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
     printf("configuration file %s is valid\n", path);
     printf("listen:        %s%s\n", cfg->http_addr,
            cfg->http_tls_certificate ? " (https)" : " (http)");
@@ -133,8 +143,14 @@ static int run_check(const char *path)
     }
     for (size_t i = 0; i < cfg->n_cas; i++)
         printf("upstream CA:   %s\n", cfg->cas[i]);
-    if (cfg->policydir)
-        printf("policies:      %s\n", cfg->policydir);
+    printf("policies:      built-in defaults%s%s; hooks in force:", cfg->policydir ? " + drop-ins of " : "",
+           cfg->policydir ? cfg->policydir : "");
+    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
+        if (policy_has_hook(pe, (enum policy_hook)h))
+            printf(" %s%s", policy_hook_name((enum policy_hook)h),
+                   policy_hook_is_builtin(pe, (enum policy_hook)h) ? "" : " (drop-in)");
+    printf("\n");
+    policy_engine_free(pe);
     config_free(cfg);
     return EXIT_OK;
 }
@@ -207,7 +223,40 @@ static void on_stop_signal(uv_signal_t *h, int signum)
 
 static void on_hup(uv_signal_t *h, int signum)
 {
-    log_msg(LOG_INFO, "SIGHUP received: no policies to reload in this build");
+    struct app *app = h->data;
+    char err[1024];
+    if (policy_engine_reload(app->policy, NULL, err, sizeof(err)) != 0)
+        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
+    else
+        log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+}
+
+/* The access-log line: the C twin of the built-in format_log, or a drop-in's. */
+static size_t format_access(void *ud, const struct log_access_entry *e, char *buf, size_t cap)
+{
+    struct app *app = ud;
+    size_t n;
+    if (policy_has_hook(app->policy, POLICY_HOOK_FORMAT_LOG) &&
+        !policy_hook_is_builtin(app->policy, POLICY_HOOK_FORMAT_LOG) &&
+        policy_format_log(app->policy, e, buf, cap, &n) == 0)
+        return n;
+    return log_format_access(e, buf, cap);
+}
+
+/* blob_ttl: the policy's answer (1 with a TTL, 0 to keep), or the configured default. */
+static int blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    struct app *app = ud;
+    if (!policy_has_hook(app->policy, POLICY_HOOK_BLOB_TTL))
+        return -ENOENT;
+    char digest[72];
+    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
+    struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
+    bool has_ttl;
+    int rc = policy_blob_ttl(app->policy, &pb, &has_ttl, ttl_s);
+    if (rc != 0)
+        return rc;
+    return has_ttl ? 1 : 0;
 }
 
 /* Lets the process hold as many connections as the hard limit allows. */
@@ -247,6 +296,13 @@ static int run_serve(const char *path)
         log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
                 removed);
 
+    rc = policy_engine_new(app.cfg, NULL, &app.policy, err, sizeof(err));
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "policies: %s", err);
+        config_free(app.cfg);
+        return EXIT_CONFIG;
+    }
+
     app.loop = uv_default_loop();
     app.pool = upstream_pool_new(app.loop, NULL);
     app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
@@ -259,10 +315,14 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     proxy_set_blob_service(app.proxy, app.blobs);
-    if (app.cfg->has_blobttl) {
-        double ttl_s = (double)app.cfg->blobttl_ns / 1e9;
+    proxy_set_policy(app.proxy, app.policy);
+    /* Expiry runs with a configured blobttl, or when a drop-in gives TTLs itself. */
+    bool ttl_policy = policy_has_hook(app.policy, POLICY_HOOK_BLOB_TTL) &&
+                      !policy_hook_is_builtin(app.policy, POLICY_HOOK_BLOB_TTL);
+    if (app.cfg->has_blobttl || ttl_policy) {
+        double ttl_s = app.cfg->has_blobttl ? (double)app.cfg->blobttl_ns / 1e9 : 0;
         blob_service_set_ttl(app.blobs, ttl_s);
-        struct expire_opts eo = {.default_ttl_s = ttl_s};
+        struct expire_opts eo = {.default_ttl_s = ttl_s, .ttl = blob_ttl, .ud = &app};
         if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
             log_msg(LOG_ERROR, "cannot start the blob expiry timer");
             return EXIT_RUNTIME;
@@ -282,6 +342,8 @@ static int run_serve(const char *path)
         .n_extra_headers = n_extra,
         .on_request = proxy_handle,
         .ud = app.proxy,
+        .format_access = format_access,
+        .format_ud = &app,
     };
     rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
     if (rc != 0) {
@@ -311,6 +373,7 @@ static int run_serve(const char *path)
 
     uv_run(app.loop, UV_RUN_DEFAULT);
     log_msg(LOG_INFO, "stopped");
+    policy_engine_free(app.policy);
     blob_service_free(app.blobs);
     fetch_manager_free(app.fetches);
     store_close(app.store);

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "blob.h"
 #include "chain.h"
+#include "policy.h"
 #include "registry.h"
 
 #define PROXY_MAX_CANDIDATES 16
@@ -27,7 +28,8 @@ struct proxy {
     size_t n_bases;
     size_t n_hosts;                    /* how many of bases are upstreamhosts */
     size_t cursor;                     /* round-robin position among the hosts */
-    const char *order[PROXY_MAX_CANDIDATES]; /* scratch for proxy_bases */
+    const char *order[PROXY_MAX_CANDIDATES]; /* scratch for proxy_select */
+    struct policy_engine *policy;      /* select_upstream, when set */
     struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
 };
 
@@ -35,6 +37,7 @@ struct proxy {
 struct relay {
     struct proxy *proxy;
     struct http_exchange *x;
+    struct proxy_req_info info;
     struct chain_req *ureq;
     bool head_sent;
     bool upstream_done;
@@ -357,7 +360,7 @@ static void relay_start(struct relay *r)
     size_t n_bases;
     struct chain_spec spec = {
         .method = http_req_is_head(x) ? "HEAD" : "GET",
-        .bases = proxy_bases(r->proxy, false, &n_bases),
+        .bases = proxy_select(r->proxy, &r->info.req, &n_bases),
         .n_bases = n_bases,
         .target = http_req_target(x),
         .headers = fwd,
@@ -382,7 +385,7 @@ static void relay_start(struct relay *r)
 }
 
 /* Relays x to the upstreams. */
-static void relay(struct proxy *p, struct http_exchange *x)
+static void relay(struct proxy *p, struct http_exchange *x, const struct registry_route *route)
 {
     if (p->n_bases == 0) {
         proxy_respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
@@ -395,12 +398,36 @@ static void relay(struct proxy *p, struct http_exchange *x)
     }
     r->proxy = p;
     r->x = x;
+    proxy_req_info_init(&r->info, x, route);
     p->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
     relay_start(r);
 }
 
 /* --- Routing ---------------------------------------------------------------------- */
+
+void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *x,
+                         const struct registry_route *route)
+{
+    static const char *const kinds[] = {
+        [ROUTE_BASE] = "base",      [ROUTE_MANIFEST] = "manifest", [ROUTE_BLOB] = "blob",
+        [ROUTE_TAGS] = "tags",      [ROUTE_REFERRERS] = "referrers", [ROUTE_CATALOG] = "catalog",
+        [ROUTE_V2_OTHER] = "other", [ROUTE_NOT_V2] = "other",
+    };
+    memset(ri, 0, sizeof(*ri));
+    ri->req.method = http_req_method(x);
+    ri->req.kind = kinds[route->kind];
+    if (route->name != NULL && route->name_len < sizeof(ri->repository)) {
+        memcpy(ri->repository, route->name, route->name_len);
+        ri->req.repository = ri->repository;
+    }
+    if (route->reference != NULL && route->reference_len < sizeof(ri->reference)) {
+        memcpy(ri->reference, route->reference, route->reference_len);
+        ri->req.reference = ri->reference;
+        if (route->reference_is_digest)
+            ri->req.digest = ri->reference;
+    }
+}
 
 void proxy_handle(struct http_exchange *x, void *ud)
 {
@@ -449,7 +476,7 @@ void proxy_handle(struct http_exchange *x, void *ud)
             }
             http_log_set_cache(x, CACHE_BYPASS);
         }
-        relay(p, x);
+        relay(p, x, &route);
         return;
     case ROUTE_V2_OTHER:
     case ROUTE_NOT_V2:
@@ -458,18 +485,51 @@ void proxy_handle(struct http_exchange *x, void *ud)
     proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
 }
 
-const char *const *proxy_bases(struct proxy *p, bool advance, size_t *n)
+/* The base (as joined at start) of a URL as the config writes it, or NULL. */
+static const char *base_of_config_url(const struct proxy *p, const char *url)
 {
-    /* The built-in order: the upstream caches in round-robin order from the cursor,
-     * then the origin as the last resort. */
+    const struct config_upstream *up = &p->cfg->upstreams[0];
+    if (strcmp(url, up->originhost) == 0)
+        return p->bases[p->n_bases - 1];
+    for (size_t i = 0; i < up->n_upstreamhosts && i < p->n_hosts; i++)
+        if (strcmp(url, up->upstreamhosts[i]) == 0)
+            return p->bases[i];
+    return NULL;
+}
+
+const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t *n)
+{
+    if (p->policy != NULL && policy_has_hook(p->policy, POLICY_HOOK_SELECT_UPSTREAM)) {
+        char **urls = NULL;
+        size_t n_urls = 0, k = 0;
+        if (policy_select_upstream(p->policy, req, 0, &urls, &n_urls) == 0) {
+            for (size_t i = 0; i < n_urls && k < PROXY_MAX_CANDIDATES; i++) {
+                const char *b = base_of_config_url(p, urls[i]);
+                if (b != NULL)
+                    p->order[k++] = b;
+            }
+            policy_free_list(urls, n_urls);
+            if (k > 0) {
+                *n = k;
+                return p->order;
+            }
+        }
+    }
+    /* The built-in order, as the default policy's: the upstream caches in round-robin
+     * order from the cursor, then the origin as the last resort. */
     for (size_t i = 0; i < p->n_hosts; i++)
         p->order[i] = p->bases[(p->cursor + i) % p->n_hosts];
     for (size_t i = p->n_hosts; i < p->n_bases; i++)
         p->order[i] = p->bases[i];
-    if (advance && p->n_hosts > 0)
+    if (p->n_hosts > 0)
         p->cursor = (p->cursor + 1) % p->n_hosts;
     *n = p->n_bases;
     return p->order;
+}
+
+void proxy_set_policy(struct proxy *p, struct policy_engine *pe)
+{
+    p->policy = pe;
 }
 
 struct upstream_pool *proxy_pool(const struct proxy *p)

@@ -6,7 +6,7 @@
  * Blob requests go to the blob service (blob.h) once one is set.
  *
  * Upstream choice: the upstreamhosts of the first upstreams entry in round-robin order,
- * then its originhost (proxy_bases); the next one is tried when a host cannot be
+ * then its originhost (proxy_select); the next one is tried when a host cannot be
  * reached or answers 5xx before any byte has gone to the client (chain.h).
  */
 #ifndef CC_PROXY_H
@@ -15,6 +15,8 @@
 #include <uv.h>
 
 #include "config.h"
+#include "policy.h"
+#include "registry.h"
 #include "server.h"
 #include "upstream.h"
 
@@ -58,14 +60,29 @@ size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditiona
                              struct upstream_header *out, size_t max, char *scratch,
                              size_t scratch_len);
 
+/* What the policies are told about a request: a policy_request and its strings. */
+struct proxy_req_info {
+    struct policy_request req;
+    char repository[256];
+    char reference[160];
+};
+void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *x,
+                         const struct registry_route *route);
+
 /*
- * The base URLs to try for one upstream request, in order: the upstreamhosts in
- * round-robin order, then the originhost. `advance` moves the round-robin cursor on
- * (once per blob fetch, so that fetches alternate between the upstream caches while
- * the authorization HEAD of a request goes where its fetch will go). The array is
- * valid until the next call.
+ * The base URLs to try for one client request, in order: what the select_upstream
+ * policy answers (each URL mapped to the configured upstream it names), or the built-in
+ * order when no policy is set or it fails: the upstreamhosts in round-robin order, the
+ * cursor advanced once per call, then the originhost. Call it once per client request
+ * and use the list for every upstream request made for it (a blob's authorization HEAD
+ * and its fetch go to the same place). The array is valid until the next call.
  */
-const char *const *proxy_bases(struct proxy *p, bool advance, size_t *n);
+const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t *n);
+
+struct policy_engine;
+/* Upstream selection asks this engine's select_upstream from now on (NULL: built-in). */
+void proxy_set_policy(struct proxy *p, struct policy_engine *pe);
+
 struct upstream_pool *proxy_pool(const struct proxy *p);
 
 #endif

@@ -976,47 +976,35 @@ void http_respond_abort(struct http_exchange *x)
 
 static void access_log(struct http_exchange *x)
 {
-    char line[4096];
-    size_t pos = 0;
-    char tbuf[40];
-    char num[64];
-    log_format_time(tbuf, sizeof(tbuf));
-    log_append_kv(line, sizeof(line), &pos, "time", tbuf, strlen(tbuf));
-    log_append_kv(line, sizeof(line), &pos, "level", "info", 4);
-    log_append_kv(line, sizeof(line), &pos, "msg", "response completed", 18);
-    const char *m = llhttp_method_name((llhttp_method_t)x->method);
-    log_append_kv(line, sizeof(line), &pos, "http.request.method", m, strlen(m));
-    log_append_kv(line, sizeof(line), &pos, "http.request.uri", x->target, strlen(x->target));
-    log_append_kv(line, sizeof(line), &pos, "http.request.remoteaddr", x->conn->remote,
-                  strlen(x->conn->remote));
-    const struct http_header *ua = http_req_header(x, "User-Agent");
-    if (ua != NULL)
-        log_append_kv(line, sizeof(line), &pos, "http.request.useragent", ua->value,
-                      ua->value_len);
-    if (x->log_repo)
-        log_append_kv(line, sizeof(line), &pos, "vars.name", x->log_repo, strlen(x->log_repo));
-    if (x->log_digest)
-        log_append_kv(line, sizeof(line), &pos, "vars.digest", x->log_digest,
-                      strlen(x->log_digest));
-    int n = snprintf(num, sizeof(num), "%d", x->status);
-    log_append_kv(line, sizeof(line), &pos, "http.response.status", num, (size_t)n);
-    n = snprintf(num, sizeof(num), "%" PRIu64, x->body_sent);
-    log_append_kv(line, sizeof(line), &pos, "http.response.written", num, (size_t)n);
-    double ms = (double)(now_ns() - x->start_ns) / 1e6;
-    n = snprintf(num, sizeof(num), "%.3fms", ms);
-    log_append_kv(line, sizeof(line), &pos, "http.response.duration", num, (size_t)n);
-    static const char *const cache_names[] = {"none", "hit", "miss", "coalesced", "bypass"};
-    if (x->cache != CACHE_NONE)
-        log_append_kv(line, sizeof(line), &pos, "cache", cache_names[x->cache],
-                      strlen(cache_names[x->cache]));
-    if (x->log_upstream)
-        log_append_kv(line, sizeof(line), &pos, "upstream", x->log_upstream,
-                      strlen(x->log_upstream));
-    if (x->abort_requested || x->gone)
-        log_append_kv(line, sizeof(line), &pos, "incomplete", "true", 4);
-    if (x->log_error)
-        log_append_kv(line, sizeof(line), &pos, "error", x->log_error, strlen(x->log_error));
-    log_access_line(line, pos);
+    static const char *const cache_names[] = {NULL, "hit", "miss", "coalesced", "bypass"};
+    char line[LOG_LINE_MAX];
+    char ua[1024];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const struct http_header *uah = http_req_header(x, "User-Agent");
+    if (uah != NULL)
+        snprintf(ua, sizeof(ua), "%.*s", (int)uah->value_len, uah->value);
+    struct log_access_entry e = {
+        .time = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
+        .method = llhttp_method_name((llhttp_method_t)x->method),
+        .uri = x->target,
+        .repository = x->log_repo,
+        .digest = x->log_digest,
+        .status = x->status,
+        .bytes = x->body_sent,
+        .duration_ms = (double)(now_ns() - x->start_ns) / 1e6,
+        .cache = cache_names[x->cache],
+        .upstream = x->log_upstream,
+        .remote_addr = x->conn->remote,
+        .user_agent = uah != NULL ? ua : NULL,
+        .error = x->log_error ? x->log_error
+                 : (x->abort_requested || x->gone) ? "response not completed"
+                                                   : NULL,
+    };
+    const struct http_server_opts *o = &x->conn->srv->opts;
+    size_t n = o->format_access ? o->format_access(o->format_ud, &e, line, sizeof(line))
+                                : log_format_access(&e, line, sizeof(line));
+    log_access_line(line, n);
 }
 
 /* The exchange is over on both sides: log, free, and go on with the connection. */

@@ -27,6 +27,7 @@
 #include <uv.h>
 
 #include "http_types.h"
+#include "log.h"
 
 struct http_server;
 struct http_exchange;
@@ -47,6 +48,9 @@ struct http_server_opts {
     size_t n_extra_headers;
     http_request_cb on_request;
     void *ud;
+    /* Formats the access-log line of an exchange (NULL: log_format_access). */
+    size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
+    void *format_ud;
 };
 
 /*

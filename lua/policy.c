@@ -264,6 +264,12 @@ size_t policy_engine_memory(const struct policy_engine *pe)
     return pe->vm->mem_used;
 }
 
+bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h)
+{
+    return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF &&
+           pe->vm->hook_builtin[h];
+}
+
 bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h)
 {
     return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF;
@@ -563,14 +569,14 @@ int policy_blob_ttl(struct policy_engine *pe, const struct policy_blob *blob, bo
 
 struct format_call {
     struct hook_call base;
-    const struct policy_log_entry *entry;
+    const struct log_access_entry *entry;
     char *buf;
     size_t len, out_len;
 };
 
 static int format_push(lua_State *L, struct hook_call *call)
 {
-    const struct policy_log_entry *e = ((struct format_call *)call)->entry;
+    const struct log_access_entry *e = ((struct format_call *)call)->entry;
 
     lua_createtable(L, 0, 13);
     if (e->time > 0) set_number(L, "time", e->time);
@@ -609,7 +615,7 @@ static void format_take(lua_State *L, struct hook_call *call)
     c->out_len = n;
 }
 
-int policy_format_log(struct policy_engine *pe, const struct policy_log_entry *entry, char *buf,
+int policy_format_log(struct policy_engine *pe, const struct log_access_entry *entry, char *buf,
                       size_t len, size_t *out_len)
 {
     struct format_call c = {.base = {POLICY_HOOK_FORMAT_LOG, format_push, format_take},

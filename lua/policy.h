@@ -102,23 +102,10 @@ struct policy_blob {
     size_t n_repositories;
 };
 
-/* One access-log line, as format_log sees it. NULL strings become nil; so do status 0,
- * duration_ms < 0 and time <= 0 (the hook then uses cache.now()). */
-struct policy_log_entry {
-    double time; /* when the response completed, seconds since the epoch */
-    const char *method;
-    const char *uri; /* the request target as received */
-    const char *repository;
-    const char *digest;
-    int status;
-    uint64_t bytes; /* body bytes written */
-    double duration_ms;
-    const char *cache;       /* "hit", "miss", "coalesced", "bypass", or NULL */
-    const char *upstream;    /* base URL that answered, or NULL */
-    const char *remote_addr; /* "ip:port" */
-    const char *user_agent;
-    const char *error; /* a short sentence, or NULL */
-};
+/* One access-log line, as format_log sees it: struct log_access_entry of core/log.h.
+ * NULL strings become nil; so do status 0, duration_ms < 0 and time <= 0 (the hook then
+ * uses cache.now()). */
+#include "log.h"
 
 /*
  * Creates an engine and loads its policies: builtin_dir/default.lua, then the drop-in
@@ -165,6 +152,14 @@ const char *policy_hook_name(enum policy_hook h);
 /* True when some policy defines the hook. */
 bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h);
 
+/*
+ * True when the hook in force is the one of the built-in default.lua (no drop-in
+ * replaced it). The core has C equivalents of some built-in hooks (the access-log
+ * format), tested byte for byte against them, and runs those instead of the Lua call
+ * on its hot paths.
+ */
+bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h);
+
 /* Failed calls of the hook since the engine was created (reloads do not reset it). */
 uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h);
 
@@ -192,7 +187,7 @@ int policy_blob_ttl(struct policy_engine *pe, const struct policy_blob *blob, bo
  * log_access_line, which escapes control bytes). On 0 buf holds it NUL-terminated and
  * *out_len its length; a longer string is cut to len - 1 bytes. len must be > 0.
  */
-int policy_format_log(struct policy_engine *pe, const struct policy_log_entry *entry, char *buf,
+int policy_format_log(struct policy_engine *pe, const struct log_access_entry *entry, char *buf,
                       size_t len, size_t *out_len);
 
 /*

@@ -614,11 +614,21 @@ static int build_state(lua_State *L)
     hooks = lua_gettop(L);
     join_path(L, path, sizeof path, vm->builtin_dir, "default.lua");
     load_policy(L, b, hooks, path, "default");
+    /* The built-in hooks, to tell later whether a drop-in replaced them. */
+    lua_newtable(L);
+    int builtin = lua_gettop(L);
+    for (int h = 0; h < POLICY_HOOK_COUNT; h++) {
+        lua_getfield(L, hooks, policy_hook_name((enum policy_hook)h));
+        lua_setfield(L, builtin, policy_hook_name((enum policy_hook)h));
+    }
     for (size_t i = 0; i < b->n_files; i++)
         load_policy(L, b, hooks, b->files[i], NULL);
 
     for (int h = 0; h < POLICY_HOOK_COUNT; h++) {
         lua_getfield(L, hooks, policy_hook_name((enum policy_hook)h));
+        lua_getfield(L, builtin, policy_hook_name((enum policy_hook)h));
+        vm->hook_builtin[h] = lua_isfunction(L, -2) && lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
         if (lua_isfunction(L, -1))
             vm->hook_ref[h] = luaL_ref(L, LUA_REGISTRYINDEX);
         else

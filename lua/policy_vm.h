@@ -56,6 +56,7 @@ struct policy_vm {
     bool bad_return;      /* the error being raised is a wrong return value */
 
     int hook_ref[POLICY_HOOK_COUNT]; /* LUA_NOREF when no policy defines the hook */
+    bool hook_builtin[POLICY_HOOK_COUNT]; /* the hook in force is the built-in default's */
 };
 
 /* Services of the engine (policy.c) that the Lua side calls. */

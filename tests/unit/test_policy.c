@@ -213,9 +213,9 @@ static void test_blob_ttl_from_config(void)
     policy_engine_free(pe);
 }
 
-static struct policy_log_entry sample_entry(void)
+static struct log_access_entry sample_entry(void)
 {
-    struct policy_log_entry e = {
+    struct log_access_entry e = {
         .time = 1795820400.123,
         .method = "GET",
         .uri = "/v2/library/alpine/blobs/sha256:abc",
@@ -236,7 +236,7 @@ static void test_format_log_text(void)
 {
     struct config cfg = test_config();
     struct policy_engine *pe = engine_with(&cfg, NULL);
-    struct policy_log_entry e = sample_entry();
+    struct log_access_entry e = sample_entry();
     char line[LOG_LINE_MAX], small[16];
     size_t n;
 
@@ -251,7 +251,7 @@ static void test_format_log_text(void)
     CHECK_INT(n, strlen(line));
 
     /* Missing values are left out; no time means cache.now(). */
-    struct policy_log_entry bare = {
+    struct log_access_entry bare = {
         .method = "HEAD", .uri = "/v2/", .status = 401, .duration_ms = -1};
     CHECK_INT(policy_format_log(pe, &bare, line, sizeof line, &n), 0);
     CHECK_STR(line, "time=\"2026-11-27T23:00:00.500Z\" level=info msg=\"response completed\" "
@@ -287,7 +287,7 @@ static void test_format_log_escapes_as_core_log(void)
 {
     struct config cfg = test_config();
     struct policy_engine *pe = engine_with(&cfg, NULL);
-    struct policy_log_entry e = sample_entry();
+    struct log_access_entry e = sample_entry();
     char line[LOG_LINE_MAX], want[4096], escaped[4096];
     size_t n, pos;
 
@@ -319,11 +319,53 @@ static void test_format_log_escapes_as_core_log(void)
     policy_engine_free(pe);
 }
 
+/*
+ * The core formats access lines itself while the built-in format_log is in force
+ * (log_format_access): the two must agree byte for byte, in both formats, with the
+ * config's fields, hostile values and missing fields.
+ */
+static void test_format_log_c_twin(void)
+{
+    static const char *const formatters[] = {"text", "json"};
+    static const double durations[] = {1.234, 0, 999.9999, 1000, 2500.5, 73000.25, -1};
+    for (size_t f = 0; f < 2; f++) {
+        struct config cfg = test_config();
+        cfg.log_formatter = (char *)formatters[f];
+        log_configure(&cfg);
+        struct policy_engine *pe = engine_with(&cfg, NULL);
+        CHECK(policy_hook_is_builtin(pe, POLICY_HOOK_FORMAT_LOG));
+        struct log_access_entry e = sample_entry();
+        char lua[LOG_LINE_MAX], c[LOG_LINE_MAX];
+        size_t n;
+        for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
+            e.user_agent = hostile[i];
+            e.error = i % 2 ? hostile[i] : NULL;
+            e.cache = i % 3 ? "miss" : NULL;
+            e.duration_ms = durations[i % (sizeof durations / sizeof durations[0])];
+            e.status = i % 4 ? 200 : 0;
+            e.time = 1795820400.0 + (double)i * 0.0317;
+            CHECK_INT(policy_format_log(pe, &e, lua, sizeof lua, &n), 0);
+            size_t cn = log_format_access(&e, c, sizeof c);
+            CHECK_INT(cn, n);
+            CHECK_STR(c, lua);
+        }
+        policy_engine_free(pe);
+    }
+    log_configure(NULL);
+    /* A drop-in that replaces format_log is not the built-in one. */
+    struct config cfg = test_config();
+    struct policy_engine *pe = engine_with(&cfg, "override");
+    CHECK(!policy_hook_is_builtin(pe, POLICY_HOOK_FORMAT_LOG));
+    CHECK(!policy_hook_is_builtin(pe, POLICY_HOOK_SELECT_UPSTREAM));
+    CHECK(policy_hook_is_builtin(pe, POLICY_HOOK_EVICT));
+    policy_engine_free(pe);
+}
+
 static void test_format_log_json(void)
 {
     struct config cfg = test_config();
     struct policy_engine *pe;
-    struct policy_log_entry e = sample_entry();
+    struct log_access_entry e = sample_entry();
     char line[LOG_LINE_MAX];
     size_t n;
 
@@ -385,7 +427,7 @@ static void test_dropin_overrides_by_name_order(void)
     struct policy_blob blob = {.digest = "sha256:abc", .size = 1, .last_pulled = 1};
     struct policy_blob cands[] = {{.digest = "sha256:new", .size = 5, .last_pulled = 20},
                                   {.digest = "sha256:old", .size = 5, .last_pulled = 10}};
-    struct policy_log_entry e = sample_entry();
+    struct log_access_entry e = sample_entry();
     char line[256], **urls;
     size_t n, *victims;
     bool has_ttl;
@@ -460,7 +502,7 @@ static void test_failing_hooks_of_every_kind(void)
     struct config cfg = test_config();
     struct policy_engine *pe = engine_with(&cfg, "misbehaving");
     struct policy_request req = {.method = "GET", .kind = "blob"};
-    struct policy_log_entry e = {.method = "wrong"};
+    struct log_access_entry e = {.method = "wrong"};
     struct policy_blob cands[] = {{.digest = "sha256:a", .size = 1},
                                   {.digest = "sha256:b", .size = 1},
                                   {.digest = NULL, .size = 1}};
@@ -687,7 +729,7 @@ static void test_sandbox(void)
 {
     struct config cfg = test_config();
     struct policy_engine *pe = engine_with(&cfg, "sandbox");
-    struct policy_log_entry e = {.method = "GET"};
+    struct log_access_entry e = {.method = "GET"};
     char line[1024];
     size_t n;
 
@@ -751,6 +793,7 @@ int main(void)
     RUN(test_format_log_text);
     RUN(test_format_log_escapes_as_core_log);
     RUN(test_format_log_json);
+    RUN(test_format_log_c_twin);
     RUN(test_evict_least_recently_pulled);
     RUN(test_dropin_overrides_by_name_order);
     RUN(test_failing_hooks_fall_back_and_count);
