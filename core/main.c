@@ -26,6 +26,7 @@
 #include "proxy.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 #include "upstream.h"
 
 extern char **environ;
@@ -304,7 +305,16 @@ static int run_serve(const char *path)
     }
 
     app.loop = uv_default_loop();
-    app.pool = upstream_pool_new(app.loop, NULL);
+    /* https upstreams: the system's CAs and the config's cas. */
+    struct upstream_pool_opts pool_opts = {0};
+    if (tls_client_config_new((const char *const *)app.cfg->cas, app.cfg->n_cas, true,
+                              &pool_opts.tls, err, sizeof(err)) != 0) {
+        log_msg(LOG_ERROR, "cas: %s", err);
+        config_free(app.cfg);
+        return EXIT_CONFIG;
+    }
+    app.pool = upstream_pool_new(app.loop, &pool_opts);
+    tls_config_free(pool_opts.tls); /* the pool holds its own reference */
     app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
     app.fetches = app.pool ? fetch_manager_new(app.loop, app.store, app.pool) : NULL;
     app.blobs = app.proxy && app.fetches

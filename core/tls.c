@@ -62,16 +62,16 @@ struct tls_session {
     struct tls_config *cfg;
     mbedtls_ssl_context ssl;
     enum session_state state;
-    int err;                 /* the sticky error of a failed session */
+    int err; /* the sticky error of a failed session */
     bool sent_close_notify;
-    char *in;                /* IN_CAP bytes while it holds any, else NULL */
+    char *in; /* IN_CAP bytes while it holds any, else NULL */
     size_t in_head, in_tail;
-    char *out;               /* OUT_CAP bytes while it holds any, else NULL */
+    char *out; /* OUT_CAP bytes while it holds any, else NULL */
     size_t out_head, out_tail;
-    unsigned char ip[16];    /* the server_name when it is an IP literal */
+    unsigned char ip[16]; /* the server_name when it is an IP literal */
     size_t ip_len;
     char server_name[256];
-    unsigned char first[8];  /* the first bytes the peer sent, to spot plain HTTP */
+    unsigned char first[8]; /* the first bytes the peer sent, to spot plain HTTP */
     size_t first_len;
     /* What the verify callback saw of the peer's certificates. */
     bool leaf_expired, leaf_future, ca_expired;
@@ -126,9 +126,9 @@ static struct tls_config *config_alloc(bool server, char *err, size_t errlen)
     int ret = mbedtls_ctr_drbg_seed(&cfg->drbg, mbedtls_entropy_func, &cfg->entropy,
                                     (const unsigned char *)pers, sizeof(pers) - 1);
     if (ret == 0)
-        ret = mbedtls_ssl_config_defaults(
-            &cfg->conf, server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
-            MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
+        ret = mbedtls_ssl_config_defaults(&cfg->conf,
+                                          server ? MBEDTLS_SSL_IS_SERVER : MBEDTLS_SSL_IS_CLIENT,
+                                          MBEDTLS_SSL_TRANSPORT_STREAM, MBEDTLS_SSL_PRESET_DEFAULT);
     if (ret == 0) ret = mbedtls_ssl_conf_alpn_protocols(&cfg->conf, alpn_protocols);
     if (ret != 0) {
         set_err(err, errlen, "TLS setup: %s", strerror_plain(ret, buf, sizeof(buf)));
@@ -173,8 +173,7 @@ int tls_client_config_new(const char *const *ca_files, size_t n_ca, bool system_
     if (cfg == NULL) return UV_ENOMEM;
     /* The system store is not the operator's file: what mbedTLS cannot parse in it
      * (or a store that is not there) is skipped. */
-    if (system_store && mbedtls_x509_crt_parse_file(&cfg->ca, TLS_SYSTEM_CA_FILE) >= 0)
-        cfg->n_ca++;
+    if (system_store && mbedtls_x509_crt_parse_file(&cfg->ca, TLS_SYSTEM_CA_FILE) >= 0) cfg->n_ca++;
     for (size_t i = 0; i < n_ca; i++) {
         if (load_certs(&cfg->ca, ca_files[i], "CA certificate file", err, errlen) != 0) {
             tls_config_free(cfg);
@@ -377,32 +376,35 @@ static int verify_cb(void *ctx, mbedtls_x509_crt *crt, int depth, uint32_t *flag
 
 static const char *alert_name(int alert)
 {
-    switch (alert) {
-    case 10: return "unexpected_message";
-    case 20: return "bad_record_mac";
-    case 22: return "record_overflow";
-    case 40: return "handshake_failure";
-    case 42: return "bad_certificate";
-    case 43: return "unsupported_certificate";
-    case 44: return "certificate_revoked";
-    case 45: return "certificate_expired";
-    case 46: return "certificate_unknown";
-    case 47: return "illegal_parameter";
-    case 48: return "unknown_ca";
-    case 49: return "access_denied";
-    case 50: return "decode_error";
-    case 51: return "decrypt_error";
-    case 70: return "protocol_version";
-    case 71: return "insufficient_security";
-    case 80: return "internal_error";
-    case 86: return "inappropriate_fallback";
-    case 90: return "user_canceled";
-    case 100: return "no_renegotiation";
-    case 110: return "unsupported_extension";
-    case 112: return "unrecognized_name";
-    case 120: return "no_application_protocol";
-    default: return "unknown alert";
-    }
+    static const struct {
+        int code;
+        const char *name;
+    } alerts[] = {{10, "unexpected_message"},
+                  {20, "bad_record_mac"},
+                  {22, "record_overflow"},
+                  {40, "handshake_failure"},
+                  {42, "bad_certificate"},
+                  {43, "unsupported_certificate"},
+                  {44, "certificate_revoked"},
+                  {45, "certificate_expired"},
+                  {46, "certificate_unknown"},
+                  {47, "illegal_parameter"},
+                  {48, "unknown_ca"},
+                  {49, "access_denied"},
+                  {50, "decode_error"},
+                  {51, "decrypt_error"},
+                  {70, "protocol_version"},
+                  {71, "insufficient_security"},
+                  {80, "internal_error"},
+                  {86, "inappropriate_fallback"},
+                  {90, "user_canceled"},
+                  {100, "no_renegotiation"},
+                  {110, "unsupported_extension"},
+                  {112, "unrecognized_name"},
+                  {120, "no_application_protocol"}};
+    for (size_t i = 0; i < sizeof(alerts) / sizeof(*alerts); i++)
+        if (alerts[i].code == alert) return alerts[i].name;
+    return "unknown alert";
 }
 
 static void format_time(const mbedtls_x509_time *t, char *buf, size_t len)
@@ -466,8 +468,8 @@ static int session_fail(struct tls_session *s, int ret)
     }
     if (ret == MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE && s->ssl.in_msg != NULL) {
         int alert = s->ssl.in_msg[1];
-        snprintf(reason, sizeof(reason), "the peer sent the fatal alert %s (%d)",
-                 alert_name(alert), alert);
+        snprintf(reason, sizeof(reason), "the peer sent the fatal alert %s (%d)", alert_name(alert),
+                 alert);
     } else {
         char buf[160];
         snprintf(reason, sizeof(reason), "%s", strerror_plain(ret, buf, sizeof(buf)));
@@ -516,8 +518,7 @@ static void in_release_if_empty(struct tls_session *s)
 /* Moves what mbedTLS holds back into the output buffer. Returns 0 or an error. */
 static int flush_held_back(struct tls_session *s)
 {
-    if (s->ssl.out_left == 0 || (s->state != SESSION_OPEN && s->state != SESSION_CLOSED))
-        return 0;
+    if (s->ssl.out_left == 0 || (s->state != SESSION_OPEN && s->state != SESSION_CLOSED)) return 0;
     int ret = mbedtls_ssl_write(&s->ssl, (const unsigned char *)"", 0);
     if (ret >= 0 || ret == MBEDTLS_ERR_SSL_WANT_WRITE) return 0;
     return session_fail(s, ret);

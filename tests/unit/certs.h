@@ -109,8 +109,8 @@ static void certs_write_cert(const char *name, const struct cert_spec *spec)
                   0);
     }
     unsigned char pem[4096];
-    CHECK_INT(mbedtls_x509write_crt_pem(&crt, pem, sizeof(pem), mbedtls_ctr_drbg_random, &certs_drbg),
-              0);
+    CHECK_INT(
+        mbedtls_x509write_crt_pem(&crt, pem, sizeof(pem), mbedtls_ctr_drbg_random, &certs_drbg), 0);
     mbedtls_x509write_crt_free(&crt);
     char path[128];
     snprintf(path, sizeof(path), "%s/%s", certs_dir, name);
@@ -156,8 +156,8 @@ static const char *cert_path(const char *name)
 }
 
 static const char *const certs_generated[] = {
-    "ca.pem",     "other-ca.pem",     "server.pem", "server.key", "expired.pem",
-    "future.pem", "other-server.pem", "other.key",  "chain.pem",  "not-pem.pem",
+    "ca.pem",     "other-ca.pem",     "server.pem",        "server.key", "expired.pem",
+    "future.pem", "other-server.pem", "other.key",         "chain.pem",  "not-pem.pem",
     "inter.pem",  "noip.pem",         "leaf-of-inter.pem",
 };
 
@@ -177,35 +177,36 @@ static void certs_make(void)
     certs_gen_key(&other);
     static const unsigned char localhost_ip[4] = {127, 0, 0, 1};
     const char *from = "20200101000000", *to = "20491231235959";
-    certs_write_cert("ca.pem", &(struct cert_spec){"CN=Test CA", &ca, "CN=Test CA", &ca, true, from, to,
-                                             NULL, NULL});
+    certs_write_cert("ca.pem", &(struct cert_spec){"CN=Test CA", &ca, "CN=Test CA", &ca, true, from,
+                                                   to, NULL, NULL});
     certs_write_cert("other-ca.pem", &(struct cert_spec){"CN=Other CA", &other_ca, "CN=Other CA",
-                                                   &other_ca, true, from, to, NULL, NULL});
-    certs_write_cert("server.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca, false,
-                                                 from, to, "localhost", localhost_ip});
+                                                         &other_ca, true, from, to, NULL, NULL});
+    certs_write_cert("server.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca,
+                                                       false, from, to, "localhost", localhost_ip});
     certs_write_key("server.key", &server);
-    certs_write_cert("expired.pem",
-               &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca, false,
-                                   "20000101000000", "20010101000000", "localhost", localhost_ip});
-    certs_write_cert("future.pem",
-               &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca, false,
-                                   "20480101000000", "20490101000000", "localhost", localhost_ip});
-    certs_write_cert("noip.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca, false,
-                                               from, to, "localhost", NULL});
+    certs_write_cert("expired.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca,
+                                                        false, "20000101000000", "20010101000000",
+                                                        "localhost", localhost_ip});
+    certs_write_cert("future.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca,
+                                                       false, "20480101000000", "20490101000000",
+                                                       "localhost", localhost_ip});
+    certs_write_cert("noip.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Test CA", &ca,
+                                                     false, from, to, "localhost", NULL});
     certs_write_cert("other-server.pem",
-               &(struct cert_spec){"CN=localhost", &other, "CN=Other CA", &other_ca, false, from,
-                                   to, "localhost", localhost_ip});
+                     &(struct cert_spec){"CN=localhost", &other, "CN=Other CA", &other_ca, false,
+                                         from, to, "localhost", localhost_ip});
     certs_write_key("other.key", &other);
     /* The server's certificate behind an intermediate: the file holds the chain. */
-    certs_write_cert("chain.pem", &(struct cert_spec){"CN=localhost", &server, "CN=Intermediate", &inter,
-                                                false, from, to, "localhost", localhost_ip});
-    certs_write_cert("chain.pem", &(struct cert_spec){"CN=Intermediate", &inter, "CN=Test CA", &ca, true,
-                                                from, to, NULL, NULL});
+    certs_write_cert("chain.pem",
+                     &(struct cert_spec){"CN=localhost", &server, "CN=Intermediate", &inter, false,
+                                         from, to, "localhost", localhost_ip});
+    certs_write_cert("chain.pem", &(struct cert_spec){"CN=Intermediate", &inter, "CN=Test CA", &ca,
+                                                      true, from, to, NULL, NULL});
     certs_write_cert("leaf-of-inter.pem",
-               &(struct cert_spec){"CN=localhost", &server, "CN=Intermediate", &inter, false, from,
-                                   to, "localhost", localhost_ip});
-    certs_write_cert("inter.pem", &(struct cert_spec){"CN=Intermediate", &inter, "CN=Test CA", &ca, true,
-                                                from, to, NULL, NULL});
+                     &(struct cert_spec){"CN=localhost", &server, "CN=Intermediate", &inter, false,
+                                         from, to, "localhost", localhost_ip});
+    certs_write_cert("inter.pem", &(struct cert_spec){"CN=Intermediate", &inter, "CN=Test CA", &ca,
+                                                      true, from, to, NULL, NULL});
     certs_write_text("not-pem.pem", "this is not a certificate\n");
     mbedtls_pk_free(&ca);
     mbedtls_pk_free(&other_ca);

@@ -233,8 +233,7 @@ static void test_expired_and_not_yet_valid(void)
     struct pair p;
     pair_open(&p, "ca.pem", "expired.pem", "server.key", "localhost");
     CHECK_INT(pair_handshake(&p), UV_EPROTO);
-    CHECK_STR(tls_session_error(p.c),
-              "certificate expired (valid until 2001-01-01 00:00:00 UTC)");
+    CHECK_STR(tls_session_error(p.c), "certificate expired (valid until 2001-01-01 00:00:00 UTC)");
     CHECK_CONTAINS(tls_session_error(p.s), "certificate_expired (45)");
     pair_close(&p);
 
@@ -427,8 +426,7 @@ static void test_config_errors(void)
     snprintf(key, sizeof(key), "%s", cert_path("other.key"));
     CHECK_INT(tls_server_config_new(cert, key, NULL, &cfg, err, sizeof(err)), UV_EINVAL);
     char expect[384];
-    snprintf(expect, sizeof(expect), "key file %s does not match the certificate in %s", key,
-             cert);
+    snprintf(expect, sizeof(expect), "key file %s does not match the certificate in %s", key, cert);
     CHECK_STR(err, expect);
 
     CHECK_INT(tls_server_config_new(cert, "/nonexistent/key", NULL, &cfg, err, sizeof(err)),

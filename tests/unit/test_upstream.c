@@ -70,6 +70,7 @@ struct srv {
     char heads[MAX_HEADS][4096];
     struct sconn *conns;
     struct tls_config *tls; /* https when set */
+    bool hang_up;           /* closes a connection as soon as it says anything */
     int handshakes;
     int tls_failures;
     char tls_error[320];
@@ -120,6 +121,19 @@ enum send_mode { SEND_COPY, SEND_OWNED, SEND_STATIC };
 
 static void sconn_tls_send(struct sconn *sc);
 
+/* Writes len bytes to the socket as they are (past TLS, on a TLS connection). */
+static void sconn_write_raw(struct sconn *sc, char *data, size_t len, enum send_mode mode)
+{
+    struct swrite *sw = malloc(sizeof(*sw));
+    sw->data = mode == SEND_COPY ? memcpy(malloc(len), data, len) : data;
+    sw->owned = mode != SEND_STATIC;
+    uv_buf_t b = uv_buf_init(sw->data, (unsigned)len);
+    if (uv_write(&sw->req, (uv_stream_t *)&sc->tcp, &b, 1, sconn_on_write) != 0) {
+        if (sw->owned) free(sw->data);
+        free(sw);
+    }
+}
+
 /* Sends len bytes: a copy, or data itself (SEND_OWNED: freed after, SEND_STATIC: not). */
 static void sconn_send_buf(struct sconn *sc, char *data, size_t len, enum send_mode mode)
 {
@@ -140,14 +154,7 @@ static void sconn_send_buf(struct sconn *sc, char *data, size_t len, enum send_m
         sconn_tls_send(sc);
         return;
     }
-    struct swrite *sw = malloc(sizeof(*sw));
-    sw->data = mode == SEND_COPY ? memcpy(malloc(len), data, len) : data;
-    sw->owned = mode != SEND_STATIC;
-    uv_buf_t b = uv_buf_init(sw->data, (unsigned)len);
-    if (uv_write(&sw->req, (uv_stream_t *)&sc->tcp, &b, 1, sconn_on_write) != 0) {
-        if (sw->owned) free(sw->data);
-        free(sw);
-    }
+    sconn_write_raw(sc, data, len, mode);
 }
 
 __attribute__((format(printf, 2, 3))) static void sconn_sendf(struct sconn *sc, const char *fmt,
@@ -277,7 +284,7 @@ static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     struct sconn *sc = st->data;
     struct srv *s = sc->srv;
-    if (n < 0) {
+    if (n < 0 || (n > 0 && s->hang_up)) {
         sconn_close(sc);
         return;
     }
@@ -477,6 +484,12 @@ static void route(struct sconn *sc, const char *method, const char *target)
         body[500] = '\0';
         sconn_sendf(sc, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n%s", body);
         sconn_end(sc);
+    } else if (strcmp(target, "/tls-garbage") == 0) {
+        /* An application-data record that was never encrypted. */
+        sconn_write_raw(sc,
+                        "\x17\x03\x03\x00\x20"
+                        "0123456789abcdef0123456789abcdef",
+                        37, SEND_COPY);
     } else if (strcmp(target, "/garbage") == 0) {
         sconn_sendf(sc, "garbage\r\n\r\n");
     } else if (strcmp(target, "/bighead") == 0) {
@@ -659,6 +672,25 @@ static void env_init(struct env *e, const struct upstream_pool_opts *opts)
     e->b.other_port = e->a.port;
     e->pool = upstream_pool_new(&e->loop, opts);
     CHECK(e->pool != NULL);
+}
+
+/*
+ * As env_init, with server a speaking https with the certificate `cert` (and its key)
+ * and the pool trusting the CA in `ca`. Server b stays plain http.
+ */
+static void env_init_tls(struct env *e, const struct upstream_pool_opts *opts, const char *ca,
+                         const char *cert, const char *key)
+{
+    struct upstream_pool_opts o = {0};
+    if (opts != NULL) o = *opts;
+    const char *cas[] = {cert_path(ca)};
+    char err[256] = "";
+    CHECK_INT(tls_client_config_new(cas, 1, false, &o.tls, err, sizeof(err)), 0);
+    env_init(e, &o);
+    tls_config_free(o.tls); /* the pool keeps its own reference */
+    CHECK_INT(tls_server_config_new(cert_path(cert), cert_path(key), "tls1.2", &e->a.tls, err,
+                                    sizeof(err)),
+              0);
 }
 
 static void call_init(struct call *cl, struct env *e)
@@ -1114,13 +1146,16 @@ static void test_headers_too_big(void)
 }
 
 /* Pause in every on_body, resume from the loop; one pause outlasts the io timeout. */
-static void big_body_paced(const char *path)
+static void big_body_paced(const char *path, bool tls)
 {
     struct env e;
     struct call cl;
     struct upstream_pool_opts opts = {.io_timeout_ms = 400};
     char url[256];
-    env_init(&e, &opts);
+    if (tls)
+        env_init_tls(&e, &opts, "ca.pem", "server.pem", "server.key");
+    else
+        env_init(&e, &opts);
     url_of(url, sizeof(url), &e.a, path);
     call_init(&cl, &e);
     cl.check_pattern = true;
@@ -1133,18 +1168,19 @@ static void big_body_paced(const char *path)
     CHECK(cl.pattern_ok);
     CHECK(cl.long_pause_done);
     CHECK(cl.bodies > 1);
+    CHECK_INT(e.a.handshakes, tls ? 1 : 0);
     call_close(&cl);
     env_finish(&e);
 }
 
 static void test_pause_resume_big_body(void)
 {
-    big_body_paced("/big");
+    big_body_paced("/big", false);
 }
 
 static void test_pause_resume_big_chunked_body(void)
 {
-    big_body_paced("/bigchunked");
+    big_body_paced("/bigchunked", false);
 }
 
 static void test_pause_in_head(void)
@@ -1395,10 +1431,267 @@ static void test_host_name_is_resolved(void)
     env_finish(&e);
 }
 
+/* --- https ------------------------------------------------------------------------- */
+
+static void test_https_get_head_and_reuse(void)
+{
+    struct env e;
+    struct call c1, c2, c3;
+    env_init_tls(&e, NULL, "ca.pem", "server.pem", "server.key");
+    get(&e, &c1, "GET", "/hello");
+    CHECK_INT(c1.err, 0);
+    CHECK_STR(c1.errmsg, "");
+    CHECK_INT(c1.status, 200);
+    CHECK_STR(c1.body, "hello world");
+    CHECK_STR(c1.x_reply, "yes");
+    char url[256], host[64];
+    url_of(url, sizeof(url), &e.a, "/hello");
+    CHECK_CONTAINS(url, "https://");
+    CHECK_STR(c1.final_url, url);
+    snprintf(host, sizeof(host), "Host: 127.0.0.1:%d\r\n", e.a.port);
+    CHECK_CONTAINS(e.a.heads[0], "GET /hello HTTP/1.1\r\n");
+    CHECK_CONTAINS(e.a.heads[0], host);
+
+    get(&e, &c2, "HEAD", "/head");
+    CHECK_INT(c2.err, 0);
+    CHECK_INT(c2.content_length, 12345);
+    CHECK_INT(c2.bodies, 0);
+    get(&e, &c3, "GET", "/chunked");
+    CHECK_INT(c3.err, 0);
+    CHECK_STR(c3.body, "hello chunked world");
+    /* One connection, one handshake, three requests. */
+    CHECK_INT(e.a.accepted, 1);
+    CHECK_INT(e.a.handshakes, 1);
+    CHECK_INT(e.a.requests, 3);
+    env_finish(&e);
+}
+
+static void test_https_pause_resume_big_body(void)
+{
+    big_body_paced("/big", true);
+}
+
+static void test_https_pause_resume_big_chunked_body(void)
+{
+    big_body_paced("/bigchunked", true);
+}
+
+/* Paused before the connection is up: the handshake and the request go on regardless. */
+static void test_https_pause_before_the_response(void)
+{
+    struct env e;
+    struct call cl;
+    struct upstream_pool_opts opts = {.io_timeout_ms = 50};
+    char url[256];
+    env_init_tls(&e, &opts, "ca.pem", "server.pem", "server.key");
+    url_of(url, sizeof(url), &e.a, "/hello");
+    call_init(&cl, &e);
+    CHECK_INT(call_start(&cl, "GET", url, NULL, 0, 0), 0);
+    upstream_pause(cl.req);
+    run_until(&e, &e.a.requests, 1, 0); /* (a handshake may take a while on a busy machine) */
+    run_for(&e, 150);                   /* past the io timeout: it must not run while paused */
+    CHECK_INT(e.a.handshakes, 1);
+    CHECK_INT(e.a.requests, 1);
+    CHECK_INT(cl.heads + cl.dones, 0);
+    upstream_resume(cl.req);
+    CHECK_INT(cl.heads + cl.dones, 0);
+    wait_done(&e, &cl);
+    CHECK_INT(cl.err, 0);
+    CHECK_STR(cl.body, "hello world");
+    env_finish(&e);
+}
+
+static void test_https_unknown_authority_fails_fast(void)
+{
+    struct env e;
+    struct call cl;
+    env_init_tls(&e, NULL, "other-ca.pem", "server.pem", "server.key");
+    uint64_t t0 = uv_now(&e.loop);
+    get(&e, &cl, "GET", "/hello");
+    CHECK(uv_now(&e.loop) - t0 < 2000);
+    CHECK_INT(cl.err, UV_EPROTO);
+    CHECK_INT(cl.heads, 0);
+    char expect[128];
+    snprintf(expect, sizeof(expect), "TLS to 127.0.0.1:%d: certificate signed by unknown authority",
+             e.a.port);
+    CHECK_STR(cl.errmsg, expect);
+    CHECK_INT(e.a.requests, 0); /* nothing was sent to a server that was not verified */
+    env_finish(&e);
+}
+
+static void test_https_certificate_checks(void)
+{
+    struct env e;
+    struct call c1, c2, c3;
+    char url[256], expect[160];
+    /* A certificate for the name only: not for the address... */
+    env_init_tls(&e, NULL, "ca.pem", "noip.pem", "server.key");
+    get(&e, &c1, "GET", "/hello");
+    CHECK_INT(c1.err, UV_EPROTO);
+    snprintf(expect, sizeof(expect),
+             "TLS to 127.0.0.1:%d: certificate name mismatch (wanted 127.0.0.1, the certificate "
+             "is for localhost)",
+             e.a.port);
+    CHECK_STR(c1.errmsg, expect);
+    /* ...but for the name (verified, and sent as SNI). */
+    snprintf(url, sizeof(url), "https://localhost:%d/hello", e.a.port);
+    call_init(&c2, &e);
+    CHECK_INT(call_start(&c2, "GET", url, NULL, 0, 0), 0);
+    wait_done(&e, &c2);
+    CHECK_INT(c2.err, 0);
+    CHECK_STR(c2.body, "hello world");
+    env_finish(&e);
+
+    env_init_tls(&e, NULL, "ca.pem", "expired.pem", "server.key");
+    get(&e, &c3, "GET", "/hello");
+    CHECK_INT(c3.err, UV_EPROTO);
+    snprintf(expect, sizeof(expect),
+             "TLS to 127.0.0.1:%d: certificate expired (valid until 2001-01-01 00:00:00 UTC)",
+             e.a.port);
+    CHECK_STR(c3.errmsg, expect);
+    env_finish(&e);
+}
+
+static void test_https_handshake_timeout(void)
+{
+    struct env e;
+    struct call cl;
+    struct upstream_pool_opts opts = {.connect_timeout_ms = 200};
+    char url[256], expect[128];
+    env_init_tls(&e, &opts, "ca.pem", "server.pem", "server.key");
+    /* Server b speaks plain HTTP: it waits for a request head that never comes. */
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/hello", e.b.port);
+    call_init(&cl, &e);
+    uint64_t t0 = uv_now(&e.loop);
+    CHECK_INT(call_start(&cl, "GET", url, NULL, 0, 0), 0);
+    wait_done(&e, &cl);
+    uint64_t took = uv_now(&e.loop) - t0;
+    CHECK_INT(cl.err, UV_ETIMEDOUT);
+    CHECK(took >= 190 && took < 5000);
+    snprintf(expect, sizeof(expect), "TLS to 127.0.0.1:%d: handshake timed out after 200ms",
+             e.b.port);
+    CHECK_STR(cl.errmsg, expect);
+    CHECK_INT(e.b.requests, 0);
+    env_finish(&e);
+}
+
+static void test_https_broken_connections(void)
+{
+    struct env e;
+    struct call c1, c2;
+    char url[256], expect[160];
+    env_init_tls(&e, NULL, "ca.pem", "server.pem", "server.key");
+    /* A record that does not decrypt, in the middle of the exchange. */
+    get(&e, &c1, "GET", "/tls-garbage");
+    CHECK_INT(c1.err, UV_EPROTO);
+    CHECK_INT(c1.heads, 0);
+    snprintf(expect, sizeof(expect), "TLS to 127.0.0.1:%d: ", e.a.port);
+    CHECK_CONTAINS(c1.errmsg, expect);
+    CHECK_CONTAINS(c1.errmsg, "MAC");
+    /* A server that hangs up on the ClientHello. */
+    e.b.hang_up = true;
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/hello", e.b.port);
+    call_init(&c2, &e);
+    CHECK_INT(call_start(&c2, "GET", url, NULL, 0, 0), 0);
+    wait_done(&e, &c2);
+    CHECK(c2.err == UV_ECONNRESET);
+    snprintf(expect, sizeof(expect), "TLS to 127.0.0.1:%d: connection closed during the handshake",
+             e.b.port);
+    CHECK_STR(c2.errmsg, expect);
+    env_finish(&e);
+}
+
+static void test_https_and_http_are_not_mixed(void)
+{
+    struct env e;
+    struct call c1, c2;
+    char url[256], expect[128];
+    env_init_tls(&e, NULL, "ca.pem", "server.pem", "server.key");
+    get(&e, &c1, "GET", "/hello");
+    CHECK_INT(c1.err, 0);
+    /* Plain http to the same host and port: not the pooled TLS connection. */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/hello", e.a.port);
+    call_init(&c2, &e);
+    CHECK_INT(call_start(&c2, "GET", url, NULL, 0, 0), 0);
+    wait_done(&e, &c2);
+    CHECK_INT(c2.err, UV_ECONNRESET);
+    snprintf(expect, sizeof(expect), "127.0.0.1:%d: connection closed before a response", e.a.port);
+    CHECK_STR(c2.errmsg, expect);
+    CHECK_INT(e.a.accepted, 2);
+    CHECK_INT(e.a.tls_failures, 1);
+    CHECK_STR(e.a.tls_error, "handshake failed: the client sent plain HTTP, not TLS");
+    env_finish(&e);
+}
+
+static void test_https_ends_of_connections(void)
+{
+    struct env e;
+    struct call c1, c2, c3, c4, c5, c6;
+    env_init_tls(&e, NULL, "ca.pem", "server.pem", "server.key");
+    /* A body that ends with the connection (close_notify, then the TCP end). */
+    get(&e, &c1, "GET", "/close-delimited");
+    CHECK_INT(c1.err, 0);
+    CHECK_INT(c1.content_length, -1);
+    CHECK_STR(c1.body, "until the end");
+    get(&e, &c2, "GET", "/conn-close");
+    CHECK_INT(c2.err, 0);
+    CHECK_STR(c2.body, "bye");
+    CHECK_INT(e.a.accepted, 2);
+    /* A pooled connection the server closed without a word: retried on a new one. */
+    get(&e, &c3, "GET", "/stale");
+    get(&e, &c4, "GET", "/stale");
+    CHECK_INT(c4.err, 0);
+    CHECK_STR(c4.body, "fresh");
+    CHECK_INT(e.a.accepted, 4);
+    /* An idle connection closed with close_notify: let go, the next request connects. */
+    get(&e, &c5, "GET", "/idle-close");
+    CHECK_INT(c5.err, 0);
+    run_for(&e, 20);
+    get(&e, &c6, "GET", "/hello");
+    CHECK_INT(c6.err, 0);
+    CHECK_INT(e.a.accepted, 5);
+    CHECK_INT(e.a.tls_failures, 0);
+    env_finish(&e);
+}
+
+static void test_https_redirects(void)
+{
+    struct env e;
+    struct call c1, c2;
+    char url[256];
+    const struct upstream_header hdrs[] = {
+        {"Authorization", "Bearer secret", true},
+        {"X-Trace", "t1", false},
+    };
+    env_init_tls(&e, NULL, "ca.pem", "server.pem", "server.key");
+    /* Within the https origin: the credential follows. */
+    url_of(url, sizeof(url), &e.a, "/redir-same");
+    call_init(&c1, &e);
+    CHECK_INT(call_start(&c1, "GET", url, hdrs, 2, 5), 0);
+    wait_done(&e, &c1);
+    CHECK_INT(c1.err, 0);
+    CHECK_STR(c1.body, "final");
+    CHECK_CONTAINS(srv_head_for(&e.a, "/final"), "Authorization: Bearer secret\r\n");
+    /* To plain http (another origin): followed, without the credential. */
+    url_of(url, sizeof(url), &e.a, "/redir-other");
+    call_init(&c2, &e);
+    CHECK_INT(call_start(&c2, "GET", url, hdrs, 2, 5), 0);
+    wait_done(&e, &c2);
+    CHECK_INT(c2.err, 0);
+    CHECK_STR(c2.body, "final");
+    const char *at_b = srv_head_for(&e.b, "/final");
+    CHECK(at_b != NULL && strstr(at_b, "Authorization") == NULL);
+    CHECK_CONTAINS(at_b, "X-Trace: t1\r\n");
+    url_of(url, sizeof(url), &e.b, "/final");
+    CHECK_STR(c2.final_url, url);
+    env_finish(&e);
+}
+
 int main(void)
 {
     signal(SIGPIPE, SIG_IGN);
     alarm(120);
+    certs_make();
     big_responses_build();
     RUN(test_get_content_length);
     RUN(test_chunked);
@@ -1433,6 +1726,18 @@ int main(void)
     RUN(test_bad_arguments);
     RUN(test_query_and_user_agent);
     RUN(test_host_name_is_resolved);
+    RUN(test_https_get_head_and_reuse);
+    RUN(test_https_pause_resume_big_body);
+    RUN(test_https_pause_resume_big_chunked_body);
+    RUN(test_https_pause_before_the_response);
+    RUN(test_https_unknown_authority_fails_fast);
+    RUN(test_https_certificate_checks);
+    RUN(test_https_handshake_timeout);
+    RUN(test_https_broken_connections);
+    RUN(test_https_and_http_are_not_mixed);
+    RUN(test_https_ends_of_connections);
+    RUN(test_https_redirects);
+    certs_remove();
     free(big_response[0]);
     free(big_response[1]);
     return check_summary();
