@@ -123,6 +123,24 @@ static int run_check(const char *path)
         config_free(cfg);
         return EXIT_CONFIG;
     }
+    /* The TLS material must load as it will at start (PEM that parses, a key that
+     * matches, a minimum version this build has). */
+    struct tls_config *tc = NULL;
+    int trc = tls_client_config_new((const char *const *)cfg->cas, cfg->n_cas, true, &tc, perr,
+                                    sizeof(perr));
+    tls_config_free(tc);
+    tc = NULL;
+    if (trc == 0 && cfg->http_tls_certificate != NULL)
+        trc = tls_server_config_new(cfg->http_tls_certificate, cfg->http_tls_key,
+                                    cfg->http_tls_minimumtls, &tc, perr, sizeof(perr));
+    if (trc != 0) {
+        fprintf(stderr, "content-cache: TLS: %s\n", perr);
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        policy_engine_free(pe);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    tls_config_free(tc);
     printf("configuration file %s is valid\n", path);
     printf("listen:        %s%s\n", cfg->http_addr,
            cfg->http_tls_certificate ? " (https)" : " (http)");
@@ -355,15 +373,24 @@ static int run_serve(const char *path)
         .format_access = format_access,
         .format_ud = &app,
     };
+    if (app.cfg->http_tls_certificate != NULL) {
+        rc = tls_server_config_new(app.cfg->http_tls_certificate, app.cfg->http_tls_key,
+                                   app.cfg->http_tls_minimumtls, &opts.tls, err, sizeof(err));
+        if (rc != 0) {
+            log_msg(LOG_ERROR, "http.tls: %s", err);
+            return EXIT_CONFIG;
+        }
+    }
     rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
+    tls_config_free(opts.tls); /* the server holds its own reference */
     if (rc != 0) {
         log_msg(LOG_ERROR, "%s", err);
         uv_run(app.loop, UV_RUN_DEFAULT);
         return EXIT_RUNTIME;
     }
 
-    log_msg(LOG_INFO, "content-cache %s listening on %s", CC_VERSION,
-            http_server_address(app.server));
+    log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
+            http_server_address(app.server), app.cfg->http_tls_certificate ? "https" : "http");
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
         const struct config_upstream *u = &app.cfg->upstreams[i];

@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "tls.h"
 
 enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE };
 
@@ -104,6 +105,22 @@ struct conn {
     bool timer_closed;
     int parse_error_status; /* 431 when a limit was passed in a callback */
     char remote[64];
+    /* TLS (https): the session, the exchange write being encrypted, ciphertext in flight. */
+    struct tls_session *tls;
+    struct {
+        uv_buf_t bufs[5];
+        unsigned n, i;
+        size_t off;
+        struct http_exchange *x; /* NULL: no write in progress */
+    } job;
+    size_t tls_in_flight;
+};
+
+/* One uv_write of ciphertext straight from the session's output. */
+struct tls_wreq {
+    uv_write_t req;
+    struct conn *conn;
+    size_t count;
 };
 
 struct http_server {
@@ -124,6 +141,7 @@ struct http_server {
     int handles_open; /* listener, idle, shutdown timer: the server is freed at 0 */
     void (*shutdown_done)(void *arg);
     void *shutdown_arg;
+    struct tls_config *tls; /* https when set */
     char readbuf[64 * 1024];
     char date[40];
     time_t date_sec;
@@ -133,6 +151,10 @@ static void conn_close(struct conn *c);
 static void conn_continue(struct conn *c);
 static void conn_feed(struct conn *c, const char *data, size_t len);
 static void idle_cb(uv_idle_t *h);
+static void conn_send_raw(struct conn *c, const char *text, size_t len);
+static void exchange_write_done(struct http_exchange *x, int status);
+static void tls_pump(struct conn *c);
+static bool conn_pull_tls(struct conn *c);
 static void exchange_finish(struct http_exchange *x);
 static void server_maybe_done(struct http_server *srv);
 
@@ -149,8 +171,7 @@ static void conn_timer_cb(uv_timer_t *t)
     if (c->timer_mode == TIMER_HEADER && c->rp != NULL && c->active == NULL) {
         static const char resp[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
                                    "Connection: close\r\n\r\n";
-        uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
-        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        conn_send_raw(c, resp, sizeof(resp) - 1);
         log_msg(LOG_DEBUG, "closing connection from %s: request headers not received in time",
                 c->remote);
     } else if (c->timer_mode == TIMER_WRITE) {
@@ -377,6 +398,127 @@ static int on_message_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
+/* --- TLS --------------------------------------------------------------------------- */
+
+/*
+ * Decrypts what the session holds and parses it, until a request is dispatched, the
+ * session needs more ciphertext, or the connection ends. Returns true when it stopped
+ * for want of ciphertext (reading the socket may go on).
+ */
+static bool conn_pull_tls(struct conn *c)
+{
+    while (!c->closing && c->active == NULL && c->parsed == NULL) {
+        ssize_t n = tls_read(c->tls, c->srv->readbuf, sizeof(c->srv->readbuf));
+        if (n == UV_EAGAIN)
+            return true;
+        if (n < 0) {
+            if (n != UV_EOF) {
+                if (tls_peer_sent_plain_http(c->tls)) {
+                    static const char resp[] =
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: 39\r\nConnection: close\r\n\r\n"
+                        "this server speaks https, not http :-)\n";
+                    uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
+                    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+                }
+                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote,
+                        tls_session_error(c->tls));
+            }
+            conn_close(c);
+            return false;
+        }
+        conn_feed(c, c->srv->readbuf, (size_t)n);
+    }
+    return false;
+}
+
+static void tls_write_cb(uv_write_t *req, int status)
+{
+    struct tls_wreq *w = (struct tls_wreq *)req;
+    struct conn *c = w->conn;
+    c->tls_in_flight -= w->count;
+    tls_out_consume(c->tls, w->count);
+    free(w);
+    if (status < 0 || c->closing) {
+        struct http_exchange *x = c->job.x;
+        c->job.x = NULL;
+        if (!c->closing)
+            conn_close(c);
+        if (x != NULL)
+            exchange_write_done(x, status < 0 ? status : UV_ECANCELED);
+        return;
+    }
+    tls_pump(c);
+}
+
+/*
+ * Encrypts the pending exchange write as far as the session takes it, sends the
+ * ciphertext that is not in flight yet, and completes the exchange's write when all of
+ * its plaintext is encrypted and every byte of ciphertext has gone out.
+ */
+static void tls_pump(struct conn *c)
+{
+    while (c->job.x != NULL && c->job.i < c->job.n) {
+        uv_buf_t *b = &c->job.bufs[c->job.i];
+        if (c->job.off == b->len) {
+            c->job.i++;
+            c->job.off = 0;
+            continue;
+        }
+        ssize_t n = tls_write(c->tls, b->base + c->job.off, b->len - c->job.off);
+        if (n == UV_EAGAIN)
+            break;
+        if (n < 0) {
+            log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
+            conn_close(c);
+            return;
+        }
+        c->job.off += (size_t)n;
+    }
+    size_t pending;
+    const char *out = tls_out_peek(c->tls, &pending);
+    if (pending > c->tls_in_flight) {
+        struct tls_wreq *w = malloc(sizeof(*w));
+        if (w == NULL) {
+            conn_close(c);
+            return;
+        }
+        w->conn = c;
+        w->count = pending - c->tls_in_flight;
+        uv_buf_t b = uv_buf_init((char *)out + c->tls_in_flight, (unsigned)w->count);
+        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, tls_write_cb) != 0) {
+            free(w);
+            conn_close(c);
+            return;
+        }
+        c->tls_in_flight = pending;
+    }
+    if (c->job.x != NULL && c->job.i == c->job.n && c->tls_in_flight == 0) {
+        struct http_exchange *x = c->job.x;
+        c->job.x = NULL;
+        exchange_write_done(x, 0);
+    }
+}
+
+/* Best effort before a close: a short plain answer, encrypted when the connection is. */
+static void conn_send_raw(struct conn *c, const char *text, size_t len)
+{
+    if (c->tls == NULL) {
+        uv_buf_t b = uv_buf_init((char *)text, (unsigned)len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        return;
+    }
+    if (!tls_handshake_done(c->tls) || tls_write(c->tls, text, len) <= 0)
+        return;
+    size_t pending;
+    const char *out = tls_out_peek(c->tls, &pending);
+    if (pending > c->tls_in_flight) {
+        uv_buf_t b = uv_buf_init((char *)out + c->tls_in_flight,
+                                 (unsigned)(pending - c->tls_in_flight));
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+}
+
 /* --- Connections ------------------------------------------------------------------ */
 
 static void conn_free_if_done(struct conn *c)
@@ -393,6 +535,7 @@ static void conn_free_if_done(struct conn *c)
     srv->n_conns--;
     reqparse_free(c->rp);
     free(c->kept);
+    tls_session_free(c->tls);
     free(c);
     server_maybe_done(srv);
 }
@@ -449,6 +592,12 @@ static void conn_close(struct conn *c)
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
+    if (c->tls != NULL) {
+        size_t len = 0;
+        buf->base = tls_in_space(c->tls, &len);
+        buf->len = len; /* 0 makes libuv report UV_ENOBUFS: the session is full */
+        return;
+    }
     buf->base = c->srv->readbuf;
     buf->len = sizeof(c->srv->readbuf);
 }
@@ -463,8 +612,7 @@ static void respond_parse_error(struct conn *c, int status)
                      "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
                      "Connection: close\r\n\r\n%s\n",
                      status, reason, strlen(reason) + 1, reason);
-    uv_buf_t b = uv_buf_init(resp, (unsigned)n);
-    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    conn_send_raw(c, resp, (size_t)n);
     log_msg(LOG_INFO, "rejected request from %s: %d %s", c->remote, status, reason);
 }
 
@@ -530,12 +678,22 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
+    if (c->tls != NULL) {
+        tls_in_commit(c->tls, (size_t)nread);
+        conn_pull_tls(c);
+        if (!c->closing)
+            tls_pump(c); /* handshake messages, and whatever a write left */
+        return;
+    }
     conn_feed(c, buf->base, (size_t)nread);
 }
 
 static void conn_start_reading(struct conn *c)
 {
     if (c->reading || c->closing)
+        return;
+    /* Plaintext the session already holds comes first: it may be a whole request. */
+    if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c))
         return;
     if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
         c->reading = true;
@@ -646,6 +804,11 @@ static void on_connection(uv_stream_t *listener, int status)
         snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
     }
     uv_tcp_nodelay(&c->tcp, 1);
+    if (srv->tls != NULL && tls_session_new(srv->tls, NULL, &c->tls) != 0) {
+        log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
+        conn_close(c);
+        return;
+    }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
     conn_set_timer(c, TIMER_HEADER);
@@ -798,7 +961,12 @@ int http_respond_full(struct http_exchange *x, int status, const struct http_hea
 
 static void exchange_write_cb(uv_write_t *req, int status)
 {
-    struct http_exchange *x = req->data;
+    exchange_write_done(req->data, status);
+}
+
+/* A write of the exchange is over: bytes handed to the kernel (0) or failed. */
+static void exchange_write_done(struct http_exchange *x, int status)
+{
     struct conn *c = x->conn;
     x->write_pending = false;
     if (!c->closing)
@@ -842,6 +1010,19 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
         all[k++] = bufs[i];
     if (k == 0)
         return 1; /* nothing to write */
+    if (x->conn->tls != NULL) {
+        /* Encrypted by tls_pump; the exchange hears back when all of it went out. */
+        struct conn *c = x->conn;
+        memcpy(c->job.bufs, all, k * sizeof(*all));
+        c->job.n = k;
+        c->job.i = 0;
+        c->job.off = 0;
+        c->job.x = x;
+        x->write_pending = true;
+        conn_set_timer(c, TIMER_WRITE);
+        tls_pump(c);
+        return 0;
+    }
     x->wreq.data = x;
     int r = uv_write(&x->wreq, (uv_stream_t *)&x->conn->tcp, all, k, exchange_write_cb);
     if (r < 0)
@@ -889,6 +1070,8 @@ int http_respond_try(struct http_exchange *x, const char *data, size_t len)
 {
     if (x->gone || x->conn->closing)
         return UV_ECANCELED;
+    if (x->conn->tls != NULL)
+        return 0; /* everything goes through the session */
     if (x->write_pending || x->chunked || !x->head_set || x->method == HTTP_HEAD || x->ended)
         return 0;
     if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
@@ -1205,6 +1388,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
         return UV_ENOMEM;
     srv->loop = loop;
     srv->opts = *opts;
+    srv->tls = opts->tls ? tls_config_ref(opts->tls) : NULL;
     if (!srv->opts.max_header_bytes)
         srv->opts.max_header_bytes = 16384;
     if (!srv->opts.max_headers)
@@ -1309,6 +1493,7 @@ static void server_maybe_done(struct http_server *srv)
         void (*done)(void *) = srv->shutdown_done;
         void *arg = srv->shutdown_arg;
         free(srv->extra_headers);
+        tls_config_free(srv->tls);
         free(srv);
         if (done)
             done(arg);

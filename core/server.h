@@ -48,6 +48,8 @@ struct http_server_opts {
     size_t n_extra_headers;
     http_request_cb on_request;
     void *ud;
+    /* https: a server config of tls.h (the server takes its own reference); NULL: http. */
+    struct tls_config *tls;
     /* Formats the access-log line of an exchange (NULL: log_format_access). */
     size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
     void *format_ud;

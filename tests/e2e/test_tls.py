@@ -1,0 +1,215 @@
+"""End-to-end: TLS on both sides of the cache, with a private CA made at test time.
+
+- The origin (docker-registry) serves HTTPS with a certificate of the test's CA. A cache
+  with `cas: [ca.pem]` pulls through it; a cache without it fails fast with a 502 whose
+  message and log name the CA problem (never a hang, never plain HTTP).
+- The cache serves HTTPS (`http.tls.certificate`, `http.tls.key`): skopeo, trusting the
+  test CA and verifying, pulls an image through it byte for byte; a plain-HTTP client
+  gets a clear 400; `minimumtls: tls1.3` (not in this mbedTLS) is refused at start.
+
+Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_tls.py
+"""
+
+import http.client
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+from harness import expect, expect_eq  # noqa: E402
+
+REPO = "tls/app"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True,
+                   timeout=60)
+
+
+def make_pki(d):
+    """A CA and a server certificate for 127.0.0.1 and localhost, signed by it; and an
+    unrelated CA. Returns the paths."""
+    os.makedirs(d, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj",
+            "/CN=content-cache e2e CA", cwd=d)
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "other.key", "-out", "other-ca.pem", "-days", "2", "-subj",
+            "/CN=someone else's CA", cwd=d)
+    return {k: os.path.join(d, v) for k, v in
+            {"ca": "ca.pem", "cert": "server.pem", "key": "server.key",
+             "other_ca": "other-ca.pem"}.items()}
+
+
+class TlsOrigin(h.Origin):
+    """docker-registry serving HTTPS with the test's certificate."""
+
+    def __init__(self, work, pki):
+        self.pki = pki
+        super().__init__(work, name="tls-origin")
+
+    @property
+    def url(self):
+        return "https://" + self.host
+
+    def config_text(self, port):
+        text = super().config_text(port)
+        return text.replace("  secret:", "  tls:\n    certificate: %s\n    key: %s\n  secret:"
+                            % (self.pki["cert"], self.pki["key"]), 1)
+
+    def start(self):
+        def make(port):
+            with open(self.config_path, "w") as f:
+                f.write(self.config_text(port))
+            return h.Proc(self.name, ["docker-registry", "serve", self.config_path],
+                          self.log_path, env=h.server_env())
+
+        def ready(port, proc):
+            try:
+                return https_get(port, "/v2/", self.pki["ca"], timeout=2)[0] in (200, 401)
+            except (OSError, ssl.SSLError):
+                return False
+
+        self.port, self.proc = h._start_server(make, ready, self.name)
+        h.log("%s: docker-registry (https) pid %d on %s" % (self.name, self.proc.pid, self.url))
+        return self
+
+
+def https_get(port, path, cafile, method="GET", timeout=10):
+    ctx = ssl.create_default_context(cafile=cafile)
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
+    try:
+        conn.request(method, path)
+        r = conn.getresponse()
+        return r.status, r.read(), dict((k.lower(), v) for k, v in r.getheaders())
+    finally:
+        conn.close()
+
+
+def body(run):
+    work = run.work
+    pki = make_pki(work.sub("pki"))
+    origin = TlsOrigin(work, pki)
+    run.origins.append(origin)
+    origin.start()
+    image = h.make_oci_layout(work.sub("layout"), h.random_layers([5000, 400_000], seed=9),
+                              tag="v1")
+    h.push(work, image, origin, REPO, "v1")
+    blob, blob_size, blob_bytes = image.layers[-1]
+
+    cas_yaml = "        cas:\n          - %s\n" % pki["ca"]
+    with_ca = run.cache([origin.url], name="with-ca", extra_downstream_yaml=cas_yaml)
+
+    def pull_through_https_origin():
+        r = h.request(with_ca.port, "GET", "/v2/%s/blobs/%s" % (REPO, blob))
+        h.expect_status(r, 200)
+        expect_eq(h.sha256_digest(r.body), blob, "digest of the blob fetched over TLS")
+        out = work.sub("pull-with-ca")
+        h.pull(work, with_ca, REPO, "v1", out)
+        expect_eq(h.verify_pulled(out, image), [], "skopeo pull through the cache")
+
+    run.check("cache with cas pulls from the HTTPS origin", pull_through_https_origin)
+
+    without_ca = run.cache([origin.url], name="without-ca")
+
+    def unknown_ca_fails_fast():
+        t0 = time.monotonic()
+        r = h.request(without_ca.port, "GET", "/v2/%s/blobs/%s" % (REPO, blob))
+        took = time.monotonic() - t0
+        expect(r.status in (502, 503), "expected 502/503 without the CA, got %r" % r)
+        expect(took < 5, "the failure took %.1fs" % took)
+        text = r.body.decode(errors="replace")
+        expect("unknown authority" in text or "certificate" in text,
+               "the error does not name the CA problem: " + text)
+        h.wait_until(lambda: "unknown authority" in open(without_ca.stderr_path).read(), 10,
+                     "a log line naming the CA problem")
+        expect_eq(origin.count_blob_gets(blob, status=None), 1,
+                  "origin blob GETs (only the one from the cache with cas)")
+
+    run.check("cache without the CA: 502 at once, naming the CA problem", unknown_ca_fails_fast)
+
+    tls_yaml = ("http:\n  tls:\n    certificate: %s\n    key: %s\n" % (pki["cert"], pki["key"]))
+
+    class HttpsCache(h.Cache):
+        @property
+        def url(self):
+            return "https://" + self.host
+
+        def config_text(self, port):
+            text = super().config_text(port)
+            return text.replace("  addr: 127.0.0.1:%d\n" % port,
+                                "  addr: 127.0.0.1:%d\n  tls:\n    certificate: %s\n"
+                                "    key: %s\n" % (port, pki["cert"], pki["key"]), 1)
+
+    https_cache = HttpsCache(work, [origin.url], name="https-cache",
+                             extra_downstream_yaml=cas_yaml)
+    run.caches.append(https_cache)
+    https_cache.start()
+
+    def serve_https():
+        status, data, hdrs = https_get(https_cache.port, "/v2/%s/blobs/%s" % (REPO, blob),
+                                       pki["ca"])
+        expect_eq(status, 200, "status over https")
+        expect_eq(h.sha256_digest(data), blob, "digest over https")
+        expect_eq(hdrs.get("content-length"), str(blob_size), "Content-Length over https")
+        # The same again: a hit, read through the TLS session in chunks.
+        status, data, _ = https_get(https_cache.port, "/v2/%s/blobs/%s" % (REPO, blob),
+                                    pki["ca"])
+        expect_eq((status, h.sha256_digest(data)), (200, blob), "hit over https")
+        h.wait_until(lambda: https_cache.count_access(method="GET", cache="hit") >= 1, 10,
+                     "a hit in the https cache's access log")
+        certdir = work.sub("skopeo-certs", mkdir=True)
+        with open(pki["ca"]) as src, open(os.path.join(certdir, "ca.crt"), "w") as dst:
+            dst.write(src.read())
+        out = work.sub("pull-https-cache")
+        os.makedirs(out, exist_ok=True)
+        h.skopeo(work, ["copy", "--src-tls-verify=true", "--src-cert-dir", certdir,
+                        "docker://%s/%s:v1" % (https_cache.host, REPO), "dir:%s" % out])
+        expect_eq(h.verify_pulled(out, image), [], "skopeo pull from the HTTPS cache")
+
+    run.check("the cache serves HTTPS: curl-style client and skopeo (verifying) pull",
+              serve_https)
+
+    def plain_http_to_https_port():
+        with socket.create_connection(("127.0.0.1", https_cache.port), timeout=10) as s:
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        expect(data.startswith(b"HTTP/1.1 400"), "plain HTTP to the https port got %r" % data[:80])
+        expect(b"https" in data, "the answer does not say to use https: %r" % data)
+
+    run.check("plain HTTP to the HTTPS port: 400 saying so, then close", plain_http_to_https_port)
+
+    def tls13_refused():
+        c = HttpsCache(work, [origin.url], name="tls13")
+        path = c.write_config()
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:
+            f.write(text.replace("    key: %s\n" % pki["key"],
+                                 "    key: %s\n    minimumtls: tls1.3\n" % pki["key"], 1))
+        p = subprocess.run([h.binary_path(), path], capture_output=True, text=True, timeout=20,
+                           stdin=subprocess.DEVNULL)
+        expect_eq(p.returncode, 1, "exit code with minimumtls tls1.3 (stderr: %s)" % p.stderr)
+        expect("tls1.3" in p.stderr, "the error does not name tls1.3: " + p.stderr)
+
+    run.check("minimumtls tls1.3 is refused at start with a clear error", tls13_refused)
+
+
+if __name__ == "__main__":
+    h.main("test_tls", body)
