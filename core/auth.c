@@ -20,6 +20,7 @@
 struct auth_entry {
     unsigned char key[32];
     uint64_t expires_ms;
+    char *challenge;       /* a refusal's WWW-Authenticate, or NULL */
     uint32_t chain;        /* next entry in the bucket, or next free slot */
     uint32_t newer, older; /* the use list */
     int status;
@@ -65,6 +66,8 @@ struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, uns
 void auth_cache_free(struct auth_cache *c)
 {
     if (c == NULL) return;
+    for (size_t i = 0; i < c->n_used; i++)
+        free(c->entries[i].challenge);
     free(c->entries);
     free(c->buckets);
     free(c);
@@ -145,6 +148,8 @@ static void drop(struct auth_cache *c, uint32_t i)
         link = &c->entries[*link].chain;
     *link = c->entries[i].chain;
     use_unlink(c, i);
+    free(c->entries[i].challenge);
+    c->entries[i].challenge = NULL;
     c->entries[i].chain = c->free_list;
     c->free_list = i;
     c->n_live--;
@@ -170,12 +175,13 @@ static uint32_t take_slot(struct auth_cache *c)
         c->entries = grown;
         c->n_alloc = want;
     }
+    c->entries[c->n_used].challenge = NULL;
     return (uint32_t)c->n_used++;
 }
 
 bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *credential,
                        size_t cred_len, const char *repo, size_t repo_len, const char *action,
-                       uint64_t now_ms, int *status_out)
+                       uint64_t now_ms, int *status_out, const char **challenge_out)
 {
     unsigned char key[32];
     make_key(origin, credential, cred_len, repo, repo_len, action, key);
@@ -192,6 +198,7 @@ bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *cre
     use_push_newest(c, i);
     c->hits++;
     *status_out = c->entries[i].status;
+    if (challenge_out != NULL) *challenge_out = c->entries[i].challenge;
     return true;
 }
 
@@ -213,20 +220,41 @@ static uint64_t expiry_for(const struct auth_cache *c, const char *credential, s
     return expires;
 }
 
+/* A copy of a challenge fit to keep, NUL-terminated; NULL when none or not fit. */
+static bool copy_challenge(const char *challenge, size_t len, char **out)
+{
+    *out = NULL;
+    if (challenge == NULL || len == 0) return true;
+    if (len > AUTH_CACHE_CHALLENGE_MAX) return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)challenge[i];
+        if ((ch < 0x20 && ch != '\t') || ch == 0x7f) return false;
+    }
+    *out = strndup(challenge, len);
+    return *out != NULL;
+}
+
 bool auth_cache_store(struct auth_cache *c, const char *origin, const char *credential,
                       size_t cred_len, const char *repo, size_t repo_len, const char *action,
-                      int status, uint64_t now_ms)
+                      int status, const char *challenge, size_t challenge_len, uint64_t now_ms)
 {
     uint64_t expires = expiry_for(c, credential, cred_len, status, now_ms);
     if (expires == 0) return false;
+    bool allowed = status >= 200 && status <= 299;
+    char *kept = NULL;
+    if (!allowed && !copy_challenge(challenge, challenge_len, &kept)) return false;
     unsigned char key[32];
     make_key(origin, credential, cred_len, repo, repo_len, action, key);
     uint32_t i = find(c, key);
     if (i != NIL) {
         use_unlink(c, i);
+        free(c->entries[i].challenge);
     } else {
         i = take_slot(c);
-        if (i == NIL) return false;
+        if (i == NIL) {
+            free(kept);
+            return false;
+        }
         struct auth_entry *e = &c->entries[i];
         memcpy(e->key, key, 32);
         size_t b = bucket_of(c, key);
@@ -234,7 +262,8 @@ bool auth_cache_store(struct auth_cache *c, const char *origin, const char *cred
         c->buckets[b] = i;
         c->n_live++;
     }
-    c->entries[i].status = status >= 200 && status <= 299 ? 200 : status;
+    c->entries[i].status = allowed ? 200 : status;
+    c->entries[i].challenge = kept;
     c->entries[i].expires_ms = expires;
     use_push_newest(c, i);
     return true;

@@ -3,12 +3,19 @@
  * (no I/O but the bundle file read once by auth_token_verifier_new, no locks):
  *
  * - The decision cache (auth.c) remembers, for a short time, what an upstream answered
- *   to "may this credential do this action on this repository": the cache asks its
- *   upstream (with the client's Authorization) at most once per TTL per credential,
- *   origin, repository and action.
+ *   to "may this credential do this action on this repository", so that the server
+ *   asks the upstream (with the client's Authorization) at most once per TTL for each
+ *   credential, origin, repository and action.
  * - The token verifier (jwt.c) checks a bearer token itself against the issuer's
  *   certificate bundle of the standard auth.token config section, as Docker
  *   Distribution does: signature, issuer, audience, validity and the access claim.
+ *
+ * Blobs: a blob is stored once per digest but linked per repository at the origin, so
+ * an upstream's 2xx to HEAD /v2/<repo>/blobs/<digest> says two things: the credential
+ * may pull <repo>, and <digest> is in <repo>. A caller keeps them apart, as two keys of
+ * one cache: (origin, credential, repo, "pull"), which a 401 or 403 refuses, and
+ * (origin, "", repo, "blob sha256:<hex>"), which a 404 refuses; bytes from disk need
+ * both to be allowed. Otherwise one allowed repository would open every cached blob.
  *
  * Errors are negative errno values; 0 is success. Credentials are never stored, logged
  * or copied into a message: the cache keeps only a SHA-256 over them, and the reasons
@@ -27,6 +34,7 @@
 #define AUTH_CACHE_DEFAULT_ALLOW_TTL_MS 60000
 #define AUTH_CACHE_DEFAULT_DENY_TTL_MS 5000
 #define AUTH_CACHE_MAX_ENTRIES (1u << 24)
+#define AUTH_CACHE_CHALLENGE_MAX 512 /* longest WWW-Authenticate kept with a refusal */
 
 struct auth_cache;
 
@@ -41,7 +49,8 @@ struct auth_cache_stats {
  * Creates a cache of at most max_entries (1..AUTH_CACHE_MAX_ENTRIES) decisions. Allowed
  * decisions are kept allow_ttl_ms, refusals deny_ttl_ms; a TTL of 0 keeps none of that
  * kind. Returns NULL when max_entries is out of range or memory ran out. Memory grows
- * with the entries held, up to ~60 bytes each plus 4 bytes per slot of a fixed table.
+ * with the entries held: ~64 bytes each (plus its challenge, for a refusal), and 4 bytes
+ * per slot of a table sized once for max_entries.
  */
 struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, unsigned deny_ttl_ms);
 
@@ -49,34 +58,40 @@ void auth_cache_free(struct auth_cache *c);
 
 /*
  * A decision is keyed by SHA-256 over the length-prefixed origin, credential, repository
- * and action, so that a "yes" for one of them never answers for another:
+ * and action, so that an answer for one of them never answers for another:
  *   origin      the upstream entry's originhost as configured (C string), so one
  *               origin's answer never opens another origin's repository
  *   credential  the client's whole Authorization header value, credential[0..cred_len);
  *               "" (cred_len 0, credential may be NULL) for an anonymous client
  *   repository  repo[0..repo_len), the name as routed (registry.h)
- *   action      "pull" (C string)
+ *   action      "pull", or any other C string naming what was asked (the cache gives
+ *               it no meaning; see "Blobs" above)
  *
  * auth_cache_lookup returns true and the decision in *status_out (200 for allowed, else
  * the refusal status: 401, 403 or 404) when a decision is stored and now_ms is before
  * its expiry, and marks it recently used; else false (an expired entry is dropped).
- * Every call counts a hit or a miss.
+ * When challenge_out is not NULL it receives the WWW-Authenticate value stored with a
+ * refusal (NUL-terminated, owned by the cache, valid until the next call on it), or
+ * NULL. Every call counts a hit or a miss.
  */
 bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *credential,
                        size_t cred_len, const char *repo, size_t repo_len, const char *action,
-                       uint64_t now_ms, int *status_out);
+                       uint64_t now_ms, int *status_out, const char **challenge_out);
 
 /*
  * Stores the upstream's answer `status` for that key at time now_ms, replacing an entry
  * already there. 2xx is kept as allowed (200) for allow_ttl_ms, but never past the
  * token's own `exp` when the credential is "Bearer <JWT>" with a readable exp (see
- * auth_bearer_exp; an exp already past stores nothing); 401, 403 and 404 are kept
- * deny_ttl_ms; any other status stores nothing. When the cache is full, the least
- * recently used entry is dropped. Returns true when a decision was stored.
+ * auth_bearer_exp; an exp already past stores nothing). 401, 403 and 404 are kept
+ * deny_ttl_ms, with a copy of the upstream's challenge[0..challenge_len) (its
+ * WWW-Authenticate, so that a cached 401 can be answered as the upstream did; NULL/0
+ * for none; one longer than AUTH_CACHE_CHALLENGE_MAX or holding a control byte stores
+ * nothing). Any other status stores nothing. When the cache is full, the least recently
+ * used entry is dropped. Returns true when the decision was stored.
  */
 bool auth_cache_store(struct auth_cache *c, const char *origin, const char *credential,
                       size_t cred_len, const char *repo, size_t repo_len, const char *action,
-                      int status, uint64_t now_ms);
+                      int status, const char *challenge, size_t challenge_len, uint64_t now_ms);
 
 void auth_cache_stats(const struct auth_cache *c, struct auth_cache_stats *out);
 
@@ -150,8 +165,8 @@ void auth_libtrust_kid(const unsigned char *spki_der, size_t len, char out[AUTH_
  * Writes the WWW-Authenticate value of a 401 for pulling repo[0..repo_len) into buf:
  *   Bearer realm="<realm>",service="<service>",scope="repository:<repo>:pull"
  * (without the scope when repo is NULL, as for /v2/). '"' and '\\' in the values are
- * backslash-escaped. Returns the length (NUL-terminated), -ENOSPC when buf is too small,
- * -EINVAL when a value holds a control byte.
+ * backslash-escaped. Returns the length (NUL-terminated), or -ENOSPC when buf is too
+ * small or -EINVAL when a value holds a control byte (buf then holds no string).
  */
 int auth_challenge(const char *realm, const char *service, const char *repo, size_t repo_len,
                    char *buf, size_t len);

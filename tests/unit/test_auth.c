@@ -43,14 +43,14 @@ static bool lookup(struct auth_cache *c, const char *origin, const char *cred, c
                    const char *action, uint64_t now_ms, int *status)
 {
     return auth_cache_lookup(c, origin, cred, strlen(cred), repo, strlen(repo), action, now_ms,
-                             status);
+                             status, NULL);
 }
 
 static bool store(struct auth_cache *c, const char *origin, const char *cred, const char *repo,
                   const char *action, int status, uint64_t now_ms)
 {
-    return auth_cache_store(c, origin, cred, strlen(cred), repo, strlen(repo), action, status,
-                            now_ms);
+    return auth_cache_store(c, origin, cred, strlen(cred), repo, strlen(repo), action, status, NULL,
+                            0, now_ms);
 }
 
 static void test_cache_store_lookup(void)
@@ -68,7 +68,7 @@ static void test_cache_store_lookup(void)
     CHECK(lookup(c, ORIGIN, "", REPO, "pull", NOW_MS, &status));
     CHECK_INT(status, 200);
     /* A NULL credential with length 0 is the anonymous one. */
-    CHECK(auth_cache_lookup(c, ORIGIN, NULL, 0, REPO, strlen(REPO), "pull", NOW_MS, &status));
+    CHECK(auth_cache_lookup(c, ORIGIN, NULL, 0, REPO, strlen(REPO), "pull", NOW_MS, &status, NULL));
     /* A new answer replaces the old one. */
     CHECK(store(c, ORIGIN, "Basic YTpi", REPO, "pull", 403, NOW_MS + 2));
     CHECK(lookup(c, ORIGIN, "Basic YTpi", REPO, "pull", NOW_MS + 3, &status));
@@ -84,6 +84,56 @@ static void test_cache_store_lookup(void)
     CHECK(auth_cache_new(0, 1, 1) == NULL);
     CHECK(auth_cache_new(AUTH_CACHE_MAX_ENTRIES + 1, 1, 1) == NULL);
     auth_cache_free(NULL);
+}
+
+/* A refusal keeps the upstream's challenge, so a cached 401 can be answered in full. */
+static void test_cache_challenge(void)
+{
+    struct auth_cache *c = auth_cache_new(4, 60000, 5000);
+    const char *ch = "Bearer realm=\"https://auth.example.com/token\",service=\"reg\","
+                     "scope=\"repository:alice/app:pull\"";
+    const char *got = "unset";
+    int status;
+    char big[AUTH_CACHE_CHALLENGE_MAX + 2];
+
+    CHECK(auth_cache_store(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", 401, ch, strlen(ch),
+                           NOW_MS));
+    CHECK(auth_cache_lookup(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", NOW_MS, &status, &got));
+    CHECK_INT(status, 401);
+    CHECK_STR(got, ch);
+    /* Replaced by an allowance: no challenge with it. */
+    CHECK(auth_cache_store(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", 200, ch, strlen(ch),
+                           NOW_MS));
+    CHECK(auth_cache_lookup(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", NOW_MS, &status, &got));
+    CHECK_INT(status, 200);
+    CHECK(got == NULL);
+    /* A refusal without one; only the first len bytes are kept. */
+    CHECK(auth_cache_store(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", 403, NULL, 0, NOW_MS));
+    CHECK(auth_cache_lookup(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", NOW_MS, &status, &got));
+    CHECK(got == NULL);
+    CHECK(auth_cache_store(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", 401, "Basic xyz", 5,
+                           NOW_MS));
+    CHECK(auth_cache_lookup(c, ORIGIN, "", 0, REPO, strlen(REPO), "pull", NOW_MS, &status, &got));
+    CHECK_STR(got, "Basic");
+    /* Too long, or holding a control byte: the refusal is not kept at all. */
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    CHECK(!auth_cache_store(c, ORIGIN, "x", 1, REPO, strlen(REPO), "pull", 401, big,
+                            AUTH_CACHE_CHALLENGE_MAX + 1, NOW_MS));
+    CHECK(auth_cache_store(c, ORIGIN, "x", 1, REPO, strlen(REPO), "pull", 401, big,
+                           AUTH_CACHE_CHALLENGE_MAX, NOW_MS));
+    CHECK(!auth_cache_store(c, ORIGIN, "y", 1, REPO, strlen(REPO), "pull", 401, "a\r\nb: c", 8,
+                            NOW_MS));
+    CHECK(!auth_cache_lookup(c, ORIGIN, "y", 1, REPO, strlen(REPO), "pull", NOW_MS, &status, NULL));
+    /* Evicted and expired entries let go of theirs (LeakSanitizer checks). */
+    for (int i = 0; i < 10; i++) {
+        char repo[16];
+        snprintf(repo, sizeof(repo), "r%d", i);
+        CHECK(auth_cache_store(c, ORIGIN, "", 0, repo, strlen(repo), "pull", 401, ch, strlen(ch),
+                               NOW_MS));
+    }
+    CHECK(!auth_cache_lookup(c, ORIGIN, "", 0, "r9", 2, "pull", NOW_MS + 5000, &status, NULL));
+    auth_cache_free(c);
 }
 
 static void test_cache_ttls(void)
@@ -1017,6 +1067,7 @@ static void test_verifier_files(void)
 int main(void)
 {
     RUN(test_cache_store_lookup);
+    RUN(test_cache_challenge);
     RUN(test_cache_ttls);
     RUN(test_cache_jwt_exp);
     RUN(test_cache_keys);
