@@ -17,7 +17,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "auth.h"
 #include "chain.h"
+#include "config.h"
 #include "expire.h"
 #include "log.h"
 
@@ -26,6 +28,11 @@
 
 struct blob_service {
     double ttl_s; /* the configured blobttl, for how often a pull refreshes its time */
+    /* Authorization: decisions remembered, and local token verification (auth.token). */
+    struct auth_cache *auth;
+    struct auth_verifier *verifier;
+    const struct config *cfg;
+    struct blob_auth_stats auth_stats;
     uv_loop_t *loop;
     struct store *store;
     struct fetch_manager *fetches;
@@ -42,6 +49,10 @@ struct blob_req {
 
     struct chain_req *auth;
     int auth_status;
+    bool need_credential; /* the upstream's answer decides the credential too */
+    const char *credential; /* the client's Authorization value (the exchange owns it) */
+    size_t credential_len;
+    bool waiting_size;     /* a follower that waits for its fetch's length */
     int64_t size; /* from the upstream's HEAD, -1 when it gave none */
     char *challenge;
 
@@ -79,6 +90,19 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
     bs->fetches = fetches;
     bs->proxy = proxy;
     return bs;
+}
+
+void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
+                           struct auth_cache *cache, struct auth_verifier *verifier)
+{
+    bs->cfg = cfg;
+    bs->auth = cache;
+    bs->verifier = verifier;
+}
+
+const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs)
+{
+    return &bs->auth_stats;
 }
 
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
@@ -330,11 +354,23 @@ static void read_done(uv_fs_t *req)
     send_chunk(r, (size_t)n);
 }
 
+static void serve(struct blob_req *r, int64_t size);
+
 static void on_progress(struct fetch_waiter *w)
 {
     struct blob_req *r = (struct blob_req *)((char *)w - offsetof(struct blob_req, waiter));
-    if (!r->fs_busy && !r->writing && !r->done)
-        pump(r);
+    if (r->done || r->fs_busy || r->writing)
+        return;
+    if (r->waiting_size) {
+        if (fetch_size(r->fetch) < 0 && fetch_state(r->fetch) == FETCH_RUNNING) {
+            fetch_wait(r->fetch, &r->waiter);
+            return;
+        }
+        r->waiting_size = false;
+        serve(r, fetch_size(r->fetch));
+        return;
+    }
+    pump(r);
 }
 
 /* Sends what can be sent now; waits for the fetch when it has caught up. */
@@ -491,6 +527,12 @@ static void start_fetch(struct blob_req *r)
     }
     r->fetch = f;
     r->waiter.cb = on_progress;
+    if (r->size < 0 && fetch_size(f) < 0 && fetch_state(f) == FETCH_RUNNING) {
+        /* Authorized from memory, so no HEAD told the length: the fetch's head will. */
+        r->waiting_size = true;
+        fetch_wait(f, &r->waiter);
+        return;
+    }
     serve(r, r->size >= 0 ? r->size : fetch_size(f));
 }
 
@@ -548,33 +590,109 @@ static void open_done(uv_fs_t *req)
     }
 }
 
-static void authorized(struct blob_req *r)
+static void ask_upstream(struct blob_req *r);
+
+static void head_stat_done(uv_fs_t *req)
 {
-    if (http_req_is_head(r->x)) {
-        r->status = 200;
-        r->pos = 0;
-        r->end = r->size >= 0 ? (uint64_t)r->size : UINT64_MAX;
-        r->done = true;
-        set_head(r);
-        http_respond_end(r->x);
-        release(r);
+    struct blob_req *r = req->data;
+    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
         return;
     }
+    if (size < 0) {
+        ask_upstream(r); /* not stored: only the upstream knows the size */
+        return;
+    }
+    r->size = size;
+    http_log_set_cache(r->x, CACHE_HIT);
+    r->status = 200;
+    r->pos = 0;
+    r->end = (uint64_t)size;
+    r->done = true;
+    set_head(r);
+    http_respond_end(r->x);
+    release(r);
+}
+
+/* The client may have the blob: answer a HEAD, serve a GET from disk or a fetch. */
+static void authorized(struct blob_req *r)
+{
     char path[4200];
     if (store_blob_path(r->bs->store, r->hex, path, sizeof(path)) != 0) {
         fail(r, REG_ERR_INTERNAL, "blob path too long");
         return;
     }
     r->fs.data = r;
+    if (http_req_is_head(r->x)) {
+        if (r->size < 0) {
+            /* Authorized from memory: the stored file tells the size. */
+            r->fs_busy = true;
+            if (uv_fs_stat(r->bs->loop, &r->fs, path, head_stat_done) < 0) {
+                r->fs_busy = false;
+                ask_upstream(r);
+            }
+            return;
+        }
+        r->status = 200;
+        r->pos = 0;
+        r->end = (uint64_t)r->size;
+        r->done = true;
+        set_head(r);
+        http_respond_end(r->x);
+        release(r);
+        return;
+    }
     r->fs_busy = true;
-    if (uv_fs_open(r->bs->loop, &r->fs, path, UV_FS_O_RDONLY | O_CLOEXEC, 0, open_done) <
-        0) {
+    if (uv_fs_open(r->bs->loop, &r->fs, path, UV_FS_O_RDONLY | O_CLOEXEC, 0, open_done) < 0) {
         r->fs_busy = false;
         start_fetch(r);
     }
 }
 
-/* --- Authorization by the upstream ------------------------------------------------- */
+/* --- Authorization ------------------------------------------------------------------ */
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+/* Decisions are per origin: a 'yes' from one origin never opens a blob of another. */
+static const char *origin_key(const struct blob_service *bs)
+{
+    return bs->cfg != NULL && bs->cfg->n_upstreams > 0 ? bs->cfg->upstreams[0].originhost : "";
+}
+
+/* The action under which "this digest is in this repository" is remembered. */
+static void blob_action(const struct blob_req *r, char *buf, size_t len)
+{
+    snprintf(buf, len, "blob %s", r->digest);
+}
+
+/* A refusal: the status and the challenge, a registry error, no byte of the blob. */
+static void refuse(struct blob_req *r, int st, const char *challenge)
+{
+    char msg[160];
+    int code = st == 401   ? REG_ERR_UNAUTHORIZED
+               : st == 403 ? REG_ERR_DENIED
+               : st == 404 ? REG_ERR_BLOB_UNKNOWN
+               : st == 429 ? REG_ERR_TOOMANYREQUESTS
+               : st >= 500 ? REG_ERR_UPSTREAM_FAILED
+                           : REG_ERR_DENIED;
+    int status = st >= 500 ? 502 : st;
+    struct http_header h;
+    size_t nh = 0;
+    if (challenge != NULL && challenge[0] != '\0') {
+        h = (struct http_header){"WWW-Authenticate", 16, challenge, strlen(challenge)};
+        nh = 1;
+    }
+    snprintf(msg, sizeof(msg), "the upstream answered %d for this blob in this repository", st);
+    r->done = true;
+    proxy_respond_error_with(r->x, code, status, &h, nh, msg, NULL);
+    release(r);
+}
 
 static void auth_head(void *ud, int status, const struct http_header *hdrs, size_t n,
                       int64_t content_length)
@@ -591,6 +709,33 @@ static void auth_head(void *ud, int status, const struct http_header *hdrs, size
 
 static void auth_body(void *ud, const char *data, size_t len)
 {
+}
+
+/* Remembers what the upstream's answer says about the credential and the blob. */
+static void remember(struct blob_req *r, int st)
+{
+    struct blob_service *bs = r->bs;
+    if (bs->auth == NULL)
+        return;
+    size_t repo_len;
+    const char *repo = http_log_repo(r->x, &repo_len);
+    char action[96];
+    blob_action(r, action, sizeof(action));
+    uint64_t now = mono_ms();
+    if (st >= 200 && st < 300) {
+        if (r->need_credential)
+            auth_cache_store(bs->auth, origin_key(bs), r->credential, r->credential_len, repo,
+                             repo_len, "pull", 200, NULL, 0, now);
+        auth_cache_store(bs->auth, origin_key(bs), NULL, 0, repo, repo_len, action, 200, NULL,
+                         0, now);
+    } else if ((st == 401 || st == 403) && r->need_credential) {
+        auth_cache_store(bs->auth, origin_key(bs), r->credential, r->credential_len, repo,
+                         repo_len, "pull", st, r->challenge,
+                         r->challenge ? strlen(r->challenge) : 0, now);
+    } else if (st == 404) {
+        auth_cache_store(bs->auth, origin_key(bs), NULL, 0, repo, repo_len, action, 404, NULL, 0,
+                         now);
+    }
 }
 
 static void auth_done(void *ud, int err)
@@ -612,28 +757,99 @@ static void auth_done(void *ud, int err)
         return;
     }
     int st = r->auth_status;
+    remember(r, st);
     if (st >= 200 && st < 300) {
         authorized(r);
         return;
     }
-    /* A refusal: relay the status and the challenge; no byte of the blob. */
-    int code = st == 401   ? REG_ERR_UNAUTHORIZED
-               : st == 403 ? REG_ERR_DENIED
-               : st == 404 ? REG_ERR_BLOB_UNKNOWN
-               : st == 429 ? REG_ERR_TOOMANYREQUESTS
-               : st >= 500 ? REG_ERR_UPSTREAM_FAILED
-                           : REG_ERR_DENIED;
-    int status = st >= 500 ? 502 : st;
-    struct http_header h;
-    size_t nh = 0;
-    if (r->challenge != NULL) {
-        h = (struct http_header){"WWW-Authenticate", 16, r->challenge, strlen(r->challenge)};
-        nh = 1;
+    refuse(r, st, r->challenge);
+}
+
+/* Asks the upstream: a HEAD of this blob in this repository with the client's credential. */
+static void ask_upstream(struct blob_req *r)
+{
+    r->bs->auth_stats.from_upstream++;
+    struct upstream_call call;
+    static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
+    int rc = upstream_call_init(&call, r, "HEAD");
+    if (rc == 0)
+        rc = chain_request(proxy_pool(r->bs->proxy), &call.spec, &cbs, r, &r->auth);
+    upstream_call_free(&call);
+    if (rc < 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "cannot ask the upstream: %s", uv_strerror(rc));
+        fail(r, REG_ERR_UNAVAILABLE, msg);
     }
-    snprintf(msg, sizeof(msg), "the upstream answered %d for this blob in this repository", st);
-    r->done = true;
-    proxy_respond_error_with(r->x, code, status, &h, nh, msg, NULL);
-    release(r);
+}
+
+/*
+ * Decides what memory can decide. Two facts make a 'yes': this credential may pull
+ * this repository (from the upstream, or from a locally verified token), and this
+ * digest is in this repository (from the upstream). Either refusal answers at once;
+ * anything unknown asks the upstream.
+ */
+static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
+{
+    struct blob_service *bs = r->bs;
+    uint64_t now = mono_ms();
+    int st;
+    const char *challenge;
+    r->need_credential = true;
+    if (bs->verifier != NULL) {
+        /* auth.token: the token is checked here, against the issuer's certificates. */
+        if (auth_cache_lookup(bs->auth, "local-token", r->credential, r->credential_len, repo,
+                              repo_len, "pull", now, &st, &challenge) &&
+            st == 200) {
+            r->need_credential = false;
+        } else {
+            char why[200], ch[1024];
+            if (auth_token_verify(bs->verifier, r->credential, r->credential_len, repo,
+                                  repo_len, "pull", (int64_t)time(NULL), why,
+                                  sizeof(why)) != 0) {
+                bs->auth_stats.token_refused++;
+                log_msg(LOG_INFO, "token refused for %.*s: %s", (int)repo_len, repo, why);
+                auth_challenge(bs->cfg->auth_token_realm, bs->cfg->auth_token_service, repo,
+                               repo_len, ch, sizeof(ch));
+                r->done = true;
+                struct http_header h = {"WWW-Authenticate", 16, ch, strlen(ch)};
+                proxy_respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1,
+                                         "authentication required", why);
+                release(r);
+                return;
+            }
+            bs->auth_stats.token_verified++;
+            auth_cache_store(bs->auth, "local-token", r->credential, r->credential_len, repo,
+                             repo_len, "pull", 200, NULL, 0, now);
+            r->need_credential = false;
+        }
+    } else if (bs->auth != NULL &&
+               auth_cache_lookup(bs->auth, origin_key(bs), r->credential, r->credential_len,
+                                 repo, repo_len, "pull", now, &st, &challenge)) {
+        if (st != 200) {
+            bs->auth_stats.from_memory++;
+            refuse(r, st, challenge);
+            return;
+        }
+        r->need_credential = false;
+    }
+    bool have_blob = false;
+    char action[96];
+    blob_action(r, action, sizeof(action));
+    if (bs->auth != NULL && auth_cache_lookup(bs->auth, origin_key(bs), NULL, 0, repo, repo_len,
+                                              action, now, &st, &challenge)) {
+        if (st == 404) {
+            bs->auth_stats.from_memory++;
+            refuse(r, 404, NULL);
+            return;
+        }
+        have_blob = st == 200;
+    }
+    if (!r->need_credential && have_blob) {
+        bs->auth_stats.from_memory++;
+        authorized(r);
+        return;
+    }
+    ask_upstream(r);
 }
 
 void blob_handle(struct blob_service *bs, struct http_exchange *x,
@@ -652,6 +868,11 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     r->hex[64] = '\0';
     snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
     http_exchange_on_gone(x, on_gone, r);
+    const struct http_header *authz = http_req_header(x, "Authorization");
+    if (authz != NULL) {
+        r->credential = authz->value;
+        r->credential_len = authz->value_len;
+    }
 
     struct proxy_req_info info;
     size_t n_bases;
@@ -666,16 +887,5 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
         fail(r, REG_ERR_INTERNAL, "out of memory");
         return;
     }
-
-    struct upstream_call call;
-    static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
-    int rc = upstream_call_init(&call, r, "HEAD");
-    if (rc == 0)
-        rc = chain_request(proxy_pool(bs->proxy), &call.spec, &cbs, r, &r->auth);
-    upstream_call_free(&call);
-    if (rc < 0) {
-        char msg[200];
-        snprintf(msg, sizeof(msg), "cannot ask the upstream: %s", uv_strerror(rc));
-        fail(r, REG_ERR_UNAVAILABLE, msg);
-    }
+    authorize(r, route->name, route->name_len);
 }

@@ -27,6 +27,25 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
                                       struct fetch_manager *fetches, struct proxy *proxy);
 void blob_service_free(struct blob_service *bs);
 
+struct auth_cache;
+struct auth_verifier;
+struct config;
+
+struct blob_auth_stats {
+    uint64_t from_memory;    /* decided by remembered answers, no upstream request */
+    uint64_t from_upstream;  /* asked the upstream (a HEAD with the client's credential) */
+    uint64_t token_verified; /* auth.token: tokens verified here */
+    uint64_t token_refused;  /* auth.token: tokens refused here (401) */
+};
+
+/*
+ * Authorization from memory: remembered upstream answers (cache), and with auth.token
+ * the verifier (may be NULL). Without a cache every request asks the upstream.
+ */
+void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
+                           struct auth_cache *cache, struct auth_verifier *verifier);
+const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs);
+
 /* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s);
 

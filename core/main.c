@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "blob.h"
 #include "config.h"
 #include "expire.h"
@@ -69,6 +70,8 @@ struct app {
     struct blob_service *blobs;
     struct expiry *expiry;
     struct policy_engine *policy;
+    struct auth_cache *auth;
+    struct auth_verifier *verifier;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -344,6 +347,22 @@ static int run_serve(const char *path)
     }
     proxy_set_blob_service(app.proxy, app.blobs);
     proxy_set_policy(app.proxy, app.policy);
+    /* Authorization decisions are remembered briefly; with auth.token, tokens are
+     * verified here against the issuer's certificates. */
+    app.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    if (app.cfg->auth_token_realm != NULL &&
+        auth_token_verifier_new(app.cfg->auth_token_rootcertbundle, app.cfg->auth_token_issuer,
+                                app.cfg->auth_token_service, err, sizeof(err),
+                                &app.verifier) != 0) {
+        log_msg(LOG_ERROR, "auth.token: %s", err);
+        return EXIT_CONFIG;
+    }
+    if (app.auth == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
     /* Expiry runs with a configured blobttl, or when a drop-in gives TTLs itself. */
     bool ttl_policy = policy_has_hook(app.policy, POLICY_HOOK_BLOB_TTL) &&
                       !policy_hook_is_builtin(app.policy, POLICY_HOOK_BLOB_TTL);
@@ -411,6 +430,8 @@ static int run_serve(const char *path)
     uv_run(app.loop, UV_RUN_DEFAULT);
     log_msg(LOG_INFO, "stopped");
     policy_engine_free(app.policy);
+    auth_cache_free(app.auth);
+    auth_token_verifier_free(app.verifier);
     blob_service_free(app.blobs);
     fetch_manager_free(app.fetches);
     store_close(app.store);

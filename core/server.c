@@ -1334,6 +1334,12 @@ void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_
     x->log_digest = digest ? dup_span(digest, digest_len) : NULL;
 }
 
+const char *http_log_repo(const struct http_exchange *x, size_t *len)
+{
+    *len = x->log_repo ? strlen(x->log_repo) : 0;
+    return x->log_repo;
+}
+
 void http_log_set_error(struct http_exchange *x, const char *error)
 {
     free(x->log_error);

@@ -158,6 +158,9 @@ void http_log_set_upstream(struct http_exchange *x, const char *upstream);
 /* The repository and digest the request was about (copied). */
 void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_len,
                          const char *digest, size_t digest_len);
+/* The repository set by http_log_set_target (NULL when none). */
+const char *http_log_repo(const struct http_exchange *x, size_t *len);
+
 /* A short reason for an error response, logged with the line (copied). */
 void http_log_set_error(struct http_exchange *x, const char *error);
 
