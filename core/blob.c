@@ -66,6 +66,7 @@ struct blob_req {
     bool own_fd;
     struct fetch *fetch;
     struct fetch_follower follower;
+    bool following; /* follower is in the fetch's list */
     struct fetch_waiter waiter;
 
     char *buf;
@@ -219,7 +220,8 @@ static void release(struct blob_req *r)
     }
     if (r->fetch != NULL) {
         fetch_unwait(r->fetch, &r->waiter);
-        fetch_follow_end(r->fetch, &r->follower);
+        if (r->following)
+            fetch_follow_end(r->fetch, &r->follower);
         fetch_unref(r->fetch);
         r->fetch = NULL;
     }
@@ -462,6 +464,7 @@ static void serve(struct blob_req *r, int64_t size)
     if (r->fetch != NULL) {
         r->follower.offset = r->pos;
         fetch_follow_begin(r->fetch, &r->follower);
+        r->following = true;
     }
     pump(r);
 }

@@ -298,6 +298,8 @@ void fetch_follow_moved(struct fetch *f)
 
 void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
 {
+    if (fl->prev == NULL && f->followers != fl)
+        return; /* never began, or already ended */
     if (fl->prev)
         fl->prev->next = fl->next;
     else

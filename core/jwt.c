@@ -263,8 +263,8 @@ int auth_token_verifier_new(const char *rootcertbundle_path, const char *issuer,
         auth_token_verifier_free(v);
         return -ENOMEM;
     }
-    unsigned char *pem;
-    size_t pem_len;
+    unsigned char *pem = NULL;
+    size_t pem_len = 0;
     int rc = read_small_file(rootcertbundle_path, &pem, &pem_len);
     if (rc != 0) {
         set_msg(err, errlen, "auth.token.rootcertbundle: %s: %s", rootcertbundle_path,
