@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "auth.h"
+#include "budget.h"
 #include "chain.h"
 #include "config.h"
 #include "expire.h"
@@ -33,6 +34,13 @@ struct blob_service {
     struct auth_verifier *verifier;
     const struct config *cfg;
     struct blob_auth_stats auth_stats;
+    struct budget *budget; /* may be NULL */
+    /* Stored blobs open for reading now, and by how many requests: not evicted. */
+    struct {
+        char hex[65];
+        unsigned readers;
+    } *in_use;
+    size_t n_in_use, cap_in_use;
     uv_loop_t *loop;
     struct store *store;
     struct fetch_manager *fetches;
@@ -106,6 +114,51 @@ const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service 
     return &bs->auth_stats;
 }
 
+void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
+{
+    bs->budget = budget;
+}
+
+bool blob_service_in_use(const struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++)
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0)
+            return true;
+    return false;
+}
+
+static void in_use_add(struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++) {
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+            bs->in_use[i].readers++;
+            return;
+        }
+    }
+    if (bs->n_in_use == bs->cap_in_use) {
+        size_t cap = bs->cap_in_use ? bs->cap_in_use * 2 : 16;
+        void *n = realloc(bs->in_use, cap * sizeof(*bs->in_use));
+        if (n == NULL)
+            return; /* at worst, the blob may be evicted while it is read: the reader's
+                       descriptor keeps its bytes */
+        bs->in_use = n;
+        bs->cap_in_use = cap;
+    }
+    memcpy(bs->in_use[bs->n_in_use].hex, hex, 65);
+    bs->in_use[bs->n_in_use++].readers = 1;
+}
+
+static void in_use_remove(struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++) {
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+            if (--bs->in_use[i].readers == 0)
+                bs->in_use[i] = bs->in_use[--bs->n_in_use];
+            return;
+        }
+    }
+}
+
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
 {
     bs->ttl_s = ttl_s;
@@ -137,6 +190,7 @@ static void touch(struct blob_req *r, const uv_stat_t *sb)
 
 void blob_service_free(struct blob_service *bs)
 {
+    free(bs->in_use);
     free(bs);
 }
 
@@ -220,12 +274,15 @@ static void release(struct blob_req *r)
     }
     if (r->fetch != NULL) {
         fetch_unwait(r->fetch, &r->waiter);
-        if (r->following)
+        if (r->following) {
             fetch_follow_end(r->fetch, &r->follower);
+            in_use_remove(r->bs, r->hex);
+        }
         fetch_unref(r->fetch);
         r->fetch = NULL;
     }
     if (r->own_fd && r->fd >= 0) {
+        in_use_remove(r->bs, r->hex);
         uv_fs_t *req = malloc(sizeof(*req));
         if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0)
             free(req);
@@ -465,6 +522,7 @@ static void serve(struct blob_req *r, int64_t size)
         r->follower.offset = r->pos;
         fetch_follow_begin(r->fetch, &r->follower);
         r->following = true;
+        in_use_add(r->bs, r->hex); /* once committed, it must not be evicted under us */
     }
     pump(r);
 }
@@ -517,7 +575,8 @@ static void start_fetch(struct blob_req *r)
         struct upstream_call call;
         int rc = upstream_call_init(&call, r, "GET");
         if (rc == 0)
-            rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size, &f);
+            rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size,
+                             budget_fits(bs->budget, r->size), &f);
         upstream_call_free(&call);
         if (rc < 0) {
             char msg[200];
@@ -573,6 +632,7 @@ static void open_done(uv_fs_t *req)
     if (result >= 0) {
         r->fd = result;
         r->own_fd = true;
+        in_use_add(r->bs, r->hex);
     }
     if (r->gone) {
         finish(r, false);

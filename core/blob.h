@@ -46,6 +46,12 @@ void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
                            struct auth_cache *cache, struct auth_verifier *verifier);
 const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs);
 
+struct budget;
+/* The disk budget: a blob larger than it allows passes through without storing. */
+void blob_service_set_budget(struct blob_service *bs, struct budget *budget);
+/* True while a request reads stored blob `hex` (eviction leaves it alone). */
+bool blob_service_in_use(const struct blob_service *bs, const char *hex);
+
 /* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s);
 

@@ -23,75 +23,111 @@ struct chain_req {
     size_t n_headers;
     int max_redirects;
     bool head_given;
+    struct upstream_host *host; /* the table entry of the base tried now */
+    uint64_t attempt_start_ns;
     char error[512];
 };
 
-/* --- Backoff: a base that failed is tried last for a while ----------------------------- */
+/* --- Upstream hosts: backoff and statistics ------------------------------------------ */
 
-#define BACKOFF_SLOTS 64
+#define HOST_SLOTS 64
 #define BACKOFF_FIRST_MS 1000u
 #define BACKOFF_MAX_MS 30000u
 
-struct backoff {
+/* What the process knows of one upstream base: whether it backs off, and its counters. */
+struct upstream_host {
     char base[256];
-    uint64_t until_ms;
-    unsigned failures;
+    uint64_t until_ms; /* tried last until then */
+    unsigned failures; /* in a row */
+    struct chain_host_stats st;
 };
 
-/* One table per process: every chain request of the loop sees the same hosts. */
-static struct backoff backoffs[BACKOFF_SLOTS];
+/* One table per process: every chain request of the loop sees the same hosts. A base
+ * comes from the configuration, so the table does not fill; if it does, the slot of
+ * the host that answered longest ago is reused. */
+static struct upstream_host hosts[HOST_SLOTS];
+static uint64_t last_answer_ms;
+
+const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
+                                                              0.25,  0.5,  1,     2.5,  10};
 
 static uint64_t mono_ms(void)
 {
     return uv_hrtime() / 1000000u;
 }
 
-static struct backoff *backoff_find(const char *base, bool create)
+static struct upstream_host *host_find(const char *base, bool create)
 {
-    struct backoff *free_slot = NULL, *oldest = &backoffs[0];
-    for (size_t i = 0; i < BACKOFF_SLOTS; i++) {
-        struct backoff *b = &backoffs[i];
-        if (b->base[0] != '\0' && strcmp(b->base, base) == 0)
-            return b;
-        if (b->base[0] == '\0' && free_slot == NULL)
-            free_slot = b;
-        if (b->until_ms < oldest->until_ms)
-            oldest = b;
+    struct upstream_host *free_slot = NULL, *oldest = &hosts[0];
+    for (size_t i = 0; i < HOST_SLOTS; i++) {
+        struct upstream_host *h = &hosts[i];
+        if (h->base[0] != '\0' && strcmp(h->base, base) == 0)
+            return h;
+        if (h->base[0] == '\0' && free_slot == NULL)
+            free_slot = h;
+        if (h->st.last_ok_ms < oldest->st.last_ok_ms)
+            oldest = h;
     }
     if (!create || strlen(base) >= sizeof(oldest->base))
         return NULL;
-    struct backoff *b = free_slot ? free_slot : oldest;
-    memset(b, 0, sizeof(*b));
-    snprintf(b->base, sizeof(b->base), "%s", base);
-    return b;
+    struct upstream_host *h = free_slot ? free_slot : oldest;
+    memset(h, 0, sizeof(*h));
+    snprintf(h->base, sizeof(h->base), "%s", base);
+    return h;
 }
 
 bool chain_backing_off(const char *base)
 {
-    struct backoff *b = backoff_find(base, false);
-    return b != NULL && b->until_ms > mono_ms();
+    struct upstream_host *h = host_find(base, false);
+    return h != NULL && h->until_ms > mono_ms();
 }
 
-static void backoff_failed(const char *base, const char *why)
+void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct chain_host_stats *st),
+                         void *ud)
 {
-    struct backoff *b = backoff_find(base, true);
-    if (b == NULL)
+    for (size_t i = 0; i < HOST_SLOTS; i++)
+        if (hosts[i].base[0] != '\0')
+            fn(ud, hosts[i].base, &hosts[i].st);
+}
+
+uint64_t chain_last_answer_ms(void)
+{
+    return last_answer_ms;
+}
+
+static void backoff_failed(struct upstream_host *h, const char *why)
+{
+    if (h == NULL)
         return;
-    unsigned ms = BACKOFF_FIRST_MS << (b->failures < 5 ? b->failures : 5);
+    h->st.errors++;
+    unsigned ms = BACKOFF_FIRST_MS << (h->failures < 5 ? h->failures : 5);
     if (ms > BACKOFF_MAX_MS)
         ms = BACKOFF_MAX_MS;
-    b->failures++;
-    b->until_ms = mono_ms() + ms;
-    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", base, why,
+    h->failures++;
+    h->until_ms = mono_ms() + ms;
+    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", h->base, why,
             ms / 1000);
 }
 
-static void backoff_succeeded(const char *base)
+/* A head arrived from h: its latency, and the end of any backoff when it is no 5xx. */
+static void host_answered(struct chain_req *c, int status)
 {
-    struct backoff *b = backoff_find(base, false);
-    if (b != NULL && b->failures > 0) {
-        log_msg(LOG_INFO, "upstream %s answers again", base);
-        memset(b, 0, sizeof(*b));
+    struct upstream_host *h = c->host;
+    if (h == NULL)
+        return;
+    double s = (double)(uv_hrtime() - c->attempt_start_ns) / 1e9;
+    h->st.latency_sum_s += s;
+    h->st.latency_count++;
+    for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++)
+        if (s <= chain_latency_buckets[i])
+            h->st.latency_buckets[i]++;
+    if (status >= 500)
+        return;
+    h->st.last_ok_ms = last_answer_ms = mono_ms();
+    if (h->failures > 0) {
+        log_msg(LOG_INFO, "upstream %s answers again", h->base);
+        h->failures = 0;
+        h->until_ms = 0;
     }
 }
 
@@ -116,7 +152,6 @@ static int chain_start_attempt(struct chain_req *c);
 static bool chain_next(struct chain_req *c)
 {
     while (c->attempt + 1 < c->n_bases) {
-        backoff_failed(c->bases[c->attempt], c->error);
         log_msg(LOG_INFO, "trying the next upstream, %s", c->bases[c->attempt + 1]);
         c->attempt++;
         if (chain_start_attempt(c) == 0)
@@ -129,8 +164,12 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
                     int64_t content_length)
 {
     struct chain_req *c = ud;
-    if (status >= 500 && c->attempt + 1 < c->n_bases) {
+    host_answered(c, status);
+    if (status >= 500) {
         snprintf(c->error, sizeof(c->error), "%s answered %d", c->bases[c->attempt], status);
+        backoff_failed(c->host, c->error);
+    }
+    if (status >= 500 && c->attempt + 1 < c->n_bases) {
         upstream_cancel(c->cur);
         c->cur = NULL;
         if (chain_next(c))
@@ -143,14 +182,14 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
         return;
     }
     c->head_given = true;
-    if (status < 500)
-        backoff_succeeded(c->bases[c->attempt]);
     c->cbs->on_head(c->ud, status, hdrs, n, content_length);
 }
 
 static void on_body(void *ud, const char *data, size_t len)
 {
     struct chain_req *c = ud;
+    if (c->host != NULL)
+        c->host->st.bytes += len;
     c->cbs->on_body(c->ud, data, len);
 }
 
@@ -159,7 +198,10 @@ static void on_done(void *ud, int err)
     struct chain_req *c = ud;
     if (err < 0) {
         snprintf(c->error, sizeof(c->error), "%s", upstream_error_message(c->cur));
+        if (c->head_given && c->host != NULL)
+            c->host->st.errors++; /* the body broke off: no failover, no backoff */
         if (!c->head_given) {
+            backoff_failed(c->host, c->error);
             c->cur = NULL;
             if (chain_next(c))
                 return;
@@ -185,6 +227,10 @@ static int chain_start_attempt(struct chain_req *c)
         .n_headers = c->n_headers,
         .max_redirects = c->max_redirects,
     };
+    c->host = host_find(c->bases[c->attempt], true);
+    c->attempt_start_ns = uv_hrtime();
+    if (c->host != NULL)
+        c->host->st.requests++;
     int rc = upstream_request(c->pool, &spec, &cbs, c, &c->cur);
     free(url);
     if (rc < 0) {

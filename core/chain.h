@@ -33,6 +33,23 @@ struct chain_spec {
  */
 bool chain_backing_off(const char *base);
 
+/* Per upstream base, since start (for metrics and health). */
+#define CHAIN_LATENCY_BUCKETS 10
+extern const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS]; /* seconds, upper bounds */
+struct chain_host_stats {
+    uint64_t requests; /* attempts started */
+    uint64_t errors;   /* attempts that failed (unreachable, broken, 5xx) */
+    uint64_t bytes;    /* body bytes received */
+    double latency_sum_s; /* time to the response head */
+    uint64_t latency_count;
+    uint64_t latency_buckets[CHAIN_LATENCY_BUCKETS]; /* cumulative: <= bucket bound */
+    uint64_t last_ok_ms; /* monotonic ms of the last answer that was not a 5xx */
+};
+void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct chain_host_stats *st),
+                         void *ud);
+/* Monotonic ms (uv_hrtime based) of the last non-5xx answer of any upstream, 0: never. */
+uint64_t chain_last_answer_ms(void);
+
 /* Starts the request. Returns 0 (callbacks will come) or a negative error (none will). */
 int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
                   const struct upstream_callbacks *cbs, void *ud, struct chain_req **out);

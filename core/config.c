@@ -881,7 +881,85 @@ static int walk_policydir(struct ctx *ctx, const struct ynode *value, const char
     return rc;
 }
 
+int config_parse_size(const char *text, uint64_t *bytes)
+{
+    static const struct {
+        const char *suffix;
+        uint64_t mult;
+    } units[] = {{"TiB", 1ULL << 40}, {"GiB", 1ULL << 30}, {"MiB", 1ULL << 20},
+                 {"KiB", 1ULL << 10}, {"TB", 1000000000000ULL}, {"GB", 1000000000ULL},
+                 {"MB", 1000000ULL},  {"KB", 1000ULL},          {"B", 1}};
+    size_t i = 0;
+    uint64_t v = 0;
+    if (text[0] < '0' || text[0] > '9') return -EINVAL;
+    for (; text[i] >= '0' && text[i] <= '9'; i++) {
+        if (v > (UINT64_MAX - (uint64_t)(text[i] - '0')) / 10) return -ERANGE;
+        v = v * 10 + (uint64_t)(text[i] - '0');
+    }
+    uint64_t mult = 1;
+    if (text[i] != '\0') {
+        size_t k = 0;
+        for (; k < sizeof(units) / sizeof(*units); k++)
+            if (strcmp(text + i, units[k].suffix) == 0) break;
+        if (k == sizeof(units) / sizeof(*units)) return -EINVAL;
+        mult = units[k].mult;
+    }
+    if (v == 0) return -ERANGE;
+    if (v > UINT64_MAX / mult) return -ERANGE;
+    *bytes = v * mult;
+    return 0;
+}
+
+/* diskbudget: {maxsize, highwatermark, lowwatermark}: our extension. */
+static int walk_diskbudget(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    struct config *cfg = ctx->cfg;
+    char q[128], child[PATH_LEN];
+    if (is_null(value)) return 0;
+    if (value->kind != YN_MAP)
+        return fail_node(ctx, value, path, "expected a map with maxsize, got %s",
+                         got(value, q, sizeof(q)));
+    int rc = check_map(ctx, value, path);
+    cfg->budget_high_pct = 90;
+    cfg->budget_low_pct = 80;
+    for (size_t i = 0; rc == 0 && i + 1 < value->n_items; i += 2) {
+        const struct ynode *key = value->items[i], *v = value->items[i + 1];
+        path_key(child, path, key->text);
+        if (strcmp(key->text, "maxsize") == 0) {
+            if (v->kind != YN_SCALAR || config_parse_size(v->text, &cfg->budget_bytes) != 0)
+                rc = fail_node(ctx, v, child,
+                               "expected a positive size in bytes with an optional unit (B, KB, "
+                               "MB, GB, TB, KiB, MiB, GiB, TiB), got %s",
+                               got(v, q, sizeof(q)));
+        } else if (strcmp(key->text, "highwatermark") == 0 ||
+                   strcmp(key->text, "lowwatermark") == 0) {
+            char *end = NULL;
+            long pct = v->kind == YN_SCALAR ? strtol(v->text, &end, 10) : -1;
+            if (v->kind != YN_SCALAR || end == v->text || *end != '\0' || pct < 1 || pct > 100)
+                rc = fail_node(ctx, v, child, "expected a percentage from 1 to 100, got %s",
+                               got(v, q, sizeof(q)));
+            else if (key->text[0] == 'h')
+                cfg->budget_high_pct = (unsigned)pct;
+            else
+                cfg->budget_low_pct = (unsigned)pct;
+        } else {
+            warn_unknown(ctx, key, child);
+        }
+    }
+    if (rc == 0 && cfg->budget_bytes == 0) {
+        path_key(child, path, "maxsize");
+        return fail_node(ctx, value, child, "is required in diskbudget");
+    }
+    if (rc == 0 && cfg->budget_low_pct >= cfg->budget_high_pct)
+        return fail_node(ctx, value, path,
+                         "lowwatermark (%u) must be below highwatermark (%u)",
+                         cfg->budget_low_pct, cfg->budget_high_pct);
+    if (rc == 0) cfg->has_budget = true;
+    return rc;
+}
+
 static const struct field downstream_fields[] = {
+    {.key = "diskbudget", .kind = F_HANDLER, .handler = walk_diskbudget},
     {.key = "blobttl", .kind = F_HANDLER, .handler = walk_blobttl},
     {.key = "upstreams", .kind = F_HANDLER, .handler = walk_upstreams},
     {.key = "cas", .kind = F_HANDLER, .handler = walk_cas},

@@ -85,6 +85,10 @@ struct config {
     char **cas;
     size_t n_cas;
     char *policydir;           /* our extension: drop-in policy directory, absolute */
+    bool has_budget;           /* our extension: diskbudget */
+    uint64_t budget_bytes;     /* diskbudget.maxsize */
+    unsigned budget_high_pct;  /* diskbudget.highwatermark, default 90 */
+    unsigned budget_low_pct;   /* diskbudget.lowwatermark, default 80 */
 
     char **warnings;           /* "file:line: key.path: not used by content-cache (ignored)",
                                   "REGISTRY_X: environment variable not used ..." and the like;
@@ -121,6 +125,12 @@ int config_load(const char *path, char *const *env, struct config **out, char *e
 int config_check_files(const struct config *cfg, char *err, size_t errlen);
 
 void config_free(struct config *cfg);
+
+/*
+ * Parses a size: a positive integer with an optional unit B, KB, MB, GB, TB (powers of
+ * 1000) or KiB, MiB, GiB, TiB (powers of 1024). Returns 0, -EINVAL or -ERANGE.
+ */
+int config_parse_size(const char *text, uint64_t *bytes);
 
 /*
  * Parses a duration as the downstream middleware's blobttl: a positive integer with an

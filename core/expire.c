@@ -44,7 +44,9 @@ static double wall_now(void)
 
 bool expire_touch_due(double last_pulled, double now, double default_ttl_s)
 {
-    double threshold = 60.0;
+    /* At most one futimes per blob per second: cheap on a hot blob, and fine enough an
+     * order for expiry and for least-recently-pulled eviction. */
+    double threshold = 1.0;
     if (default_ttl_s > 0 && default_ttl_s / 10 < threshold)
         threshold = default_ttl_s / 10;
     return now - last_pulled >= threshold;

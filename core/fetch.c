@@ -29,7 +29,16 @@ struct fetch_manager {
     struct fetch *active; /* running fetches that take followers */
     unsigned n_active;
     struct fetch_stats stats;
+    void (*on_commit)(void *ud, const char *hex, uint64_t size);
+    void *hook_ud;
 };
+
+void fetch_manager_on_commit(struct fetch_manager *m,
+                             void (*cb)(void *ud, const char *hex, uint64_t size), void *ud)
+{
+    m->on_commit = cb;
+    m->hook_ud = ud;
+}
 
 struct fetch {
     struct fetch_manager *m;
@@ -351,13 +360,20 @@ static void unlink_tmp(struct fetch *f)
     f->tmp_path[0] = '\0';
 }
 
-/* The disk failed: keep going from memory, without storing. */
+/* The disk failed (err < 0), or the blob must not be stored (err == 0): keep going
+ * from memory, without storing. */
 static void disk_fail(struct fetch *f, int err)
 {
-    log_msg(LOG_ERROR,
-            "cannot store blob sha256:%s in %s (%s): passing it through to its clients "
-            "without storing; hits are still served",
-            f->hex, store_root(f->m->store), strerror(-err));
+    if (err < 0)
+        log_msg(LOG_ERROR,
+                "cannot store blob sha256:%s in %s (%s): passing it through to its clients "
+                "without storing; hits are still served",
+                f->hex, store_root(f->m->store), strerror(-err));
+    else
+        log_msg(LOG_INFO,
+                "blob sha256:%s (%lld bytes) is larger than the disk budget allows: passing it "
+                "through without storing",
+                f->hex, (long long)f->size);
     fetch_ref(f);
     f->disk_failed = true;
     f->m->stats.passthrough++;
@@ -527,6 +543,8 @@ static void commit_done(uv_work_t *w, int status)
     f->tmp_path[0] = '\0'; /* renamed, or unlinked by store_commit_sync */
     if (status == UV_ECANCELED)
         f->commit_err = -ECANCELED;
+    if (f->commit_err == 0 && f->m->on_commit != NULL)
+        f->m->on_commit(f->m->hook_ud, f->hex, f->received);
     if (f->commit_err != 0)
         log_msg(LOG_ERROR,
                 "blob sha256:%s was verified but could not be stored (%s): its clients get it "
@@ -661,7 +679,7 @@ static void up_done(void *ud, int err)
 }
 
 int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
-                int64_t expected_size, struct fetch **out)
+                int64_t expected_size, bool store_it, struct fetch **out)
 {
     if (!store_hex_valid(hex))
         return UV_EINVAL;
@@ -687,13 +705,17 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     m->active = f;
     m->n_active++;
     m->stats.started++;
+    *out = f;
+    if (!store_it) {
+        disk_fail(f, 0);
+        return 0;
+    }
     f->open_work.data = f;
     fetch_ref(f);
     if (uv_queue_work(m->loop, &f->open_work, open_work, open_done) != 0) {
         fetch_unref(f);
         disk_fail(f, -EIO);
     }
-    *out = f;
     return 0;
 }
 

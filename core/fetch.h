@@ -68,11 +68,16 @@ struct fetch *fetch_find(struct fetch_manager *m, const char *hex);
  * Starts a fetch of blob `hex` (64 lowercase hex digits) by GET of `target`
  * ("/v2/<name>/blobs/sha256:<hex>") from the bases in order, with `headers` (the
  * first client's Authorization and Accept). expected_size is the length the upstream
- * announced in its HEAD, or -1. Returns 0 and a fetch holding one reference for the
- * caller in *out, or a negative error.
+ * announced in its HEAD, or -1. store_it false makes a pass-through that stores nothing
+ * (a blob larger than the disk budget allows). Returns 0 and a fetch holding one
+ * reference for the caller in *out, or a negative error.
  */
 int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
-                int64_t expected_size, struct fetch **out);
+                int64_t expected_size, bool store_it, struct fetch **out);
+
+/* Called after every blob committed into the store (for the store's totals). */
+void fetch_manager_on_commit(struct fetch_manager *m,
+                             void (*cb)(void *ud, const char *hex, uint64_t size), void *ud);
 
 void fetch_ref(struct fetch *f);
 void fetch_unref(struct fetch *f);

@@ -19,6 +19,7 @@
 
 #include "auth.h"
 #include "blob.h"
+#include "budget.h"
 #include "config.h"
 #include "expire.h"
 #include "fetch.h"
@@ -72,6 +73,7 @@ struct app {
     struct policy_engine *policy;
     struct auth_cache *auth;
     struct auth_verifier *verifier;
+    struct budget *budget;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -218,6 +220,8 @@ static void server_stopped(void *arg)
     struct app *app = arg;
     app->server = NULL;
     fetch_manager_cancel_all(app->fetches);
+    budget_stop(app->budget);
+    app->budget = NULL;
     if (app->expiry != NULL) {
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
@@ -263,6 +267,57 @@ static size_t format_access(void *ud, const struct log_access_entry *e, char *bu
         policy_format_log(app->policy, e, buf, cap, &n) == 0)
         return n;
     return log_format_access(e, buf, cap);
+}
+
+/* evict: the policy's choice among the candidates (indexes), or -ENOENT for the default. */
+static long evict_policy(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
+                         size_t *victims, size_t max_victims)
+{
+    struct app *app = ud;
+    if (!policy_has_hook(app->policy, POLICY_HOOK_EVICT) ||
+        policy_hook_is_builtin(app->policy, POLICY_HOOK_EVICT))
+        return -ENOENT; /* the built-in policy is least recently pulled first: done in C */
+    struct policy_blob *pb = calloc(n ? n : 1, sizeof(*pb));
+    char(*digests)[72] = calloc(n ? n : 1, sizeof(*digests));
+    if (pb == NULL || digests == NULL) {
+        free(pb);
+        free(digests);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        snprintf(digests[i], sizeof(digests[i]), "sha256:%s", cands[i].hex);
+        pb[i] = (struct policy_blob){
+            .digest = digests[i], .size = cands[i].size, .last_pulled = cands[i].last_pulled};
+    }
+    size_t *chosen = NULL, n_chosen = 0;
+    int rc = policy_evict(app->policy, pb, n, bytes_needed, &chosen, &n_chosen);
+    free(pb);
+    free(digests);
+    if (rc != 0)
+        return rc;
+    long k = 0;
+    for (size_t i = 0; i < n_chosen && (size_t)k < max_victims; i++)
+        victims[k++] = chosen[i];
+    free(chosen);
+    return k;
+}
+
+static bool blob_in_use(void *ud, const char *hex)
+{
+    struct app *app = ud;
+    return blob_service_in_use(app->blobs, hex);
+}
+
+static void blob_committed(void *ud, const char *hex, uint64_t size)
+{
+    struct app *app = ud;
+    budget_added(app->budget, size);
+}
+
+static void blob_expired(void *ud, const struct expire_blob *b)
+{
+    struct app *app = ud;
+    budget_removed(app->budget, b->size);
 }
 
 /* blob_ttl: the policy's answer (1 with a TTL, 0 to keep), or the configured default. */
@@ -363,13 +418,30 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
+
+    /* The store's totals, and eviction under the disk budget when one is set. */
+    struct budget_opts bo = {
+        .max_bytes = app.cfg->has_budget ? app.cfg->budget_bytes : 0,
+        .high_pct = app.cfg->budget_high_pct,
+        .low_pct = app.cfg->budget_low_pct,
+        .evict = evict_policy,
+        .in_use = blob_in_use,
+        .ud = &app,
+    };
+    if (budget_start(app.loop, app.store, &bo, &app.budget) != 0) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_budget(app.blobs, app.budget);
+    fetch_manager_on_commit(app.fetches, blob_committed, &app);
     /* Expiry runs with a configured blobttl, or when a drop-in gives TTLs itself. */
     bool ttl_policy = policy_has_hook(app.policy, POLICY_HOOK_BLOB_TTL) &&
                       !policy_hook_is_builtin(app.policy, POLICY_HOOK_BLOB_TTL);
     if (app.cfg->has_blobttl || ttl_policy) {
         double ttl_s = app.cfg->has_blobttl ? (double)app.cfg->blobttl_ns / 1e9 : 0;
         blob_service_set_ttl(app.blobs, ttl_s);
-        struct expire_opts eo = {.default_ttl_s = ttl_s, .ttl = blob_ttl, .ud = &app};
+        struct expire_opts eo = {
+            .default_ttl_s = ttl_s, .ttl = blob_ttl, .on_removed = blob_expired, .ud = &app};
         if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
             log_msg(LOG_ERROR, "cannot start the blob expiry timer");
             return EXIT_RUNTIME;
