@@ -21,6 +21,7 @@
 #include "blob.h"
 #include "budget.h"
 #include "config.h"
+#include "debug.h"
 #include "expire.h"
 #include "fetch.h"
 #include "log.h"
@@ -74,6 +75,8 @@ struct app {
     struct auth_cache *auth;
     struct auth_verifier *verifier;
     struct budget *budget;
+    struct debug_sources debug_src;
+    struct debug *debug;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
     bool stopping;
@@ -220,6 +223,8 @@ static void server_stopped(void *arg)
     struct app *app = arg;
     app->server = NULL;
     fetch_manager_cancel_all(app->fetches);
+    debug_stop(app->debug);
+    app->debug = NULL;
     budget_stop(app->budget);
     app->budget = NULL;
     if (app->expiry != NULL) {
@@ -255,6 +260,11 @@ static void on_hup(uv_signal_t *h, int signum)
         log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
     else
         log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+}
+
+static void observe(void *ud, const struct log_access_entry *e)
+{
+    debug_observe(e);
 }
 
 /* The access-log line: the C twin of the built-in format_log, or a drop-in's. */
@@ -462,6 +472,7 @@ static int run_serve(const char *path)
         .on_request = proxy_handle,
         .ud = app.proxy,
         .format_access = format_access,
+        .on_complete = observe,
         .format_ud = &app,
     };
     if (app.cfg->http_tls_certificate != NULL) {
@@ -482,6 +493,27 @@ static int run_serve(const char *path)
 
     log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
             http_server_address(app.server), app.cfg->http_tls_certificate ? "https" : "http");
+    if (app.cfg->http_debug_addr != NULL) {
+        app.debug_src = (struct debug_sources){
+            .fetches = app.fetches,
+            .expiry = app.expiry,
+            .budget = app.budget,
+            .blobs = app.blobs,
+            .auth = app.auth,
+            .policy = app.policy,
+            .server = app.server,
+            .store = app.store,
+            .proxy = app.proxy,
+        };
+        rc = debug_start(app.loop, app.cfg->http_debug_addr, &app.debug_src, &app.debug, err,
+                         sizeof(err));
+        if (rc != 0) {
+            log_msg(LOG_ERROR, "http.debug.addr: %s", err);
+            return EXIT_RUNTIME;
+        }
+        log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s",
+                debug_address(app.debug));
+    }
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
         const struct config_upstream *u = &app.cfg->upstreams[i];

@@ -1185,6 +1185,8 @@ static void access_log(struct http_exchange *x)
                                                    : NULL,
     };
     const struct http_server_opts *o = &x->conn->srv->opts;
+    if (o->on_complete != NULL)
+        o->on_complete(o->format_ud, &e);
     size_t n = o->format_access ? o->format_access(o->format_ud, &e, line, sizeof(line))
                                 : log_format_access(&e, line, sizeof(line));
     log_access_line(line, n);

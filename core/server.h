@@ -50,6 +50,8 @@ struct http_server_opts {
     void *ud;
     /* https: a server config of tls.h (the server takes its own reference); NULL: http. */
     struct tls_config *tls;
+    /* Called with every finished exchange's facts (metrics), may be NULL. */
+    void (*on_complete)(void *ud, const struct log_access_entry *e);
     /* Formats the access-log line of an exchange (NULL: log_format_access). */
     size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
     void *format_ud;

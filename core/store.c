@@ -108,17 +108,8 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
         failed = st->tmp;
     }
     if (rc == 0) {
-        /* Writable? A probe file answers what access(2) cannot (read-only mounts). */
-        char probe[STORE_PATH_MAX];
-        snprintf(probe, sizeof(probe), "%s/.probe-%d", st->tmp, (int)getpid());
-        int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            rc = -errno;
-            failed = st->tmp;
-        } else {
-            close(fd);
-            unlink(probe);
-        }
+        rc = store_probe_sync(st);
+        failed = st->tmp;
     }
     if (rc != 0) {
         snprintf(err, errlen, "storage root %s: %s: %s", st->root, failed, strerror(-rc));
@@ -130,6 +121,20 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
         *removed = n;
     *out = st;
     return 0;
+}
+
+int store_probe_sync(const struct store *st)
+{
+    /* A probe file answers what access(2) cannot (read-only mounts, full disks). */
+    char probe[STORE_PATH_MAX];
+    snprintf(probe, sizeof(probe), "%s/.probe-%d", st->tmp, (int)getpid());
+    int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int rc = write(fd, "probe", 5) == 5 ? 0 : -errno;
+    close(fd);
+    unlink(probe);
+    return rc;
 }
 
 void store_close(struct store *st)

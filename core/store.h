@@ -33,6 +33,9 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
                size_t errlen);
 void store_close(struct store *st);
 
+/* Whether a file can be created and written in the store now: 0 or -errno (EROFS...). */
+int store_probe_sync(const struct store *st);
+
 const char *store_root(const struct store *st);
 
 /* True when `hex` is 64 lowercase hex digits (the only names the store accepts). */

@@ -1,0 +1,138 @@
+"""End-to-end: the debug server (http.debug.addr): /metrics moves as it should after a
+miss, a hit and an error, and /debug/health flips to 503 when the storage root becomes
+read-only (a tmpfs remounted read-only; needs root) and back to 200 when it is writable.
+
+Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_metrics_health.py
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+from harness import expect, expect_eq  # noqa: E402
+
+REPO = "metrics/app"
+
+
+def scrape(port):
+    r = h.request(port, "GET", "/metrics")
+    h.expect_status(r, 200)
+    expect("text/plain" in (r.header("Content-Type") or ""), "metrics content type")
+    values = {}
+    for line in r.body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"^(\S+) (\S+)$", line)
+        expect(m is not None, "a metrics line that is not 'name value': %r" % line)
+        values[m.group(1)] = float(m.group(2))
+    return values
+
+
+def delta(after, before, key):
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def body(run):
+    work = run.work
+    origin = run.origin()
+    data = os.urandom(300_000)
+    digest = origin.upload_blob(REPO, data)
+
+    dport = h.free_port()
+    debug_yaml = "  debug:\n    addr: 127.0.0.1:%d\n" % dport
+
+    class DebugCache(h.Cache):
+        def config_text(self, port):
+            text = super().config_text(port)
+            return text.replace("  addr: 127.0.0.1:%d\n" % port,
+                                "  addr: 127.0.0.1:%d\n%s" % (port, debug_yaml), 1)
+
+    storage = work.sub("tmpfs-root", mkdir=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", storage],
+                             capture_output=True).returncode == 0
+    cache = DebugCache(work, [origin], storage=storage if mounted else None)
+    run.caches.append(cache)
+    try:
+        cache.start()
+        h.wait_until(lambda: h.port_open(dport), 10, "the debug server")
+        up = 'upstream="%s"' % origin.url
+
+        def metrics_move():
+            m0 = scrape(dport)
+            r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))  # miss
+            h.expect_status(r, 200)
+            r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))  # hit
+            h.expect_status(r, 200)
+            unknown = h.sha256_digest(b"not there")
+            r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, unknown))  # error
+            h.expect_status(r, 404)
+            h.wait_until(lambda: delta(scrape(dport), m0,
+                                       'content_cache_http_requests_total{method="GET",'
+                                       'status="404"}') >= 1, 10, "the 404 to be counted")
+            m1 = scrape(dport)
+            for key, want in [
+                ('content_cache_blob_requests_total{result="miss"}', 1),
+                ('content_cache_blob_requests_total{result="hit"}', 1),
+                ('content_cache_http_requests_total{method="GET",status="200"}', 2),
+                ('content_cache_http_requests_total{method="GET",status="404"}', 1),
+                ('content_cache_fetches_total{outcome="started"}', 1),
+                ('content_cache_fetches_total{outcome="committed"}', 1),
+                ('content_cache_stored_blobs', 1),
+                ('content_cache_stored_bytes', len(data)),
+                ('content_cache_blob_served_bytes_total{result="hit"}', len(data)),
+                ('content_cache_blob_served_bytes_total{result="miss"}', len(data)),
+            ]:
+                expect_eq(delta(m1, m0, key), want, key)
+            # The miss: a HEAD then a GET upstream; the hit: answered from memory; the 404:
+            # a HEAD. Bytes from the origin: the blob's.
+            expect_eq(delta(m1, m0, "content_cache_upstream_requests_total{%s}" % up), 3,
+                      "requests to the origin")
+            expect_eq(delta(m1, m0, "content_cache_upstream_fetched_bytes_total{%s}" % up),
+                      len(data), "bytes fetched from the origin")
+            expect_eq(delta(m1, m0, 'content_cache_authorizations_total{source="memory"}'), 1,
+                      "authorizations from memory (the hit)")
+            expect_eq(delta(m1, m0, 'content_cache_authorizations_total{source="upstream"}'),
+                      2, "authorizations asked of the upstream (the miss, the 404)")
+            expect(delta(m1, m0, "content_cache_upstream_response_seconds_count{%s}" % up) == 3,
+                   "latency observations")
+            expect_eq(m1.get('content_cache_policy_errors_total{hook="format_log"}'), 0.0,
+                      "policy errors")
+
+        run.check("/metrics: a miss, a hit and a 404 move the counters they should",
+                  metrics_move)
+
+        def health_flips():
+            r = h.request(dport, "GET", "/debug/health")
+            expect_eq(r.status, 200, "health while all is well: %r" % r)
+            expect_eq(json.loads(r.body)["status"], "healthy", "status")
+            subprocess.run(["mount", "-o", "remount,ro", storage], check=True)
+            try:
+                r = h.request(dport, "GET", "/debug/health")
+                expect_eq(r.status, 503, "health with a read-only root: %r" % r)
+                doc = json.loads(r.body)
+                expect("not writable" in doc["storage"], "the reason: %r" % doc)
+            finally:
+                subprocess.run(["mount", "-o", "remount,rw", storage], check=True)
+            r = h.request(dport, "GET", "/debug/health")
+            expect_eq(r.status, 200, "health after the root is writable again: %r" % r)
+            # Hits still work throughout.
+            r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))
+            h.expect_status(r, 200)
+
+        if mounted:
+            run.check("/debug/health: 503 naming the reason while the root is read-only, 200 "
+                      "before and after", health_flips)
+        else:
+            run.skip("/debug/health with a read-only root", "cannot mount a tmpfs here")
+    finally:
+        cache.stop()
+        if mounted:
+            subprocess.run(["umount", "-l", storage], capture_output=True)
+
+
+if __name__ == "__main__":
+    h.main("test_metrics_health", body)
