@@ -54,6 +54,7 @@ struct blob_req {
     char digest[72];
     char **bases; /* where this request's upstream requests go, in order */
     size_t n_bases;
+    size_t entry; /* the upstreams entry: decisions are remembered per origin */
 
     struct chain_req *auth;
     int auth_status;
@@ -539,9 +540,8 @@ struct upstream_call {
 
 static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method)
 {
-    size_t path_len;
-    const char *path = http_req_path(r->x, &path_len);
-    c->target = strndup(path, path_len);
+    /* The whole target: an upstream cache needs the ns parameter too. */
+    c->target = strdup(http_req_target(r->x));
     if (c->target == NULL)
         return UV_ENOMEM;
     c->spec = (struct chain_spec){
@@ -723,9 +723,10 @@ static uint64_t mono_ms(void)
 }
 
 /* Decisions are per origin: a 'yes' from one origin never opens a blob of another. */
-static const char *origin_key(const struct blob_service *bs)
+static const char *origin_key(const struct blob_req *r)
 {
-    return bs->cfg != NULL && bs->cfg->n_upstreams > 0 ? bs->cfg->upstreams[0].originhost : "";
+    const struct config *cfg = r->bs->cfg;
+    return cfg != NULL && r->entry < cfg->n_upstreams ? cfg->upstreams[r->entry].originhost : "";
 }
 
 /* The action under which "this digest is in this repository" is remembered. */
@@ -787,16 +788,16 @@ static void remember(struct blob_req *r, int st)
     uint64_t now = mono_ms();
     if (st >= 200 && st < 300) {
         if (r->need_credential)
-            auth_cache_store(bs->auth, origin_key(bs), r->credential, r->credential_len, repo,
+            auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
                              repo_len, "pull", 200, NULL, 0, now);
-        auth_cache_store(bs->auth, origin_key(bs), NULL, 0, repo, repo_len, action, 200, NULL,
+        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 200, NULL,
                          0, now);
     } else if ((st == 401 || st == 403) && r->need_credential) {
-        auth_cache_store(bs->auth, origin_key(bs), r->credential, r->credential_len, repo,
+        auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
                          repo_len, "pull", st, r->challenge,
                          r->challenge ? strlen(r->challenge) : 0, now);
     } else if (st == 404) {
-        auth_cache_store(bs->auth, origin_key(bs), NULL, 0, repo, repo_len, action, 404, NULL, 0,
+        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 404, NULL, 0,
                          now);
     }
 }
@@ -886,7 +887,7 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
             r->need_credential = false;
         }
     } else if (bs->auth != NULL &&
-               auth_cache_lookup(bs->auth, origin_key(bs), r->credential, r->credential_len,
+               auth_cache_lookup(bs->auth, origin_key(r), r->credential, r->credential_len,
                                  repo, repo_len, "pull", now, &st, &challenge)) {
         if (st != 200) {
             bs->auth_stats.from_memory++;
@@ -898,9 +899,11 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
     bool have_blob = false;
     char action[96];
     blob_action(r, action, sizeof(action));
-    if (bs->auth != NULL && auth_cache_lookup(bs->auth, origin_key(bs), NULL, 0, repo, repo_len,
+    if (bs->auth != NULL && auth_cache_lookup(bs->auth, origin_key(r), NULL, 0, repo, repo_len,
                                               action, now, &st, &challenge)) {
-        if (st == 404) {
+        if (st == 404 && !r->need_credential) {
+            /* Told only to a client the upstream has accepted: to any other, the
+             * upstream's own answer (a challenge, most likely) is the one to give. */
             bs->auth_stats.from_memory++;
             refuse(r, 404, NULL);
             return;
@@ -916,7 +919,7 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
 }
 
 void blob_handle(struct blob_service *bs, struct http_exchange *x,
-                 const struct registry_route *route)
+                 const struct registry_route *route, size_t entry)
 {
     struct blob_req *r = calloc(1, sizeof(*r));
     if (r == NULL) {
@@ -927,6 +930,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     r->x = x;
     r->fd = -1;
     r->size = -1;
+    r->entry = entry;
     memcpy(r->hex, route->reference + 7, 64);
     r->hex[64] = '\0';
     snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
@@ -939,8 +943,8 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
 
     struct proxy_req_info info;
     size_t n_bases;
-    proxy_req_info_init(&info, x, route);
-    const char *const *bases = proxy_select(bs->proxy, &info.req, &n_bases);
+    proxy_req_info_init(&info, x, route, entry);
+    const char *const *bases = proxy_select(bs->proxy, &info.req, entry, &n_bases);
     r->bases = calloc(n_bases, sizeof(*r->bases));
     for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
         r->bases[i] = strdup(bases[i]);

@@ -55,9 +55,9 @@ bool blob_service_in_use(const struct blob_service *bs, const char *hex);
 /* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s);
 
-/* Handles a blob route whose digest is sha256. */
+/* Handles a blob route whose digest is sha256, for upstreams entry `entry`. */
 void blob_handle(struct blob_service *bs, struct http_exchange *x,
-                 const struct registry_route *route);
+                 const struct registry_route *route, size_t entry);
 
 enum blob_range_result { RANGE_NONE = 0, RANGE_PARTIAL = 1, RANGE_UNSATISFIABLE = -1 };
 

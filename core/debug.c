@@ -364,7 +364,7 @@ static void storage_done(uv_work_t *w, int status)
         /* No upstream answered lately: ask one now (any answer but a 5xx will do). */
         struct policy_request req = {.method = "GET", .kind = "base"};
         size_t n;
-        const char *const *bases = proxy_select(hc->d->src->proxy, &req, &n);
+        const char *const *bases = proxy_select(hc->d->src->proxy, &req, 0, &n);
         struct chain_spec spec = {.method = "GET", .bases = bases, .n_bases = n, .target = "/v2/"};
         static const struct upstream_callbacks cbs = {probe_head, probe_body, probe_done};
         if (chain_request(proxy_pool(hc->d->src->proxy), &spec, &cbs, hc, &hc->probe) == 0)

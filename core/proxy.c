@@ -22,12 +22,15 @@ struct proxy {
     const struct config *cfg;
     struct upstream_pool *pool;
     unsigned in_flight;
-    /* Base URLs ("scheme://host:port/prefix") of the first upstreams entry, in the
-     * order they are tried. */
-    char *bases[PROXY_MAX_CANDIDATES]; /* upstreamhosts in config order, then the origin */
-    size_t n_bases;
-    size_t n_hosts;                    /* how many of bases are upstreamhosts */
-    size_t cursor;                     /* round-robin position among the hosts */
+    /* Per upstreams entry: base URLs ("scheme://host:port/prefix"), the upstreamhosts in
+     * config order, then the origin. */
+    struct proxy_entry {
+        char *bases[PROXY_MAX_CANDIDATES];
+        size_t n_bases;
+        size_t n_hosts; /* how many of bases are upstreamhosts */
+        size_t cursor;  /* round-robin position among the hosts */
+    } *entries;
+    size_t n_entries;
     const char *order[PROXY_MAX_CANDIDATES]; /* scratch for proxy_select */
     struct policy_engine *policy;      /* select_upstream, when set */
     struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
@@ -72,18 +75,27 @@ struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstre
     p->loop = loop;
     p->cfg = cfg;
     p->pool = pool;
-    if (cfg->n_upstreams > 0) {
-        const struct config_upstream *up = &cfg->upstreams[0];
-        for (size_t i = 0; i < up->n_upstreamhosts && p->n_bases < PROXY_MAX_CANDIDATES - 1; i++)
-            p->bases[p->n_bases++] = join_base(&up->upstream_urls[i]);
-        p->n_hosts = p->n_bases;
-        p->bases[p->n_bases++] = join_base(&up->origin);
+    p->entries = calloc(cfg->n_upstreams ? cfg->n_upstreams : 1, sizeof(*p->entries));
+    if (p->entries == NULL) {
+        free(p);
+        return NULL;
     }
-    for (size_t i = 0; i < p->n_bases; i++) {
-        if (p->bases[i] == NULL) {
-            proxy_free(p);
-            return NULL;
-        }
+    p->n_entries = cfg->n_upstreams;
+    bool ok = true;
+    for (size_t e = 0; e < cfg->n_upstreams; e++) {
+        const struct config_upstream *up = &cfg->upstreams[e];
+        struct proxy_entry *pe = &p->entries[e];
+        for (size_t i = 0; i < up->n_upstreamhosts && pe->n_bases < PROXY_MAX_CANDIDATES - 1;
+             i++)
+            pe->bases[pe->n_bases++] = join_base(&up->upstream_urls[i]);
+        pe->n_hosts = pe->n_bases;
+        pe->bases[pe->n_bases++] = join_base(&up->origin);
+        for (size_t i = 0; i < pe->n_bases; i++)
+            ok = ok && pe->bases[i] != NULL;
+    }
+    if (!ok) {
+        proxy_free(p);
+        return NULL;
     }
     return p;
 }
@@ -92,8 +104,10 @@ void proxy_free(struct proxy *p)
 {
     if (p == NULL)
         return;
-    for (size_t i = 0; i < p->n_bases; i++)
-        free(p->bases[i]);
+    for (size_t e = 0; e < p->n_entries; e++)
+        for (size_t i = 0; i < p->entries[e].n_bases; i++)
+            free(p->entries[e].bases[i]);
+    free(p->entries);
     free(p);
 }
 
@@ -360,7 +374,7 @@ static void relay_start(struct relay *r)
     size_t n_bases;
     struct chain_spec spec = {
         .method = http_req_is_head(x) ? "HEAD" : "GET",
-        .bases = proxy_select(r->proxy, &r->info.req, &n_bases),
+        .bases = proxy_select(r->proxy, &r->info.req, r->info.entry, &n_bases),
         .n_bases = n_bases,
         .target = http_req_target(x),
         .headers = fwd,
@@ -374,7 +388,8 @@ static void relay_start(struct relay *r)
     };
     int rc = chain_request(r->proxy->pool, &spec, &cbs, r, &r->ureq);
     if (rc < 0) {
-        snprintf(r->last_error, sizeof(r->last_error), "%s: %s", r->proxy->bases[0],
+        snprintf(r->last_error, sizeof(r->last_error), "%s: %s",
+                 r->proxy->entries[r->info.entry].bases[0],
                  rc == UV_ENOTSUP ? "https upstreams are not supported by this build yet"
                                   : uv_strerror(rc));
         r->ureq = NULL;
@@ -385,9 +400,10 @@ static void relay_start(struct relay *r)
 }
 
 /* Relays x to the upstreams. */
-static void relay(struct proxy *p, struct http_exchange *x, const struct registry_route *route)
+static void relay(struct proxy *p, struct http_exchange *x, const struct registry_route *route,
+                  size_t entry)
 {
-    if (p->n_bases == 0) {
+    if (p->n_entries == 0) {
         proxy_respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
         return;
     }
@@ -398,7 +414,7 @@ static void relay(struct proxy *p, struct http_exchange *x, const struct registr
     }
     r->proxy = p;
     r->x = x;
-    proxy_req_info_init(&r->info, x, route);
+    proxy_req_info_init(&r->info, x, route, entry);
     p->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
     relay_start(r);
@@ -407,7 +423,7 @@ static void relay(struct proxy *p, struct http_exchange *x, const struct registr
 /* --- Routing ---------------------------------------------------------------------- */
 
 void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *x,
-                         const struct registry_route *route)
+                         const struct registry_route *route, size_t entry)
 {
     static const char *const kinds[] = {
         [ROUTE_BASE] = "base",      [ROUTE_MANIFEST] = "manifest", [ROUTE_BLOB] = "blob",
@@ -415,6 +431,7 @@ void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *
         [ROUTE_V2_OTHER] = "other", [ROUTE_NOT_V2] = "other",
     };
     memset(ri, 0, sizeof(*ri));
+    ri->entry = entry;
     ri->req.method = http_req_method(x);
     ri->req.kind = kinds[route->kind];
     if (route->name != NULL && route->name_len < sizeof(ri->repository)) {
@@ -447,6 +464,16 @@ void proxy_handle(struct http_exchange *x, void *ud)
         return;
     }
 
+    char ns[300];
+    int entry = proxy_entry_for(p, x, ns, sizeof(ns));
+    if (ns[0] != '\0')
+        http_respond_add_header(x, "OCI-Namespace", ns);
+    if (entry < 0) {
+        proxy_respond_error(x, REG_ERR_NAME_UNKNOWN,
+                            "no upstream of this cache is the registry named by ns", ns);
+        return;
+    }
+
     struct registry_route route;
     enum registry_error_code err = registry_route_parse(path, path_len, &route);
     if (route.name != NULL)
@@ -471,12 +498,12 @@ void proxy_handle(struct http_exchange *x, void *ud)
         if (route.kind == ROUTE_BLOB) {
             if (p->blobs != NULL && route.reference_len == 71 &&
                 memcmp(route.reference, "sha256:", 7) == 0) {
-                blob_handle(p->blobs, x, &route);
+                blob_handle(p->blobs, x, &route, (size_t)entry);
                 return;
             }
             http_log_set_cache(x, CACHE_BYPASS);
         }
-        relay(p, x, &route);
+        relay(p, x, &route, (size_t)entry);
         return;
     case ROUTE_V2_OTHER:
     case ROUTE_NOT_V2:
@@ -486,25 +513,30 @@ void proxy_handle(struct http_exchange *x, void *ud)
 }
 
 /* The base (as joined at start) of a URL as the config writes it, or NULL. */
-static const char *base_of_config_url(const struct proxy *p, const char *url)
+static const char *base_of_config_url(const struct proxy *p, size_t entry, const char *url)
 {
-    const struct config_upstream *up = &p->cfg->upstreams[0];
+    const struct config_upstream *up = &p->cfg->upstreams[entry];
+    const struct proxy_entry *pe = &p->entries[entry];
     if (strcmp(url, up->originhost) == 0)
-        return p->bases[p->n_bases - 1];
-    for (size_t i = 0; i < up->n_upstreamhosts && i < p->n_hosts; i++)
+        return pe->bases[pe->n_bases - 1];
+    for (size_t i = 0; i < up->n_upstreamhosts && i < pe->n_hosts; i++)
         if (strcmp(url, up->upstreamhosts[i]) == 0)
-            return p->bases[i];
+            return pe->bases[i];
     return NULL;
 }
 
-const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t *n)
+const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t entry,
+                                size_t *n)
 {
+    if (entry >= p->n_entries)
+        entry = 0;
+    struct proxy_entry *pe = &p->entries[entry];
     if (p->policy != NULL && policy_has_hook(p->policy, POLICY_HOOK_SELECT_UPSTREAM)) {
         char **urls = NULL;
         size_t n_urls = 0, k = 0;
-        if (policy_select_upstream(p->policy, req, 0, &urls, &n_urls) == 0) {
+        if (policy_select_upstream(p->policy, req, entry, &urls, &n_urls) == 0) {
             for (size_t i = 0; i < n_urls && k < PROXY_MAX_CANDIDATES; i++) {
-                const char *b = base_of_config_url(p, urls[i]);
+                const char *b = base_of_config_url(p, entry, urls[i]);
                 if (b != NULL)
                     p->order[k++] = b;
             }
@@ -517,14 +549,73 @@ const char *const *proxy_select(struct proxy *p, const struct policy_request *re
     }
     /* The built-in order, as the default policy's: the upstream caches in round-robin
      * order from the cursor, then the origin as the last resort. */
-    for (size_t i = 0; i < p->n_hosts; i++)
-        p->order[i] = p->bases[(p->cursor + i) % p->n_hosts];
-    for (size_t i = p->n_hosts; i < p->n_bases; i++)
-        p->order[i] = p->bases[i];
-    if (p->n_hosts > 0)
-        p->cursor = (p->cursor + 1) % p->n_hosts;
-    *n = p->n_bases;
+    for (size_t i = 0; i < pe->n_hosts; i++)
+        p->order[i] = pe->bases[(pe->cursor + i) % pe->n_hosts];
+    for (size_t i = pe->n_hosts; i < pe->n_bases; i++)
+        p->order[i] = pe->bases[i];
+    if (pe->n_hosts > 0)
+        pe->cursor = (pe->cursor + 1) % pe->n_hosts;
+    *n = pe->n_bases;
     return p->order;
+}
+
+/* Decodes %XX escapes of src[0..n) into out; false when it does not fit or is malformed. */
+static bool percent_decode(const char *src, size_t n, char *out, size_t len)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = src[i];
+        if (c == '%') {
+            if (i + 2 >= n)
+                return false;
+            char hex[3] = {src[i + 1], src[i + 2], 0};
+            char *end;
+            long v = strtol(hex, &end, 16);
+            if (*end != '\0' || v <= 0)
+                return false;
+            c = (char)v;
+            i += 2;
+        }
+        if (k + 1 >= len)
+            return false;
+        out[k++] = c;
+    }
+    out[k] = '\0';
+    return true;
+}
+
+int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *ns, size_t ns_len)
+{
+    size_t qlen;
+    const char *q = http_req_query(x, &qlen);
+    ns[0] = '\0';
+    while (q != NULL && qlen > 0) {
+        const char *amp = memchr(q, '&', qlen);
+        size_t plen = amp ? (size_t)(amp - q) : qlen;
+        if (plen > 3 && memcmp(q, "ns=", 3) == 0) {
+            if (!percent_decode(q + 3, plen - 3, ns, ns_len))
+                return -1;
+            break;
+        }
+        if (amp == NULL)
+            break;
+        qlen -= plen + 1;
+        q = amp + 1;
+    }
+    if (ns[0] == '\0')
+        return 0; /* no namespace: the first entry serves */
+    for (size_t e = 0; e < p->n_entries; e++) {
+        const struct url *u = &p->cfg->upstreams[e].origin;
+        char hostport[300];
+        snprintf(hostport, sizeof(hostport), strchr(u->host, ':') ? "[%s]:%u" : "%s:%u",
+                 u->host, (unsigned)u->port);
+        if (strcasecmp(ns, hostport) == 0)
+            return (int)e;
+        /* "registry.example.com" names the entry on the scheme's default port. */
+        if (!u->port_explicit && strcasecmp(ns, u->host) == 0)
+            return (int)e;
+    }
+    return -1;
 }
 
 void proxy_set_policy(struct proxy *p, struct policy_engine *pe)

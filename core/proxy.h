@@ -63,21 +63,32 @@ size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditiona
 /* What the policies are told about a request: a policy_request and its strings. */
 struct proxy_req_info {
     struct policy_request req;
+    size_t entry; /* the upstreams entry serving it */
     char repository[256];
     char reference[160];
 };
 void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *x,
-                         const struct registry_route *route);
+                         const struct registry_route *route, size_t entry);
 
 /*
- * The base URLs to try for one client request, in order: what the select_upstream
+ * The upstreams entry a request is for: the one whose originhost is the registry named
+ * by the `ns` query parameter (host[:port], as containerd sends it to a mirror), or the
+ * first without one. -1 when ns names none of them. The decoded ns goes to ns (""
+ * when absent).
+ */
+int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *ns,
+                    size_t ns_len);
+
+/*
+ * The base URLs to try for one client request of upstreams entry `entry`, in order: what the select_upstream
  * policy answers (each URL mapped to the configured upstream it names), or the built-in
  * order when no policy is set or it fails: the upstreamhosts in round-robin order, the
  * cursor advanced once per call, then the originhost. Call it once per client request
  * and use the list for every upstream request made for it (a blob's authorization HEAD
  * and its fetch go to the same place). The array is valid until the next call.
  */
-const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t *n);
+const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t entry,
+                                size_t *n);
 
 struct policy_engine;
 /* Upstream selection asks this engine's select_upstream from now on (NULL: built-in). */

@@ -70,6 +70,7 @@ struct http_exchange {
     char *log_repo;
     char *log_digest;
     char *log_error;
+    char *extra_head; /* "Name: value\r\n" lines added by http_respond_add_header */
 };
 
 /* A request being parsed: its bytes and header offsets. */
@@ -869,6 +870,19 @@ static bool header_value_safe(const char *v, size_t n)
     return true;
 }
 
+void http_respond_add_header(struct http_exchange *x, const char *name, const char *value)
+{
+    if (!header_value_safe(name, strlen(name)) || !header_value_safe(value, strlen(value)))
+        return;
+    size_t old = x->extra_head ? strlen(x->extra_head) : 0;
+    size_t add = strlen(name) + strlen(value) + 5;
+    char *n = realloc(x->extra_head, old + add);
+    if (n == NULL)
+        return;
+    snprintf(n + old, add, "%s: %s\r\n", name, value);
+    x->extra_head = n;
+}
+
 int http_respond_head(struct http_exchange *x, int status, const struct http_header *hdrs,
                       size_t n_hdrs, int64_t content_length)
 {
@@ -889,7 +903,8 @@ int http_respond_head(struct http_exchange *x, int status, const struct http_hea
     if (!x->keep_alive)
         x->close_after = true;
 
-    size_t cap = 256 + srv->extra_len;
+    size_t extra_head_len = x->extra_head ? strlen(x->extra_head) : 0;
+    size_t cap = 256 + srv->extra_len + extra_head_len;
     for (size_t i = 0; i < n_hdrs; i++)
         cap += hdrs[i].name_len + hdrs[i].value_len + 4;
     char *h = malloc(cap);
@@ -902,6 +917,10 @@ int http_respond_head(struct http_exchange *x, int status, const struct http_hea
                             status, status_reason(status), http_date(srv));
     memcpy(h + pos, srv->extra_headers, srv->extra_len);
     pos += srv->extra_len;
+    if (extra_head_len > 0) {
+        memcpy(h + pos, x->extra_head, extra_head_len);
+        pos += extra_head_len;
+    }
     for (size_t i = 0; i < n_hdrs; i++) {
         const struct http_header *hd = &hdrs[i];
         if (!header_value_safe(hd->name, hd->name_len) ||
@@ -1213,6 +1232,7 @@ static void exchange_finish(struct http_exchange *x)
     free(x->log_repo);
     free(x->log_digest);
     free(x->log_error);
+    free(x->extra_head);
     free(x);
     if (c->closing) {
         conn_free_if_done(c);

@@ -134,6 +134,9 @@ int http_respond_try(struct http_exchange *x, const char *data, size_t len);
  */
 void http_respond_end(struct http_exchange *x);
 
+/* Adds a header to the response (before http_respond_head; copied). */
+void http_respond_add_header(struct http_exchange *x, const char *name, const char *value);
+
 /*
  * A whole small response at once: status, headers and body (copied) go out in one
  * write, and the exchange ends. Returns 0 or a negative error (the exchange is then

@@ -24,6 +24,10 @@ PACKAGES=(
     lua-busted
     lua-dkjson
     lua-filesystem
+    # Fuzz targets (tests/fuzz/run.sh): clang, and its runtimes for libFuzzer,
+    # AddressSanitizer with LeakSanitizer, and UBSan.
+    clang
+    libclang-rt-14-dev
     # End-to-end tests and the demo: a real origin registry and real clients.
     docker-registry     # the origin (Docker Distribution 2.8)
     skopeo              # pushes test images to the origin, pulls through the cache
@@ -37,8 +41,8 @@ PACKAGES=(
     openssl             # self-signed certificate for the TLS rows
     procps              # pgrep/ps in bench scripts
     # Later issues: uncomment when a test starts using it.
-    # python3-cryptography  # token-auth tests: signing JWTs
-    # containerd            # pulls through the cache with ctr
+    python3-cryptography  # token-auth tests: signing JWTs (tests/e2e/token_server.py)
+    containerd          # tests/e2e/test_containerd.py: ctr pulls through the cache as a mirror
 )
 
 export DEBIAN_FRONTEND=noninteractive
