@@ -9,6 +9,8 @@
 #include "fetch.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +33,11 @@ struct fetch_manager {
     struct fetch_stats stats;
     void (*on_commit)(void *ud, const char *hex, uint64_t size);
     void *hook_ud;
+    uv_timer_t *beat;       /* touches the fetch locks this process holds */
+    bool beat_pending;      /* a touch work item is out */
+    uv_work_t beat_work;
+    char (*beat_hexes)[65]; /* the locks to touch, copied for the work item */
+    size_t n_beat;
 };
 
 void fetch_manager_on_commit(struct fetch_manager *m,
@@ -87,6 +94,27 @@ struct fetch {
 
     struct fetch_follower *followers;
     struct fetch_waiter *waiters;
+
+    /* The upstream request, kept to start it after the lock (or again at a takeover). */
+    struct chain_spec spec;
+    char **spec_bases;
+    char *spec_target;
+    struct upstream_header *spec_headers;
+
+    /* Replicas sharing the root: the lock is ours, or we follow another process's file. */
+    bool locked;
+    bool remote;
+    uv_file old_fd;          /* a followed file, kept open after a takeover */
+    char remote_tmp[4096];   /* the followed temporary file */
+    uv_timer_t *poll;        /* remote: watches the followed file */
+    uv_work_t poll_work;
+    bool poll_pending;
+    unsigned poll_ticks;
+    int64_t poll_size;       /* of the followed file */
+    bool poll_unlinked;      /* its last name is gone */
+    int64_t poll_final;      /* size of the committed blob, -1 while there is none */
+    int poll_lock;           /* 0 fresh, 1 stale, 2 missing, -1 not read this tick */
+    unsigned lock_missing;   /* ticks in a row */
 };
 
 static void fetch_maybe_finish(struct fetch *f);
@@ -108,6 +136,7 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
 
 void fetch_manager_free(struct fetch_manager *m)
 {
+    free(m->beat_hexes);
     free(m);
 }
 
@@ -169,6 +198,17 @@ void fetch_unref(struct fetch *f)
             close(f->fd);
         }
     }
+    if (f->old_fd >= 0)
+        close(f->old_fd);
+    for (size_t i = 0; i < f->spec.n_bases; i++)
+        free(f->spec_bases[i]);
+    free(f->spec_bases);
+    for (size_t i = 0; i < f->spec.n_headers; i++) {
+        free((char *)f->spec_headers[i].name);
+        free((char *)f->spec_headers[i].value);
+    }
+    free(f->spec_headers);
+    free(f->spec_target);
     free(f->upstream);
     free(f->collect);
     free(f->batch);
@@ -323,6 +363,210 @@ void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
     }
 }
 
+/* --- Locks between replicas ------------------------------------------------------- */
+
+struct lock_release {
+    uv_work_t work;
+    struct store *store;
+    char hex[65];
+};
+
+static void release_work(uv_work_t *w)
+{
+    struct lock_release *lr = (struct lock_release *)w;
+    store_lock_release_sync(lr->store, lr->hex);
+}
+
+static void release_done(uv_work_t *w, int status)
+{
+    free(w);
+}
+
+/* Gives the fetch lock back (on the thread pool); followers elsewhere see why. */
+static void lock_release(struct fetch *f)
+{
+    if (!f->locked)
+        return;
+    f->locked = false;
+    struct lock_release *lr = malloc(sizeof(*lr));
+    if (lr == NULL)
+        return; /* it goes stale and is taken over */
+    lr->store = f->m->store;
+    memcpy(lr->hex, f->hex, 65);
+    if (uv_queue_work(f->m->loop, &lr->work, release_work, release_done) != 0)
+        free(lr);
+}
+
+static void beat_work(uv_work_t *w)
+{
+    struct fetch_manager *m = w->data;
+    for (size_t i = 0; i < m->n_beat; i++)
+        store_lock_touch_sync(m->store, m->beat_hexes[i]);
+}
+
+static void beat_done(uv_work_t *w, int status)
+{
+    struct fetch_manager *m = w->data;
+    m->beat_pending = false;
+}
+
+/* Every STORE_LOCK_BEAT_S: touches the locks of the fetches this process runs. */
+static void beat_tick(uv_timer_t *t)
+{
+    struct fetch_manager *m = t->data;
+    if (m->beat_pending)
+        return;
+    size_t n = 0;
+    for (struct fetch *f = m->active; f != NULL; f = f->next)
+        n += f->locked;
+    if (n == 0) {
+        uv_timer_stop(t);
+        return;
+    }
+    free(m->beat_hexes);
+    m->beat_hexes = calloc(n, sizeof(*m->beat_hexes));
+    m->n_beat = 0;
+    for (struct fetch *f = m->active; m->beat_hexes != NULL && f != NULL; f = f->next)
+        if (f->locked)
+            memcpy(m->beat_hexes[m->n_beat++], f->hex, 65);
+    m->beat_work.data = m;
+    if (m->n_beat > 0 && uv_queue_work(m->loop, &m->beat_work, beat_work, beat_done) == 0)
+        m->beat_pending = true;
+}
+
+static void beat_ensure(struct fetch_manager *m)
+{
+    if (m->beat == NULL) {
+        m->beat = malloc(sizeof(*m->beat));
+        if (m->beat == NULL)
+            return;
+        uv_timer_init(m->loop, m->beat);
+        m->beat->data = m;
+        uv_unref((uv_handle_t *)m->beat); /* it never keeps the loop alive by itself */
+    }
+    if (!uv_is_active((uv_handle_t *)m->beat)) {
+        unsigned ms = (unsigned)(STORE_LOCK_BEAT_S * 1000);
+        uv_timer_start(m->beat, beat_tick, ms, ms);
+    }
+}
+
+static void handle_free_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void poll_stop(struct fetch *f)
+{
+    if (f->poll != NULL) {
+        uv_close((uv_handle_t *)f->poll, handle_free_cb);
+        f->poll = NULL;
+    }
+}
+
+static void queue_open(struct fetch *f);
+
+/* The replica we followed stopped beating: fetch it ourselves (or follow whoever was
+ * faster to take over). Followers keep their offsets: the new file fills from 0. */
+static void takeover(struct fetch *f)
+{
+    log_msg(LOG_WARN,
+            "the replica fetching blob sha256:%s stopped (no heartbeat for %.0fs): taking the "
+            "fetch over",
+            f->hex, STORE_LOCK_STALE_S);
+    poll_stop(f);
+    if (f->old_fd >= 0)
+        close(f->old_fd);
+    f->old_fd = f->fd;
+    f->fd = -1;
+    f->remote = false;
+    f->written = 0;
+    queue_open(f);
+}
+
+static void poll_work_cb(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    struct stat sb;
+    if (fstat(f->fd, &sb) == 0) {
+        f->poll_size = sb.st_size;
+        f->poll_unlinked = sb.st_nlink == 0;
+    }
+    char final[4200];
+    f->poll_final = -1;
+    if (store_blob_path(f->m->store, f->hex, final, sizeof(final)) == 0 && stat(final, &sb) == 0)
+        f->poll_final = sb.st_size;
+    f->poll_lock = -1;
+    if (f->poll_ticks % 20 == 0) {
+        struct store_lock_info li;
+        int rc = store_lock_read_sync(f->m->store, f->hex, &li);
+        f->poll_lock = rc == -ENOENT                            ? 2
+                       : rc != 0                                ? 0
+                       : li.age_s > STORE_LOCK_STALE_S          ? 1
+                       : strcmp(li.tmp, f->remote_tmp) != 0     ? 1
+                                                                : 0;
+    }
+}
+
+static void poll_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->poll_pending = false;
+    if (f->state != FETCH_RUNNING || !f->remote || status != 0) {
+        fetch_unref(f);
+        return;
+    }
+    if (f->poll_final >= 0) {
+        /* Committed by the other replica (its file, renamed: our descriptor reads it). */
+        f->size = f->poll_final;
+        f->written = (uint64_t)f->poll_final;
+        f->state = FETCH_DONE;
+        poll_stop(f);
+        unregister(f);
+        wake(f);
+    } else if (f->poll_unlinked) {
+        fetch_fail(f, "the replica that fetched it gave up (its file was removed)");
+    } else {
+        if ((uint64_t)f->poll_size > f->written) {
+            f->written = (uint64_t)f->poll_size;
+            wake(f);
+        }
+        if (f->poll_lock == 2 && ++f->lock_missing >= 3)
+            fetch_fail(f, "the replica that fetched it stopped without storing it");
+        else if (f->poll_lock == 1)
+            takeover(f);
+        else if (f->poll_lock == 0)
+            f->lock_missing = 0;
+    }
+    fetch_unref(f);
+}
+
+static void poll_tick(uv_timer_t *t)
+{
+    struct fetch *f = t->data;
+    if (f->poll_pending || f->state != FETCH_RUNNING)
+        return;
+    f->poll_ticks++;
+    f->poll_pending = true;
+    f->poll_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->poll_work, poll_work_cb, poll_done) != 0) {
+        f->poll_pending = false;
+        fetch_unref(f);
+    }
+}
+
+static void poll_start(struct fetch *f)
+{
+    f->poll = malloc(sizeof(*f->poll));
+    if (f->poll == NULL) {
+        fetch_fail(f, "out of memory");
+        return;
+    }
+    uv_timer_init(f->m->loop, f->poll);
+    f->poll->data = f;
+    uv_timer_start(f->poll, poll_tick, 0, 25);
+}
+
 /* --- Disk ------------------------------------------------------------------------- */
 
 static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
@@ -388,6 +632,7 @@ static void disk_fail(struct fetch *f, int err)
     digest_sha256_update(&f->sha, f->win, f->win_len);
     f->batch_len = f->collect_len = 0;
     unlink_tmp(f);
+    lock_release(f);
     wake(f);
     fetch_unref(f);
     return;
@@ -474,34 +719,98 @@ static void submit_batch(struct fetch *f)
 static void open_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
-    int fd = store_tmp_create_sync(f->m->store, f->hex, f->tmp_path, sizeof(f->tmp_path));
+    struct store *st = f->m->store;
+    int fd = store_tmp_create_sync(st, f->hex, f->tmp_path, sizeof(f->tmp_path));
     if (fd < 0) {
         f->open_err = fd;
         f->tmp_path[0] = '\0';
-    } else {
-        f->fd = fd;
+        return;
     }
+    f->fd = fd;
+    struct store_lock_info held;
+    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->size, &held);
+    if (rc == 0) {
+        f->locked = true;
+        return;
+    }
+    if (rc != -EEXIST)
+        return; /* no lock to be had: fetch on our own */
+    /* Another process sharing the root fetches it: follow its file. */
+    close(fd);
+    unlink(f->tmp_path);
+    f->tmp_path[0] = '\0';
+    f->fd = -1;
+    int rfd = open(held.tmp, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) {
+        char final[4200];
+        if (store_blob_path(st, f->hex, final, sizeof(final)) == 0)
+            rfd = open(final, O_RDONLY | O_CLOEXEC); /* it may have just committed */
+    }
+    if (rfd < 0) {
+        f->open_err = -EAGAIN;
+        return;
+    }
+    f->fd = rfd;
+    f->remote = true;
+    snprintf(f->remote_tmp, sizeof(f->remote_tmp), "%s", held.tmp);
+    if (f->size < 0 && held.size >= 0)
+        f->size = held.size;
 }
+
+static void start_upstream(struct fetch *f);
 
 static void open_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
     if (f->state != FETCH_RUNNING) {
-        /* Failed meanwhile: the file has no use. */
-        unlink_tmp(f);
+        /* Failed meanwhile: the file and the lock have no use. */
+        if (!f->remote)
+            unlink_tmp(f);
+        lock_release(f);
         fetch_unref(f);
         return;
     }
     if (status == UV_ECANCELED)
         f->open_err = -ECANCELED;
-    if (f->open_err != 0) {
+    if (f->open_err == -EAGAIN) {
+        fetch_fail(f, "the replica that fetched it has just stopped; ask again");
+    } else if (f->open_err != 0) {
         disk_fail(f, f->open_err);
+        start_upstream(f);
+    } else if (f->remote) {
+        log_msg(LOG_INFO, "blob sha256:%s is being fetched by another replica: following its "
+                          "file %s",
+                f->hex, f->remote_tmp);
+        f->m->stats.followed++;
+        poll_start(f);
     } else {
+        if (f->old_fd >= 0 && f->remote_tmp[0] != '\0') {
+            /* Taken over: the dead replica's file is of no use to anyone now. */
+            uv_fs_t *req = malloc(sizeof(*req));
+            if (req == NULL || uv_fs_unlink(f->m->loop, req, f->remote_tmp, unlink_cb) != 0)
+                free(req);
+            f->remote_tmp[0] = '\0';
+        }
         f->fd_ready = true;
+        if (f->locked)
+            beat_ensure(f->m);
+        start_upstream(f);
         submit_batch(f);
     }
     fetch_maybe_finish(f);
     fetch_unref(f);
+}
+
+static void queue_open(struct fetch *f)
+{
+    f->open_err = 0;
+    f->open_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->open_work, open_work, open_done) != 0) {
+        fetch_unref(f);
+        disk_fail(f, -EIO);
+        start_upstream(f);
+    }
 }
 
 /* --- Commit and the end ------------------------------------------------------------- */
@@ -525,6 +834,8 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
     }
     if (f->fd_ready)
         unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
+    lock_release(f);
+    poll_stop(f);
     unregister(f);
     wake(f);
     fetch_unref(f);
@@ -534,12 +845,15 @@ static void commit_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
     f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
+    if (f->locked)
+        store_lock_release_sync(f->m->store, f->hex);
 }
 
 static void commit_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
     f->committing = false;
+    f->locked = false; /* released by commit_work */
     f->tmp_path[0] = '\0'; /* renamed, or unlinked by store_commit_sync */
     if (status == UV_ECANCELED)
         f->commit_err = -ECANCELED;
@@ -678,6 +992,53 @@ static void up_done(void *ud, int err)
     fetch_unref(f);
 }
 
+/* Keeps a copy of the upstream request: it starts after the lock, maybe twice. */
+static int spec_copy(struct fetch *f, const struct chain_spec *spec)
+{
+    f->spec = *spec;
+    f->spec.n_bases = 0;
+    f->spec.n_headers = 0;
+    f->spec_bases = calloc(spec->n_bases ? spec->n_bases : 1, sizeof(char *));
+    f->spec_headers = calloc(spec->n_headers ? spec->n_headers : 1, sizeof(*f->spec_headers));
+    f->spec_target = strdup(spec->target);
+    if (f->spec_bases == NULL || f->spec_headers == NULL || f->spec_target == NULL)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < spec->n_bases; i++) {
+        if ((f->spec_bases[i] = strdup(spec->bases[i])) == NULL)
+            return UV_ENOMEM;
+        f->spec.n_bases++;
+    }
+    for (size_t i = 0; i < spec->n_headers; i++) {
+        f->spec_headers[i].name = strdup(spec->headers[i].name);
+        f->spec_headers[i].value = strdup(spec->headers[i].value);
+        f->spec_headers[i].sensitive = spec->headers[i].sensitive;
+        f->spec.n_headers++;
+        if (f->spec_headers[i].name == NULL || f->spec_headers[i].value == NULL)
+            return UV_ENOMEM;
+    }
+    f->spec.bases = (const char *const *)f->spec_bases;
+    f->spec.headers = f->spec_headers;
+    f->spec.target = f->spec_target;
+    return 0;
+}
+
+static void start_upstream(struct fetch *f)
+{
+    static const struct upstream_callbacks cbs = {up_head, up_body, up_done};
+    if (f->state != FETCH_RUNNING)
+        return;
+    f->up_done = false;
+    f->up_err = 0;
+    f->received = 0;
+    digest_sha256_init(&f->sha);
+    int rc = chain_request(f->m->pool, &f->spec, &cbs, f, &f->up);
+    if (rc < 0) {
+        f->up = NULL;
+        f->up_done = true;
+        fetch_fail(f, "cannot ask the upstream: %s", uv_strerror(rc));
+    }
+}
+
 int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
                 int64_t expected_size, bool store_it, struct fetch **out)
 {
@@ -689,15 +1050,15 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     f->m = m;
     memcpy(f->hex, hex, 65);
     f->fd = -1;
+    f->old_fd = -1;
     f->size = expected_size;
-    f->refs = 2; /* the manager's and the caller's */
+    f->refs = 1;
     digest_sha256_init(&f->sha);
-    static const struct upstream_callbacks cbs = {up_head, up_body, up_done};
-    int rc = chain_request(m->pool, spec, &cbs, f, &f->up);
-    if (rc < 0) {
-        free(f);
-        return rc;
+    if (spec_copy(f, spec) != 0) {
+        fetch_unref(f);
+        return UV_ENOMEM;
     }
+    f->refs = 2; /* the manager's and the caller's */
     f->registered = true;
     f->next = m->active;
     if (m->active)
@@ -708,14 +1069,10 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     *out = f;
     if (!store_it) {
         disk_fail(f, 0);
+        start_upstream(f);
         return 0;
     }
-    f->open_work.data = f;
-    fetch_ref(f);
-    if (uv_queue_work(m->loop, &f->open_work, open_work, open_done) != 0) {
-        fetch_unref(f);
-        disk_fail(f, -EIO);
-    }
+    queue_open(f); /* the lock and the file first, then the upstream (or another's file) */
     return 0;
 }
 
@@ -723,4 +1080,8 @@ void fetch_manager_cancel_all(struct fetch_manager *m)
 {
     while (m->active != NULL)
         fetch_fail(m->active, "the cache is stopping");
+    if (m->beat != NULL) {
+        uv_close((uv_handle_t *)m->beat, handle_free_cb);
+        m->beat = NULL;
+    }
 }

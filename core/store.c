@@ -6,10 +6,12 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -19,6 +21,8 @@ struct store {
     char root[STORE_PATH_MAX];
     char blobs[STORE_PATH_MAX]; /* <root>/docker/registry/v2/blobs/sha256 */
     char tmp[STORE_PATH_MAX];   /* <root>/docker/registry/v2/_content-cache/tmp */
+    char locks[STORE_PATH_MAX]; /* <root>/docker/registry/v2/_content-cache/fetching */
+    char owner[STORE_OWNER_MAX]; /* this process, as it signs its locks */
 };
 
 static int mkdirs(const char *path)
@@ -63,24 +67,91 @@ bool store_hex_valid(const char *hex)
     return i == 64;
 }
 
-/* Removes the regular files in dir; returns how many. */
-static unsigned remove_files_in(const char *dir)
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Reads a lock file: "owner=...\ntmp=...\nsize=...\n" and its age. 0 or -errno. */
+static int lock_read(const char *path, struct store_lock_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char buf[STORE_PATH_MAX + 256];
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    struct stat sb;
+    int rc = fstat(fd, &sb) == 0 ? 0 : -errno;
+    close(fd);
+    if (rc != 0 || n < 0)
+        return rc ? rc : -EIO;
+    buf[n] = '\0';
+    info->age_s = now_s() - ((double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9);
+    info->size = -1;
+    for (char *line = strtok(buf, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+        if (strncmp(line, "owner=", 6) == 0)
+            snprintf(info->owner, sizeof(info->owner), "%s", line + 6);
+        else if (strncmp(line, "tmp=", 4) == 0)
+            snprintf(info->tmp, sizeof(info->tmp), "%s", line + 4);
+        else if (strncmp(line, "size=", 5) == 0)
+            info->size = strtoll(line + 5, NULL, 10);
+    }
+    if (info->owner[0] == '\0' || info->tmp[0] == '\0')
+        return -EINVAL;
+    /* An owner on this machine whose process is gone is dead at once, whatever the age. */
+    char host[64] = "";
+    gethostname(host, sizeof(host) - 1);
+    const char *slash = strchr(info->owner, '/');
+    if (slash != NULL && (size_t)(slash - info->owner) == strlen(host) &&
+        strncmp(info->owner, host, strlen(host)) == 0) {
+        long pid = strtol(slash + 1, NULL, 10);
+        if (pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+            info->age_s = STORE_LOCK_STALE_S + 1;
+    }
+    return 0;
+}
+
+/*
+ * Removes the temporary files of fetches that are over: every file in the tmp
+ * directory but those a fresh lock names (a fetch of another replica sharing this
+ * root); stale locks go too. Returns how many files were removed.
+ */
+static unsigned remove_leftovers(const struct store *st)
 {
     unsigned n = 0;
-    DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
+    DIR *d = opendir(st->locks);
     struct dirent *e;
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
+    while (d != NULL && (e = readdir(d)) != NULL) {
         char p[STORE_PATH_MAX];
-        if (snprintf(p, sizeof(p), "%s/%s", dir, e->d_name) >= (int)sizeof(p))
+        struct store_lock_info li;
+        if (e->d_name[0] == '.' ||
+            snprintf(p, sizeof(p), "%s/%s", st->locks, e->d_name) >= (int)sizeof(p))
             continue;
+        if (!store_hex_valid(e->d_name) || lock_read(p, &li) != 0 ||
+            li.age_s > STORE_LOCK_STALE_S)
+            unlink(p);
+    }
+    if (d != NULL)
+        closedir(d);
+    d = opendir(st->tmp);
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        char p[STORE_PATH_MAX], lock[STORE_PATH_MAX];
+        struct store_lock_info li;
+        if (e->d_name[0] == '.' ||
+            snprintf(p, sizeof(p), "%s/%s", st->tmp, e->d_name) >= (int)sizeof(p))
+            continue;
+        snprintf(lock, sizeof(lock), "%s/%.64s", st->locks, e->d_name);
+        if (lock_read(lock, &li) == 0 && li.age_s <= STORE_LOCK_STALE_S &&
+            strcmp(li.tmp, p) == 0)
+            continue; /* another replica's fetch in progress */
         if (unlink(p) == 0)
             n++;
     }
-    closedir(d);
+    if (d != NULL)
+        closedir(d);
     return n;
 }
 
@@ -101,11 +172,25 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
     st->root[rl] = '\0';
     snprintf(st->blobs, sizeof(st->blobs), "%s/docker/registry/v2/blobs/sha256", st->root);
     snprintf(st->tmp, sizeof(st->tmp), "%s/docker/registry/v2/_content-cache/tmp", st->root);
+    snprintf(st->locks, sizeof(st->locks), "%s/docker/registry/v2/_content-cache/fetching",
+             st->root);
+    {
+        char host[64] = "?";
+        unsigned char rnd[4] = {0};
+        gethostname(host, sizeof(host) - 1);
+        uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL);
+        snprintf(st->owner, sizeof(st->owner), "%s/%d/%02x%02x%02x%02x", host, (int)getpid(),
+                 rnd[0], rnd[1], rnd[2], rnd[3]);
+    }
     int rc = mkdirs(st->blobs);
     const char *failed = st->blobs;
     if (rc == 0) {
         rc = mkdirs(st->tmp);
         failed = st->tmp;
+    }
+    if (rc == 0) {
+        rc = mkdirs(st->locks);
+        failed = st->locks;
     }
     if (rc == 0) {
         rc = store_probe_sync(st);
@@ -116,7 +201,7 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
         free(st);
         return rc;
     }
-    unsigned n = remove_files_in(st->tmp);
+    unsigned n = remove_leftovers(st);
     if (removed != NULL)
         *removed = n;
     *out = st;
@@ -257,4 +342,84 @@ int store_scan_prefix_sync(const struct store *st, unsigned prefix, store_visit_
     }
     closedir(d);
     return rc;
+}
+
+/* --- Fetch locks: one fetch per blob between processes sharing the root ------------ */
+
+const char *store_owner(const struct store *st)
+{
+    return st->owner;
+}
+
+static int lock_write(const struct store *st, const char *path, const char *tmp_path,
+                      int64_t size, bool exclusive)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | (exclusive ? O_EXCL : O_TRUNC), 0644);
+    if (fd < 0)
+        return -errno;
+    char buf[STORE_PATH_MAX + 256];
+    int n = snprintf(buf, sizeof(buf), "owner=%s\ntmp=%s\nsize=%lld\n", st->owner, tmp_path,
+                     (long long)size);
+    int rc = write(fd, buf, (size_t)n) == n ? 0 : -EIO;
+    close(fd);
+    if (rc != 0)
+        unlink(path);
+    return rc;
+}
+
+int store_lock_acquire_sync(const struct store *st, const char *hex, const char *tmp_path,
+                            int64_t size, struct store_lock_info *held)
+{
+    char path[STORE_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s", st->locks, hex);
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int rc = lock_write(st, path, tmp_path, size, true);
+        if (rc != -EEXIST)
+            return rc;
+        rc = lock_read(path, held);
+        if (rc == -ENOENT)
+            continue; /* released meanwhile: try again */
+        if (rc == 0 && held->age_s <= STORE_LOCK_STALE_S)
+            return -EEXIST; /* a live owner fetches it */
+        /* Stale (its owner stopped beating) or unreadable: take it over. The rename is
+         * atomic; when two replicas take over at once, the later rename wins and the
+         * read-back tells the other that it lost. */
+        char mine[STORE_PATH_MAX];
+        snprintf(mine, sizeof(mine), "%s/.%s.%d", st->locks, hex, (int)getpid());
+        if ((rc = lock_write(st, mine, tmp_path, size, false)) != 0)
+            return rc;
+        if (rename(mine, path) != 0) {
+            rc = -errno;
+            unlink(mine);
+            return rc;
+        }
+        if (lock_read(path, held) == 0 && strcmp(held->owner, st->owner) == 0)
+            return 0;
+        return -EEXIST;
+    }
+    return -EBUSY;
+}
+
+int store_lock_read_sync(const struct store *st, const char *hex, struct store_lock_info *info)
+{
+    char path[STORE_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s", st->locks, hex);
+    return lock_read(path, info);
+}
+
+int store_lock_touch_sync(const struct store *st, const char *hex)
+{
+    char path[STORE_PATH_MAX];
+    snprintf(path, sizeof(path), "%s/%s", st->locks, hex);
+    return utimensat(AT_FDCWD, path, NULL, 0) == 0 ? 0 : -errno;
+}
+
+int store_lock_release_sync(const struct store *st, const char *hex)
+{
+    char path[STORE_PATH_MAX];
+    struct store_lock_info li;
+    snprintf(path, sizeof(path), "%s/%s", st->locks, hex);
+    if (lock_read(path, &li) != 0 || strcmp(li.owner, st->owner) != 0)
+        return -ENOENT; /* not ours (any more) */
+    return unlink(path) == 0 ? 0 : -errno;
 }

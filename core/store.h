@@ -24,6 +24,21 @@
 
 struct store;
 
+#define STORE_OWNER_MAX 128
+/* A fetch lock whose owner has not beaten its heartbeat for this long is taken over. */
+#define STORE_LOCK_STALE_S 5.0
+/* How often an owner beats (touches its locks). */
+#define STORE_LOCK_BEAT_S 1.0
+
+/* A fetch lock as read from disk. */
+struct store_lock_info {
+    char owner[STORE_OWNER_MAX]; /* "host/pid/nonce" of the process fetching */
+    char tmp[4096];              /* its temporary file, which followers read */
+    int64_t size;                /* the blob's size when the owner knew it, else -1 */
+    double age_s;                /* since the owner's last heartbeat; past the stale limit
+                                    at once when the owner is a dead process of this host */
+};
+
 /*
  * Opens the store at `root`, creating the directories it needs, and removes leftover
  * temporary files (their count in *removed, may be NULL). Returns 0 and the store in
@@ -32,6 +47,27 @@ struct store;
 int store_open(const char *root, struct store **out, unsigned *removed, char *err,
                size_t errlen);
 void store_close(struct store *st);
+
+/*
+ * Fetch locks (several processes sharing one root: replicas on NFS). Before fetching
+ * blob `hex`, a process takes <root>/docker/registry/v2/_content-cache/fetching/<hex>
+ * (O_EXCL), naming itself, its temporary file and the size; it touches the lock every
+ * STORE_LOCK_BEAT_S while it fetches and removes it after the commit or failure.
+ * Another process that finds a fresh lock follows the named temporary file; one that
+ * finds a stale lock takes it over. store_open removes stale locks and the temporary
+ * files no fresh lock names.
+ *
+ * store_lock_acquire_sync returns 0 (the lock is ours), -EEXIST with the holder in
+ * *held (a live owner fetches it), or -errno.
+ */
+int store_lock_acquire_sync(const struct store *st, const char *hex, const char *tmp_path,
+                            int64_t size, struct store_lock_info *held);
+int store_lock_read_sync(const struct store *st, const char *hex, struct store_lock_info *info);
+int store_lock_touch_sync(const struct store *st, const char *hex);
+/* Removes the lock when it is still ours: 0, or -ENOENT when another owns it now. */
+int store_lock_release_sync(const struct store *st, const char *hex);
+/* This process's owner name. */
+const char *store_owner(const struct store *st);
 
 /* Whether a file can be created and written in the store now: 0 or -errno (EROFS...). */
 int store_probe_sync(const struct store *st);
