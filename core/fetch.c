@@ -465,14 +465,13 @@ static void poll_stop(struct fetch *f)
 
 static void queue_open(struct fetch *f);
 
-/* The replica we followed stopped beating: fetch it ourselves (or follow whoever was
- * faster to take over). Followers keep their offsets: the new file fills from 0. */
-static void takeover(struct fetch *f)
+/* The replica we followed stopped (dead, silent, or its file is gone): take the lock
+ * again, which fetches it ourselves or follows whoever was faster to take over.
+ * Followers keep their offsets: the new file fills from 0. */
+static void takeover(struct fetch *f, const char *why)
 {
-    log_msg(LOG_WARN,
-            "the replica fetching blob sha256:%s stopped (no heartbeat for %.0fs): taking the "
-            "fetch over",
-            f->hex, STORE_LOCK_STALE_S);
+    log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex,
+            why);
     poll_stop(f);
     if (f->old_fd >= 0)
         close(f->old_fd);
@@ -524,7 +523,8 @@ static void poll_done(uv_work_t *w, int status)
         unregister(f);
         wake(f);
     } else if (f->poll_unlinked) {
-        fetch_fail(f, "the replica that fetched it gave up (its file was removed)");
+        /* Its file is gone and no blob came of it: failed, or taken over by another. */
+        takeover(f, "removed its file");
     } else {
         if ((uint64_t)f->poll_size > f->written) {
             f->written = (uint64_t)f->poll_size;
@@ -533,7 +533,7 @@ static void poll_done(uv_work_t *w, int status)
         if (f->poll_lock == 2 && ++f->lock_missing >= 3)
             fetch_fail(f, "the replica that fetched it stopped without storing it");
         else if (f->poll_lock == 1)
-            takeover(f);
+            takeover(f, "stopped (no heartbeat, or its process is gone)");
         else if (f->poll_lock == 0)
             f->lock_missing = 0;
     }

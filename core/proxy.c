@@ -604,15 +604,19 @@ int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *
     }
     if (ns[0] == '\0')
         return 0; /* no namespace: the first entry serves */
+    /* Docker Hub's names: containerd says docker.io, the registry is registry-1. */
+    const char *name = ns;
+    if (strcasecmp(ns, "docker.io") == 0 || strcasecmp(ns, "index.docker.io") == 0)
+        name = "registry-1.docker.io";
     for (size_t e = 0; e < p->n_entries; e++) {
         const struct url *u = &p->cfg->upstreams[e].origin;
         char hostport[300];
         snprintf(hostport, sizeof(hostport), strchr(u->host, ':') ? "[%s]:%u" : "%s:%u",
                  u->host, (unsigned)u->port);
-        if (strcasecmp(ns, hostport) == 0)
+        if (strcasecmp(name, hostport) == 0)
             return (int)e;
         /* "registry.example.com" names the entry on the scheme's default port. */
-        if (!u->port_explicit && strcasecmp(ns, u->host) == 0)
+        if (u->port == (u->tls ? 443 : 80) && strcasecmp(name, u->host) == 0)
             return (int)e;
     }
     return -1;

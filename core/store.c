@@ -67,6 +67,28 @@ bool store_hex_valid(const char *hex)
     return i == 64;
 }
 
+/* The owner name of this process (set by store_open), to never judge itself dead. */
+static char st_owner_self[STORE_OWNER_MAX];
+
+/* False when pid is gone, or a zombie waiting for its parent. */
+static bool process_alive(pid_t pid)
+{
+    if (kill(pid, 0) != 0 && errno == ESRCH)
+        return false;
+    char path[64], buf[256];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return true; /* no /proc: trust kill */
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return true;
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')');
+    return !(paren != NULL && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X'));
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -108,7 +130,8 @@ static int lock_read(const char *path, struct store_lock_info *info)
     if (slash != NULL && (size_t)(slash - info->owner) == strlen(host) &&
         strncmp(info->owner, host, strlen(host)) == 0) {
         long pid = strtol(slash + 1, NULL, 10);
-        if (pid > 0 && kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        if (pid > 0 && (pid != getpid() || strcmp(info->owner, st_owner_self) != 0) &&
+            !process_alive((pid_t)pid))
             info->age_s = STORE_LOCK_STALE_S + 1;
     }
     return 0;
@@ -127,7 +150,7 @@ static unsigned remove_leftovers(const struct store *st)
     while (d != NULL && (e = readdir(d)) != NULL) {
         char p[STORE_PATH_MAX];
         struct store_lock_info li;
-        if (e->d_name[0] == '.' ||
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0 ||
             snprintf(p, sizeof(p), "%s/%s", st->locks, e->d_name) >= (int)sizeof(p))
             continue;
         if (!store_hex_valid(e->d_name) || lock_read(p, &li) != 0 ||
@@ -181,6 +204,7 @@ int store_open(const char *root, struct store **out, unsigned *removed, char *er
         uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL);
         snprintf(st->owner, sizeof(st->owner), "%s/%d/%02x%02x%02x%02x", host, (int)getpid(),
                  rnd[0], rnd[1], rnd[2], rnd[3]);
+        snprintf(st_owner_self, sizeof(st_owner_self), "%s", st->owner);
     }
     int rc = mkdirs(st->blobs);
     const char *failed = st->blobs;
@@ -381,21 +405,29 @@ int store_lock_acquire_sync(const struct store *st, const char *hex, const char 
             continue; /* released meanwhile: try again */
         if (rc == 0 && held->age_s <= STORE_LOCK_STALE_S)
             return -EEXIST; /* a live owner fetches it */
-        /* Stale (its owner stopped beating) or unreadable: take it over. The rename is
-         * atomic; when two replicas take over at once, the later rename wins and the
-         * read-back tells the other that it lost. */
-        char mine[STORE_PATH_MAX];
-        snprintf(mine, sizeof(mine), "%s/.%s.%d", st->locks, hex, (int)getpid());
-        if ((rc = lock_write(st, mine, tmp_path, size, false)) != 0)
-            return rc;
-        if (rename(mine, path) != 0) {
-            rc = -errno;
-            unlink(mine);
-            return rc;
+        /* Stale (its owner stopped beating, or is a dead process of this host), or
+         * unreadable: move it aside, then create ours as usual. Of several replicas that
+         * try at once, one rename succeeds; the others find no file (ENOENT) or find
+         * that what they moved is not the stale lock they judged, and put it back. */
+        char stale_owner[STORE_OWNER_MAX];
+        snprintf(stale_owner, sizeof(stale_owner), "%s", rc == 0 ? held->owner : "");
+        char grave[STORE_PATH_MAX];
+        snprintf(grave, sizeof(grave), "%s/.%s.stale.%d", st->locks, hex, (int)getpid());
+        if (rename(path, grave) != 0) {
+            if (errno == ENOENT)
+                continue;
+            return -errno;
         }
-        if (lock_read(path, held) == 0 && strcmp(held->owner, st->owner) == 0)
-            return 0;
-        return -EEXIST;
+        struct store_lock_info moved;
+        if (lock_read(grave, &moved) == 0 && strcmp(moved.owner, stale_owner) != 0) {
+            /* A fresh lock taken meanwhile: give it back, and follow its owner. */
+            if (link(grave, path) != 0 && errno != EEXIST)
+                return -errno;
+            unlink(grave);
+            *held = moved;
+            return -EEXIST;
+        }
+        unlink(grave);
     }
     return -EBUSY;
 }

@@ -187,6 +187,10 @@ struct strbuf {
 static void sb_add(struct strbuf *sb, const char *s, size_t n)
 {
     if (sb->failed) return;
+    if (sb->failed || n > (1u << 30) || sb->len > (1u << 30)) {
+        sb->failed = true; /* nothing here is near that size: refuse rather than wrap */
+        return;
+    }
     if (sb->len + n + 1 > sb->cap) {
         size_t cap = sb->cap ? sb->cap : 256;
         while (cap < sb->len + n + 1)
