@@ -24,6 +24,7 @@
 #include "debug.h"
 #include "expire.h"
 #include "fetch.h"
+#include "fsck.h"
 #include "log.h"
 #include "policy.h"
 #include "proxy.h"
@@ -39,6 +40,7 @@ enum exit_code {
     EXIT_CONFIG = 1,  /* the configuration is invalid */
     EXIT_USAGE = 2,   /* the command line is wrong */
     EXIT_RUNTIME = 3, /* could not start serving (address in use, storage not writable) */
+    EXIT_DAMAGED = 4, /* fsck found damaged blobs or leftovers (and did not remove them) */
 };
 
 static const char usage_text[] =
@@ -47,6 +49,9 @@ static const char usage_text[] =
     "  content-cache serve CONFIG      the same\n"
     "  content-cache --check CONFIG    validate CONFIG, print what would be done, exit\n"
     "  content-cache expire CONFIG     delete the blobs whose blobttl has passed, now\n"
+    "  content-cache fsck CONFIG [--repair]\n"
+    "                                  verify every stored blob against its digest; with\n"
+    "                                  --repair remove the bad ones and leftover files\n"
     "  content-cache --version         print the version\n"
     "  content-cache --help            print this help\n"
     "\n"
@@ -60,7 +65,8 @@ static const char usage_text[] =
     "  0  success (or a clean stop after SIGTERM/SIGINT)\n"
     "  1  the configuration is invalid\n"
     "  2  the command line is wrong\n"
-    "  3  could not start serving (address in use, storage root not usable, ...)\n";
+    "  3  could not start serving (address in use, storage root not usable, ...)\n"
+    "  4  fsck found damaged blobs or leftover files (and, without --repair, left them)\n";
 
 struct app {
     uv_loop_t *loop;
@@ -216,6 +222,34 @@ static int run_expire(const char *path)
     store_close(st);
     config_free(cfg);
     return n < 0 ? EXIT_RUNTIME : EXIT_OK;
+}
+
+static void print_problem(void *ud, const char *what, const char *problem)
+{
+    printf("%s: %s\n", what, problem);
+}
+
+/* `content-cache fsck CONFIG [--repair]`: every stored blob hashed against its name. */
+static int run_fsck(const char *path, bool repair)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL)
+        return EXIT_CONFIG;
+    struct fsck_report rep;
+    int rc = fsck_run(cfg->storage_root, repair, &rep, print_problem, NULL);
+    if (rc != 0) {
+        fprintf(stderr, "content-cache: fsck of %s: %s\n", cfg->storage_root, strerror(-rc));
+        config_free(cfg);
+        return EXIT_RUNTIME;
+    }
+    printf("%llu blobs checked (%llu bytes): %llu ok, %llu bad, %llu stray entries, %llu "
+           "temporary files; %llu removed\n",
+           (unsigned long long)rep.checked, (unsigned long long)rep.bytes,
+           (unsigned long long)rep.ok, (unsigned long long)rep.bad, (unsigned long long)rep.stray,
+           (unsigned long long)rep.temp, (unsigned long long)rep.removed);
+    config_free(cfg);
+    bool left = rep.bad + rep.stray + rep.temp > rep.removed;
+    return left ? EXIT_DAMAGED : EXIT_OK;
 }
 
 static void server_stopped(void *arg)
@@ -559,6 +593,14 @@ int main(int argc, char **argv)
         return run_check(argv[2]);
     if (argc == 3 && strcmp(argv[1], "expire") == 0)
         return run_expire(argv[2]);
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "fsck") == 0) {
+        bool repair = argc == 4 && strcmp(argv[3], "--repair") == 0;
+        if (argc == 4 && !repair) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        return run_fsck(argv[2], repair);
+    }
     if (argc == 3 && strcmp(argv[1], "serve") == 0)
         return run_serve(argv[2]);
     if (argc == 2 && argv[1][0] != '-')
