@@ -23,6 +23,9 @@
 #define COLLECT_HIGH (8u << 20)  /* pause the upstream past this much unwritten data */
 #define COLLECT_LOW (2u << 20)   /* and resume below this */
 #define WINDOW_HIGH (16u << 20)  /* pass-through: pause past this much unread data */
+/* A blob body without a length may be at most this long. Registries send a length for
+ * every blob; one that does not, and never ends, must not fill the disk. */
+#define UNSIZED_MAX ((uint64_t)256 << 20)
 
 struct fetch_manager {
     uv_loop_t *loop;
@@ -360,6 +363,11 @@ void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
     if (f->disk_failed && f->followers == NULL && f->state == FETCH_RUNNING) {
         /* Nothing can be stored and nobody is reading: stop. */
         fetch_fail(f, "every client left a fetch that could not be stored");
+    } else if (f->size < 0 && f->followers == NULL && f->state == FETCH_RUNNING && !f->remote) {
+        /* A body of unknown length goes on only while someone reads it: an upstream that
+         * never ends it must not fill the disk. (With a length, the fetch finishes to
+         * fill the cache after its clients have gone.) */
+        fetch_fail(f, "every client left, and the upstream gave no length for the blob");
     }
 }
 
@@ -950,6 +958,11 @@ static void up_body(void *ud, const char *data, size_t len)
     if (f->state != FETCH_RUNNING)
         return;
     f->received += len;
+    if (f->size < 0 && f->received > UNSIZED_MAX) {
+        fetch_fail(f, "%s sent more than %llu MiB of a blob without announcing its length",
+                   f->upstream, (unsigned long long)(UNSIZED_MAX >> 20));
+        return;
+    }
     if (f->size >= 0 && f->received > (uint64_t)f->size) {
         fetch_fail(f, "%s sent more than the %lld bytes it announced", f->upstream,
                    (long long)f->size);
