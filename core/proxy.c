@@ -531,7 +531,10 @@ const char *const *proxy_select(struct proxy *p, const struct policy_request *re
     if (entry >= p->n_entries)
         entry = 0;
     struct proxy_entry *pe = &p->entries[entry];
-    if (p->policy != NULL && policy_has_hook(p->policy, POLICY_HOOK_SELECT_UPSTREAM)) {
+    /* The built-in select_upstream is the round robin below, done in C (spec/ holds
+     * the Lua one to the same order): only a drop-in's costs a Lua call. */
+    if (p->policy != NULL && policy_has_hook(p->policy, POLICY_HOOK_SELECT_UPSTREAM) &&
+        !policy_hook_is_builtin(p->policy, POLICY_HOOK_SELECT_UPSTREAM)) {
         char **urls = NULL;
         size_t n_urls = 0, k = 0;
         if (policy_select_upstream(p->policy, req, entry, &urls, &n_urls) == 0) {
