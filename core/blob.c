@@ -449,7 +449,7 @@ static void pump(struct blob_req *r)
         fail(r, REG_ERR_UPSTREAM_FAILED, msg);
         return;
     }
-    if (r->end == UINT64_MAX && f != NULL && fetch_state(f) == FETCH_DONE)
+    if (r->end == UINT64_MAX && f != NULL && fetch_complete(f))
         r->end = (uint64_t)fetch_size(f); /* a length that only the end told */
     if (r->pos >= r->end) {
         finish(r, true);

@@ -85,6 +85,7 @@ struct fetch {
     uint64_t written;
     struct digest_sha256 sha;
 
+    bool verified; /* the digest matched: followers may complete (the commit goes on) */
     bool committing;
     uv_work_t commit_work;
     int commit_err;
@@ -264,6 +265,11 @@ enum fetch_state fetch_state(const struct fetch *f)
     return f->state;
 }
 
+bool fetch_complete(const struct fetch *f)
+{
+    return f->state == FETCH_DONE || (f->state == FETCH_RUNNING && f->verified);
+}
+
 int64_t fetch_size(const struct fetch *f)
 {
     return f->size;
@@ -272,7 +278,7 @@ int64_t fetch_size(const struct fetch *f)
 uint64_t fetch_readable(const struct fetch *f)
 {
     uint64_t n = f->disk_failed ? f->win_start + f->win_len : f->written;
-    if (f->state != FETCH_DONE && f->size > 0 && n >= (uint64_t)f->size)
+    if (f->state != FETCH_DONE && !f->verified && f->size > 0 && n >= (uint64_t)f->size)
         n = (uint64_t)f->size - 1; /* the last byte waits for the digest */
     return n;
 }
@@ -913,6 +919,12 @@ static void fetch_maybe_finish(struct fetch *f)
     }
     if (f->size < 0)
         f->size = (int64_t)f->received;
+    /* Verified: the followers may send the last byte now; making it durable (fsync,
+     * rename) goes on behind them. */
+    f->verified = true;
+    wake(f);
+    if (f->state != FETCH_RUNNING)
+        return;
     if (f->disk_failed) {
         f->state = FETCH_DONE;
         unregister(f);
