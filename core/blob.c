@@ -422,7 +422,7 @@ static void on_progress(struct fetch_waiter *w)
     if (r->done || r->fs_busy || r->writing)
         return;
     if (r->waiting_size) {
-        if (fetch_size(r->fetch) < 0 && fetch_state(r->fetch) == FETCH_RUNNING) {
+        if (fetch_size(r->fetch) < 0 && !fetch_head_seen(r->fetch)) {
             fetch_wait(r->fetch, &r->waiter);
             return;
         }
@@ -589,8 +589,9 @@ static void start_fetch(struct blob_req *r)
     }
     r->fetch = f;
     r->waiter.cb = on_progress;
-    if (r->size < 0 && fetch_size(f) < 0 && fetch_state(f) == FETCH_RUNNING) {
-        /* Authorized from memory, so no HEAD told the length: the fetch's head will. */
+    if (r->size < 0 && fetch_size(f) < 0 && !fetch_head_seen(f)) {
+        /* Authorized from memory, so no HEAD told the length: the fetch's head will (or
+         * says there is none: then the body goes out chunked). */
         r->waiting_size = true;
         fetch_wait(f, &r->waiter);
         return;

@@ -85,6 +85,7 @@ struct fetch {
     uint64_t written;
     struct digest_sha256 sha;
 
+    bool head_seen; /* the upstream's response head arrived (the length, if any, known) */
     bool verified; /* the digest matched: followers may complete (the commit goes on) */
     bool committing;
     uv_work_t commit_work;
@@ -263,6 +264,11 @@ void fetch_unwait(struct fetch *f, struct fetch_waiter *w)
 enum fetch_state fetch_state(const struct fetch *f)
 {
     return f->state;
+}
+
+bool fetch_head_seen(const struct fetch *f)
+{
+    return f->head_seen || f->remote || f->state != FETCH_RUNNING;
 }
 
 bool fetch_complete(const struct fetch *f)
@@ -961,6 +967,7 @@ static void up_head(void *ud, int status, const struct http_header *hdrs, size_t
         }
         f->size = content_length;
     }
+    f->head_seen = true;
     wake(f);
 }
 

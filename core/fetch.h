@@ -84,6 +84,8 @@ void fetch_ref(struct fetch *f);
 void fetch_unref(struct fetch *f);
 
 enum fetch_state fetch_state(const struct fetch *f);
+/* True once the upstream's head arrived: fetch_size is as known as it will be early. */
+bool fetch_head_seen(const struct fetch *f);
 /* True once the blob is whole and verified (it may still be being committed). */
 bool fetch_complete(const struct fetch *f);
 /* The blob's size when known (from the upstream's head), else -1. */

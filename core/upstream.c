@@ -1046,6 +1046,8 @@ static struct conn *conn_new(struct upstream_pool *pool, const struct url *u, in
 
 static int head_append(struct upstream_req *r, const char *at, size_t len)
 {
+    if (len == 0)
+        return 0;
     if (r->hbuf_len + len > r->hbuf_cap) {
         size_t cap = r->hbuf_cap ? r->hbuf_cap : 4096;
         while (cap < r->hbuf_len + len)
@@ -1143,6 +1145,19 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct upstream_req *r = p->data;
     int status = p->status_code;
+    if (status < 100 || status > 599) {
+        /* llhttp takes "HTTP/1.1  200" as 0 and "HTTP/1.1 20" as 20: not HTTP. */
+        r->parse_err = UV_EPROTO;
+        req_set_error(r, "%s: malformed response: status %d", r->hostport, status);
+        return -1;
+    }
+    for (size_t i = 0; i < r->n_fields; i++) {
+        if (r->fields[i].name_len == 0) {
+            r->parse_err = UV_EPROTO;
+            req_set_error(r, "%s: malformed response: a header without a name", r->hostport);
+            return -1;
+        }
+    }
     if (status >= 100 && status < 200) {
         if (status == 101) {
             r->parse_err = UV_EPROTO;

@@ -48,8 +48,9 @@ def body(run):
         t0 = time.monotonic()
         pull_blob(cache, d_kept, b_kept)
         pull_blob(cache, d_gone, b_gone)
-        expect(os.path.exists(blob_file(cache, d_kept)), "first blob not stored")
-        expect(os.path.exists(blob_file(cache, d_gone)), "second blob not stored")
+        # The commit (fsync, rename) follows the response: wait for it.
+        h.wait_until(lambda: os.path.exists(blob_file(cache, d_kept)), 10, "first blob stored")
+        h.wait_until(lambda: os.path.exists(blob_file(cache, d_gone)), 10, "second blob stored")
         # Pull the first one again at about 2/3 of the TTL: its clock starts over.
         time.sleep(max(0.0, t0 + TTL_S * 2 / 3 - time.monotonic()))
         pull_blob(cache, d_kept, b_kept)
@@ -74,7 +75,8 @@ def body(run):
         expect(len(lines) >= 2, "no 'expired blob' log lines:\n" + h.tail(cache.stderr_path))
         # After expiry the blob is fetched again, correctly.
         pull_blob(cache, d_gone, b_gone)
-        expect(os.path.exists(blob_file(cache, d_gone)), "the blob was not stored again")
+        h.wait_until(lambda: os.path.exists(blob_file(cache, d_gone)), 10,
+                     "the blob to be stored again")
 
     run.check("blobttl 3s: a blob not pulled for 3s is deleted; a pull restarts its clock",
               stored_then_expired)
@@ -82,7 +84,7 @@ def body(run):
     def survives_restart_and_expire_command():
         pull_blob(cache, d_restart, b_restart)
         path = blob_file(cache, d_restart)
-        expect(os.path.exists(path), "blob not stored")
+        h.wait_until(lambda: os.path.exists(path), 10, "the blob to be stored")
         cache.stop()
         # While the cache is down, the TTL passes; the pull time is on disk.
         time.sleep(TTL_S + 0.5)

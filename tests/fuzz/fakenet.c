@@ -24,8 +24,7 @@ static uint16_t redirect_port;
 
 void fakenet_allow(uint16_t port)
 {
-    if (n_allowed < FAKENET_MAX_ALLOWED)
-        allowed_ports[n_allowed++] = port;
+    if (n_allowed < FAKENET_MAX_ALLOWED) allowed_ports[n_allowed++] = port;
 }
 
 void fakenet_redirect(uint16_t port)
@@ -36,8 +35,7 @@ void fakenet_redirect(uint16_t port)
 static bool port_allowed(uint16_t port)
 {
     for (size_t i = 0; i < n_allowed; i++)
-        if (allowed_ports[i] == port)
-            return true;
+        if (allowed_ports[i] == port) return true;
     return false;
 }
 
@@ -68,12 +66,9 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
                 struct addrinfo **res)
 {
     static getaddrinfo_fn real;
-    if (real == NULL)
-        real = (getaddrinfo_fn)dlsym(RTLD_NEXT, "getaddrinfo");
-    if (real == NULL)
-        return EAI_FAIL;
-    if (node == NULL)
-        return real(node, service, hints, res);
+    if (real == NULL) real = (getaddrinfo_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+    if (real == NULL) return EAI_FAIL;
+    if (node == NULL) return real(node, service, hints, res);
     struct addrinfo h;
     memset(&h, 0, sizeof(h));
     if (hints != NULL) {
@@ -103,8 +98,7 @@ static void slicer_next(uv_idle_t *h);
 
 static void slicer_finish(struct slicer *sl, int status)
 {
-    if (sl->finished)
-        return;
+    if (sl->finished) return;
     sl->finished = true;
     uv_idle_stop(&sl->idle);
     sl->done(sl, status);
@@ -120,23 +114,22 @@ static void slicer_written(uv_write_t *w, int status)
     }
     if (sl->off >= sl->len)
         slicer_finish(sl, 0);
-    else
-        uv_idle_start(&sl->idle, slicer_next);
+    else if (!uv_is_closing((uv_handle_t *)&sl->idle))
+        uv_idle_start(&sl->idle, slicer_next); /* (a write that completed before a close
+                                                   reports success during the close) */
 }
 
 static void slicer_next(uv_idle_t *h)
 {
     struct slicer *sl = h->data;
     uv_idle_stop(h);
-    if (sl->writing || sl->finished)
-        return;
+    if (sl->writing || sl->finished) return;
     if (sl->off >= sl->len) {
         slicer_finish(sl, 0);
         return;
     }
     size_t n = sl->len - sl->off;
-    if (sl->chunk != 0 && n > sl->chunk)
-        n = sl->chunk;
+    if (sl->chunk != 0 && n > sl->chunk) n = sl->chunk;
     uv_buf_t b = uv_buf_init((char *)sl->data + sl->off, (unsigned)n);
     sl->off += n;
     sl->wreq.data = sl;
@@ -162,6 +155,19 @@ static void slicer_start(struct slicer *sl, const char *data, size_t len, size_t
     sl->len = len;
     sl->chunk = chunk;
     uv_idle_start(&sl->idle, slicer_next);
+}
+
+/*
+ * Makes a close reset the connection instead of leaving it in TIME_WAIT: thousands of
+ * connections a second would use up the ports. Only once both sides are done.
+ */
+static void no_linger(uv_tcp_t *tcp)
+{
+    uv_os_fd_t fd;
+    if (uv_fileno((uv_handle_t *)tcp, &fd) == 0) {
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
 }
 
 /* --- The scripted server ---------------------------------------------------------- */
@@ -191,16 +197,14 @@ struct sconn {
 static void sconn_handle_closed(uv_handle_t *h)
 {
     struct sconn *sc = h->data;
-    if (--sc->handles > 0)
-        return;
+    if (--sc->handles > 0) return;
     sc->srv->n_conns--;
     free(sc);
 }
 
 static void sconn_close(struct sconn *sc)
 {
-    if (sc->closing)
-        return;
+    if (sc->closing) return;
     sc->closing = true;
     sc->out.idle.data = sc;
     uv_close((uv_handle_t *)&sc->out.idle, sconn_handle_closed);
@@ -210,16 +214,17 @@ static void sconn_close(struct sconn *sc)
 static void sconn_shut(uv_shutdown_t *req, int status)
 {
     struct sconn *sc = req->data;
-    if (status < 0 || sc->peer_eof)
+    if (status < 0 || sc->peer_eof) {
+        if (sc->peer_eof) no_linger(&sc->tcp);
         sconn_close(sc);
+    }
     /* else: read on until the client closes */
 }
 
 static void sconn_sent(struct slicer *sl, int status)
 {
     struct sconn *sc = (struct sconn *)((char *)sl - offsetof(struct sconn, out));
-    if (sc->closing)
-        return;
+    if (sc->closing) return;
     sc->shutdown.data = sc;
     if (status < 0 || uv_shutdown(&sc->shutdown, (uv_stream_t *)&sc->tcp, sconn_shut) != 0)
         sconn_close(sc);
@@ -250,14 +255,13 @@ static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
             sconn_answer(sc); /* a client that sent no whole head still gets the reply */
             return;
         }
+        if (n == UV_EOF && sc->out.finished) no_linger(&sc->tcp);
         sconn_close(sc);
         return;
     }
-    if (sc->answered)
-        return;
+    if (sc->answered) return;
     size_t take = (size_t)n;
-    if (take > sizeof(sc->head) - sc->head_len)
-        take = sizeof(sc->head) - sc->head_len;
+    if (take > sizeof(sc->head) - sc->head_len) take = sizeof(sc->head) - sc->head_len;
     memcpy(sc->head + sc->head_len, b->base, take);
     sc->head_len += take;
     const char *end = memmem(sc->head, sc->head_len, "\r\n\r\n", 4);
@@ -272,11 +276,9 @@ static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 static void server_on_connection(uv_stream_t *listener, int status)
 {
     struct fakenet_server *s = listener->data;
-    if (status < 0)
-        return;
+    if (status < 0) return;
     struct sconn *sc = calloc(1, sizeof(*sc));
-    if (sc == NULL)
-        abort();
+    if (sc == NULL) abort();
     sc->srv = s;
     uv_tcp_init(listener->loop, &sc->tcp);
     sc->tcp.data = sc;
@@ -288,16 +290,14 @@ static void server_on_connection(uv_stream_t *listener, int status)
         sconn_close(sc);
         return;
     }
-    if (uv_read_start((uv_stream_t *)&sc->tcp, sconn_alloc, sconn_read) != 0)
-        sconn_close(sc);
+    if (uv_read_start((uv_stream_t *)&sc->tcp, sconn_alloc, sconn_read) != 0) sconn_close(sc);
 }
 
 int fakenet_server_start(uv_loop_t *loop, fakenet_answer_fn answer, void *ud,
                          struct fakenet_server **out)
 {
     struct fakenet_server *s = calloc(1, sizeof(*s));
-    if (s == NULL)
-        return UV_ENOMEM;
+    if (s == NULL) return UV_ENOMEM;
     s->answer = answer;
     s->ud = ud;
     struct sockaddr_in addr;
@@ -305,12 +305,10 @@ int fakenet_server_start(uv_loop_t *loop, fakenet_answer_fn answer, void *ud,
     uv_tcp_init(loop, &s->listener);
     s->listener.data = s;
     int rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, 128, server_on_connection);
+    if (rc == 0) rc = uv_listen((uv_stream_t *)&s->listener, 128, server_on_connection);
     struct sockaddr_in bound;
     int bl = sizeof(bound);
-    if (rc == 0)
-        rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &bl);
+    if (rc == 0) rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &bl);
     if (rc != 0) {
         uv_close((uv_handle_t *)&s->listener, NULL); /* s leaks: the harness aborts anyway */
         return rc;
@@ -348,23 +346,16 @@ struct cconn {
 static void cconn_handle_closed(uv_handle_t *h)
 {
     struct cconn *cc = h->data;
-    if (--cc->handles > 0)
-        return;
+    if (--cc->handles > 0) return;
     cc->stats->done = true;
     free(cc);
 }
 
 static void cconn_close(struct cconn *cc)
 {
-    if (cc->closing)
-        return;
+    if (cc->closing) return;
     cc->closing = true;
-    /* No lingering TIME_WAIT: thousands of connections a second would use up the ports. */
-    uv_os_fd_t fd;
-    if (uv_fileno((uv_handle_t *)&cc->tcp, &fd) == 0) {
-        struct linger lg = {1, 0};
-        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-    }
+    no_linger(&cc->tcp);
     cc->out.idle.data = cc;
     uv_close((uv_handle_t *)&cc->out.idle, cconn_handle_closed);
     uv_close((uv_handle_t *)&cc->tcp, cconn_handle_closed);
@@ -384,20 +375,24 @@ static void cconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         cconn_close(cc);
         return;
     }
-    cc->stats->bytes_read += (size_t)n;
+    struct fakenet_client_stats *stats = cc->stats;
+    size_t room = sizeof(stats->first_bytes) - 1;
+    size_t have = stats->bytes_read < room ? stats->bytes_read : room;
+    size_t take = (size_t)n < room - have ? (size_t)n : room - have;
+    memcpy(stats->first_bytes + have, b->base, take);
+    stats->first_bytes[have + take] = '\0';
+    stats->bytes_read += (size_t)n;
 }
 
 static void cconn_shut(uv_shutdown_t *req, int status)
 {
-    if (status < 0)
-        cconn_close(req->data);
+    if (status < 0) cconn_close(req->data);
 }
 
 static void cconn_sent(struct slicer *sl, int status)
 {
     struct cconn *cc = (struct cconn *)((char *)sl - offsetof(struct cconn, out));
-    if (cc->closing)
-        return;
+    if (cc->closing) return;
     cc->stats->bytes_written = sl->off;
     cc->shutdown.data = cc;
     if (status < 0 || uv_shutdown(&cc->shutdown, (uv_stream_t *)&cc->tcp, cconn_shut) != 0)
@@ -423,8 +418,7 @@ int fakenet_client_run(uv_loop_t *loop, uint16_t port, const char *data, size_t 
                        struct fakenet_client_stats *stats)
 {
     struct cconn *cc = calloc(1, sizeof(*cc));
-    if (cc == NULL)
-        return UV_ENOMEM;
+    if (cc == NULL) return UV_ENOMEM;
     memset(stats, 0, sizeof(*stats));
     cc->stats = stats;
     uv_tcp_init(loop, &cc->tcp);
@@ -438,8 +432,8 @@ int fakenet_client_run(uv_loop_t *loop, uint16_t port, const char *data, size_t 
     struct sockaddr_in addr;
     uv_ip4_addr("127.0.0.1", port, &addr);
     cc->connect.data = cc;
-    int rc = uv_tcp_connect(&cc->connect, &cc->tcp, (const struct sockaddr *)&addr,
-                            cconn_connected);
+    int rc =
+        uv_tcp_connect(&cc->connect, &cc->tcp, (const struct sockaddr *)&addr, cconn_connected);
     if (rc != 0) {
         cconn_close(cc); /* sets stats->done once closed */
         return rc;

@@ -32,7 +32,7 @@ void fakenet_redirect(uint16_t port);
 struct fakenet_reply {
     const char *data; /* must stay valid until the connection is closed */
     size_t len;
-    size_t chunk;     /* slice size, 0: one write */
+    size_t chunk; /* slice size, 0: one write */
 };
 
 /*
@@ -60,9 +60,10 @@ unsigned fakenet_server_connections(const struct fakenet_server *s);
 
 struct fakenet_client_stats {
     bool connected;
-    bool done;            /* the connection is closed */
+    bool done; /* the connection is closed */
     size_t bytes_written;
     size_t bytes_read;
+    char first_bytes[32]; /* the first bytes read, NUL-terminated */
 };
 
 /*

@@ -3,20 +3,27 @@
  *
  * One process-wide stack, wired as main.c wires it: http_server -> proxy_handle ->
  * blob service / relay -> chain -> upstream pool, with a store in a temporary directory
- * that holds one blob. The upstream is faked: a scripted origin on 127.0.0.1 (fakenet.h)
+ * that holds one blob, and the default Lua policies choosing upstreams in setups 1 and 2
+ * (below). The upstream is faked: a scripted origin on 127.0.0.1 (fakenet.h)
  * answers by path with canned responses (the base, a manifest, the stored blob, another
  * blob whose bytes do not match its digest, a chunked tag list, a 401 challenge, a 500,
  * a redirect, 404). Every other address is refused at connect(2), so nothing leaves the
  * process.
  *
- * Input: byte 0 picks the upstream setup (bits 0-1: 0 and 3 the origin alone, 1 a dead
- * upstream cache before the origin, 2 nothing reachable) and how the client slices what
- * it sends (bits 2-7: slices of that many bytes, one per loop iteration; 0 sends all at
- * once), which exercises incremental parsing and pipelining. The rest is sent on a new
- * TCP connection, which is then half-closed; the response is read to the end.
+ * Input: byte 0 picks the upstream setup (bits 0-1) and how the client slices what it
+ * sends (bits 2-7: slices of that many bytes, one per loop iteration; 0 sends all at once),
+ * which exercises incremental parsing and pipelining. The setups:
+ *   0  the scripted origin alone, upstreams chosen in C;
+ *   1  a dead upstream cache before the origin, chosen by the Lua policy;
+ *   2  nothing reachable (Lua policy);
+ *   3  as 0, but the origin answers every request with the input's own bytes: the input
+ *      is the client's bytes, a NUL byte, and the origin's answer.
+ * The client's bytes are sent on a new TCP connection, which is then half-closed; the
+ * response is read to the end.
  *
- * Each input runs the loop until every handle it made is closed, then checks that
- * nothing is left: no connection, no exchange in flight, no fetch, no origin connection.
+ * Each input runs the loop until every handle it made is closed, then checks that the
+ * first response starts with a well-formed status line and that nothing is left: no
+ * connection, no exchange in flight, no fetch, no origin connection.
  */
 #include <errno.h>
 #include <signal.h>
@@ -33,7 +40,9 @@
 #include "digest.h"
 #include "fakenet.h"
 #include "fetch.h"
+#include "harness.h"
 #include "log.h"
+#include "policy.h"
 #include "proxy.h"
 #include "server.h"
 #include "store.h"
@@ -69,20 +78,17 @@ static struct harness {
     struct proxy *proxy[N_SETUPS];
     struct fetch_manager *fetches[N_SETUPS];
     struct blob_service *blobs[N_SETUPS];
+    struct policy_engine *policy[N_SETUPS];
     struct proxy *current;
     struct store *store;
     struct http_server *server;
     uint16_t server_port;
-    char root[64];
+    char root[4096];
     char *canned[N_CANNED];
     size_t canned_len[N_CANNED];
+    const char *answer; /* setup 3: the origin's answer to everything */
+    size_t answer_len;
 } h;
-
-static void die(const char *what)
-{
-    fprintf(stderr, "fuzz_request: %s\n", what);
-    abort();
-}
 
 static char blob_byte(size_t i)
 {
@@ -101,13 +107,10 @@ static void canned_set(enum canned which, const char *head, const char *body, si
     char *s = NULL;
     size_t n = 0;
     FILE *f = open_memstream(&s, &n);
-    if (f == NULL)
-        die("out of memory");
+    if (f == NULL) HARNESS_FAIL("out of memory");
     fprintf(f, "%sContent-Length: %zu\r\nConnection: close\r\n\r\n", head, body_len);
-    if (!for_head && body_len > 0)
-        fwrite(body, 1, body_len, f);
-    if (fclose(f) != 0)
-        die("out of memory");
+    if (!for_head && body_len > 0) fwrite(body, 1, body_len, f);
+    if (fclose(f) != 0) HARNESS_FAIL("out of memory");
     h.canned[which] = s;
     h.canned_len[which] = n;
 }
@@ -119,9 +122,8 @@ static void canned_init(uint16_t port)
     for (size_t i = 0; i < BLOB_SIZE; i++)
         blob[i] = blob_byte(i);
     static const char json_type[] = "Content-Type: application/json; charset=utf-8\r\n";
-    canned_set(R_BASE,
-               "HTTP/1.1 200 OK\r\nDocker-Distribution-Api-Version: registry/2.0\r\n",
-               "{}", 2, false);
+    canned_set(R_BASE, "HTTP/1.1 200 OK\r\nDocker-Distribution-Api-Version: registry/2.0\r\n", "{}",
+               2, false);
     static const char manifest[] =
         "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\","
         "\"layers\":[{\"digest\":\"sha256:" BLOB_HEX "\",\"size\":2048}]}";
@@ -195,13 +197,17 @@ static void origin_answer(void *ud, const char *head, size_t len, struct fakenet
     out->data = h.canned[r];
     out->len = h.canned_len[r];
     out->chunk = 0;
+    if (h.answer != NULL) { /* setup 3 */
+        out->data = h.answer;
+        out->len = h.answer_len;
+    }
 }
 
 /* --- Set-up ------------------------------------------------------------------------- */
 
 static struct config *setup_config(const char *origin, const char *cache)
 {
-    char yaml[1024];
+    char yaml[8192];
     snprintf(yaml, sizeof(yaml),
              "version: 0.1\n"
              "log: {level: error}\n"
@@ -215,7 +221,7 @@ static struct config *setup_config(const char *origin, const char *cache)
     struct config *cfg = NULL;
     if (config_parse("fuzz.yml", yaml, strlen(yaml), NULL, &cfg, err, sizeof(err)) != 0) {
         fprintf(stderr, "%s\n", err);
-        die("the harness's config does not parse");
+        HARNESS_FAIL("the harness's config does not parse");
     }
     return cfg;
 }
@@ -232,22 +238,13 @@ static void seed_blob(void)
     digest_sha256_update(&ctx, blob, sizeof(blob));
     digest_sha256_final(&ctx, bin);
     digest_hex(bin, hex);
-    if (strcmp(hex, BLOB_HEX) != 0)
-        die("BLOB_HEX is not the digest of the blob");
+    if (strcmp(hex, BLOB_HEX) != 0) HARNESS_FAIL("BLOB_HEX is not the digest of the blob");
     char tmp[4096];
     int fd = store_tmp_create_sync(h.store, hex, tmp, sizeof(tmp));
     if (fd < 0 || write(fd, blob, sizeof(blob)) != (ssize_t)sizeof(blob) ||
         store_commit_sync(h.store, fd, tmp, hex) != 0)
-        die("cannot store the blob");
+        HARNESS_FAIL("cannot store the blob");
     close(fd);
-}
-
-static void remove_root(void)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h.root);
-    if (system(cmd) != 0)
-        fprintf(stderr, "fuzz_request: could not remove %s\n", h.root);
 }
 
 static void on_request(struct http_exchange *x, void *ud)
@@ -263,25 +260,14 @@ static void unref_handle(uv_handle_t *handle, void *arg)
 static void setup(void)
 {
     signal(SIGPIPE, SIG_IGN);
-    /* The access log goes to stdout: not wanted thousands of times a second. */
-    int devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (devnull >= 0) {
-        dup2(devnull, STDOUT_FILENO);
-        close(devnull);
-    }
-    if (uv_loop_init(&h.loop) != 0)
-        die("uv_loop_init");
-    snprintf(h.root, sizeof(h.root), "/tmp/cc-fuzz-request-XXXXXX");
-    if (mkdtemp(h.root) == NULL)
-        die("mkdtemp");
-    atexit(remove_root);
+    if (uv_loop_init(&h.loop) != 0) HARNESS_FAIL("uv_loop_init");
+    harness_tmpdir("request", h.root, sizeof(h.root));
     char err[512];
-    if (store_open(h.root, &h.store, NULL, err, sizeof(err)) != 0)
-        die(err);
+    if (store_open(h.root, &h.store, NULL, err, sizeof(err)) != 0) HARNESS_FAIL(err);
     seed_blob();
 
     if (fakenet_server_start(&h.loop, origin_answer, NULL, &h.origin) != 0)
-        die("cannot start the origin");
+        HARNESS_FAIL("cannot start the origin");
     uint16_t port = fakenet_server_port(h.origin);
     canned_init(port);
     char origin[64];
@@ -299,10 +285,15 @@ static void setup(void)
         h.blobs[i] = h.proxy[i] && h.fetches[i]
                          ? blob_service_new(&h.loop, h.store, h.fetches[i], h.proxy[i])
                          : NULL;
-        if (h.blobs[i] == NULL)
-            die("out of memory");
+        if (h.blobs[i] == NULL) HARNESS_FAIL("out of memory");
         blob_service_set_ttl(h.blobs[i], 3600);
         proxy_set_blob_service(h.proxy[i], h.blobs[i]);
+        /* Setups 1 and 2 choose upstreams with the default Lua policy, 0 with the C one. */
+        if (i > 0) {
+            if (policy_engine_new(h.cfg[i], NULL, &h.policy[i], err, sizeof(err)) != 0)
+                HARNESS_FAIL(err);
+            proxy_set_policy(h.proxy[i], h.policy[i]);
+        }
     }
 
     static const struct http_header extra[] = {{"X-Fuzz", 6, "1", 1}};
@@ -314,7 +305,7 @@ static void setup(void)
         .on_request = on_request,
     };
     if (http_server_listen(&h.loop, "127.0.0.1:0", &opts, &h.server, err, sizeof(err)) != 0)
-        die(err);
+        HARNESS_FAIL(err);
     const char *addr = http_server_address(h.server);
     const char *colon = strrchr(addr, ':');
     h.server_port = (uint16_t)atoi(colon + 1);
@@ -325,30 +316,42 @@ static void setup(void)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (h.server == NULL)
-        setup();
-    if (size == 0)
-        return 0;
+    if (h.server == NULL) setup();
+    if (size == 0) return 0;
     unsigned setup_no = data[0] & 3;
     h.current = h.proxy[setup_no == 3 ? 0 : setup_no];
     size_t chunk = data[0] >> 2;
+    const char *request = (const char *)data + 1;
+    size_t request_len = size - 1;
+    h.answer = NULL;
+    if (setup_no == 3) {
+        const char *nul = memchr(request, '\0', request_len);
+        h.answer = nul ? nul + 1 : request + request_len;
+        h.answer_len = (size_t)(request + request_len - h.answer);
+        request_len = nul ? (size_t)(nul - request) : request_len;
+    }
 
     struct fakenet_client_stats st;
-    if (fakenet_client_run(&h.loop, h.server_port, (const char *)data + 1, size - 1, chunk, &st) != 0)
-        die("cannot connect to the server");
+    if (fakenet_client_run(&h.loop, h.server_port, request, request_len, chunk, &st) != 0)
+        HARNESS_FAIL("cannot connect to the server");
     uv_run(&h.loop, UV_RUN_DEFAULT);
 
-    if (!st.done)
-        die("the client connection is still open after the loop ran out");
+    /* Whatever came in, the server answered with a well-formed status line. */
+    if (st.bytes_read >= 13) {
+        const char *l = st.first_bytes;
+        HARNESS_REQUIRE((strncmp(l, "HTTP/1.1 ", 9) == 0 || strncmp(l, "HTTP/1.0 ", 9) == 0) &&
+                            l[9] >= '1' && l[9] <= '5' && l[10] >= '0' && l[10] <= '9' &&
+                            l[11] >= '0' && l[11] <= '9' && l[12] == ' ',
+                        "the response starts with HTTP/1.x and a status of 100 to 599");
+    }
+    if (!st.done) HARNESS_FAIL("the client connection is still open after the loop ran out");
     if (http_server_connections(h.server) != 0)
-        die("a server connection outlived its client");
+        HARNESS_FAIL("a server connection outlived its client");
     for (int i = 0; i < N_SETUPS; i++) {
-        if (proxy_in_flight(h.proxy[i]) != 0)
-            die("an exchange is still in flight");
-        if (fetch_manager_active(h.fetches[i]) != 0)
-            die("a fetch is still running");
+        if (proxy_in_flight(h.proxy[i]) != 0) HARNESS_FAIL("an exchange is still in flight");
+        if (fetch_manager_active(h.fetches[i]) != 0) HARNESS_FAIL("a fetch is still running");
     }
     if (fakenet_server_connections(h.origin) != 0)
-        die("an origin connection is still open");
+        HARNESS_FAIL("an origin connection is still open");
     return 0;
 }
