@@ -5,8 +5,10 @@
  * The walk reads directories itself rather than through store_scan_prefix_sync, which
  * skips silently what fsck must report (stray names, data files that are not regular).
  * Without repair no struct store is opened: store_open creates directories and removes
- * temporary files, and a check must change nothing. The two paths below are the layout
- * that store.h documents; removal goes through store_remove_sync.
+ * the leftovers of fetches, and a check must change nothing. The paths below are the
+ * layout that store.h documents. Removal is the store's: store_remove_sync for blobs,
+ * store_open (which knows which temporary files a replica's fetch still needs) for
+ * leftovers.
  */
 #include "fsck.h"
 
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "digest.h"
@@ -25,8 +28,14 @@
 
 #define FSCK_BLOBS_DIR "docker/registry/v2/blobs/sha256"
 #define FSCK_TMP_DIR "docker/registry/v2/_content-cache/tmp"
+#define FSCK_LOCKS_DIR "docker/registry/v2/_content-cache/fetching"
 #define FSCK_PATH_MAX 4096
 #define FSCK_READ_CHUNK (1024 * 1024)
+
+struct leftover {
+    char *path;
+    bool is_lock; /* a fetch lock, else a temporary file */
+};
 
 struct walk {
     char root[FSCK_PATH_MAX];
@@ -37,6 +46,8 @@ struct walk {
     fsck_report_fn report;
     void *ud;
     unsigned char *buf;
+    struct leftover *leftovers; /* found before the store was opened */
+    size_t n_leftovers;
 };
 
 __attribute__((format(printf, 3, 4))) static void problem(struct walk *w, const char *what,
@@ -275,30 +286,70 @@ static int walk_blobs(struct walk *w, const char *blobs)
     return 0;
 }
 
-/* --- Temporary files -------------------------------------------------------------- */
+/* --- Leftovers of fetches: temporary files and fetch locks ----------------------- */
 
-static void check_tmp(struct walk *w, const char *tmp)
+/*
+ * True when the fetch lock of blob `hex` (a name's first 64 characters) was beaten within
+ * STORE_LOCK_STALE_S: a fetch in progress, here or in a replica sharing the root, whose
+ * temporary file is not a leftover. Judged by the lock's time only, which errs on the side
+ * of leaving a file alone: store_open also counts as stale the lock of a dead process of
+ * this host, and as a leftover a temporary file whose blob's lock names another file.
+ */
+static bool lock_fresh(const char *locks, const char *name, double now)
 {
-    DIR *d = opendir(tmp);
-    if (d == NULL) return; /* none (the directory is created by the server's start) */
+    char path[FSCK_PATH_MAX];
+    struct stat sb;
+    if (strlen(name) < 64) return false;
+    snprintf(path, sizeof(path), "%s/%.64s", locks, name);
+    if (stat(path, &sb) != 0) return false;
+    double mtime = (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9;
+    return now - mtime <= STORE_LOCK_STALE_S;
+}
+
+/* Adds every leftover of directory dir to w->leftovers: files that no fresh lock claims. */
+static void find_leftovers(struct walk *w, const char *dir, const char *locks, bool is_locks,
+                           double now)
+{
+    DIR *d = opendir(dir);
+    if (d == NULL) return; /* none (the directories are made when a server starts) */
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') /* ".", "..", and a starting server's probe file */
-            continue;
+        /* ".", "..", a starting server's probe file, a lock being taken over */
+        if (e->d_name[0] == '.' || lock_fresh(locks, e->d_name, now)) continue;
         char path[FSCK_PATH_MAX];
-        snprintf(path, sizeof(path), "%s/%s", tmp, e->d_name);
-        w->out->temp++;
-        if (!w->repair) {
-            problem(w, relative(w, path), "leftover temporary file");
-        } else if (unlink(path) == 0 || errno == ENOENT) {
-            w->out->removed++;
-            problem(w, relative(w, path), "leftover temporary file; removed");
-        } else {
-            problem(w, relative(w, path), "leftover temporary file; not removed: %s",
-                    strerror(errno));
-        }
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        struct leftover *grown = realloc(w->leftovers, (w->n_leftovers + 1) * sizeof(*grown));
+        if (grown == NULL) continue; /* not reported; store_open still cleans it */
+        w->leftovers = grown;
+        grown[w->n_leftovers].path = strdup(path);
+        grown[w->n_leftovers].is_lock = is_locks;
+        if (grown[w->n_leftovers].path != NULL) w->n_leftovers++;
     }
     closedir(d);
+}
+
+/*
+ * Reports the leftovers found before the store was opened: with repair, store_open has
+ * removed them by the store's own rules, and each is reported removed when it is gone.
+ */
+static void report_leftovers(struct walk *w)
+{
+    for (size_t i = 0; i < w->n_leftovers; i++) {
+        const char *path = w->leftovers[i].path;
+        const char *kind = w->leftovers[i].is_lock ? "stale fetch lock" : "leftover temporary file";
+        struct stat sb;
+        w->out->temp++;
+        if (!w->repair) {
+            problem(w, relative(w, path), "%s", kind);
+        } else if (lstat(path, &sb) != 0) {
+            w->out->removed++;
+            problem(w, relative(w, path), "%s; removed", kind);
+        } else {
+            problem(w, relative(w, path), "%s; not removed (claimed by a fetch meanwhile)", kind);
+        }
+        free(w->leftovers[i].path);
+    }
+    free(w->leftovers);
 }
 
 int fsck_run(const char *storage_root, bool repair, struct fsck_report *out, fsck_report_fn report,
@@ -314,22 +365,30 @@ int fsck_run(const char *storage_root, bool repair, struct fsck_report *out, fsc
     w.root[rl] = '\0';
     w.root_len = rl;
 
-    char blobs[FSCK_PATH_MAX], tmp[FSCK_PATH_MAX];
+    char blobs[FSCK_PATH_MAX], tmp[FSCK_PATH_MAX], locks[FSCK_PATH_MAX];
     snprintf(blobs, sizeof(blobs), "%s/%s", w.root, FSCK_BLOBS_DIR);
     snprintf(tmp, sizeof(tmp), "%s/%s", w.root, FSCK_TMP_DIR);
+    snprintf(locks, sizeof(locks), "%s/%s", w.root, FSCK_LOCKS_DIR);
     struct stat sb;
     if (stat(blobs, &sb) != 0 || !S_ISDIR(sb.st_mode)) return -ENOENT;
 
-    /* Temporary files first: opening the store (repair) would remove them unreported. */
-    check_tmp(&w, tmp);
+    /* Leftovers first: opening the store (repair) removes them. */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    double now_s = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+    find_leftovers(&w, tmp, locks, false, now_s);
+    find_leftovers(&w, locks, locks, true, now_s);
     if (repair) {
         char err[512];
         int rc = store_open(w.root, &w.st, NULL, err, sizeof(err));
         if (rc != 0) {
+            w.repair = false; /* nothing was removed */
+            report_leftovers(&w);
             problem(&w, ".", "%s", err);
             return rc;
         }
     }
+    report_leftovers(&w);
     w.buf = malloc(FSCK_READ_CHUNK);
     int rc = w.buf == NULL ? -ENOMEM : walk_blobs(&w, blobs);
     free(w.buf);

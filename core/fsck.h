@@ -16,16 +16,19 @@
  *     blob directory without a data file,
  *   - a stray entry: a name in the blob tree that is not a blob's (wrong prefix, not 64
  *     lowercase hex digits, another file beside "data"),
- *   - a leftover temporary file in <root>/docker/registry/v2/_content-cache/tmp.
+ *   - a leftover of a fetch that is over: a temporary file in
+ *     <root>/docker/registry/v2/_content-cache/tmp that no fresh fetch lock claims, or a
+ *     stale lock in <root>/docker/registry/v2/_content-cache/fetching (store.h). The files
+ *     of fetches in progress, here or in a replica sharing the root, are not problems.
  *
  * Without repair nothing is changed: no file is written, removed or created, and the
  * store's directories are not created when they are missing. With repair the bad blobs
- * are removed (store_remove_sync; an empty blob directory is removed too) and so are the
- * temporary files; stray entries are reported and left for the operator, and so is a
- * blob that could not be read for lack of permission or of resources (that is not the
- * blob's fault). Repair is for a store that no server is using: a running server's
- * fetches write temporary files that repair would remove (store_open, at the server's
- * start, removes them too).
+ * are removed (store_remove_sync; an empty blob directory is removed too), and so are the
+ * leftovers (by store_open, whose rules keep the files of fetches in progress); stray
+ * entries are reported and left for the operator, and so is a blob that could not be read
+ * for lack of permission or of resources (that is not the blob's fault). Repair may run
+ * while servers use the store: a blob being served when it is removed is served whole,
+ * and the next request fetches it again.
  *
  * Synchronous and blocking: a command, never the server's loop.
  */
@@ -40,14 +43,14 @@ struct fsck_report {
     uint64_t ok;      /* blobs whose content matches their name */
     uint64_t bad;     /* blobs with a problem: mismatch, unreadable, not a regular file */
     uint64_t stray;   /* entries in the blob tree that are not blobs (or cannot be listed) */
-    uint64_t temp;    /* leftover temporary files */
-    uint64_t removed; /* blobs and temporary files removed (repair only) */
+    uint64_t temp;    /* leftovers of fetches: temporary files and stale fetch locks */
+    uint64_t removed; /* blobs and leftovers removed (repair only) */
     uint64_t bytes;   /* bytes read and hashed */
 };
 
 /*
  * Called once per problem, in the order found. `what` is the blob's 64 hex digits, or,
- * for an entry that is not a blob (stray entries, temporary files), its path relative to
+ * for an entry that is not a blob (stray entries, leftovers), its path relative to
  * the storage root. `problem` is a sentence that ends with what repair did ("; removed",
  * "; not removed: <reason>") when it ran. Both strings are valid during the call only.
  */

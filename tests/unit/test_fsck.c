@@ -2,7 +2,8 @@
  * Unit tests of fsck.c: a store in a temporary directory with good blobs, a corrupted one
  * (a byte flipped), a truncated one, stray entries and a leftover temporary file. A check
  * reports them all and changes nothing, access times included; a repair removes exactly
- * the bad blobs and the temporary file; a check after it finds only the strays.
+ * the bad blobs and the temporary file; a check after it finds only the strays. The files
+ * of a fetch in progress (a fresh fetch lock) are not leftovers.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -305,6 +306,57 @@ static void test_not_regular_files(void)
     rm_rf(f.root);
 }
 
+/*
+ * A fetch in progress (its temporary file claimed by a fresh lock, as a replica sharing the
+ * root holds it) is not a leftover, and repair leaves it; a lock whose owner stopped
+ * beating is a leftover, and so is the temporary file it names.
+ */
+static void test_fetch_in_progress_is_not_a_leftover(void)
+{
+    struct fixture f;
+    make_fixture(&f);
+    struct store *st = NULL;
+    char err[256];
+    CHECK_INT(store_open(f.root, &st, NULL, err, sizeof(err)), 0); /* removes f.tmp_file */
+    const char *live_hex = f.good[2].hex, *dead_hex = f.corrupted.hex;
+    char live_tmp[4096], dead_tmp[4096], dead_lock[4096];
+    int fd = store_tmp_create_sync(st, live_hex, live_tmp, sizeof(live_tmp));
+    CHECK(fd >= 0);
+    close(fd);
+    fd = store_tmp_create_sync(st, dead_hex, dead_tmp, sizeof(dead_tmp));
+    CHECK(fd >= 0);
+    close(fd);
+    struct store_lock_info held;
+    CHECK_INT(store_lock_acquire_sync(st, live_hex, live_tmp, 10, &held), 0);
+    CHECK_INT(store_lock_acquire_sync(st, dead_hex, dead_tmp, 10, &held), 0);
+    snprintf(dead_lock, sizeof(dead_lock), "%s/docker/registry/v2/_content-cache/fetching/%s",
+             f.root, dead_hex);
+    struct timespec old[2] = {{.tv_sec = OLD_ATIME}, {.tv_sec = OLD_ATIME}};
+    CHECK_INT(utimensat(AT_FDCWD, dead_lock, old, 0), 0); /* its owner stopped beating */
+
+    struct fsck_report r;
+    struct reports rep = {0};
+    CHECK_INT(fsck_run(f.root, false, &r, collect, &rep), 0);
+    CHECK_INT(r.temp, 2); /* the dead fetch's lock and file */
+    CHECK(report_for(&rep, "docker/registry/v2/_content-cache/fetching/") != NULL);
+    CHECK_CONTAINS(report_for(&rep, "docker/registry/v2/_content-cache/fetching/"),
+                   "stale fetch lock");
+    CHECK(report_for(&rep, live_tmp + strlen(f.root) + 1) == NULL);
+    CHECK(report_for(&rep, dead_tmp + strlen(f.root) + 1) != NULL);
+
+    memset(&rep, 0, sizeof(rep));
+    CHECK_INT(store_lock_touch_sync(st, live_hex), 0);
+    CHECK_INT(fsck_run(f.root, true, &r, collect, &rep), 0);
+    CHECK_INT(r.temp, 2);
+    CHECK_INT(r.removed, 2 + 2); /* the dead fetch's lock and file, the two bad blobs */
+    CHECK(exists(live_tmp));
+    CHECK(!exists(dead_tmp));
+    CHECK(!exists(dead_lock));
+    CHECK_INT(store_lock_release_sync(st, live_hex), 0);
+    store_close(st);
+    rm_rf(f.root);
+}
+
 static void test_no_store(void)
 {
     char root[64];
@@ -340,6 +392,7 @@ int main(void)
     RUN(test_check_reports_and_changes_nothing);
     RUN(test_repair_removes_exactly_the_bad);
     RUN(test_not_regular_files);
+    RUN(test_fetch_in_progress_is_not_a_leftover);
     RUN(test_no_store);
     RUN(test_empty_store);
     return check_summary();
