@@ -28,6 +28,9 @@ def body(run):
             h.expect_status(h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, d)), 200)
         path_bad = cache.blob_file(db)
         path_good = cache.blob_file(dg)
+        # The commit (fsync, rename) follows the response.
+        h.wait_until(lambda: os.path.exists(path_bad) and os.path.exists(path_good), 10,
+                     "both blobs stored")
         with open(path_bad, "r+b") as f:
             f.seek(1234)
             byte = f.read(1)

@@ -73,6 +73,8 @@ def body(run):
             h.wait_until(lambda: delta(scrape(dport), m0,
                                        'content_cache_http_requests_total{method="GET",'
                                        'status="404"}') >= 1, 10, "the 404 to be counted")
+            h.wait_until(lambda: delta(scrape(dport), m0, "content_cache_stored_blobs") >= 1, 10,
+                         "the commit to be counted")
             m1 = scrape(dport)
             for key, want in [
                 ('content_cache_blob_requests_total{result="miss"}', 1),
