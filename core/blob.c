@@ -16,6 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "auth.h"
 #include "budget.h"
@@ -26,6 +29,7 @@
 
 #define BLOB_CHUNK (256 * 1024)
 #define BLOB_MAX_FORWARDED 24
+#define BLOB_FD_CACHE 128
 
 struct blob_service {
     double ttl_s; /* the configured blobttl, for how often a pull refreshes its time */
@@ -41,6 +45,16 @@ struct blob_service {
         unsigned readers;
     } *in_use;
     size_t n_in_use, cap_in_use;
+    /* Descriptors of stored blobs kept open: a hot hit needs no open/fstat/close on the
+     * thread pool. An entry is checked (fstat: still linked?) at each use. */
+    struct {
+        char hex[65];
+        uv_file fd;
+        unsigned refs;
+        uint64_t used;
+        bool stale; /* unlinked: closed when its last reader is done */
+    } fdc[BLOB_FD_CACHE];
+    uint64_t fdc_clock;
     uv_loop_t *loop;
     struct store *store;
     struct fetch_manager *fetches;
@@ -73,6 +87,7 @@ struct blob_req {
 
     uv_file fd;
     bool own_fd;
+    int fdc_slot; /* the descriptor cache entry used, or -1 */
     struct fetch *fetch;
     struct fetch_follower follower;
     bool following; /* follower is in the fetch's list */
@@ -96,6 +111,8 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
     if (bs == NULL)
         return NULL;
     bs->loop = loop;
+    for (int i = 0; i < BLOB_FD_CACHE; i++)
+        bs->fdc[i].fd = -1;
     bs->store = store;
     bs->fetches = fetches;
     bs->proxy = proxy;
@@ -160,6 +177,73 @@ static void in_use_remove(struct blob_service *bs, const char *hex)
     }
 }
 
+static void close_fs_cb(uv_fs_t *req);
+
+static void fdc_close(struct blob_service *bs, int i)
+{
+    uv_fs_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_fs_close(bs->loop, req, bs->fdc[i].fd, close_fs_cb) != 0) {
+        free(req);
+        close(bs->fdc[i].fd);
+    }
+    memset(&bs->fdc[i], 0, sizeof(bs->fdc[i]));
+    bs->fdc[i].fd = -1;
+}
+
+/* A cached descriptor of blob hex that still names a stored file: its slot (a reference
+ * taken) and its stat in *sb; -1 when there is none. */
+static int fdc_get(struct blob_service *bs, const char *hex, struct stat *sb)
+{
+    for (int i = 0; i < BLOB_FD_CACHE; i++) {
+        if (bs->fdc[i].hex[0] == '\0' || bs->fdc[i].stale || memcmp(bs->fdc[i].hex, hex, 64))
+            continue;
+        /* fstat of an open descriptor reads the inode in memory: it does not wait for
+         * the disk. nlink 0: the blob was expired, evicted or repaired away. */
+        if (fstat(bs->fdc[i].fd, sb) != 0 || sb->st_nlink == 0) {
+            if (bs->fdc[i].refs == 0)
+                fdc_close(bs, i);
+            else
+                bs->fdc[i].stale = true;
+            return -1;
+        }
+        bs->fdc[i].refs++;
+        bs->fdc[i].used = ++bs->fdc_clock;
+        return i;
+    }
+    return -1;
+}
+
+/* Keeps fd (just opened for hex) in the cache; returns its slot (one reference taken),
+ * or -1 when every slot is in use (the caller keeps and closes the fd itself). */
+static int fdc_put(struct blob_service *bs, const char *hex, uv_file fd)
+{
+    int victim = -1;
+    for (int i = 0; i < BLOB_FD_CACHE; i++) {
+        if (bs->fdc[i].hex[0] == '\0' && bs->fdc[i].refs == 0) {
+            victim = i;
+            break;
+        }
+        if (bs->fdc[i].refs == 0 && (victim < 0 || bs->fdc[i].used < bs->fdc[victim].used))
+            victim = i;
+    }
+    if (victim < 0)
+        return -1;
+    if (bs->fdc[victim].hex[0] != '\0')
+        fdc_close(bs, victim);
+    memcpy(bs->fdc[victim].hex, hex, 65);
+    bs->fdc[victim].fd = fd;
+    bs->fdc[victim].refs = 1;
+    bs->fdc[victim].stale = false;
+    bs->fdc[victim].used = ++bs->fdc_clock;
+    return victim;
+}
+
+static void fdc_release(struct blob_service *bs, int i)
+{
+    if (--bs->fdc[i].refs == 0 && bs->fdc[i].stale)
+        fdc_close(bs, i);
+}
+
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
 {
     bs->ttl_s = ttl_s;
@@ -175,10 +259,8 @@ static void touch_done(uv_fs_t *req)
 }
 
 /* Records a pull: the data file's access time is the blob's last-pulled time. */
-static void touch(struct blob_req *r, const uv_stat_t *sb)
+static void touch_times(struct blob_req *r, double atime, double mtime)
 {
-    double atime = (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9;
-    double mtime = (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
@@ -189,8 +271,17 @@ static void touch(struct blob_req *r, const uv_stat_t *sb)
         free(req);
 }
 
+static void touch(struct blob_req *r, const uv_stat_t *sb)
+{
+    touch_times(r, (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9,
+                (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9);
+}
+
 void blob_service_free(struct blob_service *bs)
 {
+    for (int i = 0; i < BLOB_FD_CACHE; i++)
+        if (bs->fdc[i].hex[0] != '\0')
+            close(bs->fdc[i].fd);
     free(bs->in_use);
     free(bs);
 }
@@ -281,6 +372,12 @@ static void release(struct blob_req *r)
         }
         fetch_unref(r->fetch);
         r->fetch = NULL;
+    }
+    if (r->fdc_slot >= 0) {
+        in_use_remove(r->bs, r->hex);
+        fdc_release(r->bs, r->fdc_slot);
+        r->fdc_slot = -1;
+        r->fd = -1;
     }
     if (r->own_fd && r->fd >= 0) {
         in_use_remove(r->bs, r->hex);
@@ -474,6 +571,14 @@ static void pump(struct blob_req *r)
         return;
     }
     uv_file fd = f != NULL ? fetch_fd(f) : r->fd;
+    /* Bytes in the page cache are read right here: RWF_NOWAIT never waits for the disk
+     * (it answers EAGAIN instead), so only cold reads take the thread pool. */
+    struct iovec iov = {r->buf, n};
+    ssize_t got = preadv2(fd, &iov, 1, (off_t)r->pos, RWF_NOWAIT);
+    if (got > 0) {
+        send_chunk(r, (size_t)got);
+        return;
+    }
     uv_buf_t b = uv_buf_init(r->buf, (unsigned)n);
     r->fs.data = r;
     r->fs_busy = true;
@@ -620,6 +725,11 @@ static void fstat_done(uv_fs_t *req)
         log_msg(LOG_WARN, "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
                           "; serving the stored (verified) file",
                 r->digest, size, r->size);
+    int slot = fdc_put(r->bs, r->hex, r->fd);
+    if (slot >= 0) {
+        r->fdc_slot = slot;
+        r->own_fd = false; /* the cache closes it */
+    }
     http_log_set_cache(r->x, CACHE_HIT);
     serve(r, size);
 }
@@ -707,6 +817,19 @@ static void authorized(struct blob_req *r)
         set_head(r);
         http_respond_end(r->x);
         release(r);
+        return;
+    }
+    struct stat sb;
+    int slot = fdc_get(r->bs, r->hex, &sb);
+    if (slot >= 0) {
+        /* A hot hit: no thread-pool round trip to open and stat. */
+        r->fdc_slot = slot;
+        r->fd = r->bs->fdc[slot].fd;
+        in_use_add(r->bs, r->hex);
+        touch_times(r, (double)sb.st_atim.tv_sec + (double)sb.st_atim.tv_nsec / 1e9,
+                    (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9);
+        http_log_set_cache(r->x, CACHE_HIT);
+        serve(r, (int64_t)sb.st_size);
         return;
     }
     r->fs_busy = true;
@@ -930,6 +1053,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     r->bs = bs;
     r->x = x;
     r->fd = -1;
+    r->fdc_slot = -1;
     r->size = -1;
     r->entry = entry;
     memcpy(r->hex, route->reference + 7, 64);
