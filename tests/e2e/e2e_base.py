@@ -3,6 +3,7 @@ re-exports everything here): timeouts, logging, digests, bounded waits."""
 
 import hashlib
 import os
+import threading
 import time
 
 __all__ = [
@@ -10,7 +11,7 @@ __all__ = [
     "WaitTimeout", "wait_until", "settle", "wait_for_count", "SCALE", "START_TIMEOUT",
     "STOP_TIMEOUT", "HTTP_TIMEOUT", "CLIENT_TIMEOUT", "LOG_TIMEOUT", "SETTLE_QUIET",
     "POLL", "REPO_ROOT", "SOURCE_DIR", "OCI_MANIFEST", "OCI_INDEX", "OCI_CONFIG",
-    "OCI_LAYER_GZIP", "API_VERSION_HEADER", "API_VERSION",
+    "OCI_LAYER_GZIP", "API_VERSION_HEADER", "API_VERSION", "parallel", "background",
 ]
 
 
@@ -119,3 +120,60 @@ def wait_for_count(fn, at_least, timeout=LOG_TIMEOUT, what="a count"):
     Raises WaitTimeout if fn() never reaches at_least."""
     wait_until(lambda: fn() >= at_least, timeout, "%s to reach %d" % (what, at_least))
     return settle(fn)
+
+
+# --- Concurrency -------------------------------------------------------------------------
+
+def parallel(fns, timeout):
+    """Runs the callables in threads released together; returns their results in order.
+    A callable that raises fails the caller with its exception."""
+    results = [None] * len(fns)
+    errors = [None] * len(fns)
+    barrier = threading.Barrier(len(fns))
+
+    def one(i):
+        try:
+            barrier.wait(timeout=timeout)
+            results[i] = fns[i]()
+        except BaseException as e:  # reported below
+            errors[i] = e
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(t.is_alive() for t in threads)
+    if stuck:
+        raise AssertionError("%d of %d clients still running after %.0f s"
+                             % (stuck, len(fns), timeout))
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def background(fn):
+    """Starts fn() in a thread; returns a function that joins it (bounded) and returns
+    its result."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised by the joiner
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+
+    def join(timeout):
+        t.join(timeout)
+        if t.is_alive():
+            raise AssertionError("a client was still running after %.0f s" % timeout)
+        if "error" in box:
+            raise box["error"]
+        return box["value"]
+
+    return join

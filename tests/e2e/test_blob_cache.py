@@ -57,58 +57,6 @@ def fetch_time(size):
     return (size / PROXY_RATE * 3 + 10) * h.SCALE
 
 
-def parallel(fns, timeout):
-    """Runs the callables in threads released together; returns their results in order.
-    A callable that raises fails the caller with its exception."""
-    results = [None] * len(fns)
-    errors = [None] * len(fns)
-    barrier = threading.Barrier(len(fns))
-
-    def one(i):
-        try:
-            barrier.wait(timeout=timeout)
-            results[i] = fns[i]()
-        except BaseException as e:  # reported below
-            errors[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    expect(stuck == 0, "%d of %d clients still running after %.0f s" % (stuck, len(fns), timeout))
-    for e in errors:
-        if e is not None:
-            raise e
-    return results
-
-
-def background(fn):
-    """Starts fn() in a thread; returns a function that joins it (bounded) and returns
-    its result."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised by the joiner
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-
-    def join(timeout):
-        t.join(timeout)
-        expect(not t.is_alive(), "a client was still running after %.0f s" % timeout)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return join
-
-
 def expect_whole(body, digest, size, what):
     expect_eq(body.status, 200, "%s: status (%r)" % (what, body))
     expect_eq(body.content_length, size, "%s: Content-Length" % what)
@@ -214,7 +162,7 @@ def body(run):
         uri = blob_path(cold_d)
         expect(not os.path.exists(cache.blob_file(cold_d)), "the blob is stored before any GET")
         t0 = time.monotonic()
-        bodies = parallel([lambda: h.get_body(cache.port, uri, timeout=h.HTTP_TIMEOUT * 3)
+        bodies = h.parallel([lambda: h.get_body(cache.port, uri, timeout=h.HTTP_TIMEOUT * 3)
                            for _ in range(CLIENTS)], timeout=h.CLIENT_TIMEOUT)
         h.log("  %d clients got %d MB each in %.2f s" % (CLIENTS, COLD_SIZE // MB,
                                                          time.monotonic() - t0))
@@ -242,7 +190,7 @@ def body(run):
     def late_joiner():
         uri = blob_path(late_d)
         bound = fetch_time(LATE_SIZE)
-        first = background(lambda: h.get_body(slow.port, uri, timeout=bound))
+        first = h.background(lambda: h.get_body(slow.port, uri, timeout=bound))
         h.wait_until(lambda: sum(slow.tmp_files(late_d).values()) >= LATE_SIZE // 2, bound,
                      "the temporary file of %s to hold half of its %d bytes" % (late_d,
                                                                                LATE_SIZE))
@@ -290,7 +238,7 @@ def body(run):
             h.wait_until(lambda: sum(slow.tmp_files(leaver_d).values()) >= 2 * MB, bound,
                          "the fetch of %s to be under way" % leaver_d)
             joined = threading.Event()
-            joiner = background(lambda: h.get_body(slow.port, uri, timeout=bound,
+            joiner = h.background(lambda: h.get_body(slow.port, uri, timeout=bound,
                                                    on_first_byte=lambda b: joined.set()))
             expect(joined.wait(bound), "the second client got no byte")
             starter.fp.read1(65536)
@@ -329,7 +277,7 @@ def body(run):
         bound = fetch_time(size)
         cases = range_cases(size)
         spec0, start0, end0 = cases[1]  # bytes=1000-: starts the fetch
-        starter = background(lambda: expect_range(slow, uri, spec0, ranged, start0, end0, "miss"))
+        starter = h.background(lambda: expect_range(slow, uri, spec0, ranged, start0, end0, "miss"))
         h.wait_until(lambda: sum(slow.tmp_files(ranged_d).values()) >= 2 * MB, bound,
                      "the fetch of %s to begin" % ranged_d)
         # The head of the blob is served while the fetch is still running.
@@ -340,7 +288,7 @@ def body(run):
         fns = [lambda c=c: expect_range(slow, uri, c[0], ranged, c[1], c[2], "miss")
                for c in others]
         fns.append(lambda: expect_416(slow, uri, size, "miss"))
-        parallel(fns, timeout=bound)
+        h.parallel(fns, timeout=bound)
         starter(bound)
         n = h.wait_for_count(lambda: proxy_gets(proxy, ranged_d), 1,
                              what="the proxy's count of GETs")

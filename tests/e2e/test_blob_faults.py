@@ -71,55 +71,6 @@ def blob_uri(digest):
     return "/v2/%s/blobs/%s" % (REPO, digest)
 
 
-def parallel(fns, timeout):
-    """Runs the callables in threads released together; returns their results."""
-    results = [None] * len(fns)
-    errors = [None] * len(fns)
-    barrier = threading.Barrier(len(fns))
-
-    def one(i):
-        try:
-            barrier.wait(timeout=timeout)
-            results[i] = fns[i]()
-        except BaseException as e:  # reported below
-            errors[i] = e
-
-    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    expect(stuck == 0, "%d of %d clients still running after %.0f s" % (stuck, len(fns), timeout))
-    for e in errors:
-        if e is not None:
-            raise e
-    return results
-
-
-def background(fn):
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised by the joiner
-            box["error"] = e
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-
-    def join(timeout):
-        t.join(timeout)
-        expect(not t.is_alive(), "a client was still running after %.0f s" % timeout)
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
-
-    return join
-
-
 def expect_whole(body, digest, size, what):
     expect_eq(body.status, 200, "%s: status (%r)" % (what, body))
     expect_eq(body.content_length, size, "%s: Content-Length" % what)
@@ -195,7 +146,7 @@ def body(run):
         fails_before = len(stderr_lines(cache, "fetch of blob %s failed" % lie_d))
         lines_before = len(access(cache, "GET", lie_uri))
         bound = (LIE_SIZE / LIE_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
-        bodies = parallel([lambda: h.get_body(cache.port, lie_uri, timeout=bound)
+        bodies = h.parallel([lambda: h.get_body(cache.port, lie_uri, timeout=bound)
                            for _ in range(LIE_CLIENTS)], timeout=bound * 2)
         h.log("  %s: %s" % (mode, "; ".join(
             "%s %d/%s" % (b.status, b.received, b.content_length) for b in bodies)))
@@ -250,7 +201,7 @@ def body(run):
         fake.set_blob(unsized_d, unsized_path, mode="unsized", rate=LIE_RATE)
         uri = blob_uri(unsized_d)
         bound = (UNSIZED_SIZE / LIE_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
-        bodies = parallel([lambda: h.get_body(cache.port, uri, timeout=bound)
+        bodies = h.parallel([lambda: h.get_body(cache.port, uri, timeout=bound)
                            for _ in range(2)], timeout=bound * 2)
         for i, b in enumerate(bodies):
             expect_eq(b.status, 200, "client %d: status (%r)" % (i + 1, b))
@@ -271,7 +222,7 @@ def body(run):
         fake.set_blob(kill_d, kill_path, mode="honest", rate=KILL_RATE)
         victim = run.cache([fake.url], name="cache-killed")
         bound = (KILL_SIZE / KILL_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
-        client = background(lambda: h.get_body(victim.port, kill_uri, timeout=bound))
+        client = h.background(lambda: h.get_body(victim.port, kill_uri, timeout=bound))
         h.wait_until(lambda: sum(victim.tmp_files(kill_d).values()) >= KILL_AT, bound,
                      "the temporary file to hold %d bytes" % KILL_AT)
         code = victim.kill()
@@ -333,7 +284,7 @@ def body(run):
                              "the small blob")
                 expect_stored(full, small_d, "the small blob")
                 bound = h.HTTP_TIMEOUT * 3
-                bodies = parallel([lambda: h.get_body(full.port, big_uri, timeout=bound)
+                bodies = h.parallel([lambda: h.get_body(full.port, big_uri, timeout=bound)
                                    for _ in range(2)], timeout=bound * 2)
                 for i, b in enumerate(bodies):
                     expect_whole(b, big_d, BIG_SIZE, "big blob on a full disk, client %d"
@@ -373,7 +324,7 @@ def body(run):
                 fake.set_blob(big_d, big_path, mode="honest", rate=SLOW_FULL_RATE)
                 bound = (BIG_SIZE / SLOW_FULL_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
                 wait_tmp_empty(full, "before")
-                client = background(lambda: h.get_body(full.port, big_uri, timeout=bound))
+                client = h.background(lambda: h.get_body(full.port, big_uri, timeout=bound))
                 h.wait_until(lambda: sum(full.tmp_files(big_d).values()) >= MB, bound,
                              "the fetch to begin writing")
                 r = h.get_body(full.port, big_uri, headers={"Range": "bytes=%d-" % BIG_SIZE})

@@ -38,6 +38,7 @@ import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+from e2e_tls import TlsOrigin, https_get, make_pki  # noqa: E402
 from harness import expect, expect_eq  # noqa: E402
 
 EXAMPLES = os.path.join(h.SOURCE_DIR, "examples")
@@ -59,29 +60,6 @@ PATHS = {
 
 # An absolute path in a value (not part of a URL: no ':' or '/' or word before it).
 _ABS_PATH = re.compile(r"(?<![\w.:/-])(/[A-Za-z0-9._/-]+)")
-
-
-def openssl(*args, cwd):
-    subprocess.run(["openssl"] + list(args), cwd=cwd, check=True, capture_output=True,
-                   timeout=60)
-
-
-def make_pki(d):
-    os.makedirs(d, exist_ok=True)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=content-cache examples CA", cwd=d)
-    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj",
-            "/CN=localhost", cwd=d)
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
-    openssl("req", "-x509", *ec, "-keyout", "issuer.key", "-out", "issuer.pem", "-days", "2",
-            "-subj", "/CN=token issuer", cwd=d)
-    return {k: os.path.join(d, v) for k, v in
-            {"ca": "ca.pem", "cert": "server.pem", "key": "server.key",
-             "issuer": "issuer.pem"}.items()}
 
 
 def example_ymls():
@@ -137,51 +115,6 @@ class Rewriter:
                 body = re.sub(r"^(\s*addr:\s*)\S+", lambda m: m.group(1) + addr, body)
             out.append(body + rest)
         return "".join(out)
-
-
-class TlsOrigin(h.Origin):
-    """docker-registry serving HTTPS with the test CA's certificate."""
-
-    def __init__(self, work, pki):
-        self.pki = pki
-        super().__init__(work, name="tls-origin")
-
-    @property
-    def url(self):
-        return "https://" + self.host
-
-    def config_text(self, port):
-        text = super().config_text(port)
-        return text.replace("  secret:", "  tls:\n    certificate: %s\n    key: %s\n  secret:"
-                            % (self.pki["cert"], self.pki["key"]), 1)
-
-    def start(self):
-        def make(port):
-            with open(self.config_path, "w") as f:
-                f.write(self.config_text(port))
-            return h.Proc(self.name, ["docker-registry", "serve", self.config_path],
-                          self.log_path, env=h.server_env())
-
-        def ready(port, proc):
-            try:
-                return https_get(port, "/v2/", self.pki["ca"], timeout=2)[0] in (200, 401)
-            except (OSError, ssl.SSLError):
-                return False
-
-        self.port, self.proc = h._start_server(make, ready, self.name)
-        h.log("%s: docker-registry (https) pid %d on %s" % (self.name, self.proc.pid, self.url))
-        return self
-
-
-def https_get(port, path, cafile, timeout=10):
-    ctx = ssl.create_default_context(cafile=cafile)
-    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        return r.status, r.read()
-    finally:
-        conn.close()
 
 
 class ExampleCache(h.Cache):
@@ -320,7 +253,7 @@ def run_examples(run, work, rw, pki):
 
     def tls_runs():
         c = start("tls.yml", "tls", origin_url, https=True)
-        status, _ = https_get(c.port, "/v2/", pki["ca"])
+        status, _, _ = https_get(c.port, "/v2/", pki["ca"])
         expect_eq(status, 200, "GET /v2/ over verified HTTPS")
         certdir = work.sub("skopeo-certs", mkdir=True)
         shutil.copy(pki["ca"], os.path.join(certdir, "ca.crt"))

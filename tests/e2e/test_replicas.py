@@ -29,21 +29,6 @@ MB = 1 << 20
 RATE = 20 * MB  # bytes per second through the proxy
 
 
-def parallel(fns, timeout):
-    results = [None] * len(fns)
-
-    def run(i):
-        results[i] = fns[i]()
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(fns))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout)
-    expect(all(not t.is_alive() for t in threads), "clients still running after %ss" % timeout)
-    return results
-
-
 def lock_owner(root, digest):
     path = os.path.join(root, "docker/registry/v2/_content-cache/fetching",
                         digest.split(":")[1])
@@ -70,7 +55,7 @@ def body(run):
 
     def one_fetch_for_thirty():
         uri = "/v2/%s/blobs/%s" % (REPO, da)
-        bodies = parallel([(lambda i=i: h.get_body(replicas[i % 3].port, uri,
+        bodies = h.parallel([(lambda i=i: h.get_body(replicas[i % 3].port, uri,
                                                    timeout=h.HTTP_TIMEOUT * 6))
                            for i in range(30)], timeout=h.CLIENT_TIMEOUT)
         for i, b in enumerate(bodies):
