@@ -43,7 +43,7 @@ struct blob_service {
     struct {
         char hex[65];
         unsigned readers;
-    } *in_use;
+    } * in_use;
     size_t n_in_use, cap_in_use;
     /* Descriptors of stored blobs kept open: a hot hit needs no open/fstat/close on the
      * thread pool. An entry is checked (fstat: still linked?) at each use. */
@@ -72,11 +72,11 @@ struct blob_req {
 
     struct chain_req *auth;
     int auth_status;
-    bool need_credential; /* the upstream's answer decides the credential too */
+    bool need_credential;   /* the upstream's answer decides the credential too */
     const char *credential; /* the client's Authorization value (the exchange owns it) */
     size_t credential_len;
-    bool waiting_size;     /* a follower that waits for its fetch's length */
-    int64_t size; /* from the upstream's HEAD, -1 when it gave none */
+    bool waiting_size; /* a follower that waits for its fetch's length */
+    int64_t size;      /* from the upstream's HEAD, -1 when it gave none */
     char *challenge;
 
     /* What is sent: [pos, end) of the blob; end is UINT64_MAX while the size is unknown. */
@@ -108,8 +108,7 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
                                       struct fetch_manager *fetches, struct proxy *proxy)
 {
     struct blob_service *bs = calloc(1, sizeof(*bs));
-    if (bs == NULL)
-        return NULL;
+    if (bs == NULL) return NULL;
     bs->loop = loop;
     for (int i = 0; i < BLOB_FD_CACHE; i++)
         bs->fdc[i].fd = -1;
@@ -140,8 +139,7 @@ void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
 bool blob_service_in_use(const struct blob_service *bs, const char *hex)
 {
     for (size_t i = 0; i < bs->n_in_use; i++)
-        if (memcmp(bs->in_use[i].hex, hex, 64) == 0)
-            return true;
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) return true;
     return false;
 }
 
@@ -170,8 +168,7 @@ static void in_use_remove(struct blob_service *bs, const char *hex)
 {
     for (size_t i = 0; i < bs->n_in_use; i++) {
         if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
-            if (--bs->in_use[i].readers == 0)
-                bs->in_use[i] = bs->in_use[--bs->n_in_use];
+            if (--bs->in_use[i].readers == 0) bs->in_use[i] = bs->in_use[--bs->n_in_use];
             return;
         }
     }
@@ -226,10 +223,8 @@ static int fdc_put(struct blob_service *bs, const char *hex, uv_file fd)
         if (bs->fdc[i].refs == 0 && (victim < 0 || bs->fdc[i].used < bs->fdc[victim].used))
             victim = i;
     }
-    if (victim < 0)
-        return -1;
-    if (bs->fdc[victim].hex[0] != '\0')
-        fdc_close(bs, victim);
+    if (victim < 0) return -1;
+    if (bs->fdc[victim].hex[0] != '\0') fdc_close(bs, victim);
     memcpy(bs->fdc[victim].hex, hex, 65);
     bs->fdc[victim].fd = fd;
     bs->fdc[victim].refs = 1;
@@ -240,8 +235,7 @@ static int fdc_put(struct blob_service *bs, const char *hex, uv_file fd)
 
 static void fdc_release(struct blob_service *bs, int i)
 {
-    if (--bs->fdc[i].refs == 0 && bs->fdc[i].stale)
-        fdc_close(bs, i);
+    if (--bs->fdc[i].refs == 0 && bs->fdc[i].stale) fdc_close(bs, i);
 }
 
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
@@ -264,8 +258,7 @@ static void touch_times(struct blob_req *r, double atime, double mtime)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-    if (!expire_touch_due(atime, now, r->bs->ttl_s))
-        return;
+    if (!expire_touch_due(atime, now, r->bs->ttl_s)) return;
     uv_fs_t *req = malloc(sizeof(*req));
     if (req == NULL || uv_fs_futime(r->bs->loop, req, r->fd, now, mtime, touch_done) != 0)
         free(req);
@@ -280,8 +273,7 @@ static void touch(struct blob_req *r, const uv_stat_t *sb)
 void blob_service_free(struct blob_service *bs)
 {
     for (int i = 0; i < BLOB_FD_CACHE; i++)
-        if (bs->fdc[i].hex[0] != '\0')
-            close(bs->fdc[i].fd);
+        if (bs->fdc[i].hex[0] != '\0') close(bs->fdc[i].fd);
     free(bs->in_use);
     free(bs);
 }
@@ -290,12 +282,10 @@ void blob_service_free(struct blob_service *bs)
 
 static bool parse_u64(const char *s, size_t n, uint64_t *out)
 {
-    if (n == 0 || n > 19)
-        return false;
+    if (n == 0 || n > 19) return false;
     uint64_t v = 0;
     for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return false;
+        if (s[i] < '0' || s[i] > '9') return false;
         v = v * 10 + (uint64_t)(s[i] - '0');
     }
     *out = v;
@@ -311,40 +301,31 @@ enum blob_range_result blob_parse_range(const char *value, size_t len, uint64_t 
     }
     while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
         len--;
-    if (len < 7 || strncasecmp(value, "bytes=", 6) != 0)
-        return RANGE_NONE;
+    if (len < 7 || strncasecmp(value, "bytes=", 6) != 0) return RANGE_NONE;
     const char *spec = value + 6;
     size_t n = len - 6;
-    if (memchr(spec, ',', n) != NULL)
-        return RANGE_NONE;
+    if (memchr(spec, ',', n) != NULL) return RANGE_NONE;
     const char *dash = memchr(spec, '-', n);
-    if (dash == NULL)
-        return RANGE_NONE;
+    if (dash == NULL) return RANGE_NONE;
     size_t a_len = (size_t)(dash - spec);
     size_t b_len = n - a_len - 1;
     uint64_t a, b;
     if (a_len == 0) {
         /* bytes=-n: the last n bytes. */
-        if (!parse_u64(dash + 1, b_len, &b))
-            return RANGE_NONE;
-        if (b == 0 || size == 0)
-            return RANGE_UNSATISFIABLE;
+        if (!parse_u64(dash + 1, b_len, &b)) return RANGE_NONE;
+        if (b == 0 || size == 0) return RANGE_UNSATISFIABLE;
         *start = b >= size ? 0 : size - b;
         *end = size;
         return RANGE_PARTIAL;
     }
-    if (!parse_u64(spec, a_len, &a))
-        return RANGE_NONE;
+    if (!parse_u64(spec, a_len, &a)) return RANGE_NONE;
     if (b_len == 0) {
         b = UINT64_MAX;
     } else {
-        if (!parse_u64(dash + 1, b_len, &b))
-            return RANGE_NONE;
-        if (b < a)
-            return RANGE_NONE;
+        if (!parse_u64(dash + 1, b_len, &b)) return RANGE_NONE;
+        if (b < a) return RANGE_NONE;
     }
-    if (a >= size)
-        return RANGE_UNSATISFIABLE;
+    if (a >= size) return RANGE_UNSATISFIABLE;
     *start = a;
     *end = b >= size - 1 ? size : b + 1;
     return RANGE_PARTIAL;
@@ -382,8 +363,7 @@ static void release(struct blob_req *r)
     if (r->own_fd && r->fd >= 0) {
         in_use_remove(r->bs, r->hex);
         uv_fs_t *req = malloc(sizeof(*req));
-        if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0)
-            free(req);
+        if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0) free(req);
         r->fd = -1;
     }
     for (size_t i = 0; i < r->n_bases; i++)
@@ -397,8 +377,7 @@ static void release(struct blob_req *r)
 /* Ends the exchange: normally when the body is complete, else by closing. */
 static void finish(struct blob_req *r, bool complete)
 {
-    if (r->done)
-        return;
+    if (r->done) return;
     r->done = true;
     struct http_exchange *x = r->x;
     if (r->fetch != NULL && fetch_upstream(r->fetch) != NULL)
@@ -413,8 +392,7 @@ static void finish(struct blob_req *r, bool complete)
 /* Fails the request: a clean registry error while nothing was sent, else a close. */
 static void fail(struct blob_req *r, int code, const char *message)
 {
-    if (r->done)
-        return;
+    if (r->done) return;
     if (!http_exchange_head_sent(r->x) && !r->gone) {
         r->done = true;
         proxy_respond_error(r->x, code, message, NULL);
@@ -429,18 +407,15 @@ static void on_gone(struct http_exchange *x, void *arg)
 {
     struct blob_req *r = arg;
     r->gone = true;
-    if (r->fetch != NULL)
-        fetch_unwait(r->fetch, &r->waiter);
-    if (!r->fs_busy && !r->writing)
-        finish(r, false);
+    if (r->fetch != NULL) fetch_unwait(r->fetch, &r->waiter);
+    if (!r->fs_busy && !r->writing) finish(r, false);
 }
 
 /* --- Sending ---------------------------------------------------------------------- */
 
 static void set_head(struct blob_req *r)
 {
-    if (r->head_ready)
-        return;
+    if (r->head_ready) return;
     r->head_ready = true;
     char range[96];
     char etag[80];
@@ -516,8 +491,7 @@ static void serve(struct blob_req *r, int64_t size);
 static void on_progress(struct fetch_waiter *w)
 {
     struct blob_req *r = (struct blob_req *)((char *)w - offsetof(struct blob_req, waiter));
-    if (r->done || r->fs_busy || r->writing)
-        return;
+    if (r->done || r->fs_busy || r->writing) return;
     if (r->waiting_size) {
         if (fetch_size(r->fetch) < 0 && !fetch_head_seen(r->fetch)) {
             fetch_wait(r->fetch, &r->waiter);
@@ -533,8 +507,7 @@ static void on_progress(struct fetch_waiter *w)
 /* Sends what can be sent now; waits for the fetch when it has caught up. */
 static void pump(struct blob_req *r)
 {
-    if (r->done || r->fs_busy || r->writing)
-        return;
+    if (r->done || r->fs_busy || r->writing) return;
     if (r->gone) {
         finish(r, false);
         return;
@@ -553,8 +526,7 @@ static void pump(struct blob_req *r)
         return;
     }
     uint64_t avail = f != NULL ? fetch_readable(f) : r->end;
-    if (avail > r->end)
-        avail = r->end;
+    if (avail > r->end) avail = r->end;
     if (r->pos >= avail) {
         fetch_wait(f, &r->waiter);
         return;
@@ -647,8 +619,7 @@ static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const
 {
     /* The whole target: an upstream cache needs the ns parameter too. */
     c->target = strdup(http_req_target(r->x));
-    if (c->target == NULL)
-        return UV_ENOMEM;
+    if (c->target == NULL) return UV_ENOMEM;
     c->spec = (struct chain_spec){
         .method = method,
         .bases = (const char *const *)r->bases,
@@ -685,8 +656,7 @@ static void start_fetch(struct blob_req *r)
         upstream_call_free(&call);
         if (rc < 0) {
             char msg[200];
-            snprintf(msg, sizeof(msg), "cannot start fetching %s: %s", r->digest,
-                     uv_strerror(rc));
+            snprintf(msg, sizeof(msg), "cannot start fetching %s: %s", r->digest, uv_strerror(rc));
             fail(r, REG_ERR_UNAVAILABLE, msg);
             return;
         }
@@ -709,8 +679,7 @@ static void fstat_done(uv_fs_t *req)
     struct blob_req *r = req->data;
     int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
     int err = (int)req->result;
-    if (err == 0 && !r->gone)
-        touch(r, &req->statbuf);
+    if (err == 0 && !r->gone) touch(r, &req->statbuf);
     uv_fs_req_cleanup(req);
     r->fs_busy = false;
     if (r->gone) {
@@ -722,8 +691,9 @@ static void fstat_done(uv_fs_t *req)
         return;
     }
     if (r->size >= 0 && size != r->size)
-        log_msg(LOG_WARN, "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
-                          "; serving the stored (verified) file",
+        log_msg(LOG_WARN,
+                "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
+                "; serving the stored (verified) file",
                 r->digest, size, r->size);
     int slot = fdc_put(r->bs, r->hex, r->fd);
     if (slot >= 0) {
@@ -895,16 +865,13 @@ static void auth_head(void *ud, int status, const struct http_header *hdrs, size
     }
 }
 
-static void auth_body(void *ud, const char *data, size_t len)
-{
-}
+static void auth_body(void *ud, const char *data, size_t len) {}
 
 /* Remembers what the upstream's answer says about the credential and the blob. */
 static void remember(struct blob_req *r, int st)
 {
     struct blob_service *bs = r->bs;
-    if (bs->auth == NULL)
-        return;
+    if (bs->auth == NULL) return;
     size_t repo_len;
     const char *repo = http_log_repo(r->x, &repo_len);
     char action[96];
@@ -914,12 +881,11 @@ static void remember(struct blob_req *r, int st)
         if (r->need_credential)
             auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
                              repo_len, "pull", 200, NULL, 0, now);
-        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 200, NULL,
-                         0, now);
+        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 200, NULL, 0,
+                         now);
     } else if ((st == 401 || st == 403) && r->need_credential) {
-        auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
-                         repo_len, "pull", st, r->challenge,
-                         r->challenge ? strlen(r->challenge) : 0, now);
+        auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo, repo_len,
+                         "pull", st, r->challenge, r->challenge ? strlen(r->challenge) : 0, now);
     } else if (st == 404) {
         auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 404, NULL, 0,
                          now);
@@ -939,8 +905,9 @@ static void auth_done(void *ud, int err)
     }
     if (err < 0 && r->auth_status == 0) {
         log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
-        fail(r, err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
-                                                               : REG_ERR_UPSTREAM_FAILED,
+        fail(r,
+             err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
+                                                           : REG_ERR_UPSTREAM_FAILED,
              msg);
         return;
     }
@@ -960,8 +927,7 @@ static void ask_upstream(struct blob_req *r)
     struct upstream_call call;
     static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
     int rc = upstream_call_init(&call, r, "HEAD");
-    if (rc == 0)
-        rc = chain_request(proxy_pool(r->bs->proxy), &call.spec, &cbs, r, &r->auth);
+    if (rc == 0) rc = chain_request(proxy_pool(r->bs->proxy), &call.spec, &cbs, r, &r->auth);
     upstream_call_free(&call);
     if (rc < 0) {
         char msg[200];
@@ -991,9 +957,8 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
             r->need_credential = false;
         } else {
             char why[200], ch[1024];
-            if (auth_token_verify(bs->verifier, r->credential, r->credential_len, repo,
-                                  repo_len, "pull", (int64_t)time(NULL), why,
-                                  sizeof(why)) != 0) {
+            if (auth_token_verify(bs->verifier, r->credential, r->credential_len, repo, repo_len,
+                                  "pull", (int64_t)time(NULL), why, sizeof(why)) != 0) {
                 bs->auth_stats.token_refused++;
                 log_msg(LOG_INFO, "token refused for %.*s: %s", (int)repo_len, repo, why);
                 auth_challenge(bs->cfg->auth_token_realm, bs->cfg->auth_token_service, repo,
@@ -1011,8 +976,8 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
             r->need_credential = false;
         }
     } else if (bs->auth != NULL &&
-               auth_cache_lookup(bs->auth, origin_key(r), r->credential, r->credential_len,
-                                 repo, repo_len, "pull", now, &st, &challenge)) {
+               auth_cache_lookup(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
+                                 repo_len, "pull", now, &st, &challenge)) {
         if (st != 200) {
             bs->auth_stats.from_memory++;
             refuse(r, st, challenge);

@@ -56,8 +56,7 @@ static int list_blob(void *ud, const char *hex, const struct stat *sb)
     if (b->n_list == b->cap_list) {
         size_t cap = b->cap_list ? b->cap_list * 2 : 1024;
         budget_blob *nl = realloc(b->list, cap * sizeof(*nl));
-        if (nl == NULL)
-            return 1;
+        if (nl == NULL) return 1;
         b->list = nl;
         b->cap_list = cap;
     }
@@ -98,19 +97,17 @@ static void queue(struct budget *b, enum phase phase)
 {
     b->phase = phase;
     b->work.data = b;
-    if (uv_queue_work(b->loop, &b->work, work_cb, after_work) != 0)
-        b->phase = PHASE_IDLE;
+    if (uv_queue_work(b->loop, &b->work, work_cb, after_work) != 0) b->phase = PHASE_IDLE;
 }
 
 static void maybe_evict(struct budget *b)
 {
-    if (b->o.max_bytes == 0 || !b->st.scanned || b->phase != PHASE_IDLE || b->stopping)
-        return;
-    if (b->st.bytes <= high_mark(b))
-        return;
+    if (b->o.max_bytes == 0 || !b->st.scanned || b->phase != PHASE_IDLE || b->stopping) return;
+    if (b->st.bytes <= high_mark(b)) return;
     b->st.runs++;
-    log_msg(LOG_INFO, "disk budget: %llu bytes stored, above the high watermark (%llu): evicting "
-                      "down to %llu",
+    log_msg(LOG_INFO,
+            "disk budget: %llu bytes stored, above the high watermark (%llu): evicting "
+            "down to %llu",
             (unsigned long long)b->st.bytes, (unsigned long long)high_mark(b),
             (unsigned long long)low_mark(b));
     queue(b, PHASE_LIST);
@@ -159,8 +156,7 @@ static void choose(struct budget *b)
         }
     }
     for (long i = 0; i < nv; i++)
-        if (victims[i] < n)
-            b->doomed[b->n_doomed++] = b->list[victims[i]];
+        if (victims[i] < n) b->doomed[b->n_doomed++] = b->list[victims[i]];
     free(victims);
     if (b->n_doomed > 0)
         queue(b, PHASE_DELETE);
@@ -186,8 +182,8 @@ static void after_work(uv_work_t *w, int status)
         b->st.blobs += b->scan_blobs;
         b->st.bytes += b->scan_bytes;
         b->st.scanned = true;
-        log_msg(LOG_INFO, "storage holds %llu blobs, %llu bytes",
-                (unsigned long long)b->st.blobs, (unsigned long long)b->st.bytes);
+        log_msg(LOG_INFO, "storage holds %llu blobs, %llu bytes", (unsigned long long)b->st.blobs,
+                (unsigned long long)b->st.bytes);
         break;
     case PHASE_LIST:
         choose(b);
@@ -197,8 +193,10 @@ static void after_work(uv_work_t *w, int status)
         for (size_t i = 0; i < b->n_doomed; i++) {
             if (b->results[i] != 0) {
                 if (b->results[i] == -EBUSY)
-                    log_msg(LOG_DEBUG, "blob sha256:%s was pulled while it was chosen for "
-                                       "eviction: kept", b->doomed[i].hex);
+                    log_msg(LOG_DEBUG,
+                            "blob sha256:%s was pulled while it was chosen for "
+                            "eviction: kept",
+                            b->doomed[i].hex);
                 continue;
             }
             progress = true;
@@ -209,9 +207,8 @@ static void after_work(uv_work_t *w, int status)
                     b->doomed[i].hex, (unsigned long long)b->doomed[i].size);
         }
         b->n_doomed = 0;
-        if (!progress)
-            return; /* the next commit tries again */
-        break;    /* still above the high watermark (blobs pulled meanwhile)? again */
+        if (!progress) return; /* the next commit tries again */
+        break;                 /* still above the high watermark (blobs pulled meanwhile)? again */
     }
     case PHASE_IDLE:
         break;
@@ -225,8 +222,7 @@ int budget_start(uv_loop_t *loop, struct store *store, const struct budget_opts 
                  struct budget **out)
 {
     struct budget *b = calloc(1, sizeof(*b));
-    if (b == NULL)
-        return UV_ENOMEM;
+    if (b == NULL) return UV_ENOMEM;
     b->loop = loop;
     b->store = store;
     b->o = *opts;
@@ -237,8 +233,7 @@ int budget_start(uv_loop_t *loop, struct store *store, const struct budget_opts 
 
 void budget_stop(struct budget *b)
 {
-    if (b == NULL)
-        return;
+    if (b == NULL) return;
     b->stopping = true;
     if (b->phase == PHASE_IDLE) {
         free(b->list);
@@ -255,8 +250,7 @@ const struct budget_stats *budget_get_stats(const struct budget *b)
 
 void budget_added(struct budget *b, uint64_t size)
 {
-    if (b == NULL)
-        return;
+    if (b == NULL) return;
     b->st.blobs++;
     b->st.bytes += size;
     maybe_evict(b);
@@ -264,8 +258,7 @@ void budget_added(struct budget *b, uint64_t size)
 
 void budget_removed(struct budget *b, uint64_t size)
 {
-    if (b == NULL)
-        return;
+    if (b == NULL) return;
     b->st.blobs = b->st.blobs > 0 ? b->st.blobs - 1 : 0;
     b->st.bytes = b->st.bytes > size ? b->st.bytes - size : 0;
 }

@@ -33,26 +33,26 @@ typedef struct expire_blob budget_blob;
  * free, fills victims with indexes into cands, in deletion order, and returns how
  * many, or a negative error (the default order is used then).
  */
-typedef long (*budget_evict_fn)(void *ud, const budget_blob *cands, size_t n,
-                                uint64_t bytes_needed, size_t *victims, size_t max_victims);
+typedef long (*budget_evict_fn)(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
+                                size_t *victims, size_t max_victims);
 /* True while blob `hex` is being read by a client: it is not evicted now. */
 typedef bool (*budget_in_use_fn)(void *ud, const char *hex);
 
 struct budget_opts {
-    uint64_t max_bytes;  /* 0: no budget, only the totals are kept */
-    unsigned high_pct;   /* eviction starts above max_bytes * high_pct / 100 */
-    unsigned low_pct;    /* and stops at or below max_bytes * low_pct / 100 */
+    uint64_t max_bytes; /* 0: no budget, only the totals are kept */
+    unsigned high_pct;  /* eviction starts above max_bytes * high_pct / 100 */
+    unsigned low_pct;   /* and stops at or below max_bytes * low_pct / 100 */
     budget_evict_fn evict;
     budget_in_use_fn in_use;
     void *ud;
 };
 
 struct budget_stats {
-    uint64_t blobs;        /* stored now */
+    uint64_t blobs; /* stored now */
     uint64_t bytes;
-    bool scanned;          /* the first scan is done */
-    uint64_t runs;         /* eviction runs */
-    uint64_t evicted;      /* blobs deleted by eviction */
+    bool scanned;     /* the first scan is done */
+    uint64_t runs;    /* eviction runs */
+    uint64_t evicted; /* blobs deleted by eviction */
     uint64_t evicted_bytes;
     uint64_t skipped_in_use;
 };

@@ -49,7 +49,7 @@ static struct upstream_host hosts[HOST_SLOTS];
 static uint64_t last_answer_ms;
 
 const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
-                                                              0.25,  0.5,  1,     2.5,  10};
+                                                             0.25,  0.5,  1,     2.5,  10};
 
 static uint64_t mono_ms(void)
 {
@@ -61,15 +61,11 @@ static struct upstream_host *host_find(const char *base, bool create)
     struct upstream_host *free_slot = NULL, *oldest = &hosts[0];
     for (size_t i = 0; i < HOST_SLOTS; i++) {
         struct upstream_host *h = &hosts[i];
-        if (h->base[0] != '\0' && strcmp(h->base, base) == 0)
-            return h;
-        if (h->base[0] == '\0' && free_slot == NULL)
-            free_slot = h;
-        if (h->st.last_ok_ms < oldest->st.last_ok_ms)
-            oldest = h;
+        if (h->base[0] != '\0' && strcmp(h->base, base) == 0) return h;
+        if (h->base[0] == '\0' && free_slot == NULL) free_slot = h;
+        if (h->st.last_ok_ms < oldest->st.last_ok_ms) oldest = h;
     }
-    if (!create || strlen(base) >= sizeof(oldest->base))
-        return NULL;
+    if (!create || strlen(base) >= sizeof(oldest->base)) return NULL;
     struct upstream_host *h = free_slot ? free_slot : oldest;
     memset(h, 0, sizeof(*h));
     snprintf(h->base, sizeof(h->base), "%s", base);
@@ -86,8 +82,7 @@ void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct cha
                          void *ud)
 {
     for (size_t i = 0; i < HOST_SLOTS; i++)
-        if (hosts[i].base[0] != '\0')
-            fn(ud, hosts[i].base, &hosts[i].st);
+        if (hosts[i].base[0] != '\0') fn(ud, hosts[i].base, &hosts[i].st);
 }
 
 uint64_t chain_last_answer_ms(void)
@@ -97,12 +92,10 @@ uint64_t chain_last_answer_ms(void)
 
 static void backoff_failed(struct upstream_host *h, const char *why)
 {
-    if (h == NULL)
-        return;
+    if (h == NULL) return;
     h->st.errors++;
     unsigned ms = BACKOFF_FIRST_MS << (h->failures < 5 ? h->failures : 5);
-    if (ms > BACKOFF_MAX_MS)
-        ms = BACKOFF_MAX_MS;
+    if (ms > BACKOFF_MAX_MS) ms = BACKOFF_MAX_MS;
     h->failures++;
     h->until_ms = mono_ms() + ms;
     log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", h->base, why,
@@ -113,16 +106,13 @@ static void backoff_failed(struct upstream_host *h, const char *why)
 static void host_answered(struct chain_req *c, int status)
 {
     struct upstream_host *h = c->host;
-    if (h == NULL)
-        return;
+    if (h == NULL) return;
     double s = (double)(uv_hrtime() - c->attempt_start_ns) / 1e9;
     h->st.latency_sum_s += s;
     h->st.latency_count++;
     for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++)
-        if (s <= chain_latency_buckets[i])
-            h->st.latency_buckets[i]++;
-    if (status >= 500)
-        return;
+        if (s <= chain_latency_buckets[i]) h->st.latency_buckets[i]++;
+    if (status >= 500) return;
     h->st.last_ok_ms = last_answer_ms = mono_ms();
     if (h->failures > 0) {
         log_msg(LOG_INFO, "upstream %s answers again", h->base);
@@ -154,8 +144,7 @@ static bool chain_next(struct chain_req *c)
     while (c->attempt + 1 < c->n_bases) {
         log_msg(LOG_INFO, "trying the next upstream, %s", c->bases[c->attempt + 1]);
         c->attempt++;
-        if (chain_start_attempt(c) == 0)
-            return true;
+        if (chain_start_attempt(c) == 0) return true;
     }
     return false;
 }
@@ -172,8 +161,7 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
     if (status >= 500 && c->attempt + 1 < c->n_bases) {
         upstream_cancel(c->cur);
         c->cur = NULL;
-        if (chain_next(c))
-            return;
+        if (chain_next(c)) return;
         /* Every later base failed to start: report this one's failure. */
         const struct upstream_callbacks *cbs = c->cbs;
         void *cud = c->ud;
@@ -188,8 +176,7 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
 static void on_body(void *ud, const char *data, size_t len)
 {
     struct chain_req *c = ud;
-    if (c->host != NULL)
-        c->host->st.bytes += len;
+    if (c->host != NULL) c->host->st.bytes += len;
     c->cbs->on_body(c->ud, data, len);
 }
 
@@ -203,8 +190,7 @@ static void on_done(void *ud, int err)
         if (!c->head_given) {
             backoff_failed(c->host, c->error);
             c->cur = NULL;
-            if (chain_next(c))
-                return;
+            if (chain_next(c)) return;
         }
     }
     c->cur = NULL;
@@ -217,8 +203,7 @@ static int chain_start_attempt(struct chain_req *c)
     static const struct upstream_callbacks cbs = {on_head, on_body, on_done};
     size_t len = strlen(c->bases[c->attempt]) + strlen(c->target) + 1;
     char *url = malloc(len);
-    if (url == NULL)
-        return UV_ENOMEM;
+    if (url == NULL) return UV_ENOMEM;
     snprintf(url, len, "%s%s", c->bases[c->attempt], c->target);
     struct upstream_request_spec spec = {
         .method = c->method,
@@ -229,8 +214,7 @@ static int chain_start_attempt(struct chain_req *c)
     };
     c->host = host_find(c->bases[c->attempt], true);
     c->attempt_start_ns = uv_hrtime();
-    if (c->host != NULL)
-        c->host->st.requests++;
+    if (c->host != NULL) c->host->st.requests++;
     int rc = upstream_request(c->pool, &spec, &cbs, c, &c->cur);
     free(url);
     if (rc < 0) {
@@ -250,11 +234,9 @@ static char *dup_str(const char *s)
 int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
                   const struct upstream_callbacks *cbs, void *ud, struct chain_req **out)
 {
-    if (spec->n_bases == 0)
-        return UV_EINVAL;
+    if (spec->n_bases == 0) return UV_EINVAL;
     struct chain_req *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return UV_ENOMEM;
+    if (c == NULL) return UV_ENOMEM;
     c->pool = pool;
     c->cbs = cbs;
     c->ud = ud;
@@ -267,8 +249,7 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
     /* The bases in the given order, except that those backing off go last. */
     for (int pass = 0; pass < 2; pass++) {
         for (size_t i = 0; ok && i < spec->n_bases; i++) {
-            if (chain_backing_off(spec->bases[i]) != (pass == 1))
-                continue;
+            if (chain_backing_off(spec->bases[i]) != (pass == 1)) continue;
             c->bases[c->n_bases] = dup_str(spec->bases[i]);
             ok = c->bases[c->n_bases] != NULL;
             c->n_bases++;
@@ -300,20 +281,17 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
 
 void chain_pause(struct chain_req *c)
 {
-    if (c->cur)
-        upstream_pause(c->cur);
+    if (c->cur) upstream_pause(c->cur);
 }
 
 void chain_resume(struct chain_req *c)
 {
-    if (c->cur)
-        upstream_resume(c->cur);
+    if (c->cur) upstream_resume(c->cur);
 }
 
 void chain_cancel(struct chain_req *c)
 {
-    if (c->cur)
-        upstream_cancel(c->cur);
+    if (c->cur) upstream_cancel(c->cur);
     chain_free(c);
 }
 

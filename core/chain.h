@@ -17,10 +17,10 @@
 struct chain_req;
 
 struct chain_spec {
-    const char *method;              /* "GET" or "HEAD" */
-    const char *const *bases;        /* "scheme://host:port[/prefix]", tried in order; copied */
+    const char *method;       /* "GET" or "HEAD" */
+    const char *const *bases; /* "scheme://host:port[/prefix]", tried in order; copied */
     size_t n_bases;
-    const char *target;              /* "/v2/...[?query]"; copied */
+    const char *target;                    /* "/v2/...[?query]"; copied */
     const struct upstream_header *headers; /* copied */
     size_t n_headers;
     int max_redirects;
@@ -37,9 +37,9 @@ bool chain_backing_off(const char *base);
 #define CHAIN_LATENCY_BUCKETS 10
 extern const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS]; /* seconds, upper bounds */
 struct chain_host_stats {
-    uint64_t requests; /* attempts started */
-    uint64_t errors;   /* attempts that failed (unreachable, broken, 5xx) */
-    uint64_t bytes;    /* body bytes received */
+    uint64_t requests;    /* attempts started */
+    uint64_t errors;      /* attempts that failed (unreachable, broken, 5xx) */
+    uint64_t bytes;       /* body bytes received */
     double latency_sum_s; /* time to the response head */
     uint64_t latency_count;
     uint64_t latency_buckets[CHAIN_LATENCY_BUCKETS]; /* cumulative: <= bucket bound */

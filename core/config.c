@@ -886,7 +886,7 @@ int config_parse_size(const char *text, uint64_t *bytes)
     static const struct {
         const char *suffix;
         uint64_t mult;
-    } units[] = {{"TiB", 1ULL << 40}, {"GiB", 1ULL << 30}, {"MiB", 1ULL << 20},
+    } units[] = {{"TiB", 1ULL << 40}, {"GiB", 1ULL << 30},      {"MiB", 1ULL << 20},
                  {"KiB", 1ULL << 10}, {"TB", 1000000000000ULL}, {"GB", 1000000000ULL},
                  {"MB", 1000000ULL},  {"KB", 1000ULL},          {"B", 1}};
     size_t i = 0;
@@ -951,8 +951,7 @@ static int walk_diskbudget(struct ctx *ctx, const struct ynode *value, const cha
         return fail_node(ctx, value, child, "is required in diskbudget");
     }
     if (rc == 0 && cfg->budget_low_pct >= cfg->budget_high_pct)
-        return fail_node(ctx, value, path,
-                         "lowwatermark (%u) must be below highwatermark (%u)",
+        return fail_node(ctx, value, path, "lowwatermark (%u) must be below highwatermark (%u)",
                          cfg->budget_low_pct, cfg->budget_high_pct);
     if (rc == 0) cfg->has_budget = true;
     return rc;

@@ -41,26 +41,26 @@ struct config_kv {
     char *value;
 };
 
-struct config_header {         /* http.headers: a name and its values */
+struct config_header { /* http.headers: a name and its values */
     char *name;
     char **values;
     size_t n_values;
 };
 
 struct config {
-    char *file;                /* path the config was read from */
+    char *file; /* path the config was read from */
 
-    char *log_level;           /* "error", "warn", "info" (default), "debug" ("warning" is
-                                  stored as "warn"), always lower case */
-    char *log_formatter;       /* "text" (default) or "json" ("logstash" is stored as "json",
-                                  with a warning) */
+    char *log_level;     /* "error", "warn", "info" (default), "debug" ("warning" is
+                            stored as "warn"), always lower case */
+    char *log_formatter; /* "text" (default) or "json" ("logstash" is stored as "json",
+                            with a warning) */
     struct config_kv *log_fields;
     size_t n_log_fields;
 
-    char *storage_root;        /* storage.filesystem.rootdirectory; default /var/lib/registry */
-    bool delete_enabled;       /* storage.delete.enabled */
+    char *storage_root;  /* storage.filesystem.rootdirectory; default /var/lib/registry */
+    bool delete_enabled; /* storage.delete.enabled */
 
-    char *http_addr;           /* default ":5000" */
+    char *http_addr; /* default ":5000" */
     char *http_host;
     char *http_secret;
     uint64_t http_draintimeout_ns; /* default 0: do not wait for in-flight responses */
@@ -71,28 +71,28 @@ struct config {
     char *http_tls_minimumtls; /* "tls1.2" (default) or "tls1.3" */
     char *http_debug_addr;
 
-    char *auth_token_realm;    /* all four set, or none: auth.token */
+    char *auth_token_realm; /* all four set, or none: auth.token */
     char *auth_token_service;
     char *auth_token_issuer;
     char *auth_token_rootcertbundle;
 
-    bool has_downstream;       /* a middleware.registry entry named downstream exists: always
-                                  true in a config that parsed, as is n_upstreams >= 1 */
+    bool has_downstream; /* a middleware.registry entry named downstream exists: always
+                            true in a config that parsed, as is n_upstreams >= 1 */
     bool has_blobttl;
     uint64_t blobttl_ns;
     struct config_upstream *upstreams;
     size_t n_upstreams;
     char **cas;
     size_t n_cas;
-    char *policydir;           /* our extension: drop-in policy directory, absolute */
-    bool has_budget;           /* our extension: diskbudget */
-    uint64_t budget_bytes;     /* diskbudget.maxsize */
-    unsigned budget_high_pct;  /* diskbudget.highwatermark, default 90 */
-    unsigned budget_low_pct;   /* diskbudget.lowwatermark, default 80 */
+    char *policydir;          /* our extension: drop-in policy directory, absolute */
+    bool has_budget;          /* our extension: diskbudget */
+    uint64_t budget_bytes;    /* diskbudget.maxsize */
+    unsigned budget_high_pct; /* diskbudget.highwatermark, default 90 */
+    unsigned budget_low_pct;  /* diskbudget.lowwatermark, default 80 */
 
-    char **warnings;           /* "file:line: key.path: not used by content-cache (ignored)",
-                                  "REGISTRY_X: environment variable not used ..." and the like;
-                                  at most 100, the last of them counting the rest */
+    char **warnings; /* "file:line: key.path: not used by content-cache (ignored)",
+                        "REGISTRY_X: environment variable not used ..." and the like;
+                        at most 100, the last of them counting the rest */
     size_t n_warnings;
 };
 
@@ -113,8 +113,7 @@ int config_parse(const char *filename, const char *data, size_t len, char *const
  * Reads the file at `path` and calls config_parse. -errno when the file cannot be read,
  * -EFBIG when it is larger than 1 MiB; err says which.
  */
-int config_load(const char *path, char *const *env, struct config **out, char *err,
-                size_t errlen);
+int config_load(const char *path, char *const *env, struct config **out, char *err, size_t errlen);
 
 /*
  * Checks what needs the file system: every cas file, http.tls.certificate and

@@ -31,7 +31,7 @@ static struct {
     int status;
     uint64_t count;
 } requests[STATUS_SLOTS];
-static uint64_t requests_other; /* past the slots: counted, not labelled */
+static uint64_t requests_other;       /* past the slots: counted, not labelled */
 static uint64_t blob_results[5];      /* by cache result: none, hit, miss, coalesced, bypass */
 static uint64_t blob_result_bytes[5]; /* body bytes by cache result */
 
@@ -39,8 +39,7 @@ static int cache_index(const char *cache)
 {
     static const char *const names[] = {"hit", "miss", "coalesced", "bypass"};
     for (int i = 0; cache != NULL && i < 4; i++)
-        if (strcmp(cache, names[i]) == 0)
-            return i + 1;
+        if (strcmp(cache, names[i]) == 0) return i + 1;
     return 0;
 }
 
@@ -51,8 +50,7 @@ void debug_observe(const struct log_access_entry *e)
         m = "other"; /* the label set stays small whatever clients send */
     size_t i = 0;
     for (; i < STATUS_SLOTS && requests[i].status != 0; i++)
-        if (requests[i].status == e->status && strcmp(requests[i].method, m) == 0)
-            break;
+        if (requests[i].status == e->status && strcmp(requests[i].method, m) == 0) break;
     if (i == STATUS_SLOTS) {
         requests_other++;
     } else {
@@ -79,14 +77,12 @@ struct out {
 static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void put(struct out *o, const char *fmt, ...)
 {
-    if (o->pos + 1 >= o->len)
-        return;
+    if (o->pos + 1 >= o->len) return;
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(o->buf + o->pos, o->len - o->pos, fmt, ap);
     va_end(ap);
-    if (n > 0)
-        o->pos += (size_t)n < o->len - o->pos ? (size_t)n : o->len - o->pos - 1;
+    if (n > 0) o->pos += (size_t)n < o->len - o->pos ? (size_t)n : o->len - o->pos - 1;
 }
 
 static void help(struct out *o, const char *name, const char *type, const char *text)
@@ -212,8 +208,7 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
         put(&o, "content_cache_evicted_blobs_total %llu\n", (unsigned long long)bs->evicted);
         help(&o, "content_cache_evicted_bytes_total", "counter",
              "Bytes deleted to stay within the disk budget.");
-        put(&o, "content_cache_evicted_bytes_total %llu\n",
-            (unsigned long long)bs->evicted_bytes);
+        put(&o, "content_cache_evicted_bytes_total %llu\n", (unsigned long long)bs->evicted_bytes);
     }
     if (src->expiry != NULL) {
         const struct expire_stats *es = expire_get_stats(src->expiry);
@@ -222,8 +217,7 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
         put(&o, "content_cache_expired_blobs_total %llu\n", (unsigned long long)es->removed);
         help(&o, "content_cache_expired_bytes_total", "counter",
              "Bytes deleted because their blobttl passed.");
-        put(&o, "content_cache_expired_bytes_total %llu\n",
-            (unsigned long long)es->removed_bytes);
+        put(&o, "content_cache_expired_bytes_total %llu\n", (unsigned long long)es->removed_bytes);
     }
     if (src->blobs != NULL) {
         const struct blob_auth_stats *as = blob_service_auth_stats(src->blobs);
@@ -238,8 +232,7 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
             (unsigned long long)as->token_verified);
         help(&o, "content_cache_token_refusals_total", "counter",
              "Bearer tokens refused by local verification (auth.token).");
-        put(&o, "content_cache_token_refusals_total %llu\n",
-            (unsigned long long)as->token_refused);
+        put(&o, "content_cache_token_refusals_total %llu\n", (unsigned long long)as->token_refused);
     }
     if (src->policy != NULL) {
         help(&o, "content_cache_policy_errors_total", "counter",
@@ -288,8 +281,7 @@ static void health_answer(struct health *hc)
     n += (size_t)snprintf(body + n, sizeof(body) - n, "{\"storage\":");
     if (hc->storage_err != 0) {
         ok = false;
-        n += (size_t)snprintf(body + n, sizeof(body) - n,
-                              "\"storage root %s is not writable: %s\"",
+        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"storage root %s is not writable: %s\"",
                               store_root(hc->d->src->store), uv_strerror(hc->storage_err));
     } else {
         n += (size_t)snprintf(body + n, sizeof(body) - n, "\"writable\"");
@@ -307,8 +299,7 @@ static void health_answer(struct health *hc)
                           ok ? "healthy" : "unhealthy");
     struct http_header h[2] = {{"Content-Type", 12, "application/json", 16},
                                {"Cache-Control", 13, "no-store", 8}};
-    if (http_respond_full(hc->x, ok ? 200 : 503, h, 2, body, n) != 0)
-        http_respond_abort(hc->x);
+    if (http_respond_full(hc->x, ok ? 200 : 503, h, 2, body, n) != 0) http_respond_abort(hc->x);
     free(hc);
 }
 
@@ -319,9 +310,7 @@ static void probe_head(void *ud, int status, const struct http_header *hdrs, siz
     hc->probe_status = status;
 }
 
-static void probe_body(void *ud, const char *data, size_t len)
-{
-}
+static void probe_body(void *ud, const char *data, size_t len) {}
 
 static void probe_done(void *ud, int err)
 {
@@ -367,8 +356,7 @@ static void storage_done(uv_work_t *w, int status)
         const char *const *bases = proxy_select(hc->d->src->proxy, &req, 0, &n);
         struct chain_spec spec = {.method = "GET", .bases = bases, .n_bases = n, .target = "/v2/"};
         static const struct upstream_callbacks cbs = {probe_head, probe_body, probe_done};
-        if (chain_request(proxy_pool(hc->d->src->proxy), &spec, &cbs, hc, &hc->probe) == 0)
-            return;
+        if (chain_request(proxy_pool(hc->d->src->proxy), &spec, &cbs, hc, &hc->probe) == 0) return;
         snprintf(hc->probe_error, sizeof(hc->probe_error), "cannot ask the upstream");
     }
     health_answer(hc);
@@ -390,10 +378,8 @@ static void debug_handle(struct http_exchange *x, void *ud)
             return;
         }
         size_t n = debug_render_metrics(d->src, buf, METRICS_MAX);
-        struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8",
-                                40};
-        if (http_respond_full(x, 200, &h, 1, buf, n) != 0)
-            http_respond_abort(x);
+        struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
+        if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
         free(buf);
         return;
     }
@@ -420,8 +406,7 @@ int debug_start(uv_loop_t *loop, const char *addr, struct debug_sources *src, st
                 char *err, size_t errlen)
 {
     struct debug *d = calloc(1, sizeof(*d));
-    if (d == NULL)
-        return UV_ENOMEM;
+    if (d == NULL) return UV_ENOMEM;
     d->loop = loop;
     d->src = src;
     struct http_server_opts opts = {.on_request = debug_handle, .ud = d};
@@ -436,8 +421,7 @@ int debug_start(uv_loop_t *loop, const char *addr, struct debug_sources *src, st
 
 void debug_stop(struct debug *d)
 {
-    if (d == NULL)
-        return;
+    if (d == NULL) return;
     http_server_shutdown(d->server, 0, free, d);
 }
 

@@ -14,11 +14,11 @@
 
 /* The fields are the module's own: callers only pass the struct around. */
 struct digest_sha256 {
-    uint32_t state[8];      /* H0..H7 in the standard order, whichever path runs */
-    uint64_t total_len;     /* bytes hashed so far */
+    uint32_t state[8];       /* H0..H7 in the standard order, whichever path runs */
+    uint64_t total_len;      /* bytes hashed so far */
     unsigned char block[64]; /* a partial block waiting for more input */
     size_t block_len;
-    bool hw;                /* this context uses SHA-NI (fixed at init) */
+    bool hw; /* this context uses SHA-NI (fixed at init) */
 };
 
 /*

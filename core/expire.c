@@ -47,8 +47,7 @@ bool expire_touch_due(double last_pulled, double now, double default_ttl_s)
     /* At most one futimes per blob per second: cheap on a hot blob, and fine enough an
      * order for expiry and for least-recently-pulled eviction. */
     double threshold = 1.0;
-    if (default_ttl_s > 0 && default_ttl_s / 10 < threshold)
-        threshold = default_ttl_s / 10;
+    if (default_ttl_s > 0 && default_ttl_s / 10 < threshold) threshold = default_ttl_s / 10;
     return now - last_pulled >= threshold;
 }
 
@@ -57,8 +56,7 @@ static int blob_ttl(const struct expire_opts *o, const struct expire_blob *b, do
 {
     if (o->ttl != NULL) {
         int rc = o->ttl(o->ud, b, ttl);
-        if (rc >= 0)
-            return rc;
+        if (rc >= 0) return rc;
     }
     *ttl = o->default_ttl_s;
     return o->default_ttl_s > 0 ? 1 : 0;
@@ -78,8 +76,7 @@ static int collect(void *ud, const char *hex, const struct stat *sb)
     if (e->n_found == e->cap_found) {
         size_t cap = e->cap_found ? e->cap_found * 2 : 256;
         struct expire_blob *nb = realloc(e->found, cap * sizeof(*nb));
-        if (nb == NULL)
-            return 1;
+        if (nb == NULL) return 1;
         e->found = nb;
         e->cap_found = cap;
     }
@@ -113,8 +110,8 @@ static void delete_work(uv_work_t *w)
         struct doomed *d = &e->doomed[i];
         /* The access time seen by the scan, with room for its rounding: a pull since
          * then moves it past this and keeps the blob. */
-        d->result = store_remove_if_unpulled_sync(e->store, d->blob.hex,
-                                                  d->blob.last_pulled + 0.001);
+        d->result =
+            store_remove_if_unpulled_sync(e->store, d->blob.hex, d->blob.last_pulled + 0.001);
     }
 }
 
@@ -132,8 +129,7 @@ static void delete_done(uv_work_t *w, int status)
             e->stats.removed_bytes += d->blob.size;
             log_msg(LOG_INFO, "expired blob sha256:%s: not pulled for %.0fs, %llu bytes removed",
                     d->blob.hex, now - d->blob.last_pulled, (unsigned long long)d->blob.size);
-            if (e->opts.on_removed)
-                e->opts.on_removed(e->opts.ud, &d->blob);
+            if (e->opts.on_removed) e->opts.on_removed(e->opts.ud, &d->blob);
         } else if (d->result == -EBUSY) {
             log_msg(LOG_DEBUG, "blob sha256:%s was pulled while it expired: kept", d->blob.hex);
         } else if (d->result != -ENOENT) {
@@ -150,8 +146,7 @@ static void scan_done(uv_work_t *w, int status)
 {
     struct expiry *e = w->data;
     e->work_pending = false;
-    if (e->sweep_finished)
-        e->stats.sweeps++;
+    if (e->sweep_finished) e->stats.sweeps++;
     if (e->stopping || status != 0) {
         maybe_free(e);
         return;
@@ -165,21 +160,17 @@ static void scan_done(uv_work_t *w, int status)
         if (blob_ttl(&e->opts, &e->found[i], &ttl) == 1 && now - e->found[i].last_pulled >= ttl)
             e->doomed[e->n_doomed++].blob = e->found[i];
     }
-    if (e->n_doomed == 0)
-        return;
+    if (e->n_doomed == 0) return;
     e->work.data = e;
-    if (uv_queue_work(e->loop, &e->work, delete_work, delete_done) == 0)
-        e->work_pending = true;
+    if (uv_queue_work(e->loop, &e->work, delete_work, delete_done) == 0) e->work_pending = true;
 }
 
 static void tick(uv_timer_t *t)
 {
     struct expiry *e = t->data;
-    if (e->work_pending || e->stopping)
-        return;
+    if (e->work_pending || e->stopping) return;
     e->work.data = e;
-    if (uv_queue_work(e->loop, &e->work, scan_work, scan_done) == 0)
-        e->work_pending = true;
+    if (uv_queue_work(e->loop, &e->work, scan_work, scan_done) == 0) e->work_pending = true;
 }
 
 /* --- Life cycle -------------------------------------------------------------------- */
@@ -188,19 +179,15 @@ int expire_start(uv_loop_t *loop, struct store *store, const struct expire_opts 
                  struct expiry **out)
 {
     struct expiry *e = calloc(1, sizeof(*e));
-    if (e == NULL)
-        return UV_ENOMEM;
+    if (e == NULL) return UV_ENOMEM;
     e->loop = loop;
     e->store = store;
     e->opts = *opts;
-    if (e->opts.batch == 0)
-        e->opts.batch = 2048;
+    if (e->opts.batch == 0) e->opts.batch = 2048;
     if (e->opts.interval_ms == 0) {
         double ms = opts->default_ttl_s > 0 ? opts->default_ttl_s * 1000 / 4 : 60000;
-        if (ms < 250)
-            ms = 250;
-        if (ms > 60000)
-            ms = 60000;
+        if (ms < 250) ms = 250;
+        if (ms > 60000) ms = 60000;
         e->opts.interval_ms = (unsigned)ms;
     }
     uv_timer_init(loop, &e->timer);
@@ -218,8 +205,7 @@ static void timer_closed(uv_handle_t *h)
     free(e->found);
     free(e->doomed);
     free(e);
-    if (done)
-        done(arg);
+    if (done) done(arg);
 }
 
 static void maybe_free(struct expiry *e)
@@ -259,12 +245,10 @@ static int sync_visit(void *ud, const char *hex, const struct stat *sb)
     b.size = (uint64_t)sb->st_size;
     b.last_pulled = store_stat_atime(sb);
     double ttl;
-    if (blob_ttl(sc->opts, &b, &ttl) != 1 || sc->now - b.last_pulled < ttl)
-        return 0;
+    if (blob_ttl(sc->opts, &b, &ttl) != 1 || sc->now - b.last_pulled < ttl) return 0;
     if (store_remove_if_unpulled_sync(sc->store, hex, b.last_pulled + 0.001) == 0) {
         sc->removed++;
-        if (sc->opts->on_removed)
-            sc->opts->on_removed(sc->opts->ud, &b);
+        if (sc->opts->on_removed) sc->opts->on_removed(sc->opts->ud, &b);
     }
     return 0;
 }

@@ -38,18 +38,18 @@ struct expire_blob {
 typedef int (*expire_ttl_fn)(void *ud, const struct expire_blob *blob, double *ttl_s);
 
 struct expire_opts {
-    double default_ttl_s;   /* the configured blobttl; <= 0: none */
-    expire_ttl_fn ttl;      /* NULL: every blob gets default_ttl_s */
+    double default_ttl_s; /* the configured blobttl; <= 0: none */
+    expire_ttl_fn ttl;    /* NULL: every blob gets default_ttl_s */
     void *ud;
-    unsigned interval_ms;   /* between ticks; 0: derived from default_ttl_s */
-    unsigned batch;         /* blobs looked at per tick; 0: 2048 */
+    unsigned interval_ms; /* between ticks; 0: derived from default_ttl_s */
+    unsigned batch;       /* blobs looked at per tick; 0: 2048 */
     /* Called for every removal (after the files are gone), may be NULL. */
     void (*on_removed)(void *ud, const struct expire_blob *blob);
 };
 
 struct expire_stats {
-    uint64_t sweeps;        /* full passes over the store */
-    uint64_t removed;       /* blobs deleted */
+    uint64_t sweeps;  /* full passes over the store */
+    uint64_t removed; /* blobs deleted */
     uint64_t removed_bytes;
     uint64_t errors;
 };

@@ -20,9 +20,9 @@
 #include "digest.h"
 #include "log.h"
 
-#define COLLECT_HIGH (8u << 20)  /* pause the upstream past this much unwritten data */
-#define COLLECT_LOW (2u << 20)   /* and resume below this */
-#define WINDOW_HIGH (16u << 20)  /* pass-through: pause past this much unread data */
+#define COLLECT_HIGH (8u << 20) /* pause the upstream past this much unwritten data */
+#define COLLECT_LOW (2u << 20)  /* and resume below this */
+#define WINDOW_HIGH (16u << 20) /* pass-through: pause past this much unread data */
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
 #define UNSIZED_MAX ((uint64_t)256 << 20)
@@ -36,8 +36,8 @@ struct fetch_manager {
     struct fetch_stats stats;
     void (*on_commit)(void *ud, const char *hex, uint64_t size);
     void *hook_ud;
-    uv_timer_t *beat;       /* touches the fetch locks this process holds */
-    bool beat_pending;      /* a touch work item is out */
+    uv_timer_t *beat;  /* touches the fetch locks this process holds */
+    bool beat_pending; /* a touch work item is out */
     uv_work_t beat_work;
     char (*beat_hexes)[65]; /* the locks to touch, copied for the work item */
     size_t n_beat;
@@ -86,7 +86,7 @@ struct fetch {
     struct digest_sha256 sha;
 
     bool head_seen; /* the upstream's response head arrived (the length, if any, known) */
-    bool verified; /* the digest matched: followers may complete (the commit goes on) */
+    bool verified;  /* the digest matched: followers may complete (the commit goes on) */
     bool committing;
     uv_work_t commit_work;
     int commit_err;
@@ -109,17 +109,17 @@ struct fetch {
     /* Replicas sharing the root: the lock is ours, or we follow another process's file. */
     bool locked;
     bool remote;
-    uv_file old_fd;          /* a followed file, kept open after a takeover */
-    char remote_tmp[4096];   /* the followed temporary file */
-    uv_timer_t *poll;        /* remote: watches the followed file */
+    uv_file old_fd;        /* a followed file, kept open after a takeover */
+    char remote_tmp[4096]; /* the followed temporary file */
+    uv_timer_t *poll;      /* remote: watches the followed file */
     uv_work_t poll_work;
     bool poll_pending;
     unsigned poll_ticks;
-    int64_t poll_size;       /* of the followed file */
-    bool poll_unlinked;      /* its last name is gone */
-    int64_t poll_final;      /* size of the committed blob, -1 while there is none */
-    int poll_lock;           /* 0 fresh, 1 stale, 2 missing, -1 not read this tick */
-    unsigned lock_missing;   /* ticks in a row */
+    int64_t poll_size;     /* of the followed file */
+    bool poll_unlinked;    /* its last name is gone */
+    int64_t poll_final;    /* size of the committed blob, -1 while there is none */
+    int poll_lock;         /* 0 fresh, 1 stale, 2 missing, -1 not read this tick */
+    unsigned lock_missing; /* ticks in a row */
 };
 
 static void fetch_maybe_finish(struct fetch *f);
@@ -131,8 +131,7 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
                                         struct upstream_pool *pool)
 {
     struct fetch_manager *m = calloc(1, sizeof(*m));
-    if (m == NULL)
-        return NULL;
+    if (m == NULL) return NULL;
     m->loop = loop;
     m->store = store;
     m->pool = pool;
@@ -158,22 +157,19 @@ unsigned fetch_manager_active(const struct fetch_manager *m)
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex)
 {
     for (struct fetch *f = m->active; f != NULL; f = f->next)
-        if (memcmp(f->hex, hex, 64) == 0)
-            return f;
+        if (memcmp(f->hex, hex, 64) == 0) return f;
     return NULL;
 }
 
 static void unregister(struct fetch *f)
 {
-    if (!f->registered)
-        return;
+    if (!f->registered) return;
     f->registered = false;
     if (f->prev)
         f->prev->next = f->next;
     else
         f->m->active = f->next;
-    if (f->next)
-        f->next->prev = f->prev;
+    if (f->next) f->next->prev = f->prev;
     f->m->n_active--;
     f->next = f->prev = NULL;
     fetch_unref(f); /* the manager's reference */
@@ -194,8 +190,7 @@ static void close_cb(uv_fs_t *req)
 
 void fetch_unref(struct fetch *f)
 {
-    if (--f->refs > 0)
-        return;
+    if (--f->refs > 0) return;
     if (f->fd >= 0) {
         uv_fs_t *req = malloc(sizeof(*req));
         if (req == NULL || uv_fs_close(f->m->loop, req, f->fd, close_cb) != 0) {
@@ -203,8 +198,7 @@ void fetch_unref(struct fetch *f)
             close(f->fd);
         }
     }
-    if (f->old_fd >= 0)
-        close(f->old_fd);
+    if (f->old_fd >= 0) close(f->old_fd);
     for (size_t i = 0; i < f->spec.n_bases; i++)
         free(f->spec_bases[i]);
     free(f->spec_bases);
@@ -238,8 +232,7 @@ static void wake(struct fetch *f)
 
 void fetch_wait(struct fetch *f, struct fetch_waiter *w)
 {
-    if (w->queued)
-        return;
+    if (w->queued) return;
     w->queued = true;
     w->next = f->waiters;
     f->waiters = w;
@@ -247,8 +240,7 @@ void fetch_wait(struct fetch *f, struct fetch_waiter *w)
 
 void fetch_unwait(struct fetch *f, struct fetch_waiter *w)
 {
-    if (!w->queued)
-        return;
+    if (!w->queued) return;
     for (struct fetch_waiter **pp = &f->waiters; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == w) {
             *pp = w->next;
@@ -311,15 +303,12 @@ bool fetch_in_memory(const struct fetch *f, uint64_t offset)
 
 size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size_t len)
 {
-    if (!f->disk_failed || offset < f->win_start || offset >= f->win_start + f->win_len)
-        return 0;
+    if (!f->disk_failed || offset < f->win_start || offset >= f->win_start + f->win_len) return 0;
     size_t at = (size_t)(offset - f->win_start);
     size_t n = f->win_len - at;
     uint64_t readable = fetch_readable(f);
-    if (offset + n > readable)
-        n = readable > offset ? (size_t)(readable - offset) : 0;
-    if (n > len)
-        n = len;
+    if (offset + n > readable) n = readable > offset ? (size_t)(readable - offset) : 0;
+    if (n > len) n = len;
     memcpy(buf, f->win + at, n);
     return n;
 }
@@ -328,12 +317,10 @@ size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size
 
 static void window_trim(struct fetch *f)
 {
-    if (!f->disk_failed)
-        return;
+    if (!f->disk_failed) return;
     uint64_t low = f->win_start + f->win_len;
     for (struct fetch_follower *fl = f->followers; fl != NULL; fl = fl->next)
-        if (fl->offset < low)
-            low = fl->offset;
+        if (fl->offset < low) low = fl->offset;
     if (low > f->win_start) {
         size_t drop = (size_t)(low - f->win_start);
         memmove(f->win, f->win + drop, f->win_len - drop);
@@ -350,8 +337,7 @@ void fetch_follow_begin(struct fetch *f, struct fetch_follower *fl)
 {
     fl->prev = NULL;
     fl->next = f->followers;
-    if (f->followers)
-        f->followers->prev = fl;
+    if (f->followers) f->followers->prev = fl;
     f->followers = fl;
 }
 
@@ -362,14 +348,12 @@ void fetch_follow_moved(struct fetch *f)
 
 void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
 {
-    if (fl->prev == NULL && f->followers != fl)
-        return; /* never began, or already ended */
+    if (fl->prev == NULL && f->followers != fl) return; /* never began, or already ended */
     if (fl->prev)
         fl->prev->next = fl->next;
     else
         f->followers = fl->next;
-    if (fl->next)
-        fl->next->prev = fl->prev;
+    if (fl->next) fl->next->prev = fl->prev;
     fl->prev = fl->next = NULL;
     window_trim(f);
     if (f->disk_failed && f->followers == NULL && f->state == FETCH_RUNNING) {
@@ -405,16 +389,13 @@ static void release_done(uv_work_t *w, int status)
 /* Gives the fetch lock back (on the thread pool); followers elsewhere see why. */
 static void lock_release(struct fetch *f)
 {
-    if (!f->locked)
-        return;
+    if (!f->locked) return;
     f->locked = false;
     struct lock_release *lr = malloc(sizeof(*lr));
-    if (lr == NULL)
-        return; /* it goes stale and is taken over */
+    if (lr == NULL) return; /* it goes stale and is taken over */
     lr->store = f->m->store;
     memcpy(lr->hex, f->hex, 65);
-    if (uv_queue_work(f->m->loop, &lr->work, release_work, release_done) != 0)
-        free(lr);
+    if (uv_queue_work(f->m->loop, &lr->work, release_work, release_done) != 0) free(lr);
 }
 
 static void beat_work(uv_work_t *w)
@@ -434,8 +415,7 @@ static void beat_done(uv_work_t *w, int status)
 static void beat_tick(uv_timer_t *t)
 {
     struct fetch_manager *m = t->data;
-    if (m->beat_pending)
-        return;
+    if (m->beat_pending) return;
     size_t n = 0;
     for (struct fetch *f = m->active; f != NULL; f = f->next)
         n += f->locked;
@@ -447,8 +427,7 @@ static void beat_tick(uv_timer_t *t)
     m->beat_hexes = calloc(n, sizeof(*m->beat_hexes));
     m->n_beat = 0;
     for (struct fetch *f = m->active; m->beat_hexes != NULL && f != NULL; f = f->next)
-        if (f->locked)
-            memcpy(m->beat_hexes[m->n_beat++], f->hex, 65);
+        if (f->locked) memcpy(m->beat_hexes[m->n_beat++], f->hex, 65);
     m->beat_work.data = m;
     if (m->n_beat > 0 && uv_queue_work(m->loop, &m->beat_work, beat_work, beat_done) == 0)
         m->beat_pending = true;
@@ -458,8 +437,7 @@ static void beat_ensure(struct fetch_manager *m)
 {
     if (m->beat == NULL) {
         m->beat = malloc(sizeof(*m->beat));
-        if (m->beat == NULL)
-            return;
+        if (m->beat == NULL) return;
         uv_timer_init(m->loop, m->beat);
         m->beat->data = m;
         uv_unref((uv_handle_t *)m->beat); /* it never keeps the loop alive by itself */
@@ -490,11 +468,9 @@ static void queue_open(struct fetch *f);
  * Followers keep their offsets: the new file fills from 0. */
 static void takeover(struct fetch *f, const char *why)
 {
-    log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex,
-            why);
+    log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
     poll_stop(f);
-    if (f->old_fd >= 0)
-        close(f->old_fd);
+    if (f->old_fd >= 0) close(f->old_fd);
     f->old_fd = f->fd;
     f->fd = -1;
     f->remote = false;
@@ -518,11 +494,11 @@ static void poll_work_cb(uv_work_t *w)
     if (f->poll_ticks % 20 == 0) {
         struct store_lock_info li;
         int rc = store_lock_read_sync(f->m->store, f->hex, &li);
-        f->poll_lock = rc == -ENOENT                            ? 2
-                       : rc != 0                                ? 0
-                       : li.age_s > STORE_LOCK_STALE_S          ? 1
-                       : strcmp(li.tmp, f->remote_tmp) != 0     ? 1
-                                                                : 0;
+        f->poll_lock = rc == -ENOENT                        ? 2
+                       : rc != 0                            ? 0
+                       : li.age_s > STORE_LOCK_STALE_S      ? 1
+                       : strcmp(li.tmp, f->remote_tmp) != 0 ? 1
+                                                            : 0;
     }
 }
 
@@ -563,8 +539,7 @@ static void poll_done(uv_work_t *w, int status)
 static void poll_tick(uv_timer_t *t)
 {
     struct fetch *f = t->data;
-    if (f->poll_pending || f->state != FETCH_RUNNING)
-        return;
+    if (f->poll_pending || f->state != FETCH_RUNNING) return;
     f->poll_ticks++;
     f->poll_pending = true;
     f->poll_work.data = f;
@@ -596,8 +571,7 @@ static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t
         while (c < *len + n)
             c *= 2;
         char *nb = realloc(*buf, c);
-        if (nb == NULL)
-            return -ENOMEM;
+        if (nb == NULL) return -ENOMEM;
         *buf = nb;
         *cap = c;
     }
@@ -614,8 +588,7 @@ static void unlink_cb(uv_fs_t *req)
 
 static void unlink_tmp(struct fetch *f)
 {
-    if (f->tmp_path[0] == '\0')
-        return;
+    if (f->tmp_path[0] == '\0') return;
     uv_fs_t *req = malloc(sizeof(*req));
     if (req == NULL || uv_fs_unlink(f->m->loop, req, f->tmp_path, unlink_cb) != 0) {
         free(req);
@@ -646,8 +619,7 @@ static void disk_fail(struct fetch *f, int err)
     /* The unwritten bytes, in order: the failed batch, then what was collected since. */
     if (f->batch_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->batch, f->batch_len))
         goto oom;
-    if (f->collect_len > 0 &&
-        append(&f->win, &f->win_len, &f->win_cap, f->collect, f->collect_len))
+    if (f->collect_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->collect, f->collect_len))
         goto oom;
     digest_sha256_update(&f->sha, f->win, f->win_len);
     f->batch_len = f->collect_len = 0;
@@ -667,11 +639,9 @@ static void batch_work(uv_work_t *w)
     size_t done = 0;
     f->batch_err = 0;
     while (done < f->batch_len) {
-        ssize_t n = pwrite(f->fd, f->batch + done, f->batch_len - done,
-                           (off_t)(f->written + done));
+        ssize_t n = pwrite(f->fd, f->batch + done, f->batch_len - done, (off_t)(f->written + done));
         if (n < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             f->batch_err = -errno;
             return;
         }
@@ -694,8 +664,7 @@ static void batch_done(uv_work_t *w, int status)
         fetch_unref(f);
         return;
     }
-    if (status == UV_ECANCELED)
-        f->batch_err = -ECANCELED;
+    if (status == UV_ECANCELED) f->batch_err = -ECANCELED;
     if (f->batch_err != 0) {
         disk_fail(f, f->batch_err);
     } else {
@@ -753,8 +722,7 @@ static void open_work(uv_work_t *w)
         f->locked = true;
         return;
     }
-    if (rc != -EEXIST)
-        return; /* no lock to be had: fetch on our own */
+    if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
     /* Another process sharing the root fetches it: follow its file. */
     close(fd);
     unlink(f->tmp_path);
@@ -773,8 +741,7 @@ static void open_work(uv_work_t *w)
     f->fd = rfd;
     f->remote = true;
     snprintf(f->remote_tmp, sizeof(f->remote_tmp), "%s", held.tmp);
-    if (f->size < 0 && held.size >= 0)
-        f->size = held.size;
+    if (f->size < 0 && held.size >= 0) f->size = held.size;
 }
 
 static void start_upstream(struct fetch *f);
@@ -784,22 +751,21 @@ static void open_done(uv_work_t *w, int status)
     struct fetch *f = w->data;
     if (f->state != FETCH_RUNNING) {
         /* Failed meanwhile: the file and the lock have no use. */
-        if (!f->remote)
-            unlink_tmp(f);
+        if (!f->remote) unlink_tmp(f);
         lock_release(f);
         fetch_unref(f);
         return;
     }
-    if (status == UV_ECANCELED)
-        f->open_err = -ECANCELED;
+    if (status == UV_ECANCELED) f->open_err = -ECANCELED;
     if (f->open_err == -EAGAIN) {
         fetch_fail(f, "the replica that fetched it has just stopped; ask again");
     } else if (f->open_err != 0) {
         disk_fail(f, f->open_err);
         start_upstream(f);
     } else if (f->remote) {
-        log_msg(LOG_INFO, "blob sha256:%s is being fetched by another replica: following its "
-                          "file %s",
+        log_msg(LOG_INFO,
+                "blob sha256:%s is being fetched by another replica: following its "
+                "file %s",
                 f->hex, f->remote_tmp);
         f->m->stats.followed++;
         poll_start(f);
@@ -812,8 +778,7 @@ static void open_done(uv_work_t *w, int status)
             f->remote_tmp[0] = '\0';
         }
         f->fd_ready = true;
-        if (f->locked)
-            beat_ensure(f->m);
+        if (f->locked) beat_ensure(f->m);
         start_upstream(f);
         submit_batch(f);
     }
@@ -837,8 +802,7 @@ static void queue_open(struct fetch *f)
 
 static void fetch_fail(struct fetch *f, const char *fmt, ...)
 {
-    if (f->state != FETCH_RUNNING)
-        return;
+    if (f->state != FETCH_RUNNING) return;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(f->error, sizeof(f->error), fmt, ap);
@@ -852,8 +816,7 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
         f->up = NULL;
         f->up_done = true;
     }
-    if (f->fd_ready)
-        unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
+    if (f->fd_ready) unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
     lock_release(f);
     poll_stop(f);
     unregister(f);
@@ -865,18 +828,16 @@ static void commit_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
     f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
-    if (f->locked)
-        store_lock_release_sync(f->m->store, f->hex);
+    if (f->locked) store_lock_release_sync(f->m->store, f->hex);
 }
 
 static void commit_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
     f->committing = false;
-    f->locked = false; /* released by commit_work */
+    f->locked = false;     /* released by commit_work */
     f->tmp_path[0] = '\0'; /* renamed, or unlinked by store_commit_sync */
-    if (status == UV_ECANCELED)
-        f->commit_err = -ECANCELED;
+    if (status == UV_ECANCELED) f->commit_err = -ECANCELED;
     if (f->commit_err == 0 && f->m->on_commit != NULL)
         f->m->on_commit(f->m->hook_ud, f->hex, f->received);
     if (f->commit_err != 0)
@@ -897,8 +858,7 @@ static void commit_done(uv_work_t *w, int status)
 /* When the body is in and written: check it, then commit. */
 static void fetch_maybe_finish(struct fetch *f)
 {
-    if (f->state != FETCH_RUNNING || !f->up_done || f->committing)
-        return;
+    if (f->state != FETCH_RUNNING || !f->up_done || f->committing) return;
     if (f->up_err != 0) {
         char why[sizeof(f->error)];
         snprintf(why, sizeof(why), "%s", f->error[0] ? f->error : "upstream failed");
@@ -923,14 +883,12 @@ static void fetch_maybe_finish(struct fetch *f)
                    hex);
         return;
     }
-    if (f->size < 0)
-        f->size = (int64_t)f->received;
+    if (f->size < 0) f->size = (int64_t)f->received;
     /* Verified: the followers may send the last byte now; making it durable (fsync,
      * rename) goes on behind them. */
     f->verified = true;
     wake(f);
-    if (f->state != FETCH_RUNNING)
-        return;
+    if (f->state != FETCH_RUNNING) return;
     if (f->disk_failed) {
         f->state = FETCH_DONE;
         unregister(f);
@@ -974,8 +932,7 @@ static void up_head(void *ud, int status, const struct http_header *hdrs, size_t
 static void up_body(void *ud, const char *data, size_t len)
 {
     struct fetch *f = ud;
-    if (f->state != FETCH_RUNNING)
-        return;
+    if (f->state != FETCH_RUNNING) return;
     f->received += len;
     if (f->size < 0 && f->received > UNSIZED_MAX) {
         fetch_fail(f, "%s sent more than %llu MiB of a blob without announcing its length",
@@ -1036,8 +993,7 @@ static int spec_copy(struct fetch *f, const struct chain_spec *spec)
     if (f->spec_bases == NULL || f->spec_headers == NULL || f->spec_target == NULL)
         return UV_ENOMEM;
     for (size_t i = 0; i < spec->n_bases; i++) {
-        if ((f->spec_bases[i] = strdup(spec->bases[i])) == NULL)
-            return UV_ENOMEM;
+        if ((f->spec_bases[i] = strdup(spec->bases[i])) == NULL) return UV_ENOMEM;
         f->spec.n_bases++;
     }
     for (size_t i = 0; i < spec->n_headers; i++) {
@@ -1045,8 +1001,7 @@ static int spec_copy(struct fetch *f, const struct chain_spec *spec)
         f->spec_headers[i].value = strdup(spec->headers[i].value);
         f->spec_headers[i].sensitive = spec->headers[i].sensitive;
         f->spec.n_headers++;
-        if (f->spec_headers[i].name == NULL || f->spec_headers[i].value == NULL)
-            return UV_ENOMEM;
+        if (f->spec_headers[i].name == NULL || f->spec_headers[i].value == NULL) return UV_ENOMEM;
     }
     f->spec.bases = (const char *const *)f->spec_bases;
     f->spec.headers = f->spec_headers;
@@ -1057,8 +1012,7 @@ static int spec_copy(struct fetch *f, const struct chain_spec *spec)
 static void start_upstream(struct fetch *f)
 {
     static const struct upstream_callbacks cbs = {up_head, up_body, up_done};
-    if (f->state != FETCH_RUNNING)
-        return;
+    if (f->state != FETCH_RUNNING) return;
     f->up_done = false;
     f->up_err = 0;
     f->received = 0;
@@ -1074,11 +1028,9 @@ static void start_upstream(struct fetch *f)
 int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
                 int64_t expected_size, bool store_it, struct fetch **out)
 {
-    if (!store_hex_valid(hex))
-        return UV_EINVAL;
+    if (!store_hex_valid(hex)) return UV_EINVAL;
     struct fetch *f = calloc(1, sizeof(*f));
-    if (f == NULL)
-        return UV_ENOMEM;
+    if (f == NULL) return UV_ENOMEM;
     f->m = m;
     memcpy(f->hex, hex, 65);
     f->fd = -1;
@@ -1093,8 +1045,7 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     f->refs = 2; /* the manager's and the caller's */
     f->registered = true;
     f->next = m->active;
-    if (m->active)
-        m->active->prev = f;
+    if (m->active) m->active->prev = f;
     m->active = f;
     m->n_active++;
     m->stats.started++;

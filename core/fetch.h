@@ -45,11 +45,11 @@ struct fetch_waiter {
 };
 
 struct fetch_stats {
-    uint64_t started;       /* upstream fetches started */
-    uint64_t committed;     /* blobs verified and stored */
-    uint64_t failed;        /* digest mismatch, short body, upstream failure */
-    uint64_t passthrough;   /* fetches that lost their disk and went on from memory */
-    uint64_t followed;      /* fetches that followed another replica's file */
+    uint64_t started;     /* upstream fetches started */
+    uint64_t committed;   /* blobs verified and stored */
+    uint64_t failed;      /* digest mismatch, short body, upstream failure */
+    uint64_t passthrough; /* fetches that lost their disk and went on from memory */
+    uint64_t followed;    /* fetches that followed another replica's file */
 };
 
 struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,

@@ -29,8 +29,7 @@ static inline const struct http_header *http_header_find(const struct http_heade
                                                          const char *name)
 {
     for (size_t i = 0; i < n; i++)
-        if (http_header_is(&hdrs[i], name))
-            return &hdrs[i];
+        if (http_header_is(&hdrs[i], name)) return &hdrs[i];
     return NULL;
 }
 

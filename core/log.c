@@ -398,7 +398,8 @@ static void format_duration_ms(double ms, char *buf, size_t len)
         unit = "s";
     }
     int n = snprintf(buf, len, "%.6f", ms);
-    while (n > 0 && buf[n - 1] == '0') n--;
+    while (n > 0 && buf[n - 1] == '0')
+        n--;
     if (n > 0 && buf[n - 1] == '.') n--;
     snprintf(buf + n, len - (size_t)n, "%s", unit);
 }
@@ -468,8 +469,8 @@ size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap
                                  now);
         put_raw(buf, w.cap, &w.pos, fields_json, fields_json_len);
     } else {
-        w.pos = (size_t)snprintf(buf, w.cap,
-                                 "time=\"%s\" level=info msg=\"response completed\"", now);
+        w.pos =
+            (size_t)snprintf(buf, w.cap, "time=\"%s\" level=info msg=\"response completed\"", now);
         put_raw(buf, w.cap, &w.pos, fields_text, fields_text_len);
     }
     if (w.pos > w.cap) w.pos = w.cap;

@@ -176,8 +176,8 @@ static int run_check(const char *path)
     }
     for (size_t i = 0; i < cfg->n_cas; i++)
         printf("upstream CA:   %s\n", cfg->cas[i]);
-    printf("policies:      built-in defaults%s%s; hooks in force:", cfg->policydir ? " + drop-ins of " : "",
-           cfg->policydir ? cfg->policydir : "");
+    printf("policies:      built-in defaults%s%s; hooks in force:",
+           cfg->policydir ? " + drop-ins of " : "", cfg->policydir ? cfg->policydir : "");
     for (int h = 0; h < POLICY_HOOK_COUNT; h++)
         if (policy_has_hook(pe, (enum policy_hook)h))
             printf(" %s%s", policy_hook_name((enum policy_hook)h),
@@ -198,8 +198,7 @@ static void print_removed(void *ud, const struct expire_blob *b)
 static int run_expire(const char *path)
 {
     struct config *cfg = load_config(path);
-    if (cfg == NULL)
-        return EXIT_CONFIG;
+    if (cfg == NULL) return EXIT_CONFIG;
     if (!cfg->has_blobttl) {
         printf("no blobttl configured: nothing expires\n");
         config_free(cfg);
@@ -233,8 +232,7 @@ static void print_problem(void *ud, const char *what, const char *problem)
 static int run_fsck(const char *path, bool repair)
 {
     struct config *cfg = load_config(path);
-    if (cfg == NULL)
-        return EXIT_CONFIG;
+    if (cfg == NULL) return EXIT_CONFIG;
     struct fsck_report rep;
     int rc = fsck_run(cfg->storage_root, repair, &rep, print_problem, NULL);
     if (rc != 0) {
@@ -337,8 +335,7 @@ static long evict_policy(void *ud, const budget_blob *cands, size_t n, uint64_t 
     int rc = policy_evict(app->policy, pb, n, bytes_needed, &chosen, &n_chosen);
     free(pb);
     free(digests);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     long k = 0;
     for (size_t i = 0; i < n_chosen && (size_t)k < max_victims; i++)
         victims[k++] = chosen[i];
@@ -368,15 +365,13 @@ static void blob_expired(void *ud, const struct expire_blob *b)
 static int blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
 {
     struct app *app = ud;
-    if (!policy_has_hook(app->policy, POLICY_HOOK_BLOB_TTL))
-        return -ENOENT;
+    if (!policy_has_hook(app->policy, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
     char digest[72];
     snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
     struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
     bool has_ttl;
     int rc = policy_blob_ttl(app->policy, &pb, &has_ttl, ttl_s);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     return has_ttl ? 1 : 0;
 }
 
@@ -395,8 +390,7 @@ static int run_serve(const char *path)
     struct app app;
     memset(&app, 0, sizeof(app));
     app.cfg = load_config(path);
-    if (app.cfg == NULL)
-        return EXIT_CONFIG;
+    if (app.cfg == NULL) return EXIT_CONFIG;
     log_configure(app.cfg);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
@@ -497,8 +491,8 @@ static int run_serve(const char *path)
     for (size_t i = 0; i < app.cfg->n_http_headers; i++) {
         const struct config_header *h = &app.cfg->http_headers[i];
         for (size_t k = 0; k < h->n_values && n_extra < 64; k++)
-            extra[n_extra++] = (struct http_header){h->name, strlen(h->name), h->values[k],
-                                                    strlen(h->values[k])};
+            extra[n_extra++] =
+                (struct http_header){h->name, strlen(h->name), h->values[k], strlen(h->values[k])};
     }
     struct http_server_opts opts = {
         .extra_headers = extra,
@@ -545,8 +539,7 @@ static int run_serve(const char *path)
             log_msg(LOG_ERROR, "http.debug.addr: %s", err);
             return EXIT_RUNTIME;
         }
-        log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s",
-                debug_address(app.debug));
+        log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s", debug_address(app.debug));
     }
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
@@ -591,8 +584,7 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
         return run_check(argv[2]);
-    if (argc == 3 && strcmp(argv[1], "expire") == 0)
-        return run_expire(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "expire") == 0) return run_expire(argv[2]);
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "fsck") == 0) {
         bool repair = argc == 4 && strcmp(argv[3], "--repair") == 0;
         if (argc == 4 && !repair) {
@@ -601,10 +593,8 @@ int main(int argc, char **argv)
         }
         return run_fsck(argv[2], repair);
     }
-    if (argc == 3 && strcmp(argv[1], "serve") == 0)
-        return run_serve(argv[2]);
-    if (argc == 2 && argv[1][0] != '-')
-        return run_serve(argv[1]);
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) return run_serve(argv[2]);
+    if (argc == 2 && argv[1][0] != '-') return run_serve(argv[1]);
     fputs(usage_text, stderr);
     return EXIT_USAGE;
 }

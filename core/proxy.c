@@ -29,11 +29,11 @@ struct proxy {
         size_t n_bases;
         size_t n_hosts; /* how many of bases are upstreamhosts */
         size_t cursor;  /* round-robin position among the hosts */
-    } *entries;
+    } * entries;
     size_t n_entries;
     const char *order[PROXY_MAX_CANDIDATES]; /* scratch for proxy_select */
-    struct policy_engine *policy;      /* select_upstream, when set */
-    struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
+    struct policy_engine *policy;            /* select_upstream, when set */
+    struct blob_service *blobs;              /* NULL: blobs are relayed like everything else */
 };
 
 /* One relayed exchange. */
@@ -58,20 +58,17 @@ struct relay {
 static char *join_base(const struct url *u)
 {
     char origin[400];
-    if (url_format_origin(u, origin, sizeof(origin)) < 0)
-        return NULL;
+    if (url_format_origin(u, origin, sizeof(origin)) < 0) return NULL;
     size_t n = strlen(origin) + strlen(u->path) + 1;
     char *s = malloc(n);
-    if (s != NULL)
-        snprintf(s, n, "%s%s", origin, u->path);
+    if (s != NULL) snprintf(s, n, "%s%s", origin, u->path);
     return s;
 }
 
 struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstream_pool *pool)
 {
     struct proxy *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        return NULL;
+    if (p == NULL) return NULL;
     p->loop = loop;
     p->cfg = cfg;
     p->pool = pool;
@@ -85,8 +82,7 @@ struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstre
     for (size_t e = 0; e < cfg->n_upstreams; e++) {
         const struct config_upstream *up = &cfg->upstreams[e];
         struct proxy_entry *pe = &p->entries[e];
-        for (size_t i = 0; i < up->n_upstreamhosts && pe->n_bases < PROXY_MAX_CANDIDATES - 1;
-             i++)
+        for (size_t i = 0; i < up->n_upstreamhosts && pe->n_bases < PROXY_MAX_CANDIDATES - 1; i++)
             pe->bases[pe->n_bases++] = join_base(&up->upstream_urls[i]);
         pe->n_hosts = pe->n_bases;
         pe->bases[pe->n_bases++] = join_base(&up->origin);
@@ -102,8 +98,7 @@ struct proxy *proxy_new(uv_loop_t *loop, const struct config *cfg, struct upstre
 
 void proxy_free(struct proxy *p)
 {
-    if (p == NULL)
-        return;
+    if (p == NULL) return;
     for (size_t e = 0; e < p->n_entries; e++)
         for (size_t i = 0; i < p->entries[e].n_bases; i++)
             free(p->entries[e].bases[i]);
@@ -117,31 +112,26 @@ unsigned proxy_in_flight(const struct proxy *p)
 }
 
 void proxy_respond_error_with(struct http_exchange *x, int code, int status,
-                              const struct http_header *extra, size_t n_extra,
-                              const char *message, const char *detail)
+                              const struct http_header *extra, size_t n_extra, const char *message,
+                              const char *detail)
 {
     char body[2048];
-    int n = registry_error_json((enum registry_error_code)code, message, detail, body,
-                                sizeof(body));
-    if (n < 0)
-        n = 0;
+    int n =
+        registry_error_json((enum registry_error_code)code, message, detail, body, sizeof(body));
+    if (n < 0) n = 0;
     struct http_header hdrs[8];
     size_t nh = 0;
     hdrs[nh++] = (struct http_header){"Content-Type", 12, "application/json; charset=utf-8", 31};
     hdrs[nh++] = (struct http_header){"X-Content-Type-Options", 22, "nosniff", 7};
-    if (code == REG_ERR_UNSUPPORTED)
-        hdrs[nh++] = (struct http_header){"Allow", 5, "GET, HEAD", 9};
+    if (code == REG_ERR_UNSUPPORTED) hdrs[nh++] = (struct http_header){"Allow", 5, "GET, HEAD", 9};
     for (size_t i = 0; i < n_extra && nh < 8; i++)
         hdrs[nh++] = extra[i];
-    if (status <= 0)
-        status = registry_error_status((enum registry_error_code)code);
+    if (status <= 0) status = registry_error_status((enum registry_error_code)code);
     http_log_set_error(x, message);
-    if (http_respond_full(x, status, hdrs, nh, body, (size_t)n) != 0)
-        http_respond_abort(x);
+    if (http_respond_full(x, status, hdrs, nh, body, (size_t)n) != 0) http_respond_abort(x);
 }
 
-void proxy_respond_error(struct http_exchange *x, int code, const char *message,
-                         const char *detail)
+void proxy_respond_error(struct http_exchange *x, int code, const char *message, const char *detail)
 {
     proxy_respond_error_with(x, code, 0, NULL, 0, message, detail);
 }
@@ -159,8 +149,7 @@ static void relay_free(struct relay *r)
 /* Ends the exchange once the upstream is done and every byte is written. */
 static void relay_maybe_finish(struct relay *r)
 {
-    if (r->finished || !r->upstream_done || r->writing)
-        return;
+    if (r->finished || !r->upstream_done || r->writing) return;
     r->finished = true;
     if (http_exchange_client_gone(r->x)) {
         http_respond_end(r->x);
@@ -209,8 +198,7 @@ static void relay_write_done(struct http_exchange *x, int status, void *arg)
         relay_write_pending(r);
         return;
     }
-    if (!r->upstream_done && r->ureq != NULL)
-        chain_resume(r->ureq);
+    if (!r->upstream_done && r->ureq != NULL) chain_resume(r->ureq);
     relay_maybe_finish(r);
 }
 
@@ -240,8 +228,7 @@ static int relay_append_pending(struct relay *r, const char *data, size_t len)
         while (cap < r->pending_len + len)
             cap *= 2;
         char *nb = realloc(r->pending, cap);
-        if (nb == NULL)
-            return UV_ENOMEM;
+        if (nb == NULL) return UV_ENOMEM;
         r->pending = nb;
         r->pending_cap = cap;
     }
@@ -251,9 +238,19 @@ static int relay_append_pending(struct relay *r, const char *data, size_t len)
 }
 
 static const char *const relayed_response_headers[] = {
-    "Content-Type", "Docker-Content-Digest", "WWW-Authenticate", "ETag", "Link",
-    "Content-Range", "Accept-Ranges", "Retry-After", "OCI-Filters-Applied", "Last-Modified",
-    "Cache-Control", "X-Content-Type-Options", "Warning",
+    "Content-Type",
+    "Docker-Content-Digest",
+    "WWW-Authenticate",
+    "ETag",
+    "Link",
+    "Content-Range",
+    "Accept-Ranges",
+    "Retry-After",
+    "OCI-Filters-Applied",
+    "Last-Modified",
+    "Cache-Control",
+    "X-Content-Type-Options",
+    "Warning",
 };
 
 static void relay_on_head(void *ud, int status, const struct http_header *hdrs, size_t n_hdrs,
@@ -279,8 +276,7 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
 static void relay_on_body(void *ud, const char *data, size_t len)
 {
     struct relay *r = ud;
-    if (http_exchange_client_gone(r->x))
-        return;
+    if (http_exchange_client_gone(r->x)) return;
     if (!r->writing && r->pending_len == 0) {
         int w = http_respond_try(r->x, data, len);
         if (w < 0) {
@@ -288,8 +284,7 @@ static void relay_on_body(void *ud, const char *data, size_t len)
         }
         data += w;
         len -= (size_t)w;
-        if (len == 0)
-            return;
+        if (len == 0) return;
     }
     if (relay_append_pending(r, data, len) < 0) {
         snprintf(r->last_error, sizeof(r->last_error), "out of memory");
@@ -302,15 +297,13 @@ static void relay_on_body(void *ud, const char *data, size_t len)
         return;
     }
     chain_pause(r->ureq);
-    if (!r->writing)
-        relay_write_pending(r);
+    if (!r->writing) relay_write_pending(r);
 }
 
 static void relay_on_done(void *ud, int err)
 {
     struct relay *r = ud;
-    if (err < 0)
-        snprintf(r->last_error, sizeof(r->last_error), "%s", chain_error_message(r->ureq));
+    if (err < 0) snprintf(r->last_error, sizeof(r->last_error), "%s", chain_error_message(r->ureq));
     r->ureq = NULL;
     r->upstream_done = true;
     r->upstream_err = err;
@@ -355,8 +348,7 @@ size_t proxy_forward_headers(const struct http_exchange *x, bool with_conditiona
                 if (http_header_is(&hdrs[i], forwarded_request_headers[k]))
                     name = forwarded_request_headers[k];
         }
-        if (name == NULL || sp + hdrs[i].value_len + 1 > scratch_len)
-            continue;
+        if (name == NULL || sp + hdrs[i].value_len + 1 > scratch_len) continue;
         memcpy(scratch + sp, hdrs[i].value, hdrs[i].value_len);
         scratch[sp + hdrs[i].value_len] = '\0';
         out[nf++] = (struct upstream_header){name, scratch + sp, sensitive};
@@ -426,7 +418,7 @@ void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *
                          const struct registry_route *route, size_t entry)
 {
     static const char *const kinds[] = {
-        [ROUTE_BASE] = "base",      [ROUTE_MANIFEST] = "manifest", [ROUTE_BLOB] = "blob",
+        [ROUTE_BASE] = "base",      [ROUTE_MANIFEST] = "manifest",   [ROUTE_BLOB] = "blob",
         [ROUTE_TAGS] = "tags",      [ROUTE_REFERRERS] = "referrers", [ROUTE_CATALOG] = "catalog",
         [ROUTE_V2_OTHER] = "other", [ROUTE_NOT_V2] = "other",
     };
@@ -441,8 +433,7 @@ void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *
     if (route->reference != NULL && route->reference_len < sizeof(ri->reference)) {
         memcpy(ri->reference, route->reference, route->reference_len);
         ri->req.reference = ri->reference;
-        if (route->reference_is_digest)
-            ri->req.digest = ri->reference;
+        if (route->reference_is_digest) ri->req.digest = ri->reference;
     }
 }
 
@@ -451,14 +442,13 @@ void proxy_handle(struct http_exchange *x, void *ud)
     struct proxy *p = ud;
     size_t path_len;
     const char *path = http_req_path(x, &path_len);
-    bool under_v2 = path_len >= 3 && memcmp(path, "/v2", 3) == 0 &&
-                    (path_len == 3 || path[3] == '/');
+    bool under_v2 =
+        path_len >= 3 && memcmp(path, "/v2", 3) == 0 && (path_len == 3 || path[3] == '/');
 
     if (!http_req_is_get(x) && !http_req_is_head(x)) {
         if (under_v2)
             proxy_respond_error(x, REG_ERR_UNSUPPORTED,
-                                "the cache serves pulls only; push to the origin registry",
-                                NULL);
+                                "the cache serves pulls only; push to the origin registry", NULL);
         else
             proxy_respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
         return;
@@ -466,8 +456,7 @@ void proxy_handle(struct http_exchange *x, void *ud)
 
     char ns[300];
     int entry = proxy_entry_for(p, x, ns, sizeof(ns));
-    if (ns[0] != '\0')
-        http_respond_add_header(x, "OCI-Namespace", ns);
+    if (ns[0] != '\0') http_respond_add_header(x, "OCI-Namespace", ns);
     if (entry < 0) {
         proxy_respond_error(x, REG_ERR_NAME_UNKNOWN,
                             "no upstream of this cache is the registry named by ns", ns);
@@ -517,19 +506,16 @@ static const char *base_of_config_url(const struct proxy *p, size_t entry, const
 {
     const struct config_upstream *up = &p->cfg->upstreams[entry];
     const struct proxy_entry *pe = &p->entries[entry];
-    if (strcmp(url, up->originhost) == 0)
-        return pe->bases[pe->n_bases - 1];
+    if (strcmp(url, up->originhost) == 0) return pe->bases[pe->n_bases - 1];
     for (size_t i = 0; i < up->n_upstreamhosts && i < pe->n_hosts; i++)
-        if (strcmp(url, up->upstreamhosts[i]) == 0)
-            return pe->bases[i];
+        if (strcmp(url, up->upstreamhosts[i]) == 0) return pe->bases[i];
     return NULL;
 }
 
 const char *const *proxy_select(struct proxy *p, const struct policy_request *req, size_t entry,
                                 size_t *n)
 {
-    if (entry >= p->n_entries)
-        entry = 0;
+    if (entry >= p->n_entries) entry = 0;
     struct proxy_entry *pe = &p->entries[entry];
     /* The built-in select_upstream is the round robin below, done in C (spec/ holds
      * the Lua one to the same order): only a drop-in's costs a Lua call. */
@@ -540,8 +526,7 @@ const char *const *proxy_select(struct proxy *p, const struct policy_request *re
         if (policy_select_upstream(p->policy, req, entry, &urls, &n_urls) == 0) {
             for (size_t i = 0; i < n_urls && k < PROXY_MAX_CANDIDATES; i++) {
                 const char *b = base_of_config_url(p, entry, urls[i]);
-                if (b != NULL)
-                    p->order[k++] = b;
+                if (b != NULL) p->order[k++] = b;
             }
             policy_free_list(urls, n_urls);
             if (k > 0) {
@@ -556,8 +541,7 @@ const char *const *proxy_select(struct proxy *p, const struct policy_request *re
         p->order[i] = pe->bases[(pe->cursor + i) % pe->n_hosts];
     for (size_t i = pe->n_hosts; i < pe->n_bases; i++)
         p->order[i] = pe->bases[i];
-    if (pe->n_hosts > 0)
-        pe->cursor = (pe->cursor + 1) % pe->n_hosts;
+    if (pe->n_hosts > 0) pe->cursor = (pe->cursor + 1) % pe->n_hosts;
     *n = pe->n_bases;
     return p->order;
 }
@@ -569,18 +553,15 @@ static bool percent_decode(const char *src, size_t n, char *out, size_t len)
     for (size_t i = 0; i < n; i++) {
         char c = src[i];
         if (c == '%') {
-            if (i + 2 >= n)
-                return false;
+            if (i + 2 >= n) return false;
             char hex[3] = {src[i + 1], src[i + 2], 0};
             char *end;
             long v = strtol(hex, &end, 16);
-            if (*end != '\0' || v <= 0)
-                return false;
+            if (*end != '\0' || v <= 0) return false;
             c = (char)v;
             i += 2;
         }
-        if (k + 1 >= len)
-            return false;
+        if (k + 1 >= len) return false;
         out[k++] = c;
     }
     out[k] = '\0';
@@ -596,17 +577,14 @@ int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *
         const char *amp = memchr(q, '&', qlen);
         size_t plen = amp ? (size_t)(amp - q) : qlen;
         if (plen > 3 && memcmp(q, "ns=", 3) == 0) {
-            if (!percent_decode(q + 3, plen - 3, ns, ns_len))
-                return -1;
+            if (!percent_decode(q + 3, plen - 3, ns, ns_len)) return -1;
             break;
         }
-        if (amp == NULL)
-            break;
+        if (amp == NULL) break;
         qlen -= plen + 1;
         q = amp + 1;
     }
-    if (ns[0] == '\0')
-        return 0; /* no namespace: the first entry serves */
+    if (ns[0] == '\0') return 0; /* no namespace: the first entry serves */
     /* Docker Hub's names: containerd says docker.io, the registry is registry-1. */
     const char *name = ns;
     if (strcasecmp(ns, "docker.io") == 0 || strcasecmp(ns, "index.docker.io") == 0)
@@ -614,13 +592,11 @@ int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *
     for (size_t e = 0; e < p->n_entries; e++) {
         const struct url *u = &p->cfg->upstreams[e].origin;
         char hostport[300];
-        snprintf(hostport, sizeof(hostport), strchr(u->host, ':') ? "[%s]:%u" : "%s:%u",
-                 u->host, (unsigned)u->port);
-        if (strcasecmp(name, hostport) == 0)
-            return (int)e;
+        snprintf(hostport, sizeof(hostport), strchr(u->host, ':') ? "[%s]:%u" : "%s:%u", u->host,
+                 (unsigned)u->port);
+        if (strcasecmp(name, hostport) == 0) return (int)e;
         /* "registry.example.com" names the entry on the scheme's default port. */
-        if (u->port == (u->tls ? 443 : 80) && strcasecmp(name, u->host) == 0)
-            return (int)e;
+        if (u->port == (u->tls ? 443 : 80) && strcasecmp(name, u->host) == 0) return (int)e;
     }
     return -1;
 }

@@ -43,8 +43,8 @@ void proxy_respond_error(struct http_exchange *x, int code, const char *message,
 
 /* The same with extra headers and, when status > 0, another status than the code's. */
 void proxy_respond_error_with(struct http_exchange *x, int code, int status,
-                              const struct http_header *extra, size_t n_extra,
-                              const char *message, const char *detail);
+                              const struct http_header *extra, size_t n_extra, const char *message,
+                              const char *detail);
 
 struct blob_service;
 /* Blob GET/HEAD of sha256 digests go to bs (see blob.h) from now on. */
@@ -76,13 +76,12 @@ void proxy_req_info_init(struct proxy_req_info *ri, const struct http_exchange *
  * first without one. -1 when ns names none of them. The decoded ns goes to ns (""
  * when absent).
  */
-int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *ns,
-                    size_t ns_len);
+int proxy_entry_for(const struct proxy *p, const struct http_exchange *x, char *ns, size_t ns_len);
 
 /*
- * The base URLs to try for one client request of upstreams entry `entry`, in order: what the select_upstream
- * policy answers (each URL mapped to the configured upstream it names), or the built-in
- * order when no policy is set or it fails: the upstreamhosts in round-robin order, the
+ * The base URLs to try for one client request of upstreams entry `entry`, in order: what the
+ * select_upstream policy answers (each URL mapped to the configured upstream it names), or the
+ * built-in order when no policy is set or it fails: the upstreamhosts in round-robin order, the
  * cursor advanced once per call, then the originhost. Call it once per client request
  * and use the list for every upstream request made for it (a blob's authorization HEAD
  * and its fetch go to the same place). The array is valid until the next call.

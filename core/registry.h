@@ -16,41 +16,42 @@
 #include <stddef.h>
 
 enum registry_route_kind {
-    ROUTE_BASE,       /* /v2/ (and /v2) */
-    ROUTE_MANIFEST,   /* /v2/<name>/manifests/<reference> */
-    ROUTE_BLOB,       /* /v2/<name>/blobs/<digest> */
-    ROUTE_TAGS,       /* /v2/<name>/tags/list */
-    ROUTE_REFERRERS,  /* /v2/<name>/referrers/<digest> */
-    ROUTE_CATALOG,    /* /v2/_catalog */
-    ROUTE_V2_OTHER,   /* under /v2/ but none of the above (uploads, unknown): 404 for reads */
-    ROUTE_NOT_V2,     /* anything else */
+    ROUTE_BASE,      /* /v2/ (and /v2) */
+    ROUTE_MANIFEST,  /* /v2/<name>/manifests/<reference> */
+    ROUTE_BLOB,      /* /v2/<name>/blobs/<digest> */
+    ROUTE_TAGS,      /* /v2/<name>/tags/list */
+    ROUTE_REFERRERS, /* /v2/<name>/referrers/<digest> */
+    ROUTE_CATALOG,   /* /v2/_catalog */
+    ROUTE_V2_OTHER,  /* under /v2/ but none of the above (uploads, unknown): 404 for reads */
+    ROUTE_NOT_V2,    /* anything else */
 };
 
 enum registry_error_code {
     REG_ERR_NONE = 0,
-    REG_ERR_NAME_INVALID,      /* 400 */
-    REG_ERR_TAG_INVALID,       /* 400 */
-    REG_ERR_DIGEST_INVALID,    /* 400 */
-    REG_ERR_MANIFEST_INVALID,  /* 400 */
-    REG_ERR_NAME_UNKNOWN,      /* 404 */
-    REG_ERR_MANIFEST_UNKNOWN,  /* 404 */
-    REG_ERR_BLOB_UNKNOWN,      /* 404 */
-    REG_ERR_NOT_FOUND,         /* 404, code "NOT_FOUND": a path the API does not have */
-    REG_ERR_UNAUTHORIZED,      /* 401 */
-    REG_ERR_DENIED,            /* 403 */
-    REG_ERR_UNSUPPORTED,       /* 405 */
-    REG_ERR_RANGE_INVALID,     /* 416, code "RANGE_INVALID" */
-    REG_ERR_TOOMANYREQUESTS,   /* 429 */
-    REG_ERR_UPSTREAM_FAILED,   /* 502, code "UNKNOWN": the upstream answered nonsense or failed mid-way */
-    REG_ERR_UNAVAILABLE,       /* 503, code "UNAVAILABLE": the upstream could not be reached */
-    REG_ERR_INTERNAL,          /* 500, code "UNKNOWN" */
+    REG_ERR_NAME_INVALID,     /* 400 */
+    REG_ERR_TAG_INVALID,      /* 400 */
+    REG_ERR_DIGEST_INVALID,   /* 400 */
+    REG_ERR_MANIFEST_INVALID, /* 400 */
+    REG_ERR_NAME_UNKNOWN,     /* 404 */
+    REG_ERR_MANIFEST_UNKNOWN, /* 404 */
+    REG_ERR_BLOB_UNKNOWN,     /* 404 */
+    REG_ERR_NOT_FOUND,        /* 404, code "NOT_FOUND": a path the API does not have */
+    REG_ERR_UNAUTHORIZED,     /* 401 */
+    REG_ERR_DENIED,           /* 403 */
+    REG_ERR_UNSUPPORTED,      /* 405 */
+    REG_ERR_RANGE_INVALID,    /* 416, code "RANGE_INVALID" */
+    REG_ERR_TOOMANYREQUESTS,  /* 429 */
+    REG_ERR_UPSTREAM_FAILED,  /* 502, code "UNKNOWN": the upstream answered nonsense or failed
+                                 mid-way */
+    REG_ERR_UNAVAILABLE,      /* 503, code "UNAVAILABLE": the upstream could not be reached */
+    REG_ERR_INTERNAL,         /* 500, code "UNKNOWN" */
 };
 
 struct registry_route {
     enum registry_route_kind kind;
-    const char *name;          /* spans into the parsed path; NULL when the route has none */
+    const char *name; /* spans into the parsed path; NULL when the route has none */
     size_t name_len;
-    const char *reference;     /* tag or digest (manifests), digest (blobs, referrers) */
+    const char *reference; /* tag or digest (manifests), digest (blobs, referrers) */
     size_t reference_len;
     bool reference_is_digest;
 };

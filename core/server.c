@@ -60,7 +60,7 @@ struct http_exchange {
     bool abort_requested;
     bool in_callback;     /* inside the write callback: finishing waits for its end */
     bool finish_deferred; /* finish when the pending write or callback is over */
-    bool ended; /* the handler is done with it */
+    bool ended;           /* the handler is done with it */
     bool gone;
     http_gone_cb gone_cb;
     void *gone_arg;
@@ -79,7 +79,7 @@ struct reqparse {
     size_t len, cap;
     struct {
         uint32_t name_off, name_len, value_off, value_len;
-    } *hdrs;
+    } * hdrs;
     size_t n_hdrs, hdr_cap;
     size_t url_len;
     int last; /* 0 nothing, 1 url, 2 field, 3 value */
@@ -91,8 +91,8 @@ struct conn {
     uv_timer_t timer;
     llhttp_t parser;
     struct http_server *srv;
-    struct conn *prev, *next;     /* the server's list */
-    struct conn *ready_next;      /* the server's list of connections with kept input */
+    struct conn *prev, *next; /* the server's list */
+    struct conn *ready_next;  /* the server's list of connections with kept input */
     bool on_ready_list;
     struct reqparse *rp;          /* NULL between requests */
     struct http_exchange *active; /* the exchange being answered */
@@ -187,10 +187,17 @@ static void conn_set_timer(struct conn *c, enum timer_mode mode)
     unsigned ms = 0;
     const struct http_server_opts *o = &c->srv->opts;
     switch (mode) {
-    case TIMER_HEADER: ms = o->header_timeout_ms; break;
-    case TIMER_IDLE: ms = o->idle_timeout_ms; break;
-    case TIMER_WRITE: ms = o->write_timeout_ms; break;
-    case TIMER_NONE: break;
+    case TIMER_HEADER:
+        ms = o->header_timeout_ms;
+        break;
+    case TIMER_IDLE:
+        ms = o->idle_timeout_ms;
+        break;
+    case TIMER_WRITE:
+        ms = o->write_timeout_ms;
+        break;
+    case TIMER_NONE:
+        break;
     }
     c->timer_mode = mode;
     if (ms == 0 || c->closing) {
@@ -205,8 +212,7 @@ static void conn_set_timer(struct conn *c, enum timer_mode mode)
 static struct reqparse *reqparse_new(void)
 {
     struct reqparse *rp = calloc(1, sizeof(*rp));
-    if (rp == NULL)
-        return NULL;
+    if (rp == NULL) return NULL;
     rp->cap = 1024;
     rp->buf = malloc(rp->cap);
     if (rp->buf == NULL) {
@@ -218,8 +224,7 @@ static struct reqparse *reqparse_new(void)
 
 static void reqparse_free(struct reqparse *rp)
 {
-    if (rp == NULL)
-        return;
+    if (rp == NULL) return;
     free(rp->buf);
     free(rp->hdrs);
     free(rp);
@@ -238,8 +243,7 @@ static int reqparse_append(struct conn *c, const char *at, size_t len)
         size_t cap = rp->cap;
         while (cap < rp->len + len)
             cap *= 2;
-        if (cap > limit)
-            cap = limit;
+        if (cap > limit) cap = limit;
         char *nb = realloc(rp->buf, cap);
         if (nb == NULL) {
             c->parse_error_status = 503;
@@ -309,8 +313,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct reqparse *rp = c->rp;
-    if (rp->n_hdrs == 0)
-        return -1;
+    if (rp->n_hdrs == 0) return -1;
     if (rp->last != 3) {
         rp->hdrs[rp->n_hdrs - 1].value_off = (uint32_t)rp->len;
         rp->last = 3;
@@ -324,8 +327,7 @@ static struct http_exchange *exchange_from_request(struct conn *c)
 {
     struct reqparse *rp = c->rp;
     struct http_exchange *x = calloc(1, sizeof(*x));
-    if (x == NULL)
-        return NULL;
+    if (x == NULL) return NULL;
     x->hdrs = calloc(rp->n_hdrs ? rp->n_hdrs : 1, sizeof(*x->hdrs));
     x->target = malloc(rp->url_len + 1);
     if (x->hdrs == NULL || x->target == NULL) {
@@ -368,8 +370,7 @@ static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
     bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
-    if (!has_body)
-        return 0; /* the request ends here: on_message_complete dispatches it */
+    if (!has_body) return 0; /* the request ends here: on_message_complete dispatches it */
     /* A request with a body (a push, in this API): answer without reading the body,
      * then close. */
     struct http_exchange *x = exchange_from_request(c);
@@ -387,8 +388,7 @@ static int on_headers_complete(llhttp_t *p)
 static int on_message_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
-    if (c->parsed != NULL)
-        return HPE_PAUSED; /* already dispatched at the end of the headers */
+    if (c->parsed != NULL) return HPE_PAUSED; /* already dispatched at the end of the headers */
     struct http_exchange *x = exchange_from_request(c);
     if (x == NULL) {
         c->parse_error_status = 503;
@@ -410,8 +410,7 @@ static bool conn_pull_tls(struct conn *c)
 {
     while (!c->closing && c->active == NULL && c->parsed == NULL) {
         ssize_t n = tls_read(c->tls, c->srv->readbuf, sizeof(c->srv->readbuf));
-        if (n == UV_EAGAIN)
-            return true;
+        if (n == UV_EAGAIN) return true;
         if (n < 0) {
             if (n != UV_EOF) {
                 if (tls_peer_sent_plain_http(c->tls)) {
@@ -422,8 +421,7 @@ static bool conn_pull_tls(struct conn *c)
                     uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
                     uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
                 }
-                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote,
-                        tls_session_error(c->tls));
+                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
             }
             conn_close(c);
             return false;
@@ -443,10 +441,8 @@ static void tls_write_cb(uv_write_t *req, int status)
     if (status < 0 || c->closing) {
         struct http_exchange *x = c->job.x;
         c->job.x = NULL;
-        if (!c->closing)
-            conn_close(c);
-        if (x != NULL)
-            exchange_write_done(x, status < 0 ? status : UV_ECANCELED);
+        if (!c->closing) conn_close(c);
+        if (x != NULL) exchange_write_done(x, status < 0 ? status : UV_ECANCELED);
         return;
     }
     tls_pump(c);
@@ -467,8 +463,7 @@ static void tls_pump(struct conn *c)
             continue;
         }
         ssize_t n = tls_write(c->tls, b->base + c->job.off, b->len - c->job.off);
-        if (n == UV_EAGAIN)
-            break;
+        if (n == UV_EAGAIN) break;
         if (n < 0) {
             log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
             conn_close(c);
@@ -509,13 +504,12 @@ static void conn_send_raw(struct conn *c, const char *text, size_t len)
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         return;
     }
-    if (!tls_handshake_done(c->tls) || tls_write(c->tls, text, len) <= 0)
-        return;
+    if (!tls_handshake_done(c->tls) || tls_write(c->tls, text, len) <= 0) return;
     size_t pending;
     const char *out = tls_out_peek(c->tls, &pending);
     if (pending > c->tls_in_flight) {
-        uv_buf_t b = uv_buf_init((char *)out + c->tls_in_flight,
-                                 (unsigned)(pending - c->tls_in_flight));
+        uv_buf_t b =
+            uv_buf_init((char *)out + c->tls_in_flight, (unsigned)(pending - c->tls_in_flight));
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
     }
 }
@@ -524,15 +518,13 @@ static void conn_send_raw(struct conn *c, const char *text, size_t len)
 
 static void conn_free_if_done(struct conn *c)
 {
-    if (!c->tcp_closed || !c->timer_closed || c->active != NULL)
-        return;
+    if (!c->tcp_closed || !c->timer_closed || c->active != NULL) return;
     struct http_server *srv = c->srv;
     if (c->prev)
         c->prev->next = c->next;
     else
         srv->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
     reqparse_free(c->rp);
     free(c->kept);
@@ -557,13 +549,11 @@ static void conn_timer_closed(uv_handle_t *h)
 
 static void ready_remove(struct conn *c)
 {
-    if (!c->on_ready_list)
-        return;
+    if (!c->on_ready_list) return;
     struct conn **pp = &c->srv->ready_head;
     while (*pp != NULL && *pp != c)
         pp = &(*pp)->ready_next;
-    if (*pp == c)
-        *pp = c->ready_next;
+    if (*pp == c) *pp = c->ready_next;
     c->on_ready_list = false;
     c->ready_next = NULL;
 }
@@ -571,8 +561,7 @@ static void ready_remove(struct conn *c)
 /* Closes the connection. An exchange in progress is told that its client is gone. */
 static void conn_close(struct conn *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     c->closing = true;
     ready_remove(c);
     uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
@@ -622,8 +611,7 @@ static void conn_dispatch(struct conn *c)
     struct http_exchange *x = c->parsed;
     c->parsed = NULL;
     c->active = x;
-    if (c->srv->shutting_down)
-        x->close_after = true;
+    if (c->srv->shutting_down) x->close_after = true;
     conn_set_timer(c, TIMER_NONE);
     c->srv->opts.on_request(x, c->srv->opts.ud);
 }
@@ -661,8 +649,7 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         return;
     }
     int status = c->parse_error_status ? c->parse_error_status : 400;
-    if (c->active == NULL)
-        respond_parse_error(c, status);
+    if (c->active == NULL) respond_parse_error(c, status);
     if (status == 400)
         log_msg(LOG_DEBUG, "malformed request from %s: %s", c->remote,
                 llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser) : "");
@@ -672,8 +659,7 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
-    if (nread == 0)
-        return;
+    if (nread == 0) return;
     if (nread < 0) {
         /* EOF or an error. A request cut short is not answered. */
         conn_close(c);
@@ -682,8 +668,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (c->tls != NULL) {
         tls_in_commit(c->tls, (size_t)nread);
         conn_pull_tls(c);
-        if (!c->closing)
-            tls_pump(c); /* handshake messages, and whatever a write left */
+        if (!c->closing) tls_pump(c); /* handshake messages, and whatever a write left */
         return;
     }
     conn_feed(c, buf->base, (size_t)nread);
@@ -691,11 +676,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 
 static void conn_start_reading(struct conn *c)
 {
-    if (c->reading || c->closing)
-        return;
+    if (c->reading || c->closing) return;
     /* Plaintext the session already holds comes first: it may be a whole request. */
-    if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c))
-        return;
+    if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c)) return;
     if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
         c->reading = true;
     else
@@ -705,8 +688,7 @@ static void conn_start_reading(struct conn *c)
 /* After an exchange: parse kept input, or wait for more. */
 static void conn_continue(struct conn *c)
 {
-    if (c->closing)
-        return;
+    if (c->closing) return;
     if (c->kept != NULL) {
         if (!c->on_ready_list) {
             c->on_ready_list = true;
@@ -736,8 +718,7 @@ static void idle_cb(uv_idle_t *h)
         list = c->ready_next;
         c->ready_next = NULL;
         c->on_ready_list = false;
-        if (c->closing)
-            continue;
+        if (c->closing) continue;
         char *kept = c->kept;
         size_t kept_len = c->kept_len;
         c->kept = NULL;
@@ -760,8 +741,7 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     struct conn *c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return;
+    if (c == NULL) return;
     uv_tcp_init(srv->loop, &c->tcp);
     c->tcp.data = c;
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
@@ -770,8 +750,7 @@ static void on_connection(uv_stream_t *listener, int status)
         c->srv = srv;
         srv->n_conns++;
         c->next = srv->conns;
-        if (srv->conns)
-            srv->conns->prev = c;
+        if (srv->conns) srv->conns->prev = c;
         srv->conns = c;
         uv_close((uv_handle_t *)&c->tcp, conn_tcp_closed);
         return;
@@ -780,8 +759,7 @@ static void on_connection(uv_stream_t *listener, int status)
     c->timer.data = c;
     c->srv = srv;
     c->next = srv->conns;
-    if (srv->conns)
-        srv->conns->prev = c;
+    if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
     if (srv->n_conns > srv->opts.max_connections || srv->shutting_down) {
@@ -821,32 +799,58 @@ static void on_connection(uv_stream_t *listener, int status)
 static const char *status_reason(int status)
 {
     switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 416: return "Range Not Satisfiable";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 416:
+        return "Range Not Satisfiable";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
     }
 }
 
@@ -865,20 +869,17 @@ static const char *http_date(struct http_server *srv)
 static bool header_value_safe(const char *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0')
-            return false;
+        if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return false;
     return true;
 }
 
 void http_respond_add_header(struct http_exchange *x, const char *name, const char *value)
 {
-    if (!header_value_safe(name, strlen(name)) || !header_value_safe(value, strlen(value)))
-        return;
+    if (!header_value_safe(name, strlen(name)) || !header_value_safe(value, strlen(value))) return;
     size_t old = x->extra_head ? strlen(x->extra_head) : 0;
     size_t add = strlen(name) + strlen(value) + 5;
     char *n = realloc(x->extra_head, old + add);
-    if (n == NULL)
-        return;
+    if (n == NULL) return;
     snprintf(n + old, add, "%s: %s\r\n", name, value);
     x->extra_head = n;
 }
@@ -886,8 +887,7 @@ void http_respond_add_header(struct http_exchange *x, const char *name, const ch
 int http_respond_head(struct http_exchange *x, int status, const struct http_header *hdrs,
                       size_t n_hdrs, int64_t content_length)
 {
-    if (x->head_set || x->ended)
-        return UV_EINVAL;
+    if (x->head_set || x->ended) return UV_EINVAL;
     struct http_server *srv = x->conn->srv;
     bool head_only = x->method == HTTP_HEAD || status == 204 || status == 304;
     x->status = status;
@@ -898,18 +898,15 @@ int http_respond_head(struct http_exchange *x, int status, const struct http_hea
         else
             x->close_delimited = true;
     }
-    if (x->close_delimited)
-        x->close_after = true;
-    if (!x->keep_alive)
-        x->close_after = true;
+    if (x->close_delimited) x->close_after = true;
+    if (!x->keep_alive) x->close_after = true;
 
     size_t extra_head_len = x->extra_head ? strlen(x->extra_head) : 0;
     size_t cap = 256 + srv->extra_len + extra_head_len;
     for (size_t i = 0; i < n_hdrs; i++)
         cap += hdrs[i].name_len + hdrs[i].value_len + 4;
     char *h = malloc(cap);
-    if (h == NULL)
-        return UV_ENOMEM;
+    if (h == NULL) return UV_ENOMEM;
     size_t pos = 0;
     pos += (size_t)snprintf(h + pos, cap - pos,
                             "HTTP/1.1 %d %s\r\nDate: %s\r\n"
@@ -961,14 +958,12 @@ int http_respond_full(struct http_exchange *x, int status, const struct http_hea
                       size_t n_hdrs, const char *body, size_t len)
 {
     int rc = http_respond_head(x, status, hdrs, n_hdrs, (int64_t)len);
-    if (rc != 0)
-        return rc;
+    if (rc != 0) return rc;
     bool head_only = x->method == HTTP_HEAD || status == 204 || status == 304;
     if (!head_only && len > 0) {
         /* The body rides in the head's buffer: one write for the whole response. */
         char *h = realloc(x->head, x->head_len + len);
-        if (h == NULL)
-            return UV_ENOMEM;
+        if (h == NULL) return UV_ENOMEM;
         memcpy(h + x->head_len, body, len);
         x->head = h;
         x->head_len += len;
@@ -988,12 +983,10 @@ static void exchange_write_done(struct http_exchange *x, int status)
 {
     struct conn *c = x->conn;
     x->write_pending = false;
-    if (!c->closing)
-        conn_set_timer(c, TIMER_NONE);
+    if (!c->closing) conn_set_timer(c, TIMER_NONE);
     if (status < 0) {
         x->close_after = true;
-        if (!c->closing)
-            conn_close(c); /* marks the exchange gone; the handler hears it below */
+        if (!c->closing) conn_close(c); /* marks the exchange gone; the handler hears it below */
     }
     if (x->internal_write) {
         x->internal_write = false;
@@ -1003,8 +996,7 @@ static void exchange_write_done(struct http_exchange *x, int status)
     x->in_callback = true;
     http_write_cb cb = x->ended ? NULL : x->wcb;
     x->wcb = NULL;
-    if (cb != NULL)
-        cb(x, status, x->warg);
+    if (cb != NULL) cb(x, status, x->warg);
     /* Tell the handler about a client that went away during the write. */
     if (x->gone && !x->ended && x->gone_cb != NULL && !x->write_pending) {
         http_gone_cb g = x->gone_cb;
@@ -1012,8 +1004,7 @@ static void exchange_write_done(struct http_exchange *x, int status)
         g(x, x->gone_arg);
     }
     x->in_callback = false;
-    if (x->finish_deferred && !x->write_pending)
-        exchange_finish(x);
+    if (x->finish_deferred && !x->write_pending) exchange_finish(x);
 }
 
 /* Writes bufs (after the head, when it has not gone out yet) with the exchange's request. */
@@ -1027,8 +1018,7 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
     }
     for (unsigned i = 0; i < n; i++)
         all[k++] = bufs[i];
-    if (k == 0)
-        return 1; /* nothing to write */
+    if (k == 0) return 1; /* nothing to write */
     if (x->conn->tls != NULL) {
         /* Encrypted by tls_pump; the exchange hears back when all of it went out. */
         struct conn *c = x->conn;
@@ -1044,8 +1034,7 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
     }
     x->wreq.data = x;
     int r = uv_write(&x->wreq, (uv_stream_t *)&x->conn->tcp, all, k, exchange_write_cb);
-    if (r < 0)
-        return r;
+    if (r < 0) return r;
     x->write_pending = true;
     conn_set_timer(x->conn, TIMER_WRITE);
     return 0;
@@ -1054,19 +1043,15 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
 int http_respond_body(struct http_exchange *x, const char *buf, size_t len, http_write_cb cb,
                       void *arg)
 {
-    if (x->gone || x->conn->closing)
-        return UV_ECANCELED;
-    if (x->write_pending)
-        return UV_EBUSY;
-    if (!x->head_set || x->method == HTTP_HEAD || x->ended)
-        return UV_EINVAL;
+    if (x->gone || x->conn->closing) return UV_ECANCELED;
+    if (x->write_pending) return UV_EBUSY;
+    if (!x->head_set || x->method == HTTP_HEAD || x->ended) return UV_EINVAL;
     if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
         return UV_EINVAL;
     uv_buf_t bufs[3];
     unsigned n = 0;
     if (x->chunked) {
-        if (len == 0)
-            return UV_EINVAL;
+        if (len == 0) return UV_EINVAL;
         int hl = snprintf(x->chunk_hdr, sizeof(x->chunk_hdr), "%zx\r\n", len);
         bufs[n++] = uv_buf_init(x->chunk_hdr, (unsigned)hl);
         bufs[n++] = uv_buf_init((char *)buf, (unsigned)len);
@@ -1087,10 +1072,8 @@ int http_respond_body(struct http_exchange *x, const char *buf, size_t len, http
 
 int http_respond_try(struct http_exchange *x, const char *data, size_t len)
 {
-    if (x->gone || x->conn->closing)
-        return UV_ECANCELED;
-    if (x->conn->tls != NULL)
-        return 0; /* everything goes through the session */
+    if (x->gone || x->conn->closing) return UV_ECANCELED;
+    if (x->conn->tls != NULL) return 0; /* everything goes through the session */
     if (x->write_pending || x->chunked || !x->head_set || x->method == HTTP_HEAD || x->ended)
         return 0;
     if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
@@ -1104,10 +1087,8 @@ int http_respond_try(struct http_exchange *x, const char *data, size_t len)
     }
     bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
     int r = uv_try_write((uv_stream_t *)&x->conn->tcp, bufs, n);
-    if (r == UV_EAGAIN)
-        return 0;
-    if (r < 0)
-        return r;
+    if (r == UV_EAGAIN) return 0;
+    if (r < 0) return r;
     size_t wrote = (size_t)r;
     if (!x->head_sent) {
         if (wrote < head_len) {
@@ -1125,15 +1106,13 @@ int http_respond_try(struct http_exchange *x, const char *data, size_t len)
 
 void http_respond_end(struct http_exchange *x)
 {
-    if (x->ended)
-        return;
+    if (x->ended) return;
     x->ended = true;
     if (x->gone || x->conn->closing) {
         exchange_finish(x);
         return;
     }
-    if (!x->head_set)
-        http_respond_head(x, 500, NULL, 0, 0);
+    if (!x->head_set) http_respond_head(x, 500, NULL, 0, 0);
     bool head_only = x->method == HTTP_HEAD || x->status == 204 || x->status == 304;
     if (!head_only && x->content_length >= 0 && x->body_sent != (uint64_t)x->content_length) {
         /* Short body: the client must not take it as whole. */
@@ -1148,8 +1127,7 @@ void http_respond_end(struct http_exchange *x)
     }
     uv_buf_t b[1];
     unsigned n = 0;
-    if (x->chunked && !x->abort_requested)
-        b[n++] = uv_buf_init("0\r\n\r\n", 5);
+    if (x->chunked && !x->abort_requested) b[n++] = uv_buf_init("0\r\n\r\n", 5);
     if (x->abort_requested && x->head_sent) {
         exchange_finish(x);
         return;
@@ -1158,21 +1136,18 @@ void http_respond_end(struct http_exchange *x)
     int r = exchange_write(x, b, n);
     if (r != 0) {
         x->internal_write = false;
-        if (r < 0)
-            x->close_after = true;
+        if (r < 0) x->close_after = true;
         exchange_finish(x);
     }
 }
 
 void http_respond_abort(struct http_exchange *x)
 {
-    if (x->ended)
-        return;
+    if (x->ended) return;
     x->ended = true;
     x->abort_requested = true;
     x->close_after = true;
-    if (x->write_pending)
-        conn_close(x->conn); /* the write's callback sees it and finishes */
+    if (x->write_pending) conn_close(x->conn); /* the write's callback sees it and finishes */
     exchange_finish(x);
 }
 
@@ -1184,8 +1159,7 @@ static void access_log(struct http_exchange *x)
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     const struct http_header *uah = http_req_header(x, "User-Agent");
-    if (uah != NULL)
-        snprintf(ua, sizeof(ua), "%.*s", (int)uah->value_len, uah->value);
+    if (uah != NULL) snprintf(ua, sizeof(ua), "%.*s", (int)uah->value_len, uah->value);
     struct log_access_entry e = {
         .time = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
         .method = llhttp_method_name((llhttp_method_t)x->method),
@@ -1199,13 +1173,12 @@ static void access_log(struct http_exchange *x)
         .upstream = x->log_upstream,
         .remote_addr = x->conn->remote,
         .user_agent = uah != NULL ? ua : NULL,
-        .error = x->log_error ? x->log_error
+        .error = x->log_error                      ? x->log_error
                  : (x->abort_requested || x->gone) ? "response not completed"
                                                    : NULL,
     };
     const struct http_server_opts *o = &x->conn->srv->opts;
-    if (o->on_complete != NULL)
-        o->on_complete(o->format_ud, &e);
+    if (o->on_complete != NULL) o->on_complete(o->format_ud, &e);
     size_t n = o->format_access ? o->format_access(o->format_ud, &e, line, sizeof(line))
                                 : log_format_access(&e, line, sizeof(line));
     log_access_line(line, n);
@@ -1219,8 +1192,7 @@ static void exchange_finish(struct http_exchange *x)
         x->finish_deferred = true; /* the write callback finishes it */
         return;
     }
-    if (x->status == 0)
-        x->status = x->gone ? 499 : 500;
+    if (x->status == 0) x->status = x->gone ? 499 : 500;
     access_log(x);
     bool close_after = x->close_after || x->abort_requested;
     c->active = NULL;
@@ -1374,30 +1346,24 @@ static int parse_listen_addr(const char *addr, struct sockaddr_storage *ss)
 {
     char host[128];
     const char *colon = strrchr(addr, ':');
-    if (colon == NULL)
-        return UV_EINVAL;
+    if (colon == NULL) return UV_EINVAL;
     size_t hl = (size_t)(colon - addr);
-    if (hl >= sizeof(host))
-        return UV_EINVAL;
+    if (hl >= sizeof(host)) return UV_EINVAL;
     memcpy(host, addr, hl);
     host[hl] = '\0';
     char *end;
     long port = strtol(colon + 1, &end, 10);
-    if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535)
-        return UV_EINVAL;
+    if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535) return UV_EINVAL;
     if (host[0] == '[') {
         size_t l = strlen(host);
-        if (l < 2 || host[l - 1] != ']')
-            return UV_EINVAL;
+        if (l < 2 || host[l - 1] != ']') return UV_EINVAL;
         host[l - 1] = '\0';
         return uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)ss);
     }
-    if (host[0] == '\0')
-        return uv_ip4_addr("0.0.0.0", (int)port, (struct sockaddr_in *)ss);
+    if (host[0] == '\0') return uv_ip4_addr("0.0.0.0", (int)port, (struct sockaddr_in *)ss);
     if (strcmp(host, "localhost") == 0)
         return uv_ip4_addr("127.0.0.1", (int)port, (struct sockaddr_in *)ss);
-    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0)
-        return 0;
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) return 0;
     return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
 }
 
@@ -1412,23 +1378,16 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
         return UV_EINVAL;
     }
     struct http_server *srv = calloc(1, sizeof(*srv));
-    if (srv == NULL)
-        return UV_ENOMEM;
+    if (srv == NULL) return UV_ENOMEM;
     srv->loop = loop;
     srv->opts = *opts;
     srv->tls = opts->tls ? tls_config_ref(opts->tls) : NULL;
-    if (!srv->opts.max_header_bytes)
-        srv->opts.max_header_bytes = 16384;
-    if (!srv->opts.max_headers)
-        srv->opts.max_headers = 100;
-    if (!srv->opts.header_timeout_ms)
-        srv->opts.header_timeout_ms = 10000;
-    if (!srv->opts.idle_timeout_ms)
-        srv->opts.idle_timeout_ms = 60000;
-    if (!srv->opts.write_timeout_ms)
-        srv->opts.write_timeout_ms = 60000;
-    if (!srv->opts.max_connections)
-        srv->opts.max_connections = 16384;
+    if (!srv->opts.max_header_bytes) srv->opts.max_header_bytes = 16384;
+    if (!srv->opts.max_headers) srv->opts.max_headers = 100;
+    if (!srv->opts.header_timeout_ms) srv->opts.header_timeout_ms = 10000;
+    if (!srv->opts.idle_timeout_ms) srv->opts.idle_timeout_ms = 60000;
+    if (!srv->opts.write_timeout_ms) srv->opts.write_timeout_ms = 60000;
+    if (!srv->opts.max_connections) srv->opts.max_connections = 16384;
     size_t cap = 1;
     for (size_t i = 0; i < opts->n_extra_headers; i++)
         cap += opts->extra_headers[i].name_len + opts->extra_headers[i].value_len + 4;
@@ -1439,12 +1398,10 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     }
     for (size_t i = 0; i < opts->n_extra_headers; i++) {
         const struct http_header *h = &opts->extra_headers[i];
-        if (!header_value_safe(h->value, h->value_len))
-            continue;
+        if (!header_value_safe(h->value, h->value_len)) continue;
         srv->extra_len += (size_t)snprintf(srv->extra_headers + srv->extra_len,
-                                           cap - srv->extra_len, "%.*s: %.*s\r\n",
-                                           (int)h->name_len, h->name, (int)h->value_len,
-                                           h->value);
+                                           cap - srv->extra_len, "%.*s: %.*s\r\n", (int)h->name_len,
+                                           h->name, (int)h->value_len, h->value);
     }
     srv->opts.extra_headers = NULL;
     srv->opts.n_extra_headers = 0;
@@ -1464,8 +1421,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     srv->shutdown_timer.data = srv;
     srv->handles_open = 3;
     r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
-    if (r == 0)
-        r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
     if (r != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
         srv->shutting_down = true;
@@ -1509,8 +1465,7 @@ static void server_handle_closed(uv_handle_t *h)
 
 static void server_maybe_done(struct http_server *srv)
 {
-    if (!srv->shutting_down || srv->n_conns > 0)
-        return;
+    if (!srv->shutting_down || srv->n_conns > 0) return;
     if (!srv->handles_closing) {
         srv->handles_closing = true;
         uv_close((uv_handle_t *)&srv->idle, server_handle_closed);
@@ -1523,8 +1478,7 @@ static void server_maybe_done(struct http_server *srv)
         free(srv->extra_headers);
         tls_config_free(srv->tls);
         free(srv);
-        if (done)
-            done(arg);
+        if (done) done(arg);
     }
 }
 
@@ -1555,7 +1509,6 @@ void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*d
             c->active->close_after = true;
         c = next;
     }
-    if (srv->n_conns > 0)
-        uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, timeout_ms, 0);
+    if (srv->n_conns > 0) uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, timeout_ms, 0);
     server_maybe_done(srv);
 }

@@ -37,12 +37,12 @@ typedef void (*http_write_cb)(struct http_exchange *x, int status, void *arg);
 typedef void (*http_gone_cb)(struct http_exchange *x, void *arg);
 
 struct http_server_opts {
-    size_t max_header_bytes;     /* default 16384 */
-    size_t max_headers;          /* default 100 */
-    unsigned header_timeout_ms;  /* default 10000 */
-    unsigned idle_timeout_ms;    /* default 60000 */
-    unsigned write_timeout_ms;   /* default 60000 */
-    unsigned max_connections;    /* default 16384 */
+    size_t max_header_bytes;    /* default 16384 */
+    size_t max_headers;         /* default 100 */
+    unsigned header_timeout_ms; /* default 10000 */
+    unsigned idle_timeout_ms;   /* default 60000 */
+    unsigned write_timeout_ms;  /* default 60000 */
+    unsigned max_connections;   /* default 16384 */
     /* Headers added to every response (config http.headers); copied. */
     const struct http_header *extra_headers;
     size_t n_extra_headers;
@@ -73,15 +73,15 @@ const char *http_server_address(const struct http_server *srv);
  * closed. `done` is called once every connection and the listener are closed; the
  * server is freed after it returns.
  */
-void http_server_shutdown(struct http_server *srv, unsigned timeout_ms,
-                          void (*done)(void *arg), void *arg);
+void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*done)(void *arg),
+                          void *arg);
 
 /* Connections open now. */
 unsigned http_server_connections(const struct http_server *srv);
 
 /* --- The request ------------------------------------------------------------- */
 
-const char *http_req_method(const struct http_exchange *x);   /* "GET", "HEAD", ... */
+const char *http_req_method(const struct http_exchange *x); /* "GET", "HEAD", ... */
 bool http_req_is_head(const struct http_exchange *x);
 bool http_req_is_get(const struct http_exchange *x);
 /* The path (before '?'), as sent; not NUL-terminated: use the length. */

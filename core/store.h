@@ -44,8 +44,7 @@ struct store_lock_info {
  * temporary files (their count in *removed, may be NULL). Returns 0 and the store in
  * *out, or -errno with the failing path in err.
  */
-int store_open(const char *root, struct store **out, unsigned *removed, char *err,
-               size_t errlen);
+int store_open(const char *root, struct store **out, unsigned *removed, char *err, size_t errlen);
 void store_close(struct store *st);
 
 /*

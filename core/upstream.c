@@ -1046,8 +1046,7 @@ static struct conn *conn_new(struct upstream_pool *pool, const struct url *u, in
 
 static int head_append(struct upstream_req *r, const char *at, size_t len)
 {
-    if (len == 0)
-        return 0;
+    if (len == 0) return 0;
     if (r->hbuf_len + len > r->hbuf_cap) {
         size_t cap = r->hbuf_cap ? r->hbuf_cap : 4096;
         while (cap < r->hbuf_len + len)

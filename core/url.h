@@ -14,11 +14,11 @@
 #include <stdint.h>
 
 struct url {
-    bool tls;          /* https */
-    char host[256];    /* without brackets for IPv6 */
-    uint16_t port;     /* explicit, or 80 / 443 by scheme */
+    bool tls;       /* https */
+    char host[256]; /* without brackets for IPv6 */
+    uint16_t port;  /* explicit, or 80 / 443 by scheme */
     bool port_explicit;
-    char path[1024];   /* "" or a prefix starting with '/', without a trailing '/' */
+    char path[1024]; /* "" or a prefix starting with '/', without a trailing '/' */
 };
 
 /*

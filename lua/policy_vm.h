@@ -55,7 +55,7 @@ struct policy_vm {
     bool budget_exceeded; /* this call ran past its budget: every instruction now fails */
     bool bad_return;      /* the error being raised is a wrong return value */
 
-    int hook_ref[POLICY_HOOK_COUNT]; /* LUA_NOREF when no policy defines the hook */
+    int hook_ref[POLICY_HOOK_COUNT];      /* LUA_NOREF when no policy defines the hook */
     bool hook_builtin[POLICY_HOOK_COUNT]; /* the hook in force is the built-in default's */
 };
 

@@ -39,7 +39,7 @@ static int check_tests_failed;
     do {                                                                                           \
         const char *check_a_ = (a), *check_b_ = (b);                                               \
         if (check_a_ == NULL || check_b_ == NULL || strcmp(check_a_, check_b_) != 0) {             \
-            fprintf(stderr, "%s:%d: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,       \
+            fprintf(stderr, "%s:%d: %s == \"%s\", expected \"%s\"\n", __FILE__, __LINE__, #a,      \
                     check_a_ ? check_a_ : "(null)", check_b_ ? check_b_ : "(null)");               \
             check_failures++;                                                                      \
         }                                                                                          \

@@ -28,12 +28,10 @@ static unsigned count_files(const char *dir)
 {
     unsigned n = 0;
     DIR *d = opendir(dir);
-    if (d == NULL)
-        return 0;
+    if (d == NULL) return 0;
     struct dirent *e;
     while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
+        if (e->d_name[0] != '.') n++;
     closedir(d);
     return n;
 }
