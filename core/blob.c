@@ -73,6 +73,7 @@ struct blob_req {
     struct chain_req *auth;
     int auth_status;
     bool need_credential;   /* the upstream's answer decides the credential too */
+    bool asked_upstream;    /* a HEAD went upstream for this request (never twice) */
     const char *credential; /* the client's Authorization value (the exchange owns it) */
     size_t credential_len;
     bool waiting_size; /* a follower that waits for its fetch's length */
@@ -771,7 +772,7 @@ static void authorized(struct blob_req *r)
     }
     r->fs.data = r;
     if (http_req_is_head(r->x)) {
-        if (r->size < 0) {
+        if (r->size < 0 && !r->asked_upstream) {
             /* Authorized from memory: the stored file tells the size. */
             r->fs_busy = true;
             if (uv_fs_stat(r->bs->loop, &r->fs, path, head_stat_done) < 0) {
@@ -780,9 +781,10 @@ static void authorized(struct blob_req *r)
             }
             return;
         }
+        /* The upstream's answer had no length: the HEAD has none either. */
         r->status = 200;
         r->pos = 0;
-        r->end = (uint64_t)r->size;
+        r->end = r->size >= 0 ? (uint64_t)r->size : UINT64_MAX;
         r->done = true;
         set_head(r);
         http_respond_end(r->x);
@@ -923,6 +925,7 @@ static void auth_done(void *ud, int err)
 /* Asks the upstream: a HEAD of this blob in this repository with the client's credential. */
 static void ask_upstream(struct blob_req *r)
 {
+    r->asked_upstream = true;
     r->bs->auth_stats.from_upstream++;
     struct upstream_call call;
     static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};

@@ -95,7 +95,9 @@ run_target() {
     if [ "$crashes" -gt 0 ]; then
         # What each input does, replayed (at most 50 of them), and a few of the inputs.
         printf '%s\n' "$found" | head -50 | while read -r input; do
-            "$bin" "$input" 2>&1 | grep -m1 -E '^SUMMARY: [A-Za-z]+Sanitizer|broken promise|^SUMMARY' || true
+            # A hang replays as a hang: bounded, like everything in CI.
+            timeout 30 "$bin" -timeout=10 "$input" 2>&1 |
+                grep -m1 -E '^SUMMARY: [A-Za-z]+Sanitizer|broken promise|^SUMMARY|timeout' || true
         done | sort | uniq -c | sed 's/^/  /' >&2
         printf '%s\n' "$found" | head -5 | sed 's/^/  input: /' >&2
     fi
