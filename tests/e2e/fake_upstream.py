@@ -18,18 +18,34 @@ paths that nothing else uses:
   POST /__fake/blob    {"digest", "path" (a file holding the blob's real bytes),
                         "mode", "rate"}: adds or changes a blob (registry role)
   POST /__fake/config  {"rate": bytes per second}: the proxy's pace
+  POST /__fake/manifest {"repo", "ref", "path" (a file holding the manifest's bytes),
+                        "media_type", "mode", "head", "rate", "hold"}: adds or changes
+                        a manifest (registry role), served by GET and HEAD
+                        /v2/<repo>/manifests/<ref> with its Content-Type and
+                        Docker-Content-Digest
 
-Tests use the FakeUpstream class below (start, stop, set_blob, set_rate, count), which
-runs this file as a process with the harness's Proc. Standard library only.
+Faults (FAULTS below) break the response itself: a reset or a stall in the middle of
+the body, a head that is not HTTP, a Content-Length that lies, a body without end, a
+redirect to itself. A blob's GET takes its `mode` from MODES or FAULTS; its HEAD is
+answered as `head` says ("honest", "unsized" or a fault; by default honest, or unsized
+for the unsized modes). A manifest takes the same `mode` and `head` (both honest by
+default). A stalled or endless response is held until the peer closes the connection,
+or at most `hold` seconds (then the connection is reset).
+
+Tests use the FakeUpstream class below (start, stop, set_blob, set_manifest, set_rate,
+count), which runs this file as a process with the harness's Proc. Standard library only.
 """
 
 import argparse
+import hashlib
 import http.client
 import http.server
 import json
 import os
 import re
+import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -49,11 +65,40 @@ MODES = {
     "unsized_wrong": "HEAD without Content-Length; GET chunked, the last byte flipped",
 }
 
+# Faults of the response itself, for a blob's GET (mode) or HEAD (head), and for manifests.
+FAULTS = {
+    "reset_mid": "200 with the right Content-Length, half of the body, then a TCP reset "
+                 "(HEAD: a reset instead of an answer)",
+    "stall_mid": "200 with the right Content-Length, half of the body, then silence "
+                 "(HEAD: silence)",
+    "stall_head": "silence: the request is read and never answered",
+    "hangup": "the connection is closed (FIN) without a byte of answer",
+    "garbage_status": "a status line that is not HTTP, then the connection closes",
+    "no_colon": "200 with a header line that has no colon, then the body",
+    "huge_header": "200 with a 70 KiB header (the cache's limit is 64 KiB), then the body",
+    "short_length": "Content-Length 1000 less than the body; the whole body is sent",
+    "long_length": "Content-Length 1000 more than the body; the body, then the connection "
+                   "closes",
+    "endless": "200, chunked, bytes without end (HEAD: as `head` says; the body ends with "
+               "a reset once `hold` seconds or ENDLESS_CAP bytes have passed)",
+    "redirect_loop": "302 Found with Location: the same URL",
+}
+HEAD_MODES = ("honest", "unsized") + tuple(FAULTS)
+HOLD = 120.0                   # seconds a stalled or endless response is held at most
+ENDLESS_CAP = 2 << 30          # bytes an endless body sends at most
+LENGTH_LIE = 1000              # bytes by which short_length/long_length lie
+HUGE_HEADER = 70 * 1024
+
 EXTRA = 64 * 1024
 CHUNK = 64 * 1024
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
 BLOB_PATH = re.compile(r"^/v2/(.+)/blobs/(sha256:[0-9a-f]{64})$")
+MANIFEST_PATH = re.compile(r"^/v2/(.+)/manifests/([^/]+)$")
+
+
+class _Dropped(Exception):
+    """The response was cut off on purpose (reset, hang-up): nothing more to do."""
 
 
 # --- The server (runs in its own process) --------------------------------------------
@@ -65,6 +110,7 @@ class State:
         self.rate = rate
         self.lock = threading.Lock()
         self.blobs = {}
+        self.manifests = {}
         self.requests = {}
         self.completed = {}
 
@@ -133,7 +179,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._proxy()
             else:
                 self._registry()
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (BrokenPipeError, ConnectionResetError, socket.timeout, _Dropped):
             self.close_connection = True
             return
         st.note(st.completed, key)
@@ -146,24 +192,46 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with st.lock:
                 doc = {"requests": dict(st.requests), "completed": dict(st.completed)}
             return self._send_json(200, doc)
-        if self.command == "POST" and self.path in ("/__fake/blob", "/__fake/config"):
+        if self.command == "POST" and self.path in ("/__fake/blob", "/__fake/config",
+                                                    "/__fake/manifest"):
             try:
                 doc = json.loads(self._read_body() or b"{}")
             except ValueError as e:
                 return self._send_json(400, {"error": str(e)})
+            problem = self._check_modes(doc)
+            if problem:
+                return self._send_json(400, {"error": problem})
             with st.lock:
-                if self.path == "/__fake/config":
+                if self.path == "/__fake/manifest":
+                    with open(doc["path"], "rb") as f:
+                        data = f.read()
+                    st.manifests[(doc["repo"], doc["ref"])] = {
+                        "data": data, "media_type": doc.get("media_type") or
+                        "application/vnd.oci.image.manifest.v1+json",
+                        "mode": doc.get("mode", "honest"), "head": doc.get("head") or "honest",
+                        "rate": float(doc.get("rate", 0)), "hold": float(doc.get("hold", HOLD))}
+                elif self.path == "/__fake/config":
                     if "rate" in doc:
                         st.rate = float(doc["rate"])
                 else:
                     mode = doc.get("mode", "honest")
-                    if mode not in MODES:
-                        return self._send_json(400, {"error": "unknown mode %r" % mode})
                     size = os.path.getsize(doc["path"])
                     st.blobs[doc["digest"]] = {"path": doc["path"], "mode": mode,
-                                               "rate": float(doc.get("rate", 0)), "size": size}
+                                               "rate": float(doc.get("rate", 0)), "size": size,
+                                               "head": doc.get("head"),
+                                               "hold": float(doc.get("hold", HOLD))}
             return self._send_json(200, {"ok": True})
         return self._send_json(404, {"error": "no such control path"})
+
+    @staticmethod
+    def _check_modes(doc):
+        """Why the modes of a control document are not known, or None."""
+        mode, head = doc.get("mode", "honest"), doc.get("head")
+        if mode not in MODES and mode not in FAULTS:
+            return "unknown mode %r" % mode
+        if head is not None and head not in HEAD_MODES:
+            return "unknown head mode %r" % head
+        return None
 
     # --- registry role ---
     def _registry(self):
@@ -174,6 +242,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlsplit(self.path).path
         if path == "/v2/" or path == "/v2":
             return self._send_json(200, {})
+        mm = MANIFEST_PATH.match(path)
+        if mm:
+            with st.lock:
+                manifest = st.manifests.get((mm.group(1), mm.group(2)))
+            if manifest is not None:
+                return self._manifest(manifest)
         m = BLOB_PATH.match(path)
         if not m:
             return self._error(404, "NAME_UNKNOWN", "the fake registry has only blobs")
@@ -182,6 +256,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             blob = dict(st.blobs[digest]) if digest in st.blobs else None
         if blob is None or blob["mode"] == "missing":
             return self._error(404, "BLOB_UNKNOWN", "blob unknown to the fake registry")
+        if blob["mode"] in FAULTS or blob["head"] is not None:
+            return self._blob_with_faults(digest, blob)
         size, mode = blob["size"], blob["mode"]
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
@@ -240,6 +316,146 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(b"%x\r\n" % len(data) + data + b"\r\n")
         else:
             self.wfile.write(data)
+
+    # --- faults (registry role) ---
+    def _blob_with_faults(self, digest, blob):
+        """A blob whose GET is a fault, or whose HEAD is scripted (`head`)."""
+        with open(blob["path"], "rb") as f:
+            data = f.read()
+        headers = [("Content-Type", "application/octet-stream"),
+                   ("Docker-Content-Digest", digest)]
+        if self.command == "HEAD":
+            head = blob["head"] or ("unsized" if blob["mode"].startswith("unsized")
+                                    else "honest")
+            return self._answer(head, data, headers, 0, blob["hold"], head_only=True)
+        mode = blob["mode"]
+        if mode not in FAULTS:
+            # A legacy mode with a scripted HEAD: the GET as before.
+            self.send_response(200)
+            for k, v in headers + [("Docker-Distribution-Api-Version", "registry/2.0")]:
+                self.send_header(k, v)
+            unsized = mode.startswith("unsized")
+            if mode == "long" or unsized:
+                self.send_header("Transfer-Encoding", "chunked")
+            elif mode == "bad_length":
+                self.send_header("Content-Length", str(blob["size"] + 1000))
+            else:
+                self.send_header("Content-Length", str(blob["size"]))
+            if mode == "short":
+                self.send_header("Connection", "close")
+            self.end_headers()
+            return self._blob_body(blob["path"], blob["size"], mode, blob["rate"])
+        return self._answer(mode, data, headers, blob["rate"], blob["hold"])
+
+    def _manifest(self, manifest):
+        data = manifest["data"]
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        headers = [("Content-Type", manifest["media_type"]), ("Docker-Content-Digest", digest)]
+        if self.command == "HEAD":
+            return self._answer(manifest["head"], data, headers, 0, manifest["hold"],
+                                head_only=True)
+        return self._answer(manifest["mode"], data, headers, manifest["rate"], manifest["hold"])
+
+    def _answer(self, mode, data, headers, rate, hold, head_only=False):
+        """Answers with `data` as the body (none for HEAD), as `mode` (honest, unsized or
+        a FAULTS entry) says, paced at `rate` bytes per second."""
+        size = len(data)
+        self.log_message('"%s" answered as %s', self.requestline, mode)
+        if mode == "stall_head" or (head_only and mode == "stall_mid"):
+            return self._hold(hold)
+        if mode == "hangup" or (head_only and mode == "reset_mid"):
+            return self._drop(reset=(mode == "reset_mid"))
+        if mode == "garbage_status":
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1 not-http\r\n\r\n")
+            return self._drop(reset=False)
+        if mode == "redirect_loop":
+            head = ("HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n"
+                    "Docker-Distribution-Api-Version: registry/2.0\r\n\r\n" % self.path)
+            self.wfile.write(head.encode("latin-1"))
+            return
+        lines = ["HTTP/1.1 200 OK", "Docker-Distribution-Api-Version: registry/2.0"]
+        lines += ["%s: %s" % kv for kv in headers]
+        length = {"short_length": size - LENGTH_LIE, "long_length": size + LENGTH_LIE,
+                  "unsized": None, "endless": None}.get(mode, size)
+        if mode == "endless" and not head_only:
+            lines.append("Transfer-Encoding: chunked")
+        elif length is not None:
+            lines.append("Content-Length: %d" % length)
+        if mode == "no_colon":
+            lines.append("This-Header-Line-Has-No-Colon")
+        if mode == "huge_header":
+            lines.append("X-Huge: " + "h" * HUGE_HEADER)
+        if mode == "long_length":
+            lines.append("Connection: close")
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        if head_only:
+            return
+        pacer = Pacer(rate)
+        if mode == "endless":
+            return self._endless(data, pacer, hold)
+        cut = size // 2 if mode in ("reset_mid", "stall_mid") else size
+        sent = 0
+        while sent < cut:
+            piece = data[sent:min(cut, sent + (CHUNK if rate > 0 else 1 << 20))]
+            self.wfile.write(piece)
+            sent += len(piece)
+            pacer.sent_bytes(len(piece))
+        if mode == "reset_mid":
+            time.sleep(0.3)  # let the half arrive before the reset
+            return self._drop(reset=True)
+        if mode == "stall_mid":
+            return self._hold(hold)
+        if mode == "long_length":
+            return self._drop(reset=False)
+        if mode == "short_length":
+            self.close_connection = True  # the extra bytes poison the connection
+
+    def _endless(self, data, pacer, hold):
+        """Chunks of the blob's bytes, over and over, until the peer goes, `hold` seconds
+        pass or ENDLESS_CAP bytes were sent: then a reset (the body never ends)."""
+        start = time.monotonic()
+        sent = 0
+        piece = (data * (CHUNK // max(1, len(data)) + 1))[:CHUNK] if data else b"e" * CHUNK
+        while sent < ENDLESS_CAP and time.monotonic() - start < hold:
+            self._write(piece, chunked=True)
+            sent += len(piece)
+            pacer.sent_bytes(len(piece))
+        self._drop(reset=True)
+
+    def _hold(self, hold):
+        """Sends nothing more until the peer closes the connection or `hold` seconds
+        pass; then resets it."""
+        deadline = time.monotonic() + hold
+        sock = self.connection
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([sock], [], [], 0.5)
+            if readable:
+                try:
+                    if not sock.recv(65536):
+                        break  # the peer closed
+                except OSError:
+                    break
+        self._drop(reset=True)
+
+    def _drop(self, reset):
+        """Ends the connection now: a reset (RST) or a plain close (FIN)."""
+        self.close_connection = True
+        sock = self.connection
+        try:
+            if reset:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            else:
+                sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if reset:
+            # Close the descriptor itself (the handler's files still refer to the socket
+            # object, which would keep it open).
+            try:
+                os.close(sock.detach())
+            except OSError:
+                pass
+        raise _Dropped()
 
     # --- proxy role ---
     def _proxy(self):
@@ -386,11 +602,29 @@ class FakeUpstream:
         if r.status != 200:
             raise AssertionError("%s: POST %s %r -> %r" % (self.name, path, doc, r))
 
-    def set_blob(self, digest, path, mode="honest", rate=0):
+    def set_blob(self, digest, path, mode="honest", rate=0, head=None, hold=None):
         """Serves the bytes in file `path` as blob `digest` (any repository), answering
-        its GET as MODES[mode] says, paced at `rate` bytes per second (0: unpaced)."""
-        self._post("/__fake/blob", {"digest": digest, "path": path, "mode": mode,
-                                    "rate": rate})
+        its GET as MODES[mode] or FAULTS[mode] says, paced at `rate` bytes per second
+        (0: unpaced). head: how its HEAD is answered ("honest", "unsized" or a FAULTS
+        entry; None: honest, or unsized for the unsized modes). hold: seconds a stalled
+        or endless response lasts at most (default HOLD)."""
+        doc = {"digest": digest, "path": path, "mode": mode, "rate": rate}
+        if head is not None:
+            doc["head"] = head
+        if hold is not None:
+            doc["hold"] = hold
+        self._post("/__fake/blob", doc)
+
+    def set_manifest(self, repo, ref, path, media_type=None, mode="honest", head="honest",
+                     rate=0, hold=None):
+        """Serves the bytes in file `path` as the manifest repo:ref (GET and HEAD, with
+        its Content-Type and Docker-Content-Digest), the GET as `mode` ("honest" or a
+        FAULTS entry) and the HEAD as `head` say."""
+        doc = {"repo": repo, "ref": ref, "path": path, "media_type": media_type,
+               "mode": mode, "head": head, "rate": rate}
+        if hold is not None:
+            doc["hold"] = hold
+        self._post("/__fake/manifest", doc)
 
     def set_rate(self, rate):
         """The proxy's pace for response bodies from now on, also for bodies in flight."""
