@@ -16,6 +16,7 @@
 
 #define PROXY_MAX_CANDIDATES 16
 #define PROXY_MAX_FORWARDED 24
+#define PROXY_MANIFEST_MAX ((uint64_t)4 << 20)
 
 struct proxy {
     uv_loop_t *loop;
@@ -46,6 +47,8 @@ struct relay {
     bool upstream_done;
     int upstream_err;
     bool finished;
+    uint64_t limit;    /* body bytes relayed at most (manifests), 0: none */
+    uint64_t relayed;
     /* Body bytes: `inflight` is being written to the client, `pending` waits. */
     char *inflight;
     size_t inflight_cap;
@@ -257,6 +260,17 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
                           int64_t content_length)
 {
     struct relay *r = ud;
+    if (r->limit && content_length > (int64_t)r->limit) {
+        snprintf(r->last_error, sizeof(r->last_error),
+                 "%s announced a manifest of %lld bytes, more than the %llu allowed",
+                 chain_base(r->ureq), (long long)content_length, (unsigned long long)r->limit);
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_E2BIG;
+        relay_maybe_finish(r);
+        return;
+    }
     struct http_header out[32];
     size_t n = 0;
     for (size_t i = 0; i < n_hdrs && n < 32; i++) {
@@ -277,6 +291,20 @@ static void relay_on_body(void *ud, const char *data, size_t len)
 {
     struct relay *r = ud;
     if (http_exchange_client_gone(r->x)) return;
+    r->relayed += len;
+    if (r->limit && r->relayed > r->limit) {
+        /* A manifest without end: cut it (the client sees a short body, never a whole
+         * wrong one). */
+        snprintf(r->last_error, sizeof(r->last_error), "manifest longer than %llu bytes",
+                 (unsigned long long)r->limit);
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_E2BIG;
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
     if (!r->writing && r->pending_len == 0) {
         int w = http_respond_try(r->x, data, len);
         if (w < 0) {
@@ -407,6 +435,10 @@ static void relay(struct proxy *p, struct http_exchange *x, const struct registr
     r->proxy = p;
     r->x = x;
     proxy_req_info_init(&r->info, x, route, entry);
+    /* Manifests are small (Docker Distribution refuses more than 4 MiB): an upstream that
+     * sends more is broken, and a relay must not stream it without end. */
+    if (route->kind == ROUTE_MANIFEST || route->kind == ROUTE_REFERRERS)
+        r->limit = PROXY_MANIFEST_MAX;
     p->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
     relay_start(r);
