@@ -41,6 +41,9 @@ MODES = {
                   openssl_seconds=1),
 }
 
+# A scenario may run at most this many rounds again because they were disturbed.
+MAX_RETRIES_PER_SCENARIO = 2
+
 SCENARIOS = ["hit1k", "big16", "rss", "idle", "cold1", "cold32", "sha256", "tls", "policy"]
 
 
@@ -97,6 +100,9 @@ class Bench:
         self.rows = []
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self.env = {}
+        self.noise = {}  # scenario -> others' CPU percent during each try of each round
+        self.retries_left = args.noise_retries if args.noise_retries is not None else (
+            0 if args.quick else 8)
         self.profile_done = False
         self.profile_text = None
         self.interrupted = False
@@ -155,12 +161,19 @@ class Bench:
                 continue
             log("scenario %s" % name)
             t0 = time.monotonic()
+            cpu0 = CpuAccount()
             try:
                 getattr(self, "scenario_" + name)()
             except BenchError as e:
                 log("scenario %s failed: %s" % (name, e))
                 self.results[name] = {"status": "error", "error": str(e)}
-            log("scenario %s took %.1f s" % (name, time.monotonic() - t0))
+            other = cpu0.others_percent()
+            if name in self.results:
+                self.results[name]["others_cpu_percent"] = other
+                if name in self.noise:
+                    self.results[name]["others_per_try"] = self.noise[name]
+            log("scenario %s took %.1f s; processes not ours used %.0f%% of the CPUs"
+                % (name, time.monotonic() - t0, other))
             self.cache.truncate_access_log()
         self.env["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
 
@@ -169,11 +182,35 @@ class Bench:
         {server name: [values]}."""
         values = {s.name: [] for s in servers_list}
         for r in range(self.rounds):
-            for srv in rotated(servers_list, r):
-                value = measure(srv)
-                values[srv.name].append(value)
-                log("  %s round %d %s: %s" % (name, r + 1, srv.name, report.short(value)))
+            def one_round():
+                got = {}
+                for srv in rotated(servers_list, r):
+                    got[srv.name] = measure(srv)
+                    log("  %s round %d %s: %s" % (name, r + 1, srv.name,
+                                                  report.short(got[srv.name])))
+                return got
+            for server_name, value in self.quietly(name, one_round).items():
+                values[server_name].append(value)
         return values
+
+    def quietly(self, name, fn):
+        """Runs fn() and returns what it returns. When processes outside the benchmark used
+        more than --max-others percent of the CPUs meanwhile, waits for the machine to
+        quiet down and runs fn() again, while the run's --noise-retries last; the figures
+        of the last try are kept either way, and each try's share is recorded."""
+        while True:
+            account = CpuAccount()
+            result = fn()
+            others = account.others_percent()
+            self.noise.setdefault(name, []).append(round(others))
+            retried = len(self.noise[name]) - 1
+            if others <= self.args.max_others or self.retries_left <= 0 or \
+                    retried >= MAX_RETRIES_PER_SCENARIO:
+                return result
+            self.retries_left -= 1
+            log("  %s: other processes used %.0f%% of the CPUs meanwhile: trying again "
+                "(%d retries left for the run)" % (name, others, self.retries_left))
+            wait_quiet(self.args.max_others, 90)
 
     # 1. Cached 1 KiB blob: requests per second.
     def scenario_hit1k(self):
@@ -247,20 +284,20 @@ class Bench:
     def scenario_cold1(self):
         digest, size = self.blobs["cold"]
         cache_cold, dist_cold = self.cold_servers()
-        fetches = []
 
         def measure(srv):
             if srv is not self.origin:
                 srv.restart_fresh()
             os.sync()  # the previous run's writes are not this run's disk traffic
-            before = self.origin.count_blob_gets(digest)
+            before = self.origin.settled_blob_gets(digest, quiet=0.5)
             r = clients.curl_get(blob_url(srv.url, digest), size)
+            value = {"total": r["total"], "ttfb_ms": r["ttfb"] * 1000.0}
             if srv is cache_cold:
-                fetches.append(self.origin.settled_blob_gets(digest) - before)
-            return {"total": r["total"], "ttfb_ms": r["ttfb"] * 1000.0}
+                value["fetches"] = self.origin.settled_blob_gets(digest) - before
+            return value
 
         values = self.alternate("cold1", [self.origin, cache_cold, dist_cold], measure)
-        self.results["cold1"] = {"status": "ok", "values": values, "cache_fetches": fetches}
+        self.results["cold1"] = {"status": "ok", "values": values}
 
     # 4. 32 concurrent requests for one cold blob: upstream fetches and time to all done.
     def scenario_cold32(self):
@@ -270,7 +307,7 @@ class Bench:
         def measure(srv):
             srv.restart_fresh()
             os.sync()
-            before = self.origin.count_blob_gets(digest)
+            before = self.origin.settled_blob_gets(digest, quiet=0.5)
             r = clients.curl_parallel(blob_url(srv.url, digest), 32, size)
             fetched = self.origin.settled_blob_gets(digest) - before
             return {"wall": r["wall"], "fetches": fetched,
@@ -283,8 +320,9 @@ class Bench:
 
     # 5. sha256 of a buffer in memory, both paths of core/digest.c, and openssl for scale.
     def scenario_sha256(self):
-        r = subprocess.run([self.args.sha_binary, str(self.mode["sha_mib"])],
-                           capture_output=True, text=True, timeout=300)
+        r = self.quietly("sha256", lambda: subprocess.run(
+            [self.args.sha_binary, str(self.mode["sha_mib"])], capture_output=True, text=True,
+            timeout=300))
         if r.returncode != 0:
             raise BenchError("sha256_speed failed: %s" % r.stderr.strip())
         paths, info = {}, {}
@@ -349,13 +387,17 @@ class Bench:
         if not wired:
             self.results["policy"] = {"status": "na", "why": why}
             return
-        log("  building a content-cache whose built-in policies define no hooks")
-        nohooks_binary = build_nohooks_binary(self.args.build_dir)
+        nohooks_binary = self.args.nohooks_binary
         default = servers.Cache(self.work, self.args.binary, self.origin.url,
                                 name="cache-policies")
         nohooks = servers.Cache(self.work, nohooks_binary, self.origin.url, name="cache-nohooks")
         digest, _ = self.blobs["small"]
-        secs = self.mode["wrk_seconds"]
+        # A 5% difference is finer than the noise between two wrk runs some seconds apart:
+        # twice the rounds, half as long, and the figure is the median of the ratios of
+        # the two runs of each round (which ran back to back, under the same conditions).
+        secs = max(1, self.mode["wrk_seconds"] // 2)
+        saved_rounds = self.rounds
+        self.rounds = 2 * saved_rounds
         try:
             for c in (default, nohooks):
                 c.start()
@@ -368,9 +410,12 @@ class Bench:
 
             values = self.alternate("policy", [default, nohooks], measure)
         finally:
+            self.rounds = saved_rounds
             default.stop()
             nohooks.stop()
-        self.results["policy"] = {"status": "ok", "values": values}
+        ratios = [d / n for d, n in zip(values["cache-policies"], values["cache-nohooks"])]
+        self.results["policy"] = {"status": "ok", "values": values, "seconds": secs,
+                                  "ratios": ratios}
 
     def policy_engine_wired(self):
         """Whether this content-cache calls policy hooks: a drop-in format_log that returns
@@ -435,7 +480,12 @@ class Bench:
             "wrk": first_line(["wrk", "-v"]).split(" [")[0],
             "curl": first_line(["curl", "--version"]).split(" (")[0],
             "loadavg_start": open("/proc/loadavg").read().split()[:3],
+            "command": command_line(self.args),
         }
+        busy, top = wait_quiet(self.args.max_others, self.args.wait_quiet)
+        self.env["busy_before"] = "%.0f%% of all CPUs busy before the start%s" % (
+            busy, (": " + ", ".join("%s %.0f%%" % x for x in top)) if top else "")
+        log("machine: %s" % self.env["busy_before"])
 
     def write(self):
         text = report.render(self.env, self.mode, self.results, self.args)
@@ -470,13 +520,16 @@ class Profiler:
         self.proc.wait(timeout=60)
         sections = [
             ("CPU samples by process (whole machine, during one content-cache wrk run)",
-             ["--sort", "comm", "--no-children"]),
-            ("content-cache: by shared object", ["--comm", "content-cache", "--sort", "dso",
-                                                 "--no-children"]),
-            ("content-cache: by function (self)", ["--comm", "content-cache", "--sort",
-                                                   "dso,symbol", "--no-children"]),
-            ("content-cache: by function (with callees)", ["--comm", "content-cache", "--sort",
-                                                           "symbol", "--children", "-g", "none"]),
+             ["--sort", "comm", "--no-children", "-g", "none"]),
+            ("content-cache: by shared object (percent of content-cache's samples)",
+             ["--comm", "content-cache", "--percentage", "relative", "--sort", "dso",
+              "--no-children", "-g", "none"]),
+            ("content-cache: by function, self (percent of content-cache's samples)",
+             ["--comm", "content-cache", "--percentage", "relative", "--sort", "dso,symbol",
+              "--no-children", "-g", "none"]),
+            ("content-cache: by function, with callees (percent of content-cache's samples)",
+             ["--comm", "content-cache", "--percentage", "relative", "--sort", "symbol",
+              "--children", "-g", "none"]),
         ]
         out = []
         for title, extra in sections:
@@ -487,29 +540,128 @@ class Profiler:
         return "\n".join(out)
 
 
-def build_nohooks_binary(build_dir):
-    """content-cache built from a copy of this tree whose built-in policies/default.lua
-    defines no hooks (`return {}`): every hook then falls back to the C default."""
-    src = os.path.join(build_dir, "nohooks-src")
-    out = os.path.join(build_dir, "nohooks-build")
-    os.makedirs(src, exist_ok=True)
-    for item in ("core", "lua", "policies"):
-        shutil.copytree(os.path.join(REPO, item), os.path.join(src, item), dirs_exist_ok=True)
-    shutil.copy2(os.path.join(REPO, "CMakeLists.txt"), os.path.join(src, "CMakeLists.txt"))
-    default_lua = os.path.join(src, "policies", "default.lua")
-    text = "-- bench: the built-in policies define no hooks\nreturn {}\n"
-    if not os.path.exists(default_lua) or open(default_lua).read() != text:
-        with open(default_lua, "w") as f:
-            f.write(text)
-    cflags = os.environ.get("BENCH_C_FLAGS", "")
-    subprocess.run(["cmake", "-S", src, "-B", out, "-DCC_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release",
-                    "-DCMAKE_C_FLAGS=" + cflags], check=True, stdout=subprocess.DEVNULL,
-                   timeout=300)
-    r = subprocess.run(["cmake", "--build", out, "--target", "content-cache", "-j2"],
-                       capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        raise BenchError("building the no-hooks binary failed:\n%s" % r.stdout[-2000:])
-    return os.path.join(out, "content-cache")
+class CpuAccount:
+    """How much CPU processes other than this benchmark and its children used between
+    creation and others_percent(): user+nice+system time of the machine (/proc/stat) less
+    the time of our process tree (utime+stime of each process, plus cutime+cstime for the
+    children it already reaped), as a percent of all CPUs. An estimate: it shows whether
+    something else ran beside a scenario, to a few percent."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self.machine0 = self.machine_ticks()
+        self.ours0 = self.our_ticks()
+
+    @staticmethod
+    def machine_ticks():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[0] + v[1] + v[2]
+
+    @staticmethod
+    def our_ticks():
+        parent, ticks = {}, {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    text = f.read()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            parent[int(pid)] = int(fields[1])
+            ticks[int(pid)] = sum(int(x) for x in fields[11:15])
+        ours, frontier = 0, [os.getpid()]
+        children = {}
+        for pid, ppid in parent.items():
+            children.setdefault(ppid, []).append(pid)
+        while frontier:
+            pid = frontier.pop()
+            ours += ticks.get(pid, 0)
+            frontier.extend(children.get(pid, []))
+        return ours
+
+    def others_percent(self):
+        elapsed = time.monotonic() - self.t0
+        machine = self.machine_ticks() - self.machine0
+        ours = self.our_ticks() - self.ours0
+        hz = os.sysconf("SC_CLK_TCK")
+        if elapsed < 0.5:
+            return 0.0  # too short for clock ticks to say anything
+        return max(0.0, 100.0 * (machine - ours) / hz / elapsed / os.cpu_count())
+
+
+def command_line(args):
+    """The bench/run.sh command that asks for what this run does (paths left out)."""
+    words = ["bench/run.sh"]
+    if args.quick:
+        words.append("--quick")
+    for flag, value in (("--rounds", args.rounds), ("--only", args.only),
+                        ("--wait-quiet", args.wait_quiet or None),
+                        ("--noise-retries", args.noise_retries)):
+        if value is not None:
+            words += [flag, str(value).rstrip("0").rstrip(".") if isinstance(value, float)
+                      else str(value)]
+    if args.max_others != 25.0:
+        words += ["--max-others", "%g" % args.max_others]
+    if args.profile:
+        words.append("--profile")
+    if args.build_desc.startswith("given"):
+        words += ["--binary", args.binary]
+    return " ".join(words)
+
+
+def wait_quiet(max_percent, timeout):
+    """Waits up to `timeout` seconds until less than max_percent of the CPUs are busy;
+    returns the last machine_busy()."""
+    busy, top = machine_busy()
+    deadline = time.monotonic() + timeout
+    while busy > max_percent and time.monotonic() < deadline:
+        log("machine busy (%.0f%%: %s); waiting for it to quiet down" % (
+            busy, ", ".join("%s %.0f%%" % x for x in top[:3])))
+        time.sleep(5)
+        busy, top = machine_busy()
+    return busy, top
+
+
+def machine_busy(seconds=1.0):
+    """What else runs here: (percent of all CPUs busy, [(command, percent of one CPU)]) over
+    `seconds`, from /proc/stat and /proc/PID/stat, before any server of ours starts."""
+    def cpu_total():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # all, idle + iowait
+
+    def per_process():
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    text = f.read()
+            except OSError:
+                continue
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            fields = text[text.rindex(")") + 2:].split()
+            out[pid] = (comm, int(fields[11]) + int(fields[12]))
+        return out
+
+    t0, i0 = cpu_total()
+    p0 = per_process()
+    time.sleep(seconds)
+    t1, i1 = cpu_total()
+    p1 = per_process()
+    busy = 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+    hz = os.sysconf("SC_CLK_TCK")
+    top = []
+    for pid, (comm, ticks) in p1.items():
+        if pid in p0 and pid != str(os.getpid()):
+            pct = 100.0 * (ticks - p0[pid][1]) / hz / seconds
+            if pct >= 5:
+                top.append((comm, pct))
+    return busy, sorted(top, key=lambda x: -x[1])
 
 
 def parse_args():
@@ -519,11 +671,20 @@ def parse_args():
     p.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--binary", required=True, help="the content-cache binary")
     p.add_argument("--sha-binary", required=True, help="the sha256_speed program")
-    p.add_argument("--build-dir", required=True, help="where the no-hooks build goes")
+    p.add_argument("--nohooks-binary", required=True,
+                   help="content-cache built with built-in policies that define no hooks")
     p.add_argument("--build-desc", default="release build", help="how --binary was built")
     p.add_argument("--out", required=True, help="the table (Markdown); a .json goes beside it")
     p.add_argument("--work", help="work directory (default: a new one under $TMPDIR)")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
+    p.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                   help="at the start, wait up to SECONDS for other work to use less than "
+                   "--max-others of the CPUs")
+    p.add_argument("--max-others", type=float, default=25.0, metavar="PERCENT",
+                   help="a round during which other processes used more of the CPUs is "
+                   "run again (default 25)")
+    p.add_argument("--noise-retries", type=int, metavar="N",
+                   help="how many rounds the whole run may run again (default 8; quick 0)")
     p.add_argument("--profile", action="store_true",
                    help="perf record the machine during content-cache's first 1 KiB wrk run")
     return p.parse_args()
@@ -533,7 +694,7 @@ def main():
     args = parse_args()
     bench = Bench(args)
     log("work directory %s" % bench.work)
-    failed = False
+    failed = interrupted = False
     try:
         bench.run()
     except (BenchError, RuntimeError, subprocess.CalledProcessError) as e:
@@ -542,16 +703,16 @@ def main():
         failed = True
     except (SystemExit, KeyboardInterrupt):
         bench.results["interrupted"] = {"status": "error", "error": "stopped by a signal"}
-        failed = True
+        failed = interrupted = True
         raise
     finally:
         servers.stop_all()
         bench.write()
-        if args.keep or failed:
-            log("work directory kept: %s" % bench.work)
+        errors = [k for k, v in bench.results.items() if v.get("status") == "error"]
+        if args.keep or ((failed or errors) and not interrupted):
+            log("work directory kept (configs and logs of every server): %s" % bench.work)
         else:
             shutil.rmtree(bench.work, ignore_errors=True)
-    errors = [k for k, v in bench.results.items() if v.get("status") == "error"]
     if errors:
         log("scenarios with errors: %s" % ", ".join(errors))
     return 1 if failed or errors else 0

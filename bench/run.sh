@@ -2,7 +2,7 @@
 # The side-by-side benchmark: content-cache against nginx and Docker Distribution's proxy,
 # all on 127.0.0.1. See bench/README.md.
 #
-#   bench/run.sh                  full run (~8 minutes on 2 cores): builds a release binary
+#   bench/run.sh                  full run (5-8 minutes on 2 cores): builds release binaries
 #                                 in build-bench/, writes bench/results/<date>.md (+ .json)
 #   bench/run.sh --quick          small sizes, ~1 s a scenario: shows the benchmark works
 #
@@ -14,6 +14,10 @@
 #   --only LIST        comma-separated scenarios: hit1k,big16,rss,idle,cold1,cold32,sha256,tls,policy
 #   --work DIR         work directory (default: a new one under $TMPDIR, removed at the end)
 #   --keep             keep the work directory (servers' configs and logs)
+#   --wait-quiet S     at the start, wait up to S seconds for other processes to leave the CPUs
+#   --max-others P     run a round again when other processes used more than P% of the CPUs
+#                      meanwhile (default 25)
+#   --noise-retries N  how many rounds a run may run again that way (default 8, quick 0)
 #   --profile          perf record the machine during content-cache's first 1 KiB wrk run;
 #                      the report goes beside the table as <name>-profile.txt
 #
@@ -32,7 +36,8 @@ while [ $# -gt 0 ]; do
         --quick) quick=1; pass+=(--quick) ;;
         --binary) binary=$(realpath "$2"); shift ;;
         --out) out=$2; shift ;;
-        --rounds | --only | --work) pass+=("$1" "$2"); shift ;;
+        --rounds | --only | --work | --wait-quiet | --max-others | --noise-retries)
+            pass+=("$1" "$2"); shift ;;
         --keep | --profile) pass+=("$1") ;;
         -h | --help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench/run.sh: unknown argument: $1 (try --help)" >&2; exit 2 ;;
@@ -41,32 +46,51 @@ while [ $# -gt 0 ]; do
 done
 
 if [ -z "$out" ]; then
-    out=bench/results/$(date -u +%Y-%m-%d-%H%M)$([ "$quick" = 1 ] && echo -quick).md
+    suffix=""
+    if [ "$quick" = 1 ]; then suffix=-quick; fi
+    out=bench/results/$(date -u +%Y-%m-%d-%H%M)$suffix.md
 fi
 
 scripts/install-deps.sh
 
 build_dir=$repo/build-bench
 mkdir -p "$build_dir"
-# Release (-O3). At -O3 GCC 12 inlines more and its flow-sensitive warnings
-# (-Wstringop-overflow, -Wmaybe-uninitialized) report false positives that the project's
-# -O2 builds do not see (core/upstream.c's string builder): keep those two warnings, not
-# errors, in this build so that the benchmark measures whatever the core is.
-# bench.py builds a second binary (no policy hooks) with the same flags.
-export BENCH_C_FLAGS="-Wno-error=stringop-overflow -Wno-error=maybe-uninitialized"
+# The sources are copied first (others may be editing core/ while this runs), and both
+# content-cache binaries and sha256_speed are built from that one copy:
+#   build-bench/snapshot/          core/ lua/ policies/ CMakeLists.txt as they were
+#   build-bench/release/           content-cache, Release (-O3)
+#   build-bench/snapshot-nohooks/  the same, with a built-in policies/default.lua of `return {}`
+#   build-bench/release-nohooks/   content-cache whose built-in policies define no hooks (row 11)
+# At -O3 GCC 12 inlines more, and its flow-sensitive warnings (-Wstringop-overflow,
+# -Wmaybe-uninitialized) report false positives that the project's -O2 builds do not see
+# (core/upstream.c's string builder): those two stay warnings, not errors, here.
+cflags="-Wno-error=stringop-overflow -Wno-error=maybe-uninitialized"
+snapshot() { # DEST: a fresh copy of the sources (cp -a keeps times: builds stay incremental)
+    rm -rf "$1"
+    mkdir -p "$1"
+    cp -a core lua policies CMakeLists.txt "$1"/
+}
+build() { # SOURCE BUILD_DIR
+    cmake -S "$1" -B "$2" -DCC_TESTS=OFF -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=$cflags" \
+        >/dev/null
+    cmake --build "$2" --target content-cache -j "$(nproc)" >/dev/null
+}
+echo "bench: building release binaries in build-bench/ from a copy of the sources" >&2
+snapshot "$build_dir/snapshot"
+snapshot "$build_dir/snapshot-nohooks"
+printf -- '-- bench/run.sh: built-in policies that define no hooks\nreturn {}\n' \
+    >"$build_dir/snapshot-nohooks/policies/default.lua"
 if [ -z "$binary" ]; then
-    echo "bench: building the release binary in build-bench/" >&2
-    cmake -S "$repo" -B "$build_dir" -DCC_TESTS=OFF -DCMAKE_BUILD_TYPE=Release \
-        "-DCMAKE_C_FLAGS=$BENCH_C_FLAGS" >/dev/null
-    cmake --build "$build_dir" --target content-cache -j "$(nproc)" >/dev/null
-    binary=$build_dir/content-cache
-    build_desc="cmake -DCMAKE_BUILD_TYPE=Release, build-bench/"
+    build "$build_dir/snapshot" "$build_dir/release"
+    binary=$build_dir/release/content-cache
+    build_desc="Release (-O3), built by bench/run.sh in build-bench/release"
 else
     build_desc="given with --binary $binary"
 fi
+build "$build_dir/snapshot-nohooks" "$build_dir/release-nohooks"
 # The sha256 program: core/digest.c compiled directly, as the issue asks.
-gcc -O2 -Wall -Wextra -I core bench/sha256_speed.c core/digest.c -lmbedcrypto \
-    -o "$build_dir/sha256_speed"
+gcc -O2 -Wall -Wextra -I "$build_dir/snapshot/core" bench/sha256_speed.c \
+    "$build_dir/snapshot/core/digest.c" -lmbedcrypto -o "$build_dir/sha256_speed"
 
 # 10,000 connections need as many descriptors, in the client and in each server.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -74,6 +98,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # bench.py stops every server it started by PID (and its children die with it); if this
 # script is interrupted, stop bench.py by its PID so that it cleans up.
 bench_pid=""
+# shellcheck disable=SC2317  # called from the traps
 stop_bench() {
     if [ -n "$bench_pid" ] && kill -0 "$bench_pid" 2>/dev/null; then
         kill -TERM "$bench_pid" 2>/dev/null || true
@@ -85,7 +110,7 @@ trap 'stop_bench; exit 130' INT
 trap 'stop_bench; exit 143' TERM
 
 python3 bench/bench.py --binary "$binary" --sha-binary "$build_dir/sha256_speed" \
-    --build-dir "$build_dir" --build-desc "$build_desc" --out "$out" ${pass[@]+"${pass[@]}"} &
+    --nohooks-binary "$build_dir/release-nohooks/content-cache" --build-desc "$build_desc" --out "$out" ${pass[@]+"${pass[@]}"} &
 bench_pid=$!
 set +e
 wait "$bench_pid"

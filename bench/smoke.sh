@@ -14,7 +14,7 @@ out_dir=$(mktemp -d "${TMPDIR:-/tmp}/cc-bench-smoke-XXXXXX")
 cleanup() { rm -rf "$out_dir"; }
 trap cleanup EXIT
 
-args=(--quick --out "$out_dir/table.md")
+args=(--quick --out "$out_dir/table.md" --work "$out_dir/work")
 if [ $# -ge 1 ]; then
     args+=(--binary "$1")
 fi
@@ -26,7 +26,12 @@ fail() {
     echo "bench smoke: $*" >&2
     echo "--- bench/run.sh output (last 60 lines) ---" >&2
     tail -n 60 "$out_dir/run.log" >&2
-    echo "1 passed, 1 failed" | sed 's/^1 passed/0 passed/'
+    for log in "$out_dir"/work/cache*.stderr.log; do
+        [ -s "$log" ] || continue
+        echo "--- $(basename "$log") (last 20 lines) ---" >&2
+        tail -n 20 "$log" >&2
+    done
+    echo "0 passed, 1 failed"
     exit 1
 }
 

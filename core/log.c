@@ -60,6 +60,19 @@ static size_t text_escape_prefix(const char *src, size_t n, char *buf, size_t ca
     size_t in = 0, out = 0;
 
     while (in < n) {
+        /* A run of printable ASCII that needs no escape goes in one copy. */
+        size_t run = 0;
+        while (in + run < n && s[in + run] >= 0x20 && s[in + run] < 0x7f && s[in + run] != '"' &&
+               s[in + run] != '\\')
+            run++;
+        if (run > 0) {
+            if (run > cap - out) run = cap - out;
+            memcpy(buf + out, src + in, run);
+            out += run;
+            in += run;
+            if (out == cap) break;
+            continue;
+        }
         char esc[6];
         const char *piece = esc;
         size_t piece_len = 2, step = 1;
