@@ -47,7 +47,7 @@ struct relay {
     bool upstream_done;
     int upstream_err;
     bool finished;
-    uint64_t limit;    /* body bytes relayed at most (manifests), 0: none */
+    uint64_t limit; /* body bytes relayed at most (manifests), 0: none */
     uint64_t relayed;
     /* Body bytes: `inflight` is being written to the client, `pending` waits. */
     char *inflight;
