@@ -90,6 +90,14 @@ static void help(struct out *o, const char *name, const char *type, const char *
     put(o, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
 }
 
+/* A metric with one value and no labels: its help, its type, its line. */
+static void metric(struct out *o, const char *name, const char *type, const char *text,
+                   unsigned long long value)
+{
+    help(o, name, type, text);
+    put(o, "%s %llu\n", name, value);
+}
+
 /* A label value: the upstream URLs come from the config, but escape as the format says. */
 static void put_label(struct out *o, const char *v)
 {
@@ -194,30 +202,25 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
             (unsigned long long)fs->failed);
         put(&o, "content_cache_fetches_total{outcome=\"passthrough\"} %llu\n",
             (unsigned long long)fs->passthrough);
-        help(&o, "content_cache_fetches_running", "gauge", "Fetches in progress.");
-        put(&o, "content_cache_fetches_running %u\n", fetch_manager_active(src->fetches));
+        metric(&o, "content_cache_fetches_running", "gauge", "Fetches in progress.",
+               fetch_manager_active(src->fetches));
     }
     if (src->budget != NULL) {
         const struct budget_stats *bs = budget_get_stats(src->budget);
-        help(&o, "content_cache_stored_blobs", "gauge", "Blobs in the store.");
-        put(&o, "content_cache_stored_blobs %llu\n", (unsigned long long)bs->blobs);
-        help(&o, "content_cache_stored_bytes", "gauge", "Bytes of the blobs in the store.");
-        put(&o, "content_cache_stored_bytes %llu\n", (unsigned long long)bs->bytes);
-        help(&o, "content_cache_evicted_blobs_total", "counter",
-             "Blobs deleted to stay within the disk budget.");
-        put(&o, "content_cache_evicted_blobs_total %llu\n", (unsigned long long)bs->evicted);
-        help(&o, "content_cache_evicted_bytes_total", "counter",
-             "Bytes deleted to stay within the disk budget.");
-        put(&o, "content_cache_evicted_bytes_total %llu\n", (unsigned long long)bs->evicted_bytes);
+        metric(&o, "content_cache_stored_blobs", "gauge", "Blobs in the store.", bs->blobs);
+        metric(&o, "content_cache_stored_bytes", "gauge", "Bytes of the blobs in the store.",
+               bs->bytes);
+        metric(&o, "content_cache_evicted_blobs_total", "counter",
+               "Blobs deleted to stay within the disk budget.", bs->evicted);
+        metric(&o, "content_cache_evicted_bytes_total", "counter",
+               "Bytes deleted to stay within the disk budget.", bs->evicted_bytes);
     }
     if (src->expiry != NULL) {
         const struct expire_stats *es = expire_get_stats(src->expiry);
-        help(&o, "content_cache_expired_blobs_total", "counter",
-             "Blobs deleted because their blobttl passed.");
-        put(&o, "content_cache_expired_blobs_total %llu\n", (unsigned long long)es->removed);
-        help(&o, "content_cache_expired_bytes_total", "counter",
-             "Bytes deleted because their blobttl passed.");
-        put(&o, "content_cache_expired_bytes_total %llu\n", (unsigned long long)es->removed_bytes);
+        metric(&o, "content_cache_expired_blobs_total", "counter",
+               "Blobs deleted because their blobttl passed.", es->removed);
+        metric(&o, "content_cache_expired_bytes_total", "counter",
+               "Bytes deleted because their blobttl passed.", es->removed_bytes);
     }
     if (src->blobs != NULL) {
         const struct blob_auth_stats *as = blob_service_auth_stats(src->blobs);
@@ -230,9 +233,8 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
             (unsigned long long)as->from_upstream);
         put(&o, "content_cache_authorizations_total{source=\"token\"} %llu\n",
             (unsigned long long)as->token_verified);
-        help(&o, "content_cache_token_refusals_total", "counter",
-             "Bearer tokens refused by local verification (auth.token).");
-        put(&o, "content_cache_token_refusals_total %llu\n", (unsigned long long)as->token_refused);
+        metric(&o, "content_cache_token_refusals_total", "counter",
+               "Bearer tokens refused by local verification (auth.token).", as->token_refused);
     }
     if (src->policy != NULL) {
         help(&o, "content_cache_policy_errors_total", "counter",
@@ -244,8 +246,8 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
                 (unsigned long long)policy_error_count(src->policy, (enum policy_hook)h));
     }
     if (src->server != NULL) {
-        help(&o, "content_cache_connections", "gauge", "Client connections open.");
-        put(&o, "content_cache_connections %u\n", http_server_connections(src->server));
+        metric(&o, "content_cache_connections", "gauge", "Client connections open.",
+               http_server_connections(src->server));
     }
     return o.pos;
 }
