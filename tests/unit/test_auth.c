@@ -873,12 +873,12 @@ static void test_token_malformed(void)
     EXPECT(sign_token(hd, "\"claims\"", "ES256", &ca), -EINVAL, "claims");
 
     /* base64url: the standard alphabet, padding, stray bits and bad lengths. */
+    /* A '+' or '/' put into the signature: the token need not hold a '-' or '_' to swap. */
     t = strdup(good_token);
-    for (char *q = t + 7; *q; q++)
-        if (*q == '-' || *q == '_') {
-            *q = *q == '-' ? '+' : '/';
-            break;
-        }
+    strrchr(t, '.')[1] = '+';
+    EXPECT(t, -EINVAL, NULL);
+    t = strdup(good_token);
+    strrchr(t, '.')[2] = '/';
     EXPECT(t, -EINVAL, NULL);
     b64url(hd, strlen(hd), b, sizeof(b));
     strcat(b, "=");
