@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "log.h"
@@ -146,6 +147,9 @@ struct http_server {
     char readbuf[64 * 1024];
     char date[40];
     time_t date_sec;
+    uint64_t nofile;        /* RLIMIT_NOFILE when listening began; 0 when unlimited */
+    uint64_t fd_warned_ns;  /* when "open files near the limit" was last logged */
+    unsigned fd_warn_count; /* connections near the limit since that line */
 };
 
 static void conn_close(struct conn *c);
@@ -733,6 +737,28 @@ static void idle_cb(uv_idle_t *h)
     }
 }
 
+/*
+ * Past the fd limit libuv accepts a connection and closes it at once, with no callback, so
+ * the log would not say why clients are dropped. A connection whose descriptor is in the
+ * top tenth of RLIMIT_NOFILE is the warning sign: logged at most once every 10 s.
+ */
+static void warn_fd_limit(struct http_server *srv, struct conn *c)
+{
+    uv_os_fd_t fd;
+    if (srv->nofile == 0 || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return;
+    if ((uint64_t)fd < srv->nofile - srv->nofile / 10) return;
+    srv->fd_warn_count++;
+    uint64_t now = now_ns();
+    if (srv->fd_warned_ns != 0 && now - srv->fd_warned_ns < 10ull * 1000000000ull) return;
+    log_msg(LOG_WARN,
+            "open files near the limit: descriptor %d of RLIMIT_NOFILE %" PRIu64 " (%u "
+            "connections near it since the last warning, %u open); past the limit, new "
+            "connections are closed at once: raise the limit (LimitNOFILE=, ulimit -n)",
+            (int)fd, srv->nofile, srv->fd_warn_count, srv->n_conns);
+    srv->fd_warned_ns = now;
+    srv->fd_warn_count = 0;
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct http_server *srv = listener->data;
@@ -782,6 +808,7 @@ static void on_connection(uv_stream_t *listener, int status)
         }
         snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
     }
+    warn_fd_limit(srv, c);
     uv_tcp_nodelay(&c->tcp, 1);
     if (srv->tls != NULL && tls_session_new(srv->tls, NULL, &c->tls) != 0) {
         log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
@@ -1420,6 +1447,9 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     uv_timer_init(loop, &srv->shutdown_timer);
     srv->shutdown_timer.data = srv;
     srv->handles_open = 3;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        srv->nofile = (uint64_t)rl.rlim_cur;
     r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
     if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
     if (r != 0) {

@@ -576,6 +576,11 @@ def body(run):
         expect_serves(small, REPO, hit, new_blob, "after the fd limit")
         lines = len(stderr_lines(small, "accept failed"))
         expect(lines <= FD_EXTRA * 2, "%d 'accept failed' lines: a log flood" % lines)
+        near = stderr_lines(small, "open files near the limit")
+        h.log("  %d 'open files near the limit' lines%s" % (len(near), (": " + near[0].strip())
+                                                            if near else ""))
+        expect(near, "no log line says the cache reached its fd limit")
+        expect(len(near) <= 3, "%d 'open files near the limit' lines: a log flood" % len(near))
 
     run.check("RLIMIT_NOFILE %d: connections past the limit are closed, the cache does not "
               "spin, and serves again once they are gone" % FD_LIMIT, fd_limit)
