@@ -188,37 +188,78 @@ static int run_check(const char *path)
     return EXIT_OK;
 }
 
+/* A blob's TTL from the policies: 1 with a TTL, 0 to keep, -ENOENT for the default. */
+static int policy_ttl(struct policy_engine *pe, const struct expire_blob *b, double *ttl_s)
+{
+    if (!policy_has_hook(pe, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
+    char digest[72];
+    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
+    struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
+    bool has_ttl;
+    int rc = policy_blob_ttl(pe, &pb, &has_ttl, ttl_s);
+    if (rc != 0) return rc;
+    return has_ttl ? 1 : 0;
+}
+
+struct expire_cmd {
+    struct policy_engine *policy;
+    double now;
+};
+
+static int expire_cmd_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    return policy_ttl(((struct expire_cmd *)ud)->policy, b, ttl_s);
+}
+
 static void print_removed(void *ud, const struct expire_blob *b)
 {
     printf("removed sha256:%s (%llu bytes, last pulled %.0fs ago)\n", b->hex,
-           (unsigned long long)b->size, *(double *)ud - b->last_pulled);
+           (unsigned long long)b->size, ((struct expire_cmd *)ud)->now - b->last_pulled);
 }
 
-/* `content-cache expire CONFIG`: one TTL sweep now. */
+/*
+ * `content-cache expire CONFIG`: one TTL sweep now, with the TTLs the running cache would
+ * use: the configured blobttl, or a drop-in policy's blob_ttl.
+ */
 static int run_expire(const char *path)
 {
     struct config *cfg = load_config(path);
     if (cfg == NULL) return EXIT_CONFIG;
-    if (!cfg->has_blobttl) {
-        printf("no blobttl configured: nothing expires\n");
+    char err[512];
+    struct expire_cmd ec = {0};
+    if (policy_engine_new(cfg, NULL, &ec.policy, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: policies: %s\n", err);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    bool ttl_policy = policy_has_hook(ec.policy, POLICY_HOOK_BLOB_TTL) &&
+                      !policy_hook_is_builtin(ec.policy, POLICY_HOOK_BLOB_TTL);
+    if (!cfg->has_blobttl && !ttl_policy) {
+        printf("no blobttl configured and no blob_ttl policy: nothing expires\n");
+        policy_engine_free(ec.policy);
         config_free(cfg);
         return EXIT_OK;
     }
-    char err[512];
     struct store *st;
     if (store_open(cfg->storage_root, &st, NULL, err, sizeof(err)) != 0) {
         fprintf(stderr, "content-cache: %s\n", err);
+        policy_engine_free(ec.policy);
         config_free(cfg);
         return EXIT_RUNTIME;
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    ec.now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     struct expire_opts eo = {
-        .default_ttl_s = (double)cfg->blobttl_ns / 1e9, .on_removed = print_removed, .ud = &now};
-    long n = expire_sweep_sync(st, &eo, now);
+        .default_ttl_s = cfg->has_blobttl ? (double)cfg->blobttl_ns / 1e9 : 0,
+        .ttl = expire_cmd_ttl,
+        .on_removed = print_removed,
+        .ud = &ec,
+    };
+    long n = expire_sweep_sync(st, &eo, ec.now);
     printf("%ld blobs removed\n", n < 0 ? 0 : n);
     store_close(st);
+    policy_engine_free(ec.policy);
     config_free(cfg);
     return n < 0 ? EXIT_RUNTIME : EXIT_OK;
 }
@@ -364,15 +405,7 @@ static void blob_expired(void *ud, const struct expire_blob *b)
 /* blob_ttl: the policy's answer (1 with a TTL, 0 to keep), or the configured default. */
 static int blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
 {
-    struct app *app = ud;
-    if (!policy_has_hook(app->policy, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
-    char digest[72];
-    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
-    struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
-    bool has_ttl;
-    int rc = policy_blob_ttl(app->policy, &pb, &has_ttl, ttl_s);
-    if (rc != 0) return rc;
-    return has_ttl ? 1 : 0;
+    return policy_ttl(((struct app *)ud)->policy, b, ttl_s);
 }
 
 /* Lets the process hold as many connections as the hard limit allows. */

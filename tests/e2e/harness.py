@@ -468,7 +468,7 @@ class Cache:
     upstreams: a list of Origin objects, URLs, or {"originhost": X, "upstreamhosts": [..]}.
     blobttl: a string such as "1h" (None: not set). delete_enabled: storage.delete.enabled.
     extra_downstream_yaml: more lines under the downstream middleware's options (indented
-    by the caller to 10 spaces). extra_yaml: more top-level text. env: extra environment.
+    by the caller to 8 spaces). extra_yaml: more top-level text. env: extra environment.
     """
 
     def __init__(self, work, upstreams, name="cache", blobttl=None, delete_enabled=True,

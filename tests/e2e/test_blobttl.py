@@ -37,10 +37,12 @@ def pull_blob(cache, digest, expected):
 def body(run):
     work = run.work
     origin = run.origin()
-    image = h.make_oci_layout(work.sub("layout"), h.random_layers([10_000, 20_000, 30_000], seed=5),
+    image = h.make_oci_layout(work.sub("layout"), h.random_layers([10_000, 20_000, 30_000, 15_000, 25_000],
+                                                                seed=5),
                               tag="v1")
     h.push(work, image, origin, REPO, "v1")
-    (d_kept, _, b_kept), (d_gone, _, b_gone), (d_restart, _, b_restart) = image.layers
+    ((d_kept, _, b_kept), (d_gone, _, b_gone), (d_restart, _, b_restart), (d_zero, _, b_zero),
+     (d_nil, _, b_nil)) = image.layers
 
     cache = run.cache([origin], blobttl="%ds" % TTL_S)
 
@@ -96,6 +98,33 @@ def body(run):
 
     run.check("the last-pulled time is on disk: `content-cache expire` removes what expired "
               "while the cache was down", survives_restart_and_expire_command)
+
+    def expire_command_uses_drop_in_ttl():
+        # No blobttl: a drop-in blob_ttl alone decides. 0 s for one blob, nil (keep) for
+        # the other; the command must ask the policy as the running cache would.
+        pol = work.sub("ttl-policies")
+        os.makedirs(pol, exist_ok=True)
+        with open(os.path.join(pol, "50-ttl.lua"), "w") as f:
+            f.write("return { blob_ttl = function(blob)\n"
+                    "  if blob.digest == %r then return 0 end\n"
+                    "  return nil\nend }\n" % d_zero)
+        c2 = run.cache([origin], name="cache-dropin-ttl",
+                       extra_downstream_yaml="        policydir: %s\n" % pol)
+        pull_blob(c2, d_zero, b_zero)
+        pull_blob(c2, d_nil, b_nil)
+        p_zero, p_nil = blob_file(c2, d_zero), blob_file(c2, d_nil)
+        h.wait_until(lambda: os.path.exists(p_zero) and os.path.exists(p_nil), 10,
+                     "both blobs to be stored")
+        c2.stop()
+        cp = h.run_binary(["expire", c2.config_path])
+        h.log("  expire with a drop-in blob_ttl: %s" % cp.stdout.strip().replace("\n", "; "))
+        expect_eq(cp.returncode, 0, "expire exit code (stderr: %s)" % cp.stderr)
+        expect(not os.path.exists(p_zero), "expire kept the blob whose drop-in TTL is 0 s")
+        expect(os.path.exists(p_nil), "expire removed the blob the drop-in keeps (nil)")
+        expect("1 blobs removed" in cp.stdout, "expire's count:\n" + cp.stdout)
+
+    run.check("`content-cache expire` uses a drop-in blob_ttl when no blobttl is set",
+              expire_command_uses_drop_in_ttl)
 
 
 if __name__ == "__main__":
