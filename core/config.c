@@ -957,8 +957,47 @@ static int walk_diskbudget(struct ctx *ctx, const struct ynode *value, const cha
     return rc;
 }
 
+/*
+ * upstreamtimeouts: {connect, progress}: our extension. Durations as blobttl, from 1ms
+ * to 1h; unset ones keep their defaults (10s and 30s).
+ */
+static int walk_upstreamtimeouts(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    struct config *cfg = ctx->cfg;
+    char q[128], child[PATH_LEN];
+    if (is_null(value)) return 0;
+    if (value->kind != YN_MAP)
+        return fail_node(ctx, value, path, "expected a map with connect and progress, got %s",
+                         got(value, q, sizeof(q)));
+    int rc = check_map(ctx, value, path);
+    for (size_t i = 0; rc == 0 && i + 1 < value->n_items; i += 2) {
+        const struct ynode *key = value->items[i], *v = value->items[i + 1];
+        path_key(child, path, key->text);
+        unsigned *slot = strcmp(key->text, "connect") == 0    ? &cfg->upstream_connect_ms
+                         : strcmp(key->text, "progress") == 0 ? &cfg->upstream_progress_ms
+                                                              : NULL;
+        if (slot == NULL) {
+            warn_unknown(ctx, key, child);
+            continue;
+        }
+        if (is_null(v)) continue;
+        uint64_t ns = 0;
+        int prc = v->kind == YN_SCALAR ? config_parse_duration(v->text, &ns) : -EINVAL;
+        bool in_range = prc == 0 && ns >= 1000000ULL && ns <= 3600ULL * 1000000000ULL;
+        if (!in_range)
+            rc = fail_node(ctx, v, child, "expected %s, from 1ms to 1h, got %s%s",
+                           duration_expected, got(v, q, sizeof(q)),
+                           prc == 0 ? ""
+                                    : duration_problem(prc, v->kind == YN_SCALAR ? v->text : ""));
+        else
+            *slot = (unsigned)(ns / 1000000ULL);
+    }
+    return rc;
+}
+
 static const struct field downstream_fields[] = {
     {.key = "diskbudget", .kind = F_HANDLER, .handler = walk_diskbudget},
+    {.key = "upstreamtimeouts", .kind = F_HANDLER, .handler = walk_upstreamtimeouts},
     {.key = "blobttl", .kind = F_HANDLER, .handler = walk_blobttl},
     {.key = "upstreams", .kind = F_HANDLER, .handler = walk_upstreams},
     {.key = "cas", .kind = F_HANDLER, .handler = walk_cas},

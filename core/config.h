@@ -84,11 +84,13 @@ struct config {
     size_t n_upstreams;
     char **cas;
     size_t n_cas;
-    char *policydir;          /* our extension: drop-in policy directory, absolute */
-    bool has_budget;          /* our extension: diskbudget */
-    uint64_t budget_bytes;    /* diskbudget.maxsize */
-    unsigned budget_high_pct; /* diskbudget.highwatermark, default 90 */
-    unsigned budget_low_pct;  /* diskbudget.lowwatermark, default 80 */
+    char *policydir;               /* our extension: drop-in policy directory, absolute */
+    bool has_budget;               /* our extension: diskbudget */
+    uint64_t budget_bytes;         /* diskbudget.maxsize */
+    unsigned budget_high_pct;      /* diskbudget.highwatermark, default 90 */
+    unsigned budget_low_pct;       /* diskbudget.lowwatermark, default 80 */
+    unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
+    unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
 
     char **warnings; /* "file:line: key.path: not used by content-cache (ignored)",
                         "REGISTRY_X: environment variable not used ..." and the like;

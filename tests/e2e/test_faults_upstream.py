@@ -18,9 +18,9 @@ the cache still serves a hit, a fresh miss and a manifest correctly.
   4. An endless chunked body of a blob whose size nobody announced: a client that reads
      on is cut off after at most 256 MiB, and nothing is stored; when the only client
      leaves early, the fetch stops writing at once (the disk does not fill).
-  5. Stalls, in parallel because the cache's upstream no-progress timeout is 30 s with
-     no configuration knob: a blob body stalled mid-way, a HEAD never answered, a
-     manifest body stalled mid-way.
+  5. Stalls, in parallel, under a no-progress timeout of 3 s (`upstreamtimeouts:
+     progress: 3s`): a blob body stalled mid-way, a HEAD never answered, a manifest body
+     stalled mid-way. Each ends after the timeout, not before, and the log names it.
   6. The upstream refuses connections: a quick 502/503; served again once it is back.
 
 Run alone from the repository root:
@@ -47,8 +47,8 @@ FAULT_SIZE = 1 * MB + 17
 FAULT_RATE = 4e6                  # bytes/s: a mid-body fault comes after the head went out
 CLIENTS = 2                       # clients joining each faulty fetch
 FAULT_BOUND = 10.0 * h.SCALE      # seconds: the answer to a fault that is not a stall
-UPSTREAM_IO_TIMEOUT = 30.0        # the cache's no-progress timeout (core/upstream.c), no knob
-STALL_BOUND = (UPSTREAM_IO_TIMEOUT + 10.0) * h.SCALE
+UPSTREAM_IO_TIMEOUT = 3.0         # upstreamtimeouts.progress in the cache's config
+STALL_BOUND = (UPSTREAM_IO_TIMEOUT + 7.0) * h.SCALE
 REFUSED_BOUND = 5.0 * h.SCALE
 MANIFEST_PAD = 64 * 1024          # bytes of padding: a manifest long enough to cut mid-way
 MANIFEST_RATE = 256 * 1024        # bytes/s for the manifest faults mid-body
@@ -103,7 +103,8 @@ def summary(bodies):
 def body(run):
     work = run.work
     fake = FakeUpstream(work, name="fake-registry", role="registry").start()
-    cache = run.cache([fake.url])
+    cache = run.cache([fake.url], extra_downstream_yaml="        upstreamtimeouts:\n"
+                      "          progress: %ds\n" % UPSTREAM_IO_TIMEOUT)
     accept = {"Accept": h.OCI_MANIFEST}
 
     hit_path, hit_d = fresh_blob(work, HIT_SIZE, "hit")
@@ -336,6 +337,8 @@ def body(run):
     def stalled(name, digest):
         b = results[name]
         expect_ended_by_cache(b, STALL_BOUND, name)
+        expect(b.t_end >= UPSTREAM_IO_TIMEOUT - 0.2, "%s: ended after %.1f s, before the "
+               "no-progress timeout of %.0f s: %r" % (name, b.t_end, UPSTREAM_IO_TIMEOUT, b))
         expect_no_wrong_body(b, digest, name)
         if name == "blob HEAD never answered":
             expect_error_status(b, name)
@@ -344,6 +347,17 @@ def body(run):
                          ("manifest body stalled", h.sha256_digest(stall_manifest))):
         run.check("%s: error or cut within the no-progress timeout (bound %.0f s)"
                   % (name, STALL_BOUND), stalled, name, digest)
+
+    def stalls_logged():
+        lines = (stderr_lines(cache, "nothing received for %ds" % UPSTREAM_IO_TIMEOUT) +
+                 stderr_lines(cache, "no response within %ds" % UPSTREAM_IO_TIMEOUT))
+        h.log("  %d log lines name the %ds timeout%s" % (len(lines), UPSTREAM_IO_TIMEOUT,
+                                                         ": " + lines[0].strip() if lines else ""))
+        expect(len(lines) >= 3, "the stalls' log lines do not name the configured timeout:\n"
+               + h.tail(cache.stderr_path))
+
+    run.check("the stalls' log lines name the configured %ds timeout" % UPSTREAM_IO_TIMEOUT,
+              stalls_logged)
 
     def stalls_left_nothing():
         expect_not_stored(cache, stall_d, "blob body stalled")

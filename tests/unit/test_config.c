@@ -567,6 +567,65 @@ static void test_cas_and_policydir(void)
     config_free(cfg);
 }
 
+/* Our extensions: diskbudget and upstreamtimeouts. */
+static void test_diskbudget_and_timeouts(void)
+{
+    struct config *cfg = parse_ok(HEAD UPSTREAMS "          diskbudget:\n"
+                                                 "            maxsize: 10GiB\n"
+                                                 "            highwatermark: 95\n"
+                                                 "          upstreamtimeouts:\n"
+                                                 "            connect: 2s\n"
+                                                 "            progress: 1500ms\n");
+    CHECK(cfg != NULL);
+    if (cfg != NULL) {
+        CHECK(cfg->has_budget);
+        CHECK(cfg->budget_bytes == 10ULL << 30);
+        CHECK_INT(cfg->budget_high_pct, 95);
+        CHECK_INT(cfg->budget_low_pct, 80);
+        CHECK_INT(cfg->upstream_connect_ms, 2000);
+        CHECK_INT(cfg->upstream_progress_ms, 1500);
+    }
+    config_free(cfg);
+    cfg = parse_ok(HEAD UPSTREAMS "          upstreamtimeouts:\n"
+                                  "            progress: 1h\n"
+                                  "            retries: 3\n");
+    CHECK(cfg != NULL);
+    if (cfg != NULL) {
+        CHECK_INT(cfg->upstream_connect_ms, 0); /* unset: the pool's default */
+        CHECK_INT(cfg->upstream_progress_ms, 3600000);
+        CHECK(has_warning(cfg, "upstreamtimeouts.retries"));
+        CHECK(!cfg->has_budget);
+    }
+    config_free(cfg);
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            connect: 0\n",
+                "config.yml:16:22: middleware.registry[0].options.upstreamtimeouts.connect: ",
+                DURATION_EXPECTED ", from 1ms to 1h, got \"0\""));
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            progress: 2h\n",
+                "config.yml:16:23: middleware.registry[0].options.upstreamtimeouts.progress: ",
+                "from 1ms to 1h, got \"2h\""));
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            connect: 999us\n",
+                "config.yml:16:22: ", "from 1ms to 1h"));
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            connect: 1.5s\n",
+                "config.yml:16:22: ", DURATION_EXPECTED));
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts: 10s\n",
+                "config.yml:15:29: middleware.registry[0].options.upstreamtimeouts: ",
+                "expected a map with connect and progress"));
+    CHECK(fails(HEAD UPSTREAMS "          diskbudget:\n            highwatermark: 90\n",
+                "config.yml:16:13: middleware.registry[0].options.diskbudget.maxsize: ",
+                "is required in diskbudget"));
+    CHECK(fails(HEAD UPSTREAMS "          diskbudget:\n            maxsize: 10 GB\n",
+                "config.yml:16:22: middleware.registry[0].options.diskbudget.maxsize: ",
+                "expected a positive size in bytes"));
+    CHECK(fails(HEAD UPSTREAMS "          diskbudget:\n            maxsize: 1GB\n"
+                               "            highwatermark: 101\n",
+                "config.yml:17:28: middleware.registry[0].options.diskbudget.highwatermark: ",
+                "expected a percentage from 1 to 100"));
+    CHECK(fails(HEAD UPSTREAMS "          diskbudget:\n            maxsize: 1GB\n"
+                               "            lowwatermark: 90\n",
+                "config.yml:16:13: middleware.registry[0].options.diskbudget: ",
+                "lowwatermark (90) must be below highwatermark (90)"));
+}
+
 static void test_middleware_entries(void)
 {
     /* No middleware at all, or none named downstream. */
@@ -1320,6 +1379,7 @@ int main(void)
     RUN(test_upstreams_errors);
     RUN(test_url_errors);
     RUN(test_cas_and_policydir);
+    RUN(test_diskbudget_and_timeouts);
     RUN(test_middleware_entries);
     RUN(test_version);
     RUN(test_booleans);
