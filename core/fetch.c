@@ -1,10 +1,12 @@
 /*
  * fetch.c: one upstream fetch per missing blob. See fetch.h for the contract.
  *
- * Bytes move: upstream -> `collect` (memory, on the loop) -> one work item at a time
- * on the thread pool: pwrite at `written`, then sha256 of the same bytes -> `written`
- * grows and the followers are woken. The upstream is paused while `collect` holds
- * more than COLLECT_HIGH bytes, so the disk sets the pace.
+ * Bytes move: upstream -> `collect` (memory, on the loop) -> `batch`, handed to two work
+ * items that run side by side on the thread pool: one pwrites it at `written`, the other
+ * adds it to the sha256. When the write is done `written` grows and the followers are
+ * woken (they may send all but the last byte before the digest is checked); the next
+ * batch starts when both are done, so the hash sees the bytes in order. The upstream is
+ * paused while `collect` holds more than COLLECT_HIGH bytes, so the disk sets the pace.
  */
 #include "fetch.h"
 
@@ -79,9 +81,12 @@ struct fetch {
     size_t collect_len, collect_cap;
     char *batch;
     size_t batch_len, batch_cap;
-    bool batch_pending;
+    bool batch_pending; /* the batch's write or hash is still running */
+    bool write_pending, hash_pending;
+    bool batch_hashed; /* the batch is in `sha` */
     int batch_err;
-    uv_work_t batch_work;
+    uv_work_t batch_work; /* the write */
+    uv_work_t hash_work;
     uint64_t written;
     struct digest_sha256 sha;
 
@@ -616,12 +621,14 @@ static void disk_fail(struct fetch *f, int err)
     f->m->stats.passthrough++;
     unregister(f); /* no new followers: they start their own fetch */
     f->win_start = f->written;
-    /* The unwritten bytes, in order: the failed batch, then what was collected since. */
+    /* The unwritten bytes, in order: the failed batch, then what was collected since.
+     * The batch may be in the hash already (its write failed, its hash did not). */
+    size_t hashed = f->batch_hashed ? f->batch_len : 0;
     if (f->batch_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->batch, f->batch_len))
         goto oom;
     if (f->collect_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->collect, f->collect_len))
         goto oom;
-    digest_sha256_update(&f->sha, f->win, f->win_len);
+    digest_sha256_update(&f->sha, f->win + hashed, f->win_len - hashed);
     f->batch_len = f->collect_len = 0;
     unlink_tmp(f);
     lock_release(f);
@@ -651,33 +658,59 @@ static void batch_work(uv_work_t *w)
         }
         done += (size_t)n;
     }
+}
+
+static void hash_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
     digest_sha256_update(&f->sha, f->batch, f->batch_len);
 }
 
 static void submit_batch(struct fetch *f);
 
-static void batch_done(uv_work_t *w, int status)
+/* Both halves of a batch are done: the next one may start, or the disk failed. */
+static void batch_complete(struct fetch *f)
 {
-    struct fetch *f = w->data;
     f->batch_pending = false;
-    if (f->state != FETCH_RUNNING) {
-        fetch_unref(f);
-        return;
-    }
-    if (status == UV_ECANCELED) f->batch_err = -ECANCELED;
     if (f->batch_err != 0) {
         disk_fail(f, f->batch_err);
     } else {
-        f->written += f->batch_len;
         f->batch_len = 0;
         if (f->up_paused && f->collect_len < COLLECT_LOW && !f->up_done) {
             f->up_paused = false;
             chain_resume(f->up);
         }
-        wake(f);
         submit_batch(f);
     }
     fetch_maybe_finish(f);
+}
+
+static void batch_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->write_pending = false;
+    if (f->state != FETCH_RUNNING) {
+        fetch_unref(f);
+        return;
+    }
+    if (status == UV_ECANCELED) f->batch_err = -ECANCELED;
+    if (f->batch_err == 0) {
+        /* On disk: the followers may read it while the hash runs on. */
+        f->written += f->batch_len;
+        wake(f);
+    }
+    if (f->state == FETCH_RUNNING && !f->hash_pending) batch_complete(f);
+    fetch_unref(f);
+}
+
+static void hash_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->hash_pending = false;
+    if (status == UV_ECANCELED) /* it never ran */
+        digest_sha256_update(&f->sha, f->batch, f->batch_len);
+    f->batch_hashed = true;
+    if (f->state == FETCH_RUNNING && !f->write_pending) batch_complete(f);
     fetch_unref(f);
 }
 
@@ -695,13 +728,24 @@ static void submit_batch(struct fetch *f)
     f->collect = b;
     f->collect_cap = bc;
     f->collect_len = 0;
-    f->batch_pending = true;
+    f->batch_hashed = false;
+    f->batch_err = 0;
     f->batch_work.data = f;
+    f->hash_work.data = f;
     fetch_ref(f);
     if (uv_queue_work(f->m->loop, &f->batch_work, batch_work, batch_done) != 0) {
-        f->batch_pending = false;
         fetch_unref(f);
         disk_fail(f, -EIO);
+        return;
+    }
+    f->batch_pending = f->write_pending = true;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->hash_work, hash_work, hash_done) != 0) {
+        fetch_unref(f); /* hash here, on the loop */
+        digest_sha256_update(&f->sha, f->batch, f->batch_len);
+        f->batch_hashed = true;
+    } else {
+        f->hash_pending = true;
     }
 }
 
