@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
@@ -388,12 +389,40 @@ void log_msg(enum log_level level, const char *fmt, ...)
     write_line(STDERR_FILENO, line, pos);
 }
 
+/* Access lines wait here while buffering is on (a loop runs); one write takes them all. */
+#define ACCESS_BUF_FLUSH (64 * 1024)
+static char access_buf[ACCESS_BUF_FLUSH + LOG_LINE_MAX];
+static size_t access_len;
+static bool access_buffered;
+
+void log_access_flush(void)
+{
+    if (access_len > 0) write_line(STDOUT_FILENO, access_buf, access_len);
+    access_len = 0;
+}
+
+void log_access_set_buffered(bool on)
+{
+    static bool at_exit;
+    if (on && !at_exit) at_exit = atexit(log_access_flush) == 0;
+    if (!on) log_access_flush();
+    access_buffered = on;
+}
+
 void log_access_line(const char *text, size_t len)
 {
     char line[LOG_LINE_MAX];
     size_t pos;
 
     if (len > 0 && text[len - 1] == '\n') len--;
+    if (access_buffered) {
+        pos = put_escaped_cut(control_escape_prefix, text, len, access_buf + access_len,
+                              LOG_LINE_MAX - 1);
+        access_buf[access_len + pos++] = '\n';
+        access_len += pos;
+        if (access_len >= ACCESS_BUF_FLUSH) log_access_flush();
+        return;
+    }
     pos = put_escaped_cut(control_escape_prefix, text, len, line, sizeof line - 1);
     line[pos++] = '\n';
     write_line(STDOUT_FILENO, line, pos);

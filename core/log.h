@@ -22,6 +22,7 @@
 #define CC_LOG_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -83,6 +84,16 @@ size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap
  * than LOG_LINE_MAX is cut with "..."; a newline is added.
  */
 void log_access_line(const char *line, size_t len);
+
+/*
+ * With buffering on, access lines gather in memory (at most 64 KiB, then they are
+ * written) until log_access_flush: the server flushes before the loop waits for I/O and
+ * after each round of I/O callbacks, so a line is out before the loop sleeps, at one
+ * write(2) for many requests. Turning it off flushes; so does exit(). Off by default.
+ * Loop thread only.
+ */
+void log_access_set_buffered(bool on);
+void log_access_flush(void);
 
 /*
  * Appends `key=value` to buf at *pos, capacity cap, preceded by one space when *pos > 0

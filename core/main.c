@@ -85,6 +85,8 @@ struct app {
     struct debug *debug;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
+    uv_prepare_t log_prepare; /* flush the access log before the loop waits, */
+    uv_check_t log_check;     /* and after its I/O callbacks */
     bool stopping;
 };
 
@@ -320,6 +322,18 @@ static void server_stopped(void *arg)
     uv_close((uv_handle_t *)&app->sig_term, NULL);
     uv_close((uv_handle_t *)&app->sig_int, NULL);
     uv_close((uv_handle_t *)&app->sig_hup, NULL);
+    uv_close((uv_handle_t *)&app->log_prepare, NULL);
+    uv_close((uv_handle_t *)&app->log_check, NULL);
+}
+
+static void flush_before_poll(uv_prepare_t *h)
+{
+    log_access_flush();
+}
+
+static void flush_after_io(uv_check_t *h)
+{
+    log_access_flush();
 }
 
 static void on_stop_signal(uv_signal_t *h, int signum)
@@ -603,7 +617,16 @@ static int run_serve(const char *path)
     uv_signal_start(&app.sig_int, on_stop_signal, SIGINT);
     uv_signal_start(&app.sig_hup, on_hup, SIGHUP);
 
+    uv_prepare_init(app.loop, &app.log_prepare);
+    uv_check_init(app.loop, &app.log_check);
+    uv_prepare_start(&app.log_prepare, flush_before_poll);
+    uv_check_start(&app.log_check, flush_after_io);
+    uv_unref((uv_handle_t *)&app.log_prepare);
+    uv_unref((uv_handle_t *)&app.log_check);
+    log_access_set_buffered(true);
+
     uv_run(app.loop, UV_RUN_DEFAULT);
+    log_access_set_buffered(false);
     log_msg(LOG_INFO, "stopped");
     policy_engine_free(app.policy);
     auth_cache_free(app.auth);

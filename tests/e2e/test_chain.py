@@ -53,7 +53,10 @@ def body(run):
             expect(origin.count_blob_gets(d) <= 1, "the origin served %s %d times"
                    % (d, origin.count_blob_gets(d)))
             expect_eq(blob_gets(a1, d) + blob_gets(a2, d), 1, "fetches of %s through A1+A2" % d)
-        # Pulled again through B: hits in B, nothing new upstream.
+        # Pulled again through B: hits in B, nothing new upstream (once B's commits are
+        # done: they go on behind the first responses).
+        h.wait_until(lambda: all(os.path.exists(b.blob_file(d)) for d in digests[:8]), 10,
+                     "the 8 blobs on B's disk")
         before = [blob_gets(a1, d) + blob_gets(a2, d) for d in digests[:8]]
         for d in digests[:8]:
             get_blob(b, d)

@@ -92,7 +92,10 @@ def body(run):
         expect_eq(status, 200, "status over https")
         expect_eq(h.sha256_digest(data), blob, "digest over https")
         expect_eq(hdrs.get("content-length"), str(blob_size), "Content-Length over https")
-        # The same again: a hit, read through the TLS session in chunks.
+        # The same again: a hit, read through the TLS session in chunks. The commit goes on
+        # behind the first response, so wait for the file (else the GET joins the fetch).
+        h.wait_until(lambda: os.path.exists(https_cache.blob_file(blob)), 10,
+                     "the blob on the https cache's disk")
         status, data, _ = https_get(https_cache.port, "/v2/%s/blobs/%s" % (REPO, blob),
                                     pki["ca"])
         expect_eq((status, h.sha256_digest(data)), (200, blob), "hit over https")
