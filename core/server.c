@@ -3,10 +3,19 @@
  *
  * Life of a connection: accept -> read (header timer) -> llhttp parses into the
  * connection's request buffer -> at the end of the request (or of its headers when it
- * has a body) the parser is paused, reading stops, unparsed bytes are kept, and the
- * exchange goes to the handler -> the handler writes the response -> when it ends,
- * the exchange is logged and freed, and the kept bytes are parsed (from the idle
- * handler, never from inside the handler's own call) or reading starts again.
+ * has a body) the parser is paused, unparsed bytes are kept, and the exchange goes to
+ * the handler -> the handler writes the response -> when it ends, the exchange is
+ * logged and freed, and the kept bytes are parsed (from the idle handler, never from
+ * inside the handler's own call) or the connection waits for more.
+ *
+ * The socket stays readable across requests (stopping and starting a read costs an
+ * epoll_ctl each, per request): input that arrives while an exchange is answered, or
+ * while kept bytes wait for the idle handler, is appended to the kept bytes, unparsed.
+ * Reading stops only when HELD_INPUT_MAX bytes are kept, or when the exchange closes
+ * the connection (a request with a body, Connection: close, a drain), and starts again
+ * once the kept bytes are parsed. A client's EOF in that time waits until the requests
+ * before it are answered, as it would have in the socket; a read error closes at once.
+ * On https the same holds for the plaintext: the session decrypts into the kept bytes.
  */
 #include "server.h"
 
@@ -23,6 +32,15 @@
 #include "tls.h"
 
 enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE };
+
+/*
+ * The most input a connection holds unparsed while it answers a request: the client's
+ * next requests, pipelined. Past it reading stops, and a client that sends without
+ * reading its responses waits in TCP's flow control. 64 KiB is one read's worth (the
+ * loop's read buffer) and four requests at the default header limit (16 KiB); a larger
+ * request is held in part and parsed on when reading starts again.
+ */
+#define HELD_INPUT_MAX (64 * 1024)
 
 struct conn;
 
@@ -98,10 +116,11 @@ struct conn {
     struct reqparse *rp;          /* NULL between requests */
     struct http_exchange *active; /* the exchange being answered */
     struct http_exchange *parsed; /* set by the parser callbacks, dispatched after execute */
-    char *kept;                   /* unparsed input kept while an exchange runs */
-    size_t kept_len;
+    char *kept;                   /* unparsed input held while an exchange runs; NULL when none */
+    size_t kept_len, kept_cap;
     enum timer_mode timer_mode;
     bool reading;
+    bool read_eof; /* the client ended its side while input was held: close when answered */
     bool closing;
     bool tcp_closed;
     bool timer_closed;
@@ -155,6 +174,10 @@ struct http_server {
 static void conn_close(struct conn *c);
 static void conn_continue(struct conn *c);
 static void conn_feed(struct conn *c, const char *data, size_t len);
+static void conn_input(struct conn *c, const char *data, size_t len);
+static size_t conn_input_room(const struct conn *c);
+static void conn_stop_reading(struct conn *c);
+static bool conn_holds_input(const struct conn *c);
 static void idle_cb(uv_idle_t *h);
 static void conn_send_raw(struct conn *c, const char *text, size_t len);
 static void exchange_write_done(struct http_exchange *x, int status);
@@ -406,15 +429,27 @@ static int on_message_complete(llhttp_t *p)
 /* --- TLS --------------------------------------------------------------------------- */
 
 /*
- * Decrypts what the session holds and parses it, until a request is dispatched, the
- * session needs more ciphertext, or the connection ends. Returns true when it stopped
- * for want of ciphertext (reading the socket may go on).
+ * Decrypts what the session holds and passes it to conn_input, until the session needs
+ * more ciphertext, the connection holds all the input it may (reading stops then), or
+ * the connection ends. Returns true when it stopped for want of ciphertext (reading the
+ * socket may go on).
  */
 static bool conn_pull_tls(struct conn *c)
 {
-    while (!c->closing && c->active == NULL && c->parsed == NULL) {
-        ssize_t n = tls_read(c->tls, c->srv->readbuf, sizeof(c->srv->readbuf));
+    while (!c->closing) {
+        size_t room = conn_input_room(c);
+        if (room == 0) {
+            conn_stop_reading(c);
+            return false;
+        }
+        ssize_t n = tls_read(c->tls, c->srv->readbuf, room);
         if (n == UV_EAGAIN) return true;
+        if (n == UV_EOF && conn_holds_input(c)) {
+            /* close_notify after requests not answered yet: the session reports it
+             * again (tls_read_pending) when conn_start_reading asks, after them. */
+            conn_stop_reading(c);
+            return false;
+        }
         if (n < 0) {
             if (n != UV_EOF) {
                 if (tls_peer_sent_plain_http(c->tls)) {
@@ -430,7 +465,7 @@ static bool conn_pull_tls(struct conn *c)
             conn_close(c);
             return false;
         }
-        conn_feed(c, c->srv->readbuf, (size_t)n);
+        conn_input(c, c->srv->readbuf, (size_t)n);
     }
     return false;
 }
@@ -583,6 +618,56 @@ static void conn_close(struct conn *c)
     }
 }
 
+static void conn_stop_reading(struct conn *c)
+{
+    if (!c->reading) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+/* True while input goes to the kept bytes: an exchange runs, or kept bytes wait. */
+static bool conn_holds_input(const struct conn *c)
+{
+    return c->active != NULL || c->kept != NULL;
+}
+
+/*
+ * How many bytes of (plaintext) input the connection takes now: a read buffer's worth
+ * when they are parsed, what is left of HELD_INPUT_MAX when they are held, and nothing
+ * after a request that closes the connection (a push's body is not read). Reading stops
+ * when this is 0 and starts again only when the connection holds no input.
+ */
+static size_t conn_input_room(const struct conn *c)
+{
+    if (!conn_holds_input(c)) return sizeof(c->srv->readbuf);
+    const struct http_exchange *x = c->active;
+    if (x != NULL && (!x->keep_alive || x->close_after)) return 0;
+    size_t room = c->kept_len < HELD_INPUT_MAX ? HELD_INPUT_MAX - c->kept_len : 0;
+    return room < sizeof(c->srv->readbuf) ? room : sizeof(c->srv->readbuf);
+}
+
+/*
+ * Appends input to the kept bytes (parsed by the idle handler after the exchange), and
+ * stops reading when the connection may take no more. Returns false, having kept
+ * nothing, when memory ran out.
+ */
+static bool conn_hold(struct conn *c, const char *data, size_t len)
+{
+    if (c->kept_len + len > c->kept_cap) {
+        size_t cap = c->kept_cap ? c->kept_cap : 4096;
+        while (cap < c->kept_len + len)
+            cap *= 2;
+        char *k = realloc(c->kept, cap);
+        if (k == NULL) return false;
+        c->kept = k;
+        c->kept_cap = cap;
+    }
+    memcpy(c->kept + c->kept_len, data, len);
+    c->kept_len += len;
+    if (conn_input_room(c) == 0) conn_stop_reading(c);
+    return true;
+}
+
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
@@ -593,7 +678,7 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     }
     buf->base = c->srv->readbuf;
-    buf->len = sizeof(c->srv->readbuf);
+    buf->len = conn_input_room(c); /* 0 (UV_ENOBUFS): the connection holds all it may */
 }
 
 static void respond_parse_error(struct conn *c, int status)
@@ -616,6 +701,7 @@ static void conn_dispatch(struct conn *c)
     c->parsed = NULL;
     c->active = x;
     if (c->srv->shutting_down) x->close_after = true;
+    if (conn_input_room(c) == 0) conn_stop_reading(c);
     conn_set_timer(c, TIMER_NONE);
     c->srv->opts.on_request(x, c->srv->opts.ud);
 }
@@ -633,21 +719,10 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
         size_t rest = len - used;
-        if (c->reading) {
-            uv_read_stop((uv_stream_t *)&c->tcp);
-            c->reading = false;
-        }
-        if (rest > 0 && !c->parsed->has_body) {
-            char *k = malloc(rest);
-            if (k == NULL) {
-                respond_parse_error(c, 503);
-                conn_close(c);
-                return;
-            }
-            memcpy(k, data + used, rest);
-            free(c->kept);
-            c->kept = k;
-            c->kept_len = rest;
+        if (rest > 0 && !c->parsed->has_body && !conn_hold(c, data + used, rest)) {
+            /* No memory for the pipelined rest: answer this request, then close. */
+            c->parsed->keep_alive = false;
+            c->parsed->close_after = true;
         }
         conn_dispatch(c);
         return;
@@ -660,11 +735,32 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
     conn_close(c);
 }
 
+/* Input from the client (plaintext): parsed, or held while the connection holds input. */
+static void conn_input(struct conn *c, const char *data, size_t len)
+{
+    if (!conn_holds_input(c)) {
+        conn_feed(c, data, len);
+        return;
+    }
+    if (!conn_hold(c, data, len)) {
+        log_msg(LOG_WARN, "closing connection from %s: no memory for its pipelined requests",
+                c->remote);
+        conn_close(c);
+    }
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     if (nread == 0) return;
     if (nread < 0) {
+        if (conn_holds_input(c) && (nread == UV_EOF || nread == UV_ENOBUFS)) {
+            /* EOF: the requests before it are answered first (conn_start_reading closes
+             * after them). UV_ENOBUFS: the connection holds all the input it may. */
+            if (nread == UV_EOF) c->read_eof = true;
+            conn_stop_reading(c);
+            return;
+        }
         /* EOF or an error. A request cut short is not answered. */
         conn_close(c);
         return;
@@ -675,14 +771,23 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         if (!c->closing) tls_pump(c); /* handshake messages, and whatever a write left */
         return;
     }
-    conn_feed(c, buf->base, (size_t)nread);
+    conn_input(c, buf->base, (size_t)nread);
 }
 
+/*
+ * Goes on reading when the connection holds no input (at accept, and after the kept
+ * bytes are parsed): plaintext the session already holds comes first, and a client that
+ * ended its side while its requests were answered is closed now, as a read would find.
+ */
 static void conn_start_reading(struct conn *c)
 {
-    if (c->reading || c->closing) return;
-    /* Plaintext the session already holds comes first: it may be a whole request. */
+    if (c->closing) return;
     if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c)) return;
+    if (c->read_eof) {
+        if (!conn_holds_input(c)) conn_close(c);
+        return;
+    }
+    if (c->reading || conn_input_room(c) == 0) return;
     if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
         c->reading = true;
     else
@@ -727,6 +832,7 @@ static void idle_cb(uv_idle_t *h)
         size_t kept_len = c->kept_len;
         c->kept = NULL;
         c->kept_len = 0;
+        c->kept_cap = 0;
         llhttp_resume(&c->parser);
         conn_feed(c, kept, kept_len);
         free(kept);

@@ -2,11 +2,12 @@
  * server.h: the HTTP/1.1 listener and its connections (libuv + llhttp).
  *
  * A connection parses one request at a time. When a request's headers are complete
- * (and, for a request without a body, the request is complete) the server stops
- * reading, hands the request to the handler as an exchange, and reads the next
- * pipelined request only after the exchange has ended, so responses leave in order
- * and a client cannot queue unbounded work. A request that carries a body (a push)
- * is answered and the connection closed without reading the body.
+ * (and, for a request without a body, the request is complete) the server hands the
+ * request to the handler as an exchange, keeps reading up to 64 KiB of pipelined input
+ * while the exchange runs (and stops reading past that), and parses that input only
+ * after the exchange has ended, so responses leave in order and a client cannot queue
+ * unbounded work. A request that carries a body (a push) is answered and the
+ * connection closed without reading the body.
  *
  * Limits: request line plus headers at most max_header_bytes and max_headers (431
  * beyond), header_timeout_ms for a request's headers to arrive (408 and close),

@@ -45,6 +45,9 @@ def body(run):
     def split_four_four():
         for d in digests[:8]:
             get_blob(b, d)
+        # A1/A2 write their access lines after their last byte went out: wait for all 8.
+        h.wait_for_count(lambda: sum(blob_gets(c, d) for c in (a1, a2) for d in digests[:8]),
+                         8, what="A1 and A2's blob GET lines")
         n1 = sum(blob_gets(a1, d) for d in digests[:8])
         n2 = sum(blob_gets(a2, d) for d in digests[:8])
         h.log("  blob GETs served: A1 %d, A2 %d" % (n1, n2))
@@ -60,7 +63,7 @@ def body(run):
         before = [blob_gets(a1, d) + blob_gets(a2, d) for d in digests[:8]]
         for d in digests[:8]:
             get_blob(b, d)
-        after = [blob_gets(a1, d) + blob_gets(a2, d) for d in digests[:8]]
+        after = h.settle(lambda: [blob_gets(a1, d) + blob_gets(a2, d) for d in digests[:8]])
         expect_eq(after, before, "A1/A2 blob GETs after a second pull through B")
         h.wait_until(lambda: b.count_access(method="GET", cache="hit") >= 8, 10,
                      "B's access log to show the 8 hits")
