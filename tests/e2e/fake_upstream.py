@@ -72,6 +72,8 @@ FAULTS = {
     "stall_mid": "200 with the right Content-Length, half of the body, then silence "
                  "(HEAD: silence)",
     "stall_head": "silence: the request is read and never answered",
+    "stall_body": "200 with the right Content-Length, then silence before the first body "
+                  "byte (HEAD: answered)",
     "hangup": "the connection is closed (FIN) without a byte of answer",
     "garbage_status": "a status line that is not HTTP, then the connection closes",
     "no_colon": "200 with a header line that has no colon, then the body",
@@ -393,7 +395,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pacer = Pacer(rate)
         if mode == "endless":
             return self._endless(data, pacer, hold)
-        cut = size // 2 if mode in ("reset_mid", "stall_mid") else size
+        cut = {"reset_mid": size // 2, "stall_mid": size // 2, "stall_body": 0}.get(mode, size)
         sent = 0
         while sent < cut:
             piece = data[sent:min(cut, sent + (CHUNK if rate > 0 else 1 << 20))]
@@ -403,7 +405,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "reset_mid":
             time.sleep(0.3)  # let the half arrive before the reset
             return self._drop(reset=True)
-        if mode == "stall_mid":
+        if mode in ("stall_mid", "stall_body"):
             return self._hold(hold)
         if mode == "long_length":
             return self._drop(reset=False)

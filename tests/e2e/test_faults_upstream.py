@@ -20,7 +20,9 @@ the cache still serves a hit, a fresh miss and a manifest correctly.
      leaves early, the fetch stops writing at once (the disk does not fill).
   5. Stalls, in parallel, under a no-progress timeout of 3 s (`upstreamtimeouts:
      progress: 3s`): a blob body stalled mid-way, a HEAD never answered, a manifest body
-     stalled mid-way. Each ends after the timeout, not before, and the log names it.
+     stalled mid-way, and two blob bodies that never start: one of 2 MiB (its 200 head
+     goes out at once, then the connection is cut) and one of 512 KiB (a clean 5xx).
+     Each ends after the timeout, not before, and the log names it.
   6. The upstream refuses connections: a quick 502/503; served again once it is back.
 
 Run alone from the repository root:
@@ -50,6 +52,7 @@ FAULT_BOUND = 10.0 * h.SCALE      # seconds: the answer to a fault that is not a
 UPSTREAM_IO_TIMEOUT = 3.0         # upstreamtimeouts.progress in the cache's config
 STALL_BOUND = (UPSTREAM_IO_TIMEOUT + 7.0) * h.SCALE
 REFUSED_BOUND = 5.0 * h.SCALE
+EARLY_HEAD_MIN = 1024 * 1024      # a miss this large sends its head early (core/blob.c)
 MANIFEST_PAD = 64 * 1024          # bytes of padding: a manifest long enough to cut mid-way
 MANIFEST_RATE = 256 * 1024        # bytes/s for the manifest faults mid-body
 UNSIZED_MAX = 256 * MB            # the most of a blob of unknown length (core/fetch.c)
@@ -305,6 +308,10 @@ def body(run):
     # ---- 5. Stalls, in parallel ------------------------------------------------------
     stall_path, stall_d = fresh_blob(work, FAULT_SIZE, "stall")
     head_path, head_d = fresh_blob(work, FAULT_SIZE, "stallhead")
+    # A body that never starts: a blob of 1 MiB or more gets its head as soon as the
+    # upstream's arrived; a smaller one waits for its first bytes (a clean error then).
+    early_path, early_d = fresh_blob(work, EARLY_HEAD_MIN * 2, "stallbody-big")
+    late_path, late_d = fresh_blob(work, EARLY_HEAD_MIN // 2, "stallbody-small")
     stall_manifest = manifest_bytes("stall", hit_d)
     stall_manifest_path = work.sub("manifest-stall.json")
     with open(stall_manifest_path, "wb") as f:
@@ -318,6 +325,8 @@ def body(run):
                       hold=STALL_BOUND * 2)
         fake.set_manifest(REPO, "stall", stall_manifest_path, mode="stall_mid",
                           rate=MANIFEST_RATE, hold=STALL_BOUND * 2)
+        fake.set_blob(early_d, early_path, mode="stall_body", hold=STALL_BOUND * 2)
+        fake.set_blob(late_d, late_path, mode="stall_body", hold=STALL_BOUND * 2)
         t = STALL_BOUND + 10
         jobs = {
             "blob body stalled": lambda: h.get_body(cache.port, blob_uri(REPO, stall_d),
@@ -326,13 +335,17 @@ def body(run):
                                                            timeout=t),
             "manifest body stalled": lambda: h.get_body(
                 cache.port, "/v2/%s/manifests/stall" % REPO, headers=accept, timeout=t),
+            "2 MiB blob body never started": lambda: h.get_body(
+                cache.port, blob_uri(REPO, early_d), timeout=t),
+            "512 KiB blob body never started": lambda: h.get_body(
+                cache.port, blob_uri(REPO, late_d), timeout=t),
         }
         names = list(jobs)
         results.update(zip(names, parallel([jobs[n] for n in names], timeout=t + 20)))
         for n in names:
             h.log("  %s: %s after %.1f s" % (n, summary([results[n]]), results[n].t_end))
 
-    run.check("three stalls run (in parallel, about %.0f s)" % UPSTREAM_IO_TIMEOUT, stalls)
+    run.check("five stalls run (in parallel, about %.0f s)" % UPSTREAM_IO_TIMEOUT, stalls)
 
     def stalled(name, digest):
         b = results[name]
@@ -340,11 +353,18 @@ def body(run):
         expect(b.t_end >= UPSTREAM_IO_TIMEOUT - 0.2, "%s: ended after %.1f s, before the "
                "no-progress timeout of %.0f s: %r" % (name, b.t_end, UPSTREAM_IO_TIMEOUT, b))
         expect_no_wrong_body(b, digest, name)
-        if name == "blob HEAD never answered":
+        if name in ("blob HEAD never answered", "512 KiB blob body never started"):
             expect_error_status(b, name)
+        if name == "2 MiB blob body never started":
+            # The head went out before any byte of the body: 200 and the length, then
+            # the connection cut short at the timeout.
+            expect_eq((b.status, b.content_length, b.received, b.complete),
+                      (200, EARLY_HEAD_MIN * 2, 0, False), "%s: %r" % (name, b))
 
     for name, digest in (("blob body stalled", stall_d), ("blob HEAD never answered", head_d),
-                         ("manifest body stalled", h.sha256_digest(stall_manifest))):
+                         ("manifest body stalled", h.sha256_digest(stall_manifest)),
+                         ("2 MiB blob body never started", early_d),
+                         ("512 KiB blob body never started", late_d)):
         run.check("%s: error or cut within the no-progress timeout (bound %.0f s)"
                   % (name, STALL_BOUND), stalled, name, digest)
 
@@ -353,7 +373,7 @@ def body(run):
                  stderr_lines(cache, "no response within %ds" % UPSTREAM_IO_TIMEOUT))
         h.log("  %d log lines name the %ds timeout%s" % (len(lines), UPSTREAM_IO_TIMEOUT,
                                                          ": " + lines[0].strip() if lines else ""))
-        expect(len(lines) >= 3, "the stalls' log lines do not name the configured timeout:\n"
+        expect(len(lines) >= 5, "the stalls' log lines do not name the configured timeout:\n"
                + h.tail(cache.stderr_path))
 
     run.check("the stalls' log lines name the configured %ds timeout" % UPSTREAM_IO_TIMEOUT,
@@ -362,6 +382,8 @@ def body(run):
     def stalls_left_nothing():
         expect_not_stored(cache, stall_d, "blob body stalled")
         expect_not_stored(cache, head_d, "blob HEAD never answered")
+        expect_not_stored(cache, early_d, "2 MiB blob body never started")
+        expect_not_stored(cache, late_d, "512 KiB blob body never started")
         still_serves("stalls")
 
     run.check("after the stalls: nothing stored, serves on", stalls_left_nothing)
