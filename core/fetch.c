@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bytes.h"
 #include "digest.h"
 #include "log.h"
 
@@ -571,18 +572,7 @@ static void poll_start(struct fetch *f)
 
 static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
 {
-    if (*len + n > *cap) {
-        size_t c = *cap ? *cap : 256 * 1024;
-        while (c < *len + n)
-            c *= 2;
-        char *nb = realloc(*buf, c);
-        if (nb == NULL) return -ENOMEM;
-        *buf = nb;
-        *cap = c;
-    }
-    memcpy(*buf + *len, data, n);
-    *len += n;
-    return 0;
+    return bytes_append(buf, len, cap, data, n, 256 * 1024);
 }
 
 static void unlink_cb(uv_fs_t *req)

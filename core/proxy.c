@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "bytes.h"
 #include "blob.h"
 #include "chain.h"
 #include "policy.h"
@@ -226,18 +227,7 @@ static void relay_write_pending(struct relay *r)
 
 static int relay_append_pending(struct relay *r, const char *data, size_t len)
 {
-    if (r->pending_len + len > r->pending_cap) {
-        size_t cap = r->pending_cap ? r->pending_cap : 16384;
-        while (cap < r->pending_len + len)
-            cap *= 2;
-        char *nb = realloc(r->pending, cap);
-        if (nb == NULL) return UV_ENOMEM;
-        r->pending = nb;
-        r->pending_cap = cap;
-    }
-    memcpy(r->pending + r->pending_len, data, len);
-    r->pending_len += len;
-    return 0;
+    return bytes_append(&r->pending, &r->pending_len, &r->pending_cap, data, len, 16384);
 }
 
 static const char *const relayed_response_headers[] = {

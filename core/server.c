@@ -28,6 +28,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bytes.h"
 #include "log.h"
 #include "tls.h"
 
@@ -653,17 +654,7 @@ static size_t conn_input_room(const struct conn *c)
  */
 static bool conn_hold(struct conn *c, const char *data, size_t len)
 {
-    if (c->kept_len + len > c->kept_cap) {
-        size_t cap = c->kept_cap ? c->kept_cap : 4096;
-        while (cap < c->kept_len + len)
-            cap *= 2;
-        char *k = realloc(c->kept, cap);
-        if (k == NULL) return false;
-        c->kept = k;
-        c->kept_cap = cap;
-    }
-    memcpy(c->kept + c->kept_len, data, len);
-    c->kept_len += len;
+    if (bytes_append(&c->kept, &c->kept_len, &c->kept_cap, data, len, 4096) != 0) return false;
     if (conn_input_room(c) == 0) conn_stop_reading(c);
     return true;
 }
