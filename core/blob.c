@@ -28,9 +28,10 @@
 #include "log.h"
 
 #define BLOB_CHUNK (256 * 1024)
-/* A miss of at least this many bytes sends its head as soon as the upstream's arrived,
- * before the first bytes are on disk (time to first byte); a smaller one waits for its
- * first bytes, so a fetch that fails at once is still a clean registry error. */
+/* A miss of at least this many bytes sends its head as soon as the upstream's GET
+ * answered 200, before the first bytes are on disk (time to first byte); a smaller one
+ * waits for its first bytes, so a body that fails at once is still a clean registry
+ * error. Either way a GET that the upstream refuses is a clean error. */
 #define BLOB_EARLY_HEAD_MIN (1024 * 1024)
 #define BLOB_MAX_FORWARDED 24
 #define BLOB_FD_CACHE 128
@@ -533,8 +534,8 @@ static void pump(struct blob_req *r)
     uint64_t avail = f != NULL ? fetch_readable(f) : r->end;
     if (avail > r->end) avail = r->end;
     if (r->pos >= avail) {
-        if (f != NULL && r->end != UINT64_MAX && r->end - r->pos >= BLOB_EARLY_HEAD_MIN &&
-            !http_exchange_head_sent(r->x)) {
+        if (f != NULL && fetch_head_seen(f) && r->end != UINT64_MAX &&
+            r->end - r->pos >= BLOB_EARLY_HEAD_MIN && !http_exchange_head_sent(r->x)) {
             set_head(r); /* the head alone; write_done comes back here to wait */
             r->writing = true;
             if (http_respond_body(r->x, r->buf, 0, write_done, r) == 0) return;

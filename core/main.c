@@ -307,6 +307,7 @@ static int run_fsck(const char *path, bool repair)
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
+    log_access_set_buffered(false); /* the flush handles close below; lines still come */
     app->server = NULL;
     fetch_manager_cancel_all(app->fetches);
     debug_stop(app->debug);
