@@ -98,6 +98,13 @@ static void metric(struct out *o, const char *name, const char *type, const char
     put(o, "%s %llu\n", name, value);
 }
 
+/* One value of a metric with one label whose values are fixed names. */
+static void labelled(struct out *o, const char *name, const char *label, const char *value,
+                     unsigned long long n)
+{
+    put(o, "%s{%s=\"%s\"} %llu\n", name, label, value, n);
+}
+
 /* A label value: the upstream URLs come from the config, but escape as the format says. */
 static void put_label(struct out *o, const char *v)
 {
@@ -166,13 +173,12 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
          "Blob GETs by how they were served: hit (disk), miss (started a fetch), coalesced "
          "(joined a fetch), bypass (relayed).");
     for (int i = 1; i < 5; i++)
-        put(&o, "content_cache_blob_requests_total{result=\"%s\"} %llu\n", results[i],
-            (unsigned long long)blob_results[i]);
+        labelled(&o, "content_cache_blob_requests_total", "result", results[i], blob_results[i]);
     help(&o, "content_cache_blob_served_bytes_total", "counter",
          "Blob bytes sent to clients, by how they were served (hit: from disk).");
     for (int i = 1; i < 5; i++)
-        put(&o, "content_cache_blob_served_bytes_total{result=\"%s\"} %llu\n", results[i],
-            (unsigned long long)blob_result_bytes[i]);
+        labelled(&o, "content_cache_blob_served_bytes_total", "result", results[i],
+                 blob_result_bytes[i]);
 
     struct host_render hr = {&o, 0};
     help(&o, "content_cache_upstream_requests_total", "counter", "Requests sent, by upstream.");
@@ -194,14 +200,11 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
         const struct fetch_stats *fs = fetch_manager_stats(src->fetches);
         help(&o, "content_cache_fetches_total", "counter",
              "Upstream blob fetches, by outcome (started, committed, failed, passthrough).");
-        put(&o, "content_cache_fetches_total{outcome=\"started\"} %llu\n",
-            (unsigned long long)fs->started);
-        put(&o, "content_cache_fetches_total{outcome=\"committed\"} %llu\n",
-            (unsigned long long)fs->committed);
-        put(&o, "content_cache_fetches_total{outcome=\"failed\"} %llu\n",
-            (unsigned long long)fs->failed);
-        put(&o, "content_cache_fetches_total{outcome=\"passthrough\"} %llu\n",
-            (unsigned long long)fs->passthrough);
+        static const char fetches[] = "content_cache_fetches_total";
+        labelled(&o, fetches, "outcome", "started", fs->started);
+        labelled(&o, fetches, "outcome", "committed", fs->committed);
+        labelled(&o, fetches, "outcome", "failed", fs->failed);
+        labelled(&o, fetches, "outcome", "passthrough", fs->passthrough);
         metric(&o, "content_cache_fetches_running", "gauge", "Fetches in progress.",
                fetch_manager_active(src->fetches));
     }
@@ -227,12 +230,10 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
         help(&o, "content_cache_authorizations_total", "counter",
              "Blob authorization decisions, by where they came from: memory (remembered "
              "answers), upstream (a HEAD with the client's credential), token (verified here).");
-        put(&o, "content_cache_authorizations_total{source=\"memory\"} %llu\n",
-            (unsigned long long)as->from_memory);
-        put(&o, "content_cache_authorizations_total{source=\"upstream\"} %llu\n",
-            (unsigned long long)as->from_upstream);
-        put(&o, "content_cache_authorizations_total{source=\"token\"} %llu\n",
-            (unsigned long long)as->token_verified);
+        static const char auths[] = "content_cache_authorizations_total";
+        labelled(&o, auths, "source", "memory", as->from_memory);
+        labelled(&o, auths, "source", "upstream", as->from_upstream);
+        labelled(&o, auths, "source", "token", as->token_verified);
         metric(&o, "content_cache_token_refusals_total", "counter",
                "Bearer tokens refused by local verification (auth.token).", as->token_refused);
     }
@@ -241,9 +242,9 @@ size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t l
              "Policy hook calls that failed (error, budget, memory, wrong type), by hook; the "
              "built-in default served those calls.");
         for (int h = 0; h < POLICY_HOOK_COUNT; h++)
-            put(&o, "content_cache_policy_errors_total{hook=\"%s\"} %llu\n",
-                policy_hook_name((enum policy_hook)h),
-                (unsigned long long)policy_error_count(src->policy, (enum policy_hook)h));
+            labelled(&o, "content_cache_policy_errors_total", "hook",
+                     policy_hook_name((enum policy_hook)h),
+                     policy_error_count(src->policy, (enum policy_hook)h));
     }
     if (src->server != NULL) {
         metric(&o, "content_cache_connections", "gauge", "Client connections open.",
