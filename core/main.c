@@ -179,12 +179,12 @@ static int run_check(const char *path)
     for (size_t i = 0; i < cfg->n_cas; i++)
         printf("upstream CA:   %s\n", cfg->cas[i]);
     char tc_s[64], tp_s[64];
-    format_duration((uint64_t)(cfg->upstream_connect_ms ? cfg->upstream_connect_ms : 10000) *
-                        1000000ULL,
-                    tc_s, sizeof(tc_s));
-    format_duration((uint64_t)(cfg->upstream_progress_ms ? cfg->upstream_progress_ms : 30000) *
-                        1000000ULL,
-                    tp_s, sizeof(tp_s));
+    unsigned connect_ms =
+        cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;
+    unsigned progress_ms =
+        cfg->upstream_progress_ms ? cfg->upstream_progress_ms : UPSTREAM_DEFAULT_IO_MS;
+    format_duration((uint64_t)connect_ms * 1000000ULL, tc_s, sizeof(tc_s));
+    format_duration((uint64_t)progress_ms * 1000000ULL, tp_s, sizeof(tp_s));
     printf("upstream:      connect timeout %s, no-progress timeout %s\n", tc_s, tp_s);
     if (cfg->has_budget)
         printf("disk budget:   %llu bytes (evict from %u%% down to %u%%)\n",

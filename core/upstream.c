@@ -1600,8 +1600,9 @@ struct upstream_pool *upstream_pool_new(uv_loop_t *loop, const struct upstream_p
     if (pool == NULL) return NULL;
     pool->loop = loop;
     if (opts != NULL) pool->opts = *opts;
-    if (pool->opts.connect_timeout_ms == 0) pool->opts.connect_timeout_ms = 10000;
-    if (pool->opts.io_timeout_ms == 0) pool->opts.io_timeout_ms = 30000;
+    if (pool->opts.connect_timeout_ms == 0)
+        pool->opts.connect_timeout_ms = UPSTREAM_DEFAULT_CONNECT_MS;
+    if (pool->opts.io_timeout_ms == 0) pool->opts.io_timeout_ms = UPSTREAM_DEFAULT_IO_MS;
     if (pool->opts.idle_timeout_ms == 0) pool->opts.idle_timeout_ms = 30000;
     if (pool->opts.max_idle_per_host == 0) pool->opts.max_idle_per_host = 16;
     tls_config_ref(pool->opts.tls);

@@ -53,9 +53,12 @@ struct upstream_pool;
 struct upstream_req;
 
 /* A field left 0 takes its default. */
+#define UPSTREAM_DEFAULT_CONNECT_MS 10000 /* resolving, connecting, the TLS handshake */
+#define UPSTREAM_DEFAULT_IO_MS 30000      /* no progress for this long fails a request */
+
 struct upstream_pool_opts {
-    unsigned connect_timeout_ms; /* default 10000: resolving and connecting */
-    unsigned io_timeout_ms;      /* default 30000: no progress for this long fails */
+    unsigned connect_timeout_ms; /* 0: UPSTREAM_DEFAULT_CONNECT_MS */
+    unsigned io_timeout_ms;      /* 0: UPSTREAM_DEFAULT_IO_MS */
     unsigned idle_timeout_ms;    /* default 30000: an idle pooled connection is closed */
     unsigned max_idle_per_host;  /* default 16 */
     struct tls_config *tls;      /* client config for https (the pool takes its own
