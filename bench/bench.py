@@ -318,7 +318,7 @@ class Bench:
         dist_cold.stop()
         self.results["cold32"] = {"status": "ok", "values": values}
 
-    # 5. sha256 of a buffer in memory, both paths of core/digest.c, and openssl for scale.
+    # 5. sha256 of a buffer in memory, both paths of core/base/digest.c, and openssl for scale.
     def scenario_sha256(self):
         r = self.quietly("sha256", lambda: subprocess.run(
             [self.args.sha_binary, str(self.mode["sha_mib"])], capture_output=True, text=True,

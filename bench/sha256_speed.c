@@ -1,8 +1,8 @@
 /*
- * sha256_speed.c: how fast core/digest.c hashes a buffer in memory, on each of its paths.
+ * sha256_speed.c: how fast core/base/digest.c hashes a buffer in memory, on each of its paths.
  *
  * Built by bench/run.sh straight from the sources, without CMake:
- *   gcc -O2 -I core bench/sha256_speed.c core/digest.c -lmbedcrypto -o sha256_speed
+ *   gcc -O2 -I core bench/sha256_speed.c core/base/digest.c -lmbedcrypto -o sha256_speed
  * Usage: sha256_speed [MiB]   (default 1024: 1 GiB)
  *
  * It fills a buffer with a fixed pattern, checks both paths against the FIPS 180-2 test
@@ -15,7 +15,7 @@
  * `path` is digest_sha256_impl() at the moment the context was initialized: the path
  * that actually ran. Exits 1 when a digest is wrong.
  */
-#include "digest.h"
+#include "base/digest.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * their arguments and the checks of what they return, and what happens when one fails
  * (counted, logged at a bounded rate, an error for the caller).
  */
-#include "policy.h"
+#include "lua/policy.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,9 +16,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "config.h"
-#include "log.h"
-#include "policy_vm.h"
+#include "base/config.h"
+#include "base/log.h"
+#include "lua/policy_vm.h"
 
 struct hook_failures {
     bool logged;        /* a failure of this hook has been logged */

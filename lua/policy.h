@@ -105,7 +105,7 @@ struct policy_blob {
 /* One access-log line, as format_log sees it: struct log_access_entry of core/log.h.
  * NULL strings become nil; so do status 0, duration_ms < 0 and time <= 0 (the hook then
  * uses cache.now()). */
-#include "log.h"
+#include "base/log.h"
 
 /*
  * Creates an engine and loads its policies: builtin_dir/default.lua, then the drop-in

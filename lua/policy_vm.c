@@ -7,7 +7,7 @@
  * work on the state, building it included, runs under lua_pcall: a refused allocation is
  * a Lua error, never a panic.
  */
-#include "policy_vm.h"
+#include "lua/policy_vm.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -14,8 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "log.h"
-#include "policy.h"
+#include "base/log.h"
+#include "lua/policy.h"
 
 /* What the engine keeps of the config: copied, so the config may be freed. */
 struct policy_upstream {

@@ -14,9 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "base/config.h"
 #include "harness.h"
-#include "url.h"
+#include "base/url.h"
 
 static void require(int cond, const char *what, const char *input)
 {

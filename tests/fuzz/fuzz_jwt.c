@@ -35,7 +35,7 @@
 #include <mbedtls/rsa.h>
 #include <mbedtls/x509_crt.h>
 
-#include "auth.h"
+#include "access/auth.h"
 #include "harness.h"
 
 #define FUZZ_ISSUER "fuzz-issuer"

@@ -16,8 +16,8 @@
 #include <string.h>
 
 #include "harness.h"
-#include "json.h"
-#include "registry.h"
+#include "base/json.h"
+#include "registry/registry.h"
 
 static int inside(const char *span, size_t n, const char *base, size_t len)
 {

@@ -35,18 +35,18 @@
 #include <fcntl.h>
 #include <uv.h>
 
-#include "blob.h"
-#include "config.h"
-#include "digest.h"
+#include "cache/blob.h"
+#include "base/config.h"
+#include "base/digest.h"
 #include "fakenet.h"
-#include "fetch.h"
+#include "cache/fetch.h"
 #include "harness.h"
-#include "log.h"
-#include "policy.h"
-#include "proxy.h"
-#include "server.h"
-#include "store.h"
-#include "upstream.h"
+#include "base/log.h"
+#include "lua/policy.h"
+#include "registry/proxy.h"
+#include "net/server.h"
+#include "cache/store.h"
+#include "net/upstream.h"
 
 #define N_SETUPS 3
 #define BLOB_SIZE 2048

@@ -28,7 +28,7 @@
 
 #include "fakenet.h"
 #include "harness.h"
-#include "upstream.h"
+#include "net/upstream.h"
 
 static struct harness {
     uv_loop_t loop;

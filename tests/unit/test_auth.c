@@ -11,7 +11,7 @@
  *   expired     EC P-256, issued by ca, valid 2020..2021          not in the bundle (x5c)
  *   rogue       EC P-256, self-signed CA with ca's very name      not in the bundle
  */
-#include "auth.h"
+#include "access/auth.h"
 #include "check.h"
 
 #include <errno.h>

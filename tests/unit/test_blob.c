@@ -1,5 +1,5 @@
 /* Unit tests of blob.c's pure part: Range interpretation. */
-#include "blob.h"
+#include "cache/blob.h"
 #include "check.h"
 
 static enum blob_range_result range(const char *v, uint64_t size, uint64_t *a, uint64_t *b)

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "config.h"
+#include "base/config.h"
 
 /* The deployment of the content cache document, lines 1 to 12; tests add from line 13. */
 #define HEAD                                                                                       \

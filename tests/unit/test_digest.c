@@ -3,7 +3,7 @@
  * CPU can run (SHA-NI when it has the extensions, the mbedTLS block function always).
  */
 #include "check.h"
-#include "digest.h"
+#include "base/digest.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

@@ -13,9 +13,9 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "digest.h"
-#include "fsck.h"
-#include "store.h"
+#include "base/digest.h"
+#include "cache/fsck.h"
+#include "cache/store.h"
 
 #define N_GOOD 3
 #define OLD_ATIME 1000000000 /* 2001: a pull long ago */

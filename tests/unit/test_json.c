@@ -5,7 +5,7 @@
  * exact length).
  */
 #include "check.h"
-#include "json.h"
+#include "base/json.h"
 
 #include <errno.h>
 #include <stdint.h>

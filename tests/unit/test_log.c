@@ -10,9 +10,9 @@
 #define _GNU_SOURCE /* F_SETPIPE_SZ */
 #endif
 #include "check.h"
-#include "config.h"
-#include "log.h"
-#include "registry.h"
+#include "base/config.h"
+#include "base/log.h"
+#include "registry/registry.h"
 
 #include <errno.h>
 #include <fcntl.h>

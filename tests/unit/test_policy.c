@@ -17,10 +17,10 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "config.h"
-#include "log.h"
-#include "policy.h"
-#include "registry.h"
+#include "base/config.h"
+#include "base/log.h"
+#include "lua/policy.h"
+#include "registry/registry.h"
 
 static char err[1024];
 static char data_dir[PATH_MAX];

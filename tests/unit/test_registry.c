@@ -5,7 +5,7 @@
  * reports any read past the length.
  */
 #include "check.h"
-#include "registry.h"
+#include "registry/registry.h"
 
 #include <errno.h>
 #include <stdbool.h>

@@ -12,8 +12,8 @@
  */
 #include "certs.h"
 #include "check.h"
-#include "server.h"
-#include "tls.h"
+#include "net/server.h"
+#include "net/tls.h"
 
 #include <errno.h>
 #include <netinet/in.h>

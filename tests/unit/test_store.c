@@ -6,7 +6,7 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "store.h"
+#include "cache/store.h"
 
 static const char hex[] = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 

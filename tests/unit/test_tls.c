@@ -8,7 +8,7 @@
  */
 #include "certs.h"
 #include "check.h"
-#include "tls.h"
+#include "net/tls.h"
 
 #include <stdbool.h>
 #include <stdlib.h>

@@ -17,8 +17,8 @@
  */
 #include "certs.h"
 #include "check.h"
-#include "tls.h"
-#include "upstream.h"
+#include "net/tls.h"
+#include "net/upstream.h"
 
 #include <signal.h>
 #include <stdarg.h>

@@ -4,7 +4,7 @@
 #include <errno.h>
 
 #include "check.h"
-#include "url.h"
+#include "base/url.h"
 
 /* Parses text, which must succeed, and checks what came out. */
 static void expect_url(const char *text, int tls, const char *host, int port, int port_explicit,

@@ -1,0 +1,669 @@
+/*
+ * main.c: the command line, signals and wiring.
+ *
+ *   content-cache CONFIG            serve
+ *   content-cache serve CONFIG      the same
+ *   content-cache --check CONFIG    validate, print what would be done, exit
+ *   content-cache --version | --help
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "access/auth.h"
+#include "cache/blob.h"
+#include "cache/budget.h"
+#include "base/config.h"
+#include "app/debug.h"
+#include "cache/expire.h"
+#include "cache/fetch.h"
+#include "cache/fsck.h"
+#include "base/log.h"
+#include "lua/policy.h"
+#include "registry/proxy.h"
+#include "net/server.h"
+#include "cache/store.h"
+#include "net/tls.h"
+#include "net/upstream.h"
+
+extern char **environ;
+
+enum exit_code {
+    EXIT_OK = 0,
+    EXIT_CONFIG = 1,  /* the configuration is invalid */
+    EXIT_USAGE = 2,   /* the command line is wrong */
+    EXIT_RUNTIME = 3, /* could not start serving (address in use, storage not writable) */
+    EXIT_DAMAGED = 4, /* fsck found damaged blobs or leftovers (and did not remove them) */
+};
+
+static const char usage_text[] =
+    "Usage:\n"
+    "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
+    "  content-cache serve CONFIG      the same\n"
+    "  content-cache --check CONFIG    validate CONFIG, print what would be done, exit\n"
+    "  content-cache expire CONFIG     delete the blobs whose blobttl has passed, now\n"
+    "  content-cache fsck CONFIG [--repair]\n"
+    "                                  verify every stored blob against its digest; with\n"
+    "                                  --repair remove the bad ones and leftover files\n"
+    "  content-cache --version         print the version\n"
+    "  content-cache --help            print this help\n"
+    "\n"
+    "Environment variables REGISTRY_<SECTION>_<KEY> override scalar keys of CONFIG,\n"
+    "as in Docker Registry (REGISTRY_HTTP_ADDR, REGISTRY_LOG_LEVEL, ...).\n"
+    "\n"
+    "Signals: SIGTERM and SIGINT stop accepting and let responses in progress finish\n"
+    "for up to http.draintimeout; SIGHUP reloads the policies.\n"
+    "\n"
+    "Exit codes:\n"
+    "  0  success (or a clean stop after SIGTERM/SIGINT)\n"
+    "  1  the configuration is invalid\n"
+    "  2  the command line is wrong\n"
+    "  3  could not start serving (address in use, storage root not usable, ...)\n"
+    "  4  fsck found damaged blobs or leftover files (and, without --repair, left them)\n";
+
+struct app {
+    uv_loop_t *loop;
+    struct config *cfg;
+    struct upstream_pool *pool;
+    struct proxy *proxy;
+    struct store *store;
+    struct fetch_manager *fetches;
+    struct blob_service *blobs;
+    struct expiry *expiry;
+    struct policy_engine *policy;
+    struct auth_cache *auth;
+    struct auth_verifier *verifier;
+    struct budget *budget;
+    struct debug_sources debug_src;
+    struct debug *debug;
+    struct http_server *server;
+    uv_signal_t sig_term, sig_int, sig_hup;
+    uv_prepare_t log_prepare; /* flush the access log before the loop waits, */
+    uv_check_t log_check;     /* and after its I/O callbacks */
+    bool stopping;
+};
+
+static struct config *load_config(const char *path)
+{
+    char err[1024];
+    struct config *cfg = NULL;
+    if (config_load(path, environ, &cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->n_warnings; i++)
+        fprintf(stderr, "content-cache: warning: %s\n", cfg->warnings[i]);
+    if (config_check_files(cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        config_free(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void format_duration(uint64_t ns, char *buf, size_t len)
+{
+    static const struct {
+        uint64_t ns;
+        const char *unit;
+    } units[] = {{3600000000000ULL, "h"}, {60000000000ULL, "m"}, {1000000000ULL, "s"},
+                 {1000000ULL, "ms"},      {1000ULL, "us"},       {1ULL, "ns"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(*units); i++) {
+        if (ns % units[i].ns == 0) {
+            snprintf(buf, len, "%llu%s", (unsigned long long)(ns / units[i].ns), units[i].unit);
+            return;
+        }
+    }
+    snprintf(buf, len, "%lluns", (unsigned long long)ns);
+}
+
+static int run_check(const char *path)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL) {
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        return EXIT_CONFIG;
+    }
+    char perr[1024];
+    struct policy_engine *pe = NULL;
+    if (policy_engine_new(cfg, NULL, &pe, perr, sizeof(perr)) != 0) {
+        fprintf(stderr, "content-cache: policies: %s\n", perr);
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    /* The TLS material must load as it will at start (PEM that parses, a key that
+     * matches, a minimum version this build has). */
+    struct tls_config *tc = NULL;
+    int trc = tls_client_config_new((const char *const *)cfg->cas, cfg->n_cas, true, &tc, perr,
+                                    sizeof(perr));
+    tls_config_free(tc);
+    tc = NULL;
+    if (trc == 0 && cfg->http_tls_certificate != NULL)
+        trc = tls_server_config_new(cfg->http_tls_certificate, cfg->http_tls_key,
+                                    cfg->http_tls_minimumtls, &tc, perr, sizeof(perr));
+    if (trc != 0) {
+        fprintf(stderr, "content-cache: TLS: %s\n", perr);
+        fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
+        policy_engine_free(pe);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    tls_config_free(tc);
+    printf("configuration file %s is valid\n", path);
+    printf("listen:        %s%s\n", cfg->http_addr,
+           cfg->http_tls_certificate ? " (https)" : " (http)");
+    printf("storage root:  %s%s\n", cfg->storage_root,
+           cfg->delete_enabled ? " (delete enabled)" : "");
+    for (size_t i = 0; i < cfg->n_upstreams; i++) {
+        const struct config_upstream *u = &cfg->upstreams[i];
+        printf("upstreams[%zu]:  ", i);
+        for (size_t k = 0; k < u->n_upstreamhosts; k++)
+            printf("%s, ", u->upstreamhosts[k]);
+        printf("then origin %s\n", u->originhost);
+    }
+    if (cfg->has_blobttl) {
+        char d[64];
+        format_duration(cfg->blobttl_ns, d, sizeof(d));
+        printf("blob ttl:      %s (blobs not pulled for this long are deleted)\n", d);
+    } else {
+        printf("blob ttl:      none (blobs are kept)\n");
+    }
+    for (size_t i = 0; i < cfg->n_cas; i++)
+        printf("upstream CA:   %s\n", cfg->cas[i]);
+    char tc_s[64], tp_s[64];
+    unsigned connect_ms =
+        cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;
+    unsigned progress_ms =
+        cfg->upstream_progress_ms ? cfg->upstream_progress_ms : UPSTREAM_DEFAULT_IO_MS;
+    format_duration((uint64_t)connect_ms * 1000000ULL, tc_s, sizeof(tc_s));
+    format_duration((uint64_t)progress_ms * 1000000ULL, tp_s, sizeof(tp_s));
+    printf("upstream:      connect timeout %s, no-progress timeout %s\n", tc_s, tp_s);
+    if (cfg->has_budget)
+        printf("disk budget:   %llu bytes (evict from %u%% down to %u%%)\n",
+               (unsigned long long)cfg->budget_bytes, cfg->budget_high_pct, cfg->budget_low_pct);
+    printf("policies:      built-in defaults%s%s; hooks in force:",
+           cfg->policydir ? " + drop-ins of " : "", cfg->policydir ? cfg->policydir : "");
+    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
+        if (policy_has_hook(pe, (enum policy_hook)h))
+            printf(" %s%s", policy_hook_name((enum policy_hook)h),
+                   policy_hook_is_builtin(pe, (enum policy_hook)h) ? "" : " (drop-in)");
+    printf("\n");
+    policy_engine_free(pe);
+    config_free(cfg);
+    return EXIT_OK;
+}
+
+/* A blob's TTL from the policies: 1 with a TTL, 0 to keep, -ENOENT for the default. */
+static int policy_ttl(struct policy_engine *pe, const struct expire_blob *b, double *ttl_s)
+{
+    if (!policy_has_hook(pe, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
+    char digest[72];
+    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
+    struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
+    bool has_ttl;
+    int rc = policy_blob_ttl(pe, &pb, &has_ttl, ttl_s);
+    if (rc != 0) return rc;
+    return has_ttl ? 1 : 0;
+}
+
+struct expire_cmd {
+    struct policy_engine *policy;
+    double now;
+};
+
+static int expire_cmd_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    return policy_ttl(((struct expire_cmd *)ud)->policy, b, ttl_s);
+}
+
+static void print_removed(void *ud, const struct expire_blob *b)
+{
+    printf("removed sha256:%s (%llu bytes, last pulled %.0fs ago)\n", b->hex,
+           (unsigned long long)b->size, ((struct expire_cmd *)ud)->now - b->last_pulled);
+}
+
+/*
+ * `content-cache expire CONFIG`: one TTL sweep now, with the TTLs the running cache would
+ * use: the configured blobttl, or a drop-in policy's blob_ttl.
+ */
+static int run_expire(const char *path)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL) return EXIT_CONFIG;
+    char err[512];
+    struct expire_cmd ec = {0};
+    if (policy_engine_new(cfg, NULL, &ec.policy, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: policies: %s\n", err);
+        config_free(cfg);
+        return EXIT_CONFIG;
+    }
+    bool ttl_policy = policy_has_hook(ec.policy, POLICY_HOOK_BLOB_TTL) &&
+                      !policy_hook_is_builtin(ec.policy, POLICY_HOOK_BLOB_TTL);
+    if (!cfg->has_blobttl && !ttl_policy) {
+        printf("no blobttl configured and no blob_ttl policy: nothing expires\n");
+        policy_engine_free(ec.policy);
+        config_free(cfg);
+        return EXIT_OK;
+    }
+    struct store *st;
+    if (store_open(cfg->storage_root, &st, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        policy_engine_free(ec.policy);
+        config_free(cfg);
+        return EXIT_RUNTIME;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ec.now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    struct expire_opts eo = {
+        .default_ttl_s = cfg->has_blobttl ? (double)cfg->blobttl_ns / 1e9 : 0,
+        .ttl = expire_cmd_ttl,
+        .on_removed = print_removed,
+        .ud = &ec,
+    };
+    long n = expire_sweep_sync(st, &eo, ec.now);
+    printf("%ld blobs removed\n", n < 0 ? 0 : n);
+    store_close(st);
+    policy_engine_free(ec.policy);
+    config_free(cfg);
+    return n < 0 ? EXIT_RUNTIME : EXIT_OK;
+}
+
+static void print_problem(void *ud, const char *what, const char *problem)
+{
+    printf("%s: %s\n", what, problem);
+}
+
+/* `content-cache fsck CONFIG [--repair]`: every stored blob hashed against its name. */
+static int run_fsck(const char *path, bool repair)
+{
+    struct config *cfg = load_config(path);
+    if (cfg == NULL) return EXIT_CONFIG;
+    struct fsck_report rep;
+    int rc = fsck_run(cfg->storage_root, repair, &rep, print_problem, NULL);
+    if (rc != 0) {
+        fprintf(stderr, "content-cache: fsck of %s: %s\n", cfg->storage_root, strerror(-rc));
+        config_free(cfg);
+        return EXIT_RUNTIME;
+    }
+    printf("%llu blobs checked (%llu bytes): %llu ok, %llu bad, %llu stray entries, %llu "
+           "temporary files; %llu removed\n",
+           (unsigned long long)rep.checked, (unsigned long long)rep.bytes,
+           (unsigned long long)rep.ok, (unsigned long long)rep.bad, (unsigned long long)rep.stray,
+           (unsigned long long)rep.temp, (unsigned long long)rep.removed);
+    config_free(cfg);
+    bool left = rep.bad + rep.stray + rep.temp > rep.removed;
+    return left ? EXIT_DAMAGED : EXIT_OK;
+}
+
+static void server_stopped(void *arg)
+{
+    struct app *app = arg;
+    log_access_set_buffered(false); /* the flush handles close below; lines still come */
+    app->server = NULL;
+    fetch_manager_cancel_all(app->fetches);
+    debug_stop(app->debug);
+    app->debug = NULL;
+    budget_stop(app->budget);
+    app->budget = NULL;
+    if (app->expiry != NULL) {
+        expire_stop(app->expiry, NULL, NULL);
+        app->expiry = NULL;
+    }
+    upstream_pool_close(app->pool);
+    app->pool = NULL;
+    uv_close((uv_handle_t *)&app->sig_term, NULL);
+    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&app->sig_hup, NULL);
+    uv_close((uv_handle_t *)&app->log_prepare, NULL);
+    uv_close((uv_handle_t *)&app->log_check, NULL);
+}
+
+static void flush_before_poll(uv_prepare_t *h)
+{
+    log_access_flush();
+}
+
+static void flush_after_io(uv_check_t *h)
+{
+    log_access_flush();
+}
+
+static void on_stop_signal(uv_signal_t *h, int signum)
+{
+    struct app *app = h->data;
+    if (app->stopping) {
+        log_msg(LOG_WARN, "second %s: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
+        exit(EXIT_OK);
+    }
+    app->stopping = true;
+    unsigned drain_ms = (unsigned)(app->cfg->http_draintimeout_ns / 1000000ULL);
+    log_msg(LOG_INFO, "%s received: draining (up to %ums), then stopping",
+            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
+    http_server_shutdown(app->server, drain_ms, server_stopped, app);
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    struct app *app = h->data;
+    char err[1024];
+    if (policy_engine_reload(app->policy, NULL, err, sizeof(err)) != 0)
+        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
+    else
+        log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+}
+
+static void observe(void *ud, const struct log_access_entry *e)
+{
+    debug_observe(e);
+}
+
+/* The access-log line: the C twin of the built-in format_log, or a drop-in's. */
+static size_t format_access(void *ud, const struct log_access_entry *e, char *buf, size_t cap)
+{
+    struct app *app = ud;
+    size_t n;
+    if (policy_has_hook(app->policy, POLICY_HOOK_FORMAT_LOG) &&
+        !policy_hook_is_builtin(app->policy, POLICY_HOOK_FORMAT_LOG) &&
+        policy_format_log(app->policy, e, buf, cap, &n) == 0)
+        return n;
+    return log_format_access(e, buf, cap);
+}
+
+/* evict: the policy's choice among the candidates (indexes), or -ENOENT for the default. */
+static long evict_policy(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
+                         size_t *victims, size_t max_victims)
+{
+    struct app *app = ud;
+    if (!policy_has_hook(app->policy, POLICY_HOOK_EVICT) ||
+        policy_hook_is_builtin(app->policy, POLICY_HOOK_EVICT))
+        return -ENOENT; /* the built-in policy is least recently pulled first: done in C */
+    struct policy_blob *pb = calloc(n ? n : 1, sizeof(*pb));
+    char(*digests)[72] = calloc(n ? n : 1, sizeof(*digests));
+    if (pb == NULL || digests == NULL) {
+        free(pb);
+        free(digests);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        snprintf(digests[i], sizeof(digests[i]), "sha256:%s", cands[i].hex);
+        pb[i] = (struct policy_blob){
+            .digest = digests[i], .size = cands[i].size, .last_pulled = cands[i].last_pulled};
+    }
+    size_t *chosen = NULL, n_chosen = 0;
+    int rc = policy_evict(app->policy, pb, n, bytes_needed, &chosen, &n_chosen);
+    free(pb);
+    free(digests);
+    if (rc != 0) return rc;
+    long k = 0;
+    for (size_t i = 0; i < n_chosen && (size_t)k < max_victims; i++)
+        victims[k++] = chosen[i];
+    free(chosen);
+    return k;
+}
+
+static bool blob_in_use(void *ud, const char *hex)
+{
+    struct app *app = ud;
+    return blob_service_in_use(app->blobs, hex);
+}
+
+static void blob_committed(void *ud, const char *hex, uint64_t size)
+{
+    struct app *app = ud;
+    budget_added(app->budget, size);
+}
+
+static void blob_expired(void *ud, const struct expire_blob *b)
+{
+    struct app *app = ud;
+    budget_removed(app->budget, b->size);
+}
+
+/* blob_ttl: the policy's answer (1 with a TTL, 0 to keep), or the configured default. */
+static int blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    return policy_ttl(((struct app *)ud)->policy, b, ttl_s);
+}
+
+/* Lets the process hold as many connections as the hard limit allows. */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static int run_serve(const char *path)
+{
+    struct app app;
+    memset(&app, 0, sizeof(app));
+    app.cfg = load_config(path);
+    if (app.cfg == NULL) return EXIT_CONFIG;
+    log_configure(app.cfg);
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+
+    /* File I/O and hashing run on libuv's thread pool: size it for a disk with
+     * several fetches and many readers in flight, unless the operator did. */
+    setenv("UV_THREADPOOL_SIZE", "16", 0);
+
+    char err[512];
+    unsigned removed = 0;
+    int rc = store_open(app.cfg->storage_root, &app.store, &removed, err, sizeof(err));
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        config_free(app.cfg);
+        return EXIT_RUNTIME;
+    }
+    if (removed > 0)
+        log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
+                removed);
+
+    rc = policy_engine_new(app.cfg, NULL, &app.policy, err, sizeof(err));
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "policies: %s", err);
+        config_free(app.cfg);
+        return EXIT_CONFIG;
+    }
+
+    app.loop = uv_default_loop();
+    /* https upstreams: the system's CAs and the config's cas. */
+    struct upstream_pool_opts pool_opts = {.connect_timeout_ms = app.cfg->upstream_connect_ms,
+                                           .io_timeout_ms = app.cfg->upstream_progress_ms};
+    if (tls_client_config_new((const char *const *)app.cfg->cas, app.cfg->n_cas, true,
+                              &pool_opts.tls, err, sizeof(err)) != 0) {
+        log_msg(LOG_ERROR, "cas: %s", err);
+        config_free(app.cfg);
+        return EXIT_CONFIG;
+    }
+    app.pool = upstream_pool_new(app.loop, &pool_opts);
+    tls_config_free(pool_opts.tls); /* the pool holds its own reference */
+    app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
+    app.fetches = app.pool ? fetch_manager_new(app.loop, app.store, app.pool) : NULL;
+    app.blobs = app.proxy && app.fetches
+                    ? blob_service_new(app.loop, app.store, app.fetches, app.proxy)
+                    : NULL;
+    if (app.blobs == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    proxy_set_blob_service(app.proxy, app.blobs);
+    proxy_set_policy(app.proxy, app.policy);
+    /* Authorization decisions are remembered briefly; with auth.token, tokens are
+     * verified here against the issuer's certificates. */
+    app.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    if (app.cfg->auth_token_realm != NULL &&
+        auth_token_verifier_new(app.cfg->auth_token_rootcertbundle, app.cfg->auth_token_issuer,
+                                app.cfg->auth_token_service, err, sizeof(err),
+                                &app.verifier) != 0) {
+        log_msg(LOG_ERROR, "auth.token: %s", err);
+        return EXIT_CONFIG;
+    }
+    if (app.auth == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
+
+    /* The store's totals, and eviction under the disk budget when one is set. */
+    struct budget_opts bo = {
+        .max_bytes = app.cfg->has_budget ? app.cfg->budget_bytes : 0,
+        .high_pct = app.cfg->budget_high_pct,
+        .low_pct = app.cfg->budget_low_pct,
+        .evict = evict_policy,
+        .in_use = blob_in_use,
+        .ud = &app,
+    };
+    if (budget_start(app.loop, app.store, &bo, &app.budget) != 0) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_budget(app.blobs, app.budget);
+    fetch_manager_on_commit(app.fetches, blob_committed, &app);
+    /* Expiry runs with a configured blobttl, or when a drop-in gives TTLs itself. */
+    bool ttl_policy = policy_has_hook(app.policy, POLICY_HOOK_BLOB_TTL) &&
+                      !policy_hook_is_builtin(app.policy, POLICY_HOOK_BLOB_TTL);
+    if (app.cfg->has_blobttl || ttl_policy) {
+        double ttl_s = app.cfg->has_blobttl ? (double)app.cfg->blobttl_ns / 1e9 : 0;
+        blob_service_set_ttl(app.blobs, ttl_s);
+        struct expire_opts eo = {
+            .default_ttl_s = ttl_s, .ttl = blob_ttl, .on_removed = blob_expired, .ud = &app};
+        if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
+            log_msg(LOG_ERROR, "cannot start the blob expiry timer");
+            return EXIT_RUNTIME;
+        }
+    }
+
+    struct http_header extra[64];
+    size_t n_extra = 0;
+    for (size_t i = 0; i < app.cfg->n_http_headers; i++) {
+        const struct config_header *h = &app.cfg->http_headers[i];
+        for (size_t k = 0; k < h->n_values && n_extra < 64; k++)
+            extra[n_extra++] =
+                (struct http_header){h->name, strlen(h->name), h->values[k], strlen(h->values[k])};
+    }
+    struct http_server_opts opts = {
+        .extra_headers = extra,
+        .n_extra_headers = n_extra,
+        .on_request = proxy_handle,
+        .ud = app.proxy,
+        .format_access = format_access,
+        .on_complete = observe,
+        .format_ud = &app,
+    };
+    if (app.cfg->http_tls_certificate != NULL) {
+        rc = tls_server_config_new(app.cfg->http_tls_certificate, app.cfg->http_tls_key,
+                                   app.cfg->http_tls_minimumtls, &opts.tls, err, sizeof(err));
+        if (rc != 0) {
+            log_msg(LOG_ERROR, "http.tls: %s", err);
+            return EXIT_CONFIG;
+        }
+    }
+    rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
+    tls_config_free(opts.tls); /* the server holds its own reference */
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        uv_run(app.loop, UV_RUN_DEFAULT);
+        return EXIT_RUNTIME;
+    }
+
+    log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
+            http_server_address(app.server), app.cfg->http_tls_certificate ? "https" : "http");
+    if (app.cfg->http_debug_addr != NULL) {
+        app.debug_src = (struct debug_sources){
+            .fetches = app.fetches,
+            .expiry = app.expiry,
+            .budget = app.budget,
+            .blobs = app.blobs,
+            .auth = app.auth,
+            .policy = app.policy,
+            .server = app.server,
+            .store = app.store,
+            .proxy = app.proxy,
+        };
+        rc = debug_start(app.loop, app.cfg->http_debug_addr, &app.debug_src, &app.debug, err,
+                         sizeof(err));
+        if (rc != 0) {
+            log_msg(LOG_ERROR, "http.debug.addr: %s", err);
+            return EXIT_RUNTIME;
+        }
+        log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s", debug_address(app.debug));
+    }
+    log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
+    for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
+        const struct config_upstream *u = &app.cfg->upstreams[i];
+        for (size_t k = 0; k < u->n_upstreamhosts; k++)
+            log_msg(LOG_INFO, "upstream cache %s (for origin %s)", u->upstreamhosts[k],
+                    u->originhost);
+        log_msg(LOG_INFO, "origin %s", u->originhost);
+    }
+
+    uv_signal_init(app.loop, &app.sig_term);
+    uv_signal_init(app.loop, &app.sig_int);
+    uv_signal_init(app.loop, &app.sig_hup);
+    app.sig_term.data = app.sig_int.data = app.sig_hup.data = &app;
+    uv_signal_start(&app.sig_term, on_stop_signal, SIGTERM);
+    uv_signal_start(&app.sig_int, on_stop_signal, SIGINT);
+    uv_signal_start(&app.sig_hup, on_hup, SIGHUP);
+
+    uv_prepare_init(app.loop, &app.log_prepare);
+    uv_check_init(app.loop, &app.log_check);
+    uv_prepare_start(&app.log_prepare, flush_before_poll);
+    uv_check_start(&app.log_check, flush_after_io);
+    uv_unref((uv_handle_t *)&app.log_prepare);
+    uv_unref((uv_handle_t *)&app.log_check);
+    log_access_set_buffered(true);
+
+    uv_run(app.loop, UV_RUN_DEFAULT);
+    log_access_set_buffered(false);
+    log_msg(LOG_INFO, "stopped");
+    policy_engine_free(app.policy);
+    auth_cache_free(app.auth);
+    auth_token_verifier_free(app.verifier);
+    blob_service_free(app.blobs);
+    fetch_manager_free(app.fetches);
+    store_close(app.store);
+    proxy_free(app.proxy);
+    config_free(app.cfg);
+    uv_loop_close(app.loop);
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-v") == 0)) {
+        printf("content-cache %s\n", CC_VERSION);
+        return EXIT_OK;
+    }
+    if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        fputs(usage_text, stdout);
+        return EXIT_OK;
+    }
+    if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
+        return run_check(argv[2]);
+    if (argc == 3 && strcmp(argv[1], "expire") == 0) return run_expire(argv[2]);
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "fsck") == 0) {
+        bool repair = argc == 4 && strcmp(argv[3], "--repair") == 0;
+        if (argc == 4 && !repair) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        return run_fsck(argv[2], repair);
+    }
+    if (argc == 3 && strcmp(argv[1], "serve") == 0) return run_serve(argv[2]);
+    if (argc == 2 && argv[1][0] != '-') return run_serve(argv[1]);
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+}

@@ -1,0 +1,144 @@
+/*
+ * config.h: the Docker Registry config.yml (read with libyaml), as content-cache uses it.
+ *
+ * The keys read are those of docs/DESIGN: version, log.{level,formatter,fields},
+ * storage.filesystem.rootdirectory, storage.delete.enabled, http.{addr,host,secret,
+ * draintimeout,headers,tls.{certificate,key,minimumtls},debug.addr}, auth.token.{realm,
+ * service,issuer,rootcertbundle}, and middleware.registry[] entries; the entry named
+ * "downstream" carries our options (blobttl, upstreams, cas, and our extension
+ * policydir). Every other key is a warning that names file:line, not an error.
+ *
+ * Errors name "file:line:column: key: what was expected", the key as a dotted path
+ * ("middleware.registry[0].options.blobttl"). Environment variables
+ * REGISTRY_<SECTION>_<KEY> (upper case, '_' between levels) override scalar keys, as
+ * Docker Registry does; an error in such a value names the variable instead of a line
+ * ("REGISTRY_LOG_LEVEL: expected ..."). Overrides apply after the file is read and
+ * before values are checked. A null or empty value (in the file or the environment)
+ * leaves the key at its default.
+ *
+ * The file may use anchors and aliases; it may not hold more than one document, a key
+ * twice in a map, nesting past 64 levels, or more than 1 MiB.
+ */
+#ifndef CC_CONFIG_H
+#define CC_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "base/url.h"
+
+struct config_upstream {
+    char *originhost;          /* as written, validated by url_parse */
+    struct url origin;         /* parsed */
+    char **upstreamhosts;      /* as written */
+    struct url *upstream_urls; /* parsed, same order */
+    size_t n_upstreamhosts;
+};
+
+struct config_kv {
+    char *key;
+    char *value;
+};
+
+struct config_header { /* http.headers: a name and its values */
+    char *name;
+    char **values;
+    size_t n_values;
+};
+
+struct config {
+    char *file; /* path the config was read from */
+
+    char *log_level;     /* "error", "warn", "info" (default), "debug" ("warning" is
+                            stored as "warn"), always lower case */
+    char *log_formatter; /* "text" (default) or "json" ("logstash" is stored as "json",
+                            with a warning) */
+    struct config_kv *log_fields;
+    size_t n_log_fields;
+
+    char *storage_root;  /* storage.filesystem.rootdirectory; default /var/lib/registry */
+    bool delete_enabled; /* storage.delete.enabled */
+
+    char *http_addr; /* default ":5000" */
+    char *http_host;
+    char *http_secret;
+    uint64_t http_draintimeout_ns; /* default 0: do not wait for in-flight responses */
+    struct config_header *http_headers;
+    size_t n_http_headers;
+    char *http_tls_certificate;
+    char *http_tls_key;
+    char *http_tls_minimumtls; /* "tls1.2" (default) or "tls1.3" */
+    char *http_debug_addr;
+
+    char *auth_token_realm; /* all four set, or none: auth.token */
+    char *auth_token_service;
+    char *auth_token_issuer;
+    char *auth_token_rootcertbundle;
+
+    bool has_downstream; /* a middleware.registry entry named downstream exists: always
+                            true in a config that parsed, as is n_upstreams >= 1 */
+    bool has_blobttl;
+    uint64_t blobttl_ns;
+    struct config_upstream *upstreams;
+    size_t n_upstreams;
+    char **cas;
+    size_t n_cas;
+    char *policydir;               /* our extension: drop-in policy directory, absolute */
+    bool has_budget;               /* our extension: diskbudget */
+    uint64_t budget_bytes;         /* diskbudget.maxsize */
+    unsigned budget_high_pct;      /* diskbudget.highwatermark, default 90 */
+    unsigned budget_low_pct;       /* diskbudget.lowwatermark, default 80 */
+    unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
+    unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
+
+    char **warnings; /* "file:line: key.path: not used by content-cache (ignored)",
+                        "REGISTRY_X: environment variable not used ..." and the like;
+                        at most 100, the last of them counting the rest */
+    size_t n_warnings;
+};
+
+/*
+ * Parses a config from memory. `filename` is used in messages only; `env` is a
+ * NULL-terminated "NAME=value" array (environ, or a test's own), may be NULL.
+ * Returns 0 and a new config in *out (free with config_free), or -EINVAL (-ENOMEM when
+ * memory ran out) with *out NULL and a message in err (always NUL-terminated; err may
+ * be NULL when errlen is 0). Any bytes are safe to pass; more than 1 MiB is refused.
+ * Semantic checks (blobttl needs storage.delete.enabled, upstreams non-empty, URLs,
+ * absolute cas paths) are made here; whether cas files are readable is checked by
+ * config_check_files.
+ */
+int config_parse(const char *filename, const char *data, size_t len, char *const *env,
+                 struct config **out, char *err, size_t errlen);
+
+/*
+ * Reads the file at `path` and calls config_parse. -errno when the file cannot be read,
+ * -EFBIG when it is larger than 1 MiB; err says which.
+ */
+int config_load(const char *path, char *const *env, struct config **out, char *err, size_t errlen);
+
+/*
+ * Checks what needs the file system: every cas file, http.tls.certificate and
+ * auth.token.rootcertbundle is readable and holds "-----BEGIN CERTIFICATE-----",
+ * http.tls.key is readable and holds "-----BEGIN", policydir is a directory.
+ * Returns 0 or -EINVAL with a message in err that names the key and the path.
+ */
+int config_check_files(const struct config *cfg, char *err, size_t errlen);
+
+void config_free(struct config *cfg);
+
+/*
+ * Parses a size: a positive integer with an optional unit B, KB, MB, GB, TB (powers of
+ * 1000) or KiB, MiB, GiB, TiB (powers of 1024). Returns 0, -EINVAL or -ERANGE.
+ */
+int config_parse_size(const char *text, uint64_t *bytes);
+
+/*
+ * Parses a duration as the downstream middleware's blobttl: a positive integer with an
+ * optional suffix ns, us, ms, s, m, h; no suffix means nanoseconds. Zero, a sign,
+ * fractions, spaces, unknown suffixes and values past UINT64_MAX ns are refused.
+ * Returns 0 and the value in *ns, or -EINVAL (malformed) or -ERANGE (overflow, zero).
+ */
+int config_parse_duration(const char *text, uint64_t *ns);
+
+#endif

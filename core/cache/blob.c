@@ -1,0 +1,1063 @@
+/*
+ * blob.c: serving blobs: authorize with the upstream, then a hit from disk or a miss
+ * through a fetch. See blob.h.
+ *
+ * A request's body is pumped: read a chunk at `pos` (from the file with uv_fs_read on
+ * the thread pool, or from a pass-through window), write it to the client, and when the
+ * write is done read the next one. A follower of a running fetch waits for the fetch's
+ * next progress when it has caught up. One chunk buffer per request, nothing else.
+ */
+#include "cache/blob.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "access/auth.h"
+#include "cache/budget.h"
+#include "net/chain.h"
+#include "base/config.h"
+#include "cache/expire.h"
+#include "base/log.h"
+
+#define BLOB_CHUNK (256 * 1024)
+/* A miss of at least this many bytes sends its head as soon as the upstream's GET
+ * answered 200, before the first bytes are on disk (time to first byte); a smaller one
+ * waits for its first bytes, so a body that fails at once is still a clean registry
+ * error. Either way a GET that the upstream refuses is a clean error. */
+#define BLOB_EARLY_HEAD_MIN (1024 * 1024)
+#define BLOB_MAX_FORWARDED 24
+#define BLOB_FD_CACHE 128
+
+struct blob_service {
+    double ttl_s; /* the configured blobttl, for how often a pull refreshes its time */
+    /* Authorization: decisions remembered, and local token verification (auth.token). */
+    struct auth_cache *auth;
+    struct auth_verifier *verifier;
+    const struct config *cfg;
+    struct blob_auth_stats auth_stats;
+    struct budget *budget; /* may be NULL */
+    /* Stored blobs open for reading now, and by how many requests: not evicted. */
+    struct {
+        char hex[65];
+        unsigned readers;
+    } * in_use;
+    size_t n_in_use, cap_in_use;
+    /* Descriptors of stored blobs kept open: a hot hit needs no open/fstat/close on the
+     * thread pool. An entry is checked (fstat: still linked?) at each use. */
+    struct {
+        char hex[65];
+        uv_file fd;
+        unsigned refs;
+        uint64_t used;
+        bool stale; /* unlinked: closed when its last reader is done */
+    } fdc[BLOB_FD_CACHE];
+    uint64_t fdc_clock;
+    uv_loop_t *loop;
+    struct store *store;
+    struct fetch_manager *fetches;
+    struct proxy *proxy;
+};
+
+struct blob_req {
+    struct blob_service *bs;
+    struct http_exchange *x;
+    char hex[65];
+    char digest[72];
+    char **bases; /* where this request's upstream requests go, in order */
+    size_t n_bases;
+    size_t entry; /* the upstreams entry: decisions are remembered per origin */
+
+    struct chain_req *auth;
+    int auth_status;
+    bool need_credential;   /* the upstream's answer decides the credential too */
+    bool asked_upstream;    /* a HEAD went upstream for this request (never twice) */
+    const char *credential; /* the client's Authorization value (the exchange owns it) */
+    size_t credential_len;
+    bool waiting_size; /* a follower that waits for its fetch's length */
+    int64_t size;      /* from the upstream's HEAD, -1 when it gave none */
+    char *challenge;
+
+    /* What is sent: [pos, end) of the blob; end is UINT64_MAX while the size is unknown. */
+    int status;
+    uint64_t pos, end;
+    uint64_t total;
+    bool head_ready;
+
+    uv_file fd;
+    bool own_fd;
+    int fdc_slot; /* the descriptor cache entry used, or -1 */
+    struct fetch *fetch;
+    struct fetch_follower follower;
+    bool following; /* follower is in the fetch's list */
+    struct fetch_waiter waiter;
+
+    char *buf;
+    size_t buf_cap;
+    uv_fs_t fs;
+    bool fs_busy;
+    bool writing;
+    bool gone;
+    bool done;
+};
+
+static void pump(struct blob_req *r);
+
+struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
+                                      struct fetch_manager *fetches, struct proxy *proxy)
+{
+    struct blob_service *bs = calloc(1, sizeof(*bs));
+    if (bs == NULL) return NULL;
+    bs->loop = loop;
+    for (int i = 0; i < BLOB_FD_CACHE; i++)
+        bs->fdc[i].fd = -1;
+    bs->store = store;
+    bs->fetches = fetches;
+    bs->proxy = proxy;
+    return bs;
+}
+
+void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
+                           struct auth_cache *cache, struct auth_verifier *verifier)
+{
+    bs->cfg = cfg;
+    bs->auth = cache;
+    bs->verifier = verifier;
+}
+
+const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs)
+{
+    return &bs->auth_stats;
+}
+
+void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
+{
+    bs->budget = budget;
+}
+
+bool blob_service_in_use(const struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++)
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) return true;
+    return false;
+}
+
+static void in_use_add(struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++) {
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+            bs->in_use[i].readers++;
+            return;
+        }
+    }
+    if (bs->n_in_use == bs->cap_in_use) {
+        size_t cap = bs->cap_in_use ? bs->cap_in_use * 2 : 16;
+        void *n = realloc(bs->in_use, cap * sizeof(*bs->in_use));
+        if (n == NULL)
+            return; /* at worst, the blob may be evicted while it is read: the reader's
+                       descriptor keeps its bytes */
+        bs->in_use = n;
+        bs->cap_in_use = cap;
+    }
+    memcpy(bs->in_use[bs->n_in_use].hex, hex, 65);
+    bs->in_use[bs->n_in_use++].readers = 1;
+}
+
+static void in_use_remove(struct blob_service *bs, const char *hex)
+{
+    for (size_t i = 0; i < bs->n_in_use; i++) {
+        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+            if (--bs->in_use[i].readers == 0) bs->in_use[i] = bs->in_use[--bs->n_in_use];
+            return;
+        }
+    }
+}
+
+static void close_fs_cb(uv_fs_t *req);
+
+static void fdc_close(struct blob_service *bs, int i)
+{
+    uv_fs_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_fs_close(bs->loop, req, bs->fdc[i].fd, close_fs_cb) != 0) {
+        free(req);
+        close(bs->fdc[i].fd);
+    }
+    memset(&bs->fdc[i], 0, sizeof(bs->fdc[i]));
+    bs->fdc[i].fd = -1;
+}
+
+/* A cached descriptor of blob hex that still names a stored file: its slot (a reference
+ * taken) and its stat in *sb; -1 when there is none. */
+static int fdc_get(struct blob_service *bs, const char *hex, struct stat *sb)
+{
+    for (int i = 0; i < BLOB_FD_CACHE; i++) {
+        if (bs->fdc[i].hex[0] == '\0' || bs->fdc[i].stale || memcmp(bs->fdc[i].hex, hex, 64))
+            continue;
+        /* fstat of an open descriptor reads the inode in memory: it does not wait for
+         * the disk. nlink 0: the blob was expired, evicted or repaired away. */
+        if (fstat(bs->fdc[i].fd, sb) != 0 || sb->st_nlink == 0) {
+            if (bs->fdc[i].refs == 0)
+                fdc_close(bs, i);
+            else
+                bs->fdc[i].stale = true;
+            return -1;
+        }
+        bs->fdc[i].refs++;
+        bs->fdc[i].used = ++bs->fdc_clock;
+        return i;
+    }
+    return -1;
+}
+
+/* Keeps fd (just opened for hex) in the cache; returns its slot (one reference taken),
+ * or -1 when every slot is in use (the caller keeps and closes the fd itself). */
+static int fdc_put(struct blob_service *bs, const char *hex, uv_file fd)
+{
+    int victim = -1;
+    for (int i = 0; i < BLOB_FD_CACHE; i++) {
+        if (bs->fdc[i].hex[0] == '\0' && bs->fdc[i].refs == 0) {
+            victim = i;
+            break;
+        }
+        if (bs->fdc[i].refs == 0 && (victim < 0 || bs->fdc[i].used < bs->fdc[victim].used))
+            victim = i;
+    }
+    if (victim < 0) return -1;
+    if (bs->fdc[victim].hex[0] != '\0') fdc_close(bs, victim);
+    memcpy(bs->fdc[victim].hex, hex, 65);
+    bs->fdc[victim].fd = fd;
+    bs->fdc[victim].refs = 1;
+    bs->fdc[victim].stale = false;
+    bs->fdc[victim].used = ++bs->fdc_clock;
+    return victim;
+}
+
+static void fdc_release(struct blob_service *bs, int i)
+{
+    if (--bs->fdc[i].refs == 0 && bs->fdc[i].stale) fdc_close(bs, i);
+}
+
+void blob_service_set_ttl(struct blob_service *bs, double ttl_s)
+{
+    bs->ttl_s = ttl_s;
+}
+
+static void touch_done(uv_fs_t *req)
+{
+    if (req->result < 0)
+        log_msg(LOG_WARN, "cannot record the pull time of a blob: %s",
+                uv_strerror((int)req->result));
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+/* Records a pull: the data file's access time is the blob's last-pulled time. */
+static void touch_times(struct blob_req *r, double atime, double mtime)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    if (!expire_touch_due(atime, now, r->bs->ttl_s)) return;
+    uv_fs_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_fs_futime(r->bs->loop, req, r->fd, now, mtime, touch_done) != 0)
+        free(req);
+}
+
+static void touch(struct blob_req *r, const uv_stat_t *sb)
+{
+    touch_times(r, (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9,
+                (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9);
+}
+
+void blob_service_free(struct blob_service *bs)
+{
+    for (int i = 0; i < BLOB_FD_CACHE; i++)
+        if (bs->fdc[i].hex[0] != '\0') close(bs->fdc[i].fd);
+    free(bs->in_use);
+    free(bs);
+}
+
+/* --- Range ------------------------------------------------------------------------ */
+
+static bool parse_u64(const char *s, size_t n, uint64_t *out)
+{
+    if (n == 0 || n > 19) return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return false;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    *out = v;
+    return true;
+}
+
+enum blob_range_result blob_parse_range(const char *value, size_t len, uint64_t size,
+                                        uint64_t *start, uint64_t *end)
+{
+    while (len > 0 && (value[0] == ' ' || value[0] == '\t')) {
+        value++;
+        len--;
+    }
+    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+        len--;
+    if (len < 7 || strncasecmp(value, "bytes=", 6) != 0) return RANGE_NONE;
+    const char *spec = value + 6;
+    size_t n = len - 6;
+    if (memchr(spec, ',', n) != NULL) return RANGE_NONE;
+    const char *dash = memchr(spec, '-', n);
+    if (dash == NULL) return RANGE_NONE;
+    size_t a_len = (size_t)(dash - spec);
+    size_t b_len = n - a_len - 1;
+    uint64_t a, b;
+    if (a_len == 0) {
+        /* bytes=-n: the last n bytes. */
+        if (!parse_u64(dash + 1, b_len, &b)) return RANGE_NONE;
+        if (b == 0 || size == 0) return RANGE_UNSATISFIABLE;
+        *start = b >= size ? 0 : size - b;
+        *end = size;
+        return RANGE_PARTIAL;
+    }
+    if (!parse_u64(spec, a_len, &a)) return RANGE_NONE;
+    if (b_len == 0) {
+        b = UINT64_MAX;
+    } else {
+        if (!parse_u64(dash + 1, b_len, &b)) return RANGE_NONE;
+        if (b < a) return RANGE_NONE;
+    }
+    if (a >= size) return RANGE_UNSATISFIABLE;
+    *start = a;
+    *end = b >= size - 1 ? size : b + 1;
+    return RANGE_PARTIAL;
+}
+
+/* --- The end of a request ----------------------------------------------------------- */
+
+static void close_fs_cb(uv_fs_t *req)
+{
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+static void release(struct blob_req *r)
+{
+    if (r->auth != NULL) {
+        chain_cancel(r->auth);
+        r->auth = NULL;
+    }
+    if (r->fetch != NULL) {
+        fetch_unwait(r->fetch, &r->waiter);
+        if (r->following) {
+            fetch_follow_end(r->fetch, &r->follower);
+            in_use_remove(r->bs, r->hex);
+        }
+        fetch_unref(r->fetch);
+        r->fetch = NULL;
+    }
+    if (r->fdc_slot >= 0) {
+        in_use_remove(r->bs, r->hex);
+        fdc_release(r->bs, r->fdc_slot);
+        r->fdc_slot = -1;
+        r->fd = -1;
+    }
+    if (r->own_fd && r->fd >= 0) {
+        in_use_remove(r->bs, r->hex);
+        uv_fs_t *req = malloc(sizeof(*req));
+        if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0) free(req);
+        r->fd = -1;
+    }
+    for (size_t i = 0; i < r->n_bases; i++)
+        free(r->bases[i]);
+    free(r->bases);
+    free(r->buf);
+    free(r->challenge);
+    free(r);
+}
+
+/* Ends the exchange: normally when the body is complete, else by closing. */
+static void finish(struct blob_req *r, bool complete)
+{
+    if (r->done) return;
+    r->done = true;
+    struct http_exchange *x = r->x;
+    if (r->fetch != NULL && fetch_upstream(r->fetch) != NULL)
+        http_log_set_upstream(x, fetch_upstream(r->fetch));
+    if (complete)
+        http_respond_end(x);
+    else
+        http_respond_abort(x);
+    release(r);
+}
+
+/* Fails the request: a clean registry error while nothing was sent, else a close. */
+static void fail(struct blob_req *r, int code, const char *message)
+{
+    if (r->done) return;
+    if (!http_exchange_head_sent(r->x) && !r->gone) {
+        r->done = true;
+        proxy_respond_error(r->x, code, message, NULL);
+        release(r);
+        return;
+    }
+    http_log_set_error(r->x, message);
+    finish(r, false);
+}
+
+static void on_gone(struct http_exchange *x, void *arg)
+{
+    struct blob_req *r = arg;
+    r->gone = true;
+    if (r->fetch != NULL) fetch_unwait(r->fetch, &r->waiter);
+    if (!r->fs_busy && !r->writing) finish(r, false);
+}
+
+/* --- Sending ---------------------------------------------------------------------- */
+
+static void set_head(struct blob_req *r)
+{
+    if (r->head_ready) return;
+    r->head_ready = true;
+    char range[96];
+    char etag[80];
+    struct http_header h[6];
+    size_t n = 0;
+    snprintf(etag, sizeof(etag), "\"%s\"", r->digest);
+    h[n++] = (struct http_header){"Content-Type", 12, "application/octet-stream", 24};
+    h[n++] = (struct http_header){"Docker-Content-Digest", 21, r->digest, strlen(r->digest)};
+    h[n++] = (struct http_header){"ETag", 4, etag, strlen(etag)};
+    h[n++] = (struct http_header){"Accept-Ranges", 13, "bytes", 5};
+    h[n++] = (struct http_header){"Cache-Control", 13, "max-age=31536000, immutable", 27};
+    if (r->status == 206) {
+        int l = snprintf(range, sizeof(range), "bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64, r->pos,
+                         r->end - 1, r->total);
+        h[n++] = (struct http_header){"Content-Range", 13, range, (size_t)l};
+    }
+    int64_t length = r->end == UINT64_MAX ? -1 : (int64_t)(r->end - r->pos);
+    http_respond_head(r->x, r->status, h, n, length);
+}
+
+static void write_done(struct http_exchange *x, int status, void *arg)
+{
+    struct blob_req *r = arg;
+    r->writing = false;
+    if (status < 0 || r->gone) {
+        r->gone = true;
+        finish(r, false);
+        return;
+    }
+    pump(r);
+}
+
+static void send_chunk(struct blob_req *r, size_t n)
+{
+    set_head(r);
+    r->pos += n;
+    if (r->fetch != NULL) {
+        r->follower.offset = r->pos;
+        fetch_follow_moved(r->fetch);
+    }
+    r->writing = true;
+    int rc = http_respond_body(r->x, r->buf, n, write_done, r);
+    if (rc < 0) {
+        r->writing = false;
+        r->gone = true;
+        finish(r, false);
+    }
+}
+
+static void read_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (n <= 0) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "reading blob %s at offset %" PRIu64 ": %s", r->digest, r->pos,
+                 n == 0 ? "unexpected end of file" : uv_strerror((int)n));
+        log_msg(LOG_ERROR, "%s", msg);
+        fail(r, REG_ERR_INTERNAL, msg);
+        return;
+    }
+    send_chunk(r, (size_t)n);
+}
+
+static void serve(struct blob_req *r, int64_t size);
+
+static void on_progress(struct fetch_waiter *w)
+{
+    struct blob_req *r = (struct blob_req *)((char *)w - offsetof(struct blob_req, waiter));
+    if (r->done || r->fs_busy || r->writing) return;
+    if (r->waiting_size) {
+        if (fetch_size(r->fetch) < 0 && !fetch_head_seen(r->fetch)) {
+            fetch_wait(r->fetch, &r->waiter);
+            return;
+        }
+        r->waiting_size = false;
+        serve(r, fetch_size(r->fetch));
+        return;
+    }
+    pump(r);
+}
+
+/* Sends what can be sent now; waits for the fetch when it has caught up. */
+static void pump(struct blob_req *r)
+{
+    if (r->done || r->fs_busy || r->writing) return;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    struct fetch *f = r->fetch;
+    if (f != NULL && fetch_state(f) == FETCH_FAILED) {
+        char msg[400];
+        snprintf(msg, sizeof(msg), "fetching %s failed: %s", r->digest, fetch_error(f));
+        fail(r, REG_ERR_UPSTREAM_FAILED, msg);
+        return;
+    }
+    if (r->end == UINT64_MAX && f != NULL && fetch_complete(f))
+        r->end = (uint64_t)fetch_size(f); /* a length that only the end told */
+    if (r->pos >= r->end) {
+        finish(r, true);
+        return;
+    }
+    uint64_t avail = f != NULL ? fetch_readable(f) : r->end;
+    if (avail > r->end) avail = r->end;
+    if (r->pos >= avail) {
+        if (f != NULL && fetch_head_seen(f) && r->end != UINT64_MAX &&
+            r->end - r->pos >= BLOB_EARLY_HEAD_MIN && !http_exchange_head_sent(r->x)) {
+            set_head(r); /* the head alone; write_done comes back here to wait */
+            r->writing = true;
+            if (http_respond_body(r->x, r->buf, 0, write_done, r) == 0) return;
+            r->writing = false;
+        }
+        fetch_wait(f, &r->waiter);
+        return;
+    }
+    uint64_t want = avail - r->pos;
+    size_t n = want > r->buf_cap ? r->buf_cap : (size_t)want;
+    if (f != NULL && fetch_in_memory(f, r->pos)) {
+        size_t got = fetch_copy_window(f, r->pos, r->buf, n);
+        if (got == 0) {
+            fetch_wait(f, &r->waiter);
+            return;
+        }
+        send_chunk(r, got);
+        return;
+    }
+    uv_file fd = f != NULL ? fetch_fd(f) : r->fd;
+    /* Bytes in the page cache are read right here: RWF_NOWAIT never waits for the disk
+     * (it answers EAGAIN instead), so only cold reads take the thread pool. */
+    struct iovec iov = {r->buf, n};
+    ssize_t got = preadv2(fd, &iov, 1, (off_t)r->pos, RWF_NOWAIT);
+    if (got > 0) {
+        send_chunk(r, (size_t)got);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(r->buf, (unsigned)n);
+    r->fs.data = r;
+    r->fs_busy = true;
+    int rc = uv_fs_read(r->bs->loop, &r->fs, fd, &b, 1, (int64_t)r->pos, read_done);
+    if (rc < 0) {
+        r->fs_busy = false;
+        fail(r, REG_ERR_INTERNAL, "cannot read the blob file");
+    }
+}
+
+/* Decides status and range against the blob's size, then starts pumping. */
+static void serve(struct blob_req *r, int64_t size)
+{
+    r->status = 200;
+    r->pos = 0;
+    r->end = size >= 0 ? (uint64_t)size : UINT64_MAX;
+    r->total = size >= 0 ? (uint64_t)size : 0;
+    const struct http_header *range = http_req_header(r->x, "Range");
+    if (range != NULL && size >= 0) {
+        uint64_t a, b;
+        enum blob_range_result rr =
+            blob_parse_range(range->value, range->value_len, (uint64_t)size, &a, &b);
+        if (rr == RANGE_UNSATISFIABLE) {
+            char cr[64];
+            snprintf(cr, sizeof(cr), "bytes */%" PRId64, size);
+            struct http_header h = {"Content-Range", 13, cr, strlen(cr)};
+            r->done = true;
+            proxy_respond_error_with(r->x, REG_ERR_RANGE_INVALID, 416, &h, 1,
+                                     "requested range not satisfiable", NULL);
+            release(r);
+            return;
+        }
+        if (rr == RANGE_PARTIAL) {
+            r->status = 206;
+            r->pos = a;
+            r->end = b;
+        }
+    }
+    uint64_t span = r->end == UINT64_MAX ? BLOB_CHUNK : r->end - r->pos;
+    r->buf_cap = span > BLOB_CHUNK ? BLOB_CHUNK : (span < 4096 ? 4096 : (size_t)span);
+    r->buf = malloc(r->buf_cap);
+    if (r->buf == NULL) {
+        fail(r, REG_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    if (r->fetch != NULL) {
+        r->follower.offset = r->pos;
+        fetch_follow_begin(r->fetch, &r->follower);
+        r->following = true;
+        in_use_add(r->bs, r->hex); /* once committed, it must not be evicted under us */
+    }
+    pump(r);
+}
+
+/* --- Upstream requests made for a client --------------------------------------------- */
+
+/* A request to the upstreams on behalf of r's client: its credentials, this blob. */
+struct upstream_call {
+    struct upstream_header fwd[BLOB_MAX_FORWARDED];
+    char scratch[16384 + BLOB_MAX_FORWARDED * 2];
+    char *target;
+    struct chain_spec spec;
+};
+
+static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method)
+{
+    /* The whole target: an upstream cache needs the ns parameter too. */
+    c->target = strdup(http_req_target(r->x));
+    if (c->target == NULL) return UV_ENOMEM;
+    c->spec = (struct chain_spec){
+        .method = method,
+        .bases = (const char *const *)r->bases,
+        .n_bases = r->n_bases,
+        .target = c->target,
+        .headers = c->fwd,
+        .n_headers = proxy_forward_headers(r->x, false, c->fwd, BLOB_MAX_FORWARDED, c->scratch,
+                                           sizeof(c->scratch)),
+        .max_redirects = 5,
+    };
+    return 0;
+}
+
+static void upstream_call_free(struct upstream_call *c)
+{
+    free(c->target);
+}
+
+/* --- Hit or miss -------------------------------------------------------------------- */
+
+static void start_fetch(struct blob_req *r)
+{
+    struct blob_service *bs = r->bs;
+    struct fetch *f = fetch_find(bs->fetches, r->hex);
+    if (f != NULL) {
+        fetch_ref(f);
+        http_log_set_cache(r->x, CACHE_COALESCED);
+    } else {
+        struct upstream_call call;
+        int rc = upstream_call_init(&call, r, "GET");
+        if (rc == 0)
+            rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size,
+                             budget_fits(bs->budget, r->size), &f);
+        upstream_call_free(&call);
+        if (rc < 0) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "cannot start fetching %s: %s", r->digest, uv_strerror(rc));
+            fail(r, REG_ERR_UNAVAILABLE, msg);
+            return;
+        }
+        http_log_set_cache(r->x, CACHE_MISS);
+    }
+    r->fetch = f;
+    r->waiter.cb = on_progress;
+    if (r->size < 0 && fetch_size(f) < 0 && !fetch_head_seen(f)) {
+        /* Authorized from memory, so no HEAD told the length: the fetch's head will (or
+         * says there is none: then the body goes out chunked). */
+        r->waiting_size = true;
+        fetch_wait(f, &r->waiter);
+        return;
+    }
+    serve(r, r->size >= 0 ? r->size : fetch_size(f));
+}
+
+static void fstat_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
+    int err = (int)req->result;
+    if (err == 0 && !r->gone) touch(r, &req->statbuf);
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (err < 0) {
+        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
+        return;
+    }
+    if (r->size >= 0 && size != r->size)
+        log_msg(LOG_WARN,
+                "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
+                "; serving the stored (verified) file",
+                r->digest, size, r->size);
+    int slot = fdc_put(r->bs, r->hex, r->fd);
+    if (slot >= 0) {
+        r->fdc_slot = slot;
+        r->own_fd = false; /* the cache closes it */
+    }
+    http_log_set_cache(r->x, CACHE_HIT);
+    serve(r, size);
+}
+
+static void open_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    int result = (int)req->result;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (result >= 0) {
+        r->fd = result;
+        r->own_fd = true;
+        in_use_add(r->bs, r->hex);
+    }
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (result < 0) {
+        if (result != UV_ENOENT)
+            log_msg(LOG_WARN, "cannot open stored blob %s (%s): fetching it", r->digest,
+                    uv_strerror(result));
+        start_fetch(r);
+        return;
+    }
+    r->fs.data = r;
+    r->fs_busy = true;
+    if (uv_fs_fstat(r->bs->loop, &r->fs, r->fd, fstat_done) < 0) {
+        r->fs_busy = false;
+        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
+    }
+}
+
+static void ask_upstream(struct blob_req *r);
+
+static void head_stat_done(uv_fs_t *req)
+{
+    struct blob_req *r = req->data;
+    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
+    uv_fs_req_cleanup(req);
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (size < 0) {
+        ask_upstream(r); /* not stored: only the upstream knows the size */
+        return;
+    }
+    r->size = size;
+    http_log_set_cache(r->x, CACHE_HIT);
+    r->status = 200;
+    r->pos = 0;
+    r->end = (uint64_t)size;
+    r->done = true;
+    set_head(r);
+    http_respond_end(r->x);
+    release(r);
+}
+
+/* The client may have the blob: answer a HEAD, serve a GET from disk or a fetch. */
+static void authorized(struct blob_req *r)
+{
+    char path[4200];
+    if (store_blob_path(r->bs->store, r->hex, path, sizeof(path)) != 0) {
+        fail(r, REG_ERR_INTERNAL, "blob path too long");
+        return;
+    }
+    r->fs.data = r;
+    if (http_req_is_head(r->x)) {
+        if (r->size < 0 && !r->asked_upstream) {
+            /* Authorized from memory: the stored file tells the size. */
+            r->fs_busy = true;
+            if (uv_fs_stat(r->bs->loop, &r->fs, path, head_stat_done) < 0) {
+                r->fs_busy = false;
+                ask_upstream(r);
+            }
+            return;
+        }
+        /* The upstream's answer had no length: the HEAD has none either. */
+        r->status = 200;
+        r->pos = 0;
+        r->end = r->size >= 0 ? (uint64_t)r->size : UINT64_MAX;
+        r->done = true;
+        set_head(r);
+        http_respond_end(r->x);
+        release(r);
+        return;
+    }
+    struct stat sb;
+    int slot = fdc_get(r->bs, r->hex, &sb);
+    if (slot >= 0) {
+        /* A hot hit: no thread-pool round trip to open and stat. */
+        r->fdc_slot = slot;
+        r->fd = r->bs->fdc[slot].fd;
+        in_use_add(r->bs, r->hex);
+        touch_times(r, (double)sb.st_atim.tv_sec + (double)sb.st_atim.tv_nsec / 1e9,
+                    (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9);
+        http_log_set_cache(r->x, CACHE_HIT);
+        serve(r, (int64_t)sb.st_size);
+        return;
+    }
+    r->fs_busy = true;
+    if (uv_fs_open(r->bs->loop, &r->fs, path, UV_FS_O_RDONLY | O_CLOEXEC, 0, open_done) < 0) {
+        r->fs_busy = false;
+        start_fetch(r);
+    }
+}
+
+/* --- Authorization ------------------------------------------------------------------ */
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+/* Decisions are per origin: a 'yes' from one origin never opens a blob of another. */
+static const char *origin_key(const struct blob_req *r)
+{
+    const struct config *cfg = r->bs->cfg;
+    return cfg != NULL && r->entry < cfg->n_upstreams ? cfg->upstreams[r->entry].originhost : "";
+}
+
+/* The action under which "this digest is in this repository" is remembered. */
+static void blob_action(const struct blob_req *r, char *buf, size_t len)
+{
+    snprintf(buf, len, "blob %s", r->digest);
+}
+
+/* A refusal: the status and the challenge, a registry error, no byte of the blob. */
+static void refuse(struct blob_req *r, int st, const char *challenge)
+{
+    char msg[160];
+    int code = st == 401   ? REG_ERR_UNAUTHORIZED
+               : st == 403 ? REG_ERR_DENIED
+               : st == 404 ? REG_ERR_BLOB_UNKNOWN
+               : st == 429 ? REG_ERR_TOOMANYREQUESTS
+               : st >= 500 ? REG_ERR_UPSTREAM_FAILED
+                           : REG_ERR_DENIED;
+    int status = st >= 500 ? 502 : st;
+    struct http_header h;
+    size_t nh = 0;
+    if (challenge != NULL && challenge[0] != '\0') {
+        h = (struct http_header){"WWW-Authenticate", 16, challenge, strlen(challenge)};
+        nh = 1;
+    }
+    snprintf(msg, sizeof(msg), "the upstream answered %d for this blob in this repository", st);
+    r->done = true;
+    proxy_respond_error_with(r->x, code, status, &h, nh, msg, NULL);
+    release(r);
+}
+
+static void auth_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                      int64_t content_length)
+{
+    struct blob_req *r = ud;
+    r->auth_status = status;
+    r->size = content_length;
+    const struct http_header *ch = http_header_find(hdrs, n, "WWW-Authenticate");
+    if (ch != NULL) {
+        free(r->challenge);
+        r->challenge = strndup(ch->value, ch->value_len);
+    }
+}
+
+static void auth_body(void *ud, const char *data, size_t len) {}
+
+/* Remembers what the upstream's answer says about the credential and the blob. */
+static void remember(struct blob_req *r, int st)
+{
+    struct blob_service *bs = r->bs;
+    if (bs->auth == NULL) return;
+    size_t repo_len;
+    const char *repo = http_log_repo(r->x, &repo_len);
+    char action[96];
+    blob_action(r, action, sizeof(action));
+    uint64_t now = mono_ms();
+    if (st >= 200 && st < 300) {
+        if (r->need_credential)
+            auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
+                             repo_len, "pull", 200, NULL, 0, now);
+        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 200, NULL, 0,
+                         now);
+    } else if ((st == 401 || st == 403) && r->need_credential) {
+        auth_cache_store(bs->auth, origin_key(r), r->credential, r->credential_len, repo, repo_len,
+                         "pull", st, r->challenge, r->challenge ? strlen(r->challenge) : 0, now);
+    } else if (st == 404) {
+        auth_cache_store(bs->auth, origin_key(r), NULL, 0, repo, repo_len, action, 404, NULL, 0,
+                         now);
+    }
+}
+
+static void auth_done(void *ud, int err)
+{
+    struct blob_req *r = ud;
+    char msg[400];
+    if (err < 0 && r->auth_status == 0)
+        snprintf(msg, sizeof(msg), "upstream failed: %s", chain_error_message(r->auth));
+    r->auth = NULL;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (err < 0 && r->auth_status == 0) {
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        fail(r,
+             err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
+                                                           : REG_ERR_UPSTREAM_FAILED,
+             msg);
+        return;
+    }
+    int st = r->auth_status;
+    remember(r, st);
+    if (st >= 200 && st < 300) {
+        authorized(r);
+        return;
+    }
+    refuse(r, st, r->challenge);
+}
+
+/* Asks the upstream: a HEAD of this blob in this repository with the client's credential. */
+static void ask_upstream(struct blob_req *r)
+{
+    r->asked_upstream = true;
+    r->bs->auth_stats.from_upstream++;
+    struct upstream_call call;
+    static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
+    int rc = upstream_call_init(&call, r, "HEAD");
+    if (rc == 0) rc = chain_request(proxy_pool(r->bs->proxy), &call.spec, &cbs, r, &r->auth);
+    upstream_call_free(&call);
+    if (rc < 0) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "cannot ask the upstream: %s", uv_strerror(rc));
+        fail(r, REG_ERR_UNAVAILABLE, msg);
+    }
+}
+
+/*
+ * Decides what memory can decide. Two facts make a 'yes': this credential may pull
+ * this repository (from the upstream, or from a locally verified token), and this
+ * digest is in this repository (from the upstream). Either refusal answers at once;
+ * anything unknown asks the upstream.
+ */
+static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
+{
+    struct blob_service *bs = r->bs;
+    uint64_t now = mono_ms();
+    int st;
+    const char *challenge;
+    r->need_credential = true;
+    if (bs->verifier != NULL) {
+        /* auth.token: the token is checked here, against the issuer's certificates. */
+        if (auth_cache_lookup(bs->auth, "local-token", r->credential, r->credential_len, repo,
+                              repo_len, "pull", now, &st, &challenge) &&
+            st == 200) {
+            r->need_credential = false;
+        } else {
+            char why[200], ch[1024];
+            if (auth_token_verify(bs->verifier, r->credential, r->credential_len, repo, repo_len,
+                                  "pull", (int64_t)time(NULL), why, sizeof(why)) != 0) {
+                bs->auth_stats.token_refused++;
+                log_msg(LOG_INFO, "token refused for %.*s: %s", (int)repo_len, repo, why);
+                auth_challenge(bs->cfg->auth_token_realm, bs->cfg->auth_token_service, repo,
+                               repo_len, ch, sizeof(ch));
+                r->done = true;
+                struct http_header h = {"WWW-Authenticate", 16, ch, strlen(ch)};
+                proxy_respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1,
+                                         "authentication required", why);
+                release(r);
+                return;
+            }
+            bs->auth_stats.token_verified++;
+            auth_cache_store(bs->auth, "local-token", r->credential, r->credential_len, repo,
+                             repo_len, "pull", 200, NULL, 0, now);
+            r->need_credential = false;
+        }
+    } else if (bs->auth != NULL &&
+               auth_cache_lookup(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
+                                 repo_len, "pull", now, &st, &challenge)) {
+        if (st != 200) {
+            bs->auth_stats.from_memory++;
+            refuse(r, st, challenge);
+            return;
+        }
+        r->need_credential = false;
+    }
+    bool have_blob = false;
+    char action[96];
+    blob_action(r, action, sizeof(action));
+    if (bs->auth != NULL && auth_cache_lookup(bs->auth, origin_key(r), NULL, 0, repo, repo_len,
+                                              action, now, &st, &challenge)) {
+        if (st == 404 && !r->need_credential) {
+            /* Told only to a client the upstream has accepted: to any other, the
+             * upstream's own answer (a challenge, most likely) is the one to give. */
+            bs->auth_stats.from_memory++;
+            refuse(r, 404, NULL);
+            return;
+        }
+        have_blob = st == 200;
+    }
+    if (!r->need_credential && have_blob) {
+        bs->auth_stats.from_memory++;
+        authorized(r);
+        return;
+    }
+    ask_upstream(r);
+}
+
+void blob_handle(struct blob_service *bs, struct http_exchange *x,
+                 const struct registry_route *route, size_t entry)
+{
+    struct blob_req *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        proxy_respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    r->bs = bs;
+    r->x = x;
+    r->fd = -1;
+    r->fdc_slot = -1;
+    r->size = -1;
+    r->entry = entry;
+    memcpy(r->hex, route->reference + 7, 64);
+    r->hex[64] = '\0';
+    snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
+    http_exchange_on_gone(x, on_gone, r);
+    const struct http_header *authz = http_req_header(x, "Authorization");
+    if (authz != NULL) {
+        r->credential = authz->value;
+        r->credential_len = authz->value_len;
+    }
+
+    struct proxy_req_info info;
+    size_t n_bases;
+    proxy_req_info_init(&info, x, route, entry);
+    const char *const *bases = proxy_select(bs->proxy, &info.req, entry, &n_bases);
+    r->bases = calloc(n_bases, sizeof(*r->bases));
+    for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
+        r->bases[i] = strdup(bases[i]);
+        r->n_bases += r->bases[i] != NULL;
+    }
+    if (r->n_bases != n_bases) {
+        fail(r, REG_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    authorize(r, route->name, route->name_len);
+}

@@ -1,0 +1,74 @@
+/*
+ * blob.h: GET and HEAD of /v2/<name>/blobs/sha256:<hex>, the cache's main job.
+ *
+ * Every request is first authorized by the upstream: a HEAD of that blob in that
+ * repository with the client's Authorization. A refusal is relayed (status and
+ * challenge) and no byte of the blob is sent. Then a HEAD is answered from the
+ * upstream's answer; a GET is served from disk when the blob is stored (a hit),
+ * else from a fetch (fetch.h): the one already running for that digest (coalesced),
+ * or a new one (a miss). Range requests (one range) get 206 or 416, on hits and on
+ * misses.
+ */
+#ifndef CC_BLOB_H
+#define CC_BLOB_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "cache/fetch.h"
+#include "registry/proxy.h"
+#include "registry/registry.h"
+#include "net/server.h"
+#include "cache/store.h"
+
+struct blob_service;
+
+struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
+                                      struct fetch_manager *fetches, struct proxy *proxy);
+void blob_service_free(struct blob_service *bs);
+
+struct auth_cache;
+struct auth_verifier;
+struct config;
+
+struct blob_auth_stats {
+    uint64_t from_memory;    /* decided by remembered answers, no upstream request */
+    uint64_t from_upstream;  /* asked the upstream (a HEAD with the client's credential) */
+    uint64_t token_verified; /* auth.token: tokens verified here */
+    uint64_t token_refused;  /* auth.token: tokens refused here (401) */
+};
+
+/*
+ * Authorization from memory: remembered upstream answers (cache), and with auth.token
+ * the verifier (may be NULL). Without a cache every request asks the upstream.
+ */
+void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
+                           struct auth_cache *cache, struct auth_verifier *verifier);
+const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs);
+
+struct budget;
+/* The disk budget: a blob larger than it allows passes through without storing. */
+void blob_service_set_budget(struct blob_service *bs, struct budget *budget);
+/* True while a request reads stored blob `hex` (eviction leaves it alone). */
+bool blob_service_in_use(const struct blob_service *bs, const char *hex);
+
+/* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
+void blob_service_set_ttl(struct blob_service *bs, double ttl_s);
+
+/* Handles a blob route whose digest is sha256, for upstreams entry `entry`. */
+void blob_handle(struct blob_service *bs, struct http_exchange *x,
+                 const struct registry_route *route, size_t entry);
+
+enum blob_range_result { RANGE_NONE = 0, RANGE_PARTIAL = 1, RANGE_UNSATISFIABLE = -1 };
+
+/*
+ * Interprets a Range header value against a blob of `size` bytes. One range of the
+ * forms "bytes=a-b", "bytes=a-", "bytes=-n" is honoured: RANGE_PARTIAL with
+ * [*start, *end) set. Anything this function does not honour (several ranges,
+ * another unit, bad syntax) is RANGE_NONE: the whole blob is sent, as RFC 9110 allows.
+ * A well-formed range that lies past the end is RANGE_UNSATISFIABLE.
+ */
+enum blob_range_result blob_parse_range(const char *value, size_t len, uint64_t size,
+                                        uint64_t *start, uint64_t *end);
+
+#endif

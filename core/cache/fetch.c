@@ -1,0 +1,1104 @@
+/*
+ * fetch.c: one upstream fetch per missing blob. See fetch.h for the contract.
+ *
+ * Bytes move: upstream -> `collect` (memory, on the loop) -> `batch`, handed to two work
+ * items that run side by side on the thread pool: one pwrites it at `written`, the other
+ * adds it to the sha256. When the write is done `written` grows and the followers are
+ * woken (they may send all but the last byte before the digest is checked); the next
+ * batch starts when both are done, so the hash sees the bytes in order. The upstream is
+ * paused while `collect` holds more than COLLECT_HIGH bytes, so the disk sets the pace.
+ */
+#include "cache/fetch.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "base/bytes.h"
+#include "base/digest.h"
+#include "base/log.h"
+
+#define COLLECT_HIGH (8u << 20) /* pause the upstream past this much unwritten data */
+#define COLLECT_LOW (2u << 20)  /* and resume below this */
+#define WINDOW_HIGH (16u << 20) /* pass-through: pause past this much unread data */
+/* A blob body without a length may be at most this long. Registries send a length for
+ * every blob; one that does not, and never ends, must not fill the disk. */
+#define UNSIZED_MAX ((uint64_t)256 << 20)
+
+struct fetch_manager {
+    uv_loop_t *loop;
+    struct store *store;
+    struct upstream_pool *pool;
+    struct fetch *active; /* running fetches that take followers */
+    unsigned n_active;
+    struct fetch_stats stats;
+    void (*on_commit)(void *ud, const char *hex, uint64_t size);
+    void *hook_ud;
+    uv_timer_t *beat;  /* touches the fetch locks this process holds */
+    bool beat_pending; /* a touch work item is out */
+    uv_work_t beat_work;
+    char (*beat_hexes)[65]; /* the locks to touch, copied for the work item */
+    size_t n_beat;
+};
+
+void fetch_manager_on_commit(struct fetch_manager *m,
+                             void (*cb)(void *ud, const char *hex, uint64_t size), void *ud)
+{
+    m->on_commit = cb;
+    m->hook_ud = ud;
+}
+
+struct fetch {
+    struct fetch_manager *m;
+    struct fetch *next, *prev; /* the manager's list, while registered */
+    bool registered;
+    int refs;
+    char hex[65];
+    enum fetch_state state;
+    char error[300];
+    char *upstream;
+
+    struct chain_req *up;
+    bool up_done;
+    int up_err;
+    bool up_paused;
+    int64_t size;
+    uint64_t received;
+
+    /* The temporary file. */
+    uv_file fd;
+    bool fd_ready;
+    char tmp_path[4096];
+    uv_work_t open_work;
+    int open_err;
+
+    /* Writing: `collect` gathers, `batch` is being written by the work item. */
+    char *collect;
+    size_t collect_len, collect_cap;
+    char *batch;
+    size_t batch_len, batch_cap;
+    bool batch_pending; /* the batch's write or hash is still running */
+    bool write_pending, hash_pending;
+    bool batch_hashed; /* the batch is in `sha` */
+    int batch_err;
+    uv_work_t batch_work; /* the write */
+    uv_work_t hash_work;
+    uint64_t written;
+    struct digest_sha256 sha;
+
+    bool head_seen; /* the upstream's response head arrived (the length, if any, known) */
+    bool verified;  /* the digest matched: followers may complete (the commit goes on) */
+    bool committing;
+    uv_work_t commit_work;
+    int commit_err;
+
+    /* Pass-through after a disk failure: bytes [win_start, win_start + win_len). */
+    bool disk_failed;
+    uint64_t win_start;
+    char *win;
+    size_t win_len, win_cap;
+
+    struct fetch_follower *followers;
+    struct fetch_waiter *waiters;
+
+    /* The upstream request, kept to start it after the lock (or again at a takeover). */
+    struct chain_spec spec;
+    char **spec_bases;
+    char *spec_target;
+    struct upstream_header *spec_headers;
+
+    /* Replicas sharing the root: the lock is ours, or we follow another process's file. */
+    bool locked;
+    bool remote;
+    uv_file old_fd;        /* a followed file, kept open after a takeover */
+    char remote_tmp[4096]; /* the followed temporary file */
+    uv_timer_t *poll;      /* remote: watches the followed file */
+    uv_work_t poll_work;
+    bool poll_pending;
+    unsigned poll_ticks;
+    int64_t poll_size;     /* of the followed file */
+    bool poll_unlinked;    /* its last name is gone */
+    int64_t poll_final;    /* size of the committed blob, -1 while there is none */
+    int poll_lock;         /* 0 fresh, 1 stale, 2 missing, -1 not read this tick */
+    unsigned lock_missing; /* ticks in a row */
+};
+
+static void fetch_maybe_finish(struct fetch *f);
+static void fetch_fail(struct fetch *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* --- Manager ---------------------------------------------------------------------- */
+
+struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
+                                        struct upstream_pool *pool)
+{
+    struct fetch_manager *m = calloc(1, sizeof(*m));
+    if (m == NULL) return NULL;
+    m->loop = loop;
+    m->store = store;
+    m->pool = pool;
+    return m;
+}
+
+void fetch_manager_free(struct fetch_manager *m)
+{
+    free(m->beat_hexes);
+    free(m);
+}
+
+const struct fetch_stats *fetch_manager_stats(const struct fetch_manager *m)
+{
+    return &m->stats;
+}
+
+unsigned fetch_manager_active(const struct fetch_manager *m)
+{
+    return m->n_active;
+}
+
+struct fetch *fetch_find(struct fetch_manager *m, const char *hex)
+{
+    for (struct fetch *f = m->active; f != NULL; f = f->next)
+        if (memcmp(f->hex, hex, 64) == 0) return f;
+    return NULL;
+}
+
+static void unregister(struct fetch *f)
+{
+    if (!f->registered) return;
+    f->registered = false;
+    if (f->prev)
+        f->prev->next = f->next;
+    else
+        f->m->active = f->next;
+    if (f->next) f->next->prev = f->prev;
+    f->m->n_active--;
+    f->next = f->prev = NULL;
+    fetch_unref(f); /* the manager's reference */
+}
+
+/* --- References and wake-ups ------------------------------------------------------- */
+
+void fetch_ref(struct fetch *f)
+{
+    f->refs++;
+}
+
+static void close_cb(uv_fs_t *req)
+{
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+void fetch_unref(struct fetch *f)
+{
+    if (--f->refs > 0) return;
+    if (f->fd >= 0) {
+        uv_fs_t *req = malloc(sizeof(*req));
+        if (req == NULL || uv_fs_close(f->m->loop, req, f->fd, close_cb) != 0) {
+            free(req);
+            close(f->fd);
+        }
+    }
+    if (f->old_fd >= 0) close(f->old_fd);
+    for (size_t i = 0; i < f->spec.n_bases; i++)
+        free(f->spec_bases[i]);
+    free(f->spec_bases);
+    for (size_t i = 0; i < f->spec.n_headers; i++) {
+        free((char *)f->spec_headers[i].name);
+        free((char *)f->spec_headers[i].value);
+    }
+    free(f->spec_headers);
+    free(f->spec_target);
+    free(f->upstream);
+    free(f->collect);
+    free(f->batch);
+    free(f->win);
+    free(f);
+}
+
+static void wake(struct fetch *f)
+{
+    struct fetch_waiter *list = f->waiters;
+    f->waiters = NULL;
+    fetch_ref(f);
+    while (list != NULL) {
+        struct fetch_waiter *w = list;
+        list = w->next;
+        w->next = NULL;
+        w->queued = false;
+        w->cb(w);
+    }
+    fetch_unref(f);
+}
+
+void fetch_wait(struct fetch *f, struct fetch_waiter *w)
+{
+    if (w->queued) return;
+    w->queued = true;
+    w->next = f->waiters;
+    f->waiters = w;
+}
+
+void fetch_unwait(struct fetch *f, struct fetch_waiter *w)
+{
+    if (!w->queued) return;
+    for (struct fetch_waiter **pp = &f->waiters; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            break;
+        }
+    }
+    w->queued = false;
+    w->next = NULL;
+}
+
+/* --- Accessors -------------------------------------------------------------------- */
+
+enum fetch_state fetch_state(const struct fetch *f)
+{
+    return f->state;
+}
+
+bool fetch_head_seen(const struct fetch *f)
+{
+    return f->head_seen || f->remote || f->state != FETCH_RUNNING;
+}
+
+bool fetch_complete(const struct fetch *f)
+{
+    return f->state == FETCH_DONE || (f->state == FETCH_RUNNING && f->verified);
+}
+
+int64_t fetch_size(const struct fetch *f)
+{
+    return f->size;
+}
+
+uint64_t fetch_readable(const struct fetch *f)
+{
+    uint64_t n = f->disk_failed ? f->win_start + f->win_len : f->written;
+    if (f->state != FETCH_DONE && !f->verified && f->size > 0 && n >= (uint64_t)f->size)
+        n = (uint64_t)f->size - 1; /* the last byte waits for the digest */
+    return n;
+}
+
+uv_file fetch_fd(const struct fetch *f)
+{
+    return f->fd;
+}
+
+const char *fetch_error(const struct fetch *f)
+{
+    return f->error;
+}
+
+const char *fetch_upstream(const struct fetch *f)
+{
+    return f->upstream;
+}
+
+bool fetch_in_memory(const struct fetch *f, uint64_t offset)
+{
+    return f->disk_failed && offset >= f->win_start;
+}
+
+size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size_t len)
+{
+    if (!f->disk_failed || offset < f->win_start || offset >= f->win_start + f->win_len) return 0;
+    size_t at = (size_t)(offset - f->win_start);
+    size_t n = f->win_len - at;
+    uint64_t readable = fetch_readable(f);
+    if (offset + n > readable) n = readable > offset ? (size_t)(readable - offset) : 0;
+    if (n > len) n = len;
+    memcpy(buf, f->win + at, n);
+    return n;
+}
+
+/* --- Pass-through window ------------------------------------------------------------ */
+
+static void window_trim(struct fetch *f)
+{
+    if (!f->disk_failed) return;
+    uint64_t low = f->win_start + f->win_len;
+    for (struct fetch_follower *fl = f->followers; fl != NULL; fl = fl->next)
+        if (fl->offset < low) low = fl->offset;
+    if (low > f->win_start) {
+        size_t drop = (size_t)(low - f->win_start);
+        memmove(f->win, f->win + drop, f->win_len - drop);
+        f->win_len -= drop;
+        f->win_start = low;
+    }
+    if (f->up_paused && f->win_len < WINDOW_HIGH / 2 && !f->up_done) {
+        f->up_paused = false;
+        chain_resume(f->up);
+    }
+}
+
+void fetch_follow_begin(struct fetch *f, struct fetch_follower *fl)
+{
+    fl->prev = NULL;
+    fl->next = f->followers;
+    if (f->followers) f->followers->prev = fl;
+    f->followers = fl;
+}
+
+void fetch_follow_moved(struct fetch *f)
+{
+    window_trim(f);
+}
+
+void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
+{
+    if (fl->prev == NULL && f->followers != fl) return; /* never began, or already ended */
+    if (fl->prev)
+        fl->prev->next = fl->next;
+    else
+        f->followers = fl->next;
+    if (fl->next) fl->next->prev = fl->prev;
+    fl->prev = fl->next = NULL;
+    window_trim(f);
+    if (f->disk_failed && f->followers == NULL && f->state == FETCH_RUNNING) {
+        /* Nothing can be stored and nobody is reading: stop. */
+        fetch_fail(f, "every client left a fetch that could not be stored");
+    } else if (f->size < 0 && f->followers == NULL && f->state == FETCH_RUNNING && !f->remote) {
+        /* A body of unknown length goes on only while someone reads it: an upstream that
+         * never ends it must not fill the disk. (With a length, the fetch finishes to
+         * fill the cache after its clients have gone.) */
+        fetch_fail(f, "every client left, and the upstream gave no length for the blob");
+    }
+}
+
+/* --- Locks between replicas ------------------------------------------------------- */
+
+struct lock_release {
+    uv_work_t work;
+    struct store *store;
+    char hex[65];
+};
+
+static void release_work(uv_work_t *w)
+{
+    struct lock_release *lr = (struct lock_release *)w;
+    store_lock_release_sync(lr->store, lr->hex);
+}
+
+static void release_done(uv_work_t *w, int status)
+{
+    free(w);
+}
+
+/* Gives the fetch lock back (on the thread pool); followers elsewhere see why. */
+static void lock_release(struct fetch *f)
+{
+    if (!f->locked) return;
+    f->locked = false;
+    struct lock_release *lr = malloc(sizeof(*lr));
+    if (lr == NULL) return; /* it goes stale and is taken over */
+    lr->store = f->m->store;
+    memcpy(lr->hex, f->hex, 65);
+    if (uv_queue_work(f->m->loop, &lr->work, release_work, release_done) != 0) free(lr);
+}
+
+static void beat_work(uv_work_t *w)
+{
+    struct fetch_manager *m = w->data;
+    for (size_t i = 0; i < m->n_beat; i++)
+        store_lock_touch_sync(m->store, m->beat_hexes[i]);
+}
+
+static void beat_done(uv_work_t *w, int status)
+{
+    struct fetch_manager *m = w->data;
+    m->beat_pending = false;
+}
+
+/* Every STORE_LOCK_BEAT_S: touches the locks of the fetches this process runs. */
+static void beat_tick(uv_timer_t *t)
+{
+    struct fetch_manager *m = t->data;
+    if (m->beat_pending) return;
+    size_t n = 0;
+    for (struct fetch *f = m->active; f != NULL; f = f->next)
+        n += f->locked;
+    if (n == 0) {
+        uv_timer_stop(t);
+        return;
+    }
+    free(m->beat_hexes);
+    m->beat_hexes = calloc(n, sizeof(*m->beat_hexes));
+    m->n_beat = 0;
+    for (struct fetch *f = m->active; m->beat_hexes != NULL && f != NULL; f = f->next)
+        if (f->locked) memcpy(m->beat_hexes[m->n_beat++], f->hex, 65);
+    m->beat_work.data = m;
+    if (m->n_beat > 0 && uv_queue_work(m->loop, &m->beat_work, beat_work, beat_done) == 0)
+        m->beat_pending = true;
+}
+
+static void beat_ensure(struct fetch_manager *m)
+{
+    if (m->beat == NULL) {
+        m->beat = malloc(sizeof(*m->beat));
+        if (m->beat == NULL) return;
+        uv_timer_init(m->loop, m->beat);
+        m->beat->data = m;
+        uv_unref((uv_handle_t *)m->beat); /* it never keeps the loop alive by itself */
+    }
+    if (!uv_is_active((uv_handle_t *)m->beat)) {
+        unsigned ms = (unsigned)(STORE_LOCK_BEAT_S * 1000);
+        uv_timer_start(m->beat, beat_tick, ms, ms);
+    }
+}
+
+static void handle_free_cb(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void poll_stop(struct fetch *f)
+{
+    if (f->poll != NULL) {
+        uv_close((uv_handle_t *)f->poll, handle_free_cb);
+        f->poll = NULL;
+    }
+}
+
+static void queue_open(struct fetch *f);
+
+/* The replica we followed stopped (dead, silent, or its file is gone): take the lock
+ * again, which fetches it ourselves or follows whoever was faster to take over.
+ * Followers keep their offsets: the new file fills from 0. */
+static void takeover(struct fetch *f, const char *why)
+{
+    log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
+    poll_stop(f);
+    if (f->old_fd >= 0) close(f->old_fd);
+    f->old_fd = f->fd;
+    f->fd = -1;
+    f->remote = false;
+    f->written = 0;
+    queue_open(f);
+}
+
+static void poll_work_cb(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    struct stat sb;
+    if (fstat(f->fd, &sb) == 0) {
+        f->poll_size = sb.st_size;
+        f->poll_unlinked = sb.st_nlink == 0;
+    }
+    char final[4200];
+    f->poll_final = -1;
+    if (store_blob_path(f->m->store, f->hex, final, sizeof(final)) == 0 && stat(final, &sb) == 0)
+        f->poll_final = sb.st_size;
+    f->poll_lock = -1;
+    if (f->poll_ticks % 20 == 0) {
+        struct store_lock_info li;
+        int rc = store_lock_read_sync(f->m->store, f->hex, &li);
+        f->poll_lock = rc == -ENOENT                        ? 2
+                       : rc != 0                            ? 0
+                       : li.age_s > STORE_LOCK_STALE_S      ? 1
+                       : strcmp(li.tmp, f->remote_tmp) != 0 ? 1
+                                                            : 0;
+    }
+}
+
+static void poll_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->poll_pending = false;
+    if (f->state != FETCH_RUNNING || !f->remote || status != 0) {
+        fetch_unref(f);
+        return;
+    }
+    if (f->poll_final >= 0) {
+        /* Committed by the other replica (its file, renamed: our descriptor reads it). */
+        f->size = f->poll_final;
+        f->written = (uint64_t)f->poll_final;
+        f->state = FETCH_DONE;
+        poll_stop(f);
+        unregister(f);
+        wake(f);
+    } else if (f->poll_unlinked) {
+        /* Its file is gone and no blob came of it: failed, or taken over by another. */
+        takeover(f, "removed its file");
+    } else {
+        if ((uint64_t)f->poll_size > f->written) {
+            f->written = (uint64_t)f->poll_size;
+            wake(f);
+        }
+        if (f->poll_lock == 2 && ++f->lock_missing >= 3)
+            fetch_fail(f, "the replica that fetched it stopped without storing it");
+        else if (f->poll_lock == 1)
+            takeover(f, "stopped (no heartbeat, or its process is gone)");
+        else if (f->poll_lock == 0)
+            f->lock_missing = 0;
+    }
+    fetch_unref(f);
+}
+
+static void poll_tick(uv_timer_t *t)
+{
+    struct fetch *f = t->data;
+    if (f->poll_pending || f->state != FETCH_RUNNING) return;
+    f->poll_ticks++;
+    f->poll_pending = true;
+    f->poll_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->poll_work, poll_work_cb, poll_done) != 0) {
+        f->poll_pending = false;
+        fetch_unref(f);
+    }
+}
+
+static void poll_start(struct fetch *f)
+{
+    f->poll = malloc(sizeof(*f->poll));
+    if (f->poll == NULL) {
+        fetch_fail(f, "out of memory");
+        return;
+    }
+    uv_timer_init(f->m->loop, f->poll);
+    f->poll->data = f;
+    uv_timer_start(f->poll, poll_tick, 0, 25);
+}
+
+/* --- Disk ------------------------------------------------------------------------- */
+
+static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
+{
+    return bytes_append(buf, len, cap, data, n, 256 * 1024);
+}
+
+static void unlink_cb(uv_fs_t *req)
+{
+    uv_fs_req_cleanup(req);
+    free(req);
+}
+
+static void unlink_tmp(struct fetch *f)
+{
+    if (f->tmp_path[0] == '\0') return;
+    uv_fs_t *req = malloc(sizeof(*req));
+    if (req == NULL || uv_fs_unlink(f->m->loop, req, f->tmp_path, unlink_cb) != 0) {
+        free(req);
+        unlink(f->tmp_path);
+    }
+    f->tmp_path[0] = '\0';
+}
+
+/* The disk failed (err < 0), or the blob must not be stored (err == 0): keep going
+ * from memory, without storing. */
+static void disk_fail(struct fetch *f, int err)
+{
+    if (err < 0)
+        log_msg(LOG_ERROR,
+                "cannot store blob sha256:%s in %s (%s): passing it through to its clients "
+                "without storing; hits are still served",
+                f->hex, store_root(f->m->store), strerror(-err));
+    else
+        log_msg(LOG_INFO,
+                "blob sha256:%s (%lld bytes) is larger than the disk budget allows: passing it "
+                "through without storing",
+                f->hex, (long long)f->size);
+    fetch_ref(f);
+    f->disk_failed = true;
+    f->m->stats.passthrough++;
+    unregister(f); /* no new followers: they start their own fetch */
+    f->win_start = f->written;
+    /* The unwritten bytes, in order: the failed batch, then what was collected since.
+     * The batch may be in the hash already (its write failed, its hash did not). */
+    size_t hashed = f->batch_hashed ? f->batch_len : 0;
+    if (f->batch_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->batch, f->batch_len))
+        goto oom;
+    if (f->collect_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->collect, f->collect_len))
+        goto oom;
+    digest_sha256_update(&f->sha, f->win + hashed, f->win_len - hashed);
+    f->batch_len = f->collect_len = 0;
+    unlink_tmp(f);
+    lock_release(f);
+    wake(f);
+    fetch_unref(f);
+    return;
+oom:
+    fetch_fail(f, "out of memory while passing a blob through");
+    fetch_unref(f);
+}
+
+static void batch_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    size_t done = 0;
+    f->batch_err = 0;
+    while (done < f->batch_len) {
+        ssize_t n = pwrite(f->fd, f->batch + done, f->batch_len - done, (off_t)(f->written + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            f->batch_err = -errno;
+            return;
+        }
+        if (n == 0) {
+            f->batch_err = -EIO;
+            return;
+        }
+        done += (size_t)n;
+    }
+}
+
+static void hash_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    digest_sha256_update(&f->sha, f->batch, f->batch_len);
+}
+
+static void submit_batch(struct fetch *f);
+
+/* Both halves of a batch are done: the next one may start, or the disk failed. */
+static void batch_complete(struct fetch *f)
+{
+    f->batch_pending = false;
+    if (f->batch_err != 0) {
+        disk_fail(f, f->batch_err);
+    } else {
+        f->batch_len = 0;
+        if (f->up_paused && f->collect_len < COLLECT_LOW && !f->up_done) {
+            f->up_paused = false;
+            chain_resume(f->up);
+        }
+        submit_batch(f);
+    }
+    fetch_maybe_finish(f);
+}
+
+static void batch_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->write_pending = false;
+    if (f->state != FETCH_RUNNING) {
+        fetch_unref(f);
+        return;
+    }
+    if (status == UV_ECANCELED) f->batch_err = -ECANCELED;
+    if (f->batch_err == 0) {
+        /* On disk: the followers may read it while the hash runs on. */
+        f->written += f->batch_len;
+        wake(f);
+    }
+    if (f->state == FETCH_RUNNING && !f->hash_pending) batch_complete(f);
+    fetch_unref(f);
+}
+
+static void hash_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->hash_pending = false;
+    if (status == UV_ECANCELED) /* it never ran */
+        digest_sha256_update(&f->sha, f->batch, f->batch_len);
+    f->batch_hashed = true;
+    if (f->state == FETCH_RUNNING && !f->write_pending) batch_complete(f);
+    fetch_unref(f);
+}
+
+static void submit_batch(struct fetch *f)
+{
+    if (f->batch_pending || !f->fd_ready || f->disk_failed || f->collect_len == 0 ||
+        f->state != FETCH_RUNNING)
+        return;
+    /* Swap the buffers: collect becomes the batch, the old batch buffer collects. */
+    char *b = f->batch;
+    size_t bc = f->batch_cap;
+    f->batch = f->collect;
+    f->batch_cap = f->collect_cap;
+    f->batch_len = f->collect_len;
+    f->collect = b;
+    f->collect_cap = bc;
+    f->collect_len = 0;
+    f->batch_hashed = false;
+    f->batch_err = 0;
+    f->batch_work.data = f;
+    f->hash_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->batch_work, batch_work, batch_done) != 0) {
+        fetch_unref(f);
+        disk_fail(f, -EIO);
+        return;
+    }
+    f->batch_pending = f->write_pending = true;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->hash_work, hash_work, hash_done) != 0) {
+        fetch_unref(f); /* hash here, on the loop */
+        digest_sha256_update(&f->sha, f->batch, f->batch_len);
+        f->batch_hashed = true;
+    } else {
+        f->hash_pending = true;
+    }
+}
+
+static void open_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    struct store *st = f->m->store;
+    int fd = store_tmp_create_sync(st, f->hex, f->tmp_path, sizeof(f->tmp_path));
+    if (fd < 0) {
+        f->open_err = fd;
+        f->tmp_path[0] = '\0';
+        return;
+    }
+    f->fd = fd;
+    struct store_lock_info held;
+    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->size, &held);
+    if (rc == 0) {
+        f->locked = true;
+        return;
+    }
+    if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
+    /* Another process sharing the root fetches it: follow its file. */
+    close(fd);
+    unlink(f->tmp_path);
+    f->tmp_path[0] = '\0';
+    f->fd = -1;
+    int rfd = open(held.tmp, O_RDONLY | O_CLOEXEC);
+    if (rfd < 0) {
+        char final[4200];
+        if (store_blob_path(st, f->hex, final, sizeof(final)) == 0)
+            rfd = open(final, O_RDONLY | O_CLOEXEC); /* it may have just committed */
+    }
+    if (rfd < 0) {
+        f->open_err = -EAGAIN;
+        return;
+    }
+    f->fd = rfd;
+    f->remote = true;
+    snprintf(f->remote_tmp, sizeof(f->remote_tmp), "%s", held.tmp);
+    if (f->size < 0 && held.size >= 0) f->size = held.size;
+}
+
+static void start_upstream(struct fetch *f);
+
+static void open_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    if (f->state != FETCH_RUNNING) {
+        /* Failed meanwhile: the file and the lock have no use. */
+        if (!f->remote) unlink_tmp(f);
+        lock_release(f);
+        fetch_unref(f);
+        return;
+    }
+    if (status == UV_ECANCELED) f->open_err = -ECANCELED;
+    if (f->open_err == -EAGAIN) {
+        fetch_fail(f, "the replica that fetched it has just stopped; ask again");
+    } else if (f->open_err != 0) {
+        disk_fail(f, f->open_err);
+        start_upstream(f);
+    } else if (f->remote) {
+        log_msg(LOG_INFO,
+                "blob sha256:%s is being fetched by another replica: following its "
+                "file %s",
+                f->hex, f->remote_tmp);
+        f->m->stats.followed++;
+        poll_start(f);
+    } else {
+        if (f->old_fd >= 0 && f->remote_tmp[0] != '\0') {
+            /* Taken over: the dead replica's file is of no use to anyone now. */
+            uv_fs_t *req = malloc(sizeof(*req));
+            if (req == NULL || uv_fs_unlink(f->m->loop, req, f->remote_tmp, unlink_cb) != 0)
+                free(req);
+            f->remote_tmp[0] = '\0';
+        }
+        f->fd_ready = true;
+        if (f->locked) beat_ensure(f->m);
+        start_upstream(f);
+        submit_batch(f);
+    }
+    fetch_maybe_finish(f);
+    fetch_unref(f);
+}
+
+static void queue_open(struct fetch *f)
+{
+    f->open_err = 0;
+    f->open_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->open_work, open_work, open_done) != 0) {
+        fetch_unref(f);
+        disk_fail(f, -EIO);
+        start_upstream(f);
+    }
+}
+
+/* --- Commit and the end ------------------------------------------------------------- */
+
+static void fetch_fail(struct fetch *f, const char *fmt, ...)
+{
+    if (f->state != FETCH_RUNNING) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(f->error, sizeof(f->error), fmt, ap);
+    va_end(ap);
+    f->state = FETCH_FAILED;
+    f->m->stats.failed++;
+    log_msg(LOG_ERROR, "fetch of blob sha256:%s failed: %s; nothing stored", f->hex, f->error);
+    fetch_ref(f);
+    if (f->up != NULL && !f->up_done) {
+        chain_cancel(f->up);
+        f->up = NULL;
+        f->up_done = true;
+    }
+    if (f->fd_ready) unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
+    lock_release(f);
+    poll_stop(f);
+    unregister(f);
+    wake(f);
+    fetch_unref(f);
+}
+
+static void commit_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
+    if (f->locked) store_lock_release_sync(f->m->store, f->hex);
+}
+
+static void commit_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->committing = false;
+    f->locked = false;     /* released by commit_work */
+    f->tmp_path[0] = '\0'; /* renamed, or unlinked by store_commit_sync */
+    if (status == UV_ECANCELED) f->commit_err = -ECANCELED;
+    if (f->commit_err == 0 && f->m->on_commit != NULL)
+        f->m->on_commit(f->m->hook_ud, f->hex, f->received);
+    if (f->commit_err != 0)
+        log_msg(LOG_ERROR,
+                "blob sha256:%s was verified but could not be stored (%s): its clients get it "
+                "whole, the next request fetches it again",
+                f->hex, strerror(-f->commit_err));
+    else
+        f->m->stats.committed++;
+    f->state = FETCH_DONE;
+    log_msg(LOG_DEBUG, "blob sha256:%s: %llu bytes verified%s", f->hex,
+            (unsigned long long)f->received, f->commit_err ? "" : " and stored");
+    unregister(f);
+    wake(f);
+    fetch_unref(f);
+}
+
+/* When the body is in and written: check it, then commit. */
+static void fetch_maybe_finish(struct fetch *f)
+{
+    if (f->state != FETCH_RUNNING || !f->up_done || f->committing) return;
+    if (f->up_err != 0) {
+        char why[sizeof(f->error)];
+        snprintf(why, sizeof(why), "%s", f->error[0] ? f->error : "upstream failed");
+        f->error[0] = '\0';
+        fetch_fail(f, "%s", why);
+        return;
+    }
+    if (!f->disk_failed && (!f->fd_ready || f->batch_pending || f->collect_len > 0))
+        return; /* still writing */
+    if (f->size >= 0 && f->received != (uint64_t)f->size) {
+        fetch_fail(f, "short body from %s: %llu of %lld bytes", f->upstream ? f->upstream : "?",
+                   (unsigned long long)f->received, (long long)f->size);
+        return;
+    }
+    unsigned char bin[32];
+    char hex[65];
+    digest_sha256_final(&f->sha, bin);
+    digest_hex(bin, hex);
+    if (memcmp(hex, f->hex, 64) != 0) {
+        fetch_fail(f, "digest mismatch: %s sent %llu bytes hashing to sha256:%s",
+                   f->upstream ? f->upstream : "the upstream", (unsigned long long)f->received,
+                   hex);
+        return;
+    }
+    if (f->size < 0) f->size = (int64_t)f->received;
+    /* Verified: the followers may send the last byte now; making it durable (fsync,
+     * rename) goes on behind them. */
+    f->verified = true;
+    wake(f);
+    if (f->state != FETCH_RUNNING) return;
+    if (f->disk_failed) {
+        f->state = FETCH_DONE;
+        unregister(f);
+        wake(f);
+        return;
+    }
+    f->committing = true;
+    f->commit_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->commit_work, commit_work, commit_done) != 0) {
+        f->committing = false;
+        fetch_unref(f);
+        fetch_fail(f, "cannot queue the commit");
+    }
+}
+
+/* --- Upstream callbacks ------------------------------------------------------------ */
+
+static void up_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                    int64_t content_length)
+{
+    struct fetch *f = ud;
+    free(f->upstream);
+    f->upstream = strdup(chain_base(f->up));
+    if (status != 200) {
+        fetch_fail(f, "%s answered %d to GET of the blob", chain_base(f->up), status);
+        return;
+    }
+    if (content_length >= 0) {
+        if (f->size >= 0 && content_length != f->size) {
+            fetch_fail(f, "%s announced %lld bytes, its HEAD said %lld", chain_base(f->up),
+                       (long long)content_length, (long long)f->size);
+            return;
+        }
+        f->size = content_length;
+    }
+    f->head_seen = true;
+    wake(f);
+}
+
+static void up_body(void *ud, const char *data, size_t len)
+{
+    struct fetch *f = ud;
+    if (f->state != FETCH_RUNNING) return;
+    f->received += len;
+    if (f->size < 0 && f->received > UNSIZED_MAX) {
+        fetch_fail(f, "%s sent more than %llu MiB of a blob without announcing its length",
+                   f->upstream, (unsigned long long)(UNSIZED_MAX >> 20));
+        return;
+    }
+    if (f->size >= 0 && f->received > (uint64_t)f->size) {
+        fetch_fail(f, "%s sent more than the %lld bytes it announced", f->upstream,
+                   (long long)f->size);
+        return;
+    }
+    if (f->disk_failed) {
+        if (append(&f->win, &f->win_len, &f->win_cap, data, len) != 0) {
+            fetch_fail(f, "out of memory while passing a blob through");
+            return;
+        }
+        digest_sha256_update(&f->sha, data, len);
+        if (f->win_len >= WINDOW_HIGH && !f->up_paused) {
+            f->up_paused = true;
+            chain_pause(f->up);
+        }
+        wake(f);
+        return;
+    }
+    if (append(&f->collect, &f->collect_len, &f->collect_cap, data, len) != 0) {
+        fetch_fail(f, "out of memory while fetching");
+        return;
+    }
+    if (f->collect_len >= COLLECT_HIGH && !f->up_paused) {
+        f->up_paused = true;
+        chain_pause(f->up);
+    }
+    submit_batch(f);
+}
+
+static void up_done(void *ud, int err)
+{
+    struct fetch *f = ud;
+    if (err < 0 && f->state == FETCH_RUNNING)
+        snprintf(f->error, sizeof(f->error), "%s", chain_error_message(f->up));
+    f->up = NULL;
+    f->up_done = true;
+    f->up_err = err;
+    fetch_ref(f);
+    fetch_maybe_finish(f);
+    fetch_unref(f);
+}
+
+/* Keeps a copy of the upstream request: it starts after the lock, maybe twice. */
+static int spec_copy(struct fetch *f, const struct chain_spec *spec)
+{
+    f->spec = *spec;
+    f->spec.n_bases = 0;
+    f->spec.n_headers = 0;
+    f->spec_bases = calloc(spec->n_bases ? spec->n_bases : 1, sizeof(char *));
+    f->spec_headers = calloc(spec->n_headers ? spec->n_headers : 1, sizeof(*f->spec_headers));
+    f->spec_target = strdup(spec->target);
+    if (f->spec_bases == NULL || f->spec_headers == NULL || f->spec_target == NULL)
+        return UV_ENOMEM;
+    for (size_t i = 0; i < spec->n_bases; i++) {
+        if ((f->spec_bases[i] = strdup(spec->bases[i])) == NULL) return UV_ENOMEM;
+        f->spec.n_bases++;
+    }
+    for (size_t i = 0; i < spec->n_headers; i++) {
+        f->spec_headers[i].name = strdup(spec->headers[i].name);
+        f->spec_headers[i].value = strdup(spec->headers[i].value);
+        f->spec_headers[i].sensitive = spec->headers[i].sensitive;
+        f->spec.n_headers++;
+        if (f->spec_headers[i].name == NULL || f->spec_headers[i].value == NULL) return UV_ENOMEM;
+    }
+    f->spec.bases = (const char *const *)f->spec_bases;
+    f->spec.headers = f->spec_headers;
+    f->spec.target = f->spec_target;
+    return 0;
+}
+
+static void start_upstream(struct fetch *f)
+{
+    static const struct upstream_callbacks cbs = {up_head, up_body, up_done};
+    if (f->state != FETCH_RUNNING) return;
+    f->up_done = false;
+    f->up_err = 0;
+    f->received = 0;
+    digest_sha256_init(&f->sha);
+    int rc = chain_request(f->m->pool, &f->spec, &cbs, f, &f->up);
+    if (rc < 0) {
+        f->up = NULL;
+        f->up_done = true;
+        fetch_fail(f, "cannot ask the upstream: %s", uv_strerror(rc));
+    }
+}
+
+int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
+                int64_t expected_size, bool store_it, struct fetch **out)
+{
+    if (!store_hex_valid(hex)) return UV_EINVAL;
+    struct fetch *f = calloc(1, sizeof(*f));
+    if (f == NULL) return UV_ENOMEM;
+    f->m = m;
+    memcpy(f->hex, hex, 65);
+    f->fd = -1;
+    f->old_fd = -1;
+    f->size = expected_size;
+    f->refs = 1;
+    digest_sha256_init(&f->sha);
+    if (spec_copy(f, spec) != 0) {
+        fetch_unref(f);
+        return UV_ENOMEM;
+    }
+    f->refs = 2; /* the manager's and the caller's */
+    f->registered = true;
+    f->next = m->active;
+    if (m->active) m->active->prev = f;
+    m->active = f;
+    m->n_active++;
+    m->stats.started++;
+    *out = f;
+    if (!store_it) {
+        disk_fail(f, 0);
+        start_upstream(f);
+        return 0;
+    }
+    queue_open(f); /* the lock and the file first, then the upstream (or another's file) */
+    return 0;
+}
+
+void fetch_manager_cancel_all(struct fetch_manager *m)
+{
+    while (m->active != NULL)
+        fetch_fail(m->active, "the cache is stopping");
+    if (m->beat != NULL) {
+        uv_close((uv_handle_t *)m->beat, handle_free_cb);
+        m->beat = NULL;
+    }
+}

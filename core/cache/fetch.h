@@ -1,0 +1,131 @@
+/*
+ * fetch.h: one upstream fetch per missing blob, teed to disk and to every client.
+ *
+ * A fetch GETs the blob from the upstream chain and appends the body to a temporary
+ * file of the store, hashing it as it goes (the write and the hash run on the thread
+ * pool, one batch at a time, so the loop never waits on the disk and the upstream is
+ * paced by the disk, not by any client). Clients follow the file as it grows: they
+ * read by offset from the fetch's descriptor up to fetch_readable().
+ *
+ * Nothing unverified is ever served as complete: while the digest is not yet checked,
+ * fetch_readable() holds back the blob's last byte. At the end of the body the digest
+ * and length are checked; a match commits the file into place (store_commit_sync) and
+ * the state becomes FETCH_DONE; a mismatch, a short body or an upstream failure makes
+ * it FETCH_FAILED, the temporary file is removed and the next request fetches again.
+ *
+ * When the disk fails (ENOSPC, EIO, ...), the fetch stops writing, removes the
+ * temporary file and goes on as a pass-through: the bytes past the failure are kept
+ * in memory, in a window that moves on when every follower has read it (the upstream
+ * is then paced by the slowest follower). Such a fetch takes no new followers.
+ *
+ * Lifetime: a fetch is owned by its manager while it runs and by every reference
+ * (fetch_ref/fetch_unref); followers hold a reference while they read. The fd stays
+ * valid while a reference is held, also after the commit.
+ */
+#ifndef CC_FETCH_H
+#define CC_FETCH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "net/chain.h"
+#include "cache/store.h"
+
+struct fetch_manager;
+struct fetch;
+
+enum fetch_state { FETCH_RUNNING, FETCH_DONE, FETCH_FAILED };
+
+/* A follower's wake-up: called once, from the loop, at the next progress or state change. */
+struct fetch_waiter {
+    void (*cb)(struct fetch_waiter *w);
+    struct fetch_waiter *next;
+    bool queued;
+};
+
+struct fetch_stats {
+    uint64_t started;     /* upstream fetches started */
+    uint64_t committed;   /* blobs verified and stored */
+    uint64_t failed;      /* digest mismatch, short body, upstream failure */
+    uint64_t passthrough; /* fetches that lost their disk and went on from memory */
+    uint64_t followed;    /* fetches that followed another replica's file */
+};
+
+struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
+                                        struct upstream_pool *pool);
+/* Frees the manager; every fetch must have ended. */
+void fetch_manager_free(struct fetch_manager *m);
+const struct fetch_stats *fetch_manager_stats(const struct fetch_manager *m);
+/* Fails every running fetch (at shutdown): their temporary files are removed. */
+void fetch_manager_cancel_all(struct fetch_manager *m);
+/* Fetches running now. */
+unsigned fetch_manager_active(const struct fetch_manager *m);
+
+/* The running fetch of blob `hex` that still takes followers, or NULL. */
+struct fetch *fetch_find(struct fetch_manager *m, const char *hex);
+
+/*
+ * Starts a fetch of blob `hex` (64 lowercase hex digits) by GET of `target`
+ * ("/v2/<name>/blobs/sha256:<hex>") from the bases in order, with `headers` (the
+ * first client's Authorization and Accept). expected_size is the length the upstream
+ * announced in its HEAD, or -1. store_it false makes a pass-through that stores nothing
+ * (a blob larger than the disk budget allows). Returns 0 and a fetch holding one
+ * reference for the caller in *out, or a negative error.
+ */
+int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
+                int64_t expected_size, bool store_it, struct fetch **out);
+
+/* Called after every blob committed into the store (for the store's totals). */
+void fetch_manager_on_commit(struct fetch_manager *m,
+                             void (*cb)(void *ud, const char *hex, uint64_t size), void *ud);
+
+void fetch_ref(struct fetch *f);
+void fetch_unref(struct fetch *f);
+
+enum fetch_state fetch_state(const struct fetch *f);
+/* True once the upstream's head arrived: fetch_size is as known as it will be early. */
+bool fetch_head_seen(const struct fetch *f);
+/* True once the blob is whole and verified (it may still be being committed). */
+bool fetch_complete(const struct fetch *f);
+/* The blob's size when known (from the upstream's head), else -1. */
+int64_t fetch_size(const struct fetch *f);
+/*
+ * Bytes a follower may send now: those on disk (or, in pass-through, in the window),
+ * less the last byte while the digest is unchecked.
+ */
+uint64_t fetch_readable(const struct fetch *f);
+/* The descriptor to read the file from (pread by offset). */
+uv_file fetch_fd(const struct fetch *f);
+/* A sentence for a failed fetch. */
+const char *fetch_error(const struct fetch *f);
+/* The upstream base that served the fetch (or NULL before its head). */
+const char *fetch_upstream(const struct fetch *f);
+
+/*
+ * Pass-through: true when bytes past `offset` are no longer on disk; then
+ * fetch_copy_window copies up to len bytes at offset from the memory window and
+ * returns how many (0 when none are there yet). A follower reports how far it got
+ * with fetch_follower_progress so the window can move on.
+ */
+bool fetch_in_memory(const struct fetch *f, uint64_t offset);
+size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size_t len);
+
+/*
+ * A follower registers so that a pass-through window waits for it, and reports its
+ * offset as it sends (set fl->offset, then call fetch_follow_moved). The struct is
+ * the follower's own; it must stay valid until fetch_follow_end.
+ */
+struct fetch_follower {
+    uint64_t offset;
+    struct fetch_follower *prev, *next;
+};
+void fetch_follow_begin(struct fetch *f, struct fetch_follower *fl);
+void fetch_follow_moved(struct fetch *f);
+void fetch_follow_end(struct fetch *f, struct fetch_follower *fl);
+
+/* Queues w to be woken at the next progress; fetch_unwait takes it back. */
+void fetch_wait(struct fetch *f, struct fetch_waiter *w);
+void fetch_unwait(struct fetch *f, struct fetch_waiter *w);
+
+#endif

@@ -1,0 +1,306 @@
+/*
+ * chain.c: failover over an ordered list of upstream base URLs. See chain.h.
+ */
+#include "net/chain.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/log.h"
+
+struct chain_req {
+    struct upstream_pool *pool;
+    const struct upstream_callbacks *cbs;
+    void *ud;
+    struct upstream_req *cur;
+    char **bases;
+    size_t n_bases;
+    size_t attempt;
+    char *method;
+    char *target;
+    struct upstream_header *headers;
+    size_t n_headers;
+    int max_redirects;
+    bool head_given;
+    struct upstream_host *host; /* the table entry of the base tried now */
+    uint64_t attempt_start_ns;
+    char error[512];
+};
+
+/* --- Upstream hosts: backoff and statistics ------------------------------------------ */
+
+#define HOST_SLOTS 64
+#define BACKOFF_FIRST_MS 1000u
+#define BACKOFF_MAX_MS 30000u
+
+/* What the process knows of one upstream base: whether it backs off, and its counters. */
+struct upstream_host {
+    char base[256];
+    uint64_t until_ms; /* tried last until then */
+    unsigned failures; /* in a row */
+    struct chain_host_stats st;
+};
+
+/* One table per process: every chain request of the loop sees the same hosts. A base
+ * comes from the configuration, so the table does not fill; if it does, the slot of
+ * the host that answered longest ago is reused. */
+static struct upstream_host hosts[HOST_SLOTS];
+static uint64_t last_answer_ms;
+
+const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
+                                                             0.25,  0.5,  1,     2.5,  10};
+
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000u;
+}
+
+static struct upstream_host *host_find(const char *base, bool create)
+{
+    struct upstream_host *free_slot = NULL, *oldest = &hosts[0];
+    for (size_t i = 0; i < HOST_SLOTS; i++) {
+        struct upstream_host *h = &hosts[i];
+        if (h->base[0] != '\0' && strcmp(h->base, base) == 0) return h;
+        if (h->base[0] == '\0' && free_slot == NULL) free_slot = h;
+        if (h->st.last_ok_ms < oldest->st.last_ok_ms) oldest = h;
+    }
+    if (!create || strlen(base) >= sizeof(oldest->base)) return NULL;
+    struct upstream_host *h = free_slot ? free_slot : oldest;
+    memset(h, 0, sizeof(*h));
+    snprintf(h->base, sizeof(h->base), "%s", base);
+    return h;
+}
+
+bool chain_backing_off(const char *base)
+{
+    struct upstream_host *h = host_find(base, false);
+    return h != NULL && h->until_ms > mono_ms();
+}
+
+void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct chain_host_stats *st),
+                         void *ud)
+{
+    for (size_t i = 0; i < HOST_SLOTS; i++)
+        if (hosts[i].base[0] != '\0') fn(ud, hosts[i].base, &hosts[i].st);
+}
+
+uint64_t chain_last_answer_ms(void)
+{
+    return last_answer_ms;
+}
+
+static void backoff_failed(struct upstream_host *h, const char *why)
+{
+    if (h == NULL) return;
+    h->st.errors++;
+    unsigned ms = BACKOFF_FIRST_MS << (h->failures < 5 ? h->failures : 5);
+    if (ms > BACKOFF_MAX_MS) ms = BACKOFF_MAX_MS;
+    h->failures++;
+    h->until_ms = mono_ms() + ms;
+    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", h->base, why,
+            ms / 1000);
+}
+
+/* A head arrived from h: its latency, and the end of any backoff when it is no 5xx. */
+static void host_answered(struct chain_req *c, int status)
+{
+    struct upstream_host *h = c->host;
+    if (h == NULL) return;
+    double s = (double)(uv_hrtime() - c->attempt_start_ns) / 1e9;
+    h->st.latency_sum_s += s;
+    h->st.latency_count++;
+    for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++)
+        if (s <= chain_latency_buckets[i]) h->st.latency_buckets[i]++;
+    if (status >= 500) return;
+    h->st.last_ok_ms = last_answer_ms = mono_ms();
+    if (h->failures > 0) {
+        log_msg(LOG_INFO, "upstream %s answers again", h->base);
+        h->failures = 0;
+        h->until_ms = 0;
+    }
+}
+
+static void chain_free(struct chain_req *c)
+{
+    for (size_t i = 0; i < c->n_bases; i++)
+        free(c->bases[i]);
+    free(c->bases);
+    for (size_t i = 0; i < c->n_headers; i++) {
+        free((char *)c->headers[i].name);
+        free((char *)c->headers[i].value);
+    }
+    free(c->headers);
+    free(c->method);
+    free(c->target);
+    free(c);
+}
+
+static int chain_start_attempt(struct chain_req *c);
+
+/* Moves on to the next base after a failure; false when there is none. */
+static bool chain_next(struct chain_req *c)
+{
+    while (c->attempt + 1 < c->n_bases) {
+        log_msg(LOG_INFO, "trying the next upstream, %s", c->bases[c->attempt + 1]);
+        c->attempt++;
+        if (chain_start_attempt(c) == 0) return true;
+    }
+    return false;
+}
+
+static void on_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                    int64_t content_length)
+{
+    struct chain_req *c = ud;
+    host_answered(c, status);
+    if (status >= 500) {
+        snprintf(c->error, sizeof(c->error), "%s answered %d", c->bases[c->attempt], status);
+        backoff_failed(c->host, c->error);
+    }
+    if (status >= 500 && c->attempt + 1 < c->n_bases) {
+        upstream_cancel(c->cur);
+        c->cur = NULL;
+        if (chain_next(c)) return;
+        /* Every later base failed to start: report this one's failure. */
+        const struct upstream_callbacks *cbs = c->cbs;
+        void *cud = c->ud;
+        cbs->on_done(cud, UV_EPROTO);
+        chain_free(c);
+        return;
+    }
+    c->head_given = true;
+    c->cbs->on_head(c->ud, status, hdrs, n, content_length);
+}
+
+static void on_body(void *ud, const char *data, size_t len)
+{
+    struct chain_req *c = ud;
+    if (c->host != NULL) c->host->st.bytes += len;
+    c->cbs->on_body(c->ud, data, len);
+}
+
+static void on_done(void *ud, int err)
+{
+    struct chain_req *c = ud;
+    if (err < 0) {
+        snprintf(c->error, sizeof(c->error), "%s", upstream_error_message(c->cur));
+        if (c->head_given && c->host != NULL)
+            c->host->st.errors++; /* the body broke off: no failover, no backoff */
+        if (!c->head_given) {
+            backoff_failed(c->host, c->error);
+            c->cur = NULL;
+            if (chain_next(c)) return;
+        }
+    }
+    c->cur = NULL;
+    c->cbs->on_done(c->ud, err);
+    chain_free(c);
+}
+
+static int chain_start_attempt(struct chain_req *c)
+{
+    static const struct upstream_callbacks cbs = {on_head, on_body, on_done};
+    size_t len = strlen(c->bases[c->attempt]) + strlen(c->target) + 1;
+    char *url = malloc(len);
+    if (url == NULL) return UV_ENOMEM;
+    snprintf(url, len, "%s%s", c->bases[c->attempt], c->target);
+    struct upstream_request_spec spec = {
+        .method = c->method,
+        .url = url,
+        .headers = c->headers,
+        .n_headers = c->n_headers,
+        .max_redirects = c->max_redirects,
+    };
+    c->host = host_find(c->bases[c->attempt], true);
+    c->attempt_start_ns = uv_hrtime();
+    if (c->host != NULL) c->host->st.requests++;
+    int rc = upstream_request(c->pool, &spec, &cbs, c, &c->cur);
+    free(url);
+    if (rc < 0) {
+        snprintf(c->error, sizeof(c->error), "%s: %s", c->bases[c->attempt],
+                 rc == UV_ENOTSUP ? "https upstreams are not supported by this build"
+                                  : uv_strerror(rc));
+        c->cur = NULL;
+    }
+    return rc;
+}
+
+static char *dup_str(const char *s)
+{
+    return s ? strdup(s) : NULL;
+}
+
+int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
+                  const struct upstream_callbacks *cbs, void *ud, struct chain_req **out)
+{
+    if (spec->n_bases == 0) return UV_EINVAL;
+    struct chain_req *c = calloc(1, sizeof(*c));
+    if (c == NULL) return UV_ENOMEM;
+    c->pool = pool;
+    c->cbs = cbs;
+    c->ud = ud;
+    c->max_redirects = spec->max_redirects;
+    c->method = dup_str(spec->method);
+    c->target = dup_str(spec->target);
+    c->bases = calloc(spec->n_bases, sizeof(*c->bases));
+    c->headers = calloc(spec->n_headers ? spec->n_headers : 1, sizeof(*c->headers));
+    bool ok = c->method && c->target && c->bases && c->headers;
+    /* The bases in the given order, except that those backing off go last. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; ok && i < spec->n_bases; i++) {
+            if (chain_backing_off(spec->bases[i]) != (pass == 1)) continue;
+            c->bases[c->n_bases] = dup_str(spec->bases[i]);
+            ok = c->bases[c->n_bases] != NULL;
+            c->n_bases++;
+        }
+    }
+    for (size_t i = 0; ok && i < spec->n_headers; i++) {
+        c->headers[i].name = dup_str(spec->headers[i].name);
+        c->headers[i].value = dup_str(spec->headers[i].value);
+        c->headers[i].sensitive = spec->headers[i].sensitive;
+        c->n_headers = i + 1;
+        ok = c->headers[i].name && c->headers[i].value;
+    }
+    if (!ok) {
+        chain_free(c);
+        return UV_ENOMEM;
+    }
+    int rc = chain_start_attempt(c);
+    while (rc < 0 && c->attempt + 1 < c->n_bases) {
+        c->attempt++;
+        rc = chain_start_attempt(c);
+    }
+    if (rc < 0) {
+        chain_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+void chain_pause(struct chain_req *c)
+{
+    if (c->cur) upstream_pause(c->cur);
+}
+
+void chain_resume(struct chain_req *c)
+{
+    if (c->cur) upstream_resume(c->cur);
+}
+
+void chain_cancel(struct chain_req *c)
+{
+    if (c->cur) upstream_cancel(c->cur);
+    chain_free(c);
+}
+
+const char *chain_base(const struct chain_req *c)
+{
+    return c->bases[c->attempt];
+}
+
+const char *chain_error_message(const struct chain_req *c)
+{
+    return c->error;
+}

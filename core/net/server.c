@@ -1,0 +1,1641 @@
+/*
+ * server.c: the HTTP/1.1 listener and its connections. See server.h for the contract.
+ *
+ * Life of a connection: accept -> read (header timer) -> llhttp parses into the
+ * connection's request buffer -> at the end of the request (or of its headers when it
+ * has a body) the parser is paused, unparsed bytes are kept, and the exchange goes to
+ * the handler -> the handler writes the response -> when it ends, the exchange is
+ * logged and freed, and the kept bytes are parsed (from the idle handler, never from
+ * inside the handler's own call) or the connection waits for more.
+ *
+ * The socket stays readable across requests (stopping and starting a read costs an
+ * epoll_ctl each, per request): input that arrives while an exchange is answered, or
+ * while kept bytes wait for the idle handler, is appended to the kept bytes, unparsed.
+ * Reading stops only when HELD_INPUT_MAX bytes are kept, or when the exchange closes
+ * the connection (a request with a body, Connection: close, a drain), and starts again
+ * once the kept bytes are parsed. A client's EOF in that time waits until the requests
+ * before it are answered, as it would have in the socket; a read error closes at once.
+ * On https the same holds for the plaintext: the session decrypts into the kept bytes.
+ */
+#include "net/server.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <llhttp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "base/bytes.h"
+#include "base/log.h"
+#include "net/tls.h"
+
+enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE };
+
+/*
+ * The most input a connection holds unparsed while it answers a request: the client's
+ * next requests, pipelined. Past it reading stops, and a client that sends without
+ * reading its responses waits in TCP's flow control. 64 KiB is one read's worth (the
+ * loop's read buffer) and four requests at the default header limit (16 KiB); a larger
+ * request is held in part and parsed on when reading starts again.
+ */
+#define HELD_INPUT_MAX (64 * 1024)
+
+struct conn;
+
+struct http_exchange {
+    struct conn *conn;
+    /* The request: everything points into reqbuf. */
+    char *reqbuf;
+    struct http_header *hdrs;
+    size_t n_hdrs;
+    char *target; /* NUL-terminated copy of the request target */
+    size_t path_len;
+    const char *query;
+    size_t query_len;
+    uint8_t method;
+    uint8_t http_minor;
+    bool keep_alive;
+    bool has_body;
+    uint64_t start_ns;
+    /* The response. */
+    int status;
+    char *head;
+    size_t head_len;
+    bool head_set;
+    bool head_sent;
+    int64_t content_length;
+    bool chunked;
+    bool close_delimited;
+    bool close_after;
+    uint64_t body_sent;
+    uv_write_t wreq;
+    bool write_pending;
+    bool internal_write; /* the pending write is the final one, issued by end */
+    http_write_cb wcb;
+    void *warg;
+    char chunk_hdr[24];
+    bool abort_requested;
+    bool in_callback;     /* inside the write callback: finishing waits for its end */
+    bool finish_deferred; /* finish when the pending write or callback is over */
+    bool ended;           /* the handler is done with it */
+    bool gone;
+    http_gone_cb gone_cb;
+    void *gone_arg;
+    /* The access log. */
+    enum http_cache_result cache;
+    char *log_upstream;
+    char *log_repo;
+    char *log_digest;
+    char *log_error;
+    char *extra_head; /* "Name: value\r\n" lines added by http_respond_add_header */
+};
+
+/* A request being parsed: its bytes and header offsets. */
+struct reqparse {
+    char *buf;
+    size_t len, cap;
+    struct {
+        uint32_t name_off, name_len, value_off, value_len;
+    } * hdrs;
+    size_t n_hdrs, hdr_cap;
+    size_t url_len;
+    int last; /* 0 nothing, 1 url, 2 field, 3 value */
+    bool too_large;
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    llhttp_t parser;
+    struct http_server *srv;
+    struct conn *prev, *next; /* the server's list */
+    struct conn *ready_next;  /* the server's list of connections with kept input */
+    bool on_ready_list;
+    struct reqparse *rp;          /* NULL between requests */
+    struct http_exchange *active; /* the exchange being answered */
+    struct http_exchange *parsed; /* set by the parser callbacks, dispatched after execute */
+    char *kept;                   /* unparsed input held while an exchange runs; NULL when none */
+    size_t kept_len, kept_cap;
+    enum timer_mode timer_mode;
+    bool reading;
+    bool read_eof; /* the client ended its side while input was held: close when answered */
+    bool closing;
+    bool tcp_closed;
+    bool timer_closed;
+    int parse_error_status; /* 431 when a limit was passed in a callback */
+    char remote[64];
+    /* TLS (https): the session, the exchange write being encrypted, ciphertext in flight. */
+    struct tls_session *tls;
+    struct {
+        uv_buf_t bufs[5];
+        unsigned n, i;
+        size_t off;
+        struct http_exchange *x; /* NULL: no write in progress */
+    } job;
+    size_t tls_in_flight;
+};
+
+/* One uv_write of ciphertext straight from the session's output. */
+struct tls_wreq {
+    uv_write_t req;
+    struct conn *conn;
+    size_t count;
+};
+
+struct http_server {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_idle_t idle;
+    uv_timer_t shutdown_timer;
+    struct http_server_opts opts;
+    llhttp_settings_t settings;
+    char *extra_headers; /* preformatted "Name: value\r\n" lines */
+    size_t extra_len;
+    char address[80];
+    unsigned n_conns;
+    struct conn *conns;
+    struct conn *ready_head;
+    bool shutting_down;
+    bool handles_closing;
+    int handles_open; /* listener, idle, shutdown timer: the server is freed at 0 */
+    void (*shutdown_done)(void *arg);
+    void *shutdown_arg;
+    struct tls_config *tls; /* https when set */
+    char readbuf[64 * 1024];
+    char date[40];
+    time_t date_sec;
+    uint64_t nofile;        /* RLIMIT_NOFILE when listening began; 0 when unlimited */
+    uint64_t fd_warned_ns;  /* when "open files near the limit" was last logged */
+    unsigned fd_warn_count; /* connections near the limit since that line */
+};
+
+static void conn_close(struct conn *c);
+static void conn_continue(struct conn *c);
+static void conn_feed(struct conn *c, const char *data, size_t len);
+static void conn_input(struct conn *c, const char *data, size_t len);
+static size_t conn_input_room(const struct conn *c);
+static void conn_stop_reading(struct conn *c);
+static bool conn_holds_input(const struct conn *c);
+static void idle_cb(uv_idle_t *h);
+static void conn_send_raw(struct conn *c, const char *text, size_t len);
+static void exchange_write_done(struct http_exchange *x, int status);
+static void tls_pump(struct conn *c);
+static bool conn_pull_tls(struct conn *c);
+static void exchange_finish(struct http_exchange *x);
+static void server_maybe_done(struct http_server *srv);
+
+static uint64_t now_ns(void)
+{
+    return uv_hrtime();
+}
+
+/* --- Timers ------------------------------------------------------------------ */
+
+static void conn_timer_cb(uv_timer_t *t)
+{
+    struct conn *c = t->data;
+    if (c->timer_mode == TIMER_HEADER && c->rp != NULL && c->active == NULL) {
+        static const char resp[] = "HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n"
+                                   "Connection: close\r\n\r\n";
+        conn_send_raw(c, resp, sizeof(resp) - 1);
+        log_msg(LOG_DEBUG, "closing connection from %s: request headers not received in time",
+                c->remote);
+    } else if (c->timer_mode == TIMER_WRITE) {
+        log_msg(LOG_INFO, "closing connection from %s: client stopped reading the response",
+                c->remote);
+    }
+    conn_close(c);
+}
+
+static void conn_set_timer(struct conn *c, enum timer_mode mode)
+{
+    unsigned ms = 0;
+    const struct http_server_opts *o = &c->srv->opts;
+    switch (mode) {
+    case TIMER_HEADER:
+        ms = o->header_timeout_ms;
+        break;
+    case TIMER_IDLE:
+        ms = o->idle_timeout_ms;
+        break;
+    case TIMER_WRITE:
+        ms = o->write_timeout_ms;
+        break;
+    case TIMER_NONE:
+        break;
+    }
+    c->timer_mode = mode;
+    if (ms == 0 || c->closing) {
+        uv_timer_stop(&c->timer);
+        return;
+    }
+    uv_timer_start(&c->timer, conn_timer_cb, ms, 0);
+}
+
+/* --- Request parsing ------------------------------------------------------------- */
+
+static struct reqparse *reqparse_new(void)
+{
+    struct reqparse *rp = calloc(1, sizeof(*rp));
+    if (rp == NULL) return NULL;
+    rp->cap = 1024;
+    rp->buf = malloc(rp->cap);
+    if (rp->buf == NULL) {
+        free(rp);
+        return NULL;
+    }
+    return rp;
+}
+
+static void reqparse_free(struct reqparse *rp)
+{
+    if (rp == NULL) return;
+    free(rp->buf);
+    free(rp->hdrs);
+    free(rp);
+}
+
+static int reqparse_append(struct conn *c, const char *at, size_t len)
+{
+    struct reqparse *rp = c->rp;
+    size_t limit = c->srv->opts.max_header_bytes;
+    if (rp->len + len > limit) {
+        rp->too_large = true;
+        c->parse_error_status = 431;
+        return -1;
+    }
+    if (rp->len + len > rp->cap) {
+        size_t cap = rp->cap;
+        while (cap < rp->len + len)
+            cap *= 2;
+        if (cap > limit) cap = limit;
+        char *nb = realloc(rp->buf, cap);
+        if (nb == NULL) {
+            c->parse_error_status = 503;
+            return -1;
+        }
+        rp->buf = nb;
+        rp->cap = cap;
+    }
+    memcpy(rp->buf + rp->len, at, len);
+    rp->len += len;
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->rp == NULL) {
+        c->rp = reqparse_new();
+        if (c->rp == NULL) {
+            c->parse_error_status = 503;
+            return -1;
+        }
+    }
+    conn_set_timer(c, TIMER_HEADER);
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    c->rp->last = 1;
+    c->rp->url_len += len;
+    return reqparse_append(c, at, len);
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    struct reqparse *rp = c->rp;
+    if (rp->last != 2) {
+        if (rp->n_hdrs >= c->srv->opts.max_headers) {
+            c->parse_error_status = 431;
+            return -1;
+        }
+        if (rp->n_hdrs == rp->hdr_cap) {
+            size_t cap = rp->hdr_cap ? rp->hdr_cap * 2 : 16;
+            void *nh = realloc(rp->hdrs, cap * sizeof(*rp->hdrs));
+            if (nh == NULL) {
+                c->parse_error_status = 503;
+                return -1;
+            }
+            rp->hdrs = nh;
+            rp->hdr_cap = cap;
+        }
+        rp->hdrs[rp->n_hdrs].name_off = (uint32_t)rp->len;
+        rp->hdrs[rp->n_hdrs].name_len = 0;
+        rp->hdrs[rp->n_hdrs].value_off = 0;
+        rp->hdrs[rp->n_hdrs].value_len = 0;
+        rp->n_hdrs++;
+        rp->last = 2;
+    }
+    rp->hdrs[rp->n_hdrs - 1].name_len += (uint32_t)len;
+    return reqparse_append(c, at, len);
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    struct reqparse *rp = c->rp;
+    if (rp->n_hdrs == 0) return -1;
+    if (rp->last != 3) {
+        rp->hdrs[rp->n_hdrs - 1].value_off = (uint32_t)rp->len;
+        rp->last = 3;
+    }
+    rp->hdrs[rp->n_hdrs - 1].value_len += (uint32_t)len;
+    return reqparse_append(c, at, len);
+}
+
+/* Builds the exchange from the parsed request; the request buffer moves into it. */
+static struct http_exchange *exchange_from_request(struct conn *c)
+{
+    struct reqparse *rp = c->rp;
+    struct http_exchange *x = calloc(1, sizeof(*x));
+    if (x == NULL) return NULL;
+    x->hdrs = calloc(rp->n_hdrs ? rp->n_hdrs : 1, sizeof(*x->hdrs));
+    x->target = malloc(rp->url_len + 1);
+    if (x->hdrs == NULL || x->target == NULL) {
+        free(x->hdrs);
+        free(x->target);
+        free(x);
+        return NULL;
+    }
+    x->conn = c;
+    x->reqbuf = rp->buf;
+    for (size_t i = 0; i < rp->n_hdrs; i++) {
+        x->hdrs[i].name = rp->buf + rp->hdrs[i].name_off;
+        x->hdrs[i].name_len = rp->hdrs[i].name_len;
+        x->hdrs[i].value = rp->hdrs[i].value_len ? rp->buf + rp->hdrs[i].value_off : "";
+        x->hdrs[i].value_len = rp->hdrs[i].value_len;
+    }
+    x->n_hdrs = rp->n_hdrs;
+    /* The URL comes first in the buffer: on_url runs before any header callback. */
+    memcpy(x->target, rp->buf, rp->url_len);
+    x->target[rp->url_len] = '\0';
+    char *q = memchr(x->target, '?', rp->url_len);
+    if (q != NULL) {
+        x->path_len = (size_t)(q - x->target);
+        x->query = q + 1;
+        x->query_len = rp->url_len - x->path_len - 1;
+    } else {
+        x->path_len = rp->url_len;
+    }
+    x->method = c->parser.method;
+    x->http_minor = c->parser.http_minor;
+    x->start_ns = now_ns();
+    x->content_length = -1;
+    rp->buf = NULL;
+    reqparse_free(rp);
+    c->rp = NULL;
+    return x;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
+    if (!has_body) return 0; /* the request ends here: on_message_complete dispatches it */
+    /* A request with a body (a push, in this API): answer without reading the body,
+     * then close. */
+    struct http_exchange *x = exchange_from_request(c);
+    if (x == NULL) {
+        c->parse_error_status = 503;
+        return -1;
+    }
+    x->has_body = true;
+    x->keep_alive = false;
+    x->close_after = true;
+    c->parsed = x;
+    return HPE_PAUSED;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct conn *c = p->data;
+    if (c->parsed != NULL) return HPE_PAUSED; /* already dispatched at the end of the headers */
+    struct http_exchange *x = exchange_from_request(c);
+    if (x == NULL) {
+        c->parse_error_status = 503;
+        return -1;
+    }
+    x->keep_alive = llhttp_should_keep_alive(p);
+    c->parsed = x;
+    return HPE_PAUSED;
+}
+
+/* --- TLS --------------------------------------------------------------------------- */
+
+/*
+ * Decrypts what the session holds and passes it to conn_input, until the session needs
+ * more ciphertext, the connection holds all the input it may (reading stops then), or
+ * the connection ends. Returns true when it stopped for want of ciphertext (reading the
+ * socket may go on).
+ */
+static bool conn_pull_tls(struct conn *c)
+{
+    while (!c->closing) {
+        size_t room = conn_input_room(c);
+        if (room == 0) {
+            conn_stop_reading(c);
+            return false;
+        }
+        ssize_t n = tls_read(c->tls, c->srv->readbuf, room);
+        if (n == UV_EAGAIN) return true;
+        if (n == UV_EOF && conn_holds_input(c)) {
+            /* close_notify after requests not answered yet: the session reports it
+             * again (tls_read_pending) when conn_start_reading asks, after them. */
+            conn_stop_reading(c);
+            return false;
+        }
+        if (n < 0) {
+            if (n != UV_EOF) {
+                if (tls_peer_sent_plain_http(c->tls)) {
+                    static const char resp[] =
+                        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
+                        "Content-Length: 39\r\nConnection: close\r\n\r\n"
+                        "this server speaks https, not http :-)\n";
+                    uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
+                    uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+                }
+                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
+            }
+            conn_close(c);
+            return false;
+        }
+        conn_input(c, c->srv->readbuf, (size_t)n);
+    }
+    return false;
+}
+
+static void tls_write_cb(uv_write_t *req, int status)
+{
+    struct tls_wreq *w = (struct tls_wreq *)req;
+    struct conn *c = w->conn;
+    c->tls_in_flight -= w->count;
+    tls_out_consume(c->tls, w->count);
+    free(w);
+    if (status < 0 || c->closing) {
+        struct http_exchange *x = c->job.x;
+        c->job.x = NULL;
+        if (!c->closing) conn_close(c);
+        if (x != NULL) exchange_write_done(x, status < 0 ? status : UV_ECANCELED);
+        return;
+    }
+    tls_pump(c);
+}
+
+/*
+ * Encrypts the pending exchange write as far as the session takes it, sends the
+ * ciphertext that is not in flight yet, and completes the exchange's write when all of
+ * its plaintext is encrypted and every byte of ciphertext has gone out.
+ */
+static void tls_pump(struct conn *c)
+{
+    while (c->job.x != NULL && c->job.i < c->job.n) {
+        uv_buf_t *b = &c->job.bufs[c->job.i];
+        if (c->job.off == b->len) {
+            c->job.i++;
+            c->job.off = 0;
+            continue;
+        }
+        ssize_t n = tls_write(c->tls, b->base + c->job.off, b->len - c->job.off);
+        if (n == UV_EAGAIN) break;
+        if (n < 0) {
+            log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
+            conn_close(c);
+            return;
+        }
+        c->job.off += (size_t)n;
+    }
+    size_t pending;
+    const char *out = tls_out_peek(c->tls, &pending);
+    if (pending > c->tls_in_flight) {
+        struct tls_wreq *w = malloc(sizeof(*w));
+        if (w == NULL) {
+            conn_close(c);
+            return;
+        }
+        w->conn = c;
+        w->count = pending - c->tls_in_flight;
+        uv_buf_t b = uv_buf_init((char *)out + c->tls_in_flight, (unsigned)w->count);
+        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, tls_write_cb) != 0) {
+            free(w);
+            conn_close(c);
+            return;
+        }
+        c->tls_in_flight = pending;
+    }
+    if (c->job.x != NULL && c->job.i == c->job.n && c->tls_in_flight == 0) {
+        struct http_exchange *x = c->job.x;
+        c->job.x = NULL;
+        exchange_write_done(x, 0);
+    }
+}
+
+/* Best effort before a close: a short plain answer, encrypted when the connection is. */
+static void conn_send_raw(struct conn *c, const char *text, size_t len)
+{
+    if (c->tls == NULL) {
+        uv_buf_t b = uv_buf_init((char *)text, (unsigned)len);
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        return;
+    }
+    if (!tls_handshake_done(c->tls) || tls_write(c->tls, text, len) <= 0) return;
+    size_t pending;
+    const char *out = tls_out_peek(c->tls, &pending);
+    if (pending > c->tls_in_flight) {
+        uv_buf_t b =
+            uv_buf_init((char *)out + c->tls_in_flight, (unsigned)(pending - c->tls_in_flight));
+        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    }
+}
+
+/* --- Connections ------------------------------------------------------------------ */
+
+static void conn_free_if_done(struct conn *c)
+{
+    if (!c->tcp_closed || !c->timer_closed || c->active != NULL) return;
+    struct http_server *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    srv->n_conns--;
+    reqparse_free(c->rp);
+    free(c->kept);
+    tls_session_free(c->tls);
+    free(c);
+    server_maybe_done(srv);
+}
+
+static void conn_tcp_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    c->tcp_closed = true;
+    conn_free_if_done(c);
+}
+
+static void conn_timer_closed(uv_handle_t *h)
+{
+    struct conn *c = h->data;
+    c->timer_closed = true;
+    conn_free_if_done(c);
+}
+
+static void ready_remove(struct conn *c)
+{
+    if (!c->on_ready_list) return;
+    struct conn **pp = &c->srv->ready_head;
+    while (*pp != NULL && *pp != c)
+        pp = &(*pp)->ready_next;
+    if (*pp == c) *pp = c->ready_next;
+    c->on_ready_list = false;
+    c->ready_next = NULL;
+}
+
+/* Closes the connection. An exchange in progress is told that its client is gone. */
+static void conn_close(struct conn *c)
+{
+    if (c->closing) return;
+    c->closing = true;
+    ready_remove(c);
+    uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
+    uv_close((uv_handle_t *)&c->tcp, conn_tcp_closed);
+    struct http_exchange *x = c->active;
+    if (x != NULL && !x->gone) {
+        x->gone = true;
+        /* A pending write gets its callback (UV_ECANCELED) from libuv; the handler is
+         * told here when no write is pending, else after that callback. */
+        if (!x->write_pending && !x->in_callback && !x->ended && x->gone_cb != NULL) {
+            http_gone_cb g = x->gone_cb;
+            x->gone_cb = NULL;
+            g(x, x->gone_arg);
+        }
+    }
+}
+
+static void conn_stop_reading(struct conn *c)
+{
+    if (!c->reading) return;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    c->reading = false;
+}
+
+/* True while input goes to the kept bytes: an exchange runs, or kept bytes wait. */
+static bool conn_holds_input(const struct conn *c)
+{
+    return c->active != NULL || c->kept != NULL;
+}
+
+/*
+ * How many bytes of (plaintext) input the connection takes now: a read buffer's worth
+ * when they are parsed, what is left of HELD_INPUT_MAX when they are held, and nothing
+ * after a request that closes the connection (a push's body is not read). Reading stops
+ * when this is 0 and starts again only when the connection holds no input.
+ */
+static size_t conn_input_room(const struct conn *c)
+{
+    if (!conn_holds_input(c)) return sizeof(c->srv->readbuf);
+    const struct http_exchange *x = c->active;
+    if (x != NULL && (!x->keep_alive || x->close_after)) return 0;
+    size_t room = c->kept_len < HELD_INPUT_MAX ? HELD_INPUT_MAX - c->kept_len : 0;
+    return room < sizeof(c->srv->readbuf) ? room : sizeof(c->srv->readbuf);
+}
+
+/*
+ * Appends input to the kept bytes (parsed by the idle handler after the exchange), and
+ * stops reading when the connection may take no more. Returns false, having kept
+ * nothing, when memory ran out.
+ */
+static bool conn_hold(struct conn *c, const char *data, size_t len)
+{
+    if (bytes_append(&c->kept, &c->kept_len, &c->kept_cap, data, len, 4096) != 0) return false;
+    if (conn_input_room(c) == 0) conn_stop_reading(c);
+    return true;
+}
+
+static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *c = h->data;
+    if (c->tls != NULL) {
+        size_t len = 0;
+        buf->base = tls_in_space(c->tls, &len);
+        buf->len = len; /* 0 makes libuv report UV_ENOBUFS: the session is full */
+        return;
+    }
+    buf->base = c->srv->readbuf;
+    buf->len = conn_input_room(c); /* 0 (UV_ENOBUFS): the connection holds all it may */
+}
+
+static void respond_parse_error(struct conn *c, int status)
+{
+    char resp[256];
+    const char *reason = status == 431   ? "Request Header Fields Too Large"
+                         : status == 503 ? "Service Unavailable"
+                                         : "Bad Request";
+    int n = snprintf(resp, sizeof(resp),
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\n"
+                     "Connection: close\r\n\r\n%s\n",
+                     status, reason, strlen(reason) + 1, reason);
+    conn_send_raw(c, resp, (size_t)n);
+    log_msg(LOG_INFO, "rejected request from %s: %d %s", c->remote, status, reason);
+}
+
+static void conn_dispatch(struct conn *c)
+{
+    struct http_exchange *x = c->parsed;
+    c->parsed = NULL;
+    c->active = x;
+    if (c->srv->shutting_down) x->close_after = true;
+    if (conn_input_room(c) == 0) conn_stop_reading(c);
+    conn_set_timer(c, TIMER_NONE);
+    c->srv->opts.on_request(x, c->srv->opts.ud);
+}
+
+/* Parses input; dispatches a request when one is complete. */
+static void conn_feed(struct conn *c, const char *data, size_t len)
+{
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_OK) {
+        if (c->rp != NULL)
+            c->timer_mode == TIMER_HEADER ? (void)0 : conn_set_timer(c, TIMER_HEADER);
+        return;
+    }
+    if (err == HPE_PAUSED && c->parsed != NULL) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        size_t rest = len - used;
+        if (rest > 0 && !c->parsed->has_body && !conn_hold(c, data + used, rest)) {
+            /* No memory for the pipelined rest: answer this request, then close. */
+            c->parsed->keep_alive = false;
+            c->parsed->close_after = true;
+        }
+        conn_dispatch(c);
+        return;
+    }
+    int status = c->parse_error_status ? c->parse_error_status : 400;
+    if (c->active == NULL) respond_parse_error(c, status);
+    if (status == 400)
+        log_msg(LOG_DEBUG, "malformed request from %s: %s", c->remote,
+                llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser) : "");
+    conn_close(c);
+}
+
+/* Input from the client (plaintext): parsed, or held while the connection holds input. */
+static void conn_input(struct conn *c, const char *data, size_t len)
+{
+    if (!conn_holds_input(c)) {
+        conn_feed(c, data, len);
+        return;
+    }
+    if (!conn_hold(c, data, len)) {
+        log_msg(LOG_WARN, "closing connection from %s: no memory for its pipelined requests",
+                c->remote);
+        conn_close(c);
+    }
+}
+
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *c = s->data;
+    if (nread == 0) return;
+    if (nread < 0) {
+        if (conn_holds_input(c) && (nread == UV_EOF || nread == UV_ENOBUFS)) {
+            /* EOF: the requests before it are answered first (conn_start_reading closes
+             * after them). UV_ENOBUFS: the connection holds all the input it may. */
+            if (nread == UV_EOF) c->read_eof = true;
+            conn_stop_reading(c);
+            return;
+        }
+        /* EOF or an error. A request cut short is not answered. */
+        conn_close(c);
+        return;
+    }
+    if (c->tls != NULL) {
+        tls_in_commit(c->tls, (size_t)nread);
+        conn_pull_tls(c);
+        if (!c->closing) tls_pump(c); /* handshake messages, and whatever a write left */
+        return;
+    }
+    conn_input(c, buf->base, (size_t)nread);
+}
+
+/*
+ * Goes on reading when the connection holds no input (at accept, and after the kept
+ * bytes are parsed): plaintext the session already holds comes first, and a client that
+ * ended its side while its requests were answered is closed now, as a read would find.
+ */
+static void conn_start_reading(struct conn *c)
+{
+    if (c->closing) return;
+    if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c)) return;
+    if (c->read_eof) {
+        if (!conn_holds_input(c)) conn_close(c);
+        return;
+    }
+    if (c->reading || conn_input_room(c) == 0) return;
+    if (uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) == 0)
+        c->reading = true;
+    else
+        conn_close(c);
+}
+
+/* After an exchange: parse kept input, or wait for more. */
+static void conn_continue(struct conn *c)
+{
+    if (c->closing) return;
+    if (c->kept != NULL) {
+        if (!c->on_ready_list) {
+            c->on_ready_list = true;
+            c->ready_next = c->srv->ready_head;
+            c->srv->ready_head = c;
+            uv_idle_start(&c->srv->idle, idle_cb);
+        }
+        return;
+    }
+    if (c->srv->shutting_down) {
+        conn_close(c);
+        return;
+    }
+    llhttp_resume(&c->parser);
+    conn_set_timer(c, TIMER_IDLE);
+    conn_start_reading(c);
+}
+
+static void idle_cb(uv_idle_t *h)
+{
+    struct http_server *srv = h->data;
+    struct conn *list = srv->ready_head;
+    srv->ready_head = NULL;
+    uv_idle_stop(h);
+    while (list != NULL) {
+        struct conn *c = list;
+        list = c->ready_next;
+        c->ready_next = NULL;
+        c->on_ready_list = false;
+        if (c->closing) continue;
+        char *kept = c->kept;
+        size_t kept_len = c->kept_len;
+        c->kept = NULL;
+        c->kept_len = 0;
+        c->kept_cap = 0;
+        llhttp_resume(&c->parser);
+        conn_feed(c, kept, kept_len);
+        free(kept);
+        if (!c->closing && c->active == NULL && c->parsed == NULL) {
+            conn_set_timer(c, c->rp ? TIMER_HEADER : TIMER_IDLE);
+            conn_start_reading(c);
+        }
+    }
+}
+
+/*
+ * Past the fd limit libuv accepts a connection and closes it at once, with no callback, so
+ * the log would not say why clients are dropped. A connection whose descriptor is in the
+ * top tenth of RLIMIT_NOFILE is the warning sign: logged at most once every 10 s.
+ */
+static void warn_fd_limit(struct http_server *srv, struct conn *c)
+{
+    uv_os_fd_t fd;
+    if (srv->nofile == 0 || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return;
+    if ((uint64_t)fd < srv->nofile - srv->nofile / 10) return;
+    srv->fd_warn_count++;
+    uint64_t now = now_ns();
+    if (srv->fd_warned_ns != 0 && now - srv->fd_warned_ns < 10ull * 1000000000ull) return;
+    log_msg(LOG_WARN,
+            "open files near the limit: descriptor %d of RLIMIT_NOFILE %" PRIu64 " (%u "
+            "connections near it since the last warning, %u open); past the limit, new "
+            "connections are closed at once: raise the limit (LimitNOFILE=, ulimit -n)",
+            (int)fd, srv->nofile, srv->fd_warn_count, srv->n_conns);
+    srv->fd_warned_ns = now;
+    srv->fd_warn_count = 0;
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct http_server *srv = listener->data;
+    if (status < 0) {
+        log_msg(LOG_WARN, "accept failed: %s", uv_strerror(status));
+        return;
+    }
+    struct conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) return;
+    uv_tcp_init(srv->loop, &c->tcp);
+    c->tcp.data = c;
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
+        c->timer_closed = true;
+        c->closing = true;
+        c->srv = srv;
+        srv->n_conns++;
+        c->next = srv->conns;
+        if (srv->conns) srv->conns->prev = c;
+        srv->conns = c;
+        uv_close((uv_handle_t *)&c->tcp, conn_tcp_closed);
+        return;
+    }
+    uv_timer_init(srv->loop, &c->timer);
+    c->timer.data = c;
+    c->srv = srv;
+    c->next = srv->conns;
+    if (srv->conns) srv->conns->prev = c;
+    srv->conns = c;
+    srv->n_conns++;
+    if (srv->n_conns > srv->opts.max_connections || srv->shutting_down) {
+        log_msg(LOG_WARN, "connection refused: %u connections open (limit %u)", srv->n_conns - 1,
+                srv->opts.max_connections);
+        conn_close(c);
+        return;
+    }
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        char ip[64] = "?";
+        int port = 0;
+        if (ss.ss_family == AF_INET) {
+            uv_ip4_name((struct sockaddr_in *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            uv_ip6_name((struct sockaddr_in6 *)&ss, ip, sizeof(ip));
+            port = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+        }
+        snprintf(c->remote, sizeof(c->remote), "%s:%d", ip, port);
+    }
+    warn_fd_limit(srv, c);
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (srv->tls != NULL && tls_session_new(srv->tls, NULL, &c->tls) != 0) {
+        log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
+        conn_close(c);
+        return;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
+    c->parser.data = c;
+    conn_set_timer(c, TIMER_HEADER);
+    conn_start_reading(c);
+}
+
+/* --- Responses -------------------------------------------------------------------- */
+
+static const char *status_reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 416:
+        return "Range Not Satisfiable";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
+    }
+}
+
+static const char *http_date(struct http_server *srv)
+{
+    time_t t = time(NULL);
+    if (t != srv->date_sec) {
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(srv->date, sizeof(srv->date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        srv->date_sec = t;
+    }
+    return srv->date;
+}
+
+static bool header_value_safe(const char *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return false;
+    return true;
+}
+
+void http_respond_add_header(struct http_exchange *x, const char *name, const char *value)
+{
+    if (!header_value_safe(name, strlen(name)) || !header_value_safe(value, strlen(value))) return;
+    size_t old = x->extra_head ? strlen(x->extra_head) : 0;
+    size_t add = strlen(name) + strlen(value) + 5;
+    char *n = realloc(x->extra_head, old + add);
+    if (n == NULL) return;
+    snprintf(n + old, add, "%s: %s\r\n", name, value);
+    x->extra_head = n;
+}
+
+int http_respond_head(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, int64_t content_length)
+{
+    if (x->head_set || x->ended) return UV_EINVAL;
+    struct http_server *srv = x->conn->srv;
+    bool head_only = x->method == HTTP_HEAD || status == 204 || status == 304;
+    x->status = status;
+    x->content_length = content_length;
+    if (!head_only && content_length < 0) {
+        if (x->http_minor >= 1)
+            x->chunked = true;
+        else
+            x->close_delimited = true;
+    }
+    if (x->close_delimited) x->close_after = true;
+    if (!x->keep_alive) x->close_after = true;
+
+    size_t extra_head_len = x->extra_head ? strlen(x->extra_head) : 0;
+    size_t cap = 256 + srv->extra_len + extra_head_len;
+    for (size_t i = 0; i < n_hdrs; i++)
+        cap += hdrs[i].name_len + hdrs[i].value_len + 4;
+    char *h = malloc(cap);
+    if (h == NULL) return UV_ENOMEM;
+    size_t pos = 0;
+    pos += (size_t)snprintf(h + pos, cap - pos,
+                            "HTTP/1.1 %d %s\r\nDate: %s\r\n"
+                            "Docker-Distribution-Api-Version: registry/2.0\r\n",
+                            status, status_reason(status), http_date(srv));
+    memcpy(h + pos, srv->extra_headers, srv->extra_len);
+    pos += srv->extra_len;
+    if (extra_head_len > 0) {
+        memcpy(h + pos, x->extra_head, extra_head_len);
+        pos += extra_head_len;
+    }
+    for (size_t i = 0; i < n_hdrs; i++) {
+        const struct http_header *hd = &hdrs[i];
+        if (!header_value_safe(hd->name, hd->name_len) ||
+            !header_value_safe(hd->value, hd->value_len))
+            continue;
+        memcpy(h + pos, hd->name, hd->name_len);
+        pos += hd->name_len;
+        h[pos++] = ':';
+        h[pos++] = ' ';
+        memcpy(h + pos, hd->value, hd->value_len);
+        pos += hd->value_len;
+        h[pos++] = '\r';
+        h[pos++] = '\n';
+    }
+    char tail[96];
+    int tl;
+    if (content_length >= 0)
+        tl = snprintf(tail, sizeof(tail), "Content-Length: %" PRId64 "\r\n", content_length);
+    else if (x->chunked)
+        tl = snprintf(tail, sizeof(tail), "Transfer-Encoding: chunked\r\n");
+    else
+        tl = 0;
+    if (x->close_after)
+        tl += snprintf(tail + tl, sizeof(tail) - (size_t)tl, "Connection: close\r\n\r\n");
+    else if (x->http_minor == 0)
+        tl += snprintf(tail + tl, sizeof(tail) - (size_t)tl, "Connection: keep-alive\r\n\r\n");
+    else
+        tl += snprintf(tail + tl, sizeof(tail) - (size_t)tl, "\r\n");
+    memcpy(h + pos, tail, (size_t)tl);
+    pos += (size_t)tl;
+    x->head = h;
+    x->head_len = pos;
+    x->head_set = true;
+    return 0;
+}
+
+int http_respond_full(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, const char *body, size_t len)
+{
+    int rc = http_respond_head(x, status, hdrs, n_hdrs, (int64_t)len);
+    if (rc != 0) return rc;
+    bool head_only = x->method == HTTP_HEAD || status == 204 || status == 304;
+    if (!head_only && len > 0) {
+        /* The body rides in the head's buffer: one write for the whole response. */
+        char *h = realloc(x->head, x->head_len + len);
+        if (h == NULL) return UV_ENOMEM;
+        memcpy(h + x->head_len, body, len);
+        x->head = h;
+        x->head_len += len;
+        x->body_sent = len;
+    }
+    http_respond_end(x);
+    return 0;
+}
+
+static void exchange_write_cb(uv_write_t *req, int status)
+{
+    exchange_write_done(req->data, status);
+}
+
+/* A write of the exchange is over: bytes handed to the kernel (0) or failed. */
+static void exchange_write_done(struct http_exchange *x, int status)
+{
+    struct conn *c = x->conn;
+    x->write_pending = false;
+    if (!c->closing) conn_set_timer(c, TIMER_NONE);
+    if (status < 0) {
+        x->close_after = true;
+        if (!c->closing) conn_close(c); /* marks the exchange gone; the handler hears it below */
+    }
+    if (x->internal_write) {
+        x->internal_write = false;
+        x->finish_deferred = true;
+    }
+    /* The handler's callback, unless it has already ended the exchange. */
+    x->in_callback = true;
+    http_write_cb cb = x->ended ? NULL : x->wcb;
+    x->wcb = NULL;
+    if (cb != NULL) cb(x, status, x->warg);
+    /* Tell the handler about a client that went away during the write. */
+    if (x->gone && !x->ended && x->gone_cb != NULL && !x->write_pending) {
+        http_gone_cb g = x->gone_cb;
+        x->gone_cb = NULL;
+        g(x, x->gone_arg);
+    }
+    x->in_callback = false;
+    if (x->finish_deferred && !x->write_pending) exchange_finish(x);
+}
+
+/* Writes bufs (after the head, when it has not gone out yet) with the exchange's request. */
+static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
+{
+    uv_buf_t all[5];
+    unsigned k = 0;
+    if (!x->head_sent) {
+        all[k++] = uv_buf_init(x->head, (unsigned)x->head_len);
+        x->head_sent = true;
+    }
+    for (unsigned i = 0; i < n; i++)
+        all[k++] = bufs[i];
+    if (k == 0) return 1; /* nothing to write */
+    if (x->conn->tls != NULL) {
+        /* Encrypted by tls_pump; the exchange hears back when all of it went out. */
+        struct conn *c = x->conn;
+        memcpy(c->job.bufs, all, k * sizeof(*all));
+        c->job.n = k;
+        c->job.i = 0;
+        c->job.off = 0;
+        c->job.x = x;
+        x->write_pending = true;
+        conn_set_timer(c, TIMER_WRITE);
+        tls_pump(c);
+        return 0;
+    }
+    x->wreq.data = x;
+    int r = uv_write(&x->wreq, (uv_stream_t *)&x->conn->tcp, all, k, exchange_write_cb);
+    if (r < 0) return r;
+    x->write_pending = true;
+    conn_set_timer(x->conn, TIMER_WRITE);
+    return 0;
+}
+
+int http_respond_body(struct http_exchange *x, const char *buf, size_t len, http_write_cb cb,
+                      void *arg)
+{
+    if (x->gone || x->conn->closing) return UV_ECANCELED;
+    if (x->write_pending) return UV_EBUSY;
+    if (!x->head_set || x->method == HTTP_HEAD || x->ended) return UV_EINVAL;
+    if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
+        return UV_EINVAL;
+    uv_buf_t bufs[3];
+    unsigned n = 0;
+    if (x->chunked) {
+        if (len == 0) return UV_EINVAL;
+        int hl = snprintf(x->chunk_hdr, sizeof(x->chunk_hdr), "%zx\r\n", len);
+        bufs[n++] = uv_buf_init(x->chunk_hdr, (unsigned)hl);
+        bufs[n++] = uv_buf_init((char *)buf, (unsigned)len);
+        bufs[n++] = uv_buf_init("\r\n", 2);
+    } else {
+        bufs[n++] = uv_buf_init((char *)buf, (unsigned)len);
+    }
+    x->wcb = cb;
+    x->warg = arg;
+    int r = exchange_write(x, bufs, n);
+    if (r < 0) {
+        x->wcb = NULL;
+        return r;
+    }
+    x->body_sent += len;
+    return 0;
+}
+
+int http_respond_try(struct http_exchange *x, const char *data, size_t len)
+{
+    if (x->gone || x->conn->closing) return UV_ECANCELED;
+    if (x->conn->tls != NULL) return 0; /* everything goes through the session */
+    if (x->write_pending || x->chunked || !x->head_set || x->method == HTTP_HEAD || x->ended)
+        return 0;
+    if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
+        return UV_EINVAL;
+    uv_buf_t bufs[2];
+    unsigned n = 0;
+    size_t head_len = 0;
+    if (!x->head_sent) {
+        bufs[n++] = uv_buf_init(x->head, (unsigned)x->head_len);
+        head_len = x->head_len;
+    }
+    bufs[n++] = uv_buf_init((char *)data, (unsigned)len);
+    int r = uv_try_write((uv_stream_t *)&x->conn->tcp, bufs, n);
+    if (r == UV_EAGAIN) return 0;
+    if (r < 0) return r;
+    size_t wrote = (size_t)r;
+    if (!x->head_sent) {
+        if (wrote < head_len) {
+            /* Keep the part of the head that did not go out. */
+            memmove(x->head, x->head + wrote, head_len - wrote);
+            x->head_len = head_len - wrote;
+            return 0;
+        }
+        x->head_sent = true;
+        wrote -= head_len;
+    }
+    x->body_sent += wrote;
+    return (int)wrote;
+}
+
+void http_respond_end(struct http_exchange *x)
+{
+    if (x->ended) return;
+    x->ended = true;
+    if (x->gone || x->conn->closing) {
+        exchange_finish(x);
+        return;
+    }
+    if (!x->head_set) http_respond_head(x, 500, NULL, 0, 0);
+    bool head_only = x->method == HTTP_HEAD || x->status == 204 || x->status == 304;
+    if (!head_only && x->content_length >= 0 && x->body_sent != (uint64_t)x->content_length) {
+        /* Short body: the client must not take it as whole. */
+        x->close_after = true;
+        x->abort_requested = true;
+    }
+    if (x->write_pending) {
+        /* Not allowed by the contract; be safe: close after the write. */
+        x->close_after = true;
+        exchange_finish(x);
+        return;
+    }
+    uv_buf_t b[1];
+    unsigned n = 0;
+    if (x->chunked && !x->abort_requested) b[n++] = uv_buf_init("0\r\n\r\n", 5);
+    if (x->abort_requested && x->head_sent) {
+        exchange_finish(x);
+        return;
+    }
+    x->internal_write = true;
+    int r = exchange_write(x, b, n);
+    if (r != 0) {
+        x->internal_write = false;
+        if (r < 0) x->close_after = true;
+        exchange_finish(x);
+    }
+}
+
+void http_respond_abort(struct http_exchange *x)
+{
+    if (x->ended) return;
+    x->ended = true;
+    x->abort_requested = true;
+    x->close_after = true;
+    if (x->write_pending) conn_close(x->conn); /* the write's callback sees it and finishes */
+    exchange_finish(x);
+}
+
+static void access_log(struct http_exchange *x)
+{
+    static const char *const cache_names[] = {NULL, "hit", "miss", "coalesced", "bypass"};
+    char line[LOG_LINE_MAX];
+    char ua[1024];
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const struct http_header *uah = http_req_header(x, "User-Agent");
+    if (uah != NULL) snprintf(ua, sizeof(ua), "%.*s", (int)uah->value_len, uah->value);
+    struct log_access_entry e = {
+        .time = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
+        .method = llhttp_method_name((llhttp_method_t)x->method),
+        .uri = x->target,
+        .repository = x->log_repo,
+        .digest = x->log_digest,
+        .status = x->status,
+        .bytes = x->body_sent,
+        .duration_ms = (double)(now_ns() - x->start_ns) / 1e6,
+        .cache = cache_names[x->cache],
+        .upstream = x->log_upstream,
+        .remote_addr = x->conn->remote,
+        .user_agent = uah != NULL ? ua : NULL,
+        .error = x->log_error                      ? x->log_error
+                 : (x->abort_requested || x->gone) ? "response not completed"
+                                                   : NULL,
+    };
+    const struct http_server_opts *o = &x->conn->srv->opts;
+    if (o->on_complete != NULL) o->on_complete(o->format_ud, &e);
+    size_t n = o->format_access ? o->format_access(o->format_ud, &e, line, sizeof(line))
+                                : log_format_access(&e, line, sizeof(line));
+    log_access_line(line, n);
+}
+
+/* The exchange is over on both sides: log, free, and go on with the connection. */
+static void exchange_finish(struct http_exchange *x)
+{
+    struct conn *c = x->conn;
+    if (x->write_pending || x->in_callback) {
+        x->finish_deferred = true; /* the write callback finishes it */
+        return;
+    }
+    if (x->status == 0) x->status = x->gone ? 499 : 500;
+    access_log(x);
+    bool close_after = x->close_after || x->abort_requested;
+    c->active = NULL;
+    free(x->reqbuf);
+    free(x->hdrs);
+    free(x->target);
+    free(x->head);
+    free(x->log_upstream);
+    free(x->log_repo);
+    free(x->log_digest);
+    free(x->log_error);
+    free(x->extra_head);
+    free(x);
+    if (c->closing) {
+        conn_free_if_done(c);
+        return;
+    }
+    if (close_after) {
+        conn_close(c);
+        return;
+    }
+    conn_continue(c);
+}
+
+/* --- Accessors -------------------------------------------------------------------- */
+
+const char *http_req_method(const struct http_exchange *x)
+{
+    return llhttp_method_name((llhttp_method_t)x->method);
+}
+
+bool http_req_is_head(const struct http_exchange *x)
+{
+    return x->method == HTTP_HEAD;
+}
+
+bool http_req_is_get(const struct http_exchange *x)
+{
+    return x->method == HTTP_GET;
+}
+
+const char *http_req_path(const struct http_exchange *x, size_t *len)
+{
+    *len = x->path_len;
+    return x->target;
+}
+
+const char *http_req_query(const struct http_exchange *x, size_t *len)
+{
+    *len = x->query_len;
+    return x->query;
+}
+
+const char *http_req_target(const struct http_exchange *x)
+{
+    return x->target;
+}
+
+void http_req_headers(const struct http_exchange *x, const struct http_header **hdrs, size_t *n)
+{
+    *hdrs = x->hdrs;
+    *n = x->n_hdrs;
+}
+
+const struct http_header *http_req_header(const struct http_exchange *x, const char *name)
+{
+    return http_header_find(x->hdrs, x->n_hdrs, name);
+}
+
+const char *http_req_remote_addr(const struct http_exchange *x)
+{
+    return x->conn->remote;
+}
+
+bool http_req_has_body(const struct http_exchange *x)
+{
+    return x->has_body;
+}
+
+uint64_t http_req_start_ns(const struct http_exchange *x)
+{
+    return x->start_ns;
+}
+
+uv_loop_t *http_req_loop(const struct http_exchange *x)
+{
+    return x->conn->srv->loop;
+}
+
+void http_exchange_on_gone(struct http_exchange *x, http_gone_cb cb, void *arg)
+{
+    x->gone_cb = cb;
+    x->gone_arg = arg;
+}
+
+bool http_exchange_client_gone(const struct http_exchange *x)
+{
+    return x->gone;
+}
+
+bool http_exchange_head_sent(const struct http_exchange *x)
+{
+    return x->head_sent;
+}
+
+static char *dup_span(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+void http_log_set_cache(struct http_exchange *x, enum http_cache_result r)
+{
+    x->cache = r;
+}
+
+void http_log_set_upstream(struct http_exchange *x, const char *upstream)
+{
+    free(x->log_upstream);
+    x->log_upstream = upstream ? dup_span(upstream, strlen(upstream)) : NULL;
+}
+
+void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_len,
+                         const char *digest, size_t digest_len)
+{
+    free(x->log_repo);
+    free(x->log_digest);
+    x->log_repo = repo ? dup_span(repo, repo_len) : NULL;
+    x->log_digest = digest ? dup_span(digest, digest_len) : NULL;
+}
+
+const char *http_log_repo(const struct http_exchange *x, size_t *len)
+{
+    *len = x->log_repo ? strlen(x->log_repo) : 0;
+    return x->log_repo;
+}
+
+void http_log_set_error(struct http_exchange *x, const char *error)
+{
+    free(x->log_error);
+    x->log_error = error ? dup_span(error, strlen(error)) : NULL;
+}
+
+/* --- The server ------------------------------------------------------------------- */
+
+static int parse_listen_addr(const char *addr, struct sockaddr_storage *ss)
+{
+    char host[128];
+    const char *colon = strrchr(addr, ':');
+    if (colon == NULL) return UV_EINVAL;
+    size_t hl = (size_t)(colon - addr);
+    if (hl >= sizeof(host)) return UV_EINVAL;
+    memcpy(host, addr, hl);
+    host[hl] = '\0';
+    char *end;
+    long port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535) return UV_EINVAL;
+    if (host[0] == '[') {
+        size_t l = strlen(host);
+        if (l < 2 || host[l - 1] != ']') return UV_EINVAL;
+        host[l - 1] = '\0';
+        return uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)ss);
+    }
+    if (host[0] == '\0') return uv_ip4_addr("0.0.0.0", (int)port, (struct sockaddr_in *)ss);
+    if (strcmp(host, "localhost") == 0)
+        return uv_ip4_addr("127.0.0.1", (int)port, (struct sockaddr_in *)ss);
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) return 0;
+    return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss);
+}
+
+int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_server_opts *opts,
+                       struct http_server **out, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof(ss));
+    int r = parse_listen_addr(addr, &ss);
+    if (r != 0) {
+        snprintf(err, errlen, "http.addr %s: expected host:port, :port or [v6]:port", addr);
+        return UV_EINVAL;
+    }
+    struct http_server *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL) return UV_ENOMEM;
+    srv->loop = loop;
+    srv->opts = *opts;
+    srv->tls = opts->tls ? tls_config_ref(opts->tls) : NULL;
+    if (!srv->opts.max_header_bytes) srv->opts.max_header_bytes = 16384;
+    if (!srv->opts.max_headers) srv->opts.max_headers = 100;
+    if (!srv->opts.header_timeout_ms) srv->opts.header_timeout_ms = 10000;
+    if (!srv->opts.idle_timeout_ms) srv->opts.idle_timeout_ms = 60000;
+    if (!srv->opts.write_timeout_ms) srv->opts.write_timeout_ms = 60000;
+    if (!srv->opts.max_connections) srv->opts.max_connections = 16384;
+    size_t cap = 1;
+    for (size_t i = 0; i < opts->n_extra_headers; i++)
+        cap += opts->extra_headers[i].name_len + opts->extra_headers[i].value_len + 4;
+    srv->extra_headers = malloc(cap);
+    if (srv->extra_headers == NULL) {
+        free(srv);
+        return UV_ENOMEM;
+    }
+    for (size_t i = 0; i < opts->n_extra_headers; i++) {
+        const struct http_header *h = &opts->extra_headers[i];
+        if (!header_value_safe(h->value, h->value_len)) continue;
+        srv->extra_len += (size_t)snprintf(srv->extra_headers + srv->extra_len,
+                                           cap - srv->extra_len, "%.*s: %.*s\r\n", (int)h->name_len,
+                                           h->name, (int)h->value_len, h->value);
+    }
+    srv->opts.extra_headers = NULL;
+    srv->opts.n_extra_headers = 0;
+    llhttp_settings_init(&srv->settings);
+    srv->settings.on_message_begin = on_message_begin;
+    srv->settings.on_url = on_url;
+    srv->settings.on_header_field = on_header_field;
+    srv->settings.on_header_value = on_header_value;
+    srv->settings.on_headers_complete = on_headers_complete;
+    srv->settings.on_message_complete = on_message_complete;
+
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    uv_idle_init(loop, &srv->idle);
+    srv->idle.data = srv;
+    uv_timer_init(loop, &srv->shutdown_timer);
+    srv->shutdown_timer.data = srv;
+    srv->handles_open = 3;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        srv->nofile = (uint64_t)rl.rlim_cur;
+    r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
+    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    if (r != 0) {
+        snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
+        srv->shutting_down = true;
+        http_server_shutdown(srv, 0, NULL, NULL);
+        return r;
+    }
+    struct sockaddr_storage bound;
+    int bl = sizeof(bound);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&bound, &bl);
+    char ip[64] = "?";
+    int port = 0;
+    if (bound.ss_family == AF_INET6) {
+        uv_ip6_name((struct sockaddr_in6 *)&bound, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in6 *)&bound)->sin6_port);
+        snprintf(srv->address, sizeof(srv->address), "[%s]:%d", ip, port);
+    } else {
+        uv_ip4_name((struct sockaddr_in *)&bound, ip, sizeof(ip));
+        port = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+        snprintf(srv->address, sizeof(srv->address), "%s:%d", ip, port);
+    }
+    *out = srv;
+    return 0;
+}
+
+const char *http_server_address(const struct http_server *srv)
+{
+    return srv->address;
+}
+
+unsigned http_server_connections(const struct http_server *srv)
+{
+    return srv->n_conns;
+}
+
+static void server_handle_closed(uv_handle_t *h)
+{
+    struct http_server *srv = h->data;
+    srv->handles_open--;
+    server_maybe_done(srv);
+}
+
+static void server_maybe_done(struct http_server *srv)
+{
+    if (!srv->shutting_down || srv->n_conns > 0) return;
+    if (!srv->handles_closing) {
+        srv->handles_closing = true;
+        uv_close((uv_handle_t *)&srv->idle, server_handle_closed);
+        uv_close((uv_handle_t *)&srv->shutdown_timer, server_handle_closed);
+        return;
+    }
+    if (srv->handles_open == 0) {
+        void (*done)(void *) = srv->shutdown_done;
+        void *arg = srv->shutdown_arg;
+        free(srv->extra_headers);
+        tls_config_free(srv->tls);
+        free(srv);
+        if (done) done(arg);
+    }
+}
+
+static void shutdown_timer_cb(uv_timer_t *t)
+{
+    struct http_server *srv = t->data;
+    if (srv->n_conns > 0)
+        log_msg(LOG_WARN, "drain timeout: closing %u connections with responses in progress",
+                srv->n_conns);
+    for (struct conn *c = srv->conns; c != NULL; c = c->next)
+        conn_close(c);
+}
+
+void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*done)(void *arg),
+                          void *arg)
+{
+    srv->shutting_down = true;
+    srv->shutdown_done = done;
+    srv->shutdown_arg = arg;
+    if (!uv_is_closing((uv_handle_t *)&srv->listener))
+        uv_close((uv_handle_t *)&srv->listener, server_handle_closed);
+    struct conn *c = srv->conns;
+    while (c != NULL) {
+        struct conn *next = c->next;
+        if (c->active == NULL)
+            conn_close(c);
+        else
+            c->active->close_after = true;
+        c = next;
+    }
+    if (srv->n_conns > 0) uv_timer_start(&srv->shutdown_timer, shutdown_timer_cb, timeout_ms, 0);
+    server_maybe_done(srv);
+}

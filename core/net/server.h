@@ -1,0 +1,173 @@
+/*
+ * server.h: the HTTP/1.1 listener and its connections (libuv + llhttp).
+ *
+ * A connection parses one request at a time. When a request's headers are complete
+ * (and, for a request without a body, the request is complete) the server hands the
+ * request to the handler as an exchange, keeps reading up to 64 KiB of pipelined input
+ * while the exchange runs (and stops reading past that), and parses that input only
+ * after the exchange has ended, so responses leave in order and a client cannot queue
+ * unbounded work. A request that carries a body (a push) is answered and the
+ * connection closed without reading the body.
+ *
+ * Limits: request line plus headers at most max_header_bytes and max_headers (431
+ * beyond), header_timeout_ms for a request's headers to arrive (408 and close),
+ * idle_timeout_ms between requests, write_timeout_ms without write progress, at most
+ * max_connections at once (more are closed at accept). An idle connection holds no
+ * buffer: reads go through one loop-wide buffer.
+ *
+ * Exchange lifetime: the handler must end every exchange it is given with exactly one
+ * call to http_respond_end or http_respond_abort, also after the client has gone (the
+ * gone callback tells it so). The exchange's memory belongs to the server and is
+ * released after that call; the handler must not touch it afterwards.
+ */
+#ifndef CC_SERVER_H
+#define CC_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "base/http_types.h"
+#include "base/log.h"
+
+struct http_server;
+struct http_exchange;
+
+typedef void (*http_request_cb)(struct http_exchange *x, void *ud);
+typedef void (*http_write_cb)(struct http_exchange *x, int status, void *arg);
+typedef void (*http_gone_cb)(struct http_exchange *x, void *arg);
+
+struct http_server_opts {
+    size_t max_header_bytes;    /* default 16384 */
+    size_t max_headers;         /* default 100 */
+    unsigned header_timeout_ms; /* default 10000 */
+    unsigned idle_timeout_ms;   /* default 60000 */
+    unsigned write_timeout_ms;  /* default 60000 */
+    unsigned max_connections;   /* default 16384 */
+    /* Headers added to every response (config http.headers); copied. */
+    const struct http_header *extra_headers;
+    size_t n_extra_headers;
+    http_request_cb on_request;
+    void *ud;
+    /* https: a server config of tls.h (the server takes its own reference); NULL: http. */
+    struct tls_config *tls;
+    /* Called with every finished exchange's facts (metrics), may be NULL. */
+    void (*on_complete)(void *ud, const struct log_access_entry *e);
+    /* Formats the access-log line of an exchange (NULL: log_format_access). */
+    size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
+    void *format_ud;
+};
+
+/*
+ * Binds and listens on `addr` ("host:port", ":port", "[v6]:port"). Returns 0 and the
+ * server in *out, or a negative libuv error with a sentence in err.
+ */
+int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_server_opts *opts,
+                       struct http_server **out, char *err, size_t errlen);
+
+/* The bound address as "ip:port" (useful with port 0). */
+const char *http_server_address(const struct http_server *srv);
+
+/*
+ * Graceful stop: closes the listener and idle connections; connections with an
+ * exchange finish it and then close. After timeout_ms (0: at once) whatever is left is
+ * closed. `done` is called once every connection and the listener are closed; the
+ * server is freed after it returns.
+ */
+void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*done)(void *arg),
+                          void *arg);
+
+/* Connections open now. */
+unsigned http_server_connections(const struct http_server *srv);
+
+/* --- The request ------------------------------------------------------------- */
+
+const char *http_req_method(const struct http_exchange *x); /* "GET", "HEAD", ... */
+bool http_req_is_head(const struct http_exchange *x);
+bool http_req_is_get(const struct http_exchange *x);
+/* The path (before '?'), as sent; not NUL-terminated: use the length. */
+const char *http_req_path(const struct http_exchange *x, size_t *len);
+/* The query after '?' without it, or NULL. */
+const char *http_req_query(const struct http_exchange *x, size_t *len);
+/* The whole request target as sent, NUL-terminated. */
+const char *http_req_target(const struct http_exchange *x);
+void http_req_headers(const struct http_exchange *x, const struct http_header **hdrs, size_t *n);
+/* The first header named `name`, or NULL; the value is not NUL-terminated. */
+const struct http_header *http_req_header(const struct http_exchange *x, const char *name);
+const char *http_req_remote_addr(const struct http_exchange *x);
+/* True when the request carries a body (Content-Length > 0 or chunked). */
+bool http_req_has_body(const struct http_exchange *x);
+uint64_t http_req_start_ns(const struct http_exchange *x);
+uv_loop_t *http_req_loop(const struct http_exchange *x);
+
+/* --- The response ------------------------------------------------------------ */
+
+/*
+ * Sets the status and headers. content_length >= 0 is sent as Content-Length (for
+ * HEAD too, with no body); -1 means an unknown length (chunked for HTTP/1.1, close
+ * for 1.0). The headers are copied and sent together with the first body bytes or at
+ * the end. Returns 0 or UV_EINVAL when called twice.
+ */
+int http_respond_head(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, int64_t content_length);
+
+/*
+ * Queues body bytes owned by the caller; `buf` must stay valid until `cb` runs, which
+ * happens exactly once, from the loop, after the bytes were handed to the kernel
+ * (status 0) or the connection failed (negative). One write at a time: call again only
+ * after cb. Returns 0, or a negative error (the client is gone: UV_ECANCELED; a HEAD
+ * request: UV_EINVAL; a write already pending: UV_EBUSY) and then cb is not called.
+ */
+int http_respond_body(struct http_exchange *x, const char *buf, size_t len, http_write_cb cb,
+                      void *arg);
+
+/*
+ * Writes as much of data as the socket takes now, without a callback. Returns the
+ * number of bytes taken (possibly 0), or a negative error. Used to pass small bodies
+ * through without a copy; what is left goes through http_respond_body.
+ */
+int http_respond_try(struct http_exchange *x, const char *data, size_t len);
+
+/*
+ * Ends the response normally. With a known Content-Length every byte must have been
+ * sent, else the connection is closed (the client sees a short body, never a wrong
+ * one). Writes the access-log line.
+ */
+void http_respond_end(struct http_exchange *x);
+
+/* Adds a header to the response (before http_respond_head; copied). */
+void http_respond_add_header(struct http_exchange *x, const char *name, const char *value);
+
+/*
+ * A whole small response at once: status, headers and body (copied) go out in one
+ * write, and the exchange ends. Returns 0 or a negative error (the exchange is then
+ * still the caller's to end).
+ */
+int http_respond_full(struct http_exchange *x, int status, const struct http_header *hdrs,
+                      size_t n_hdrs, const char *body, size_t len);
+
+/* Ends the exchange by closing the connection (a body that cannot be completed). */
+void http_respond_abort(struct http_exchange *x);
+
+/* Sets the callback for "the client went away". */
+void http_exchange_on_gone(struct http_exchange *x, http_gone_cb cb, void *arg);
+bool http_exchange_client_gone(const struct http_exchange *x);
+bool http_exchange_head_sent(const struct http_exchange *x);
+
+/* --- What the access log says about this exchange --------------------------- */
+
+enum http_cache_result { CACHE_NONE = 0, CACHE_HIT, CACHE_MISS, CACHE_COALESCED, CACHE_BYPASS };
+
+void http_log_set_cache(struct http_exchange *x, enum http_cache_result r);
+/* The upstream that answered (copied; a base URL, never with credentials). */
+void http_log_set_upstream(struct http_exchange *x, const char *upstream);
+/* The repository and digest the request was about (copied). */
+void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_len,
+                         const char *digest, size_t digest_len);
+/* The repository set by http_log_set_target (NULL when none). */
+const char *http_log_repo(const struct http_exchange *x, size_t *len);
+
+/* A short reason for an error response, logged with the line (copied). */
+void http_log_set_error(struct http_exchange *x, const char *error);
+
+#endif

@@ -1,0 +1,379 @@
+/*
+ * registry.c: routing of /v2/ paths, the OCI name/tag/digest grammar, and the registry's
+ * JSON error bodies. Every function reads only the bytes it is given and allocates
+ * nothing.
+ */
+#include "registry/registry.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <string.h>
+
+#define NAME_MAX_LEN 255
+#define TAG_MAX_LEN 128
+
+/* ---- errors ---------------------------------------------------------------------------- */
+
+static const struct {
+    int status;
+    const char *name;
+    const char *message;
+} error_table[] = {
+    [REG_ERR_NONE] = {200, "", ""},
+    [REG_ERR_NAME_INVALID] = {400, "NAME_INVALID", "invalid repository name"},
+    [REG_ERR_TAG_INVALID] = {400, "TAG_INVALID", "manifest tag did not match URI"},
+    [REG_ERR_DIGEST_INVALID] = {400, "DIGEST_INVALID",
+                                "provided digest did not match uploaded content"},
+    [REG_ERR_MANIFEST_INVALID] = {400, "MANIFEST_INVALID", "manifest invalid"},
+    [REG_ERR_NAME_UNKNOWN] = {404, "NAME_UNKNOWN", "repository name not known to registry"},
+    [REG_ERR_MANIFEST_UNKNOWN] = {404, "MANIFEST_UNKNOWN", "manifest unknown"},
+    [REG_ERR_BLOB_UNKNOWN] = {404, "BLOB_UNKNOWN", "blob unknown to registry"},
+    [REG_ERR_NOT_FOUND] = {404, "NOT_FOUND", "not found"},
+    [REG_ERR_UNAUTHORIZED] = {401, "UNAUTHORIZED", "authentication required"},
+    [REG_ERR_DENIED] = {403, "DENIED", "requested access to the resource is denied"},
+    [REG_ERR_UNSUPPORTED] = {405, "UNSUPPORTED", "The operation is unsupported."},
+    [REG_ERR_RANGE_INVALID] = {416, "RANGE_INVALID", "invalid content range"},
+    [REG_ERR_TOOMANYREQUESTS] = {429, "TOOMANYREQUESTS", "too many requests"},
+    [REG_ERR_UPSTREAM_FAILED] = {502, "UNKNOWN", "upstream registry failed"},
+    [REG_ERR_UNAVAILABLE] = {503, "UNAVAILABLE", "service unavailable"},
+    [REG_ERR_INTERNAL] = {500, "UNKNOWN", "unknown error"},
+};
+
+static unsigned error_index(enum registry_error_code code)
+{
+    unsigned i = (unsigned)code;
+    return i < sizeof error_table / sizeof error_table[0] ? i : (unsigned)REG_ERR_INTERNAL;
+}
+
+int registry_error_status(enum registry_error_code code)
+{
+    return error_table[error_index(code)].status;
+}
+
+const char *registry_error_name(enum registry_error_code code)
+{
+    return error_table[error_index(code)].name;
+}
+
+const char *registry_error_message(enum registry_error_code code)
+{
+    return error_table[error_index(code)].message;
+}
+
+/* ---- grammar --------------------------------------------------------------------------- */
+
+static bool is_lower_alnum(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+static bool is_lower_hex(char c)
+{
+    return (c >= 'a' && c <= 'f') || (c >= '0' && c <= '9');
+}
+
+static bool is_tag_char(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == '-';
+}
+
+/* A separator inside a name component: ".", "_", "__" or one or more '-'. */
+static bool name_separator_valid(const char *s, size_t n)
+{
+    if (n == 1) return true;
+    if (n == 2 && s[0] == '_' && s[1] == '_') return true;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] != '-') return false;
+    return true;
+}
+
+/* [a-z0-9]+((\.|_|__|-+)[a-z0-9]+)* */
+static bool name_component_valid(const char *s, size_t n)
+{
+    size_t i = 0;
+
+    for (;;) {
+        size_t run = i;
+        while (i < n && is_lower_alnum(s[i]))
+            i++;
+        if (i == run) return false;
+        if (i == n) return true;
+        size_t sep = i;
+        while (i < n && (s[i] == '.' || s[i] == '_' || s[i] == '-'))
+            i++;
+        if (i == sep || i == n || !name_separator_valid(s + sep, i - sep)) return false;
+    }
+}
+
+bool registry_name_valid(const char *s, size_t len)
+{
+    size_t start = 0;
+
+    if (len == 0 || len > NAME_MAX_LEN) return false;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && s[i] != '/') continue;
+        if (!name_component_valid(s + start, i - start)) return false;
+        start = i + 1;
+    }
+    return true;
+}
+
+bool registry_tag_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > TAG_MAX_LEN || s[0] == '.' || s[0] == '-') return false;
+    for (size_t i = 0; i < len; i++)
+        if (!is_tag_char(s[i])) return false;
+    return true;
+}
+
+static bool hex_digest_valid(const char *s, size_t len, const char *algorithm, size_t hex_len)
+{
+    size_t alen = strlen(algorithm);
+
+    if (len != alen + 1 + hex_len || memcmp(s, algorithm, alen) != 0 || s[alen] != ':')
+        return false;
+    for (size_t i = alen + 1; i < len; i++)
+        if (!is_lower_hex(s[i])) return false;
+    return true;
+}
+
+bool registry_digest_valid(const char *s, size_t len)
+{
+    return hex_digest_valid(s, len, "sha256", 64) || hex_digest_valid(s, len, "sha512", 128);
+}
+
+/* ---- routes ---------------------------------------------------------------------------- */
+
+static bool span_is(const char *s, size_t n, const char *literal)
+{
+    return n == strlen(literal) && memcmp(s, literal, n) == 0;
+}
+
+/*
+ * Anything a registry path never has: no leading '/', too long, escapes ('%', '\\'),
+ * bytes outside printable ASCII, empty components ("//", but a trailing '/' is allowed),
+ * and "." or ".." components.
+ */
+static bool path_is_hostile(const char *p, size_t len)
+{
+    size_t start = 1;
+
+    if (len == 0 || len > REGISTRY_PATH_MAX || p[0] != '/') return true;
+    for (size_t i = 1; i <= len; i++) {
+        if (i < len) {
+            unsigned char c = (unsigned char)p[i];
+            if (c < 0x20 || c >= 0x7f || c == '%' || c == '\\') return true;
+            if (c != '/') continue;
+        }
+        size_t n = i - start;
+        if (n == 0 && i < len) return true;
+        if (span_is(p + start, n, ".") || span_is(p + start, n, "..")) return true;
+        start = i + 1;
+    }
+    return false;
+}
+
+/* Index of the last '/' in s[0..n), or n when there is none. */
+static size_t last_slash(const char *s, size_t n)
+{
+    for (size_t i = n; i > 0; i--)
+        if (s[i - 1] == '/') return i - 1;
+    return n;
+}
+
+enum registry_error_code registry_route_parse(const char *path, size_t len,
+                                              struct registry_route *out)
+{
+    memset(out, 0, sizeof *out);
+    out->kind = ROUTE_NOT_V2;
+
+    if (path_is_hostile(path, len)) return REG_ERR_NOT_FOUND;
+    if (span_is(path, len, "/v2") || span_is(path, len, "/v2/")) {
+        out->kind = ROUTE_BASE;
+        return REG_ERR_NONE;
+    }
+    if (len < 4 || memcmp(path, "/v2/", 4) != 0) return REG_ERR_NONE;
+
+    const char *rest = path + 4;
+    size_t rest_len = len - 4;
+    out->kind = ROUTE_V2_OTHER;
+    if (span_is(rest, rest_len, "_catalog")) {
+        out->kind = ROUTE_CATALOG;
+        return REG_ERR_NONE;
+    }
+
+    /* rest = <name> "/" <word> "/" <last>, where <last> has no '/'. */
+    size_t slash2 = last_slash(rest, rest_len);
+    if (slash2 == rest_len) return REG_ERR_NONE;
+    size_t slash1 = last_slash(rest, slash2);
+    if (slash1 == slash2) return REG_ERR_NONE;
+    const char *word = rest + slash1 + 1;
+    size_t word_len = slash2 - slash1 - 1;
+    const char *last = rest + slash2 + 1;
+    size_t last_len = rest_len - slash2 - 1;
+
+    if (last_len == 0) return REG_ERR_NONE;
+    if (span_is(word, word_len, "tags") && span_is(last, last_len, "list"))
+        out->kind = ROUTE_TAGS;
+    else if (span_is(word, word_len, "manifests"))
+        out->kind = ROUTE_MANIFEST;
+    else if (span_is(word, word_len, "blobs") && !span_is(last, last_len, "uploads"))
+        out->kind = ROUTE_BLOB;
+    else if (span_is(word, word_len, "referrers"))
+        out->kind = ROUTE_REFERRERS;
+    else
+        return REG_ERR_NONE;
+
+    out->name = rest;
+    out->name_len = slash1;
+    if (!registry_name_valid(out->name, out->name_len)) return REG_ERR_NAME_INVALID;
+    if (out->kind == ROUTE_TAGS) return REG_ERR_NONE;
+
+    out->reference = last;
+    out->reference_len = last_len;
+    out->reference_is_digest = out->kind != ROUTE_MANIFEST || memchr(last, ':', last_len);
+    if (out->reference_is_digest)
+        return registry_digest_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_DIGEST_INVALID;
+    return registry_tag_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_TAG_INVALID;
+}
+
+/* ---- JSON ------------------------------------------------------------------------------ */
+
+size_t registry_utf8_decode(const unsigned char *s, size_t n, unsigned int *cp)
+{
+    unsigned char c, lo = 0x80, hi = 0xbf; /* lo..hi: the allowed second bytes */
+    size_t len;
+    unsigned int v;
+
+    if (n == 0) return 0;
+    c = s[0];
+    if (c < 0x80) {
+        *cp = c;
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        v = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        v = c & 0x0f;
+        if (c == 0xe0) lo = 0xa0; /* overlong */
+        if (c == 0xed) hi = 0x9f; /* surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        v = c & 0x07;
+        if (c == 0xf0) lo = 0x90; /* overlong */
+        if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        v = (v << 6) | (s[i] & 0x3f);
+    }
+    *cp = v;
+    return len;
+}
+
+size_t registry_json_escape_prefix(const char *src, size_t n, char *buf, size_t cap,
+                                   size_t *consumed)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)src;
+    size_t in = 0, out = 0;
+
+    while (in < n) {
+        char esc[6];
+        const char *piece = esc;
+        size_t piece_len, step = 1;
+        unsigned int cp = s[in];
+
+        if (cp >= 0x80) {
+            step = registry_utf8_decode(s + in, n - in, &cp);
+            if (step == 0) {
+                step = 1;
+                cp = 0xfffd;
+            }
+        }
+        if (cp == '"' || cp == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)cp;
+            piece_len = 2;
+        } else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
+                   cp == 0xfffd) {
+            esc[0] = '\\';
+            esc[1] = 'u';
+            esc[2] = hex[(cp >> 12) & 0xf];
+            esc[3] = hex[(cp >> 8) & 0xf];
+            esc[4] = hex[(cp >> 4) & 0xf];
+            esc[5] = hex[cp & 0xf];
+            piece_len = 6;
+        } else {
+            piece = src + in;
+            piece_len = step;
+        }
+        if (piece_len > cap - out) break;
+        memcpy(buf + out, piece, piece_len);
+        out += piece_len;
+        in += step;
+    }
+    *consumed = in;
+    return out;
+}
+
+int registry_json_escape(const char *src, size_t n, char *buf, size_t len)
+{
+    size_t consumed, written;
+
+    if (len == 0) return -ENOSPC;
+    if (len - 1 > INT_MAX) len = (size_t)INT_MAX + 1;
+    written = registry_json_escape_prefix(src, n, buf, len - 1, &consumed);
+    if (consumed < n) return -ENOSPC;
+    buf[written] = '\0';
+    return (int)written;
+}
+
+static size_t put(char *buf, size_t at, const char *s)
+{
+    size_t n = strlen(s);
+    memcpy(buf + at, s, n);
+    return at + n;
+}
+
+int registry_error_json(enum registry_error_code code, const char *message, const char *detail,
+                        char *buf, size_t len)
+{
+    static const char head[] = "{\"errors\":[{\"code\":\"";
+    static const char mid[] = "\",\"message\":\"";
+    static const char detail_key[] = "\",\"detail\":";
+    static const char tail[] = "}]}";
+    const char *name = registry_error_name(code);
+    size_t skeleton, budget, at = 0, consumed;
+
+    if (message == NULL) message = registry_error_message(code);
+    skeleton = strlen(head) + strlen(name) + strlen(mid) + strlen(detail_key) +
+               (detail ? 2 : strlen("null")) + strlen(tail) + 1;
+    if (len > INT_MAX) len = INT_MAX;
+    if (len < skeleton) return -ENOSPC;
+    budget = len - skeleton;
+
+    at = put(buf, at, head);
+    at = put(buf, at, name);
+    at = put(buf, at, mid);
+    size_t w = registry_json_escape_prefix(message, strlen(message), buf + at, budget, &consumed);
+    at += w;
+    budget -= w;
+    at = put(buf, at, detail_key);
+    if (detail) {
+        buf[at++] = '"';
+        at += registry_json_escape_prefix(detail, strlen(detail), buf + at, budget, &consumed);
+        buf[at++] = '"';
+    } else {
+        at = put(buf, at, "null");
+    }
+    at = put(buf, at, tail);
+    buf[at] = '\0';
+    return (int)at;
+}
