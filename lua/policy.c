@@ -752,3 +752,14 @@ done:
     free(c.victims);
     return rc;
 }
+
+void policy_render_metrics(const void *policy_engine, struct textbuf *out)
+{
+    static const char name[] = "content_cache_policy_errors_total";
+    metrics_help(out, name, "counter",
+                 "Policy hook calls that failed (error, budget, memory, wrong type), by hook; the "
+                 "built-in default served those calls.");
+    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
+        metrics_labelled(out, name, "hook", policy_hook_name((enum policy_hook)h),
+                         policy_error_count(policy_engine, (enum policy_hook)h));
+}

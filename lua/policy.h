@@ -106,6 +106,7 @@ struct policy_blob {
  * NULL strings become nil; so do status 0, duration_ms < 0 and time <= 0 (the hook then
  * uses cache.now()). */
 #include "base/log.h"
+#include "base/metrics.h"
 
 /*
  * Creates an engine and loads its policies: builtin_dir/default.lua, then the drop-in
@@ -162,6 +163,8 @@ bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h);
 
 /* Failed calls of the hook since the engine was created (reloads do not reset it). */
 uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h);
+/* A metrics_render_fn over a struct policy_engine: failed hook calls, by hook. */
+void policy_render_metrics(const void *policy_engine, struct textbuf *out);
 
 /*
  * select_upstream(req, upstream) for the config's upstreams[upstream_index]; upstream

@@ -3,24 +3,17 @@
  */
 #include "app/debug.h"
 
-#include <stdarg.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "access/auth.h"
-#include "cache/blob.h"
-#include "cache/budget.h"
-#include "net/chain.h"
-#include "cache/expire.h"
-#include "cache/fetch.h"
-#include "lua/policy.h"
-#include "registry/proxy.h"
 #include "net/server.h"
-#include "cache/store.h"
 
 #define METRICS_MAX (256 * 1024)
-#define HEALTH_UPSTREAM_FRESH_MS 60000u
+#define HEALTH_BODY_MAX 8192
+#define DEBUG_SECTIONS_MAX 32
+#define DEBUG_CHECKS_MAX 8
 
 /* --- Request counters ---------------------------------------------------------------- */
 
@@ -31,17 +24,13 @@ static struct {
     int status;
     uint64_t count;
 } requests[STATUS_SLOTS];
-static uint64_t requests_other;       /* past the slots: counted, not labelled */
-static uint64_t blob_results[5];      /* by cache result: none, hit, miss, coalesced, bypass */
-static uint64_t blob_result_bytes[5]; /* body bytes by cache result */
+static uint64_t requests_other; /* past the slots: counted, not labelled */
 
-static int cache_index(const char *cache)
-{
-    static const char *const names[] = {"hit", "miss", "coalesced", "bypass"};
-    for (int i = 0; cache != NULL && i < 4; i++)
-        if (strcmp(cache, names[i]) == 0) return i + 1;
-    return 0;
-}
+/* Blob GETs by how the cache served them (the access line's cache= field). */
+static const char *const blob_results[] = {"hit", "miss", "coalesced", "bypass"};
+#define BLOB_RESULTS (sizeof(blob_results) / sizeof(*blob_results))
+static uint64_t blob_result_count[BLOB_RESULTS];
+static uint64_t blob_result_bytes[BLOB_RESULTS];
 
 void debug_observe(const struct log_access_entry *e)
 {
@@ -60,309 +49,160 @@ void debug_observe(const struct log_access_entry *e)
         }
         requests[i].count++;
     }
-    int c = cache_index(e->cache);
-    if (c != 0) {
-        blob_results[c]++;
-        blob_result_bytes[c] += e->bytes;
-    }
-}
-
-/* --- Rendering ------------------------------------------------------------------------ */
-
-struct out {
-    char *buf;
-    size_t len, pos;
-};
-
-static void put(struct out *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct out *o, const char *fmt, ...)
-{
-    if (o->pos + 1 >= o->len) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(o->buf + o->pos, o->len - o->pos, fmt, ap);
-    va_end(ap);
-    if (n > 0) o->pos += (size_t)n < o->len - o->pos ? (size_t)n : o->len - o->pos - 1;
-}
-
-static void help(struct out *o, const char *name, const char *type, const char *text)
-{
-    put(o, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
-}
-
-/* A metric with one value and no labels: its help, its type, its line. */
-static void metric(struct out *o, const char *name, const char *type, const char *text,
-                   unsigned long long value)
-{
-    help(o, name, type, text);
-    put(o, "%s %llu\n", name, value);
-}
-
-/* One value of a metric with one label whose values are fixed names. */
-static void labelled(struct out *o, const char *name, const char *label, const char *value,
-                     unsigned long long n)
-{
-    put(o, "%s{%s=\"%s\"} %llu\n", name, label, value, n);
-}
-
-/* A label value: the upstream URLs come from the config, but escape as the format says. */
-static void put_label(struct out *o, const char *v)
-{
-    for (; *v != '\0'; v++) {
-        if (*v == '"' || *v == '\\')
-            put(o, "\\%c", *v);
-        else if (*v == '\n')
-            put(o, "\\n");
-        else
-            put(o, "%c", *v);
-    }
-}
-
-struct host_render {
-    struct out *o;
-    int what;
-};
-
-static void host_line(void *ud, const char *base, const struct chain_host_stats *st)
-{
-    struct host_render *hr = ud;
-    struct out *o = hr->o;
-    if (hr->what == 3) {
-        for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++) {
-            put(o, "content_cache_upstream_response_seconds_bucket{upstream=\"");
-            put_label(o, base);
-            put(o, "\",le=\"%g\"} %llu\n", chain_latency_buckets[i],
-                (unsigned long long)st->latency_buckets[i]);
+    for (size_t c = 0; e->cache != NULL && c < BLOB_RESULTS; c++) {
+        if (strcmp(e->cache, blob_results[c]) == 0) {
+            blob_result_count[c]++;
+            blob_result_bytes[c] += e->bytes;
+            break;
         }
-        put(o, "content_cache_upstream_response_seconds_bucket{upstream=\"");
-        put_label(o, base);
-        put(o, "\",le=\"+Inf\"} %llu\n", (unsigned long long)st->latency_count);
-        put(o, "content_cache_upstream_response_seconds_sum{upstream=\"");
-        put_label(o, base);
-        put(o, "\"} %.6f\n", st->latency_sum_s);
-        put(o, "content_cache_upstream_response_seconds_count{upstream=\"");
-        put_label(o, base);
-        put(o, "\"} %llu\n", (unsigned long long)st->latency_count);
-        return;
     }
-    static const char *const names[] = {"content_cache_upstream_requests_total",
-                                        "content_cache_upstream_errors_total",
-                                        "content_cache_upstream_fetched_bytes_total"};
-    uint64_t v = hr->what == 0 ? st->requests : hr->what == 1 ? st->errors : st->bytes;
-    put(o, "%s{upstream=\"", names[hr->what]);
-    put_label(o, base);
-    put(o, "\"} %llu\n", (unsigned long long)v);
 }
 
-size_t debug_render_metrics(const struct debug_sources *src, char *buf, size_t len)
+static void render_requests(struct textbuf *o)
 {
-    struct out o = {buf, len, 0};
-    buf[0] = '\0';
-
-    help(&o, "content_cache_http_requests_total", "counter",
-         "Requests answered, by method and status.");
+    metrics_help(o, "content_cache_http_requests_total", "counter",
+                 "Requests answered, by method and status.");
     for (size_t i = 0; i < STATUS_SLOTS && requests[i].status != 0; i++)
-        put(&o, "content_cache_http_requests_total{method=\"%s\",status=\"%d\"} %llu\n",
-            requests[i].method, requests[i].status, (unsigned long long)requests[i].count);
+        textbuf_printf(o, "content_cache_http_requests_total{method=\"%s\",status=\"%d\"} %llu\n",
+                       requests[i].method, requests[i].status,
+                       (unsigned long long)requests[i].count);
     if (requests_other)
-        put(&o, "content_cache_http_requests_total{method=\"other\",status=\"other\"} %llu\n",
+        textbuf_printf(
+            o, "content_cache_http_requests_total{method=\"other\",status=\"other\"} %llu\n",
             (unsigned long long)requests_other);
 
-    static const char *const results[] = {NULL, "hit", "miss", "coalesced", "bypass"};
-    help(&o, "content_cache_blob_requests_total", "counter",
-         "Blob GETs by how they were served: hit (disk), miss (started a fetch), coalesced "
-         "(joined a fetch), bypass (relayed).");
-    for (int i = 1; i < 5; i++)
-        labelled(&o, "content_cache_blob_requests_total", "result", results[i], blob_results[i]);
-    help(&o, "content_cache_blob_served_bytes_total", "counter",
-         "Blob bytes sent to clients, by how they were served (hit: from disk).");
-    for (int i = 1; i < 5; i++)
-        labelled(&o, "content_cache_blob_served_bytes_total", "result", results[i],
-                 blob_result_bytes[i]);
-
-    struct host_render hr = {&o, 0};
-    help(&o, "content_cache_upstream_requests_total", "counter", "Requests sent, by upstream.");
-    chain_hosts_foreach(host_line, &hr);
-    hr.what = 1;
-    help(&o, "content_cache_upstream_errors_total", "counter",
-         "Upstream requests that failed (unreachable, broken, 5xx), by upstream.");
-    chain_hosts_foreach(host_line, &hr);
-    hr.what = 2;
-    help(&o, "content_cache_upstream_fetched_bytes_total", "counter",
-         "Response body bytes received, by upstream.");
-    chain_hosts_foreach(host_line, &hr);
-    hr.what = 3;
-    help(&o, "content_cache_upstream_response_seconds", "histogram",
-         "Time to the response head, by upstream.");
-    chain_hosts_foreach(host_line, &hr);
-
-    if (src->fetches != NULL) {
-        const struct fetch_stats *fs = fetch_manager_stats(src->fetches);
-        help(&o, "content_cache_fetches_total", "counter",
-             "Upstream blob fetches, by outcome (started, committed, failed, passthrough).");
-        static const char fetches[] = "content_cache_fetches_total";
-        labelled(&o, fetches, "outcome", "started", fs->started);
-        labelled(&o, fetches, "outcome", "committed", fs->committed);
-        labelled(&o, fetches, "outcome", "failed", fs->failed);
-        labelled(&o, fetches, "outcome", "passthrough", fs->passthrough);
-        metric(&o, "content_cache_fetches_running", "gauge", "Fetches in progress.",
-               fetch_manager_active(src->fetches));
-    }
-    if (src->budget != NULL) {
-        const struct budget_stats *bs = budget_get_stats(src->budget);
-        metric(&o, "content_cache_stored_blobs", "gauge", "Blobs in the store.", bs->blobs);
-        metric(&o, "content_cache_stored_bytes", "gauge", "Bytes of the blobs in the store.",
-               bs->bytes);
-        metric(&o, "content_cache_evicted_blobs_total", "counter",
-               "Blobs deleted to stay within the disk budget.", bs->evicted);
-        metric(&o, "content_cache_evicted_bytes_total", "counter",
-               "Bytes deleted to stay within the disk budget.", bs->evicted_bytes);
-    }
-    if (src->expiry != NULL) {
-        const struct expire_stats *es = expire_get_stats(src->expiry);
-        metric(&o, "content_cache_expired_blobs_total", "counter",
-               "Blobs deleted because their blobttl passed.", es->removed);
-        metric(&o, "content_cache_expired_bytes_total", "counter",
-               "Bytes deleted because their blobttl passed.", es->removed_bytes);
-    }
-    if (src->blobs != NULL) {
-        const struct blob_auth_stats *as = blob_service_auth_stats(src->blobs);
-        help(&o, "content_cache_authorizations_total", "counter",
-             "Blob authorization decisions, by where they came from: memory (remembered "
-             "answers), upstream (a HEAD with the client's credential), token (verified here).");
-        static const char auths[] = "content_cache_authorizations_total";
-        labelled(&o, auths, "source", "memory", as->from_memory);
-        labelled(&o, auths, "source", "upstream", as->from_upstream);
-        labelled(&o, auths, "source", "token", as->token_verified);
-        metric(&o, "content_cache_token_refusals_total", "counter",
-               "Bearer tokens refused by local verification (auth.token).", as->token_refused);
-    }
-    if (src->policy != NULL) {
-        help(&o, "content_cache_policy_errors_total", "counter",
-             "Policy hook calls that failed (error, budget, memory, wrong type), by hook; the "
-             "built-in default served those calls.");
-        for (int h = 0; h < POLICY_HOOK_COUNT; h++)
-            labelled(&o, "content_cache_policy_errors_total", "hook",
-                     policy_hook_name((enum policy_hook)h),
-                     policy_error_count(src->policy, (enum policy_hook)h));
-    }
-    if (src->server != NULL) {
-        metric(&o, "content_cache_connections", "gauge", "Client connections open.",
-               http_server_connections(src->server));
-    }
-    return o.pos;
+    metrics_help(o, "content_cache_blob_requests_total", "counter",
+                 "Blob GETs by how they were served: hit (disk), miss (started a fetch), "
+                 "coalesced (joined a fetch), bypass (relayed).");
+    for (size_t i = 0; i < BLOB_RESULTS; i++)
+        metrics_labelled(o, "content_cache_blob_requests_total", "result", blob_results[i],
+                         blob_result_count[i]);
+    metrics_help(o, "content_cache_blob_served_bytes_total", "counter",
+                 "Blob bytes sent to clients, by how they were served (hit: from disk).");
+    for (size_t i = 0; i < BLOB_RESULTS; i++)
+        metrics_labelled(o, "content_cache_blob_served_bytes_total", "result", blob_results[i],
+                         blob_result_bytes[i]);
 }
 
 /* --- The debug server ------------------------------------------------------------------ */
 
 struct debug {
     uv_loop_t *loop;
-    struct debug_sources *src;
     struct http_server *server;
+    struct {
+        metrics_render_fn render;
+        const void *source;
+    } sections[DEBUG_SECTIONS_MAX];
+    size_t n_sections;
+    struct {
+        char name[32];
+        health_check_fn check;
+        void *source;
+    } checks[DEBUG_CHECKS_MAX];
+    size_t n_checks;
 };
 
-/* A health check in progress. */
+size_t debug_render_metrics(const struct debug *d, char *buf, size_t len)
+{
+    struct textbuf o;
+    textbuf_init(&o, buf, len);
+    render_requests(&o);
+    for (size_t i = 0; d != NULL && i < d->n_sections; i++)
+        d->sections[i].render(d->sections[i].source, &o);
+    return o.len;
+}
+
+int debug_add_section(struct debug *d, metrics_render_fn render, const void *source)
+{
+    if (d->n_sections == DEBUG_SECTIONS_MAX) return -ENOMEM;
+    d->sections[d->n_sections].render = render;
+    d->sections[d->n_sections].source = source;
+    d->n_sections++;
+    return 0;
+}
+
+int debug_add_check(struct debug *d, const char *name, health_check_fn check, void *source)
+{
+    if (d->n_checks == DEBUG_CHECKS_MAX) return -ENOMEM;
+    snprintf(d->checks[d->n_checks].name, sizeof(d->checks[d->n_checks].name), "%s", name);
+    d->checks[d->n_checks].check = check;
+    d->checks[d->n_checks].source = source;
+    d->n_checks++;
+    return 0;
+}
+
+/*
+ * A health answer in progress: the checks run one after the other, each adding its
+ * member to the body. A check may answer before it returns; `starting` tells the
+ * callback so, and the loop in health_next goes on instead of recursing.
+ */
 struct health {
     struct debug *d;
     struct http_exchange *x;
-    uv_work_t work;
-    int storage_err;
-    struct chain_req *probe;
-    int probe_status;
-    int probe_err;
-    char probe_error[300];
+    size_t next;   /* the check to run next */
+    bool starting; /* inside a check's start */
+    bool answered; /* the check being started has answered */
+    bool ok;
     bool gone;
+    struct textbuf body;
+    char body_buf[HEALTH_BODY_MAX];
 };
 
-static void health_answer(struct health *hc)
+static void health_finish(struct health *hc)
 {
-    char body[1024];
-    size_t n = 0;
-    bool ok = true;
-    uint64_t last = chain_last_answer_ms();
-    uint64_t now = uv_hrtime() / 1000000u;
-    n += (size_t)snprintf(body + n, sizeof(body) - n, "{\"storage\":");
-    if (hc->storage_err != 0) {
-        ok = false;
-        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"storage root %s is not writable: %s\"",
-                              store_root(hc->d->src->store), uv_strerror(hc->storage_err));
-    } else {
-        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"writable\"");
-    }
-    n += (size_t)snprintf(body + n, sizeof(body) - n, ",\"upstream\":");
-    if (last != 0 && now - last < HEALTH_UPSTREAM_FRESH_MS) {
-        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"answered %llums ago\"",
-                              (unsigned long long)(now - last));
-    } else {
-        ok = false;
-        n += (size_t)snprintf(body + n, sizeof(body) - n, "\"no upstream answered: %s\"",
-                              hc->probe_error[0] ? hc->probe_error : "none asked");
-    }
-    n += (size_t)snprintf(body + n, sizeof(body) - n, ",\"status\":\"%s\"}\n",
-                          ok ? "healthy" : "unhealthy");
-    struct http_header h[2] = {{"Content-Type", 12, "application/json", 16},
-                               {"Cache-Control", 13, "no-store", 8}};
-    if (http_respond_full(hc->x, ok ? 200 : 503, h, 2, body, n) != 0) http_respond_abort(hc->x);
-    free(hc);
-}
-
-static void probe_head(void *ud, int status, const struct http_header *hdrs, size_t n,
-                       int64_t content_length)
-{
-    struct health *hc = ud;
-    hc->probe_status = status;
-}
-
-static void probe_body(void *ud, const char *data, size_t len) {}
-
-static void probe_done(void *ud, int err)
-{
-    struct health *hc = ud;
-    if (hc->probe_status == 0 || hc->probe_status >= 500)
-        snprintf(hc->probe_error, sizeof(hc->probe_error), "%s",
-                 hc->probe_status ? "5xx" : chain_error_message(hc->probe));
-    hc->probe = NULL;
     if (hc->gone) {
         http_respond_end(hc->x);
         free(hc);
         return;
     }
-    health_answer(hc);
+    textbuf_printf(&hc->body, "%s\"status\":\"%s\"}\n", hc->d->n_checks ? "," : "",
+                   hc->ok ? "healthy" : "unhealthy");
+    if (hc->body.cut) {
+        /* A member that did not fit must not leave a broken JSON document. */
+        textbuf_init(&hc->body, hc->body_buf, sizeof(hc->body_buf));
+        textbuf_printf(&hc->body, "{\"status\":\"%s\"}\n", hc->ok ? "healthy" : "unhealthy");
+    }
+    struct http_header h[2] = {{"Content-Type", 12, "application/json", 16},
+                               {"Cache-Control", 13, "no-store", 8}};
+    if (http_respond_full(hc->x, hc->ok ? 200 : 503, h, 2, hc->body.buf, hc->body.len) != 0)
+        http_respond_abort(hc->x);
+    free(hc);
+}
+
+static void health_next(struct health *hc);
+
+static void health_check_done(void *arg, bool ok, const char *detail)
+{
+    struct health *hc = arg;
+    const char *name = hc->d->checks[hc->next].name;
+    hc->ok = hc->ok && ok;
+    textbuf_printf(&hc->body, "%s\"%s\":\"", hc->next ? "," : "", name);
+    textbuf_put_json(&hc->body, detail);
+    textbuf_puts(&hc->body, "\"");
+    hc->next++;
+    if (hc->starting)
+        hc->answered = true;
+    else
+        health_next(hc);
+}
+
+static void health_next(struct health *hc)
+{
+    while (hc->next < hc->d->n_checks) {
+        hc->starting = true;
+        hc->answered = false;
+        hc->d->checks[hc->next].check(hc->d->checks[hc->next].source, hc->d->loop,
+                                      health_check_done, hc);
+        hc->starting = false;
+        if (!hc->answered) return; /* it answers later, from the loop */
+    }
+    health_finish(hc);
 }
 
 static void health_gone(struct http_exchange *x, void *arg)
 {
     struct health *hc = arg;
     hc->gone = true;
-}
-
-static void storage_work(uv_work_t *w)
-{
-    struct health *hc = w->data;
-    hc->storage_err = store_probe_sync(hc->d->src->store);
-}
-
-static void storage_done(uv_work_t *w, int status)
-{
-    struct health *hc = w->data;
-    if (hc->gone) {
-        http_respond_end(hc->x);
-        free(hc);
-        return;
-    }
-    uint64_t last = chain_last_answer_ms();
-    uint64_t now = uv_hrtime() / 1000000u;
-    if ((last == 0 || now - last >= HEALTH_UPSTREAM_FRESH_MS) && hc->d->src->proxy != NULL) {
-        /* No upstream answered lately: ask one now (any answer but a 5xx will do). */
-        struct policy_request req = {.method = "GET", .kind = "base"};
-        size_t n;
-        const char *const *bases = proxy_select(hc->d->src->proxy, &req, 0, &n);
-        struct chain_spec spec = {.method = "GET", .bases = bases, .n_bases = n, .target = "/v2/"};
-        static const struct upstream_callbacks cbs = {probe_head, probe_body, probe_done};
-        if (chain_request(proxy_pool(hc->d->src->proxy), &spec, &cbs, hc, &hc->probe) == 0) return;
-        snprintf(hc->probe_error, sizeof(hc->probe_error), "cannot ask the upstream");
-    }
-    health_answer(hc);
 }
 
 static void debug_handle(struct http_exchange *x, void *ud)
@@ -380,13 +220,13 @@ static void debug_handle(struct http_exchange *x, void *ud)
             http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
             return;
         }
-        size_t n = debug_render_metrics(d->src, buf, METRICS_MAX);
+        size_t n = debug_render_metrics(d, buf, METRICS_MAX);
         struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
         if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
         free(buf);
         return;
     }
-    if (len == 13 && memcmp(path, "/debug/health", 13) == 0 && d->src->store != NULL) {
+    if (len == 13 && memcmp(path, "/debug/health", 13) == 0) {
         struct health *hc = calloc(1, sizeof(*hc));
         if (hc == NULL) {
             http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
@@ -394,24 +234,21 @@ static void debug_handle(struct http_exchange *x, void *ud)
         }
         hc->d = d;
         hc->x = x;
-        hc->work.data = hc;
+        hc->ok = true;
+        textbuf_init(&hc->body, hc->body_buf, sizeof(hc->body_buf));
+        textbuf_puts(&hc->body, "{");
         http_exchange_on_gone(x, health_gone, hc);
-        if (uv_queue_work(d->loop, &hc->work, storage_work, storage_done) != 0) {
-            hc->storage_err = UV_ENOMEM;
-            health_answer(hc);
-        }
+        health_next(hc);
         return;
     }
     http_respond_full(x, 404, NULL, 0, "not found\n", 10);
 }
 
-int debug_start(uv_loop_t *loop, const char *addr, struct debug_sources *src, struct debug **out,
-                char *err, size_t errlen)
+int debug_start(uv_loop_t *loop, const char *addr, struct debug **out, char *err, size_t errlen)
 {
     struct debug *d = calloc(1, sizeof(*d));
     if (d == NULL) return UV_ENOMEM;
     d->loop = loop;
-    d->src = src;
     struct http_server_opts opts = {.on_request = debug_handle, .ud = d};
     int rc = http_server_listen(loop, addr, &opts, &d->server, err, errlen);
     if (rc != 0) {

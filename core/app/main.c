@@ -27,7 +27,10 @@
 #include "cache/fsck.h"
 #include "base/log.h"
 #include "lua/policy.h"
-#include "registry/proxy.h"
+#include "app/router.h"
+#include "net/chain.h"
+#include "registry/relay.h"
+#include "registry/upstreams.h"
 #include "net/server.h"
 #include "cache/store.h"
 #include "net/tls.h"
@@ -72,7 +75,9 @@ struct app {
     uv_loop_t *loop;
     struct config *cfg;
     struct upstream_pool *pool;
-    struct proxy *proxy;
+    struct upstreams *upstreams;
+    struct relay_service *relays;
+    struct router *router;
     struct store *store;
     struct fetch_manager *fetches;
     struct blob_service *blobs;
@@ -81,7 +86,6 @@ struct app {
     struct auth_cache *auth;
     struct auth_verifier *verifier;
     struct budget *budget;
-    struct debug_sources debug_src;
     struct debug *debug;
     struct http_server *server;
     uv_signal_t sig_term, sig_int, sig_hup;
@@ -304,6 +308,21 @@ static int run_fsck(const char *path, bool repair)
     return left ? EXIT_DAMAGED : EXIT_OK;
 }
 
+/* What the debug server shows: each module's figures, in the order operators read them,
+ * and the two health checks. */
+static void debug_wire(struct app *app)
+{
+    debug_add_section(app->debug, chain_render_metrics, NULL);
+    debug_add_section(app->debug, fetch_render_metrics, app->fetches);
+    debug_add_section(app->debug, budget_render_metrics, app->budget);
+    if (app->expiry != NULL) debug_add_section(app->debug, expire_render_metrics, app->expiry);
+    debug_add_section(app->debug, blob_render_metrics, app->blobs);
+    if (app->policy != NULL) debug_add_section(app->debug, policy_render_metrics, app->policy);
+    debug_add_section(app->debug, http_server_render_metrics, app->server);
+    debug_add_check(app->debug, "storage", store_health_check, app->store);
+    debug_add_check(app->debug, "upstream", upstreams_health_check, app->upstreams);
+}
+
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
@@ -450,7 +469,8 @@ static int run_serve(const char *path)
     memset(&app, 0, sizeof(app));
     app.cfg = load_config(path);
     if (app.cfg == NULL) return EXIT_CONFIG;
-    log_configure(app.cfg);
+    struct log_options log_opts = config_log_options(app.cfg);
+    log_configure(&log_opts);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
@@ -489,17 +509,18 @@ static int run_serve(const char *path)
     }
     app.pool = upstream_pool_new(app.loop, &pool_opts);
     tls_config_free(pool_opts.tls); /* the pool holds its own reference */
-    app.proxy = app.pool ? proxy_new(app.loop, app.cfg, app.pool) : NULL;
+    app.upstreams = app.pool ? upstreams_new(app.cfg, app.pool) : NULL;
+    app.relays = app.upstreams ? relay_service_new(app.upstreams) : NULL;
     app.fetches = app.pool ? fetch_manager_new(app.loop, app.store, app.pool) : NULL;
-    app.blobs = app.proxy && app.fetches
-                    ? blob_service_new(app.loop, app.store, app.fetches, app.proxy)
+    app.blobs = app.upstreams && app.fetches
+                    ? blob_service_new(app.loop, app.store, app.fetches, app.upstreams)
                     : NULL;
-    if (app.blobs == NULL) {
+    app.router = app.relays && app.blobs ? router_new(app.upstreams, app.relays, app.blobs) : NULL;
+    if (app.router == NULL) {
         log_msg(LOG_ERROR, "out of memory at start");
         return EXIT_RUNTIME;
     }
-    proxy_set_blob_service(app.proxy, app.blobs);
-    proxy_set_policy(app.proxy, app.policy);
+    upstreams_set_policy(app.upstreams, app.policy);
     /* Authorization decisions are remembered briefly; with auth.token, tokens are
      * verified here against the issuer's certificates. */
     app.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
@@ -557,8 +578,8 @@ static int run_serve(const char *path)
     struct http_server_opts opts = {
         .extra_headers = extra,
         .n_extra_headers = n_extra,
-        .on_request = proxy_handle,
-        .ud = app.proxy,
+        .on_request = router_handle,
+        .ud = app.router,
         .format_access = format_access,
         .on_complete = observe,
         .format_ud = &app,
@@ -582,23 +603,12 @@ static int run_serve(const char *path)
     log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
             http_server_address(app.server), app.cfg->http_tls_certificate ? "https" : "http");
     if (app.cfg->http_debug_addr != NULL) {
-        app.debug_src = (struct debug_sources){
-            .fetches = app.fetches,
-            .expiry = app.expiry,
-            .budget = app.budget,
-            .blobs = app.blobs,
-            .auth = app.auth,
-            .policy = app.policy,
-            .server = app.server,
-            .store = app.store,
-            .proxy = app.proxy,
-        };
-        rc = debug_start(app.loop, app.cfg->http_debug_addr, &app.debug_src, &app.debug, err,
-                         sizeof(err));
+        rc = debug_start(app.loop, app.cfg->http_debug_addr, &app.debug, err, sizeof(err));
         if (rc != 0) {
             log_msg(LOG_ERROR, "http.debug.addr: %s", err);
             return EXIT_RUNTIME;
         }
+        debug_wire(&app);
         log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s", debug_address(app.debug));
     }
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
@@ -635,7 +645,9 @@ static int run_serve(const char *path)
     blob_service_free(app.blobs);
     fetch_manager_free(app.fetches);
     store_close(app.store);
-    proxy_free(app.proxy);
+    router_free(app.router);
+    relay_service_free(app.relays);
+    upstreams_free(app.upstreams);
     config_free(app.cfg);
     uv_loop_close(app.loop);
     return EXIT_OK;

@@ -2,9 +2,13 @@
 #include "base/bytes.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "base/json.h"
 
 int bytes_append(char **buf, size_t *len, size_t *cap, const char *data, size_t n, size_t first_cap)
 {
@@ -21,4 +25,55 @@ int bytes_append(char **buf, size_t *len, size_t *cap, const char *data, size_t 
     if (n > 0) memcpy(*buf + *len, data, n);
     *len += n;
     return 0;
+}
+
+void textbuf_init(struct textbuf *t, char *buf, size_t cap)
+{
+    *t = (struct textbuf){.buf = buf, .cap = cap};
+    buf[0] = '\0';
+}
+
+void textbuf_put(struct textbuf *t, const char *s, size_t n)
+{
+    size_t room = t->cap - 1 - t->len;
+    if (n > room) {
+        n = room;
+        t->cut = true;
+    }
+    memcpy(t->buf + t->len, s, n);
+    t->len += n;
+    t->buf[t->len] = '\0';
+}
+
+void textbuf_puts(struct textbuf *t, const char *s)
+{
+    textbuf_put(t, s, strlen(s));
+}
+
+void textbuf_printf(struct textbuf *t, const char *fmt, ...)
+{
+    size_t room = t->cap - t->len;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(t->buf + t->len, room, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        t->buf[t->len] = '\0';
+        t->cut = true;
+        return;
+    }
+    if ((size_t)n >= room) {
+        t->len = t->cap - 1;
+        t->cut = true;
+    } else {
+        t->len += (size_t)n;
+    }
+}
+
+void textbuf_put_json(struct textbuf *t, const char *s)
+{
+    size_t n = strlen(s), consumed;
+    t->len += json_escape_prefix(s, n, t->buf + t->len, t->cap - 1 - t->len, &consumed);
+    t->buf[t->len] = '\0';
+    if (consumed < n) t->cut = true;
 }

@@ -690,7 +690,7 @@ static int walk_log_fields(struct ctx *ctx, const struct ynode *value, const cha
         path_key(child, path, key->text);
         if (val->kind != YN_SCALAR)
             return fail_node(ctx, val, child, "expected a single value, got %s", kind_name(val));
-        struct config_kv *kv = &cfg->log_fields[cfg->n_log_fields++];
+        struct log_field *kv = &cfg->log_fields[cfg->n_log_fields++];
         kv->key = strdup(key->text);
         kv->value = strdup(is_null(val) ? "" : val->text);
         if (kv->key == NULL || kv->value == NULL) return out_of_memory(ctx);

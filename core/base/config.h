@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "base/log.h"
 #include "base/url.h"
 
 struct config_upstream {
@@ -34,11 +35,6 @@ struct config_upstream {
     char **upstreamhosts;      /* as written */
     struct url *upstream_urls; /* parsed, same order */
     size_t n_upstreamhosts;
-};
-
-struct config_kv {
-    char *key;
-    char *value;
 };
 
 struct config_header { /* http.headers: a name and its values */
@@ -54,7 +50,7 @@ struct config {
                             stored as "warn"), always lower case */
     char *log_formatter; /* "text" (default) or "json" ("logstash" is stored as "json",
                             with a warning) */
-    struct config_kv *log_fields;
+    struct log_field *log_fields;
     size_t n_log_fields;
 
     char *storage_root;  /* storage.filesystem.rootdirectory; default /var/lib/registry */
@@ -140,5 +136,12 @@ int config_parse_size(const char *text, uint64_t *bytes);
  * Returns 0 and the value in *ns, or -EINVAL (malformed) or -ERANGE (overflow, zero).
  */
 int config_parse_duration(const char *text, uint64_t *ns);
+
+/* The log section, as log_configure takes it (valid while cfg is). */
+static inline struct log_options config_log_options(const struct config *cfg)
+{
+    return (struct log_options){cfg->log_level, cfg->log_formatter, cfg->log_fields,
+                                cfg->n_log_fields};
+}
 
 #endif

@@ -221,7 +221,7 @@ static void store_be32(unsigned char *out, uint32_t v)
     out[3] = (unsigned char)v;
 }
 
-void digest_sha256_final(struct digest_sha256 *ctx, unsigned char out[32])
+void digest_sha256_final(struct digest_sha256 *ctx, unsigned char out[DIGEST_SHA256_LEN])
 {
     uint64_t bits = ctx->total_len * 8;
     size_t n = ctx->block_len;
@@ -243,7 +243,7 @@ void digest_sha256_final(struct digest_sha256 *ctx, unsigned char out[32])
     ctx->block_len = 0;
 }
 
-void digest_hex(const unsigned char bin[32], char out[65])
+void digest_hex(const unsigned char bin[DIGEST_SHA256_LEN], char out[DIGEST_SHA256_HEX_LEN + 1])
 {
     static const char hex[] = "0123456789abcdef";
 

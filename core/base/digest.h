@@ -11,6 +11,15 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+/* The lengths every sha256 name in the cache has. A buffer for one with its NUL is the
+ * length + 1: char hex[DIGEST_SHA256_HEX_LEN + 1], char ref[DIGEST_SHA256_REF_LEN + 1]. */
+#define DIGEST_SHA256_LEN 32     /* bytes of a digest */
+#define DIGEST_SHA256_HEX_LEN 64 /* its lowercase hex digits, as a store names a blob */
+#define DIGEST_SHA256_PREFIX "sha256:"
+#define DIGEST_SHA256_PREFIX_LEN 7
+#define DIGEST_SHA256_REF_LEN 71 /* "sha256:<64 hex>", as the registry API names a blob */
 
 /* The fields are the module's own: callers only pass the struct around. */
 struct digest_sha256 {
@@ -28,10 +37,18 @@ struct digest_sha256 {
  */
 void digest_sha256_init(struct digest_sha256 *ctx);
 void digest_sha256_update(struct digest_sha256 *ctx, const void *data, size_t len);
-void digest_sha256_final(struct digest_sha256 *ctx, unsigned char out[32]);
+void digest_sha256_final(struct digest_sha256 *ctx, unsigned char out[DIGEST_SHA256_LEN]);
 
 /* Writes 64 lowercase hex digits and a NUL into out. */
-void digest_hex(const unsigned char bin[32], char out[65]);
+void digest_hex(const unsigned char bin[DIGEST_SHA256_LEN], char out[DIGEST_SHA256_HEX_LEN + 1]);
+
+/* True when s[0..n) has the shape of a sha256 reference: "sha256:" and 64 more bytes
+ * (whether those are lowercase hex is the registry grammar's to check). */
+static inline bool digest_ref_is_sha256(const char *s, size_t n)
+{
+    return n == DIGEST_SHA256_REF_LEN &&
+           memcmp(s, DIGEST_SHA256_PREFIX, DIGEST_SHA256_PREFIX_LEN) == 0;
+}
 
 /* "sha-ni" or "mbedtls": which implementation a context initialized now would use. */
 const char *digest_sha256_impl(void);

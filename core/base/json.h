@@ -1,6 +1,7 @@
 /*
  * json.h: a small, strict JSON reader (RFC 8259) for the bits of JSON the cache must read
- * itself, such as a bearer token's header and claims (auth.h).
+ * itself, such as a bearer token's header and claims (auth.h), and the string escaping
+ * that every JSON the cache writes goes through (error bodies, JSON log lines).
  *
  * json_parse checks the whole text and splits it into tokens, one per value and one per
  * object key, in document order, into an array the caller provides. Nothing is copied or
@@ -110,5 +111,29 @@ int json_string_decode(const struct json_doc *doc, size_t i, char *buf, size_t c
  * -EINVAL when the token is not a number, -ERANGE when it does not fit an int64_t.
  */
 int json_number_int64(const struct json_doc *doc, size_t i, int64_t *out);
+
+/* --- Writing ------------------------------------------------------------------------ */
+
+/*
+ * JSON string escaping of src[0..n) into buf (without quotes), NUL-terminated. Returns
+ * length or -ENOSPC (buf is then unspecified). '"' and '\\' get a backslash; control bytes,
+ * DEL, the C1 controls and U+2028/U+2029 are written as \u00XX / \u20XX; other valid
+ * UTF-8 passes through; each byte of invalid UTF-8 becomes \ufffd.
+ */
+int json_escape(const char *src, size_t n, char *buf, size_t len);
+
+/*
+ * The same escaping, as much of src as fits: writes whole escapes only (never half of one
+ * or of a UTF-8 sequence) into buf[0..cap), without a NUL. Returns the bytes written and
+ * sets *consumed to the bytes of src they stand for.
+ */
+size_t json_escape_prefix(const char *src, size_t n, char *buf, size_t cap, size_t *consumed);
+
+/*
+ * Decodes one UTF-8 sequence at s[0..n): returns its length (1..4) and the code point in
+ * *cp, or 0 when the bytes there are not valid UTF-8 (overlong, surrogate, > U+10FFFF,
+ * truncated, stray continuation byte).
+ */
+size_t json_utf8_decode(const unsigned char *s, size_t n, unsigned int *cp);
 
 #endif

@@ -2,7 +2,7 @@
  * log.c: diagnostic lines (text or JSON) to stderr and access lines to stdout.
  *
  * A line is built whole in a buffer on the stack and handed to one write(2). The
- * config's fields are rendered once, by log_configure, in both formats.
+ * configured fields are rendered once, by log_configure, in both formats.
  */
 #include "base/log.h"
 
@@ -16,8 +16,7 @@
 #include <strings.h>
 #include <unistd.h>
 
-#include "base/config.h"
-#include "registry/registry.h"
+#include "base/json.h"
 
 #define LOG_FIELDS_MAX 4096
 
@@ -89,7 +88,7 @@ static size_t text_escape_prefix(const char *src, size_t n, char *buf, size_t ca
         } else if (c == '\t') {
             esc[1] = 't';
         } else if (c < 0x20 || c == 0x7f ||
-                   (c >= 0x80 && (step = registry_utf8_decode(s + in, n - in, &cp)) == 0)) {
+                   (c >= 0x80 && (step = json_utf8_decode(s + in, n - in, &cp)) == 0)) {
             step = 1;
             esc[1] = 'x';
             esc[2] = hex[c >> 4];
@@ -171,7 +170,7 @@ static void put_json_string(char *buf, size_t cap, size_t *pos, const char *v, s
 {
     if (cap - *pos < 2) return;
     buf[(*pos)++] = '"';
-    *pos += put_escaped_cut(registry_json_escape_prefix, v, n, buf + *pos, cap - *pos - 1);
+    *pos += put_escaped_cut(json_escape_prefix, v, n, buf + *pos, cap - *pos - 1);
     buf[(*pos)++] = '"';
 }
 
@@ -285,12 +284,12 @@ static bool render_field(const char *key, const char *value)
 
     json[json_len++] = ',';
     json[json_len++] = '"';
-    json_len += registry_json_escape_prefix(prefixed, strlen(prefixed), json + json_len,
-                                            sizeof json - json_len, &consumed);
+    json_len += json_escape_prefix(prefixed, strlen(prefixed), json + json_len,
+                                   sizeof json - json_len, &consumed);
     if (consumed < strlen(prefixed) || !put_raw(json, sizeof json, &json_len, "\":\"", 3))
         return false;
-    json_len += registry_json_escape_prefix(value ? value : "", value_len, json + json_len,
-                                            sizeof json - json_len, &consumed);
+    json_len += json_escape_prefix(value ? value : "", value_len, json + json_len,
+                                   sizeof json - json_len, &consumed);
     if (consumed < value_len || !put_raw(json, sizeof json, &json_len, "\"", 1)) return false;
 
     if (text_len > sizeof fields_text - fields_text_len ||
@@ -303,30 +302,30 @@ static bool render_field(const char *key, const char *value)
     return true;
 }
 
-void log_configure(const struct config *cfg)
+void log_configure(const struct log_options *opts)
 {
     enum log_level level = LOG_INFO;
     size_t dropped = 0;
 
     fields_text_len = 0;
     fields_json_len = 0;
-    if (cfg == NULL) {
+    if (opts == NULL) {
         atomic_store(&current_level, LOG_INFO);
         atomic_store(&current_format, LOG_FORMAT_TEXT);
         return;
     }
-    if (cfg->log_level && log_level_parse(cfg->log_level, &level) != 0) level = LOG_INFO;
+    if (opts->level && log_level_parse(opts->level, &level) != 0) level = LOG_INFO;
     atomic_store(&current_level, (int)level);
-    atomic_store(&current_format, cfg->log_formatter && strcasecmp(cfg->log_formatter, "json") == 0
+    atomic_store(&current_format, opts->formatter && strcasecmp(opts->formatter, "json") == 0
                                       ? LOG_FORMAT_JSON
                                       : LOG_FORMAT_TEXT);
-    for (size_t i = 0; i < cfg->n_log_fields; i++)
-        if (cfg->log_fields[i].key == NULL ||
-            !render_field(cfg->log_fields[i].key, cfg->log_fields[i].value))
+    for (size_t i = 0; i < opts->n_fields; i++)
+        if (opts->fields[i].key == NULL ||
+            !render_field(opts->fields[i].key, opts->fields[i].value))
             dropped++;
     if (dropped > 0)
         log_msg(LOG_WARN, "log.fields: %zu of %zu fields dropped (more than %d bytes in all)",
-                dropped, cfg->n_log_fields, LOG_FIELDS_MAX);
+                dropped, opts->n_fields, LOG_FIELDS_MAX);
 }
 
 /* ---- output ---------------------------------------------------------------------------- */

@@ -32,15 +32,27 @@ enum log_level { LOG_ERROR = 0, LOG_WARN = 1, LOG_INFO = 2, LOG_DEBUG = 3 };
 /* The longest line written, newline included. */
 #define LOG_LINE_MAX 16384
 
-struct config;
+/* One of log.fields: a key and value written after msg on every diagnostic line. */
+struct log_field {
+    char *key;
+    char *value;
+};
+
+/* What the config's log section says (config.h keeps it in this shape). */
+struct log_options {
+    const char *level;     /* "error", "warn", "info", "debug"; NULL: info */
+    const char *formatter; /* "json", else text */
+    const struct log_field *fields;
+    size_t n_fields;
+};
 
 /*
- * Sets level, formatter and extra fields from the config (NULL: defaults, which are level
- * info, format text, no fields). An unknown level means info, a formatter other than
- * "json" means text (config validation refuses both before this). The fields are copied;
- * fields past 4 KiB of rendered text are dropped with a warning.
+ * Sets level, formatter and extra fields (NULL: defaults, which are level info, format
+ * text, no fields). An unknown level means info, a formatter other than "json" means
+ * text (config validation refuses both before this). The fields are copied; fields past
+ * 4 KiB of rendered text are dropped with a warning.
  */
-void log_configure(const struct config *cfg);
+void log_configure(const struct log_options *opts);
 
 /* Parses "error", "warn"/"warning", "info", "debug", in any case. Returns 0 or -EINVAL. */
 int log_level_parse(const char *text, enum log_level *out);

@@ -26,6 +26,7 @@
 #include "base/config.h"
 #include "cache/expire.h"
 #include "base/log.h"
+#include "registry/respond.h"
 
 #define BLOB_CHUNK (256 * 1024)
 /* A miss of at least this many bytes sends its head as soon as the upstream's GET
@@ -63,7 +64,7 @@ struct blob_service {
     uv_loop_t *loop;
     struct store *store;
     struct fetch_manager *fetches;
-    struct proxy *proxy;
+    struct upstreams *upstreams;
 };
 
 struct blob_req {
@@ -111,7 +112,7 @@ struct blob_req {
 static void pump(struct blob_req *r);
 
 struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
-                                      struct fetch_manager *fetches, struct proxy *proxy)
+                                      struct fetch_manager *fetches, struct upstreams *upstreams)
 {
     struct blob_service *bs = calloc(1, sizeof(*bs));
     if (bs == NULL) return NULL;
@@ -120,7 +121,7 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
         bs->fdc[i].fd = -1;
     bs->store = store;
     bs->fetches = fetches;
-    bs->proxy = proxy;
+    bs->upstreams = upstreams;
     return bs;
 }
 
@@ -132,7 +133,7 @@ void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
     bs->verifier = verifier;
 }
 
-const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs)
+const struct blob_auth_stats *blob_auth_stats(const struct blob_service *bs)
 {
     return &bs->auth_stats;
 }
@@ -401,7 +402,7 @@ static void fail(struct blob_req *r, int code, const char *message)
     if (r->done) return;
     if (!http_exchange_head_sent(r->x) && !r->gone) {
         r->done = true;
-        proxy_respond_error(r->x, code, message, NULL);
+        respond_error(r->x, code, message, NULL);
         release(r);
         return;
     }
@@ -591,8 +592,8 @@ static void serve(struct blob_req *r, int64_t size)
             snprintf(cr, sizeof(cr), "bytes */%" PRId64, size);
             struct http_header h = {"Content-Range", 13, cr, strlen(cr)};
             r->done = true;
-            proxy_respond_error_with(r->x, REG_ERR_RANGE_INVALID, 416, &h, 1,
-                                     "requested range not satisfiable", NULL);
+            respond_error_with(r->x, REG_ERR_RANGE_INVALID, 416, &h, 1,
+                               "requested range not satisfiable", NULL);
             release(r);
             return;
         }
@@ -639,8 +640,8 @@ static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const
         .n_bases = r->n_bases,
         .target = c->target,
         .headers = c->fwd,
-        .n_headers = proxy_forward_headers(r->x, false, c->fwd, BLOB_MAX_FORWARDED, c->scratch,
-                                           sizeof(c->scratch)),
+        .n_headers = upstreams_forward_headers(r->x, false, c->fwd, BLOB_MAX_FORWARDED, c->scratch,
+                                               sizeof(c->scratch)),
         .max_redirects = 5,
     };
     return 0;
@@ -659,7 +660,7 @@ static void start_fetch(struct blob_req *r)
     struct fetch *f = fetch_find(bs->fetches, r->hex);
     if (f != NULL) {
         fetch_ref(f);
-        http_log_set_cache(r->x, CACHE_COALESCED);
+        http_log_set_cache(r->x, "coalesced");
     } else {
         struct upstream_call call;
         int rc = upstream_call_init(&call, r, "GET");
@@ -673,7 +674,7 @@ static void start_fetch(struct blob_req *r)
             fail(r, REG_ERR_UNAVAILABLE, msg);
             return;
         }
-        http_log_set_cache(r->x, CACHE_MISS);
+        http_log_set_cache(r->x, "miss");
     }
     r->fetch = f;
     r->waiter.cb = on_progress;
@@ -713,7 +714,7 @@ static void fstat_done(uv_fs_t *req)
         r->fdc_slot = slot;
         r->own_fd = false; /* the cache closes it */
     }
-    http_log_set_cache(r->x, CACHE_HIT);
+    http_log_set_cache(r->x, "hit");
     serve(r, size);
 }
 
@@ -764,7 +765,7 @@ static void head_stat_done(uv_fs_t *req)
         return;
     }
     r->size = size;
-    http_log_set_cache(r->x, CACHE_HIT);
+    http_log_set_cache(r->x, "hit");
     r->status = 200;
     r->pos = 0;
     r->end = (uint64_t)size;
@@ -812,7 +813,7 @@ static void authorized(struct blob_req *r)
         in_use_add(r->bs, r->hex);
         touch_times(r, (double)sb.st_atim.tv_sec + (double)sb.st_atim.tv_nsec / 1e9,
                     (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9);
-        http_log_set_cache(r->x, CACHE_HIT);
+        http_log_set_cache(r->x, "hit");
         serve(r, (int64_t)sb.st_size);
         return;
     }
@@ -862,7 +863,7 @@ static void refuse(struct blob_req *r, int st, const char *challenge)
     }
     snprintf(msg, sizeof(msg), "the upstream answered %d for this blob in this repository", st);
     r->done = true;
-    proxy_respond_error_with(r->x, code, status, &h, nh, msg, NULL);
+    respond_error_with(r->x, code, status, &h, nh, msg, NULL);
     release(r);
 }
 
@@ -942,7 +943,8 @@ static void ask_upstream(struct blob_req *r)
     struct upstream_call call;
     static const struct upstream_callbacks cbs = {auth_head, auth_body, auth_done};
     int rc = upstream_call_init(&call, r, "HEAD");
-    if (rc == 0) rc = chain_request(proxy_pool(r->bs->proxy), &call.spec, &cbs, r, &r->auth);
+    if (rc == 0)
+        rc = chain_request(upstreams_pool(r->bs->upstreams), &call.spec, &cbs, r, &r->auth);
     upstream_call_free(&call);
     if (rc < 0) {
         char msg[200];
@@ -980,8 +982,8 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
                                repo_len, ch, sizeof(ch));
                 r->done = true;
                 struct http_header h = {"WWW-Authenticate", 16, ch, strlen(ch)};
-                proxy_respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1,
-                                         "authentication required", why);
+                respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1,
+                                   "authentication required", why);
                 release(r);
                 return;
             }
@@ -1027,7 +1029,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
 {
     struct blob_req *r = calloc(1, sizeof(*r));
     if (r == NULL) {
-        proxy_respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
         return;
     }
     r->bs = bs;
@@ -1046,10 +1048,10 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
         r->credential_len = authz->value_len;
     }
 
-    struct proxy_req_info info;
+    struct upstreams_req_info info;
     size_t n_bases;
-    proxy_req_info_init(&info, x, route, entry);
-    const char *const *bases = proxy_select(bs->proxy, &info.req, entry, &n_bases);
+    upstreams_req_info_init(&info, x, route, entry);
+    const char *const *bases = upstreams_select(bs->upstreams, &info.req, entry, &n_bases);
     r->bases = calloc(n_bases, sizeof(*r->bases));
     for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
         r->bases[i] = strdup(bases[i]);
@@ -1060,4 +1062,19 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
         return;
     }
     authorize(r, route->name, route->name_len);
+}
+
+void blob_render_metrics(const void *blob_service, struct textbuf *out)
+{
+    static const char name[] = "content_cache_authorizations_total";
+    const struct blob_auth_stats *as = blob_auth_stats(blob_service);
+    metrics_help(out, name, "counter",
+                 "Blob authorization decisions, by where they came from: memory (remembered "
+                 "answers), upstream (a HEAD with the client's credential), token (verified "
+                 "here).");
+    metrics_labelled(out, name, "source", "memory", as->from_memory);
+    metrics_labelled(out, name, "source", "upstream", as->from_upstream);
+    metrics_labelled(out, name, "source", "token", as->token_verified);
+    metrics_value(out, "content_cache_token_refusals_total", "counter",
+                  "Bearer tokens refused by local verification (auth.token).", as->token_refused);
 }

@@ -16,15 +16,16 @@
 #include <uv.h>
 
 #include "cache/fetch.h"
-#include "registry/proxy.h"
+#include "registry/upstreams.h"
 #include "registry/registry.h"
 #include "net/server.h"
 #include "cache/store.h"
+#include "base/metrics.h"
 
 struct blob_service;
 
 struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
-                                      struct fetch_manager *fetches, struct proxy *proxy);
+                                      struct fetch_manager *fetches, struct upstreams *upstreams);
 void blob_service_free(struct blob_service *bs);
 
 struct auth_cache;
@@ -44,7 +45,9 @@ struct blob_auth_stats {
  */
 void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
                            struct auth_cache *cache, struct auth_verifier *verifier);
-const struct blob_auth_stats *blob_service_auth_stats(const struct blob_service *bs);
+const struct blob_auth_stats *blob_auth_stats(const struct blob_service *bs);
+/* A metrics_render_fn over a struct blob_service: authorization decisions by source. */
+void blob_render_metrics(const void *blob_service, struct textbuf *out);
 
 struct budget;
 /* The disk budget: a blob larger than it allows passes through without storing. */

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/errors.h"
 #include "base/log.h"
 
 #define BUDGET_MAX_CANDIDATES 10000 /* handed to the evict policy per run */
@@ -243,7 +244,7 @@ void budget_stop(struct budget *b)
     }
 }
 
-const struct budget_stats *budget_get_stats(const struct budget *b)
+const struct budget_stats *budget_stats(const struct budget *b)
 {
     return &b->st;
 }
@@ -266,4 +267,16 @@ void budget_removed(struct budget *b, uint64_t size)
 bool budget_fits(const struct budget *b, int64_t size)
 {
     return b == NULL || b->o.max_bytes == 0 || size < 0 || (uint64_t)size <= high_mark(b);
+}
+
+void budget_render_metrics(const void *budget, struct textbuf *out)
+{
+    const struct budget_stats *bs = budget_stats(budget);
+    metrics_value(out, "content_cache_stored_blobs", "gauge", "Blobs in the store.", bs->blobs);
+    metrics_value(out, "content_cache_stored_bytes", "gauge", "Bytes of the blobs in the store.",
+                  bs->bytes);
+    metrics_value(out, "content_cache_evicted_blobs_total", "counter",
+                  "Blobs deleted to stay within the disk budget.", bs->evicted);
+    metrics_value(out, "content_cache_evicted_bytes_total", "counter",
+                  "Bytes deleted to stay within the disk budget.", bs->evicted_bytes);
 }

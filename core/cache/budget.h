@@ -22,6 +22,7 @@
 
 #include "cache/expire.h"
 #include "cache/store.h"
+#include "base/metrics.h"
 
 struct budget;
 
@@ -61,7 +62,9 @@ int budget_start(uv_loop_t *loop, struct store *store, const struct budget_opts 
                  struct budget **out);
 /* Stops; work in flight finishes first; the budget is freed then. */
 void budget_stop(struct budget *b);
-const struct budget_stats *budget_get_stats(const struct budget *b);
+const struct budget_stats *budget_stats(const struct budget *b);
+/* A metrics_render_fn over a struct budget: what is stored, and what eviction removed. */
+void budget_render_metrics(const void *budget, struct textbuf *out);
 
 /* A blob of `size` bytes was stored / removed (by the cache itself). */
 void budget_added(struct budget *b, uint64_t size);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/time.h>
 
+#include "base/errors.h"
 #include "base/log.h"
 
 struct doomed {
@@ -223,7 +224,7 @@ void expire_stop(struct expiry *e, void (*done)(void *arg), void *arg)
     maybe_free(e);
 }
 
-const struct expire_stats *expire_get_stats(const struct expiry *e)
+const struct expire_stats *expire_stats(const struct expiry *e)
 {
     return &e->stats;
 }
@@ -259,4 +260,13 @@ long expire_sweep_sync(struct store *store, const struct expire_opts *opts, doub
     for (unsigned p = 0; p < 256; p++)
         store_scan_prefix_sync(store, p, sync_visit, &sc);
     return sc.removed;
+}
+
+void expire_render_metrics(const void *expiry, struct textbuf *out)
+{
+    const struct expire_stats *es = expire_stats(expiry);
+    metrics_value(out, "content_cache_expired_blobs_total", "counter",
+                  "Blobs deleted because their blobttl passed.", es->removed);
+    metrics_value(out, "content_cache_expired_bytes_total", "counter",
+                  "Bytes deleted because their blobttl passed.", es->removed_bytes);
 }

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "cache/store.h"
+#include "base/metrics.h"
 
 struct expiry;
 
@@ -59,7 +60,9 @@ int expire_start(uv_loop_t *loop, struct store *store, const struct expire_opts 
                  struct expiry **out);
 /* Stops; work in flight finishes first; `done` (may be NULL) runs when it is freed. */
 void expire_stop(struct expiry *e, void (*done)(void *arg), void *arg);
-const struct expire_stats *expire_get_stats(const struct expiry *e);
+const struct expire_stats *expire_stats(const struct expiry *e);
+/* A metrics_render_fn over a struct expiry: what the blobttl removed. */
+void expire_render_metrics(const void *expiry, struct textbuf *out);
 
 /* True when a blob last pulled at `last_pulled` should have its time refreshed now. */
 bool expire_touch_due(double last_pulled, double now, double default_ttl_s);

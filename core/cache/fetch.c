@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "base/bytes.h"
+#include "base/errors.h"
 #include "base/digest.h"
 #include "base/log.h"
 
@@ -150,7 +151,7 @@ void fetch_manager_free(struct fetch_manager *m)
     free(m);
 }
 
-const struct fetch_stats *fetch_manager_stats(const struct fetch_manager *m)
+const struct fetch_stats *fetch_stats(const struct fetch_manager *m)
 {
     return &m->stats;
 }
@@ -1101,4 +1102,18 @@ void fetch_manager_cancel_all(struct fetch_manager *m)
         uv_close((uv_handle_t *)m->beat, handle_free_cb);
         m->beat = NULL;
     }
+}
+
+void fetch_render_metrics(const void *fetch_manager, struct textbuf *out)
+{
+    static const char name[] = "content_cache_fetches_total";
+    const struct fetch_stats *fs = fetch_stats(fetch_manager);
+    metrics_help(out, name, "counter",
+                 "Upstream blob fetches, by outcome (started, committed, failed, passthrough).");
+    metrics_labelled(out, name, "outcome", "started", fs->started);
+    metrics_labelled(out, name, "outcome", "committed", fs->committed);
+    metrics_labelled(out, name, "outcome", "failed", fs->failed);
+    metrics_labelled(out, name, "outcome", "passthrough", fs->passthrough);
+    metrics_value(out, "content_cache_fetches_running", "gauge", "Fetches in progress.",
+                  fetch_manager_active(fetch_manager));
 }

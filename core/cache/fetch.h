@@ -31,6 +31,7 @@
 
 #include "net/chain.h"
 #include "cache/store.h"
+#include "base/metrics.h"
 
 struct fetch_manager;
 struct fetch;
@@ -56,11 +57,13 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
                                         struct upstream_pool *pool);
 /* Frees the manager; every fetch must have ended. */
 void fetch_manager_free(struct fetch_manager *m);
-const struct fetch_stats *fetch_manager_stats(const struct fetch_manager *m);
+const struct fetch_stats *fetch_stats(const struct fetch_manager *m);
 /* Fails every running fetch (at shutdown): their temporary files are removed. */
 void fetch_manager_cancel_all(struct fetch_manager *m);
 /* Fetches running now. */
 unsigned fetch_manager_active(const struct fetch_manager *m);
+/* A metrics_render_fn over a struct fetch_manager: fetches by outcome, and running. */
+void fetch_render_metrics(const void *fetch_manager, struct textbuf *out);
 
 /* The running fetch of blob `hex` that still takes followers, or NULL. */
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex);

@@ -416,3 +416,50 @@ int store_lock_release_sync(const struct store *st, const char *hex)
         return -ENOENT; /* not ours (any more) */
     return unlink(path) == 0 ? 0 : -errno;
 }
+
+/* --- Health ------------------------------------------------------------------------- */
+
+struct store_check {
+    uv_work_t work;
+    const struct store *st;
+    int err;
+    health_done_fn done;
+    void *arg;
+};
+
+static void store_check_work(uv_work_t *w)
+{
+    struct store_check *c = w->data;
+    c->err = store_probe_sync(c->st);
+}
+
+static void store_check_done(uv_work_t *w, int status)
+{
+    struct store_check *c = w->data;
+    char detail[STORE_PATH_MAX + 100];
+    int err = status < 0 ? status : c->err;
+    if (err == 0)
+        snprintf(detail, sizeof(detail), "writable");
+    else
+        snprintf(detail, sizeof(detail), "storage root %s is not writable: %s", c->st->root,
+                 uv_strerror(err));
+    health_done_fn done = c->done;
+    void *arg = c->arg;
+    free(c);
+    done(arg, err == 0, detail);
+}
+
+void store_health_check(void *store, uv_loop_t *loop, health_done_fn done, void *arg)
+{
+    struct store_check *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        done(arg, false, "storage root: out of memory");
+        return;
+    }
+    *c = (struct store_check){.st = store, .done = done, .arg = arg};
+    c->work.data = c;
+    if (uv_queue_work(loop, &c->work, store_check_work, store_check_done) != 0) {
+        free(c);
+        done(arg, false, "storage root: cannot queue the check");
+    }
+}

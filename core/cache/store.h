@@ -21,6 +21,9 @@
 #include <stdint.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <uv.h>
+
+#include "base/metrics.h"
 
 struct store;
 
@@ -70,6 +73,12 @@ const char *store_owner(const struct store *st);
 
 /* Whether a file can be created and written in the store now: 0 or -errno (EROFS...). */
 int store_probe_sync(const struct store *st);
+
+/*
+ * A health_check_fn (metrics.h) over a struct store: store_probe_sync on the thread pool;
+ * healthy ("writable") when it succeeds, else a sentence naming the root and the error.
+ */
+void store_health_check(void *store, uv_loop_t *loop, health_done_fn done, void *arg);
 
 const char *store_root(const struct store *st);
 

@@ -304,3 +304,77 @@ const char *chain_error_message(const struct chain_req *c)
 {
     return c->error;
 }
+
+/* --- Metrics ------------------------------------------------------------------------- */
+
+/* Which figure of a host a render pass writes. */
+enum host_figure { HOST_REQUESTS, HOST_ERRORS, HOST_BYTES, HOST_LATENCY };
+
+struct host_render {
+    struct textbuf *out;
+    enum host_figure what;
+};
+
+static void histogram_line(struct textbuf *o, const char *suffix, const char *base, const char *le)
+{
+    textbuf_printf(o, "content_cache_upstream_response_seconds_%s{upstream=\"", suffix);
+    metrics_label_value(o, base);
+    if (le != NULL) textbuf_printf(o, "\",le=\"%s", le);
+    textbuf_puts(o, "\"} ");
+}
+
+static void host_line(void *ud, const char *base, const struct chain_host_stats *st)
+{
+    struct host_render *hr = ud;
+    struct textbuf *o = hr->out;
+    static const char *const names[] = {
+        [HOST_REQUESTS] = "content_cache_upstream_requests_total",
+        [HOST_ERRORS] = "content_cache_upstream_errors_total",
+        [HOST_BYTES] = "content_cache_upstream_fetched_bytes_total",
+    };
+    switch (hr->what) {
+    case HOST_REQUESTS:
+        metrics_labelled(o, names[HOST_REQUESTS], "upstream", base, st->requests);
+        break;
+    case HOST_ERRORS:
+        metrics_labelled(o, names[HOST_ERRORS], "upstream", base, st->errors);
+        break;
+    case HOST_BYTES:
+        metrics_labelled(o, names[HOST_BYTES], "upstream", base, st->bytes);
+        break;
+    case HOST_LATENCY:
+        for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++) {
+            char le[32];
+            snprintf(le, sizeof(le), "%g", chain_latency_buckets[i]);
+            histogram_line(o, "bucket", base, le);
+            textbuf_printf(o, "%llu\n", (unsigned long long)st->latency_buckets[i]);
+        }
+        histogram_line(o, "bucket", base, "+Inf");
+        textbuf_printf(o, "%llu\n", (unsigned long long)st->latency_count);
+        histogram_line(o, "sum", base, NULL);
+        textbuf_printf(o, "%.6f\n", st->latency_sum_s);
+        histogram_line(o, "count", base, NULL);
+        textbuf_printf(o, "%llu\n", (unsigned long long)st->latency_count);
+        break;
+    }
+}
+
+void chain_render_metrics(const void *unused, struct textbuf *out)
+{
+    struct host_render hr = {out, HOST_REQUESTS};
+    metrics_help(out, "content_cache_upstream_requests_total", "counter",
+                 "Requests sent, by upstream.");
+    chain_hosts_foreach(host_line, &hr);
+    hr.what = HOST_ERRORS;
+    metrics_help(out, "content_cache_upstream_errors_total", "counter",
+                 "Upstream requests that failed (unreachable, broken, 5xx), by upstream.");
+    chain_hosts_foreach(host_line, &hr);
+    hr.what = HOST_BYTES;
+    metrics_help(out, "content_cache_upstream_fetched_bytes_total", "counter",
+                 "Response body bytes received, by upstream.");
+    chain_hosts_foreach(host_line, &hr);
+    hr.what = HOST_LATENCY;
+    metrics_help(out, "content_cache_upstream_response_seconds", "histogram",
+                 "Time to the response head, by upstream.");
+    chain_hosts_foreach(host_line, &hr);
+}

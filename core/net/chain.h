@@ -12,6 +12,7 @@
 #ifndef CC_CHAIN_H
 #define CC_CHAIN_H
 
+#include "base/metrics.h"
 #include "net/upstream.h"
 
 struct chain_req;
@@ -49,6 +50,10 @@ void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct cha
                          void *ud);
 /* Monotonic ms (uv_hrtime based) of the last non-5xx answer of any upstream, 0: never. */
 uint64_t chain_last_answer_ms(void);
+
+/* A metrics_render_fn (source unused): requests, errors, bytes and the response-time
+ * histogram of every upstream host. */
+void chain_render_metrics(const void *unused, struct textbuf *out);
 
 /* Starts the request. Returns 0 (callbacks will come) or a negative error (none will). */
 int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,

@@ -30,7 +30,7 @@
 
 #include "base/bytes.h"
 #include "base/log.h"
-#include "net/tls.h"
+#include "net/tls_stream.h"
 
 enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE };
 
@@ -85,7 +85,7 @@ struct http_exchange {
     http_gone_cb gone_cb;
     void *gone_arg;
     /* The access log. */
-    enum http_cache_result cache;
+    const char *cache; /* static: "hit", "miss", ... or NULL */
     char *log_upstream;
     char *log_repo;
     char *log_digest;
@@ -127,22 +127,9 @@ struct conn {
     bool timer_closed;
     int parse_error_status; /* 431 when a limit was passed in a callback */
     char remote[64];
-    /* TLS (https): the session, the exchange write being encrypted, ciphertext in flight. */
-    struct tls_session *tls;
-    struct {
-        uv_buf_t bufs[5];
-        unsigned n, i;
-        size_t off;
-        struct http_exchange *x; /* NULL: no write in progress */
-    } job;
-    size_t tls_in_flight;
-};
-
-/* One uv_write of ciphertext straight from the session's output. */
-struct tls_wreq {
-    uv_write_t req;
-    struct conn *conn;
-    size_t count;
+    /* https: the session on the socket (tls_stream.h), when https is set. */
+    struct tls_stream tls;
+    bool https;
 };
 
 struct http_server {
@@ -182,7 +169,6 @@ static bool conn_holds_input(const struct conn *c);
 static void idle_cb(uv_idle_t *h);
 static void conn_send_raw(struct conn *c, const char *text, size_t len);
 static void exchange_write_done(struct http_exchange *x, int status);
-static void tls_pump(struct conn *c);
 static bool conn_pull_tls(struct conn *c);
 static void exchange_finish(struct http_exchange *x);
 static void server_maybe_done(struct http_server *srv);
@@ -443,7 +429,7 @@ static bool conn_pull_tls(struct conn *c)
             conn_stop_reading(c);
             return false;
         }
-        ssize_t n = tls_read(c->tls, c->srv->readbuf, room);
+        ssize_t n = tls_stream_read(&c->tls, c->srv->readbuf, room);
         if (n == UV_EAGAIN) return true;
         if (n == UV_EOF && conn_holds_input(c)) {
             /* close_notify after requests not answered yet: the session reports it
@@ -453,7 +439,7 @@ static bool conn_pull_tls(struct conn *c)
         }
         if (n < 0) {
             if (n != UV_EOF) {
-                if (tls_peer_sent_plain_http(c->tls)) {
+                if (tls_stream_peer_sent_plain_http(&c->tls)) {
                     static const char resp[] =
                         "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n"
                         "Content-Length: 39\r\nConnection: close\r\n\r\n"
@@ -461,7 +447,7 @@ static bool conn_pull_tls(struct conn *c)
                     uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
                     uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
                 }
-                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
+                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_stream_error(&c->tls));
             }
             conn_close(c);
             return false;
@@ -471,87 +457,25 @@ static bool conn_pull_tls(struct conn *c)
     return false;
 }
 
-static void tls_write_cb(uv_write_t *req, int status)
+/* After each write of ciphertext: a failed one (or a session that failed) closes. */
+static void conn_tls_written(void *owner, int status)
 {
-    struct tls_wreq *w = (struct tls_wreq *)req;
-    struct conn *c = w->conn;
-    c->tls_in_flight -= w->count;
-    tls_out_consume(c->tls, w->count);
-    free(w);
-    if (status < 0 || c->closing) {
-        struct http_exchange *x = c->job.x;
-        c->job.x = NULL;
-        if (!c->closing) conn_close(c);
-        if (x != NULL) exchange_write_done(x, status < 0 ? status : UV_ECANCELED);
-        return;
-    }
-    tls_pump(c);
-}
-
-/*
- * Encrypts the pending exchange write as far as the session takes it, sends the
- * ciphertext that is not in flight yet, and completes the exchange's write when all of
- * its plaintext is encrypted and every byte of ciphertext has gone out.
- */
-static void tls_pump(struct conn *c)
-{
-    while (c->job.x != NULL && c->job.i < c->job.n) {
-        uv_buf_t *b = &c->job.bufs[c->job.i];
-        if (c->job.off == b->len) {
-            c->job.i++;
-            c->job.off = 0;
-            continue;
-        }
-        ssize_t n = tls_write(c->tls, b->base + c->job.off, b->len - c->job.off);
-        if (n == UV_EAGAIN) break;
-        if (n < 0) {
-            log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_session_error(c->tls));
-            conn_close(c);
-            return;
-        }
-        c->job.off += (size_t)n;
-    }
-    size_t pending;
-    const char *out = tls_out_peek(c->tls, &pending);
-    if (pending > c->tls_in_flight) {
-        struct tls_wreq *w = malloc(sizeof(*w));
-        if (w == NULL) {
-            conn_close(c);
-            return;
-        }
-        w->conn = c;
-        w->count = pending - c->tls_in_flight;
-        uv_buf_t b = uv_buf_init((char *)out + c->tls_in_flight, (unsigned)w->count);
-        if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, tls_write_cb) != 0) {
-            free(w);
-            conn_close(c);
-            return;
-        }
-        c->tls_in_flight = pending;
-    }
-    if (c->job.x != NULL && c->job.i == c->job.n && c->tls_in_flight == 0) {
-        struct http_exchange *x = c->job.x;
-        c->job.x = NULL;
-        exchange_write_done(x, 0);
-    }
+    struct conn *c = owner;
+    if (status >= 0 || c->closing) return;
+    if (status == UV_EPROTO)
+        log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_stream_error(&c->tls));
+    conn_close(c);
 }
 
 /* Best effort before a close: a short plain answer, encrypted when the connection is. */
 static void conn_send_raw(struct conn *c, const char *text, size_t len)
 {
-    if (c->tls == NULL) {
+    if (!c->https) {
         uv_buf_t b = uv_buf_init((char *)text, (unsigned)len);
         uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
         return;
     }
-    if (!tls_handshake_done(c->tls) || tls_write(c->tls, text, len) <= 0) return;
-    size_t pending;
-    const char *out = tls_out_peek(c->tls, &pending);
-    if (pending > c->tls_in_flight) {
-        uv_buf_t b =
-            uv_buf_init((char *)out + c->tls_in_flight, (unsigned)(pending - c->tls_in_flight));
-        uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    }
+    tls_stream_send_now(&c->tls, text, len);
 }
 
 /* --- Connections ------------------------------------------------------------------ */
@@ -568,7 +492,7 @@ static void conn_free_if_done(struct conn *c)
     srv->n_conns--;
     reqparse_free(c->rp);
     free(c->kept);
-    tls_session_free(c->tls);
+    if (c->https) tls_stream_free(&c->tls);
     free(c);
     server_maybe_done(srv);
 }
@@ -617,6 +541,9 @@ static void conn_close(struct conn *c)
             g(x, x->gone_arg);
         }
     }
+    /* A write in progress ends with UV_ECANCELED (now, when none of its bytes is with
+     * libuv): the handler hears of the gone client then. */
+    if (c->https) tls_stream_close(&c->tls);
 }
 
 static void conn_stop_reading(struct conn *c)
@@ -662,10 +589,8 @@ static bool conn_hold(struct conn *c, const char *data, size_t len)
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = h->data;
-    if (c->tls != NULL) {
-        size_t len = 0;
-        buf->base = tls_in_space(c->tls, &len);
-        buf->len = len; /* 0 makes libuv report UV_ENOBUFS: the session is full */
+    if (c->https) {
+        *buf = tls_stream_read_space(&c->tls); /* len 0 (UV_ENOBUFS): the session is full */
         return;
     }
     buf->base = c->srv->readbuf;
@@ -756,10 +681,9 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (c->tls != NULL) {
-        tls_in_commit(c->tls, (size_t)nread);
+    if (c->https) {
+        tls_stream_read_commit(&c->tls, (size_t)nread);
         conn_pull_tls(c);
-        if (!c->closing) tls_pump(c); /* handshake messages, and whatever a write left */
         return;
     }
     conn_input(c, buf->base, (size_t)nread);
@@ -773,7 +697,7 @@ static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 static void conn_start_reading(struct conn *c)
 {
     if (c->closing) return;
-    if (c->tls != NULL && tls_read_pending(c->tls) && !conn_pull_tls(c)) return;
+    if (c->https && tls_stream_read_pending(&c->tls) && !conn_pull_tls(c)) return;
     if (c->read_eof) {
         if (!conn_holds_input(c)) conn_close(c);
         return;
@@ -907,10 +831,14 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     warn_fd_limit(srv, c);
     uv_tcp_nodelay(&c->tcp, 1);
-    if (srv->tls != NULL && tls_session_new(srv->tls, NULL, &c->tls) != 0) {
-        log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
-        conn_close(c);
-        return;
+    if (srv->tls != NULL) {
+        if (tls_stream_init(&c->tls, (uv_stream_t *)&c->tcp, srv->tls, NULL, conn_tls_written, c) !=
+            0) {
+            log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
+            conn_close(c);
+            return;
+        }
+        c->https = true;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
@@ -1131,6 +1059,11 @@ static void exchange_write_done(struct http_exchange *x, int status)
     if (x->finish_deferred && !x->write_pending) exchange_finish(x);
 }
 
+static void exchange_tls_written(void *arg, int status)
+{
+    exchange_write_done(arg, status);
+}
+
 /* Writes bufs (after the head, when it has not gone out yet) with the exchange's request. */
 static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
 {
@@ -1143,17 +1076,18 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
     for (unsigned i = 0; i < n; i++)
         all[k++] = bufs[i];
     if (k == 0) return 1; /* nothing to write */
-    if (x->conn->tls != NULL) {
-        /* Encrypted by tls_pump; the exchange hears back when all of it went out. */
+    if (x->conn->https) {
+        /* Encrypted as the socket takes it; the exchange hears back when all of it went out. */
         struct conn *c = x->conn;
-        memcpy(c->job.bufs, all, k * sizeof(*all));
-        c->job.n = k;
-        c->job.i = 0;
-        c->job.off = 0;
-        c->job.x = x;
+        int r = tls_stream_write(&c->tls, all, k, exchange_tls_written, x);
+        if (r < 0) {
+            log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote,
+                    r == UV_EPROTO ? tls_stream_error(&c->tls) : uv_strerror(r));
+            conn_close(c);
+            return UV_ECANCELED;
+        }
         x->write_pending = true;
         conn_set_timer(c, TIMER_WRITE);
-        tls_pump(c);
         return 0;
     }
     x->wreq.data = x;
@@ -1197,7 +1131,7 @@ int http_respond_body(struct http_exchange *x, const char *buf, size_t len, http
 int http_respond_try(struct http_exchange *x, const char *data, size_t len)
 {
     if (x->gone || x->conn->closing) return UV_ECANCELED;
-    if (x->conn->tls != NULL) return 0; /* everything goes through the session */
+    if (x->conn->https) return 0; /* everything goes through the session */
     if (x->write_pending || x->chunked || !x->head_set || x->method == HTTP_HEAD || x->ended)
         return 0;
     if (x->content_length >= 0 && x->body_sent + len > (uint64_t)x->content_length)
@@ -1277,7 +1211,6 @@ void http_respond_abort(struct http_exchange *x)
 
 static void access_log(struct http_exchange *x)
 {
-    static const char *const cache_names[] = {NULL, "hit", "miss", "coalesced", "bypass"};
     char line[LOG_LINE_MAX];
     char ua[1024];
     struct timespec now;
@@ -1293,7 +1226,7 @@ static void access_log(struct http_exchange *x)
         .status = x->status,
         .bytes = x->body_sent,
         .duration_ms = (double)(now_ns() - x->start_ns) / 1e6,
-        .cache = cache_names[x->cache],
+        .cache = x->cache,
         .upstream = x->log_upstream,
         .remote_addr = x->conn->remote,
         .user_agent = uah != NULL ? ua : NULL,
@@ -1432,9 +1365,9 @@ static char *dup_span(const char *s, size_t n)
     return d;
 }
 
-void http_log_set_cache(struct http_exchange *x, enum http_cache_result r)
+void http_log_set_cache(struct http_exchange *x, const char *result)
 {
-    x->cache = r;
+    x->cache = result;
 }
 
 void http_log_set_upstream(struct http_exchange *x, const char *upstream)
@@ -1581,6 +1514,12 @@ const char *http_server_address(const struct http_server *srv)
 unsigned http_server_connections(const struct http_server *srv)
 {
     return srv->n_conns;
+}
+
+void http_server_render_metrics(const void *srv, struct textbuf *out)
+{
+    metrics_value(out, "content_cache_connections", "gauge", "Client connections open.",
+                  http_server_connections(srv));
 }
 
 static void server_handle_closed(uv_handle_t *h)

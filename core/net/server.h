@@ -28,6 +28,7 @@
 #include <uv.h>
 
 #include "base/http_types.h"
+#include "base/metrics.h"
 #include "base/log.h"
 
 struct http_server;
@@ -79,6 +80,9 @@ void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*d
 
 /* Connections open now. */
 unsigned http_server_connections(const struct http_server *srv);
+
+/* A metrics_render_fn over a struct http_server: the connections open now. */
+void http_server_render_metrics(const void *srv, struct textbuf *out);
 
 /* --- The request ------------------------------------------------------------- */
 
@@ -156,9 +160,11 @@ bool http_exchange_head_sent(const struct http_exchange *x);
 
 /* --- What the access log says about this exchange --------------------------- */
 
-enum http_cache_result { CACHE_NONE = 0, CACHE_HIT, CACHE_MISS, CACHE_COALESCED, CACHE_BYPASS };
-
-void http_log_set_cache(struct http_exchange *x, enum http_cache_result r);
+/*
+ * How the cache served the request, for the line's cache= field ("hit", "miss",
+ * "coalesced", "bypass"): a string with static storage, kept as a pointer.
+ */
+void http_log_set_cache(struct http_exchange *x, const char *result);
 /* The upstream that answered (copied; a base URL, never with credentials). */
 void http_log_set_upstream(struct http_exchange *x, const char *upstream);
 /* The repository and digest the request was about (copied). */

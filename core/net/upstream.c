@@ -28,15 +28,16 @@
  * transport_read_start()/transport_read_stop(), and a new connection becomes usable
  * in transport_connected().
  *
- * TLS (https) is a tls_session (tls.h) on the same uv_tcp_t. transport_connected()
- * starts the handshake (state CONN_HANDSHAKE, under the connect timeout, reading
- * whether or not the request is paused) and conn_ready() comes when it is done and the
- * server is verified. The socket is read straight into the session's input buffer;
- * tls_pump() decrypts into the 64 KiB plaintext buffer that conn_on_data() parses, and
- * stops when the request pauses (ciphertext not yet decrypted stays in the session, so
- * upstream_resume() kicks the pump before the socket is read again).
- * transport_write() encrypts and writes a copy of the ciphertext (requests are small).
- * A connection whose session still holds bytes after the response is not pooled.
+ * TLS (https) is a tls_stream (tls_stream.h, the pump the server uses too) on the same
+ * uv_tcp_t. transport_connected() starts the handshake (state CONN_HANDSHAKE, under the
+ * connect timeout, reading whether or not the request is paused) and conn_ready() comes
+ * when it is done and the server is verified. The socket is read straight into the
+ * session's input buffer; tls_pump() decrypts into the 64 KiB plaintext buffer that
+ * conn_on_data() parses, and stops when the request pauses (ciphertext not yet decrypted
+ * stays in the session, so upstream_resume() kicks the pump before the socket is read
+ * again). transport_write() hands the request to the stream, which encrypts it and writes
+ * the ciphertext from the session's own buffer. A connection whose session still holds
+ * bytes, or still writes, after the response is not pooled.
  */
 #include "net/upstream.h"
 
@@ -48,7 +49,7 @@
 
 #include <llhttp.h>
 
-#include "net/tls.h"
+#include "net/tls_stream.h"
 #include "base/url.h"
 
 #ifndef CC_VERSION
@@ -78,7 +79,8 @@ struct conn {
     bool tls;
     uint16_t port;
     char host[256];
-    struct tls_session *tls_session; /* https, once connected */
+    struct tls_stream ts; /* https, once connected (ts_on) */
+    bool ts_on;
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_connect_t connect;
@@ -533,12 +535,10 @@ static void on_tcp_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(c->pool->idle_scratch, sizeof(c->pool->idle_scratch));
         return;
     }
-    if (c->tls_session != NULL) {
+    if (c->ts_on) {
         /* Ciphertext goes straight into the session (never full while reading: the
          * pump drains it before reading starts again). */
-        size_t room;
-        char *space = tls_in_space(c->tls_session, &room);
-        *buf = uv_buf_init(space, (unsigned)room); /* 0: UV_ENOBUFS */
+        *buf = tls_stream_read_space(&c->ts); /* len 0: UV_ENOBUFS */
         return;
     }
     if (c->rbuf == NULL) c->rbuf = malloc(READ_BUF_SIZE);
@@ -553,7 +553,7 @@ static void tls_on_read(struct conn *c, ssize_t nread);
 static void on_tcp_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
-    if (c->tls_session != NULL && c->state != CONN_IDLE)
+    if (c->ts_on && c->state != CONN_IDLE)
         tls_on_read(c, nread);
     else if (nread > 0)
         conn_on_data(c, buf->base, (size_t)nread);
@@ -579,13 +579,9 @@ static void transport_read_stop(struct conn *c)
 static void io_timer_restart(struct conn *c);
 static void conn_lost(struct upstream_req *r, int err, const char *what);
 
-static void on_tcp_write(uv_write_t *w, int status)
+/* A write is over: progress restarts the io timer; a failure loses the connection. */
+static void conn_written(struct conn *c, int status)
 {
-    struct conn_write *cw = (struct conn_write *)w;
-    struct conn *c = w->data;
-    free(cw->data);
-    free(cw);
-    c->writes_pending--;
     if (status == UV_ECANCELED || c->state == CONN_CLOSING) return;
     struct upstream_req *r = c->req;
     if (r == NULL) {
@@ -599,6 +595,16 @@ static void on_tcp_write(uv_write_t *w, int status)
         return;
     }
     io_timer_restart(c);
+}
+
+static void on_tcp_write(uv_write_t *w, int status)
+{
+    struct conn_write *cw = (struct conn_write *)w;
+    struct conn *c = w->data;
+    free(cw->data);
+    free(cw);
+    c->writes_pending--;
+    conn_written(c, status);
 }
 
 /* Writes `data` to the socket (malloc'd; owned from here on, also on failure). */
@@ -622,37 +628,24 @@ static int tcp_write(struct conn *c, char *data, size_t len)
     return 0;
 }
 
-/* Writes what the TLS session has for the server (a copy; the session's is consumed). */
-static int tls_send_output(struct conn *c)
+static void request_written(void *data, int status)
 {
-    size_t len;
-    const char *data;
-    while ((data = tls_out_peek(c->tls_session, &len)) != NULL) {
-        char *copy = malloc(len);
-        if (copy == NULL) return UV_ENOMEM;
-        memcpy(copy, data, len);
-        tls_out_consume(c->tls_session, len);
-        int err = tcp_write(c, copy, len);
-        if (err != 0) return err;
-    }
-    return 0;
+    free(data);
+}
+
+/* After each write of ciphertext (tls_stream.h), as after a plain one. */
+static void tls_written(void *owner, int status)
+{
+    conn_written(owner, status);
 }
 
 /* Sends `data` (malloc'd; owned from here on, also on failure), encrypted for https. */
 static int transport_write(struct conn *c, char *data, size_t len)
 {
-    if (c->tls_session == NULL) return tcp_write(c, data, len);
-    size_t off = 0;
-    int err = 0;
-    while (off < len && err == 0) {
-        ssize_t n = tls_write(c->tls_session, data + off, len - off);
-        if (n > 0)
-            off += (size_t)n;
-        else if (n != UV_EAGAIN || tls_out_pending(c->tls_session) == 0)
-            err = n == UV_EAGAIN ? UV_EPROTO : (int)n; /* (EAGAIN with nothing to send: stuck) */
-        if (err == 0) err = tls_send_output(c);
-    }
-    free(data);
+    if (!c->ts_on) return tcp_write(c, data, len);
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    int err = tls_stream_write(&c->ts, &b, 1, request_written, data);
+    if (err != 0) free(data);
     return err;
 }
 
@@ -665,20 +658,14 @@ static void conn_ready(struct conn *c);
 static void tls_handshake_step(struct conn *c)
 {
     struct upstream_req *r = c->req;
-    int rc;
-    size_t sent;
-    do {
-        rc = tls_handshake(c->tls_session);
-        sent = tls_out_pending(c->tls_session);
-        int err = tls_send_output(c);
-        if (err != 0 && (rc == 0 || rc == UV_EAGAIN)) {
-            req_fail(r, err, "write to %s: %s", r->hostport, uv_strerror(err));
-            return;
-        }
-    } while (rc == UV_EAGAIN && sent > 0); /* (mbedTLS may have held bytes back) */
+    int rc = tls_stream_handshake(&c->ts);
     if (rc == UV_EAGAIN) return;
+    if (rc != 0 && rc != UV_EPROTO) {
+        req_fail(r, rc, "write to %s: %s", r->hostport, uv_strerror(rc));
+        return;
+    }
     if (rc != 0) {
-        req_fail(r, rc, "TLS to %s: %s", r->hostport, tls_session_error(c->tls_session));
+        req_fail(r, rc, "TLS to %s: %s", r->hostport, tls_stream_error(&c->ts));
         return;
     }
     /* Done: reading goes on when the request is sent, unless it is paused. */
@@ -697,8 +684,10 @@ static void transport_connected(struct conn *c)
         return;
     }
     struct upstream_req *r = c->req;
-    int err = tls_session_new(c->pool->opts.tls, c->host, &c->tls_session);
+    int err =
+        tls_stream_init(&c->ts, (uv_stream_t *)&c->tcp, c->pool->opts.tls, c->host, tls_written, c);
     if (err == 0) {
+        c->ts_on = true;
         c->state = CONN_HANDSHAKE;
         uv_timer_start(&c->timer, on_timer, c->pool->opts.connect_timeout_ms, 0);
         err = uv_read_start((uv_stream_t *)&c->tcp, on_tcp_alloc, on_tcp_read);
@@ -728,11 +717,8 @@ static void tls_pump(struct conn *c)
         size_t n = 0;
         ssize_t rc = 0;
         while (n < READ_BUF_SIZE &&
-               (rc = tls_read(c->tls_session, c->rbuf + n, READ_BUF_SIZE - n)) > 0)
+               (rc = tls_stream_read(&c->ts, c->rbuf + n, READ_BUF_SIZE - n)) > 0)
             n += (size_t)rc;
-        /* What reading made the session say (an alert) goes out, or is lost with the
-         * connection. */
-        tls_send_output(c);
         if (n > 0) {
             conn_on_data(c, c->rbuf, n);
             continue; /* an end or failure that followed comes again from tls_read */
@@ -741,7 +727,7 @@ static void tls_pump(struct conn *c)
         if (rc == UV_EOF)
             conn_on_eof(c, UV_EOF); /* close_notify */
         else
-            req_fail(r, (int)rc, "TLS to %s: %s", r->hostport, tls_session_error(c->tls_session));
+            req_fail(r, (int)rc, "TLS to %s: %s", r->hostport, tls_stream_error(&c->ts));
         return;
     }
 }
@@ -755,7 +741,7 @@ static void tls_on_read(struct conn *c, ssize_t nread)
         conn_close(c);
         return;
     }
-    if (nread > 0) tls_in_commit(c->tls_session, (size_t)nread);
+    if (nread > 0) tls_stream_read_commit(&c->ts, (size_t)nread);
     req_ref(r);
     if (c->state == CONN_HANDSHAKE) {
         if (nread == UV_EOF)
@@ -781,7 +767,7 @@ static void conn_maybe_free(struct conn *c)
     if (c->state != CONN_CLOSING || c->closes_pending > 0 || c->resolving) return;
     struct upstream_pool *pool = c->pool;
     uv_freeaddrinfo(c->addrs);
-    tls_session_free(c->tls_session);
+    if (c->ts_on) tls_stream_free(&c->ts);
     free(c->rbuf);
     free(c);
     pool->n_conns--;
@@ -812,6 +798,7 @@ static void conn_close(struct conn *c)
     c->state = CONN_CLOSING;
     c->req = NULL;
     c->reading = false;
+    if (c->ts_on) tls_stream_close(&c->ts);
     if (c->resolving) uv_cancel((uv_req_t *)&c->resolve);
     c->closes_pending = 2;
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
@@ -1401,9 +1388,10 @@ static void exchange_done(struct upstream_req *r)
         conn_quiet(c);
         return;
     }
-    bool reuse = r->message_complete && r->keep_alive && !r->says_close && !c->trailing &&
-                 c->writes_pending == 0 &&
-                 (c->tls_session == NULL || !tls_read_pending(c->tls_session));
+    bool reuse =
+        r->message_complete && r->keep_alive && !r->says_close && !c->trailing &&
+        c->writes_pending == 0 &&
+        (!c->ts_on || (tls_stream_writes(&c->ts) == 0 && !tls_stream_read_pending(&c->ts)));
     r->conn = NULL;
     c->req = NULL;
     if (reuse)
@@ -1542,7 +1530,7 @@ static void conn_continue(struct conn *c)
         conn_feed(c, data, len);
         if (r->finished || r->conn != c || r->paused || c->has_pending) return;
     }
-    if (c->tls_session != NULL && tls_read_pending(c->tls_session)) {
+    if (c->ts_on && tls_stream_read_pending(&c->ts)) {
         tls_pump(c);
         if (r->finished || r->conn != c || r->paused || c->has_pending) return;
     }
@@ -1705,8 +1693,7 @@ void upstream_resume(struct upstream_req *r)
     struct conn *c = r->conn;
     if (c == NULL || c->state != CONN_ACTIVE)
         return; /* still connecting: reading starts once the request is sent */
-    if (c->has_pending || r->done_pending ||
-        (c->tls_session != NULL && tls_read_pending(c->tls_session))) {
+    if (c->has_pending || r->done_pending || (c->ts_on && tls_stream_read_pending(&c->ts))) {
         /* Deliver from the loop, not from inside the caller. */
         c->kick = true;
         uv_timer_start(&c->timer, on_timer, 0, 0);

@@ -9,6 +9,8 @@
 #include <limits.h>
 #include <string.h>
 
+#include "base/json.h"
+
 #define NAME_MAX_LEN 255
 #define TAG_MAX_LEN 128
 
@@ -238,103 +240,6 @@ enum registry_error_code registry_route_parse(const char *path, size_t len,
     return registry_tag_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_TAG_INVALID;
 }
 
-/* ---- JSON ------------------------------------------------------------------------------ */
-
-size_t registry_utf8_decode(const unsigned char *s, size_t n, unsigned int *cp)
-{
-    unsigned char c, lo = 0x80, hi = 0xbf; /* lo..hi: the allowed second bytes */
-    size_t len;
-    unsigned int v;
-
-    if (n == 0) return 0;
-    c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        v = c & 0x1f;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        v = c & 0x0f;
-        if (c == 0xe0) lo = 0xa0; /* overlong */
-        if (c == 0xed) hi = 0x9f; /* surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        v = c & 0x07;
-        if (c == 0xf0) lo = 0x90; /* overlong */
-        if (c == 0xf4) hi = 0x8f; /* past U+10FFFF */
-    } else {
-        return 0;
-    }
-    if (n < len || s[1] < lo || s[1] > hi) return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3f);
-    }
-    *cp = v;
-    return len;
-}
-
-size_t registry_json_escape_prefix(const char *src, size_t n, char *buf, size_t cap,
-                                   size_t *consumed)
-{
-    static const char hex[] = "0123456789abcdef";
-    const unsigned char *s = (const unsigned char *)src;
-    size_t in = 0, out = 0;
-
-    while (in < n) {
-        char esc[6];
-        const char *piece = esc;
-        size_t piece_len, step = 1;
-        unsigned int cp = s[in];
-
-        if (cp >= 0x80) {
-            step = registry_utf8_decode(s + in, n - in, &cp);
-            if (step == 0) {
-                step = 1;
-                cp = 0xfffd;
-            }
-        }
-        if (cp == '"' || cp == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)cp;
-            piece_len = 2;
-        } else if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 || cp == 0x2029 ||
-                   cp == 0xfffd) {
-            esc[0] = '\\';
-            esc[1] = 'u';
-            esc[2] = hex[(cp >> 12) & 0xf];
-            esc[3] = hex[(cp >> 8) & 0xf];
-            esc[4] = hex[(cp >> 4) & 0xf];
-            esc[5] = hex[cp & 0xf];
-            piece_len = 6;
-        } else {
-            piece = src + in;
-            piece_len = step;
-        }
-        if (piece_len > cap - out) break;
-        memcpy(buf + out, piece, piece_len);
-        out += piece_len;
-        in += step;
-    }
-    *consumed = in;
-    return out;
-}
-
-int registry_json_escape(const char *src, size_t n, char *buf, size_t len)
-{
-    size_t consumed, written;
-
-    if (len == 0) return -ENOSPC;
-    if (len - 1 > INT_MAX) len = (size_t)INT_MAX + 1;
-    written = registry_json_escape_prefix(src, n, buf, len - 1, &consumed);
-    if (consumed < n) return -ENOSPC;
-    buf[written] = '\0';
-    return (int)written;
-}
-
 static size_t put(char *buf, size_t at, const char *s)
 {
     size_t n = strlen(s);
@@ -362,13 +267,13 @@ int registry_error_json(enum registry_error_code code, const char *message, cons
     at = put(buf, at, head);
     at = put(buf, at, name);
     at = put(buf, at, mid);
-    size_t w = registry_json_escape_prefix(message, strlen(message), buf + at, budget, &consumed);
+    size_t w = json_escape_prefix(message, strlen(message), buf + at, budget, &consumed);
     at += w;
     budget -= w;
     at = put(buf, at, detail_key);
     if (detail) {
         buf[at++] = '"';
-        at += registry_json_escape_prefix(detail, strlen(detail), buf + at, budget, &consumed);
+        at += json_escape_prefix(detail, strlen(detail), buf + at, budget, &consumed);
         buf[at++] = '"';
     } else {
         at = put(buf, at, "null");

@@ -56,6 +56,11 @@ struct registry_route {
     bool reference_is_digest;
 };
 
+/* The longest repository name the grammar allows. */
+#define REGISTRY_NAME_MAX 255
+/* The longest reference: a tag has at most 128 bytes, a digest at most "sha512:" + 128. */
+#define REGISTRY_REFERENCE_MAX 135
+
 /* Longer request paths are REG_ERR_NOT_FOUND (the longest valid one has 405 bytes). */
 #define REGISTRY_PATH_MAX 2048
 
@@ -99,28 +104,5 @@ const char *registry_error_message(enum registry_error_code code);
  */
 int registry_error_json(enum registry_error_code code, const char *message, const char *detail,
                         char *buf, size_t len);
-
-/*
- * JSON string escaping of src[0..n) into buf (without quotes), NUL-terminated. Returns
- * length or -ENOSPC (buf is then unspecified). '"' and '\\' get a backslash; control bytes,
- * DEL, the C1 controls and U+2028/U+2029 are written as \u00XX / \u20XX; other valid
- * UTF-8 passes through; each byte of invalid UTF-8 becomes \ufffd.
- */
-int registry_json_escape(const char *src, size_t n, char *buf, size_t len);
-
-/*
- * The same escaping, as much of src as fits: writes whole escapes only (never half of one
- * or of a UTF-8 sequence) into buf[0..cap), without a NUL. Returns the bytes written and
- * sets *consumed to the bytes of src they stand for.
- */
-size_t registry_json_escape_prefix(const char *src, size_t n, char *buf, size_t cap,
-                                   size_t *consumed);
-
-/*
- * Decodes one UTF-8 sequence at s[0..n): returns its length (1..4) and the code point in
- * *cp, or 0 when the bytes there are not valid UTF-8 (overlong, surrogate, > U+10FFFF,
- * truncated, stray continuation byte).
- */
-size_t registry_utf8_decode(const unsigned char *s, size_t n, unsigned int *cp);
 
 #endif

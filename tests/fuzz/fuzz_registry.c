@@ -1,6 +1,6 @@
 /*
  * fuzz_registry.c: bytes as a request path through registry_route_parse, and as the
- * message and detail of registry_error_json and registry_json_escape.
+ * message and detail of registry_error_json and json_escape.
  *
  * The input is the path, as sent. For the JSON functions, a NUL-terminated copy is the
  * message, what follows its first NUL byte (if any) is the detail, the first byte picks
@@ -117,14 +117,14 @@ static void check_json(const uint8_t *data, size_t size)
         HARNESS_REQUIRE(n == -ENOSPC, "only -ENOSPC");
     }
 
-    /* registry_json_escape: the escape of the whole input, between quotes, is a string. */
-    n = registry_json_escape((const char *)data, size, big + 1, big_len - 2);
+    /* json_escape: the escape of the whole input, between quotes, is a string. */
+    n = json_escape((const char *)data, size, big + 1, big_len - 2);
     HARNESS_REQUIRE(n >= 0, "6 bytes per byte are enough");
     big[0] = '"';
     big[n + 1] = '"';
     require_json(big, (size_t)n + 2, NULL);
     size_t consumed = 0;
-    size_t w = registry_json_escape_prefix((const char *)data, size, small, small_len, &consumed);
+    size_t w = json_escape_prefix((const char *)data, size, small, small_len, &consumed);
     HARNESS_REQUIRE(w <= small_len && consumed <= size, "the prefix stays in bounds");
 
     free(small);

@@ -1,7 +1,7 @@
 /*
  * fuzz_request.c: raw bytes from a client into the real connection handler.
  *
- * One process-wide stack, wired as main.c wires it: http_server -> proxy_handle ->
+ * One process-wide stack, wired as main.c wires it: http_server -> router_handle ->
  * blob service / relay -> chain -> upstream pool, with a store in a temporary directory
  * that holds one blob, and the default Lua policies choosing upstreams in setups 1 and 2
  * (below). The upstream is faked: a scripted origin on 127.0.0.1 (fakenet.h)
@@ -43,7 +43,9 @@
 #include "harness.h"
 #include "base/log.h"
 #include "lua/policy.h"
-#include "registry/proxy.h"
+#include "app/router.h"
+#include "registry/relay.h"
+#include "registry/upstreams.h"
 #include "net/server.h"
 #include "cache/store.h"
 #include "net/upstream.h"
@@ -75,11 +77,13 @@ static struct harness {
     struct fakenet_server *origin;
     struct config *cfg[N_SETUPS];
     struct upstream_pool *pool[N_SETUPS];
-    struct proxy *proxy[N_SETUPS];
+    struct upstreams *upstreams[N_SETUPS];
+    struct relay_service *relays[N_SETUPS];
+    struct router *router[N_SETUPS];
     struct fetch_manager *fetches[N_SETUPS];
     struct blob_service *blobs[N_SETUPS];
     struct policy_engine *policy[N_SETUPS];
-    struct proxy *current;
+    struct router *current;
     struct store *store;
     struct http_server *server;
     uint16_t server_port;
@@ -249,7 +253,7 @@ static void seed_blob(void)
 
 static void on_request(struct http_exchange *x, void *ud)
 {
-    proxy_handle(x, h.current);
+    router_handle(x, h.current);
 }
 
 static void unref_handle(uv_handle_t *handle, void *arg)
@@ -275,24 +279,27 @@ static void setup(void)
     h.cfg[0] = setup_config(origin, NULL);
     h.cfg[1] = setup_config(origin, DEAD_CACHE);
     h.cfg[2] = setup_config(DEAD_ORIGIN, NULL);
-    log_configure(h.cfg[0]);
+    struct log_options log_opts = config_log_options(h.cfg[0]);
+    log_configure(&log_opts);
 
     struct upstream_pool_opts po = {.connect_timeout_ms = 2000, .io_timeout_ms = 2000};
     for (int i = 0; i < N_SETUPS; i++) {
         h.pool[i] = upstream_pool_new(&h.loop, &po);
-        h.proxy[i] = h.pool[i] ? proxy_new(&h.loop, h.cfg[i], h.pool[i]) : NULL;
+        h.upstreams[i] = h.pool[i] ? upstreams_new(h.cfg[i], h.pool[i]) : NULL;
+        h.relays[i] = h.upstreams[i] ? relay_service_new(h.upstreams[i]) : NULL;
         h.fetches[i] = h.pool[i] ? fetch_manager_new(&h.loop, h.store, h.pool[i]) : NULL;
-        h.blobs[i] = h.proxy[i] && h.fetches[i]
-                         ? blob_service_new(&h.loop, h.store, h.fetches[i], h.proxy[i])
+        h.blobs[i] = h.upstreams[i] && h.fetches[i]
+                         ? blob_service_new(&h.loop, h.store, h.fetches[i], h.upstreams[i])
                          : NULL;
-        if (h.blobs[i] == NULL) HARNESS_FAIL("out of memory");
+        h.router[i] =
+            h.relays[i] && h.blobs[i] ? router_new(h.upstreams[i], h.relays[i], h.blobs[i]) : NULL;
+        if (h.router[i] == NULL) HARNESS_FAIL("out of memory");
         blob_service_set_ttl(h.blobs[i], 3600);
-        proxy_set_blob_service(h.proxy[i], h.blobs[i]);
         /* Setups 1 and 2 choose upstreams with the default Lua policy, 0 with the C one. */
         if (i > 0) {
             if (policy_engine_new(h.cfg[i], NULL, &h.policy[i], err, sizeof(err)) != 0)
                 HARNESS_FAIL(err);
-            proxy_set_policy(h.proxy[i], h.policy[i]);
+            upstreams_set_policy(h.upstreams[i], h.policy[i]);
         }
     }
 
@@ -319,7 +326,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (h.server == NULL) setup();
     if (size == 0) return 0;
     unsigned setup_no = data[0] & 3;
-    h.current = h.proxy[setup_no == 3 ? 0 : setup_no];
+    h.current = h.router[setup_no == 3 ? 0 : setup_no];
     size_t chunk = data[0] >> 2;
     const char *request = (const char *)data + 1;
     size_t request_len = size - 1;
@@ -348,7 +355,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (http_server_connections(h.server) != 0)
         HARNESS_FAIL("a server connection outlived its client");
     for (int i = 0; i < N_SETUPS; i++) {
-        if (proxy_in_flight(h.proxy[i]) != 0) HARNESS_FAIL("an exchange is still in flight");
+        if (relay_in_flight(h.relays[i]) != 0) HARNESS_FAIL("an exchange is still in flight");
         if (fetch_manager_active(h.fetches[i]) != 0) HARNESS_FAIL("a fetch is still running");
     }
     if (fakenet_server_connections(h.origin) != 0)

@@ -12,7 +12,7 @@
 #include "check.h"
 #include "base/config.h"
 #include "base/log.h"
-#include "registry/registry.h"
+#include "base/json.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -219,7 +219,7 @@ static bool parse_json_string(const char *s, size_t len, size_t *i, char *out, s
         }
         if (c >= 0x80) {
             unsigned cp;
-            size_t step = registry_utf8_decode((const unsigned char *)s + *i, len - *i, &cp);
+            size_t step = json_utf8_decode((const unsigned char *)s + *i, len - *i, &cp);
             if (step == 0) return false;
             memcpy(out + n, s + *i, step);
             n += step;
@@ -279,7 +279,7 @@ static bool parse_json_line(const char *line, size_t len, struct pairs *out)
 /* ---- helpers --------------------------------------------------------------------------- */
 
 static struct config test_config;
-static struct config_kv test_kv[64];
+static struct log_field test_kv[64];
 
 static void configure(const char *level, const char *formatter, const char *const *kv,
                       size_t n_fields)
@@ -293,7 +293,8 @@ static void configure(const char *level, const char *formatter, const char *cons
     }
     test_config.log_fields = test_kv;
     test_config.n_log_fields = n_fields;
-    log_configure(&test_config);
+    struct log_options opts = config_log_options(&test_config);
+    log_configure(&opts);
 }
 
 /* Logs one message at `level` with stderr captured; returns the output. */

@@ -20,7 +20,7 @@
 #include "base/config.h"
 #include "base/log.h"
 #include "lua/policy.h"
-#include "registry/registry.h"
+#include "base/json.h"
 
 static char err[1024];
 static char data_dir[PATH_MAX];
@@ -38,7 +38,7 @@ static struct config_upstream upstreams[] = {
     {.originhost = "https://dtr.example.com", .upstreamhosts = hosts_ab, .n_upstreamhosts = 2},
     {.originhost = "https://origin2.example.com"},
 };
-static struct config_kv log_fields[] = {{"environment", "staging"}, {"msg", "x y"}};
+static struct log_field log_fields[] = {{"environment", "staging"}, {"msg", "x y"}};
 
 static struct config test_config(void)
 {
@@ -309,7 +309,7 @@ static void test_format_log_escapes_as_core_log(void)
     for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
         e.user_agent = hostile[i];
         CHECK_INT(policy_format_log(pe, &e, line, sizeof line, &n), 0);
-        CHECK(registry_json_escape(hostile[i], strlen(hostile[i]), escaped, sizeof escaped) >= 0);
+        CHECK(json_escape(hostile[i], strlen(hostile[i]), escaped, sizeof escaped) >= 0);
         snprintf(want, sizeof want, "\"http.request.useragent\":\"%s\"", escaped);
         CHECK_CONTAINS(line, want);
         CHECK(line[0] == '{' && line[n - 1] == '}');
@@ -331,7 +331,8 @@ static void test_format_log_c_twin(void)
     for (size_t f = 0; f < 2; f++) {
         struct config cfg = test_config();
         cfg.log_formatter = (char *)formatters[f];
-        log_configure(&cfg);
+        struct log_options log_opts = config_log_options(&cfg);
+        log_configure(&log_opts);
         struct policy_engine *pe = engine_with(&cfg, NULL);
         CHECK(policy_hook_is_builtin(pe, POLICY_HOOK_FORMAT_LOG));
         struct log_access_entry e = sample_entry();

@@ -462,79 +462,6 @@ static void test_error_table(void)
     CHECK_STR(registry_error_name((enum registry_error_code)999), "UNKNOWN");
 }
 
-static void check_escape(const char *src, size_t n, const char *want)
-{
-    char buf[256];
-    int r = registry_json_escape(src, n, buf, sizeof buf);
-    CHECK_INT(r, strlen(want));
-    CHECK_STR(buf, want);
-}
-
-static void test_json_escape(void)
-{
-    check_escape("", 0, "");
-    check_escape("plain text", 10, "plain text");
-    check_escape("a\"b\\c", 5, "a\\\"b\\\\c");
-    check_escape("\n\r\t\x01\x1f\x7f", 6, "\\u000a\\u000d\\u0009\\u0001\\u001f\\u007f");
-    check_escape("nul\0x", 5, "nul\\u0000x");
-    check_escape("</script>", 9, "</script>");
-    /* Valid UTF-8 passes through; C1 controls and line separators are escaped. */
-    check_escape("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", 14,
-                 "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80");
-    check_escape("\xc2\x85|\xe2\x80\xa8|\xe2\x80\xa9", 10, "\\u0085|\\u2028|\\u2029");
-    /* Each invalid byte is one replacement. */
-    check_escape("\xff", 1, "\\ufffd");
-    check_escape("a\x80z", 3, "a\\ufffdz");
-    check_escape("\xc3", 1, "\\ufffd");
-    check_escape("\xe2\x82", 2, "\\ufffd\\ufffd");
-    check_escape("\xc0\xaf", 2, "\\ufffd\\ufffd");                       /* overlong '/' */
-    check_escape("\xe0\x80\xaf", 3, "\\ufffd\\ufffd\\ufffd");            /* overlong '/' */
-    check_escape("\xed\xa0\x80", 3, "\\ufffd\\ufffd\\ufffd");            /* surrogate */
-    check_escape("\xf4\x90\x80\x80", 4, "\\ufffd\\ufffd\\ufffd\\ufffd"); /* > U+10FFFF */
-    check_escape("\xf8\x88\x80\x80\x80", 5, "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd");
-    check_escape("\xc3\xa9\xc3", 3, "\xc3\xa9\\ufffd");
-
-    char small[8];
-    CHECK_INT(registry_json_escape("1234567", 7, small, sizeof small), 7);
-    CHECK_INT(registry_json_escape("12345678", 8, small, sizeof small), -ENOSPC);
-    CHECK_INT(registry_json_escape("123456\n", 7, small, sizeof small), -ENOSPC);
-    CHECK_INT(registry_json_escape("", 0, small, 0), -ENOSPC);
-
-    /* The prefix form never splits an escape or a UTF-8 sequence. */
-    static const char mixed[] = "a\"\xc3\xa9\n\xff\xf0\x9f\x98\x80z";
-    char full[64], part[64];
-    size_t consumed;
-    size_t full_len =
-        registry_json_escape_prefix(mixed, sizeof mixed - 1, full, sizeof full, &consumed);
-    CHECK_INT(consumed, sizeof mixed - 1);
-    static const size_t boundaries[] = {0, 1, 3, 5, 11, 17, 21, 22};
-    for (size_t cap = 0; cap <= full_len; cap++) {
-        size_t w = registry_json_escape_prefix(mixed, sizeof mixed - 1, part, cap, &consumed);
-        size_t want = 0;
-        for (size_t i = 0; i < sizeof boundaries / sizeof boundaries[0]; i++)
-            if (boundaries[i] <= cap) want = boundaries[i];
-        CHECK_INT(w, want);
-        CHECK(memcmp(part, full, w) == 0);
-    }
-    CHECK_INT(full_len, 22);
-}
-
-static void test_utf8_decode(void)
-{
-    unsigned int cp = 0;
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"A", 1, &cp), 1);
-    CHECK_INT(cp, 'A');
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"\xc3\xa9", 2, &cp), 2);
-    CHECK_INT(cp, 0xe9);
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"\xef\xbf\xbd", 3, &cp), 3);
-    CHECK_INT(cp, 0xfffd);
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"\xf4\x8f\xbf\xbf", 4, &cp), 4);
-    CHECK_INT(cp, 0x10ffff);
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"\xc3\xa9", 1, &cp), 0);
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"\xc3(", 2, &cp), 0);
-    CHECK_INT(registry_utf8_decode((const unsigned char *)"", 0, &cp), 0);
-}
-
 static void test_error_json_exact(void)
 {
     char buf[512];
@@ -612,8 +539,6 @@ int main(void)
     RUN(test_long_paths);
     RUN(test_route_fuzz);
     RUN(test_error_table);
-    RUN(test_json_escape);
-    RUN(test_utf8_decode);
     RUN(test_error_json_exact);
     RUN(test_error_json_truncation);
     return check_summary();

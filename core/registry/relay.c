@@ -1,0 +1,318 @@
+/*
+ * relay.c: the relay of what the cache does not keep. See relay.h.
+ */
+#include "registry/relay.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/bytes.h"
+#include "base/log.h"
+#include "net/chain.h"
+#include "registry/respond.h"
+
+#define RELAY_MAX_FORWARDED 24
+/* Manifests are small (Docker Distribution refuses more than 4 MiB). */
+#define RELAY_MANIFEST_MAX ((uint64_t)4 << 20)
+
+struct relay_service {
+    struct upstreams *upstreams;
+    unsigned in_flight;
+};
+
+struct relay_service *relay_service_new(struct upstreams *upstreams)
+{
+    struct relay_service *rs = calloc(1, sizeof(*rs));
+    if (rs != NULL) rs->upstreams = upstreams;
+    return rs;
+}
+
+void relay_service_free(struct relay_service *rs)
+{
+    free(rs);
+}
+
+unsigned relay_in_flight(const struct relay_service *rs)
+{
+    return rs->in_flight;
+}
+
+/* One relayed exchange. */
+struct relay {
+    struct relay_service *rs;
+    struct http_exchange *x;
+    struct upstreams_req_info info;
+    struct chain_req *ureq;
+    bool head_sent;
+    bool upstream_done;
+    int upstream_err;
+    bool finished;
+    uint64_t limit; /* body bytes relayed at most (manifests), 0: none */
+    uint64_t relayed;
+    /* Body bytes: `inflight` is being written to the client, `pending` waits. */
+    char *inflight;
+    size_t inflight_cap;
+    char *pending;
+    size_t pending_len, pending_cap;
+    bool writing;
+    char last_error[256];
+};
+
+static void relay_free(struct relay *r)
+{
+    r->rs->in_flight--;
+    free(r->inflight);
+    free(r->pending);
+    free(r);
+}
+
+/* Ends the exchange once the upstream is done and every byte is written. */
+static void relay_maybe_finish(struct relay *r)
+{
+    if (r->finished || !r->upstream_done || r->writing) return;
+    r->finished = true;
+    if (http_exchange_client_gone(r->x)) {
+        http_respond_end(r->x);
+    } else if (r->upstream_err == 0) {
+        http_respond_end(r->x);
+    } else if (!r->head_sent) {
+        int err = r->upstream_err;
+        int code = (err == UV_ECONNREFUSED || err == UV_EHOSTUNREACH || err == UV_ENETUNREACH ||
+                    err == UV_EAI_NONAME || err == UV_EAI_AGAIN || err == UV_ECONNRESET)
+                       ? REG_ERR_UNAVAILABLE
+                       : REG_ERR_UPSTREAM_FAILED;
+        char msg[400];
+        snprintf(msg, sizeof(msg), "upstream failed: %s", r->last_error);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        respond_error(r->x, code, msg, NULL);
+    } else {
+        /* The body broke off after the head went out: close, so the client can tell. */
+        char msg[400];
+        snprintf(msg, sizeof(msg), "upstream body broke off: %s", r->last_error);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        http_log_set_error(r->x, msg);
+        http_respond_abort(r->x);
+    }
+    relay_free(r);
+}
+
+static void relay_write_pending(struct relay *r);
+
+static void relay_write_done(struct http_exchange *x, int status, void *arg)
+{
+    struct relay *r = arg;
+    r->writing = false;
+    if (status < 0) {
+        /* The client is gone: stop the upstream too. */
+        if (!r->upstream_done) {
+            chain_cancel(r->ureq);
+            r->ureq = NULL;
+            r->upstream_done = true;
+            r->upstream_err = status;
+        }
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
+    if (r->pending_len > 0) {
+        relay_write_pending(r);
+        return;
+    }
+    if (!r->upstream_done && r->ureq != NULL) chain_resume(r->ureq);
+    relay_maybe_finish(r);
+}
+
+/* Moves pending bytes into flight. */
+static void relay_write_pending(struct relay *r)
+{
+    char *tmp = r->inflight;
+    size_t tmp_cap = r->inflight_cap;
+    r->inflight = r->pending;
+    r->inflight_cap = r->pending_cap;
+    size_t len = r->pending_len;
+    r->pending = tmp;
+    r->pending_cap = tmp_cap;
+    r->pending_len = 0;
+    r->writing = true;
+    int rc = http_respond_body(r->x, r->inflight, len, relay_write_done, r);
+    if (rc < 0) {
+        r->writing = false;
+        relay_write_done(r->x, rc, r);
+    }
+}
+
+static int relay_append_pending(struct relay *r, const char *data, size_t len)
+{
+    return bytes_append(&r->pending, &r->pending_len, &r->pending_cap, data, len, 16384);
+}
+
+static const char *const relayed_response_headers[] = {
+    "Content-Type",
+    "Docker-Content-Digest",
+    "WWW-Authenticate",
+    "ETag",
+    "Link",
+    "Content-Range",
+    "Accept-Ranges",
+    "Retry-After",
+    "OCI-Filters-Applied",
+    "Last-Modified",
+    "Cache-Control",
+    "X-Content-Type-Options",
+    "Warning",
+};
+
+static void relay_on_head(void *ud, int status, const struct http_header *hdrs, size_t n_hdrs,
+                          int64_t content_length)
+{
+    struct relay *r = ud;
+    if (r->limit && content_length > (int64_t)r->limit) {
+        snprintf(r->last_error, sizeof(r->last_error),
+                 "%s announced a manifest of %lld bytes, more than the %llu allowed",
+                 chain_base(r->ureq), (long long)content_length, (unsigned long long)r->limit);
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_E2BIG;
+        relay_maybe_finish(r);
+        return;
+    }
+    struct http_header out[32];
+    size_t n = 0;
+    for (size_t i = 0; i < n_hdrs && n < 32; i++) {
+        for (size_t k = 0; k < sizeof(relayed_response_headers) / sizeof(*relayed_response_headers);
+             k++) {
+            if (http_header_is(&hdrs[i], relayed_response_headers[k])) {
+                out[n++] = hdrs[i];
+                break;
+            }
+        }
+    }
+    http_log_set_upstream(r->x, chain_base(r->ureq));
+    http_respond_head(r->x, status, out, n, content_length);
+    r->head_sent = true;
+}
+
+static void relay_on_body(void *ud, const char *data, size_t len)
+{
+    struct relay *r = ud;
+    if (http_exchange_client_gone(r->x)) return;
+    r->relayed += len;
+    if (r->limit && r->relayed > r->limit) {
+        /* A manifest without end: cut it (the client sees a short body, never a whole
+         * wrong one). */
+        snprintf(r->last_error, sizeof(r->last_error), "manifest longer than %llu bytes",
+                 (unsigned long long)r->limit);
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_E2BIG;
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
+    if (!r->writing && r->pending_len == 0) {
+        int w = http_respond_try(r->x, data, len);
+        if (w < 0) {
+            return; /* the write path will notice the closed connection */
+        }
+        data += w;
+        len -= (size_t)w;
+        if (len == 0) return;
+    }
+    if (relay_append_pending(r, data, len) < 0) {
+        snprintf(r->last_error, sizeof(r->last_error), "out of memory");
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_ENOMEM;
+        r->pending_len = 0;
+        relay_maybe_finish(r);
+        return;
+    }
+    chain_pause(r->ureq);
+    if (!r->writing) relay_write_pending(r);
+}
+
+static void relay_on_done(void *ud, int err)
+{
+    struct relay *r = ud;
+    if (err < 0) snprintf(r->last_error, sizeof(r->last_error), "%s", chain_error_message(r->ureq));
+    r->ureq = NULL;
+    r->upstream_done = true;
+    r->upstream_err = err;
+    relay_maybe_finish(r);
+}
+
+static void relay_client_gone(struct http_exchange *x, void *arg)
+{
+    struct relay *r = arg;
+    if (!r->upstream_done && r->ureq != NULL) {
+        chain_cancel(r->ureq);
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = UV_ECANCELED;
+    }
+    r->pending_len = 0;
+    relay_maybe_finish(r);
+}
+
+static void relay_start(struct relay *r)
+{
+    struct http_exchange *x = r->x;
+    struct upstream_header fwd[RELAY_MAX_FORWARDED];
+    char scratch[16384 + RELAY_MAX_FORWARDED * 2];
+    size_t nf =
+        upstreams_forward_headers(x, true, fwd, RELAY_MAX_FORWARDED, scratch, sizeof(scratch));
+    size_t n_bases;
+    struct chain_spec spec = {
+        .method = http_req_is_head(x) ? "HEAD" : "GET",
+        .bases = upstreams_select(r->rs->upstreams, &r->info.req, r->info.entry, &n_bases),
+        .n_bases = n_bases,
+        .target = http_req_target(x),
+        .headers = fwd,
+        .n_headers = nf,
+        .max_redirects = 5,
+    };
+    static const struct upstream_callbacks cbs = {
+        .on_head = relay_on_head,
+        .on_body = relay_on_body,
+        .on_done = relay_on_done,
+    };
+    int rc = chain_request(upstreams_pool(r->rs->upstreams), &spec, &cbs, r, &r->ureq);
+    if (rc < 0) {
+        snprintf(r->last_error, sizeof(r->last_error), "%s: %s",
+                 n_bases > 0 ? spec.bases[0] : "upstream",
+                 rc == UV_ENOTSUP ? "https upstreams are not supported by this build yet"
+                                  : uv_strerror(rc));
+        r->ureq = NULL;
+        r->upstream_done = true;
+        r->upstream_err = rc;
+        relay_maybe_finish(r);
+    }
+}
+
+void relay_handle(struct relay_service *rs, struct http_exchange *x,
+                  const struct registry_route *route, size_t entry)
+{
+    if (upstreams_count(rs->upstreams) == 0) {
+        respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
+        return;
+    }
+    struct relay *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
+    r->rs = rs;
+    r->x = x;
+    upstreams_req_info_init(&r->info, x, route, entry);
+    /* Manifests are small (Docker Distribution refuses more than 4 MiB): an upstream that
+     * sends more is broken, and a relay must not stream it without end. */
+    if (route->kind == ROUTE_MANIFEST || route->kind == ROUTE_REFERRERS)
+        r->limit = RELAY_MANIFEST_MAX;
+    rs->in_flight++;
+    http_exchange_on_gone(x, relay_client_gone, r);
+    relay_start(r);
+}

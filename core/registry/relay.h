@@ -1,0 +1,37 @@
+/*
+ * relay.h: relaying a pull-API request the cache does not keep (/v2/, manifests, tags,
+ * referrers, the catalog, blobs of digests other than sha256) to the upstreams.
+ *
+ * The request goes to the bases that upstreams_select gives (with failover, chain.h)
+ * with the client's Authorization, Accept and conditional headers; the answer comes back
+ * streamed with backpressure: the status, the registry's headers (Content-Type,
+ * Docker-Content-Digest, WWW-Authenticate, ...) and the body. An upstream that cannot be
+ * reached is a 503, one that fails before its head a 502, each naming the upstream; a
+ * body that breaks off closes the connection, so the client sees it short. Manifests and
+ * referrers are capped at 4 MiB, as Docker Distribution caps them.
+ */
+#ifndef CC_RELAY_H
+#define CC_RELAY_H
+
+#include <stddef.h>
+
+#include "net/server.h"
+#include "registry/registry.h"
+#include "registry/upstreams.h"
+
+struct relay_service;
+
+/* upstreams must outlive the service. Returns NULL on allocation failure. */
+struct relay_service *relay_service_new(struct upstreams *upstreams);
+
+/* Frees the service; no relay may be in flight (relay_in_flight). */
+void relay_service_free(struct relay_service *rs);
+
+/* Relays x, whose path is `route`, to upstreams entry `entry`, and ends the exchange. */
+void relay_handle(struct relay_service *rs, struct http_exchange *x,
+                  const struct registry_route *route, size_t entry);
+
+/* Relays still in flight (for a drain, and tests). */
+unsigned relay_in_flight(const struct relay_service *rs);
+
+#endif

@@ -1,0 +1,89 @@
+/*
+ * upstreams.h: where a client's request goes upstream, and what goes with it.
+ *
+ * The config's `upstreams` entries (an origin, and the upstream caches of a chain) as
+ * base URLs; which entry a request is for (the `ns` query parameter); the ordered list of
+ * bases to try for it (the select_upstream policy, or the built-in round robin); the
+ * client headers that go with it; and the pool of upstream connections they share. The
+ * relay, the blob handler and the health check all ask here, so each request's upstream
+ * requests go to one place: a blob's authorization HEAD and its fetch go to the same
+ * upstream.
+ *
+ * Everything runs on the loop's thread. The config and the pool must outlive the object.
+ */
+#ifndef CC_UPSTREAMS_H
+#define CC_UPSTREAMS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "base/config.h"
+#include "base/metrics.h"
+#include "lua/policy.h"
+#include "net/server.h"
+#include "net/upstream.h"
+#include "registry/registry.h"
+
+struct upstreams;
+
+/* Builds the bases of every entry of cfg. Returns NULL on allocation failure. */
+struct upstreams *upstreams_new(const struct config *cfg, struct upstream_pool *pool);
+void upstreams_free(struct upstreams *u);
+
+/* Upstream selection asks this engine's select_upstream from now on (NULL: built-in). */
+void upstreams_set_policy(struct upstreams *u, struct policy_engine *pe);
+
+struct upstream_pool *upstreams_pool(const struct upstreams *u);
+
+/* How many entries the config has (0: nothing to relay to). */
+size_t upstreams_count(const struct upstreams *u);
+
+/*
+ * The upstreams entry a request is for: the one whose originhost is the registry named
+ * by the `ns` query parameter (host[:port], as containerd sends it to a mirror; docker.io
+ * and index.docker.io name registry-1.docker.io), or the first without one. -1 when ns
+ * names none of them or does not decode. The decoded ns goes to ns ("" when absent).
+ */
+int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x, char *ns,
+                        size_t ns_len);
+
+/*
+ * The base URLs to try for one client request of entry `entry`, in order: what the
+ * select_upstream policy answers (each URL mapped to the configured upstream it names), or
+ * the built-in order when no policy is set or it fails: the upstreamhosts in round-robin
+ * order, the cursor advanced once per call, then the originhost. Call it once per client
+ * request and use the list for every upstream request made for it. The array is valid
+ * until the next call.
+ */
+const char *const *upstreams_select(struct upstreams *u, const struct policy_request *req,
+                                    size_t entry, size_t *n);
+
+/*
+ * Copies the request headers that go upstream with a request made for x: Authorization
+ * (marked sensitive), every Accept, and with_conditionals also Range, If-None-Match,
+ * If-Modified-Since, If-Range. Values are NUL-terminated copies in scratch. Returns how
+ * many were written to out (at most max).
+ */
+size_t upstreams_forward_headers(const struct http_exchange *x, bool with_conditionals,
+                                 struct upstream_header *out, size_t max, char *scratch,
+                                 size_t scratch_len);
+
+/* What the policies are told about a request: a policy_request and its strings. */
+struct upstreams_req_info {
+    struct policy_request req;
+    size_t entry; /* the upstreams entry serving it */
+    char repository[REGISTRY_NAME_MAX + 1];
+    char reference[REGISTRY_REFERENCE_MAX + 1];
+};
+void upstreams_req_info_init(struct upstreams_req_info *ri, const struct http_exchange *x,
+                             const struct registry_route *route, size_t entry);
+
+/*
+ * A health_check_fn (metrics.h) over a struct upstreams: healthy when an upstream answered
+ * in the last minute; else it asks the first entry's upstreams for /v2/ now (any answer
+ * but a 5xx will do) and answers from that.
+ */
+void upstreams_health_check(void *upstreams, uv_loop_t *loop, health_done_fn done, void *arg);
+
+#endif
