@@ -387,10 +387,10 @@ class Bench:
         if not wired:
             self.results["policy"] = {"status": "na", "why": why}
             return
-        nohooks_binary = self.args.nohooks_binary
         default = servers.Cache(self.work, self.args.binary, self.origin.url,
                                 name="cache-policies")
-        nohooks = servers.Cache(self.work, nohooks_binary, self.origin.url, name="cache-nohooks")
+        nohooks = servers.Cache(self.work, self.args.binary, self.origin.url, name="cache-nohooks",
+                                builtin_policies=self.args.nohooks_policies)
         digest, _ = self.blobs["small"]
         # A 5% difference is finer than the noise between two wrk runs some seconds apart:
         # twice the rounds, half as long, and the figure is the median of the ratios of
@@ -671,8 +671,10 @@ def parse_args():
     p.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--binary", required=True, help="the content-cache binary")
     p.add_argument("--sha-binary", required=True, help="the sha256_speed program")
-    p.add_argument("--nohooks-binary", required=True,
-                   help="content-cache built with built-in policies that define no hooks")
+    p.add_argument("--policies", required=True,
+                   help="the built-in policies for --binary (the source tree's policies/)")
+    p.add_argument("--nohooks-policies", required=True,
+                   help="built-in policies that define no hooks (row 11's baseline)")
     p.add_argument("--build-desc", default="release build", help="how --binary was built")
     p.add_argument("--out", required=True, help="the table (Markdown); a .json goes beside it")
     p.add_argument("--work", help="work directory (default: a new one under $TMPDIR)")
@@ -692,6 +694,8 @@ def parse_args():
 
 def main():
     args = parse_args()
+    # Every cache started here reads these built-in policies (unless told others).
+    os.environ["CONTENT_CACHE_BUILTIN_POLICIES"] = args.policies
     bench = Bench(args)
     log("work directory %s" % bench.work)
     failed = interrupted = False

@@ -55,12 +55,13 @@ scripts/install-deps.sh
 
 build_dir=$repo/build-bench
 mkdir -p "$build_dir"
-# The sources are copied first (others may be editing core/ while this runs), and both
-# content-cache binaries and sha256_speed are built from that one copy:
-#   build-bench/snapshot/          core/ lua/ policies/ CMakeLists.txt as they were
+# The sources are copied first (others may be editing core/ while this runs), and
+# content-cache and sha256_speed are built from that one copy:
+#   build-bench/snapshot/          core/ lua/ policies/ examples/ CMakeLists.txt README.md
 #   build-bench/release/           content-cache, Release (-O3)
-#   build-bench/snapshot-nohooks/  the same, with a built-in policies/default.lua of `return {}`
-#   build-bench/release-nohooks/   content-cache whose built-in policies define no hooks (row 11)
+#   build-bench/snapshot-nohooks/  policies/ with a default.lua of `return {}`: the built-in
+#                                  policies of row 11's baseline (no hooks)
+# Every cache is told its built-in policies (CONTENT_CACHE_BUILTIN_POLICIES): the snapshot's.
 # At -O3 GCC 12 inlines more, and its flow-sensitive warnings (-Wstringop-overflow,
 # -Wmaybe-uninitialized) report false positives that the project's -O2 builds do not see
 # (core/upstream.c's string builder): those two stay warnings, not errors, here.
@@ -68,7 +69,7 @@ cflags="-Wno-error=stringop-overflow -Wno-error=maybe-uninitialized"
 snapshot() { # DEST: a fresh copy of the sources (cp -a keeps times: builds stay incremental)
     rm -rf "$1"
     mkdir -p "$1"
-    cp -a core lua policies CMakeLists.txt "$1"/
+    cp -a core lua policies examples CMakeLists.txt README.md "$1"/
 }
 build() { # SOURCE BUILD_DIR
     cmake -S "$1" -B "$2" -DCC_TESTS=OFF -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=$cflags" \
@@ -77,7 +78,9 @@ build() { # SOURCE BUILD_DIR
 }
 echo "bench: building release binaries in build-bench/ from a copy of the sources" >&2
 snapshot "$build_dir/snapshot"
-snapshot "$build_dir/snapshot-nohooks"
+rm -rf "$build_dir/snapshot-nohooks"
+mkdir -p "$build_dir/snapshot-nohooks"
+cp -a policies "$build_dir/snapshot-nohooks/"
 printf -- '-- bench/run.sh: built-in policies that define no hooks\nreturn {}\n' \
     >"$build_dir/snapshot-nohooks/policies/default.lua"
 if [ -z "$binary" ]; then
@@ -87,7 +90,6 @@ if [ -z "$binary" ]; then
 else
     build_desc="given with --binary $binary"
 fi
-build "$build_dir/snapshot-nohooks" "$build_dir/release-nohooks"
 # The sha256 program: core/base/digest.c compiled directly, as the issue asks.
 gcc -O2 -Wall -Wextra -I "$build_dir/snapshot/core" bench/sha256_speed.c \
     "$build_dir/snapshot/core/base/digest.c" -lmbedcrypto -o "$build_dir/sha256_speed"
@@ -110,7 +112,9 @@ trap 'stop_bench; exit 130' INT
 trap 'stop_bench; exit 143' TERM
 
 python3 bench/bench.py --binary "$binary" --sha-binary "$build_dir/sha256_speed" \
-    --nohooks-binary "$build_dir/release-nohooks/content-cache" --build-desc "$build_desc" --out "$out" ${pass[@]+"${pass[@]}"} &
+    --policies "$build_dir/snapshot/policies" \
+    --nohooks-policies "$build_dir/snapshot-nohooks/policies" \
+    --build-desc "$build_desc" --out "$out" ${pass[@]+"${pass[@]}"} &
 bench_pid=$!
 set +e
 wait "$bench_pid"

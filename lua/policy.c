@@ -5,6 +5,10 @@
  */
 #include "lua/policy.h"
 
+#ifndef CC_POLICY_INSTALL_DIR
+#error "CC_POLICY_INSTALL_DIR must name the installed policies/ (CMakeLists.txt sets it)"
+#endif
+
 #include <errno.h>
 #include <inttypes.h>
 #include <lauxlib.h>
@@ -144,32 +148,13 @@ static bool has_default_policy(const char *dir)
     return n > 0 && (size_t)n < sizeof path && stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-/* The directory of the built-in policies: the one given, else the source tree's, else the
- * installed one. */
+/* The directory of the built-in policies: the one given, else the installed one. Never
+ * the build tree's: an installed binary runs the installed policies. */
 static int builtin_dir_find(const char *given, char **out, char *err, size_t errlen)
 {
-    const char *candidates[] = {
-#ifdef CC_POLICY_DIR
-        CC_POLICY_DIR,
-#endif
-#ifdef CC_POLICY_INSTALL_DIR
-        CC_POLICY_INSTALL_DIR,
-#endif
-        NULL,
-    };
-    const char *dir = NULL;
-
-    if (given) {
-        if (has_default_policy(given)) dir = given;
-    } else {
-        for (size_t i = 0; candidates[i] && !dir; i++)
-            if (has_default_policy(candidates[i])) dir = candidates[i];
-    }
-    if (dir == NULL) {
-        snprintf(err, errlen, "policy: no default.lua in %s",
-                 given ? given
-                       : "the builtin "
-                         "policy directories");
+    const char *dir = given ? given : CC_POLICY_INSTALL_DIR;
+    if (!has_default_policy(dir)) {
+        snprintf(err, errlen, "policy: no default.lua in %s (the built-in policies)", dir);
         return -ENOENT;
     }
     if ((*out = strdup(dir)) == NULL) {

@@ -110,8 +110,9 @@ struct policy_blob {
 
 /*
  * Creates an engine and loads its policies: builtin_dir/default.lua, then the drop-in
- * files of cfg->policydir. builtin_dir NULL means CC_POLICY_DIR (the source tree's
- * policies/) when it holds default.lua, else CC_POLICY_INSTALL_DIR. The engine copies
+ * files of cfg->policydir. builtin_dir NULL means CC_POLICY_INSTALL_DIR, where the build
+ * installs policies/ (a binary run from the build tree is given the source tree's
+ * policies/ explicitly, as the tests do: see main.c). The engine copies
  * what it needs from cfg (which may be NULL: no upstreams, no blobttl, text logs), so
  * cfg may be freed afterwards. Returns 0 and the engine in *out, or a negative error
  * and a message in err (always NUL-terminated) that names the file and line at fault:

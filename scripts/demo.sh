@@ -95,6 +95,9 @@ CLEAN_ENV=(env)
 for var in $(compgen -e); do
     case "$var" in REGISTRY_*) CLEAN_ENV+=(-u "$var") ;; esac
 done
+# The binary of a build tree reads the built-in policies of this checkout (an installed
+# one reads its installed copy).
+export CONTENT_CACHE_BUILTIN_POLICIES=${CONTENT_CACHE_BUILTIN_POLICIES:-$ROOT/policies}
 
 say "Starting the origin registry"
 ORIGIN_PORT=$(free_port)

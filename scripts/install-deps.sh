@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs every Debian package that content-cache needs to build, test and demo.
 #
+#   scripts/install-deps.sh           everything: build, tests, demo, benchmark
+#   scripts/install-deps.sh --build   only what building needs (cmake -DCC_TESTS=OFF)
+#
 # Idempotent and quiet: when all packages are present it prints nothing and touches
 # nothing. Otherwise it runs `apt-get update` once and installs only what is missing.
 # Must run as root (or with sudo available) on Debian 12.
@@ -9,7 +12,7 @@
 # belongs to, with a word on what uses it.
 set -euo pipefail
 
-PACKAGES=(
+BUILD_PACKAGES=(
     # Build: compiler, CMake, and the libraries the core links against.
     build-essential
     cmake
@@ -19,6 +22,10 @@ PACKAGES=(
     libyaml-dev
     liblua5.4-dev
     node-llhttp         # llhttp's generated C sources, built in our tree
+)
+
+PACKAGES=(
+    "${BUILD_PACKAGES[@]}"
     # Policy specs.
     lua5.4
     lua-busted
@@ -44,6 +51,15 @@ PACKAGES=(
     python3-cryptography  # token-auth tests: signing JWTs (tests/e2e/token_server.py)
     containerd          # tests/e2e/test_containerd.py: ctr pulls through the cache as a mirror
 )
+
+case "${1:-}" in
+    --build) PACKAGES=("${BUILD_PACKAGES[@]}") ;; # building only (cmake -DCC_TESTS=OFF)
+    "") ;;
+    *)
+        echo "usage: install-deps.sh [--build]" >&2
+        exit 2
+        ;;
+esac
 
 export DEBIAN_FRONTEND=noninteractive
 

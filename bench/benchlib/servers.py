@@ -419,9 +419,12 @@ class Cache(Server):
     policydir names a drop-in policy directory. stdout (the access log) goes to a file,
     as it would in a deployment."""
 
-    def __init__(self, work, binary, origin_url, name="cache", tls=None, policydir=None):
+    def __init__(self, work, binary, origin_url, name="cache", tls=None, policydir=None,
+                 builtin_policies=None):
         super().__init__(work, name)
         self.binary = binary
+        # The built-in policies: given, else what bench/run.sh exports for every cache.
+        self.builtin_policies = builtin_policies
         self.origin_url = origin_url
         self.tls = tls
         self.policydir = policydir
@@ -455,13 +458,19 @@ class Cache(Server):
         """`content-cache --check` of the config: (exit code, output)."""
         self.write_config(self.port or free_port())
         r = subprocess.run([self.binary, "--check", self.config_path], capture_output=True,
-                           text=True, timeout=30, stdin=subprocess.DEVNULL, env=server_env())
+                           text=True, timeout=30, stdin=subprocess.DEVNULL, env=self.env())
         return r.returncode, r.stdout + r.stderr
+
+    def env(self):
+        extra = {}
+        if self.builtin_policies:
+            extra["CONTENT_CACHE_BUILTIN_POLICIES"] = self.builtin_policies
+        return server_env(extra)
 
     def make_proc(self, port):
         self.write_config(port)
         return Proc(self.name, [self.binary, self.config_path], self.out_path, self.err_path,
-                    env=server_env())
+                    env=self.env())
 
     def restart_fresh(self):
         self.stop()

@@ -46,6 +46,16 @@ enum exit_code {
     EXIT_DAMAGED = 4, /* fsck found damaged blobs or leftovers (and did not remove them) */
 };
 
+/* Where the built-in policies are, when not where they were installed (a binary run from
+ * its build tree, the tests): the environment says so explicitly. */
+#define BUILTIN_POLICIES_ENV "CONTENT_CACHE_BUILTIN_POLICIES"
+
+static const char *builtin_policies(void)
+{
+    const char *dir = getenv(BUILTIN_POLICIES_ENV);
+    return dir != NULL && dir[0] != '\0' ? dir : NULL;
+}
+
 static const char usage_text[] =
     "Usage:\n"
     "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
@@ -57,6 +67,9 @@ static const char usage_text[] =
     "                                  --repair remove the bad ones and leftover files\n"
     "  content-cache --version         print the version\n"
     "  content-cache --help            print this help\n"
+    "\n"
+    "The built-in policies are read from " CC_POLICY_INSTALL_DIR ",\n"
+    "or from the directory in $" BUILTIN_POLICIES_ENV " (e.g. a source tree's policies/).\n"
     "\n"
     "Environment variables REGISTRY_<SECTION>_<KEY> override scalar keys of CONFIG,\n"
     "as in Docker Registry (REGISTRY_HTTP_ADDR, REGISTRY_LOG_LEVEL, ...).\n"
@@ -137,7 +150,7 @@ static int run_check(const char *path)
     }
     char perr[1024];
     struct policy_engine *pe = NULL;
-    if (policy_engine_new(cfg, NULL, &pe, perr, sizeof(perr)) != 0) {
+    if (policy_engine_new(cfg, builtin_policies(), &pe, perr, sizeof(perr)) != 0) {
         fprintf(stderr, "content-cache: policies: %s\n", perr);
         fprintf(stderr, "content-cache: configuration file %s is invalid\n", path);
         config_free(cfg);
@@ -244,7 +257,7 @@ static int run_expire(const char *path)
     if (cfg == NULL) return EXIT_CONFIG;
     char err[512];
     struct expire_cmd ec = {0};
-    if (policy_engine_new(cfg, NULL, &ec.policy, err, sizeof(err)) != 0) {
+    if (policy_engine_new(cfg, builtin_policies(), &ec.policy, err, sizeof(err)) != 0) {
         fprintf(stderr, "content-cache: policies: %s\n", err);
         config_free(cfg);
         return EXIT_CONFIG;
@@ -490,7 +503,7 @@ static int run_serve(const char *path)
         log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
                 removed);
 
-    rc = policy_engine_new(app.cfg, NULL, &app.policy, err, sizeof(err));
+    rc = policy_engine_new(app.cfg, builtin_policies(), &app.policy, err, sizeof(err));
     if (rc != 0) {
         log_msg(LOG_ERROR, "policies: %s", err);
         config_free(app.cfg);

@@ -1,12 +1,13 @@
 /*
  * config.h: the Docker Registry config.yml (read with libyaml), as content-cache uses it.
  *
- * The keys read are those of docs/DESIGN: version, log.{level,formatter,fields},
- * storage.filesystem.rootdirectory, storage.delete.enabled, http.{addr,host,secret,
- * draintimeout,headers,tls.{certificate,key,minimumtls},debug.addr}, auth.token.{realm,
- * service,issuer,rootcertbundle}, and middleware.registry[] entries; the entry named
- * "downstream" carries our options (blobttl, upstreams, cas, and our extension
- * policydir). Every other key is a warning that names file:line, not an error.
+ * The keys read are those the README's "Configuration" lists: version,
+ * log.{level,formatter,fields}, storage.filesystem.rootdirectory, storage.delete.enabled,
+ * http.{addr,host,secret,draintimeout,headers,tls.{certificate,key,minimumtls},debug.addr},
+ * auth.token.{realm,service,issuer,rootcertbundle}, and middleware.registry[] entries; the
+ * entry named "downstream" carries our options (blobttl, upstreams, cas, and our
+ * extensions policydir, diskbudget, upstreamtimeouts). Every other key is a warning that
+ * names file:line, not an error.
  *
  * Errors name "file:line:column: key: what was expected", the key as a dotted path
  * ("middleware.registry[0].options.blobttl"). Environment variables

@@ -28,6 +28,9 @@ POLL = 0.05                    # poll interval of every wait
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SOURCE_DIR = os.environ.get("CC_SOURCE_DIR") or REPO_ROOT
+# The binary reads its built-in policies where they are installed; every content-cache a
+# test starts (it inherits this environment) reads the source tree's instead.
+os.environ.setdefault("CONTENT_CACHE_BUILTIN_POLICIES", os.path.join(SOURCE_DIR, "policies"))
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -586,7 +586,7 @@ class Cache:
         self.exit_code = self.proc.stop()
         return self.exit_code
 
-    # The storage layout (docs/DESIGN.md, Storage).
+    # The storage layout (README.md, Storage).
     @property
     def tmp_dir(self):
         """Where blobs being fetched are written: <root>/docker/registry/v2/_content-cache/tmp."""

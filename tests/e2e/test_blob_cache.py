@@ -1,5 +1,4 @@
-"""End-to-end: the blob cache in front of a real origin (docs/DESIGN.md, Storage and
-Moving bytes).
+"""End-to-end: the blob cache in front of a real origin (README.md, Storage).
 
 A Docker Distribution origin gets blobs uploaded straight through its blob upload API
 (and one image pushed with skopeo). Two caches: one in front of the origin, one behind a

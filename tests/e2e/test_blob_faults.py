@@ -1,4 +1,4 @@
-"""End-to-end: the blob cache when things go wrong (docs/DESIGN.md, Storage).
+"""End-to-end: the blob cache when things go wrong (README.md, Storage).
 
 The upstream is fake_upstream.py in its registry role: it serves the blobs the test
 gives it, honestly or not, at a pace the test sets. Checked:

@@ -327,7 +327,7 @@ def install_deps_build_packages():
     path = os.path.join(h.SOURCE_DIR, "scripts", "install-deps.sh")
     with open(path) as f:
         text = f.read()
-    block = text.split("# Build:", 1)[1].split("\n    # ", 1)[0]
+    block = text.split("# Build:", 1)[1].split("\n)", 1)[0]
     pkgs = []
     for line in block.splitlines()[1:]:
         word = line.split("#", 1)[0].strip()
@@ -367,9 +367,11 @@ def check_dockerfile(run):
         # The install rules the image relies on.
         with open(os.path.join(h.SOURCE_DIR, "CMakeLists.txt")) as f:
             cm = f.read()
-        expect("install(TARGETS content-cache DESTINATION bin)" in cm, "binary install rule")
-        expect("DESTINATION share/content-cache/policies" in cm, "policies install rule")
-        expect("CC_POLICY_INSTALL_DIR=\"${CMAKE_INSTALL_PREFIX}/share/content-cache/policies\""
+        expect("install(TARGETS content-cache DESTINATION ${CMAKE_INSTALL_BINDIR})" in cm,
+               "binary install rule")
+        expect("DESTINATION ${CMAKE_INSTALL_DATADIR}/content-cache/policies" in cm,
+               "policies install rule")
+        expect("set(CC_POLICY_INSTALL_DIR ${CMAKE_INSTALL_FULL_DATADIR}/content-cache/policies)"
                in cm, "the binary looks for its policies under the install prefix")
         info["build"] = [p for i, a in st[0][1] if i == "RUN" for p in apt_packages(a)]
         info["runtime"] = [p for i, a in st[1][1] if i == "RUN" for p in apt_packages(a)]
@@ -553,6 +555,67 @@ def check_client_configs(run):
     run.check("docker/daemon.json parses and names the cache in registry-mirrors", daemon_json)
 
 
+def check_install(run, work):
+    """`cmake --install` of the build under test into a prefix of the test's own: the
+    binary, the built-in policies, the systemd unit and the examples land in their places,
+    and the binary reads the installed policies, never the source tree's."""
+    build_dir = os.path.dirname(os.path.abspath(h.binary_path()))
+    prefix = work.sub("prefix")
+    files = {
+        "bin/content-cache": "the binary",
+        "share/content-cache/policies/default.lua": "the built-in policies",
+        "lib/systemd/system/content-cache.service": "the systemd unit",
+        "share/doc/content-cache/examples/config.yml": "the document's config",
+        "share/doc/content-cache/examples/chain/edge.yml": "the chain example",
+        "share/doc/content-cache/README.md": "the README (the unit's Documentation=)",
+    }
+
+    def installed():
+        cp = subprocess.run(["cmake", "--install", build_dir, "--prefix", prefix],
+                            capture_output=True, text=True, timeout=120)
+        expect(cp.returncode == 0, "cmake --install failed: %s" % (cp.stdout + cp.stderr))
+        for rel, what in files.items():
+            expect(os.path.isfile(os.path.join(prefix, rel)), "%s is not at %s" % (what, rel))
+        with open(os.path.join(prefix, "lib/systemd/system/content-cache.service")) as f:
+            unit = f.read()
+        expect(re.search(r"^ExecStart=/\S+/bin/content-cache /etc/content-cache/config.yml$",
+                         unit, re.M), "the installed unit's ExecStart")
+
+    if run.check("cmake --install puts the binary, policies, unit and examples in place",
+                 installed) is None:
+        return
+
+    def reads_installed_policies():
+        binary = os.path.join(prefix, "bin", "content-cache")
+        config = os.path.join(work.path, "install-check.yml")
+        with open(config, "w") as f:
+            f.write("version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+                    "middleware:\n  registry:\n    - name: downstream\n      options:\n"
+                    "        upstreams:\n          - originhost: http://127.0.0.1:5000\n"
+                    % work.sub("install-root"))
+        env = {k: v for k, v in os.environ.items()
+               if k != "CONTENT_CACHE_BUILTIN_POLICIES" and not k.startswith("REGISTRY_")}
+        cp = subprocess.run([binary, "--check", config], capture_output=True, text=True,
+                            timeout=30, env=env, stdin=subprocess.DEVNULL)
+        out = cp.stdout + cp.stderr
+        expect(h.SOURCE_DIR + "/policies" not in out,
+               "the installed binary looked into the source tree:\n" + out)
+        if cp.returncode != 0:
+            # Not installed under the configured prefix on this machine: the error names
+            # that directory (and only it).
+            expect("no default.lua in /" in out and "/share/content-cache/policies" in out,
+                   "the error names the installed policies' directory:\n" + out)
+        env["CONTENT_CACHE_BUILTIN_POLICIES"] = os.path.join(
+            prefix, "share", "content-cache", "policies")
+        cp = subprocess.run([binary, "--check", config], capture_output=True, text=True,
+                            timeout=30, env=env, stdin=subprocess.DEVNULL)
+        expect(cp.returncode == 0, "--check with the installed policies named: %s"
+               % (cp.stdout + cp.stderr))
+
+    run.check("the installed binary reads the installed policies, not the source tree's",
+              reads_installed_policies)
+
+
 def body(run):
     work = run.work
     pki = make_pki(work.sub("pki"))
@@ -561,6 +624,7 @@ def body(run):
     check_dockerfile(run)
     check_unit(run, work)
     check_client_configs(run)
+    check_install(run, work)
     run_examples(run, work, rw, pki)
 
 

@@ -8,6 +8,7 @@ Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_metrics_health.p
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -134,6 +135,36 @@ def body(run):
         cache.stop()
         if mounted:
             subprocess.run(["umount", "-l", storage], capture_output=True)
+
+    # A storage root of ~1,000 characters (one of them a double quote) that stops being
+    # writable: the health body names it whole, escaped, in JSON that parses (the body was
+    # once built in a 1 KiB stack buffer that such a root overran).
+    long_root = os.path.join(work.path, *(['d"' + "x" * 200] * 5))
+    os.makedirs(long_root)
+    dport = h.free_port()
+    debug_yaml = "  debug:\n    addr: 127.0.0.1:%d\n" % dport
+    long_cache = DebugCache(work, [origin], storage=long_root, name="long-root")
+    run.caches.append(long_cache)
+    try:
+        long_cache.start()
+        h.wait_until(lambda: h.port_open(dport), 10, "the debug server")
+
+        def long_root_health():
+            tmp = long_cache.tmp_dir
+            shutil.rmtree(tmp)
+            with open(tmp, "w") as f:
+                f.write("not a directory")
+            r = h.request(dport, "GET", "/debug/health")
+            expect_eq(r.status, 503, "health with an unwritable %d-character root: %r"
+                      % (len(long_root), r))
+            doc = json.loads(r.body)
+            expect(long_root in doc["storage"], "the reason names the whole root: %r" % doc)
+            expect_eq(doc["status"], "unhealthy", "status")
+
+        run.check("/debug/health: a ~1,000-character root with a quote, unwritable: 503 with "
+                  "valid JSON naming it", long_root_health)
+    finally:
+        long_cache.stop()
 
 
 if __name__ == "__main__":

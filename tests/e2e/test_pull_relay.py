@@ -411,7 +411,7 @@ def body(run):
 
     def no_bytes_without_credentials():
         # The layers were just pulled with credentials: a client without them, or with
-        # wrong ones, must still get none of their bytes (docs/DESIGN.md, Authorization).
+        # wrong ones, must still get none of their bytes (README.md, Access control).
         for headers in ({}, wrong):
             for method in ("GET", "HEAD"):
                 r = h.request(auth_cache.port, method,

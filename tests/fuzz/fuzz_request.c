@@ -297,7 +297,7 @@ static void setup(void)
         blob_service_set_ttl(h.blobs[i], 3600);
         /* Setups 1 and 2 choose upstreams with the default Lua policy, 0 with the C one. */
         if (i > 0) {
-            if (policy_engine_new(h.cfg[i], NULL, &h.policy[i], err, sizeof(err)) != 0)
+            if (policy_engine_new(h.cfg[i], CC_POLICY_DIR, &h.policy[i], err, sizeof(err)) != 0)
                 HARNESS_FAIL(err);
             upstreams_set_policy(h.upstreams[i], h.policy[i]);
         }

@@ -69,7 +69,7 @@ static struct policy_engine *engine_with(struct config *cfg, const char *dropin)
     int rc;
 
     cfg->policydir = dropin ? (char *)fixture(dropin) : NULL;
-    rc = policy_engine_new(cfg, NULL, &pe, err, sizeof err);
+    rc = policy_engine_new(cfg, CC_POLICY_DIR, &pe, err, sizeof err);
     cfg->policydir = NULL;
     CHECK_INT(rc, 0);
     if (rc != 0) {
@@ -617,14 +617,14 @@ static void test_broken_files_do_not_load(void)
 
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         cfg.policydir = (char *)fixture(cases[i].dir);
-        CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), -EINVAL);
+        CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), -EINVAL);
         CHECK(pe == NULL);
         CHECK_CONTAINS(err, cases[i].where);
         CHECK_CONTAINS(err, cases[i].what);
         CHECK(strchr(err, '\n') == NULL);
     }
     cfg.policydir = (char *)fixture("no-such-dir");
-    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), -ENOENT);
+    CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), -ENOENT);
     CHECK_CONTAINS(err, "no-such-dir");
     cfg.policydir = NULL;
     CHECK_INT(policy_engine_new(&cfg, "/nonexistent", &pe, err, sizeof err), -ENOENT);
@@ -675,7 +675,7 @@ static void test_reload_swaps_only_good_states(void)
     CHECK(mkdtemp(dir) != NULL);
     write_file(dir, "10-ttl.lua", "return { blob_ttl = function() return 1 end }\n");
     cfg.policydir = dir;
-    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), 0);
     cfg.policydir = NULL;
     if (pe == NULL) return;
     CHECK(ttl_now(pe) == 1);
@@ -758,7 +758,7 @@ static void test_script_log_is_rate_limited(void)
                "  cache.log('loud', 'x')\n"
                "end }\n");
     cfg.policydir = dir;
-    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), 0);
     cfg.policydir = NULL;
     if (pe == NULL) return;
     policy_engine_set_clock(pe, fake_clock, &fake_now);
