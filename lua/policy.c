@@ -563,7 +563,7 @@ static int format_push(lua_State *L, struct hook_call *call)
 {
     const struct log_access_entry *e = ((struct format_call *)call)->entry;
 
-    lua_createtable(L, 0, 13);
+    lua_createtable(L, 0, 14);
     if (e->time > 0) set_number(L, "time", e->time);
     set_string(L, "method", e->method);
     set_string(L, "uri", e->uri);
@@ -580,6 +580,7 @@ static int format_push(lua_State *L, struct hook_call *call)
     set_string(L, "upstream", e->upstream);
     set_string(L, "remote_addr", e->remote_addr);
     set_string(L, "user_agent", e->user_agent);
+    if (e->incomplete) set_string(L, "incomplete", "true");
     set_string(L, "error", e->error);
     return 1;
 }

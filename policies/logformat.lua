@@ -264,6 +264,7 @@ function M.pairs(entry)
     add("http.response.duration", entry.duration_ms and M.duration(entry.duration_ms))
     add("cache", entry.cache)
     add("upstream", entry.upstream)
+    add("incomplete", entry.incomplete)
     add("error", entry.error)
     return list
 end
@@ -293,7 +294,8 @@ end
 
 -- format_log(entry) -> the line
 -- entry: {time, method, uri, repository, digest, status, bytes, duration_ms, cache,
--- upstream, remote_addr, user_agent, error}, any of them possibly nil.
+-- upstream, remote_addr, user_agent, incomplete ("true" when the response was cut
+-- short), error}, any of them possibly nil.
 function M.format_log(entry)
     local list = M.pairs(entry)
     if json_wanted() then

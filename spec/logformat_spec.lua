@@ -82,6 +82,14 @@ describe("logformat", function()
             assert.equals("miss", logfmt.get(parsed, "cache"))
         end)
 
+        it("says incomplete=true before the error of a response cut short", function()
+            local entry = sample()
+            entry.status, entry.incomplete, entry.error = 200, "true", "digest mismatch"
+            local line = logformat.format_log(entry)
+            assert.truthy(line:find(' incomplete=true error="digest mismatch"$'))
+            assert.falsy(logformat.format_log(sample()):find("incomplete", 1, true))
+        end)
+
         it("puts the config's log.fields after msg, renaming time, level and msg", function()
             fake_cache.install({ fields = {
                 { key = "environment", value = "staging" },

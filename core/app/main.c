@@ -195,14 +195,17 @@ static int run_check(const char *path)
     }
     for (size_t i = 0; i < cfg->n_cas; i++)
         printf("upstream CA:   %s\n", cfg->cas[i]);
-    char tc_s[64], tp_s[64];
+    char tc_s[64], tp_s[64], th_s[64];
     unsigned connect_ms =
         cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;
     unsigned progress_ms =
         cfg->upstream_progress_ms ? cfg->upstream_progress_ms : UPSTREAM_DEFAULT_IO_MS;
+    unsigned head_ms = cfg->upstream_head_ms ? cfg->upstream_head_ms : UPSTREAM_DEFAULT_HEAD_MS;
     format_duration((uint64_t)connect_ms * 1000000ULL, tc_s, sizeof(tc_s));
     format_duration((uint64_t)progress_ms * 1000000ULL, tp_s, sizeof(tp_s));
-    printf("upstream:      connect timeout %s, no-progress timeout %s\n", tc_s, tp_s);
+    format_duration((uint64_t)head_ms * 1000000ULL, th_s, sizeof(th_s));
+    printf("upstream:      connect timeout %s, no-progress timeout %s, response head within %s\n",
+           tc_s, tp_s, th_s);
     if (cfg->has_budget)
         printf("disk budget:   %llu bytes (evict from %u%% down to %u%%)\n",
                (unsigned long long)cfg->budget_bytes, cfg->budget_high_pct, cfg->budget_low_pct);
@@ -513,7 +516,8 @@ static int run_serve(const char *path)
     app.loop = uv_default_loop();
     /* https upstreams: the system's CAs and the config's cas. */
     struct upstream_pool_opts pool_opts = {.connect_timeout_ms = app.cfg->upstream_connect_ms,
-                                           .io_timeout_ms = app.cfg->upstream_progress_ms};
+                                           .io_timeout_ms = app.cfg->upstream_progress_ms,
+                                           .head_timeout_ms = app.cfg->upstream_head_ms};
     if (tls_client_config_new((const char *const *)app.cfg->cas, app.cfg->n_cas, true,
                               &pool_opts.tls, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, "cas: %s", err);

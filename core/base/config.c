@@ -958,8 +958,8 @@ static int walk_diskbudget(struct ctx *ctx, const struct ynode *value, const cha
 }
 
 /*
- * upstreamtimeouts: {connect, progress}: our extension. Durations as blobttl, from 1ms
- * to 1h; unset ones keep their defaults (10s and 30s).
+ * upstreamtimeouts: {connect, progress, head}: our extension. Durations as blobttl, from
+ * 1ms to 1h; unset ones keep their defaults (10s, 30s and 60s).
  */
 static int walk_upstreamtimeouts(struct ctx *ctx, const struct ynode *value, const char *path)
 {
@@ -967,7 +967,7 @@ static int walk_upstreamtimeouts(struct ctx *ctx, const struct ynode *value, con
     char q[128], child[PATH_LEN];
     if (is_null(value)) return 0;
     if (value->kind != YN_MAP)
-        return fail_node(ctx, value, path, "expected a map with connect and progress, got %s",
+        return fail_node(ctx, value, path, "expected a map with connect, progress and head, got %s",
                          got(value, q, sizeof(q)));
     int rc = check_map(ctx, value, path);
     for (size_t i = 0; rc == 0 && i + 1 < value->n_items; i += 2) {
@@ -975,6 +975,7 @@ static int walk_upstreamtimeouts(struct ctx *ctx, const struct ynode *value, con
         path_key(child, path, key->text);
         unsigned *slot = strcmp(key->text, "connect") == 0    ? &cfg->upstream_connect_ms
                          : strcmp(key->text, "progress") == 0 ? &cfg->upstream_progress_ms
+                         : strcmp(key->text, "head") == 0     ? &cfg->upstream_head_ms
                                                               : NULL;
         if (slot == NULL) {
             warn_unknown(ctx, key, child);

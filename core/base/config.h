@@ -88,6 +88,7 @@ struct config {
     unsigned budget_low_pct;       /* diskbudget.lowwatermark, default 80 */
     unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
     unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
+    unsigned upstream_head_ms;     /* upstreamtimeouts.head: to the final head; 0: 60 s */
 
     char **warnings; /* "file:line: key.path: not used by content-cache (ignored)",
                         "REGISTRY_X: environment variable not used ..." and the like;

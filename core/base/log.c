@@ -529,6 +529,7 @@ size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap
     }
     access_str(&w, "cache", e->cache);
     access_str(&w, "upstream", e->upstream);
+    access_str(&w, "incomplete", e->incomplete ? "true" : NULL);
     access_str(&w, "error", e->error);
     if (w.json) put_raw(buf, cap, &w.pos, "}", 1);
     buf[w.pos] = '\0';

@@ -77,6 +77,7 @@ struct log_access_entry {
     const char *upstream;    /* base URL that answered, or NULL */
     const char *remote_addr; /* "ip:port" */
     const char *user_agent;
+    bool incomplete;   /* the response was cut short (closed before its end): incomplete=true */
     const char *error; /* a short sentence, or NULL */
 };
 

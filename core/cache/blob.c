@@ -505,7 +505,7 @@ static void on_progress(struct fetch_waiter *w)
             return;
         }
         r->waiting_size = false;
-        serve(r, fetch_size(r->fetch));
+        serve(r, fetch_size(r->fetch)); /* (may wait again: an HTTP/1.0 client, no size) */
         return;
     }
     pump(r);
@@ -534,6 +534,9 @@ static void pump(struct blob_req *r)
     }
     uint64_t avail = f != NULL ? fetch_readable(f) : r->end;
     if (avail > r->end) avail = r->end;
+    /* No response completes before the digest matched, whatever its range: its own last
+     * byte waits for the verification (the fetch holds back only the blob's last byte). */
+    if (f != NULL && !fetch_complete(f) && r->end != UINT64_MAX && avail == r->end) avail--;
     if (r->pos >= avail) {
         if (f != NULL && fetch_head_seen(f) && r->end != UINT64_MAX &&
             r->end - r->pos >= BLOB_EARLY_HEAD_MIN && !http_exchange_head_sent(r->x)) {
@@ -578,6 +581,14 @@ static void pump(struct blob_req *r)
 /* Decides status and range against the blob's size, then starts pumping. */
 static void serve(struct blob_req *r, int64_t size)
 {
+    if (size < 0 && r->fetch != NULL && !http_req_can_chunk(r->x) &&
+        fetch_state(r->fetch) == FETCH_RUNNING && !fetch_complete(r->fetch)) {
+        /* An HTTP/1.0 client would take a body that broke off for a whole one: it gets
+         * the blob once it is verified, with its length (on_progress comes back). */
+        r->waiting_size = true;
+        fetch_wait(r->fetch, &r->waiter);
+        return;
+    }
     r->status = 200;
     r->pos = 0;
     r->end = size >= 0 ? (uint64_t)size : UINT64_MAX;

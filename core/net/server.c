@@ -1230,6 +1230,7 @@ static void access_log(struct http_exchange *x)
         .upstream = x->log_upstream,
         .remote_addr = x->conn->remote,
         .user_agent = uah != NULL ? ua : NULL,
+        .incomplete = x->abort_requested || x->gone,
         .error = x->log_error                      ? x->log_error
                  : (x->abort_requested || x->gone) ? "response not completed"
                                                    : NULL,
@@ -1284,6 +1285,11 @@ const char *http_req_method(const struct http_exchange *x)
 bool http_req_is_head(const struct http_exchange *x)
 {
     return x->method == HTTP_HEAD;
+}
+
+bool http_req_can_chunk(const struct http_exchange *x)
+{
+    return x->http_minor >= 1;
 }
 
 bool http_req_is_get(const struct http_exchange *x)

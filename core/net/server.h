@@ -89,6 +89,10 @@ void http_server_render_metrics(const void *srv, struct textbuf *out);
 const char *http_req_method(const struct http_exchange *x); /* "GET", "HEAD", ... */
 bool http_req_is_head(const struct http_exchange *x);
 bool http_req_is_get(const struct http_exchange *x);
+/* True for HTTP/1.1 clients: a response of unknown length is chunked, so its end is
+ * marked. An HTTP/1.0 client's ends with the connection, and a body that broke off
+ * looks whole to it. */
+bool http_req_can_chunk(const struct http_exchange *x);
 /* The path (before '?'), as sent; not NUL-terminated: use the length. */
 const char *http_req_path(const struct http_exchange *x, size_t *len);
 /* The query after '?' without it, or NULL. */

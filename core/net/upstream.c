@@ -150,8 +150,10 @@ struct upstream_req {
     bool conn_reused;
     bool retried;
     bool got_bytes;
-    bool informational; /* the response being parsed is a 1xx */
-    bool head_done;     /* on_head was called */
+    bool informational;        /* the response being parsed is a 1xx */
+    int interim;               /* 1xx responses of this exchange so far */
+    uint64_t head_deadline_ns; /* uv_hrtime by which the final head must have come */
+    bool head_done;            /* on_head was called */
     bool redirect_pending;
     bool message_complete;
     bool keep_alive;
@@ -805,11 +807,27 @@ static void conn_close(struct conn *c)
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
 }
 
-/* Starts the no-progress timer, when a request reads this connection unpaused. */
+/* True when the request's final head is overdue. */
+static bool head_overdue(const struct upstream_req *r)
+{
+    return !r->head_done && r->head_deadline_ns != 0 && uv_hrtime() >= r->head_deadline_ns;
+}
+
+/*
+ * Starts the no-progress timer, when a request reads this connection unpaused; before
+ * the final head it fires by the head deadline at the latest.
+ */
 static void io_timer_restart(struct conn *c)
 {
     if (c->state != CONN_ACTIVE || c->req == NULL || c->req->paused || c->kick) return;
-    uv_timer_start(&c->timer, on_timer, c->pool->opts.io_timeout_ms, 0);
+    uint64_t ms = c->pool->opts.io_timeout_ms;
+    const struct upstream_req *r = c->req;
+    if (!r->head_done && r->head_deadline_ns != 0) {
+        uint64_t now = uv_hrtime();
+        uint64_t left = r->head_deadline_ns > now ? (r->head_deadline_ns - now) / 1000000u + 1 : 0;
+        if (left < ms) ms = left;
+    }
+    uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 /* Reads the socket again and restarts the no-progress timer. */
@@ -1151,6 +1169,12 @@ static int on_headers_complete(llhttp_t *p)
                           r->hostport);
             return -1;
         }
+        if (++r->interim > UPSTREAM_MAX_INTERIM) {
+            r->parse_err = UV_EPROTO;
+            req_set_error(r, "%s: more than %d interim (1xx) responses", r->hostport,
+                          UPSTREAM_MAX_INTERIM);
+            return -1;
+        }
         r->informational = true;
         return 0;
     }
@@ -1253,6 +1277,8 @@ static void exchange_reset(struct upstream_req *r)
     r->parser.data = r;
     r->got_bytes = false;
     r->informational = false;
+    r->interim = 0;
+    r->head_deadline_ns = 0;
     r->head_done = false;
     r->redirect_pending = false;
     r->message_complete = false;
@@ -1304,6 +1330,7 @@ static int exchange_send(struct upstream_req *r)
     if (head == NULL) return UV_ENOMEM;
     int err = transport_write(c, head, len);
     if (err != 0) return err;
+    r->head_deadline_ns = uv_hrtime() + (uint64_t)c->pool->opts.head_timeout_ms * 1000000u;
     if (!r->paused) return conn_listen(c);
     return 0;
 }
@@ -1570,6 +1597,10 @@ static void on_timer(uv_timer_t *t)
         conn_continue(c);
     } else if (r->redirect_pending) {
         exchange_done(r); /* the redirect's body stalled: follow it anyway */
+    } else if (head_overdue(r)) {
+        req_fail(r, UV_ETIMEDOUT, "%s: no final response head within %s%s", r->hostport,
+                 format_ms(c->pool->opts.head_timeout_ms, dur, sizeof(dur)),
+                 r->interim > 0 ? " (interim responses kept coming)" : "");
     } else if (!r->head_done) {
         req_fail(r, UV_ETIMEDOUT, "%s: no response within %s", r->hostport,
                  format_ms(c->pool->opts.io_timeout_ms, dur, sizeof(dur)));
@@ -1591,6 +1622,7 @@ struct upstream_pool *upstream_pool_new(uv_loop_t *loop, const struct upstream_p
     if (pool->opts.connect_timeout_ms == 0)
         pool->opts.connect_timeout_ms = UPSTREAM_DEFAULT_CONNECT_MS;
     if (pool->opts.io_timeout_ms == 0) pool->opts.io_timeout_ms = UPSTREAM_DEFAULT_IO_MS;
+    if (pool->opts.head_timeout_ms == 0) pool->opts.head_timeout_ms = UPSTREAM_DEFAULT_HEAD_MS;
     if (pool->opts.idle_timeout_ms == 0) pool->opts.idle_timeout_ms = 30000;
     if (pool->opts.max_idle_per_host == 0) pool->opts.max_idle_per_host = 16;
     tls_config_ref(pool->opts.tls);

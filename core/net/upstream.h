@@ -7,7 +7,10 @@
  * (connect timeout). The response is parsed with llhttp; its body is handed over as it
  * arrives, and the consumer paces it with upstream_pause/upstream_resume (the socket
  * is not read while paused). A request that makes no progress (no byte in either
- * direction while not paused) for io_timeout_ms fails with UV_ETIMEDOUT.
+ * direction while not paused) for io_timeout_ms fails with UV_ETIMEDOUT, and so does one
+ * whose final response head has not come head_timeout_ms after the request was sent
+ * (bytes that trickle in, interim responses, do not stretch it). More than
+ * UPSTREAM_MAX_INTERIM interim (1xx) responses fail it with UV_EPROTO.
  *
  * https needs the pool's TLS config (a tls.h client config): the server's certificate
  * must chain to a trusted CA and name the URL's host (a DNS name is also sent as SNI;
@@ -55,10 +58,15 @@ struct upstream_req;
 /* A field left 0 takes its default. */
 #define UPSTREAM_DEFAULT_CONNECT_MS 10000 /* resolving, connecting, the TLS handshake */
 #define UPSTREAM_DEFAULT_IO_MS 30000      /* no progress for this long fails a request */
+#define UPSTREAM_DEFAULT_HEAD_MS 60000    /* the final response head must come within this */
+/* Interim (1xx) responses allowed before the final one: more fail the request. */
+#define UPSTREAM_MAX_INTERIM 8
 
 struct upstream_pool_opts {
     unsigned connect_timeout_ms; /* 0: UPSTREAM_DEFAULT_CONNECT_MS */
     unsigned io_timeout_ms;      /* 0: UPSTREAM_DEFAULT_IO_MS */
+    unsigned head_timeout_ms;    /* 0: UPSTREAM_DEFAULT_HEAD_MS: from the request sent to its
+                                    final response head, whatever trickles in meanwhile */
     unsigned idle_timeout_ms;    /* default 30000: an idle pooled connection is closed */
     unsigned max_idle_per_host;  /* default 16 */
     struct tls_config *tls;      /* client config for https (the pool takes its own

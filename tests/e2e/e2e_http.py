@@ -216,7 +216,7 @@ class Body:
 
 
 def get_body(port, path, method="GET", headers=None, host="127.0.0.1", timeout=HTTP_TIMEOUT,
-             keep=False, keep_small=65536, chunk=1 << 20, on_first_byte=None):
+             keep=False, keep_small=65536, chunk=1 << 20, on_first_byte=None, http10=False):
     """One request on a new connection; the body is read as it arrives (whatever one
     recv gives, up to `chunk`) and hashed, so a 200 MB blob costs no memory. Never
     raises for what the server does (an early close, a reset, a stall past `timeout`):
@@ -224,11 +224,14 @@ def get_body(port, path, method="GET", headers=None, host="127.0.0.1", timeout=H
     arrived whole. The body is kept in Body.data when `keep`, or when it is at most
     `keep_small` bytes (error bodies). on_first_byte(body), if given, is called as soon
     as the first bytes of the body have arrived (e.g. to look at the server's state at
-    that moment)."""
+    that moment). http10 sends the request as HTTP/1.0 (a body of unknown length then ends
+    with the connection, and counts as complete)."""
     b = Body()
     h = hashlib.sha256()
     kept = []
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    if http10:
+        conn._http_vsn, conn._http_vsn_str = 10, "HTTP/1.0"
     b.started = time.monotonic()
     try:
         conn.request(method, path, headers=headers or {})

@@ -84,6 +84,9 @@ FAULTS = {
     "endless": "200, chunked, bytes without end (HEAD: as `head` says; the body ends with "
                "a reset once `hold` seconds or ENDLESS_CAP bytes have passed)",
     "redirect_loop": "302 Found with Location: the same URL",
+    "continue_forever": "100 Continue every 2 s and never a final answer (until `hold`)",
+    "continue_flood": "20 interim responses (100 Continue, 102 Processing) in a row, then "
+                      "the honest answer",
 }
 HEAD_MODES = ("honest", "unsized") + tuple(FAULTS)
 HOLD = 120.0                   # seconds a stalled or endless response is held at most
@@ -370,6 +373,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if mode == "garbage_status":
             self.wfile.write(b"SSH-2.0-OpenSSH_9.2p1 not-http\r\n\r\n")
             return self._drop(reset=False)
+        if mode == "continue_forever":
+            return self._continue_forever(hold)
+        if mode == "continue_flood":
+            for i in range(20):
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n" if i % 2 == 0
+                                 else b"HTTP/1.1 102 Processing\r\n\r\n")
+            mode = "honest"
         if mode == "redirect_loop":
             head = ("HTTP/1.1 302 Found\r\nLocation: %s\r\nContent-Length: 0\r\n"
                     "Docker-Distribution-Api-Version: registry/2.0\r\n\r\n" % self.path)
@@ -422,6 +432,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._write(piece, chunked=True)
             sent += len(piece)
             pacer.sent_bytes(len(piece))
+        self._drop(reset=True)
+
+    def _continue_forever(self, hold):
+        """An interim response every 2 s (within any no-progress timeout a test sets), never
+        a final one, until the peer goes or `hold` seconds pass; then a reset."""
+        deadline = time.monotonic() + hold
+        while time.monotonic() < deadline:
+            try:
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.flush()
+            except OSError:
+                break
+            time.sleep(2.0)
         self._drop(reset=True)
 
     def _hold(self, hold):

@@ -214,6 +214,67 @@ def body(run):
     run.check("an honest upstream that gives no size (HEAD without Content-Length, chunked "
               "GET): right bytes for 2 clients, stored", unsized_honest)
 
+    # A response completes only after the digest matched, whatever its range and whatever
+    # the client's HTTP version (the fetch holds back only the blob's last byte, so a
+    # range ending before it, or an HTTP/1.0 body that ends with the connection, could
+    # complete with bytes of a blob that turns out wrong).
+    range_path, range_d = write_blob(work, "range.bin", LIE_SIZE, 13)
+    range_uri = blob_uri(range_d)
+
+    def range_on_a_lie():
+        fake.set_blob(range_d, range_path, mode="wrong", rate=LIE_RATE)
+        lines_before = len(access(cache, "GET", range_uri))
+        bound = (LIE_SIZE / LIE_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
+        b = h.get_body(cache.port, range_uri, headers={"Range": "bytes=0-99"}, timeout=bound)
+        h.log("  Range bytes=0-99 of a wrong blob: %r" % b)
+        expect(not (b.status == 206 and b.complete),
+               "a complete 206 before the digest was checked (it did not match): %r" % b)
+        expect_not_stored(cache, range_d, "the wrong blob")
+        h.wait_until(lambda: len(access(cache, "GET", range_uri)) > lines_before,
+                     h.LOG_TIMEOUT, "the access-log line")
+        e = access(cache, "GET", range_uri)[lines_before]
+        expect(e.get("incomplete") == "true" or str(e.get("http.response.status")) != "206",
+               "logged as a clean 206: %s" % e["_line"])
+
+    run.check("Range bytes=0-99 on a miss from a lying upstream: never a complete 206, the "
+              "log says incomplete", range_on_a_lie)
+
+    def range_honest():
+        fake.set_blob(range_d, range_path, mode="honest", rate=LIE_RATE)
+        b = h.get_body(cache.port, range_uri, headers={"Range": "bytes=0-99"}, keep=True)
+        expect_eq(b.status, 206, "status (%r)" % b)
+        expect(b.complete, "incomplete: %r" % b)
+        with open(range_path, "rb") as f:
+            expect_eq(b.data, f.read(100), "the first 100 bytes")
+        expect_stored(cache, range_d, "after the ranged miss")
+
+    run.check("Range bytes=0-99 on a miss from an honest upstream: a complete 206 once the "
+              "blob is verified", range_honest)
+
+    old_path, old_d = write_blob(work, "http10.bin", UNSIZED_SIZE, 14)
+    old_uri = blob_uri(old_d)
+
+    def http10_unsized_lie():
+        fake.set_blob(old_d, old_path, mode="unsized_wrong", rate=LIE_RATE)
+        bound = (UNSIZED_SIZE / LIE_RATE * 3 + h.HTTP_TIMEOUT) * h.SCALE
+        b = h.get_body(cache.port, old_uri, timeout=bound, http10=True)
+        h.log("  HTTP/1.0, a wrong blob of unannounced size: %r" % b)
+        expect_no_wrong_body(b, old_d, "HTTP/1.0 client")
+        expect(b.status is not None and b.status >= 500,
+               "an HTTP/1.0 client of a failed fetch of unknown size gets a clean error: %r" % b)
+        expect_not_stored(cache, old_d, "the wrong blob")
+
+    run.check("HTTP/1.0 client, lying upstream that gives no size: a clean 5xx, never a body "
+              "that only looks whole", http10_unsized_lie)
+
+    def http10_unsized_honest():
+        fake.set_blob(old_d, old_path, mode="unsized", rate=LIE_RATE)
+        b = h.get_body(cache.port, old_uri, http10=True)
+        expect_whole(b, old_d, UNSIZED_SIZE, "HTTP/1.0 client of a blob of unannounced size")
+
+    run.check("HTTP/1.0 client, honest upstream that gives no size: the verified blob with "
+              "its Content-Length", http10_unsized_honest)
+
     # ---- 2. kill -9 in the middle of a fetch --------------------------------------------
     kill_path, kill_d = write_blob(work, "kill.bin", KILL_SIZE, 8)
     kill_uri = blob_uri(kill_d)

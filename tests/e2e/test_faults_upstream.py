@@ -50,6 +50,8 @@ FAULT_RATE = 4e6                  # bytes/s: a mid-body fault comes after the he
 CLIENTS = 2                       # clients joining each faulty fetch
 FAULT_BOUND = 10.0 * h.SCALE      # seconds: the answer to a fault that is not a stall
 UPSTREAM_IO_TIMEOUT = 3.0         # upstreamtimeouts.progress in the cache's config
+UPSTREAM_HEAD_TIMEOUT = 5.0       # upstreamtimeouts.head: the final head within this
+HEAD_BOUND = (UPSTREAM_HEAD_TIMEOUT + 5.0) * h.SCALE
 STALL_BOUND = (UPSTREAM_IO_TIMEOUT + 7.0) * h.SCALE
 REFUSED_BOUND = 5.0 * h.SCALE
 EARLY_HEAD_MIN = 1024 * 1024      # a miss this large sends its head early (core/blob.c)
@@ -108,7 +110,8 @@ def body(run):
     work = run.work
     fake = FakeUpstream(work, name="fake-registry", role="registry").start()
     cache = run.cache([fake.url], extra_downstream_yaml="        upstreamtimeouts:\n"
-                      "          progress: %ds\n" % UPSTREAM_IO_TIMEOUT)
+                      "          progress: %ds\n          head: %ds\n"
+                      % (UPSTREAM_IO_TIMEOUT, UPSTREAM_HEAD_TIMEOUT))
     accept = {"Accept": h.OCI_MANIFEST}
 
     hit_path, hit_d = fresh_blob(work, HIT_SIZE, "hit")
@@ -392,6 +395,54 @@ def body(run):
         still_serves("stalls")
 
     run.check("after the stalls: nothing stored, serves on", stalls_left_nothing)
+
+    # ---- 5b. Interim responses: a trickle that never ends, a flood ---------------------
+    trickle_path, trickle_d = fresh_blob(work, FAULT_SIZE, "trickle")
+    flood_path, flood_d = fresh_blob(work, FAULT_SIZE, "flood")
+    trickle_manifest = manifest_bytes("trickle", hit_d)
+    trickle_manifest_path = work.sub("manifest-trickle.json")
+    with open(trickle_manifest_path, "wb") as f:
+        f.write(trickle_manifest)
+
+    def interim_trickle():
+        # Every 2 s a 100 Continue: each restarts the no-progress timer (3 s), and 3 of them
+        # stay under the interim limit, so only the deadline to the final head ends it.
+        fake.set_blob(trickle_d, trickle_path, mode="honest", head="continue_forever",
+                      hold=HEAD_BOUND * 2)
+        fake.set_manifest(REPO, "trickle", trickle_manifest_path, mode="continue_forever",
+                          hold=HEAD_BOUND * 2)
+        t = HEAD_BOUND + 10
+        bodies = parallel([
+            lambda: h.get_body(cache.port, blob_uri(REPO, trickle_d), timeout=t),
+            lambda: h.get_body(cache.port, "/v2/%s/manifests/trickle" % REPO, headers=accept,
+                               timeout=t)], timeout=t + 20)
+        for name, b in zip(("blob (its HEAD trickles)", "manifest"), bodies):
+            h.log("  %s: %s after %.1f s" % (name, summary([b]), b.t_end))
+            expect_ended_by_cache(b, HEAD_BOUND, name)
+            expect(b.t_end >= UPSTREAM_HEAD_TIMEOUT - 0.2,
+                   "%s: ended after %.1f s, before the head deadline" % (name, b.t_end))
+            expect_error_status(b, name)
+        lines = stderr_lines(cache, "no final response head within %ds" % UPSTREAM_HEAD_TIMEOUT)
+        expect(len(lines) >= 2, "no log line names the head deadline:\n" +
+               h.tail(cache.stderr_path))
+        expect_not_stored(cache, trickle_d, "interim trickle")
+
+    run.check("an upstream that sends 100 Continue every 2 s forever: a clean 5xx at the "
+              "head deadline (%ds), blob and manifest" % UPSTREAM_HEAD_TIMEOUT, interim_trickle)
+
+    def interim_flood():
+        fake.set_blob(flood_d, flood_path, mode="continue_flood")
+        b = h.get_body(cache.port, blob_uri(REPO, flood_d), timeout=FAULT_BOUND + 10)
+        h.log("  20 interim responses: %s after %.1f s" % (summary([b]), b.t_end))
+        expect_ended_by_cache(b, FAULT_BOUND, "interim flood")
+        expect_error_status(b, "interim flood")
+        expect(stderr_lines(cache, "more than 8 interim (1xx) responses"),
+               "no log line names the interim responses:\n" + h.tail(cache.stderr_path))
+        expect_not_stored(cache, flood_d, "interim flood")
+        still_serves("interim responses")
+
+    run.check("an upstream that sends 20 interim responses before its answer: a clean 5xx, "
+              "the log names them", interim_flood)
 
     # ---- 6. The upstream refuses connections ----------------------------------------
     refused_path, refused_d = fresh_blob(work, FAULT_SIZE, "refused")

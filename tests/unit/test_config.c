@@ -575,7 +575,8 @@ static void test_diskbudget_and_timeouts(void)
                                                  "            highwatermark: 95\n"
                                                  "          upstreamtimeouts:\n"
                                                  "            connect: 2s\n"
-                                                 "            progress: 1500ms\n");
+                                                 "            progress: 1500ms\n"
+                                                 "            head: 45s\n");
     CHECK(cfg != NULL);
     if (cfg != NULL) {
         CHECK(cfg->has_budget);
@@ -584,6 +585,7 @@ static void test_diskbudget_and_timeouts(void)
         CHECK_INT(cfg->budget_low_pct, 80);
         CHECK_INT(cfg->upstream_connect_ms, 2000);
         CHECK_INT(cfg->upstream_progress_ms, 1500);
+        CHECK_INT(cfg->upstream_head_ms, 45000);
     }
     config_free(cfg);
     cfg = parse_ok(HEAD UPSTREAMS "          upstreamtimeouts:\n"
@@ -593,6 +595,7 @@ static void test_diskbudget_and_timeouts(void)
     if (cfg != NULL) {
         CHECK_INT(cfg->upstream_connect_ms, 0); /* unset: the pool's default */
         CHECK_INT(cfg->upstream_progress_ms, 3600000);
+        CHECK_INT(cfg->upstream_head_ms, 0); /* unset: the pool's default */
         CHECK(has_warning(cfg, "upstreamtimeouts.retries"));
         CHECK(!cfg->has_budget);
     }
@@ -603,13 +606,16 @@ static void test_diskbudget_and_timeouts(void)
     CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            progress: 2h\n",
                 "config.yml:16:23: middleware.registry[0].options.upstreamtimeouts.progress: ",
                 "from 1ms to 1h, got \"2h\""));
+    CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            head: 0s\n",
+                "config.yml:16:19: middleware.registry[0].options.upstreamtimeouts.head: ",
+                "from 1ms to 1h"));
     CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            connect: 999us\n",
                 "config.yml:16:22: ", "from 1ms to 1h"));
     CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts:\n            connect: 1.5s\n",
                 "config.yml:16:22: ", DURATION_EXPECTED));
     CHECK(fails(HEAD UPSTREAMS "          upstreamtimeouts: 10s\n",
                 "config.yml:15:29: middleware.registry[0].options.upstreamtimeouts: ",
-                "expected a map with connect and progress"));
+                "expected a map with connect, progress and head"));
     CHECK(fails(HEAD UPSTREAMS "          diskbudget:\n            highwatermark: 90\n",
                 "config.yml:16:13: middleware.registry[0].options.diskbudget.maxsize: ",
                 "is required in diskbudget"));

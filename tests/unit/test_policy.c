@@ -341,6 +341,7 @@ static void test_format_log_c_twin(void)
         for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
             e.user_agent = hostile[i];
             e.error = i % 2 ? hostile[i] : NULL;
+            e.incomplete = i % 5 == 1;
             e.cache = i % 3 ? "miss" : NULL;
             e.duration_ms = durations[i % (sizeof durations / sizeof durations[0])];
             e.status = i % 4 ? 200 : 0;
