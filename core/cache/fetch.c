@@ -658,9 +658,7 @@ static void poll_work_cb(uv_work_t *w)
  */
 static const char *poll_unaccountable(const struct fetch *f, char *buf, size_t len)
 {
-    if (f->poll_err != 0)
-        snprintf(buf, len, "cannot be checked (%s)", strerror(-f->poll_err));
-    else if ((uint64_t)f->poll_size < f->written)
+    if ((uint64_t)f->poll_size < f->written)
         snprintf(buf, len, "shrank from %llu to %lld bytes", (unsigned long long)f->written,
                  (long long)f->poll_size);
     else if (f->size >= 0 && f->poll_size > f->size)
@@ -689,7 +687,10 @@ static void poll_done(uv_work_t *w, int status)
         fetch_unref(f);
         return;
     }
-    if (poll_unaccountable(f, why, sizeof(why)) != NULL) {
+    if (f->poll_err != 0) {
+        /* Over NFS, ESTALE once another host removed it: gone, like an unlinked file. */
+        takeover(f, "removed its file (it can no longer be read)");
+    } else if (poll_unaccountable(f, why, sizeof(why)) != NULL) {
         if (final_fd >= 0) close(final_fd);
         fetch_fail(f, "the file of the replica it followed (%s) %s: its clients are cut off",
                    f->remote_tmp, why);
