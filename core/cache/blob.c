@@ -103,6 +103,10 @@ struct blob_req {
     char *buf;
     size_t buf_cap;
     uv_fs_t fs;
+    uv_work_t hit_work; /* the store's open (or stat, for a HEAD) of the stored blob */
+    struct stat hit_sb;
+    int hit_result;
+    bool hit_stat_only; /* a HEAD: the size is all it needs */
     bool fs_busy;
     bool writing;
     bool gone;
@@ -271,7 +275,7 @@ static void touch_times(struct blob_req *r, double atime, double mtime)
         free(req);
 }
 
-static void touch(struct blob_req *r, const uv_stat_t *sb)
+static void touch(struct blob_req *r, const struct stat *sb)
 {
     touch_times(r, (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9,
                 (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9);
@@ -699,41 +703,19 @@ static void start_fetch(struct blob_req *r)
     serve(r, r->size >= 0 ? r->size : fetch_size(f));
 }
 
-static void fstat_done(uv_fs_t *req)
+/* On the pool: the store opens (or, for a HEAD, stats) the stored blob; it refuses
+ * what is not a regular file and follows no symbolic link (store.h). */
+static void open_work(uv_work_t *w)
 {
-    struct blob_req *r = req->data;
-    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
-    int err = (int)req->result;
-    if (err == 0 && !r->gone) touch(r, &req->statbuf);
-    uv_fs_req_cleanup(req);
-    r->fs_busy = false;
-    if (r->gone) {
-        finish(r, false);
-        return;
-    }
-    if (err < 0) {
-        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
-        return;
-    }
-    if (r->size >= 0 && size != r->size)
-        log_msg(LOG_WARN,
-                "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
-                "; serving the stored (verified) file",
-                r->digest, size, r->size);
-    int slot = fdc_put(r->bs, r->hex, r->fd);
-    if (slot >= 0) {
-        r->fdc_slot = slot;
-        r->own_fd = false; /* the cache closes it */
-    }
-    http_log_set_cache(r->x, "hit");
-    serve(r, size);
+    struct blob_req *r = w->data;
+    r->hit_result = r->hit_stat_only ? store_stat_blob_sync(r->bs->store, r->hex, &r->hit_sb)
+                                     : store_open_blob_sync(r->bs->store, r->hex, &r->hit_sb);
 }
 
-static void open_done(uv_fs_t *req)
+static void open_done(uv_work_t *w, int status)
 {
-    struct blob_req *r = req->data;
-    int result = (int)req->result;
-    uv_fs_req_cleanup(req);
+    struct blob_req *r = w->data;
+    int result = status < 0 ? status : r->hit_result;
     r->fs_busy = false;
     if (result >= 0) {
         r->fd = result;
@@ -751,21 +733,28 @@ static void open_done(uv_fs_t *req)
         start_fetch(r);
         return;
     }
-    r->fs.data = r;
-    r->fs_busy = true;
-    if (uv_fs_fstat(r->bs->loop, &r->fs, r->fd, fstat_done) < 0) {
-        r->fs_busy = false;
-        fail(r, REG_ERR_INTERNAL, "cannot stat the blob file");
+    int64_t size = (int64_t)r->hit_sb.st_size;
+    touch(r, &r->hit_sb);
+    if (r->size >= 0 && size != r->size)
+        log_msg(LOG_WARN,
+                "blob %s: stored size %" PRId64 " differs from the upstream's %" PRId64
+                "; serving the stored (verified) file",
+                r->digest, size, r->size);
+    int slot = fdc_put(r->bs, r->hex, r->fd);
+    if (slot >= 0) {
+        r->fdc_slot = slot;
+        r->own_fd = false; /* the cache closes it */
     }
+    http_log_set_cache(r->x, "hit");
+    serve(r, size);
 }
 
 static void ask_upstream(struct blob_req *r);
 
-static void head_stat_done(uv_fs_t *req)
+static void head_stat_done(uv_work_t *w, int status)
 {
-    struct blob_req *r = req->data;
-    int64_t size = req->result == 0 ? (int64_t)req->statbuf.st_size : -1;
-    uv_fs_req_cleanup(req);
+    struct blob_req *r = w->data;
+    int64_t size = status == 0 && r->hit_result == 0 ? (int64_t)r->hit_sb.st_size : -1;
     r->fs_busy = false;
     if (r->gone) {
         finish(r, false);
@@ -789,17 +778,13 @@ static void head_stat_done(uv_fs_t *req)
 /* The client may have the blob: answer a HEAD, serve a GET from disk or a fetch. */
 static void authorized(struct blob_req *r)
 {
-    char path[4200];
-    if (store_blob_path(r->bs->store, r->hex, path, sizeof(path)) != 0) {
-        fail(r, REG_ERR_INTERNAL, "blob path too long");
-        return;
-    }
-    r->fs.data = r;
+    r->hit_work.data = r;
     if (http_req_is_head(r->x)) {
         if (r->size < 0 && !r->asked_upstream) {
             /* Authorized from memory: the stored file tells the size. */
             r->fs_busy = true;
-            if (uv_fs_stat(r->bs->loop, &r->fs, path, head_stat_done) < 0) {
+            r->hit_stat_only = true;
+            if (uv_queue_work(r->bs->loop, &r->hit_work, open_work, head_stat_done) < 0) {
                 r->fs_busy = false;
                 ask_upstream(r);
             }
@@ -829,7 +814,7 @@ static void authorized(struct blob_req *r)
         return;
     }
     r->fs_busy = true;
-    if (uv_fs_open(r->bs->loop, &r->fs, path, UV_FS_O_RDONLY | O_CLOEXEC, 0, open_done) < 0) {
+    if (uv_queue_work(r->bs->loop, &r->hit_work, open_work, open_done) < 0) {
         r->fs_busy = false;
         start_fetch(r);
     }

@@ -30,6 +30,9 @@
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
 #define UNSIZED_MAX ((uint64_t)256 << 20)
+/* Files a follower may have served bytes from before its fetch was taken over; past
+ * this many takeovers the fetch fails. */
+#define SERVED_FROM_MAX 4
 
 struct fetch_manager {
     uv_loop_t *loop;
@@ -116,17 +119,32 @@ struct fetch {
     /* Replicas sharing the root: the lock is ours, or we follow another process's file. */
     bool locked;
     bool remote;
-    uv_file old_fd;        /* a followed file, kept open after a takeover */
     char remote_tmp[4096]; /* the followed temporary file */
     uv_timer_t *poll;      /* remote: watches the followed file */
     uv_work_t poll_work;
     bool poll_pending;
     unsigned poll_ticks;
+    int poll_err;          /* fstat of the followed file failed */
     int64_t poll_size;     /* of the followed file */
     bool poll_unlinked;    /* its last name is gone */
     int64_t poll_final;    /* size of the committed blob, -1 while there is none */
+    uv_file poll_final_fd; /* the committed blob, when it is not the file followed */
     int poll_lock;         /* 0 fresh, 1 stale, 2 missing, -1 not read this tick */
     unsigned lock_missing; /* ticks in a row */
+
+    /* Bytes followers were sent from files that are not the blob's final file: the
+     * files of replicas that were taken over, kept open (reads may be in flight). The
+     * blob completes only once [0, len) of each matches the final file (served_check). */
+    struct served_from {
+        uv_file fd;
+        uint64_t len;
+    } served[SERVED_FROM_MAX];
+    unsigned n_served;
+    bool served_checked;
+    bool check_pending;
+    bool check_ok;
+    uint64_t check_limit; /* bytes of the final file there to compare with */
+    uv_work_t check_work;
 };
 
 static void fetch_maybe_finish(struct fetch *f);
@@ -205,7 +223,9 @@ void fetch_unref(struct fetch *f)
             close(f->fd);
         }
     }
-    if (f->old_fd >= 0) close(f->old_fd);
+    for (unsigned i = 0; i < f->n_served; i++)
+        close(f->served[i].fd);
+    if (f->poll_final_fd >= 0) close(f->poll_final_fd);
     for (size_t i = 0; i < f->spec.n_bases; i++)
         free(f->spec_bases[i]);
     free(f->spec_bases);
@@ -470,38 +490,161 @@ static void poll_stop(struct fetch *f)
 
 static void queue_open(struct fetch *f);
 
+/*
+ * The file followers read from stops being the one they will read from: it is kept
+ * (open) with how much of it they may have been sent, [0, written), to be checked
+ * against the blob's final file before the blob completes. False when too many files
+ * are kept already.
+ */
+static bool served_push(struct fetch *f)
+{
+    if (f->fd >= 0 && f->written > 0) {
+        if (f->n_served == SERVED_FROM_MAX) return false;
+        f->served[f->n_served++] = (struct served_from){f->fd, f->written};
+        f->served_checked = false;
+    } else if (f->fd >= 0) {
+        close(f->fd); /* nothing was read from it */
+    }
+    f->fd = -1;
+    return true;
+}
+
 /* The replica we followed stopped (dead, silent, or its file is gone): take the lock
  * again, which fetches it ourselves or follows whoever was faster to take over.
- * Followers keep their offsets: the new file fills from 0. */
+ * Followers keep their offsets: the new file fills from 0, and what they were sent
+ * from the old one is checked against the blob at the end (served_check). The old
+ * file is left where it is: a takeover removes nothing it did not make. */
 static void takeover(struct fetch *f, const char *why)
 {
     log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
     poll_stop(f);
-    if (f->old_fd >= 0) close(f->old_fd);
-    f->old_fd = f->fd;
-    f->fd = -1;
+    if (!served_push(f)) {
+        fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
+                   SERVED_FROM_MAX);
+        return;
+    }
     f->remote = false;
     f->written = 0;
     queue_open(f);
 }
 
+/* Reads exactly len bytes at off. */
+static bool pread_full(int fd, char *buf, size_t len, uint64_t off)
+{
+    while (len > 0) {
+        ssize_t n = pread(fd, buf, len, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return true;
+}
+
+/* On the pool: does every file followers were sent bytes from hold, in [0, len), the
+ * bytes of the final file f->fd? Only its first check_limit bytes are there to read. */
+static void check_work(uv_work_t *w)
+{
+    struct fetch *f = w->data;
+    const size_t cap = 256 * 1024;
+    char *a = malloc(cap), *b = malloc(cap);
+    bool ok = a != NULL && b != NULL && f->fd >= 0;
+    for (unsigned i = 0; ok && i < f->n_served; i++) {
+        uint64_t len = f->served[i].len;
+        ok = len <= f->check_limit;
+        for (uint64_t off = 0; ok && off < len; off += cap) {
+            size_t n = len - off < cap ? (size_t)(len - off) : cap;
+            ok = pread_full(f->served[i].fd, a, n, off) && pread_full(f->fd, b, n, off) &&
+                 memcmp(a, b, n) == 0;
+        }
+    }
+    free(a);
+    free(b);
+    f->check_ok = ok;
+}
+
+static void remote_complete(struct fetch *f);
+
+static void check_done(uv_work_t *w, int status)
+{
+    struct fetch *f = w->data;
+    f->check_pending = false;
+    if (f->state == FETCH_RUNNING) {
+        if (status != 0 || !f->check_ok) {
+            fetch_fail(f, "the bytes its clients were sent from the file of a replica it followed "
+                          "are not the blob's: they are cut off");
+        } else {
+            f->served_checked = true;
+            if (f->remote)
+                remote_complete(f);
+            else
+                fetch_maybe_finish(f);
+        }
+    }
+    fetch_unref(f);
+}
+
+/* Checks, on the pool, the bytes followers were sent from files that are not the final
+ * one; the fetch completes after, or fails. */
+static void served_check(struct fetch *f)
+{
+    if (f->check_pending) return;
+    f->check_limit = f->disk_failed ? f->win_start : f->written;
+    f->check_ok = false;
+    f->check_pending = true;
+    f->check_work.data = f;
+    fetch_ref(f);
+    if (uv_queue_work(f->m->loop, &f->check_work, check_work, check_done) != 0) {
+        f->check_pending = false;
+        fetch_unref(f);
+        fetch_fail(f, "cannot check the bytes already sent");
+    }
+}
+
+/* A followed fetch whose blob is committed: done, once the bytes sent from other files
+ * are accounted for. */
+static void remote_complete(struct fetch *f)
+{
+    if (f->n_served > 0 && !f->served_checked) {
+        served_check(f);
+        return;
+    }
+    f->state = FETCH_DONE;
+    unregister(f);
+    wake(f);
+}
+
+/* On the pool: the followed file, the final file and (every 20th tick) the lock. */
 static void poll_work_cb(uv_work_t *w)
 {
     struct fetch *f = w->data;
-    struct stat sb;
-    if (fstat(f->fd, &sb) == 0) {
+    struct stat sb, fin;
+    f->poll_err = fstat(f->fd, &sb) == 0 ? 0 : -errno;
+    if (f->poll_err == 0) {
         f->poll_size = sb.st_size;
         f->poll_unlinked = sb.st_nlink == 0;
     }
-    char final[4200];
     f->poll_final = -1;
-    if (store_blob_path(f->m->store, f->hex, final, sizeof(final)) == 0 && stat(final, &sb) == 0)
-        f->poll_final = sb.st_size;
+    if (f->poll_err == 0 && store_stat_blob_sync(f->m->store, f->hex, &fin) == 0) {
+        if (fin.st_dev == sb.st_dev && fin.st_ino == sb.st_ino) {
+            f->poll_final = fin.st_size; /* the file we follow, committed */
+        } else {
+            /* Committed from another file (another replica's takeover finished first). */
+            int fd = store_open_blob_sync(f->m->store, f->hex, &fin);
+            if (fd >= 0) {
+                f->poll_final_fd = fd;
+                f->poll_final = fin.st_size;
+            }
+        }
+    }
     f->poll_lock = -1;
     if (f->poll_ticks % 20 == 0) {
         struct store_lock_info li;
         int rc = store_lock_read_sync(f->m->store, f->hex, &li);
+        bool invalid = rc == -EINVAL || rc == -ELOOP || rc == -EFBIG;
         f->poll_lock = rc == -ENOENT                        ? 2
+                       : invalid                            ? 1
                        : rc != 0                            ? 0
                        : li.age_s > STORE_LOCK_STALE_S      ? 1
                        : strcmp(li.tmp, f->remote_tmp) != 0 ? 1
@@ -509,22 +652,64 @@ static void poll_work_cb(uv_work_t *w)
     }
 }
 
+/*
+ * Why the followed file holds bytes a follower cannot account for (written into buf),
+ * or NULL: it shrank below what followers may have been sent, or grew past the size
+ * the blob has.
+ */
+static const char *poll_unaccountable(const struct fetch *f, char *buf, size_t len)
+{
+    if ((uint64_t)f->poll_size < f->written)
+        snprintf(buf, len, "shrank from %llu to %lld bytes", (unsigned long long)f->written,
+                 (long long)f->poll_size);
+    else if (f->size >= 0 && f->poll_size > f->size)
+        snprintf(buf, len, "grew to %lld bytes, past the blob's %lld", (long long)f->poll_size,
+                 (long long)f->size);
+    else if (f->size < 0 && (uint64_t)f->poll_size > UNSIZED_MAX)
+        snprintf(buf, len, "grew past %llu MiB with no size known",
+                 (unsigned long long)(UNSIZED_MAX >> 20));
+    else if (f->poll_final >= 0 && f->size >= 0 && f->poll_final != f->size)
+        snprintf(buf, len, "was committed with %lld bytes, not the blob's %lld",
+                 (long long)f->poll_final, (long long)f->size);
+    else
+        return NULL;
+    return buf;
+}
+
 static void poll_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
     f->poll_pending = false;
+    uv_file final_fd = f->poll_final_fd;
+    f->poll_final_fd = -1;
+    char why[128];
     if (f->state != FETCH_RUNNING || !f->remote || status != 0) {
+        if (final_fd >= 0) close(final_fd);
         fetch_unref(f);
         return;
     }
-    if (f->poll_final >= 0) {
-        /* Committed by the other replica (its file, renamed: our descriptor reads it). */
+    if (f->poll_err != 0) {
+        /* Over NFS, ESTALE once another host removed it: gone, like an unlinked file. */
+        takeover(f, "removed its file (it can no longer be read)");
+    } else if (poll_unaccountable(f, why, sizeof(why)) != NULL) {
+        if (final_fd >= 0) close(final_fd);
+        fetch_fail(f, "the file of the replica it followed (%s) %s: its clients are cut off",
+                   f->remote_tmp, why);
+    } else if (f->poll_final >= 0) {
+        /* Committed: our descriptor reads it when it is the file we followed (renamed);
+         * else the rest comes from the committed file, and what was sent from ours is
+         * checked against it first. */
+        poll_stop(f);
+        if (final_fd >= 0 && !served_push(f)) {
+            close(final_fd);
+            fetch_fail(f, "the bytes already sent cannot be accounted for");
+            fetch_unref(f);
+            return;
+        }
+        if (final_fd >= 0) f->fd = final_fd;
         f->size = f->poll_final;
         f->written = (uint64_t)f->poll_final;
-        f->state = FETCH_DONE;
-        poll_stop(f);
-        unregister(f);
-        wake(f);
+        remote_complete(f);
     } else if (f->poll_unlinked) {
         /* Its file is gone and no blob came of it: failed, or taken over by another. */
         takeover(f, "removed its file");
@@ -763,12 +948,9 @@ static void open_work(uv_work_t *w)
     unlink(f->tmp_path);
     f->tmp_path[0] = '\0';
     f->fd = -1;
-    int rfd = open(held.tmp, O_RDONLY | O_CLOEXEC);
-    if (rfd < 0) {
-        char final[4200];
-        if (store_blob_path(st, f->hex, final, sizeof(final)) == 0)
-            rfd = open(final, O_RDONLY | O_CLOEXEC); /* it may have just committed */
-    }
+    struct stat sb;
+    int rfd = store_lock_tmp_open_sync(st, &held, &sb);
+    if (rfd < 0) rfd = store_open_blob_sync(st, f->hex, &sb); /* it may have just committed */
     if (rfd < 0) {
         f->open_err = -EAGAIN;
         return;
@@ -805,13 +987,8 @@ static void open_done(uv_work_t *w, int status)
         f->m->stats.followed++;
         poll_start(f);
     } else {
-        if (f->old_fd >= 0 && f->remote_tmp[0] != '\0') {
-            /* Taken over: the dead replica's file is of no use to anyone now. */
-            uv_fs_t *req = malloc(sizeof(*req));
-            if (req == NULL || uv_fs_unlink(f->m->loop, req, f->remote_tmp, unlink_cb) != 0)
-                free(req);
-            f->remote_tmp[0] = '\0';
-        }
+        /* Taken over or not, a file another replica made is never removed here: the
+         * start-up clean-up (of whichever replica starts next) or fsck --repair does. */
         f->fd_ready = true;
         if (f->locked) beat_ensure(f->m);
         start_upstream(f);
@@ -893,7 +1070,7 @@ static void commit_done(uv_work_t *w, int status)
 /* When the body is in and written: check it, then commit. */
 static void fetch_maybe_finish(struct fetch *f)
 {
-    if (f->state != FETCH_RUNNING || !f->up_done || f->committing) return;
+    if (f->state != FETCH_RUNNING || !f->up_done || f->committing || f->check_pending) return;
     if (f->up_err != 0) {
         char why[sizeof(f->error)];
         snprintf(why, sizeof(why), "%s", f->error[0] ? f->error : "upstream failed");
@@ -906,6 +1083,10 @@ static void fetch_maybe_finish(struct fetch *f)
     if (f->size >= 0 && f->received != (uint64_t)f->size) {
         fetch_fail(f, "short body from %s: %llu of %lld bytes", f->upstream ? f->upstream : "?",
                    (unsigned long long)f->received, (long long)f->size);
+        return;
+    }
+    if (f->n_served > 0 && !f->served_checked) {
+        served_check(f); /* taken over: what followers got from the old file, first */
         return;
     }
     unsigned char bin[32];
@@ -1069,7 +1250,7 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     f->m = m;
     memcpy(f->hex, hex, 65);
     f->fd = -1;
-    f->old_fd = -1;
+    f->poll_final_fd = -1;
     f->size = expected_size;
     f->refs = 1;
     digest_sha256_init(&f->sha);

@@ -176,12 +176,25 @@ static void check_data(struct walk *w, const char *dir, const char *hex)
         return;
     }
 
-    int fd = open(path, O_RDONLY | O_NOATIME | O_NOFOLLOW | O_CLOEXEC);
+    /* O_NONBLOCK and the fstat: what the lstat saw may have been replaced since (by a FIFO,
+     * which must not block the check). */
+    const int flags = O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC;
+    int fd = open(path, flags | O_NOATIME);
     if (fd < 0 && errno == EPERM) /* not the file's owner: see fsck.h */
-        fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        fd = open(path, flags);
     if (fd < 0 && errno == ENOENT) return; /* removed since the lstat (expired): nothing to check */
     w->out->checked++;
     int err = fd < 0 ? -errno : 0;
+    struct stat now;
+    if (err == 0 && (fstat(fd, &now) != 0 || !S_ISREG(now.st_mode))) {
+        close(fd);
+        w->out->bad++;
+        problem(w, hex,
+                "the data file was replaced by something that is not a regular file; "
+                "not read%s",
+                remove_blob(w, hex, path, outcome, sizeof(outcome)));
+        return;
+    }
     char actual[65];
     if (err == 0) {
         err = hash_fd(w, fd, actual);
@@ -301,9 +314,10 @@ static bool lock_fresh(const char *locks, const char *name, double now)
     struct stat sb;
     if (strlen(name) < 64) return false;
     snprintf(path, sizeof(path), "%s/%.64s", locks, name);
-    if (stat(path, &sb) != 0) return false;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) return false; /* not a lock */
     double mtime = (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9;
-    return now - mtime <= STORE_LOCK_STALE_S;
+    /* A heartbeat further in the future than that is none (store.h). */
+    return now - mtime <= STORE_LOCK_STALE_S && mtime - now <= STORE_LOCK_STALE_S;
 }
 
 /* Adds every leftover of directory dir to w->leftovers: files that no fresh lock claims. */
