@@ -130,7 +130,9 @@ size_t auth_token_verifier_certs(const struct auth_verifier *v);
  *     else, with neither x5c nor kid, any bundle certificate.
  * and whose claims hold: iss == issuer; aud == service, or an array holding it; exp
  * present and now_s <= exp + leeway; nbf absent or nbf <= now_s + leeway; an access entry
- * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}.
+ * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}. exp, nbf and
+ * iat are read as Docker Distribution reads them (Go's int64): each an integer, absent or
+ * null (null is absent), and a fraction or an exponent (300.5, 3e2) refuses the token.
  *
  * Returns 0 when all hold. Else writes a short reason into why (never a byte of the
  * token; why may be NULL when why_len is 0) and returns -EINVAL (not "Bearer" or not a

@@ -550,6 +550,22 @@ static bool grants(const struct json_doc *d, size_t access, const char *repo, si
     return false;
 }
 
+/*
+ * A time claim (exp, nbf, iat) as Docker Distribution reads it, into an int64 with Go's
+ * encoding/json: an integer (no fraction, no exponent: 300.5 and 3e2 refuse the whole
+ * token), or absent or null (*present false). Returns 0, or -EINVAL for anything else.
+ */
+static int time_claim(const struct json_doc *d, const char *name, bool *present, int64_t *t)
+{
+    size_t at;
+    int rc = json_object_get(d, 0, name, &at);
+    *present = false;
+    if (rc == -ENOENT || (rc == 0 && json_type_of(d, at) == JSON_NULL)) return 0;
+    if (rc != 0 || json_integer_int64(d, at, t) != 0) return -EINVAL;
+    *present = true;
+    return 0;
+}
+
 static int check_claims(const struct auth_verifier *v, const struct json_doc *d, const char *repo,
                         size_t repo_len, const char *action, int64_t now_s, const char **why)
 {
@@ -573,21 +589,25 @@ static int check_claims(const struct auth_verifier *v, const struct json_doc *d,
         *why = "the token's audience is not this service";
         return -EACCES;
     }
-    if (json_object_get(d, 0, "exp", &at) != 0 || json_number_int64(d, at, &t) != 0) {
-        *why = "the token has no valid exp";
+    bool present;
+    if (time_claim(d, "exp", &present, &t) != 0 || !present) {
+        *why = "the token has no valid exp (an integer)";
         return -EACCES;
     }
     if (t < now_s - AUTH_TOKEN_LEEWAY_S) {
         *why = "the token has expired";
         return -EACCES;
     }
-    int rc = json_object_get(d, 0, "nbf", &at);
-    if (rc != -ENOENT && (rc != 0 || json_number_int64(d, at, &t) != 0)) {
-        *why = "the token's nbf is not a number";
+    if (time_claim(d, "nbf", &present, &t) != 0) {
+        *why = "the token's nbf is not an integer";
         return -EACCES;
     }
-    if (rc == 0 && t > now_s + AUTH_TOKEN_LEEWAY_S) {
+    if (present && t > now_s + AUTH_TOKEN_LEEWAY_S) {
         *why = "the token is not valid yet";
+        return -EACCES;
+    }
+    if (time_claim(d, "iat", &present, &t) != 0) {
+        *why = "the token's iat is not an integer";
         return -EACCES;
     }
     if (json_object_get(d, 0, "access", &at) != 0 || json_type_of(d, at) != JSON_ARRAY ||

@@ -768,6 +768,40 @@ static void test_token_claims(void)
     c = good, c.nbf = INT64_MIN;
     CLAIMS_EXPECT(0, NULL);
 
+    /* exp, nbf and iat as Docker Distribution reads them (Go's int64): integers only; a
+     * fraction or an exponent refuses the token; null or absent is 0 (for exp: expired). */
+    {
+        static const struct {
+            const char *times;
+            int want;
+            const char *reason;
+        } cases[] = {
+            {"\"exp\":%1$lld", 0, NULL},
+            {"\"exp\":%1$lld.5", -EACCES, "exp"},
+            {"\"exp\":%1$lld.0", -EACCES, "exp"},
+            {"\"exp\":1.7672259e9", -EACCES, "exp"},
+            {"\"exp\":\"%1$lld\"", -EACCES, "exp"},
+            {"\"exp\":null", -EACCES, "exp"},
+            {"\"exp\":%1$lld,\"nbf\":null,\"iat\":null", 0, NULL},
+            {"\"exp\":%1$lld,\"nbf\":-0,\"iat\":0", 0, NULL},
+            {"\"exp\":%1$lld,\"nbf\":%2$lld.5", -EACCES, "nbf"},
+            {"\"exp\":%1$lld,\"nbf\":true", -EACCES, "nbf"},
+            {"\"exp\":%1$lld,\"iat\":%2$lld.5", -EACCES, "iat"},
+            {"\"exp\":%1$lld,\"iat\":\"now\"", -EACCES, "iat"},
+            {"\"exp\":%1$lld,\"iat\":9223372036854775808", -EACCES, "iat"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            char times[256], pl[1024];
+            snprintf(times, sizeof(times), cases[i].times, (long long)(NOW_S + 300),
+                     (long long)(NOW_S - 10));
+            snprintf(pl, sizeof(pl),
+                     "{\"iss\":\"" ISSUER "\",\"aud\":\"" SERVICE "\",%s,\"access\":%s}", times,
+                     good.access);
+            expect_at(sign_token(hd, pl, "RS256", &rsa_signer), NOW_S, cases[i].want,
+                      cases[i].reason, __LINE__);
+        }
+    }
+
     /* access */
     c = good,
     c.access = "[{\"type\":\"repository\",\"name\":\"alice/other\",\"actions\":[\"pull\"]}]";
