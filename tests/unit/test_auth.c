@@ -1268,7 +1268,10 @@ static void test_token_check(void)
     /* Not attached: decided before it returns, every time. */
     struct test_key *leaf_chain[] = {&ec_leaf};
     char *good_token = x5c_token(&ec_leaf, leaf_chain, 1, "ES256");
+    double start = mono_s();
     CHECK_INT(check_at(v, good_token, REPO, NOW_MS, &now, &vs, &job), 0);
+    fprintf(stderr, "  a good x5c token (ES256, P-256 leaf of a P-256 CA) verified in %.2f ms\n",
+            (mono_s() - start) * 1e3);
     CHECK_INT(now.rc, 0);
     CHECK(!now.remembered);
     CHECK_INT(auth_token_verifier_attach(v, &loop, memory), 0);
