@@ -1,6 +1,7 @@
 /*
- * auth.h: who may pull what. Two independent parts, both pure and for the loop thread
- * (no I/O but the bundle file read once by auth_token_verifier_new, no locks):
+ * auth.h: who may pull what. Two independent parts, for the loop thread (no I/O but the
+ * bundle file read once by auth_token_verifier_new, no locks; only the signature checks
+ * of auth_token_check run elsewhere, on libuv's thread pool, see below):
  *
  * - The decision cache (auth.c) remembers, for a short time, what an upstream answered
  *   to "may this credential do this action on this repository", so that the server
@@ -156,11 +157,11 @@ int auth_token_verify(const struct auth_verifier *v, const char *header, size_t 
  * cheap and bounded, remembers outcomes, and verifies signatures on libuv's thread pool,
  * one token at a time (AUTH_TOKEN_LANES), in the order asked:
  *
- *   1. Remembered: an allowance for this token and repository (AUTH_CACHE allow TTL,
+ *   1. A token longer than AUTH_TOKEN_MAX is refused unread (and not remembered).
+ *   2. Remembered: an allowance for this token and repository (AUTH_CACHE allow TTL,
  *      never past the token's exp) is a yes; a refusal of this token (deny TTL, whatever
- *      the repository) is a no; a verified signature (allow TTL, never past exp) leaves
- *      only the claims to check.
- *   2. A token longer than AUTH_TOKEN_MAX is refused unread (and not remembered).
+ *      the repository) is a no (-EPERM, with the first reason and " (remembered)"); a
+ *      verified signature (allow TTL, never past exp) leaves only the claims to check.
  *   3. jwt_check_begin's checks (the frame, the header, the key it names; an x5c chain's
  *      key limits and its path to the bundle, x5c.h): a refusal is remembered.
  *   4. The signatures, on the thread pool; the outcome is remembered; then the claims.
