@@ -5,7 +5,9 @@
  *
  * Everything read from a token is bounded by AUTH_TOKEN_MAX: the base64url parts are
  * decoded strictly into buffers of their exact size, and JSON is read with json.h.
- * The signature is checked before the claims are parsed.
+ * The signature is checked before the claims are parsed, in the steps of jwt.h: what
+ * needs no signature check first (an x5c chain's limits and path: x5c.c), then the
+ * signatures, with copies of the bundle's keys so that checks may run on any thread.
  */
 #include "access/auth.h"
 
