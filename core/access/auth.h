@@ -1,6 +1,7 @@
 /*
- * auth.h: who may pull what. Two independent parts, both pure and for the loop thread
- * (no I/O but the bundle file read once by auth_token_verifier_new, no locks):
+ * auth.h: who may pull what. Two independent parts, for the loop thread (no I/O but the
+ * bundle file read once by auth_token_verifier_new, no locks; only the signature checks
+ * of auth_token_check run elsewhere, on libuv's thread pool, see below):
  *
  * - The decision cache (auth.c) remembers, for a short time, what an upstream answered
  *   to "may this credential do this action on this repository", so that the server
@@ -27,6 +28,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include <uv.h>
 
 /* ---- the decision cache ---------------------------------------------------------------- */
 
@@ -130,7 +133,9 @@ size_t auth_token_verifier_certs(const struct auth_verifier *v);
  *     else, with neither x5c nor kid, any bundle certificate.
  * and whose claims hold: iss == issuer; aud == service, or an array holding it; exp
  * present and now_s <= exp + leeway; nbf absent or nbf <= now_s + leeway; an access entry
- * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}.
+ * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}. exp, nbf and
+ * iat are read as Docker Distribution reads them (Go's int64): each an integer, absent or
+ * null (null is absent), and a fraction or an exponent (300.5, 3e2) refuses the token.
  *
  * Returns 0 when all hold. Else writes a short reason into why (never a byte of the
  * token; why may be NULL when why_len is 0) and returns -EINVAL (not "Bearer" or not a
@@ -142,6 +147,78 @@ size_t auth_token_verifier_certs(const struct auth_verifier *v);
 int auth_token_verify(const struct auth_verifier *v, const char *header, size_t len,
                       const char *repo, size_t repo_len, const char *action, int64_t now_s,
                       char *why, size_t why_len);
+
+/* ---- checking tokens for the server (token_check.c) ------------------------------------- */
+
+/*
+ * The server does not call auth_token_verify: an x5c chain or an ECDSA key costs
+ * milliseconds of arithmetic (and before these checks, a hostile chain could cost half a
+ * second), too long for the event loop. auth_token_check does on the loop only what is
+ * cheap and bounded, remembers outcomes, and verifies signatures on libuv's thread pool,
+ * one token at a time (AUTH_TOKEN_LANES), in the order asked:
+ *
+ *   1. A token longer than AUTH_TOKEN_MAX is refused unread (and not remembered).
+ *   2. Remembered: an allowance for this token and repository (AUTH_CACHE allow TTL,
+ *      never past the token's exp) is a yes; a refusal of this token (deny TTL, whatever
+ *      the repository) is a no (-EPERM, with the first reason and " (remembered)"); a
+ *      verified signature (allow TTL, never past exp) leaves only the claims to check.
+ *   3. jwt_check_begin's checks (the frame, the header, the key it names; an x5c chain's
+ *      key limits and its path to the bundle, x5c.h): a refusal is remembered.
+ *   4. The signatures, on the thread pool; the outcome is remembered; then the claims.
+ *
+ * Every refusal other than out-of-memory and length is remembered by the SHA-256 of the
+ * whole Authorization value, so a token that failed costs nothing more for the deny TTL;
+ * claims (issuer, audience, times, access) are checked again at each request.
+ */
+
+#define AUTH_TOKEN_WHY_MAX 200 /* a reason, NUL included */
+#define AUTH_TOKEN_PENDING 1   /* auth_token_check: the callback will tell */
+
+struct auth_token_query {
+    const char *header; /* the Authorization value, header[0..len); NULL/0 when none */
+    size_t len;
+    const char *repo; /* the repository, repo[0..repo_len) */
+    size_t repo_len;
+    const char *action; /* "pull" */
+    int64_t now_s;      /* the wall clock: exp, nbf and certificate dates */
+    uint64_t now_ms;    /* the decision cache's clock */
+};
+
+struct auth_token_verdict {
+    int rc;          /* 0: allowed; else auth_token_verify's errors (-EPERM when remembered) */
+    bool remembered; /* decided from memory, nothing verified */
+    char why[AUTH_TOKEN_WHY_MAX]; /* a refusal's reason ("" when allowed) */
+};
+
+struct auth_token_job;
+
+/* Called once, from the loop, with the verdict (valid during the call only). */
+typedef void (*auth_token_cb)(void *arg, const struct auth_token_verdict *verdict);
+
+/*
+ * From now on auth_token_check verifies signatures on loop's thread pool and remembers
+ * outcomes in memory (which must outlive the verifier). Without it, auth_token_check
+ * decides everything before it returns and remembers nothing. Returns 0 or -ENOMEM.
+ * The verifier must then be freed only when no check is pending (after uv_run).
+ */
+int auth_token_verifier_attach(struct auth_verifier *v, uv_loop_t *loop, struct auth_cache *memory);
+
+/*
+ * Decides whether q's token may q->action on q->repo (see above). The query's strings
+ * are copied when needed. Returns 0 with the verdict in *now, or AUTH_TOKEN_PENDING:
+ * then cb(arg, verdict) comes later from the loop, unless auth_token_job_cancel(*job) is
+ * called first; *job is valid until then.
+ */
+int auth_token_check(struct auth_verifier *v, const struct auth_token_query *q,
+                     struct auth_token_verdict *now, auth_token_cb cb, void *arg,
+                     struct auth_token_job **job);
+
+/* The callback of a pending check will not be called (its outcome is still remembered). */
+void auth_token_job_cancel(struct auth_token_job *job);
+
+/* AUTH_TOKEN_LANES: how many signature checks run on the thread pool at once (libuv's
+ * pool has 4 threads, shared with file reads). */
+#define AUTH_TOKEN_LANES 1
 
 /*
  * The `exp` claim of a bearer credential, read WITHOUT verifying anything: header[0..len)

@@ -5,7 +5,9 @@
  *
  * Everything read from a token is bounded by AUTH_TOKEN_MAX: the base64url parts are
  * decoded strictly into buffers of their exact size, and JSON is read with json.h.
- * The signature is checked before the claims are parsed.
+ * The signature is checked before the claims are parsed, in the steps of jwt.h: what
+ * needs no signature check first (an x5c chain's limits and path: x5c.c), then the
+ * signatures, with copies of the bundle's keys so that checks may run on any thread.
  */
 #include "access/auth.h"
 
@@ -21,11 +23,12 @@
 #include <mbedtls/pk.h>
 #include <mbedtls/x509_crt.h>
 
+#include "access/jwt.h"
+#include "access/x5c.h"
 #include "base/digest.h"
 #include "base/json.h"
 
 #define BUNDLE_MAX_BYTES (1024 * 1024)
-#define X5C_MAX_CERTS 8
 #define RSA_MIN_BITS 2048
 
 struct bundle_key {
@@ -36,10 +39,17 @@ struct bundle_key {
 struct auth_verifier {
     mbedtls_x509_crt bundle;
     struct bundle_key *keys;
+    struct x5c_anchor *anchors; /* the same certificates, for x5c chains */
     size_t n_keys;
     char *issuer;
     char *service;
+    struct token_lane *lane; /* token_check.c */
 };
+
+static void set_why(char *why, size_t why_len, const char *msg)
+{
+    if (why != NULL && why_len > 0) snprintf(why, why_len, "%s", msg);
+}
 
 /* ---- base64 ------------------------------------------------------------------------------ */
 
@@ -209,8 +219,10 @@ static void set_msg(char *buf, size_t len, const char *fmt, const char *a, const
 void auth_token_verifier_free(struct auth_verifier *v)
 {
     if (v == NULL) return;
+    token_lane_free(v->lane);
     mbedtls_x509_crt_free(&v->bundle);
     free(v->keys);
+    free(v->anchors);
     free(v->issuer);
     free(v->service);
     free(v);
@@ -219,6 +231,11 @@ void auth_token_verifier_free(struct auth_verifier *v)
 size_t auth_token_verifier_certs(const struct auth_verifier *v)
 {
     return v->n_keys;
+}
+
+struct token_lane **jwt_verifier_lane(struct auth_verifier *v)
+{
+    return &v->lane;
 }
 
 /* Reads a whole file of at most BUNDLE_MAX_BYTES, NUL-terminated. */
@@ -286,16 +303,17 @@ int auth_token_verifier_new(const char *rootcertbundle_path, const char *issuer,
     for (mbedtls_x509_crt *c = &v->bundle; c != NULL && c->raw.len > 0; c = c->next)
         v->n_keys++;
     v->keys = calloc(v->n_keys, sizeof(*v->keys));
-    if (v->keys == NULL) {
+    v->anchors = calloc(v->n_keys, sizeof(*v->anchors));
+    if (v->keys == NULL || v->anchors == NULL) {
         auth_token_verifier_free(v);
         return -ENOMEM;
     }
     size_t i = 0;
     for (mbedtls_x509_crt *c = &v->bundle; i < v->n_keys; c = c->next, i++) {
         v->keys[i].crt = c;
-        if (!pk_kid(&c->pk, v->keys[i].kid)) {
+        if (!pk_kid(&c->pk, v->keys[i].kid) || x5c_anchor_init(&v->anchors[i], c) != 0) {
             set_msg(err, errlen, "auth.token.rootcertbundle: %s: %s", rootcertbundle_path,
-                    "a certificate's public key cannot be encoded");
+                    "a certificate's public key or key IDs cannot be read");
             auth_token_verifier_free(v);
             return -EINVAL;
         }
@@ -324,7 +342,7 @@ static const struct jws_alg jws_algs[] = {
 };
 
 /* True when key pk made signature sig over the digest hash with alg. */
-static bool signature_ok(const struct jws_alg *alg, const mbedtls_pk_context *pk,
+static bool signature_ok(const struct jws_alg *alg, mbedtls_pk_context *pk,
                          const unsigned char *hash, size_t hash_len, const unsigned char *sig,
                          size_t sig_len)
 {
@@ -333,8 +351,7 @@ static bool signature_ok(const struct jws_alg *alg, const mbedtls_pk_context *pk
         if (type != MBEDTLS_PK_RSA || mbedtls_pk_get_bitlen(pk) < RSA_MIN_BITS ||
             sig_len != mbedtls_pk_get_len(pk))
             return false;
-        return mbedtls_pk_verify((mbedtls_pk_context *)pk, alg->md, hash, hash_len, sig, sig_len) ==
-               0;
+        return mbedtls_pk_verify(pk, alg->md, hash, hash_len, sig, sig_len) == 0;
     }
     if (type != MBEDTLS_PK_ECKEY && type != MBEDTLS_PK_ECDSA) return false;
     mbedtls_ecp_keypair *kp = mbedtls_pk_ec(*pk);
@@ -350,37 +367,34 @@ static bool signature_ok(const struct jws_alg *alg, const mbedtls_pk_context *pk
     return ok;
 }
 
-/* Is t (a certificate's UTC time) before (< 0), at or after (> 0) the broken-down now? */
-static int x509_time_cmp(const mbedtls_x509_time *t, const struct tm *now)
+/* What step 2 checks: everything in it is the check's own (see jwt.h). */
+struct jwt_check {
+    const struct jws_alg *alg;
+    unsigned char hash[MBEDTLS_MD_MAX_SIZE]; /* of what was signed */
+    size_t hash_len;
+    unsigned char *sig;
+    size_t sig_len;
+    enum { KEY_X5C, KEY_KID, KEY_ANY } key;
+    char kid[AUTH_KID_SIZE];
+    struct x5c_chain chain; /* KEY_X5C: parsed and prechecked */
+    struct tm now;
+};
+
+void jwt_check_free(struct jwt_check *c)
 {
-    const int a[6] = {t->year, t->mon, t->day, t->hour, t->min, t->sec};
-    const int b[6] = {now->tm_year + 1900, now->tm_mon + 1, now->tm_mday,
-                      now->tm_hour,        now->tm_min,     now->tm_sec};
-    for (int i = 0; i < 6; i++)
-        if (a[i] != b[i]) return a[i] < b[i] ? -1 : 1;
-    return 0;
+    if (c == NULL) return;
+    x5c_chain_free(&c->chain);
+    free(c->sig);
+    free(c);
 }
 
-/* Judges each certificate's dates by the caller's clock, not the system's. */
-static int chain_time_cb(void *arg, mbedtls_x509_crt *crt, int depth, uint32_t *flags)
-{
-    const struct tm *now = arg;
-    *flags &= ~(uint32_t)(MBEDTLS_X509_BADCERT_EXPIRED | MBEDTLS_X509_BADCERT_FUTURE);
-    if (x509_time_cmp(&crt->valid_to, now) < 0) *flags |= MBEDTLS_X509_BADCERT_EXPIRED;
-    if (x509_time_cmp(&crt->valid_from, now) > 0) *flags |= MBEDTLS_X509_BADCERT_FUTURE;
-    return 0;
-}
-
-/*
- * Parses the header's x5c (array of standard base64 DER, leaf first) into chain and
- * verifies it against the bundle at now_s. Returns 0, -EINVAL (malformed) or -EPERM.
- */
-static int x5c_verify(const struct auth_verifier *v, const struct json_doc *h, size_t x5c,
-                      int64_t now_s, mbedtls_x509_crt *chain, const char **why)
+/* Reads the header's x5c (an array of standard base64 DER, leaf first) into the chain. */
+static int x5c_read(const struct json_doc *h, size_t x5c, struct x5c_chain *chain, char *why,
+                    size_t why_len)
 {
     size_t n = json_count(h, x5c);
     if (json_type_of(h, x5c) != JSON_ARRAY || n == 0 || n > X5C_MAX_CERTS) {
-        *why = "x5c is not an array of 1 to 8 certificates";
+        set_why(why, why_len, "x5c is not an array of 1 to 8 certificates");
         return -EINVAL;
     }
     size_t at = x5c + 1;
@@ -393,134 +407,167 @@ static int x5c_verify(const struct auth_verifier *v, const struct json_doc *h, s
         if (rc == 0 &&
             (raw_len == 0 || json_string_decode(h, at, b64, raw_len + 1, &b64_len) != 0 ||
              b64_decode(b64, b64_len, false, der, &der_len) != 0)) {
-            *why = "x5c holds something other than base64 certificates";
+            set_why(why, why_len, "x5c holds something other than base64 certificates");
             rc = -EINVAL;
         }
-        if (rc == 0 && mbedtls_x509_crt_parse_der(chain, der, der_len) != 0) {
-            *why = "a certificate in x5c does not parse";
-            rc = -EINVAL;
-        }
+        if (rc == 0) rc = x5c_chain_add(chain, der, der_len, why, why_len);
         free(b64);
         free(der);
-        if (rc == -ENOMEM) *why = "out of memory";
+        if (rc == -ENOMEM) set_why(why, why_len, "out of memory");
         if (rc != 0) return rc;
-    }
-    time_t t = (time_t)now_s;
-    struct tm now;
-    if (gmtime_r(&t, &now) == NULL) {
-        *why = "the time is out of range";
-        return -EPERM;
-    }
-    uint32_t flags = 0;
-    if (mbedtls_x509_crt_verify(chain, (mbedtls_x509_crt *)&v->bundle, NULL, NULL, &flags,
-                                chain_time_cb, &now) != 0) {
-        *why = flags & (MBEDTLS_X509_BADCERT_EXPIRED | MBEDTLS_X509_BADCERT_FUTURE)
-                   ? "the x5c chain is not valid at this time"
-                   : "the x5c chain does not lead to a certificate of the bundle";
-        return -EPERM;
     }
     return 0;
 }
 
-/*
- * Reads the JOSE header, picks the key(s) and checks the signature. Returns 0 or an
- * error with *why set.
- */
-static int check_signature(const struct auth_verifier *v, const struct jwt_parts *parts,
-                           int64_t now_s, const char **why)
+/* The key the JOSE header names, as far as it can be known without a signature check. */
+static int choose_key(const struct auth_verifier *v, const struct json_doc *h, struct jwt_check *c,
+                      char *why, size_t why_len)
 {
-    struct json_part hp;
-    mbedtls_x509_crt chain;
-    unsigned char *sig = NULL;
-    size_t at, sig_len;
-    const struct jws_alg *alg = NULL;
-    int rc;
+    size_t x5c, kid, kid_len;
+    int has_x5c = json_object_get(h, 0, "x5c", &x5c);
+    int has_kid = json_object_get(h, 0, "kid", &kid);
+    if (has_x5c == -EINVAL || has_kid == -EINVAL) {
+        set_why(why, why_len, "the token header repeats a key");
+        return -EINVAL;
+    }
+    if (has_x5c == 0) {
+        /* Everything that is decided without a signature, before any is checked. */
+        c->key = KEY_X5C;
+        int rc = x5c_read(h, x5c, &c->chain, why, why_len);
+        if (rc == 0) rc = x5c_chain_precheck(&c->chain, v->anchors, v->n_keys, why, why_len);
+        return rc;
+    }
+    if (has_kid == 0) {
+        c->key = KEY_KID;
+        if (json_type_of(h, kid) != JSON_STRING ||
+            json_string_decode(h, kid, c->kid, sizeof(c->kid), &kid_len) != 0) {
+            set_why(why, why_len, "the token's kid is not a key ID");
+            return -EINVAL;
+        }
+        for (size_t i = 0; i < v->n_keys; i++)
+            if (strlen(v->keys[i].kid) == kid_len && memcmp(v->keys[i].kid, c->kid, kid_len) == 0)
+                return 0;
+        set_why(why, why_len, "the token's kid names no key of the bundle");
+        return -EPERM;
+    }
+    c->key = KEY_ANY;
+    return 0;
+}
 
-    mbedtls_x509_crt_init(&chain);
-    rc = json_part_read(parts->header, parts->header_len, &hp);
+int jwt_check_begin(const struct auth_verifier *v, const char *header, size_t len, int64_t now_s,
+                    struct jwt_check **out, char *why, size_t why_len)
+{
+    struct jwt_parts parts;
+    struct json_part hp = {0};
+    size_t at;
+    *out = NULL;
+    int rc = split_bearer(header, len, &parts);
     if (rc != 0) {
-        *why = rc == -ENOMEM ? "out of memory" : "the token header is not base64url JSON";
+        set_why(why, why_len,
+                rc == -EMSGSIZE ? "the token is longer than 8 KiB" : "not a Bearer JWT");
+        return rc;
+    }
+    struct jwt_check *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        set_why(why, why_len, "out of memory");
+        return -ENOMEM;
+    }
+    x5c_chain_init(&c->chain);
+    time_t t = (time_t)now_s;
+    if (gmtime_r(&t, &c->now) == NULL) {
+        set_why(why, why_len, "the time is out of range");
+        rc = -EPERM;
+        goto out;
+    }
+    rc = json_part_read(parts.header, parts.header_len, &hp);
+    if (rc != 0) {
+        set_why(why, why_len,
+                rc == -ENOMEM ? "out of memory" : "the token header is not base64url JSON");
         goto out;
     }
     const struct json_doc *h = &hp.doc;
     rc = -EINVAL;
     if (json_object_get(h, 0, "alg", &at) != 0 || json_type_of(h, at) != JSON_STRING) {
-        *why = "the token header has no alg";
+        set_why(why, why_len, "the token header has no alg");
         goto out;
     }
     for (size_t i = 0; i < sizeof(jws_algs) / sizeof(jws_algs[0]); i++)
         if (json_string_equals(h, at, jws_algs[i].name, strlen(jws_algs[i].name)))
-            alg = &jws_algs[i];
-    if (alg == NULL) {
-        *why = "the token's alg is not one of RS256/384/512, ES256/384/512";
+            c->alg = &jws_algs[i];
+    if (c->alg == NULL) {
+        set_why(why, why_len, "the token's alg is not one of RS256/384/512, ES256/384/512");
         rc = -ENOTSUP;
         goto out;
     }
     if (json_object_get(h, 0, "crit", &at) != -ENOENT) {
-        *why = "the token header has crit";
+        set_why(why, why_len, "the token header has crit");
         rc = -ENOTSUP;
         goto out;
     }
-
-    sig = malloc(parts->signature_len / 4 * 3 + 3);
-    if (sig == NULL) {
-        *why = "out of memory";
+    c->sig = malloc(parts.signature_len / 4 * 3 + 3);
+    if (c->sig == NULL) {
+        set_why(why, why_len, "out of memory");
         rc = -ENOMEM;
         goto out;
     }
-    if (b64_decode(parts->signature, parts->signature_len, true, sig, &sig_len) != 0) {
-        *why = "the token signature is not base64url";
+    if (b64_decode(parts.signature, parts.signature_len, true, c->sig, &c->sig_len) != 0) {
+        set_why(why, why_len, "the token signature is not base64url");
         goto out;
     }
-    unsigned char hash[MBEDTLS_MD_MAX_SIZE];
-    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(alg->md);
-    size_t signed_len = parts->header_len + 1 + parts->payload_len;
-    if (md == NULL || mbedtls_md(md, (const unsigned char *)parts->header, signed_len, hash) != 0) {
-        *why = "cannot hash the token";
+    const mbedtls_md_info_t *md = mbedtls_md_info_from_type(c->alg->md);
+    size_t signed_len = parts.header_len + 1 + parts.payload_len;
+    if (md == NULL ||
+        mbedtls_md(md, (const unsigned char *)parts.header, signed_len, c->hash) != 0) {
+        set_why(why, why_len, "cannot hash the token");
         rc = -ENOTSUP;
         goto out;
     }
-    size_t hash_len = mbedtls_md_get_size(md);
-
-    rc = -EPERM;
-    size_t x5c, kid;
-    int has_x5c = json_object_get(h, 0, "x5c", &x5c);
-    int has_kid = json_object_get(h, 0, "kid", &kid);
-    if (has_x5c == -EINVAL || has_kid == -EINVAL) {
-        *why = "the token header repeats a key";
-        rc = -EINVAL;
-    } else if (has_x5c == 0) {
-        rc = x5c_verify(v, h, x5c, now_s, &chain, why);
-        if (rc == 0 && !signature_ok(alg, &chain.pk, hash, hash_len, sig, sig_len)) {
-            *why = "the token signature does not verify with the x5c certificate";
-            rc = -EPERM;
-        }
-    } else if (has_kid == 0) {
-        char want[AUTH_KID_SIZE];
-        size_t want_len;
-        *why = "the token's kid names no key of the bundle";
-        if (json_type_of(h, kid) != JSON_STRING ||
-            json_string_decode(h, kid, want, sizeof(want), &want_len) != 0) {
-            *why = "the token's kid is not a key ID";
-            rc = -EINVAL;
-        }
-        for (size_t i = 0; rc == -EPERM && i < v->n_keys; i++) {
-            if (strlen(v->keys[i].kid) != want_len || memcmp(v->keys[i].kid, want, want_len) != 0)
-                continue;
-            if (signature_ok(alg, &v->keys[i].crt->pk, hash, hash_len, sig, sig_len))
-                rc = 0;
-            else
-                *why = "the token signature does not verify with the key its kid names";
-        }
-    } else {
-        *why = "the token signature verifies with no key of the bundle";
-        for (size_t i = 0; rc != 0 && i < v->n_keys; i++)
-            if (signature_ok(alg, &v->keys[i].crt->pk, hash, hash_len, sig, sig_len)) rc = 0;
-    }
+    c->hash_len = mbedtls_md_get_size(md);
+    rc = choose_key(v, h, c, why, why_len);
 out:
-    mbedtls_x509_crt_free(&chain);
     json_part_free(&hp);
-    free(sig);
+    if (rc != 0) {
+        jwt_check_free(c);
+        return rc;
+    }
+    *out = c;
+    return 0;
+}
+
+/* Whether the signature verifies with a copy of bundle certificate crt's public key (a copy:
+ * mbedTLS keeps tables in a key as it uses it, and checks may run on several threads). */
+static int signed_by_bundle_key(const struct jwt_check *c, const mbedtls_x509_crt *crt)
+{
+    mbedtls_pk_context pk;
+    mbedtls_pk_init(&pk);
+    int rc = mbedtls_pk_parse_public_key(&pk, crt->pk_raw.p, crt->pk_raw.len);
+    if (rc == 0) rc = signature_ok(c->alg, &pk, c->hash, c->hash_len, c->sig, c->sig_len) ? 0 : 1;
+    mbedtls_pk_free(&pk);
+    return rc == 0 ? 0 : rc == 1 ? -EPERM : -ENOMEM;
+}
+
+int jwt_check_signatures(const struct auth_verifier *v, struct jwt_check *c, char *why,
+                         size_t why_len)
+{
+    if (c->key == KEY_X5C) {
+        /* The token's signature first: with a forged leaf key it is the only check made,
+         * and it is one with a key x5c_chain_precheck has bounded. */
+        if (!signature_ok(c->alg, x5c_chain_leaf_key(&c->chain), c->hash, c->hash_len, c->sig,
+                          c->sig_len)) {
+            set_why(why, why_len, "the token signature does not verify with the x5c certificate");
+            return -EPERM;
+        }
+        return x5c_chain_verify(&c->chain, v->anchors, v->n_keys, &c->now, why, why_len);
+    }
+    int rc = -EPERM;
+    set_why(why, why_len,
+            c->key == KEY_KID ? "the token signature does not verify with the key its kid names"
+                              : "the token signature verifies with no key of the bundle");
+    for (size_t i = 0; i < v->n_keys && rc != 0; i++) {
+        if (c->key == KEY_KID && strcmp(v->keys[i].kid, c->kid) != 0) continue; /* no NUL */
+        rc = signed_by_bundle_key(c, v->keys[i].crt);
+        if (rc == -ENOMEM) set_why(why, why_len, "out of memory");
+    }
     return rc;
 }
 
@@ -550,6 +597,22 @@ static bool grants(const struct json_doc *d, size_t access, const char *repo, si
     return false;
 }
 
+/*
+ * A time claim (exp, nbf, iat) as Docker Distribution reads it, into an int64 with Go's
+ * encoding/json: an integer (no fraction, no exponent: 300.5 and 3e2 refuse the whole
+ * token), or absent or null (*present false). Returns 0, or -EINVAL for anything else.
+ */
+static int time_claim(const struct json_doc *d, const char *name, bool *present, int64_t *t)
+{
+    size_t at;
+    int rc = json_object_get(d, 0, name, &at);
+    *present = false;
+    if (rc == -ENOENT || (rc == 0 && json_type_of(d, at) == JSON_NULL)) return 0;
+    if (rc != 0 || json_integer_int64(d, at, t) != 0) return -EINVAL;
+    *present = true;
+    return 0;
+}
+
 static int check_claims(const struct auth_verifier *v, const struct json_doc *d, const char *repo,
                         size_t repo_len, const char *action, int64_t now_s, const char **why)
 {
@@ -573,21 +636,25 @@ static int check_claims(const struct auth_verifier *v, const struct json_doc *d,
         *why = "the token's audience is not this service";
         return -EACCES;
     }
-    if (json_object_get(d, 0, "exp", &at) != 0 || json_number_int64(d, at, &t) != 0) {
-        *why = "the token has no valid exp";
+    bool present;
+    if (time_claim(d, "exp", &present, &t) != 0 || !present) {
+        *why = "the token has no valid exp (an integer)";
         return -EACCES;
     }
     if (t < now_s - AUTH_TOKEN_LEEWAY_S) {
         *why = "the token has expired";
         return -EACCES;
     }
-    int rc = json_object_get(d, 0, "nbf", &at);
-    if (rc != -ENOENT && (rc != 0 || json_number_int64(d, at, &t) != 0)) {
-        *why = "the token's nbf is not a number";
+    if (time_claim(d, "nbf", &present, &t) != 0) {
+        *why = "the token's nbf is not an integer";
         return -EACCES;
     }
-    if (rc == 0 && t > now_s + AUTH_TOKEN_LEEWAY_S) {
+    if (present && t > now_s + AUTH_TOKEN_LEEWAY_S) {
         *why = "the token is not valid yet";
+        return -EACCES;
+    }
+    if (time_claim(d, "iat", &present, &t) != 0) {
+        *why = "the token's iat is not an integer";
         return -EACCES;
     }
     if (json_object_get(d, 0, "access", &at) != 0 || json_type_of(d, at) != JSON_ARRAY ||
@@ -598,19 +665,14 @@ static int check_claims(const struct auth_verifier *v, const struct json_doc *d,
     return 0;
 }
 
-int auth_token_verify(const struct auth_verifier *v, const char *header, size_t len,
-                      const char *repo, size_t repo_len, const char *action, int64_t now_s,
-                      char *why, size_t why_len)
+int jwt_check_claims(const struct auth_verifier *v, const char *header, size_t len,
+                     const char *repo, size_t repo_len, const char *action, int64_t now_s,
+                     char *why, size_t why_len)
 {
     struct jwt_parts parts;
     struct json_part payload = {0};
-    const char *reason = "";
+    const char *reason = "not a Bearer JWT";
     int rc = split_bearer(header, len, &parts);
-    if (rc == -EMSGSIZE)
-        reason = "the token is longer than 8 KiB";
-    else if (rc != 0)
-        reason = "not a Bearer JWT";
-    if (rc == 0) rc = check_signature(v, &parts, now_s, &reason);
     if (rc == 0) {
         rc = json_part_read(parts.payload, parts.payload_len, &payload);
         if (rc != 0)
@@ -620,6 +682,18 @@ int auth_token_verify(const struct auth_verifier *v, const char *header, size_t 
         rc =
             check_claims(v, &payload.doc, repo, repo_len, action ? action : "pull", now_s, &reason);
     json_part_free(&payload);
-    if (rc != 0 && why != NULL && why_len > 0) snprintf(why, why_len, "%s", reason);
+    if (rc != 0) set_why(why, why_len, reason);
+    return rc;
+}
+
+int auth_token_verify(const struct auth_verifier *v, const char *header, size_t len,
+                      const char *repo, size_t repo_len, const char *action, int64_t now_s,
+                      char *why, size_t why_len)
+{
+    struct jwt_check *c;
+    int rc = jwt_check_begin(v, header, len, now_s, &c, why, why_len);
+    if (rc == 0) rc = jwt_check_signatures(v, c, why, why_len);
+    jwt_check_free(c);
+    if (rc == 0) rc = jwt_check_claims(v, header, len, repo, repo_len, action, now_s, why, why_len);
     return rc;
 }

@@ -549,7 +549,9 @@ static int run_serve(const char *path)
         log_msg(LOG_ERROR, "auth.token: %s", err);
         return EXIT_CONFIG;
     }
-    if (app.auth == NULL) {
+    /* Token signatures are verified on the thread pool, outcomes remembered. */
+    if (app.auth == NULL || (app.verifier != NULL &&
+                             auth_token_verifier_attach(app.verifier, app.loop, app.auth) != 0)) {
         log_msg(LOG_ERROR, "out of memory at start");
         return EXIT_RUNTIME;
     }

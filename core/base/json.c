@@ -346,27 +346,40 @@ int json_object_get(const struct json_doc *doc, size_t obj, const char *key, siz
     return 0;
 }
 
+/* True when number token t is written as an integer: no fraction, no exponent. */
+static bool written_as_integer(const char *s, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (s[k] == '.' || s[k] == 'e' || s[k] == 'E') return false;
+    return true;
+}
+
+int json_integer_int64(const struct json_doc *doc, size_t i, int64_t *out)
+{
+    if (i >= doc->n_tokens || doc->tokens[i].type != JSON_NUMBER) return -EINVAL;
+    const struct json_token *t = &doc->tokens[i];
+    const char *s = doc->text + t->start;
+    size_t n = t->len;
+    if (!written_as_integer(s, n)) return -EINVAL;
+    /* Exact, with overflow checked (the parser let only digits and a leading '-' in). */
+    bool neg = s[0] == '-';
+    uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (size_t k = neg ? 1 : 0; k < n; k++) {
+        unsigned d = (unsigned)(s[k] - '0');
+        if (v > (limit - d) / 10) return -ERANGE;
+        v = v * 10 + d;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
 int json_number_int64(const struct json_doc *doc, size_t i, int64_t *out)
 {
     if (i >= doc->n_tokens || doc->tokens[i].type != JSON_NUMBER) return -EINVAL;
     const struct json_token *t = &doc->tokens[i];
     const char *s = doc->text + t->start;
     size_t n = t->len;
-    bool integer = true;
-    for (size_t k = 0; k < n; k++)
-        if (s[k] == '.' || s[k] == 'e' || s[k] == 'E') integer = false;
-    if (integer) {
-        /* An integer: exact, with overflow checked. */
-        bool neg = s[0] == '-';
-        uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-        for (size_t k = neg ? 1 : 0; k < n; k++) {
-            unsigned d = (unsigned)(s[k] - '0');
-            if (v > (limit - d) / 10) return -ERANGE;
-            v = v * 10 + d;
-        }
-        *out = neg ? (int64_t)(0 - v) : (int64_t)v;
-        return 0;
-    }
+    if (written_as_integer(s, n)) return json_integer_int64(doc, i, out);
     char copy[64];
     if (n >= sizeof(copy)) return -ERANGE;
     memcpy(copy, s, n);

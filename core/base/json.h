@@ -112,6 +112,14 @@ int json_string_decode(const struct json_doc *doc, size_t i, char *buf, size_t c
  */
 int json_number_int64(const struct json_doc *doc, size_t i, int64_t *out);
 
+/*
+ * The number at token i when it is written as an integer (no fraction, no exponent), as
+ * Go's encoding/json reads an int64: "300" and "-0" are, "300.5", "300.0" and "3e2" are
+ * not. Returns 0, -EINVAL when the token is not a number written so, -ERANGE when it
+ * does not fit an int64_t.
+ */
+int json_integer_int64(const struct json_doc *doc, size_t i, int64_t *out);
+
 /* --- Writing ------------------------------------------------------------------------ */
 
 /*

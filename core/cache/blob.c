@@ -77,6 +77,7 @@ struct blob_req {
     size_t entry; /* the upstreams entry: decisions are remembered per origin */
 
     struct chain_req *auth;
+    struct auth_token_job *token_job; /* auth.token: a check on the thread pool */
     int auth_status;
     bool need_credential;   /* the upstream's answer decides the credential too */
     bool asked_upstream;    /* a HEAD went upstream for this request (never twice) */
@@ -355,6 +356,10 @@ static void release(struct blob_req *r)
     if (r->auth != NULL) {
         chain_cancel(r->auth);
         r->auth = NULL;
+    }
+    if (r->token_job != NULL) {
+        auth_token_job_cancel(r->token_job);
+        r->token_job = NULL;
     }
     if (r->fetch != NULL) {
         fetch_unwait(r->fetch, &r->waiter);
@@ -949,6 +954,44 @@ static void ask_upstream(struct blob_req *r)
     }
 }
 
+static void authorize_blob(struct blob_req *r, const char *repo, size_t repo_len);
+
+/* auth.token's verdict on the client's token: true to go on, else answered (401). */
+static bool token_verdict(struct blob_req *r, const char *repo, size_t repo_len,
+                          const struct auth_token_verdict *v)
+{
+    struct blob_service *bs = r->bs;
+    if (v->rc == 0) {
+        if (!v->remembered) bs->auth_stats.token_verified++;
+        r->need_credential = false;
+        return true;
+    }
+    char ch[1024];
+    bs->auth_stats.token_refused++;
+    log_msg(LOG_INFO, "token refused for %.*s: %s", (int)repo_len, repo, v->why);
+    auth_challenge(bs->cfg->auth_token_realm, bs->cfg->auth_token_service, repo, repo_len, ch,
+                   sizeof(ch));
+    r->done = true;
+    struct http_header h = {"WWW-Authenticate", 16, ch, strlen(ch)};
+    respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1, "authentication required", v->why);
+    release(r);
+    return false;
+}
+
+/* A token check that ran on the thread pool is done. */
+static void token_checked(void *arg, const struct auth_token_verdict *v)
+{
+    struct blob_req *r = arg;
+    size_t repo_len;
+    const char *repo = http_log_repo(r->x, &repo_len);
+    r->token_job = NULL;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (token_verdict(r, repo, repo_len, v)) authorize_blob(r, repo, repo_len);
+}
+
 /*
  * Decides what memory can decide. Two facts make a 'yes': this credential may pull
  * this repository (from the upstream, or from a locally verified token), and this
@@ -963,31 +1006,15 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
     const char *challenge;
     r->need_credential = true;
     if (bs->verifier != NULL) {
-        /* auth.token: the token is checked here, against the issuer's certificates. */
-        if (auth_cache_lookup(bs->auth, "local-token", r->credential, r->credential_len, repo,
-                              repo_len, "pull", now, &st, &challenge) &&
-            st == 200) {
-            r->need_credential = false;
-        } else {
-            char why[200], ch[1024];
-            if (auth_token_verify(bs->verifier, r->credential, r->credential_len, repo, repo_len,
-                                  "pull", (int64_t)time(NULL), why, sizeof(why)) != 0) {
-                bs->auth_stats.token_refused++;
-                log_msg(LOG_INFO, "token refused for %.*s: %s", (int)repo_len, repo, why);
-                auth_challenge(bs->cfg->auth_token_realm, bs->cfg->auth_token_service, repo,
-                               repo_len, ch, sizeof(ch));
-                r->done = true;
-                struct http_header h = {"WWW-Authenticate", 16, ch, strlen(ch)};
-                respond_error_with(r->x, REG_ERR_UNAUTHORIZED, 401, &h, 1,
-                                   "authentication required", why);
-                release(r);
-                return;
-            }
-            bs->auth_stats.token_verified++;
-            auth_cache_store(bs->auth, "local-token", r->credential, r->credential_len, repo,
-                             repo_len, "pull", 200, NULL, 0, now);
-            r->need_credential = false;
-        }
+        /* auth.token: the token is checked here, against the issuer's certificates (its
+         * signatures on the thread pool: then token_checked goes on). */
+        struct auth_token_query q = {r->credential, r->credential_len,   repo, repo_len,
+                                     "pull",        (int64_t)time(NULL), now};
+        struct auth_token_verdict v;
+        if (auth_token_check(bs->verifier, &q, &v, token_checked, r, &r->token_job) ==
+                AUTH_TOKEN_PENDING ||
+            !token_verdict(r, repo, repo_len, &v))
+            return;
     } else if (bs->auth != NULL &&
                auth_cache_lookup(bs->auth, origin_key(r), r->credential, r->credential_len, repo,
                                  repo_len, "pull", now, &st, &challenge)) {
@@ -998,11 +1025,20 @@ static void authorize(struct blob_req *r, const char *repo, size_t repo_len)
         }
         r->need_credential = false;
     }
+    authorize_blob(r, repo, repo_len);
+}
+
+/* The second fact: whether this digest is in this repository. */
+static void authorize_blob(struct blob_req *r, const char *repo, size_t repo_len)
+{
+    struct blob_service *bs = r->bs;
+    int st;
+    const char *challenge;
     bool have_blob = false;
     char action[96];
     blob_action(r, action, sizeof(action));
     if (bs->auth != NULL && auth_cache_lookup(bs->auth, origin_key(r), NULL, 0, repo, repo_len,
-                                              action, now, &st, &challenge)) {
+                                              action, mono_ms(), &st, &challenge)) {
         if (st == 404 && !r->need_credential) {
             /* Told only to a client the upstream has accepted: to any other, the
              * upstream's own answer (a challenge, most likely) is the one to give. */

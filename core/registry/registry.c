@@ -237,7 +237,9 @@ enum registry_error_code registry_route_parse(const char *path, size_t len,
     out->reference_is_digest = out->kind != ROUTE_MANIFEST || memchr(last, ':', last_len);
     if (out->reference_is_digest)
         return registry_digest_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_DIGEST_INVALID;
-    return registry_tag_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_TAG_INVALID;
+    /* Neither a tag nor a digest: no manifest can have that name (registries answer 404
+     * here, and the OCI conformance suite requires it). */
+    return registry_tag_valid(last, last_len) ? REG_ERR_NONE : REG_ERR_MANIFEST_UNKNOWN;
 }
 
 static size_t put(char *buf, size_t at, const char *s)

@@ -67,10 +67,12 @@ struct registry_route {
 /*
  * Splits a request path (without the query; path[0..len), not NUL-terminated) into a
  * route and checks name, tag and digest. Returns REG_ERR_NONE, or the error to answer
- * with (NAME_INVALID, TAG_INVALID, DIGEST_INVALID); *out is filled as far as it could
- * be. The name is everything between "/v2/" and the last "/manifests/", "/blobs/",
+ * with (NAME_INVALID, DIGEST_INVALID, MANIFEST_UNKNOWN); *out is filled as far as it
+ * could be. The name is everything between "/v2/" and the last "/manifests/", "/blobs/",
  * "/referrers/" or a trailing "/tags/list", so a name may itself contain "manifests".
- * A manifest reference with a ':' is a digest, else a tag. "/v2/<name>/blobs/uploads"
+ * A manifest reference with a ':' is a digest (DIGEST_INVALID when it is not a valid
+ * one), else a tag; one that is neither (".INVALID_MANIFEST_NAME") names no manifest:
+ * MANIFEST_UNKNOWN, a 404, as registries answer. "/v2/<name>/blobs/uploads"
  * and anything under it, an empty reference, a trailing '/' and unknown paths under
  * /v2/ are ROUTE_V2_OTHER with REG_ERR_NONE (the caller answers 404, or 405 to writes);
  * a clean path outside /v2 is ROUTE_NOT_V2 with REG_ERR_NONE.

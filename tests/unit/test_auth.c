@@ -10,6 +10,9 @@
  *   p384_leaf   EC P-384, issued by ca                            not in the bundle (x5c)
  *   expired     EC P-256, issued by ca, valid 2020..2021          not in the bundle (x5c)
  *   rogue       EC P-256, self-signed CA with ca's very name      not in the bundle
+ * and, for the x5c limits and paths, keys with a public part only (an RSA-8192 key whose
+ * exponent is as long as its modulus), intermediates, and a CA with key IDs in a bundle
+ * of its own. auth_token_check runs on a loop of its own (signatures on its thread pool).
  */
 #include "access/auth.h"
 #include "check.h"
@@ -18,15 +21,21 @@
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
+#include <uv.h>
+
+#include <mbedtls/asn1write.h>
 #include <mbedtls/base64.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/ecdsa.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/md.h>
+#include <mbedtls/oid.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/rsa.h>
 #include <mbedtls/x509_crt.h>
 
 #define NOW_S INT64_C(1767225600) /* 2026-01-01T00:00:00Z */
@@ -397,10 +406,22 @@ static int gen_rsa(struct test_key *k)
     return mbedtls_rsa_gen_key(mbedtls_pk_rsa(k->pk), mbedtls_ctr_drbg_random, &drbg, 2048, 65537);
 }
 
+static int make_cert_ids(struct test_key *k, const char *subject, mbedtls_pk_context *issuer_key,
+                         const char *issuer, bool is_ca, const char *from, const char *to,
+                         int serial_no, bool key_ids);
+
 /* Writes k's certificate (DER), signed by issuer_key, and k's libtrust kid. */
 static int make_cert(struct test_key *k, const char *subject, mbedtls_pk_context *issuer_key,
                      const char *issuer, bool is_ca, const char *from, const char *to,
                      int serial_no)
+{
+    return make_cert_ids(k, subject, issuer_key, issuer, is_ca, from, to, serial_no, false);
+}
+
+/* The same, with a subject key ID and an authority key ID (from issuer_key) when key_ids. */
+static int make_cert_ids(struct test_key *k, const char *subject, mbedtls_pk_context *issuer_key,
+                         const char *issuer, bool is_ca, const char *from, const char *to,
+                         int serial_no, bool key_ids)
 {
     mbedtls_x509write_cert w;
     mbedtls_mpi serial;
@@ -419,6 +440,8 @@ static int make_cert(struct test_key *k, const char *subject, mbedtls_pk_context
     if (rc == 0) rc = mbedtls_x509write_crt_set_issuer_name(&w, issuer);
     if (rc == 0) rc = mbedtls_x509write_crt_set_validity(&w, from, to);
     if (rc == 0) rc = mbedtls_x509write_crt_set_basic_constraints(&w, is_ca, -1);
+    if (rc == 0 && key_ids) rc = mbedtls_x509write_crt_set_subject_key_identifier(&w);
+    if (rc == 0 && key_ids) rc = mbedtls_x509write_crt_set_authority_key_identifier(&w);
     if (rc == 0)
         rc = mbedtls_x509write_crt_set_key_usage(&w, is_ca ? MBEDTLS_X509_KU_KEY_CERT_SIGN |
                                                                  MBEDTLS_X509_KU_DIGITAL_SIGNATURE
@@ -768,6 +791,40 @@ static void test_token_claims(void)
     c = good, c.nbf = INT64_MIN;
     CLAIMS_EXPECT(0, NULL);
 
+    /* exp, nbf and iat as Docker Distribution reads them (Go's int64): integers only; a
+     * fraction or an exponent refuses the token; null or absent is 0 (for exp: expired). */
+    {
+        static const struct {
+            const char *times;
+            int want;
+            const char *reason;
+        } cases[] = {
+            {"\"exp\":%1$lld", 0, NULL},
+            {"\"exp\":%1$lld.5", -EACCES, "exp"},
+            {"\"exp\":%1$lld.0", -EACCES, "exp"},
+            {"\"exp\":1.7672259e9", -EACCES, "exp"},
+            {"\"exp\":\"%1$lld\"", -EACCES, "exp"},
+            {"\"exp\":null", -EACCES, "exp"},
+            {"\"exp\":%1$lld,\"nbf\":null,\"iat\":null", 0, NULL},
+            {"\"exp\":%1$lld,\"nbf\":-0,\"iat\":0", 0, NULL},
+            {"\"exp\":%1$lld,\"nbf\":%2$lld.5", -EACCES, "nbf"},
+            {"\"exp\":%1$lld,\"nbf\":true", -EACCES, "nbf"},
+            {"\"exp\":%1$lld,\"iat\":%2$lld.5", -EACCES, "iat"},
+            {"\"exp\":%1$lld,\"iat\":\"now\"", -EACCES, "iat"},
+            {"\"exp\":%1$lld,\"iat\":9223372036854775808", -EACCES, "iat"},
+        };
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+            char times[256], pl[1024];
+            snprintf(times, sizeof(times), cases[i].times, (long long)(NOW_S + 300),
+                     (long long)(NOW_S - 10));
+            snprintf(pl, sizeof(pl),
+                     "{\"iss\":\"" ISSUER "\",\"aud\":\"" SERVICE "\",%s,\"access\":%s}", times,
+                     good.access);
+            expect_at(sign_token(hd, pl, "RS256", &rsa_signer), NOW_S, cases[i].want,
+                      cases[i].reason, __LINE__);
+        }
+    }
+
     /* access */
     c = good,
     c.access = "[{\"type\":\"repository\",\"name\":\"alice/other\",\"actions\":[\"pull\"]}]";
@@ -963,6 +1020,354 @@ static void test_token_mutations(void)
     free(good_token);
 }
 
+/* ---- x5c: what is refused before any signature ---------------------------------------------- */
+
+/*
+ * A key with a public part only: a random odd modulus of `bits` bits and exponent e (hex),
+ * or, when e is NULL, the modulus minus two (an exponent as long as the modulus: the
+ * stalling key of issue 13).
+ */
+static int make_rsa_public(struct test_key *k, size_t bits, const char *e_hex)
+{
+    mbedtls_mpi n, e;
+    mbedtls_mpi_init(&n);
+    mbedtls_mpi_init(&e);
+    mbedtls_pk_init(&k->pk);
+    int rc = mbedtls_pk_setup(&k->pk, mbedtls_pk_info_from_type(MBEDTLS_PK_RSA));
+    if (rc == 0) rc = mbedtls_mpi_fill_random(&n, bits / 8, mbedtls_ctr_drbg_random, &drbg);
+    if (rc == 0) rc = mbedtls_mpi_set_bit(&n, bits - 1, 1);
+    if (rc == 0) rc = mbedtls_mpi_set_bit(&n, 0, 1);
+    if (rc == 0)
+        rc =
+            e_hex != NULL ? mbedtls_mpi_read_string(&e, 16, e_hex) : mbedtls_mpi_sub_int(&e, &n, 2);
+    if (rc == 0) rc = mbedtls_rsa_import(mbedtls_pk_rsa(k->pk), &n, NULL, NULL, NULL, &e);
+    if (rc == 0) rc = mbedtls_rsa_complete(mbedtls_pk_rsa(k->pk));
+    mbedtls_mpi_free(&n);
+    mbedtls_mpi_free(&e);
+    return rc;
+}
+
+/*
+ * Replaces k's certificate signature by junk: sig_len bytes (the first one 0, so that it is
+ * below any modulus of that length) under sha256WithRSAEncryption: a certificate whose
+ * check with an RSA key of sig_len bytes runs the whole modular exponentiation.
+ */
+static int junk_rsa_signature(struct test_key *k, size_t sig_len)
+{
+    mbedtls_x509_crt crt;
+    unsigned char buf[8192], junk[1024];
+    mbedtls_x509_crt_init(&crt);
+    int rc = mbedtls_x509_crt_parse_der(&crt, k->cert, k->cert_len);
+    if (rc != 0 || sig_len > sizeof(junk) || crt.tbs.len + sig_len + 64 > sizeof(buf)) {
+        mbedtls_x509_crt_free(&crt);
+        return -1;
+    }
+    memset(junk, 0x5a, sig_len);
+    junk[0] = 0;
+    unsigned char *p = buf + sizeof(buf);
+    int len = mbedtls_asn1_write_bitstring(&p, buf, junk, sig_len * 8);
+    len += mbedtls_asn1_write_algorithm_identifier(&p, buf, MBEDTLS_OID_PKCS1_SHA256,
+                                                   MBEDTLS_OID_SIZE(MBEDTLS_OID_PKCS1_SHA256), 0);
+    p -= crt.tbs.len;
+    memcpy(p, crt.tbs.p, crt.tbs.len);
+    len += (int)crt.tbs.len;
+    len += mbedtls_asn1_write_len(&p, buf, (size_t)len);
+    len += mbedtls_asn1_write_tag(&p, buf, MBEDTLS_ASN1_CONSTRUCTED | MBEDTLS_ASN1_SEQUENCE);
+    mbedtls_x509_crt_free(&crt);
+    if (len <= 0 || (size_t)len > sizeof(k->cert)) return -1;
+    memcpy(k->cert, p, (size_t)len);
+    k->cert_len = (size_t)len;
+    return 0;
+}
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* "Bearer ..." signed by signer (ES256 or ES512 by its curve), with x5c of the certs. */
+static char *x5c_token(struct test_key *signer, struct test_key *const *certs, size_t n,
+                       const char *alg)
+{
+    char h[16384], p[2048], extra[16000], b64[6000];
+    int w = snprintf(extra, sizeof(extra), ",\"x5c\":[");
+    for (size_t i = 0; i < n; i++) {
+        b64std(certs[i], b64, sizeof(b64));
+        w += snprintf(extra + w, sizeof(extra) - (size_t)w, "%s\"%s\"", i ? "," : "", b64);
+    }
+    snprintf(extra + w, sizeof(extra) - (size_t)w, "]");
+    return sign_token(header(h, sizeof(h), alg, extra), payload(p, sizeof(p), good), alg, signer);
+}
+
+/* Each refusal rule of x5c.h, decided on the loop: microseconds, not a signature check. */
+static void test_x5c_refused_unsigned(void)
+{
+    struct test_key hostile, leaf, rsa_big, rsa_e33, rsa_e32, p521, brainpool;
+    const char *from = "20200101000000", *to = "20400101000000";
+    const char *ca_name = "CN=content-cache test CA,O=tests";
+    CHECK_INT(gen_ec(&leaf, MBEDTLS_ECP_DP_SECP256R1), 0);
+
+    /* Issue 13's token: an RSA-8192 "intermediate" whose exponent is as long as its
+     * modulus (its signature check: ~0.4 s), and a leaf naming it as issuer. */
+    CHECK_INT(make_rsa_public(&hostile, 8192, NULL), 0);
+    CHECK_INT(
+        make_cert(&hostile, "CN=hostile intermediate", &rogue.pk, ca_name, true, from, to, 40), 0);
+    CHECK_INT(make_cert(&leaf, "CN=hostile leaf", &rsa_signer.pk, "CN=hostile intermediate", false,
+                        from, to, 41),
+              0);
+    CHECK_INT(junk_rsa_signature(&leaf, 1024), 0);
+    struct test_key *chain[] = {&leaf, &hostile};
+    char *t = x5c_token(&leaf, chain, 2, "ES256");
+    char why[AUTH_TOKEN_WHY_MAX];
+    double start = mono_s();
+    int rc = auth_token_verify(verifier, t, strlen(t), REPO, strlen(REPO), "pull", NOW_S, why,
+                               sizeof(why));
+    double took = mono_s() - start;
+    fprintf(stderr, "  the hostile token of issue 13 refused in %.3f ms: %s\n", took * 1e3, why);
+    CHECK_INT(rc, -EPERM);
+    CHECK_CONTAINS(why, "8192 bits");
+    CHECK(took < 0.05); /* its signature check alone took 0.4 s */
+    free(t);
+
+    /* RSA over 4096 bits, or with an exponent over 2^32; 2^32 - 1 is within the limits. */
+    CHECK_INT(make_rsa_public(&rsa_big, 4160, "10001"), 0);
+    CHECK_INT(make_cert(&rsa_big, "CN=big", &ca.pk, ca_name, true, from, to, 42), 0);
+    CHECK_INT(make_rsa_public(&rsa_e33, 4096, "100000001"), 0);
+    CHECK_INT(make_cert(&rsa_e33, "CN=e33", &ca.pk, ca_name, true, from, to, 43), 0);
+    CHECK_INT(make_rsa_public(&rsa_e32, 4096, "FFFFFFFF"), 0);
+    CHECK_INT(make_cert(&rsa_e32, "CN=e32", &ca.pk, ca_name, true, from, to, 44), 0);
+    struct test_key *big[] = {&ec_leaf, &rsa_big};
+    EXPECT(x5c_token(&ec_leaf, big, 2, "ES256"), -EPERM, "RSA key of 4160 bits");
+    struct test_key *e33[] = {&ec_leaf, &rsa_e33};
+    EXPECT(x5c_token(&ec_leaf, e33, 2, "ES256"), -EPERM, "exponent has 33 bits");
+    struct test_key *e32[] = {&ec_leaf, &rsa_e32};
+    EXPECT(x5c_token(&ec_leaf, e32, 2, "ES256"), 0, NULL); /* an extra certificate: unused */
+    struct test_key *e32_leaf[] = {&rsa_e32};
+    EXPECT(x5c_token(&ec_leaf, e32_leaf, 1, "ES256"), -EPERM, "signature"); /* within limits */
+
+    /* EC only on P-256 and P-384: a P-521 leaf issued by the bundle's CA is refused. */
+    CHECK_INT(gen_ec(&p521, MBEDTLS_ECP_DP_SECP521R1), 0);
+    CHECK_INT(make_cert(&p521, "CN=p521", &ca.pk, ca_name, false, from, to, 45), 0);
+    struct test_key *p521_chain[] = {&p521};
+    EXPECT(x5c_token(&p521, p521_chain, 1, "ES512"), -EPERM, "secp521r1");
+    CHECK_INT(gen_ec(&brainpool, MBEDTLS_ECP_DP_BP256R1), 0);
+    CHECK_INT(make_cert(&brainpool, "CN=bp", &ca.pk, ca_name, false, from, to, 46), 0);
+    struct test_key *bp_chain[] = {&ec_leaf, &brainpool};
+    EXPECT(x5c_token(&ec_leaf, bp_chain, 2, "ES256"), -EPERM, "brainpoolP256r1");
+
+    /* No path to the bundle: a leaf whose issuer is in neither the chain nor the bundle. */
+    struct test_key *orphan[] = {&leaf};
+    EXPECT(x5c_token(&leaf, orphan, 1, "ES256"), -EPERM, "does not lead");
+
+    struct test_key *keys[] = {&hostile, &leaf, &rsa_big, &rsa_e33, &rsa_e32, &p521, &brainpool};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        mbedtls_pk_free(&keys[i]->pk);
+}
+
+/* Paths: through intermediates in any order, and key IDs where both sides have them. */
+static void test_x5c_paths(void)
+{
+    struct test_key inter, leaf2, ids_ca, ids_leaf, wrong_aki;
+    const char *from = "20200101000000", *to = "20400101000000";
+    const char *ca_name = "CN=content-cache test CA,O=tests";
+    CHECK_INT(gen_ec(&inter, MBEDTLS_ECP_DP_SECP384R1), 0);
+    CHECK_INT(gen_ec(&leaf2, MBEDTLS_ECP_DP_SECP256R1), 0);
+    CHECK_INT(make_cert(&inter, "CN=intermediate", &ca.pk, ca_name, true, from, to, 50), 0);
+    CHECK_INT(make_cert(&leaf2, "CN=leaf2", &inter.pk, "CN=intermediate", false, from, to, 51), 0);
+    struct test_key *in_order[] = {&leaf2, &inter};
+    EXPECT(x5c_token(&leaf2, in_order, 2, "ES256"), 0, NULL);
+    struct test_key *with_extra[] = {&leaf2, &rogue, &rsa_signer, &inter};
+    EXPECT(x5c_token(&leaf2, with_extra, 4, "ES256"), 0, NULL);
+    struct test_key *missing[] = {&leaf2, &rogue};
+    EXPECT(x5c_token(&leaf2, missing, 2, "ES256"), -EPERM, "does not lead");
+    /* An intermediate that names the CA but was signed by another key: found by the first
+     * signature checked, the top one. */
+    struct test_key forged;
+    CHECK_INT(gen_ec(&forged, MBEDTLS_ECP_DP_SECP256R1), 0);
+    CHECK_INT(make_cert(&forged, "CN=intermediate", &rogue.pk, ca_name, true, from, to, 52), 0);
+    struct test_key *forged_chain[] = {&leaf2, &forged};
+    EXPECT(x5c_token(&leaf2, forged_chain, 2, "ES256"), -EPERM, "not signed by a certificate");
+
+    /* Key IDs: a bundle CA with a subject key ID; a leaf whose authority key ID is another
+     * key's is refused by name and key ID, before any signature. */
+    char path[192], err[256];
+    CHECK_INT(gen_ec(&ids_ca, MBEDTLS_ECP_DP_SECP256R1), 0);
+    CHECK_INT(gen_ec(&ids_leaf, MBEDTLS_ECP_DP_SECP256R1), 0);
+    CHECK_INT(gen_ec(&wrong_aki, MBEDTLS_ECP_DP_SECP256R1), 0);
+    CHECK_INT(
+        make_cert_ids(&ids_ca, "CN=ids CA", &ids_ca.pk, "CN=ids CA", true, from, to, 60, true), 0);
+    CHECK_INT(
+        make_cert_ids(&ids_leaf, "CN=ids leaf", &ids_ca.pk, "CN=ids CA", false, from, to, 61, true),
+        0);
+    CHECK_INT(make_cert_ids(&wrong_aki, "CN=wrong aki", &rogue.pk, "CN=ids CA", false, from, to, 62,
+                            true),
+              0);
+    snprintf(path, sizeof(path), "%s/ids.pem", tmpdir);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL && append_pem(f, &ids_ca));
+    if (f != NULL) fclose(f);
+    struct auth_verifier *ids_verifier = NULL;
+    CHECK_INT(auth_token_verifier_new(path, ISSUER, SERVICE, err, sizeof(err), &ids_verifier), 0);
+    struct test_key *good_ids[] = {&ids_leaf}, *bad_ids[] = {&wrong_aki};
+    char *t = x5c_token(&ids_leaf, good_ids, 1, "ES256");
+    char why[AUTH_TOKEN_WHY_MAX] = "";
+    CHECK_INT(auth_token_verify(ids_verifier, t, strlen(t), REPO, strlen(REPO), "pull", NOW_S, why,
+                                sizeof(why)),
+              0);
+    free(t);
+    t = x5c_token(&wrong_aki, bad_ids, 1, "ES256");
+    CHECK_INT(auth_token_verify(ids_verifier, t, strlen(t), REPO, strlen(REPO), "pull", NOW_S, why,
+                                sizeof(why)),
+              -EPERM);
+    CHECK_CONTAINS(why, "key ID");
+    free(t);
+    auth_token_verifier_free(ids_verifier);
+    unlink(path);
+    struct test_key *keys[] = {&inter, &leaf2, &forged, &ids_ca, &ids_leaf, &wrong_aki};
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        mbedtls_pk_free(&keys[i]->pk);
+}
+
+/* ---- auth_token_check: memory and the thread pool ---------------------------------------------
+ */
+
+struct verdicts {
+    int calls;
+    struct auth_token_verdict last;
+};
+
+static void on_verdict(void *arg, const struct auth_token_verdict *v)
+{
+    struct verdicts *vs = arg;
+    vs->calls++;
+    vs->last = *v;
+}
+
+static int check_at(struct auth_verifier *v, const char *token, const char *repo, uint64_t now_ms,
+                    struct auth_token_verdict *now, struct verdicts *vs,
+                    struct auth_token_job **job)
+{
+    struct auth_token_query q = {token, strlen(token), repo, strlen(repo), "pull", NOW_S, now_ms};
+    return auth_token_check(v, &q, now, on_verdict, vs, job);
+}
+
+static void test_token_check(void)
+{
+    uv_loop_t loop;
+    struct auth_verifier *v = NULL;
+    char err[256];
+    struct auth_token_verdict now;
+    struct auth_token_job *job;
+    struct verdicts vs = {0};
+    CHECK_INT(uv_loop_init(&loop), 0);
+    struct auth_cache *memory = auth_cache_new(64, 60000, 5000);
+    CHECK_INT(auth_token_verifier_new(bundle_path, ISSUER, SERVICE, err, sizeof(err), &v), 0);
+
+    /* Not attached: decided before it returns, every time. */
+    struct test_key *leaf_chain[] = {&ec_leaf};
+    char *good_token = x5c_token(&ec_leaf, leaf_chain, 1, "ES256");
+    double start = mono_s();
+    CHECK_INT(check_at(v, good_token, REPO, NOW_MS, &now, &vs, &job), 0);
+    fprintf(stderr, "  a good x5c token (ES256, P-256 leaf of a P-256 CA) verified in %.2f ms\n",
+            (mono_s() - start) * 1e3);
+    CHECK_INT(now.rc, 0);
+    CHECK(!now.remembered);
+    CHECK_INT(auth_token_verifier_attach(v, &loop, memory), 0);
+
+    /* A good token: its signatures on the pool, then remembered. */
+    CHECK_INT(check_at(v, good_token, REPO, NOW_MS, &now, &vs, &job), AUTH_TOKEN_PENDING);
+    CHECK(job != NULL);
+    CHECK_INT(vs.calls, 0); /* never before it returns */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(vs.calls, 1);
+    CHECK_INT(vs.last.rc, 0);
+    CHECK(!vs.last.remembered);
+    CHECK_INT(check_at(v, good_token, REPO, NOW_MS + 1, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, 0);
+    CHECK(now.remembered);
+    /* Another repository: the signature is remembered, the claims are checked again. */
+    CHECK_INT(check_at(v, good_token, "bob/app", NOW_MS + 2, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, -EACCES);
+    CHECK(now.remembered);
+
+    /* A bad signature: found on the pool, then the refusal is remembered for 5 s, for any
+     * repository. */
+    char h[8192], p[2048], extra[8192], c1[4096];
+    b64std(&ec_leaf, c1, sizeof(c1));
+    snprintf(extra, sizeof(extra), ",\"x5c\":[\"%s\"]", c1);
+    char *bad_sig =
+        sign_token(header(h, sizeof(h), "ES256", extra), payload(p, sizeof(p), good), "ES256", &ca);
+    CHECK_INT(check_at(v, bad_sig, REPO, NOW_MS, &now, &vs, &job), AUTH_TOKEN_PENDING);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(vs.calls, 2);
+    CHECK_INT(vs.last.rc, -EPERM);
+    CHECK_INT(check_at(v, bad_sig, "other/repo", NOW_MS + 4999, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, -EPERM);
+    CHECK(now.remembered);
+    CHECK_CONTAINS(now.why, "signature");
+    CHECK_CONTAINS(now.why, "(remembered)");
+    CHECK_INT(check_at(v, bad_sig, REPO, NOW_MS + 5000, &now, &vs, &job), AUTH_TOKEN_PENDING);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(vs.calls, 3);
+
+    /* Refused before any signature: decided on the loop, and remembered. */
+    char *kid_less = sign_token(header(h, sizeof(h), "ES256", ",\"kid\":\"AAAA\""),
+                                payload(p, sizeof(p), good), "ES256", &ca);
+    CHECK_INT(check_at(v, kid_less, REPO, NOW_MS, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, -EPERM);
+    CHECK(!now.remembered);
+    CHECK_INT(check_at(v, kid_less, REPO, NOW_MS + 1, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, -EPERM);
+    CHECK(now.remembered);
+
+    /* A kid token is verified on the pool too (ECDSA: about a millisecond). Two at once:
+     * the second waits for the lane; cancelled there, it is never called back; the first,
+     * cancelled while it runs, neither, but its outcome is remembered. */
+    char *kid_token = sign_token(header(h, sizeof(h), "ES256", kid_of(extra, sizeof(extra), &ca)),
+                                 payload(p, sizeof(p), good), "ES256", &ca);
+    struct auth_token_job *first, *second;
+    CHECK_INT(check_at(v, kid_token, REPO, NOW_MS, &now, &vs, &first), AUTH_TOKEN_PENDING);
+    CHECK_INT(check_at(v, good_token, "alice/other", NOW_MS + 70000, &now, &vs, &second),
+              AUTH_TOKEN_PENDING);
+    auth_token_job_cancel(second);
+    auth_token_job_cancel(first);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(vs.calls, 3);
+    CHECK_INT(check_at(v, kid_token, REPO, NOW_MS + 1, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, 0);
+    CHECK(now.remembered);
+
+    /* Several waiting for the lane are answered in order, one callback each. */
+    int before = vs.calls;
+    for (int i = 0; i < 3; i++) {
+        char repo[32];
+        snprintf(repo, sizeof(repo), "queue/r%d", i);
+        CHECK_INT(check_at(v, bad_sig, repo, NOW_MS + 20000, &now, &vs, &job), AUTH_TOKEN_PENDING);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_INT(vs.calls, before + 3);
+    CHECK_INT(vs.last.rc, -EPERM);
+    CHECK(vs.last.remembered); /* the later ones were answered from the first one's outcome */
+
+    /* Too long: refused unread. */
+    char *huge = calloc(AUTH_TOKEN_MAX + 2, 1);
+    memset(huge, 'A', AUTH_TOKEN_MAX + 1);
+    memcpy(huge, "Bearer ", 7);
+    CHECK_INT(check_at(v, huge, REPO, NOW_MS, &now, &vs, &job), 0);
+    CHECK_INT(now.rc, -EMSGSIZE);
+
+    free(huge);
+    free(good_token);
+    free(bad_sig);
+    free(kid_less);
+    free(kid_token);
+    auth_token_verifier_free(v);
+    auth_cache_free(memory);
+    CHECK_INT(uv_loop_close(&loop), 0);
+}
+
 /* ---- key IDs, exp, the verifier's file ----------------------------------------------------- */
 
 static void test_libtrust_kid(void)
@@ -1086,6 +1491,9 @@ int main(void)
         RUN(test_token_claims);
         RUN(test_token_malformed);
         RUN(test_token_mutations);
+        RUN(test_x5c_refused_unsigned);
+        RUN(test_x5c_paths);
+        RUN(test_token_check);
     } else {
         check_tests_failed++;
         fprintf(stderr, "FAILED: making the test PKI\n");

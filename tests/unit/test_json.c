@@ -268,6 +268,41 @@ static void test_numbers(void)
     free(copy);
 }
 
+/* Integers as Go's encoding/json reads an int64: no fraction, no exponent, in range. */
+static void test_integers(void)
+{
+    static const struct {
+        const char *text;
+        int rc;
+        int64_t value;
+    } cases[] = {
+        {"300", 0, 300},
+        {"-0", 0, 0},
+        {"9223372036854775807", 0, INT64_MAX},
+        {"-9223372036854775808", 0, INT64_MIN},
+        {"9223372036854775808", -ERANGE, 0},
+        {"300.5", -EINVAL, 0},
+        {"300.0", -EINVAL, 0},
+        {"3e2", -EINVAL, 0},
+        {"3E2", -EINVAL, 0},
+        {"\"300\"", -EINVAL, 0},
+        {"null", -EINVAL, 0},
+        {"true", -EINVAL, 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct json_token tok[2];
+        struct json_doc doc;
+        char *copy;
+        int64_t v = 12345;
+        CHECK_INT(parse_exact(cases[i].text, strlen(cases[i].text), tok, 2, &doc, &copy), 0);
+        int rc = json_integer_int64(&doc, 0, &v);
+        if (rc != cases[i].rc) fprintf(stderr, "integer case %s\n", cases[i].text);
+        CHECK_INT(rc, cases[i].rc);
+        CHECK_INT(v, rc == 0 ? cases[i].value : 12345); /* untouched on failure */
+        free(copy);
+    }
+}
+
 /* xorshift64*: deterministic, so a failure can be replayed. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
 
@@ -430,6 +465,7 @@ int main(void)
     RUN(test_structure);
     RUN(test_strings);
     RUN(test_numbers);
+    RUN(test_integers);
     RUN(test_hostile);
     RUN(test_json_escape);
     RUN(test_utf8_decode);
