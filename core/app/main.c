@@ -4,7 +4,13 @@
  *   content-cache CONFIG            serve
  *   content-cache serve CONFIG      the same
  *   content-cache --check CONFIG    validate, print what would be done, exit
+ *   content-cache expire CONFIG     one blobttl sweep now
+ *   content-cache fsck CONFIG [--repair]
  *   content-cache --version | --help
+ *
+ * Serving wires the floors together: the store, the upstream pool and the upstreams,
+ * the relay and blob services behind the router, authorization, the disk budget and
+ * expiry, the policies, the debug server's sections and checks. Exit codes: usage_text.
  */
 #include <errno.h>
 #include <signal.h>

@@ -2,8 +2,8 @@
  * expire.h: blobttl. A blob that has not been pulled for its TTL is deleted.
  *
  * The time of a blob's last pull is the access time of its data file, set explicitly
- * on each pull (blob.c calls expire_touch_due and then futimes; explicit times are
- * kept under relatime and noatime mounts alike), so it is on disk with the blob and
+ * on each pull (blob.c calls expire_touch_due and then uv_fs_futime; explicit times
+ * are kept under relatime and noatime mounts alike), so it is on disk with the blob and
  * survives restarts and crashes, and replicas sharing the storage see each other's
  * pulls.
  *
