@@ -106,6 +106,28 @@ struct reqparse {
     bool too_large;
 };
 
+/*
+ * A log line that clients can cause is written at most once per THROTTLE_NS; the events
+ * in between are counted and the next line says how many there were.
+ */
+#define THROTTLE_NS (10ull * 1000000000ull)
+struct throttle {
+    uint64_t last_ns;
+    unsigned count; /* events since the last line, this one included */
+};
+
+/* Counts an event; true when a line should be written now (then *count is how many
+ * events it speaks for, and the count starts over). */
+static bool throttle_event(struct throttle *t, uint64_t now, unsigned *count)
+{
+    t->count++;
+    if (t->last_ns != 0 && now - t->last_ns < THROTTLE_NS) return false;
+    t->last_ns = now;
+    *count = t->count;
+    t->count = 0;
+    return true;
+}
+
 struct conn {
     uv_tcp_t tcp;
     uv_timer_t timer;
@@ -130,6 +152,7 @@ struct conn {
     /* https: the session on the socket (tls_stream.h), when https is set. */
     struct tls_stream tls;
     bool https;
+    bool handshaking; /* counted in the server's n_handshaking */
 };
 
 struct http_server {
@@ -154,9 +177,11 @@ struct http_server {
     char readbuf[64 * 1024];
     char date[40];
     time_t date_sec;
-    uint64_t nofile;        /* RLIMIT_NOFILE when listening began; 0 when unlimited */
-    uint64_t fd_warned_ns;  /* when "open files near the limit" was last logged */
-    unsigned fd_warn_count; /* connections near the limit since that line */
+    uint64_t nofile;            /* RLIMIT_NOFILE when listening began; 0 when unlimited */
+    struct throttle fd_warn;    /* "open files near the limit" */
+    struct throttle refused;    /* connections closed at accept (limits, shutdown) */
+    struct throttle tls_failed; /* failed TLS handshakes and sessions */
+    unsigned n_handshaking;     /* https connections whose handshake is not done */
 };
 
 static void conn_close(struct conn *c);
@@ -171,6 +196,8 @@ static void conn_send_raw(struct conn *c, const char *text, size_t len);
 static void exchange_write_done(struct http_exchange *x, int status);
 static bool conn_pull_tls(struct conn *c);
 static void exchange_finish(struct http_exchange *x);
+static void log_tls_failure(struct conn *c, const char *why);
+static void conn_handshake_over(struct conn *c);
 static void server_maybe_done(struct http_server *srv);
 
 static uint64_t now_ns(void)
@@ -430,6 +457,7 @@ static bool conn_pull_tls(struct conn *c)
             return false;
         }
         ssize_t n = tls_stream_read(&c->tls, c->srv->readbuf, room);
+        if (c->handshaking && tls_stream_handshake_done(&c->tls)) conn_handshake_over(c);
         if (n == UV_EAGAIN) return true;
         if (n == UV_EOF && conn_holds_input(c)) {
             /* close_notify after requests not answered yet: the session reports it
@@ -446,8 +474,12 @@ static bool conn_pull_tls(struct conn *c)
                         "this server speaks https, not http :-)\n";
                     uv_buf_t b = uv_buf_init((char *)resp, sizeof(resp) - 1);
                     uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+                } else {
+                    /* The alert that says why (protocol_version, handshake_failure, ...)
+                     * goes out before the close, so the client can tell. */
+                    tls_stream_send_now(&c->tls, NULL, 0);
                 }
-                log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_stream_error(&c->tls));
+                log_tls_failure(c, tls_stream_error(&c->tls));
             }
             conn_close(c);
             return false;
@@ -462,8 +494,7 @@ static void conn_tls_written(void *owner, int status)
 {
     struct conn *c = owner;
     if (status >= 0 || c->closing) return;
-    if (status == UV_EPROTO)
-        log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, tls_stream_error(&c->tls));
+    if (status == UV_EPROTO) log_tls_failure(c, tls_stream_error(&c->tls));
     conn_close(c);
 }
 
@@ -527,6 +558,7 @@ static void conn_close(struct conn *c)
 {
     if (c->closing) return;
     c->closing = true;
+    conn_handshake_over(c);
     ready_remove(c);
     uv_close((uv_handle_t *)&c->timer, conn_timer_closed);
     uv_close((uv_handle_t *)&c->tcp, conn_tcp_closed);
@@ -768,16 +800,33 @@ static void warn_fd_limit(struct http_server *srv, struct conn *c)
     uv_os_fd_t fd;
     if (srv->nofile == 0 || uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0) return;
     if ((uint64_t)fd < srv->nofile - srv->nofile / 10) return;
-    srv->fd_warn_count++;
-    uint64_t now = now_ns();
-    if (srv->fd_warned_ns != 0 && now - srv->fd_warned_ns < 10ull * 1000000000ull) return;
+    unsigned count;
+    if (!throttle_event(&srv->fd_warn, now_ns(), &count)) return;
     log_msg(LOG_WARN,
             "open files near the limit: descriptor %d of RLIMIT_NOFILE %" PRIu64 " (%u "
             "connections near it since the last warning, %u open); past the limit, new "
             "connections are closed at once: raise the limit (LimitNOFILE=, ulimit -n)",
-            (int)fd, srv->nofile, srv->fd_warn_count, srv->n_conns);
-    srv->fd_warned_ns = now;
-    srv->fd_warn_count = 0;
+            (int)fd, srv->nofile, count, srv->n_conns);
+}
+
+/* A TLS failure of c, in the log at most once per THROTTLE_NS with a count. */
+static void log_tls_failure(struct conn *c, const char *why)
+{
+    unsigned count;
+    if (!throttle_event(&c->srv->tls_failed, now_ns(), &count)) return;
+    if (count > 1)
+        log_msg(LOG_INFO, "TLS with %s failed: %s (%u TLS failures since the last such line)",
+                c->remote, why, count);
+    else
+        log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote, why);
+}
+
+/* The handshake of c is over (done, or the connection closes): it no longer counts. */
+static void conn_handshake_over(struct conn *c)
+{
+    if (!c->handshaking) return;
+    c->handshaking = false;
+    c->srv->n_handshaking--;
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -809,9 +858,24 @@ static void on_connection(uv_stream_t *listener, int status)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
+    unsigned count;
     if (srv->n_conns > srv->opts.max_connections || srv->shutting_down) {
-        log_msg(LOG_WARN, "connection refused: %u connections open (limit %u)", srv->n_conns - 1,
-                srv->opts.max_connections);
+        if (throttle_event(&srv->refused, now_ns(), &count))
+            log_msg(LOG_WARN,
+                    "connection refused: %u connections open (limit %u; %u refused since the "
+                    "last such line)",
+                    srv->n_conns - 1, srv->opts.max_connections, count);
+        conn_close(c);
+        return;
+    }
+    if (srv->tls != NULL && srv->n_handshaking >= srv->opts.max_pending_handshakes) {
+        /* Each pending handshake holds its session (~35 KiB): their number is bounded
+         * apart from the connections'. */
+        if (throttle_event(&srv->refused, now_ns(), &count))
+            log_msg(LOG_WARN,
+                    "connection refused: %u TLS handshakes pending (limit %u; %u refused since "
+                    "the last such line)",
+                    srv->n_handshaking, srv->opts.max_pending_handshakes, count);
         conn_close(c);
         return;
     }
@@ -839,6 +903,8 @@ static void on_connection(uv_stream_t *listener, int status)
             return;
         }
         c->https = true;
+        c->handshaking = true;
+        srv->n_handshaking++;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
@@ -1081,8 +1147,7 @@ static int exchange_write(struct http_exchange *x, uv_buf_t *bufs, unsigned n)
         struct conn *c = x->conn;
         int r = tls_stream_write(&c->tls, all, k, exchange_tls_written, x);
         if (r < 0) {
-            log_msg(LOG_INFO, "TLS with %s failed: %s", c->remote,
-                    r == UV_EPROTO ? tls_stream_error(&c->tls) : uv_strerror(r));
+            log_tls_failure(c, r == UV_EPROTO ? tls_stream_error(&c->tls) : uv_strerror(r));
             conn_close(c);
             return UV_ECANCELED;
         }
@@ -1451,6 +1516,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     if (!srv->opts.idle_timeout_ms) srv->opts.idle_timeout_ms = 60000;
     if (!srv->opts.write_timeout_ms) srv->opts.write_timeout_ms = 60000;
     if (!srv->opts.max_connections) srv->opts.max_connections = 16384;
+    if (!srv->opts.max_pending_handshakes) srv->opts.max_pending_handshakes = 1024;
     size_t cap = 1;
     for (size_t i = 0; i < opts->n_extra_headers; i++)
         cap += opts->extra_headers[i].name_len + opts->extra_headers[i].value_len + 4;

@@ -12,8 +12,12 @@
  * Limits: request line plus headers at most max_header_bytes and max_headers (431
  * beyond), header_timeout_ms for a request's headers to arrive (408 and close),
  * idle_timeout_ms between requests, write_timeout_ms without write progress, at most
- * max_connections at once (more are closed at accept). An idle connection holds no
- * buffer: reads go through one loop-wide buffer.
+ * max_connections at once and, for https, at most max_pending_handshakes whose handshake
+ * is not done (more are closed at accept). An idle connection holds no buffer: reads go
+ * through one loop-wide buffer.
+ *
+ * https: a failed handshake sends its alert before the connection closes; failures are
+ * logged at most once per 10 s, with how many there were (so are refused connections).
  *
  * Exchange lifetime: the handler must end every exchange it is given with exactly one
  * call to http_respond_end or http_respond_abort, also after the client has gone (the
@@ -39,12 +43,15 @@ typedef void (*http_write_cb)(struct http_exchange *x, int status, void *arg);
 typedef void (*http_gone_cb)(struct http_exchange *x, void *arg);
 
 struct http_server_opts {
-    size_t max_header_bytes;    /* default 16384 */
-    size_t max_headers;         /* default 100 */
-    unsigned header_timeout_ms; /* default 10000 */
-    unsigned idle_timeout_ms;   /* default 60000 */
-    unsigned write_timeout_ms;  /* default 60000 */
-    unsigned max_connections;   /* default 16384 */
+    size_t max_header_bytes;         /* default 16384 */
+    size_t max_headers;              /* default 100 */
+    unsigned header_timeout_ms;      /* default 10000 */
+    unsigned idle_timeout_ms;        /* default 60000 */
+    unsigned write_timeout_ms;       /* default 60000 */
+    unsigned max_connections;        /* default 16384 */
+    unsigned max_pending_handshakes; /* https: default 1024 connections whose TLS handshake
+                                        is not done yet (~35 KiB each); more are closed at
+                                        accept */
     /* Headers added to every response (config http.headers); copied. */
     const struct http_header *extra_headers;
     size_t n_extra_headers;

@@ -78,7 +78,10 @@ int tls_client_config_new(const char *const *ca_files, size_t n_ca, bool system_
  * and the lowest protocol version accepted, "tls1.2" (also for NULL or "") or
  * "tls1.3". mbedTLS 2.28 has no usable TLS 1.3: "tls1.3" is refused with UV_ENOTSUP
  * and a sentence saying so, never quietly lowered. Clients are not asked for
- * certificates. Returns 0 and *out, or UV_EINVAL / UV_ENOTSUP / UV_ENOMEM with err.
+ * certificates. The server offers ECDHE with AEAD ciphers only (ChaCha20-Poly1305
+ * first, then AES-GCM) and resumes sessions with tickets (RFC 5077) sealed by a key
+ * kept in memory, which changes daily. Returns 0 and *out, or UV_EINVAL / UV_ENOTSUP /
+ * UV_ENOMEM with err.
  */
 int tls_server_config_new(const char *cert_file, const char *key_file, const char *min_version,
                           struct tls_config **out, char *err, size_t errlen);

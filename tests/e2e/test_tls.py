@@ -12,6 +12,7 @@ Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_tls.py
 
 import http.client
 import os
+import selectors
 import socket
 import ssl
 import subprocess
@@ -126,6 +127,99 @@ def body(run):
         expect(b"https" in data, "the answer does not say to use https: %r" % data)
 
     run.check("plain HTTP to the HTTPS port: 400 saying so, then close", plain_http_to_https_port)
+
+    def s_client(*args):
+        """openssl s_client against the https cache: what it printed (stdout and stderr)."""
+        cp = subprocess.run(["openssl", "s_client", "-connect", "127.0.0.1:%d" % https_cache.port,
+                             "-CAfile", pki["ca"]] + list(args), input=b"",
+                            capture_output=True, timeout=20 * h.SCALE)
+        return (cp.stdout + cp.stderr).decode("utf-8", "replace")
+
+    def offers_aead_only():
+        out = s_client("-tls1_2")
+        expect("Cipher is ECDHE-ECDSA-CHACHA20-POLY1305" in out,
+               "the default suite is not ChaCha20-Poly1305:\n" + out[-800:])
+        for suite in ("ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
+                      "ECDHE-ECDSA-AES128-CCM8", "ECDHE-ECDSA-CAMELLIA128-SHA256"):
+            out = s_client("-tls1_2", "-cipher", suite + ":@SECLEVEL=0")
+            expect("Cipher is (NONE)" in out and "alert handshake failure" in out,
+                   "%s was accepted, or refused without the alert:\n%s" % (suite, out[-800:]))
+
+    run.check("https: ECDHE with AEAD only, ChaCha20-Poly1305 first; a CBC, CCM or CAMELLIA "
+              "suite is refused with a handshake_failure alert", offers_aead_only)
+
+    def alert_before_close():
+        out = s_client("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+        expect("alert protocol version" in out,
+               "a TLS 1.1 client did not get the protocol_version alert:\n" + out[-800:])
+        expect("unexpected eof" not in out, "the connection ended without the alert")
+
+    run.check("https: a refused handshake sends its alert (protocol_version) before closing",
+              alert_before_close)
+
+    def resumption():
+        sess = work.sub("tls-session.pem")
+        first = s_client("-tls1_2", "-sess_out", sess)
+        expect("New, TLSv1.2" in first, "first handshake:\n" + first[-600:])
+        again = s_client("-tls1_2", "-sess_in", sess)
+        expect("Reused, TLSv1.2" in again, "the session was not resumed:\n" + again[-600:])
+
+    run.check("https: a returning client resumes its session (session ticket)", resumption)
+
+    def failures_throttled():
+        before = len([ln for ln in h.read_lines(https_cache.stderr_path) if "TLS with" in ln])
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", https_cache.port), timeout=10) as s:
+                s.sendall(b"\x16\x03\x01\x00\x05junk!")  # a handshake record of nonsense
+                s.settimeout(10)
+                try:
+                    while s.recv(4096):
+                        pass
+                except OSError:
+                    pass
+        lines = [ln for ln in h.read_lines(https_cache.stderr_path) if "TLS with" in ln][before:]
+        h.log("  30 failed handshakes: %d log line(s)" % len(lines))
+        expect(len(lines) <= 1, "failed handshakes are not rate-limited: %d lines for 30:\n%s"
+               % (len(lines), "\n".join(lines[:5])))
+
+    run.check("https: failed handshakes are logged at a rate limit (30 in a burst: at most one "
+              "line)", failures_throttled)
+
+    def pending_handshakes_bounded():
+        # 1024 connections may wait in their handshake (each holds ~35 KiB of session); a
+        # connection past that is closed at once, and the log says why.
+        socks, closed = [], set()
+        try:
+            for _ in range(1100):
+                socks.append(socket.create_connection(("127.0.0.1", https_cache.port), timeout=10))
+            # Closed at accept means at once: well before the 10 s header timeout would.
+            deadline = time.monotonic() + 3.0 * h.SCALE
+            with selectors.DefaultSelector() as sel:  # epoll: more than FD_SETSIZE sockets
+                for s in socks:
+                    sel.register(s, selectors.EVENT_READ)
+                while time.monotonic() < deadline and len(closed) < len(socks) - 1024:
+                    for key, _ in sel.select(0.2):
+                        try:
+                            gone = key.fileobj.recv(1) == b""
+                        except OSError:
+                            gone = True
+                        if gone:
+                            closed.add(key.fileobj)
+                            sel.unregister(key.fileobj)
+        finally:
+            for s in socks:
+                s.close()
+        h.log("  1100 silent TLS connections: %d closed at accept" % len(closed))
+        expect(len(closed) == 76, "%d of 1100 silent connections were closed at once; 76 "
+               "(those past 1024 pending handshakes) should be" % len(closed))
+        h.wait_until(lambda: [ln for ln in h.read_lines(https_cache.stderr_path)
+                              if "TLS handshakes pending" in ln], h.LOG_TIMEOUT,
+                     "the log line about pending handshakes")
+        status, _, _ = https_get(https_cache.port, "/v2/", pki["ca"])
+        expect(status in (200, 401, 502, 503), "a new client after them: %r" % status)
+
+    run.check("https: at most 1024 pending TLS handshakes; more connections are closed at "
+              "accept, logged", pending_handshakes_bounded)
 
     def tls13_refused():
         c = HttpsCache(work, [origin.url], name="tls13")

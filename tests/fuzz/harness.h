@@ -11,6 +11,11 @@
 #define CC_FUZZ_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* libFuzzer's entry points, as every target defines them. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
 
 #define HARNESS_REQUIRE(cond, what)                                                                \
     do {                                                                                           \
