@@ -1,9 +1,10 @@
 /*
- * fakenet.h: a hermetic network for the fuzz targets that talk TCP.
+ * fakenet.h: a hermetic network for the tests that talk TCP (the unit tests and the fuzz
+ * targets; the library cc_test_support).
  *
- * Interposition: the harness binaries define connect(2) and getaddrinfo(3) themselves, so
- * that whatever host a fuzz input names (a redirect's Location, an upstream URL), no byte
- * ever leaves the process and no DNS query is made:
+ * Interposition: a binary linked with this file defines connect(2) and getaddrinfo(3)
+ * itself, so that whatever host a test or a fuzz input names (a redirect's Location, an
+ * upstream URL), no byte ever leaves the process and no DNS query is made:
  *   - getaddrinfo resolves every name to 127.0.0.1;
  *   - connect to 127.0.0.1 on an allowed port (fakenet_allow) goes through;
  *   - any other IPv4 connect goes to 127.0.0.1 on the redirect port when one is set
@@ -16,8 +17,8 @@
  * Everything runs on the loop thread; a function that fails returns a negative libuv
  * error and calls no callback.
  */
-#ifndef CC_FUZZ_FAKENET_H
-#define CC_FUZZ_FAKENET_H
+#ifndef CC_TEST_FAKENET_H
+#define CC_TEST_FAKENET_H
 
 #include <stdbool.h>
 #include <stddef.h>
