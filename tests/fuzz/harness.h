@@ -11,6 +11,10 @@
 #define CC_FUZZ_HARNESS_H
 
 #include <stddef.h>
+#include <stdint.h>
+
+/* The entry point libFuzzer calls with each input; every target defines it. */
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define HARNESS_REQUIRE(cond, what)                                                                \
     do {                                                                                           \
