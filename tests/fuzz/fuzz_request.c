@@ -345,7 +345,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* Whatever came in, the server answered with a well-formed status line. */
     if (st.bytes_read >= 13) {
-        const char *l = st.first_bytes;
+        const char *l = st.response;
         HARNESS_REQUIRE((strncmp(l, "HTTP/1.1 ", 9) == 0 || strncmp(l, "HTTP/1.0 ", 9) == 0) &&
                             l[9] >= '1' && l[9] <= '5' && l[10] >= '0' && l[10] <= '9' &&
                             l[11] >= '0' && l[11] <= '9' && l[12] == ' ',

@@ -25,22 +25,44 @@
 #include <stdint.h>
 #include <uv.h>
 
+/* Lets connections to 127.0.0.1:port through (at most FAKENET_MAX_ALLOWED at once), or no
+ * longer. */
+#define FAKENET_MAX_ALLOWED 64
 void fakenet_allow(uint16_t port);
+void fakenet_disallow(uint16_t port);
 void fakenet_redirect(uint16_t port);
 
 /* --- The scripted server ---------------------------------------------------------- */
 
+/*
+ * A reply: data[0..len), sent in slices of `chunk`. A reply shorter than the length its
+ * head announces is a body cut short (the client sees the connection end first).
+ */
 struct fakenet_reply {
     const char *data; /* must stay valid until the connection is closed */
     size_t len;
     size_t chunk; /* slice size, 0: one write */
+    /*
+     * After the reply the connection waits for the next request head, as a keep-alive
+     * server does, instead of ending. Only for a reply that ends where its head says.
+     */
+    bool keep_alive;
+    /*
+     * Not 0: the reply stops after its first stall_at bytes (all of them when stall_at >=
+     * len; with len 0, a request never answered), and the connection stays open without
+     * a byte more until fakenet_server_resume, which sends the rest and ends the reply as
+     * usual. The client closing its side ends it at once.
+     */
+    size_t stall_at;
 };
 
 /*
- * Called once per connection with the request head (everything up to and including the
- * first CRLF CRLF, or the first 16 KiB when none came), to choose the reply. After the
- * reply the server shuts its side down, reads and discards until the client closes, and
- * closes the connection.
+ * Called for each request with its head (everything up to and including the first CRLF
+ * CRLF, or the first 16 KiB when none came; a client that ends its side before a whole
+ * first head gets a reply to what it sent), to choose the reply. The head is valid
+ * during the call only. The bytes after a head (a body) are taken as the start of the
+ * next request. After a reply without keep_alive the server shuts its side down, reads
+ * and discards until the client closes, and closes the connection.
  */
 typedef void (*fakenet_answer_fn)(void *ud, const char *head, size_t len,
                                   struct fakenet_reply *out);
@@ -56,15 +78,28 @@ int fakenet_server_start(uv_loop_t *loop, fakenet_answer_fn answer, void *ud,
 uint16_t fakenet_server_port(const struct fakenet_server *s);
 /* Connections open now. */
 unsigned fakenet_server_connections(const struct fakenet_server *s);
+/* Connections accepted, and requests answered, since the start. */
+unsigned fakenet_server_accepted(const struct fakenet_server *s);
+unsigned fakenet_server_requests(const struct fakenet_server *s);
+/* Every reply that stalled, or will at its stall_at, goes on (later replies stall as
+ * scripted). */
+void fakenet_server_resume(struct fakenet_server *s);
+/*
+ * Closes the listener and every connection (a reply still going is cut), disallows the
+ * port, and frees the server once its handles are closed (the loop must run for that).
+ */
+void fakenet_server_stop(struct fakenet_server *s);
 
 /* --- The scripted client ---------------------------------------------------------- */
+
+#define FAKENET_CLIENT_KEEP 16384
 
 struct fakenet_client_stats {
     bool connected;
     bool done; /* the connection is closed */
     size_t bytes_written;
     size_t bytes_read;
-    char first_bytes[32]; /* the first bytes read, NUL-terminated */
+    char response[FAKENET_CLIENT_KEEP]; /* the first bytes read, NUL-terminated */
 };
 
 /*
@@ -75,5 +110,14 @@ struct fakenet_client_stats {
  */
 int fakenet_client_run(uv_loop_t *loop, uint16_t port, const char *data, size_t len, size_t chunk,
                        struct fakenet_client_stats *stats);
+
+/* --- Waiting ------------------------------------------------------------------------ */
+
+/*
+ * Runs the loop until done(arg) is true, at most timeout_ms. done is asked after every
+ * turn of the loop, and a timer of its own turns it every 10 ms, so a condition that only
+ * time makes true (a backoff that ends) is seen too. Returns done(arg) at the end.
+ */
+bool fakenet_run_until(uv_loop_t *loop, bool (*done)(void *arg), void *arg, unsigned timeout_ms);
 
 #endif
