@@ -90,7 +90,7 @@ struct call {
     char error[512]; /* chain_error_message at on_done */
     char body[256];
     size_t body_len;
-    bool cancel_in_head;
+    bool cancel_in_head, cancel_in_done;
 };
 
 static void call_head(void *ud, int status, const struct http_header *hdrs, size_t n,
@@ -121,6 +121,7 @@ static void call_done(void *ud, int err)
     c->err = err;
     snprintf(c->base, sizeof(c->base), "%s", chain_base(c->req));
     snprintf(c->error, sizeof(c->error), "%s", chain_error_message(c->req));
+    if (c->cancel_in_done) chain_cancel(c->req); /* a no-op, as upstream_cancel is there */
 }
 
 static const struct upstream_callbacks call_cbs = {call_head, call_body, call_done};
@@ -322,7 +323,10 @@ static bool a_idle(void *arg)
     return fakenet_server_connections(e->a.srv) == 0 && fakenet_server_requests(e->a.srv) > 0;
 }
 
-/* chain_cancel from on_head: no callback comes after it, and the connection is closed. */
+/*
+ * chain_cancel follows upstream_cancel's rules: from on_head no callback comes after it
+ * (and the connection is closed); from on_done it is a no-op.
+ */
 static void test_cancel(void)
 {
     struct env e;
@@ -336,6 +340,34 @@ static void test_cancel(void)
     CHECK_INT(c.heads, 1);
     CHECK_INT(c.dones, 0);
     CHECK_INT(c.body_len, 0);
+
+    memset(&c, 0, sizeof(c));
+    c.cancel_in_done = true;
+    start(&e, &c, bases, 2);
+    CHECK(fakenet_run_until(&e.loop, call_finished, &c, WAIT_MS));
+    CHECK_INT(c.dones, 1);
+    CHECK_INT(c.err, 0);
+    /* The same after a failure that ends with every base failed (refused). */
+    const char *refused[] = {e.refused};
+    memset(&c, 0, sizeof(c));
+    c.cancel_in_done = true;
+    start(&e, &c, refused, 1);
+    CHECK(fakenet_run_until(&e.loop, call_finished, &c, WAIT_MS));
+    CHECK_INT(c.dones, 1);
+    CHECK_INT(c.err, UV_ECONNREFUSED);
+    /* And after a 5xx whose next base cannot even start (https on a pool without TLS). */
+    char https[96];
+    snprintf(https, sizeof(https), "https://127.0.0.1:1/cancel");
+    const char *no_next[] = {e.a.base, https};
+    e.a.status = 503;
+    memset(&c, 0, sizeof(c));
+    c.cancel_in_done = true;
+    start(&e, &c, no_next, 2);
+    CHECK(fakenet_run_until(&e.loop, call_finished, &c, WAIT_MS));
+    CHECK_INT(c.dones, 1);
+    CHECK_INT(c.heads, 0);
+    CHECK_INT(c.err, UV_EPROTO);
+    CHECK_CONTAINS(c.error, "https upstreams are not supported");
     env_finish(&e);
 }
 
