@@ -316,7 +316,7 @@ static void test_writes_refused(void)
 
 /*
  * ns picks the upstreams entry and is echoed in OCI-Namespace; one that names no
- * upstream is 404 NAME_UNKNOWN.
+ * upstream is 404 NAME_UNKNOWN (also one that does not decode, which is not echoed).
  */
 static void test_namespace(void)
 {
@@ -343,6 +343,17 @@ static void test_namespace(void)
     CHECK_INT(r.status, 503); /* refused by the fake network: unreachable */
     CHECK_INT(e.origin.n_lines, 1);
 
+    /* An ns that does not decode names no upstream, and nothing of it is echoed. */
+    ask(&e, &r, "GET", "/v2/lib/app/manifests/latest?ns=ab%zz", NULL);
+    check_error(&r, 404, "NAME_UNKNOWN");
+    CHECK_STR(header(&r, "OCI-Namespace"), "");
+    CHECK_CONTAINS(r.body, "\"detail\":\"\"");
+    char longer[512] = "/v2/lib/app/manifests/latest?ns=";
+    memset(longer + strlen(longer), 'a', 400); /* longer than any host name */
+    ask(&e, &r, "GET", longer, NULL);
+    check_error(&r, 404, "NAME_UNKNOWN");
+    CHECK_STR(header(&r, "OCI-Namespace"), "");
+    CHECK_CONTAINS(r.body, "\"detail\":\"\"");
     /* One that decodes to a line break is not echoed into the head. */
     ask(&e, &r, "GET", "/v2/lib/app/manifests/latest?ns=a%0d%0aX-Injected:%201", NULL);
     check_error(&r, 404, "NAME_UNKNOWN");
