@@ -173,11 +173,7 @@ static void canned_init(uint16_t port)
 static void origin_answer(void *ud, const char *head, size_t len, struct fakenet_reply *out)
 {
     char line[2048];
-    size_t n = 0;
-    while (n < len && n < sizeof(line) - 1 && head[n] != '\r')
-        n++;
-    memcpy(line, head, n);
-    line[n] = '\0';
+    fakenet_request_line(head, len, line, sizeof(line));
     bool is_head = strncmp(line, "HEAD ", 5) == 0;
     enum canned r = R_404;
     if (strstr(line, " /v2/ ") != NULL)

@@ -303,6 +303,15 @@ static void sconn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = sizeof(sc->readbuf);
 }
 
+void fakenet_request_line(const char *head, size_t len, char *out, size_t cap)
+{
+    size_t n = 0;
+    while (n < len && n + 1 < cap && head[n] != '\r')
+        n++;
+    memcpy(out, head, n);
+    out[n] = '\0';
+}
+
 /* Answers the request whose head is in[0..head_len), and drops it from the input. */
 static void sconn_answer(struct sconn *sc, size_t head_len)
 {

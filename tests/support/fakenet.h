@@ -67,6 +67,9 @@ struct fakenet_reply {
 typedef void (*fakenet_answer_fn)(void *ud, const char *head, size_t len,
                                   struct fakenet_reply *out);
 
+/* Copies the request line of a head (up to its CR, cut to fit) into out, NUL-terminated. */
+void fakenet_request_line(const char *head, size_t len, char *out, size_t cap);
+
 struct fakenet_server;
 
 /*

@@ -78,11 +78,7 @@ struct origin {
 static void origin_answer(void *ud, const char *head, size_t len, struct fakenet_reply *out)
 {
     struct origin *o = ud;
-    size_t n = 0;
-    while (n < len && n < sizeof(o->first_line) - 1 && head[n] != '\r')
-        n++;
-    memcpy(o->first_line, head, n);
-    o->first_line[n] = '\0';
+    fakenet_request_line(head, len, o->first_line, sizeof(o->first_line));
     if (strncmp(head, "GET ", 4) == 0) o->gets++;
     if (strncmp(head, "HEAD ", 5) == 0) o->heads++;
     out->data = o->reply;
@@ -357,6 +353,27 @@ static bool reader_ended(void *arg)
     return ((struct reader *)arg)->ended;
 }
 
+/* Starts a fetch of the env's blob from base (NULL: the origin) with a reader on it. */
+static struct fetch *start_read(struct env *e, struct reader *r, const char *base, int64_t expected,
+                                bool store_it)
+{
+    struct fetch *f = NULL;
+    CHECK_INT(env_start(e, base, expected, store_it, &f), 0);
+    if (f != NULL) reader_start(r, e, f);
+    return f;
+}
+
+/* The manager's counters. */
+static void check_counts(struct env *e, uint64_t started, uint64_t committed, uint64_t failed,
+                         uint64_t passthrough)
+{
+    const struct fetch_stats *st = fetch_stats(e->m);
+    CHECK_INT(st->started, started);
+    CHECK_INT(st->committed, committed);
+    CHECK_INT(st->failed, failed);
+    CHECK_INT(st->passthrough, passthrough);
+}
+
 /* --- Waiting for conditions ---------------------------------------------------------- */
 
 struct on_disk {
@@ -395,16 +412,14 @@ static bool readable_past(void *arg)
 static void test_commit(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r;
     env_init(&e, BLOB_SMALL);
     e.origin.chunk = 16384;
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
-    CHECK_INT(env_start(&e, NULL, -1, true, &f), 0);
+    struct fetch *f = start_read(&e, &r, NULL, -1, true);
     CHECK(fetch_find(e.m, e.hex) == f); /* a second client would follow this one */
     CHECK_INT(fetch_manager_active(e.m), 1);
     CHECK_INT(fetch_state(f), FETCH_RUNNING);
-    reader_start(&r, &e, f);
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
 
     CHECK_INT(fetch_state(f), FETCH_DONE);
@@ -429,11 +444,7 @@ static void test_commit(void)
     char line[256];
     snprintf(line, sizeof(line), "GET %s HTTP/1.1", e.target);
     CHECK_STR(e.origin.first_line, line);
-    const struct fetch_stats *st = fetch_stats(e.m);
-    CHECK_INT(st->started, 1);
-    CHECK_INT(st->committed, 1);
-    CHECK_INT(st->failed, 0);
-    CHECK_INT(st->passthrough, 0);
+    check_counts(&e, 1, 1, 0, 0);
     /* The descriptor stays valid while a reference is held, also after the commit. */
     char c;
     CHECK_INT(pread(fetch_fd(f), &c, 1, (off_t)e.size - 1), 1);
@@ -449,13 +460,11 @@ static void test_commit(void)
 static void test_last_byte_held_back(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r;
     env_init(&e, BLOB_SMALL);
     origin_script(&e.origin, 200, BODY_CHUNKED, e.size);
     e.origin.stall_at = e.origin.last_chunk_at;
-    CHECK_INT(env_start(&e, NULL, (int64_t)e.size, true, &f), 0);
-    reader_start(&r, &e, f);
+    struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, true);
     struct on_disk whole = {f, (off_t)e.size};
     CHECK(fakenet_run_until(&e.loop, file_reached, &whole, WAIT_MS));
     struct progress all_but_one = {&r, e.size - 1};
@@ -483,13 +492,11 @@ static void test_last_byte_held_back(void)
 static void test_coalescing(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r1, r2;
     env_init(&e, BLOB_SMALL);
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
     e.origin.stall_at = e.origin.reply_len / 2;
-    CHECK_INT(env_start(&e, NULL, -1, true, &f), 0);
-    reader_start(&r1, &e, f);
+    struct fetch *f = start_read(&e, &r1, NULL, -1, true);
     struct progress some = {&r1, 1};
     CHECK(fakenet_run_until(&e.loop, reader_got, &some, WAIT_MS));
 
@@ -506,7 +513,7 @@ static void test_coalescing(void)
     CHECK(!r1.bad_bytes && !r2.bad_bytes);
     CHECK(!r1.early_last && !r2.early_last);
     CHECK_INT(e.origin.gets, 1);
-    CHECK_INT(fetch_stats(e.m)->started, 1);
+    check_counts(&e, 1, 1, 0, 0);
     CHECK_INT(e.commits, 1);
     CHECK(fetch_find(e.m, e.hex) == NULL);
     fetch_unref(again);
@@ -520,15 +527,13 @@ static void test_coalescing(void)
 static void test_pass_through_without_storing(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r;
     env_init(&e, BLOB_SMALL);
     e.origin.chunk = 16384;
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
-    CHECK_INT(env_start(&e, NULL, (int64_t)e.size, false, &f), 0);
+    struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, false);
     CHECK(fetch_find(e.m, e.hex) == NULL); /* it takes no followers: others fetch anew */
     CHECK(fetch_in_memory(f, 0));
-    reader_start(&r, &e, f);
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
     CHECK_INT(fetch_state(f), FETCH_DONE);
     CHECK_INT(r.got, e.size);
@@ -538,10 +543,7 @@ static void test_pass_through_without_storing(void)
     CHECK_INT(e.commits, 0);
     CHECK_INT(stored_size(&e), -1);
     check_no_leftovers(&e);
-    const struct fetch_stats *st = fetch_stats(e.m);
-    CHECK_INT(st->passthrough, 1);
-    CHECK_INT(st->committed, 0);
-    CHECK_INT(st->failed, 0);
+    check_counts(&e, 1, 0, 0, 1);
     fetch_unref(f);
     env_finish(&e);
 }
@@ -554,12 +556,10 @@ static void test_pass_through_without_storing(void)
 static void test_pass_through_window_waits_for_reader(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r;
     env_init(&e, BLOB_LARGE);
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
-    CHECK_INT(env_start(&e, NULL, (int64_t)e.size, false, &f), 0);
-    reader_start(&r, &e, f);
+    struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, false);
     r.paused = true;
     struct progress window = {&r, 4u << 20};
     CHECK(fakenet_run_until(&e.loop, readable_past, &window, WAIT_MS));
@@ -588,7 +588,6 @@ static void test_pass_through_window_waits_for_reader(void)
 static void test_disk_fails_mid_fetch(void)
 {
     struct env e;
-    struct fetch *f = NULL;
     struct reader r;
     env_init(&e, 2u << 20);
     e.origin.chunk = 16384;
@@ -599,8 +598,7 @@ static void test_disk_fails_mid_fetch(void)
     small.rlim_cur = 256 * 1024;
     signal(SIGXFSZ, SIG_IGN);
     CHECK_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
-    CHECK_INT(env_start(&e, NULL, (int64_t)e.size, true, &f), 0);
-    reader_start(&r, &e, f);
+    struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, true);
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
     CHECK_INT(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, SIG_DFL);
@@ -615,10 +613,7 @@ static void test_disk_fails_mid_fetch(void)
     CHECK_INT(e.commits, 0);
     CHECK_INT(stored_size(&e), -1);
     check_no_leftovers(&e);
-    const struct fetch_stats *st = fetch_stats(e.m);
-    CHECK_INT(st->passthrough, 1);
-    CHECK_INT(st->committed, 0);
-    CHECK_INT(st->failed, 0);
+    check_counts(&e, 1, 0, 0, 1);
     fetch_unref(f);
     env_finish(&e);
 }
@@ -634,12 +629,10 @@ static bool origin_idle(void *arg)
 static struct fetch *start_and_leave(struct env *e, enum body_form form, int64_t expected,
                                      bool store_it)
 {
-    struct fetch *f = NULL;
     struct reader r;
     origin_script(&e->origin, 200, form, e->size);
     e->origin.stall_at = e->origin.reply_len / 2;
-    CHECK_INT(env_start(e, NULL, expected, store_it, &f), 0);
-    reader_start(&r, e, f);
+    struct fetch *f = start_read(e, &r, NULL, expected, store_it);
     struct progress some = {&r, 1};
     CHECK(fakenet_run_until(&e->loop, reader_got, &some, WAIT_MS));
     reader_end(&r);
@@ -676,7 +669,7 @@ static void test_clients_leave(void)
     fetch_unref(f);
     check_no_leftovers(&e);
     CHECK_INT(e.commits, 1);
-    CHECK_INT(fetch_stats(e.m)->failed, 2);
+    check_counts(&e, 3, 1, 2, 1);
     env_finish(&e);
 }
 
@@ -685,11 +678,9 @@ static void test_clients_leave(void)
 /* Runs one fetch that must fail, and checks that nothing of it stayed. */
 static void expect_failure(struct env *e, const char *base, int64_t expected, const char *why)
 {
-    struct fetch *f = NULL;
     struct reader r;
     unsigned failed_before = (unsigned)fetch_stats(e->m)->failed;
-    CHECK_INT(env_start(e, base, expected, true, &f), 0);
-    reader_start(&r, e, f);
+    struct fetch *f = start_read(e, &r, base, expected, true);
     CHECK(fakenet_run_until(&e->loop, reader_ended, &r, WAIT_MS));
     CHECK_INT(fetch_state(f), FETCH_FAILED);
     CHECK(!fetch_complete(f));
@@ -717,10 +708,8 @@ static void test_digest_mismatch(void)
     expect_failure(&e, NULL, -1, "digest mismatch");
 
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
-    struct fetch *f = NULL;
     struct reader r;
-    CHECK_INT(env_start(&e, NULL, -1, true, &f), 0);
-    reader_start(&r, &e, f);
+    struct fetch *f = start_read(&e, &r, NULL, -1, true);
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
     CHECK_INT(fetch_state(f), FETCH_DONE);
     CHECK_INT(e.commits, 1);

@@ -94,12 +94,8 @@ static void origin_answer(void *ud, const char *head, size_t len, struct fakenet
 {
     struct origin *o = ud;
     char line[256];
-    size_t n = 0;
-    while (n < len && n < sizeof(line) - 1 && head[n] != '\r')
-        n++;
-    memcpy(line, head, n);
-    line[n] = '\0';
-    if (o->n_lines < MAX_LINES) memcpy(o->lines[o->n_lines++], line, n + 1);
+    fakenet_request_line(head, len, line, sizeof(line));
+    if (o->n_lines < MAX_LINES) memcpy(o->lines[o->n_lines++], line, sizeof(line));
     char blob_path[128];
     snprintf(blob_path, sizeof(blob_path), "/blobs/sha256:%s ", o->hex);
     int r = R_404;
