@@ -59,7 +59,8 @@ struct fakenet_reply {
 /*
  * Called for each request with its head (everything up to and including the first CRLF
  * CRLF, or the first 16 KiB when none came; a client that ends its side before a whole
- * first head gets a reply to what it sent), to choose the reply. The head is valid
+ * head gets a reply to what it sent, also to nothing on a new connection), to choose the
+ * reply. The head is valid
  * during the call only. The bytes after a head (a body) are taken as the start of the
  * next request. After a reply without keep_alive the server shuts its side down, reads
  * and discards until the client closes, and closes the connection.
