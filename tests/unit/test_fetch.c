@@ -718,7 +718,8 @@ static void test_digest_mismatch(void)
     env_finish(&e);
 }
 
-static void test_short_body(void)
+/* Bodies that do not have the length they should. */
+static void test_wrong_length(void)
 {
     struct env e;
     env_init(&e, BLOB_SMALL);
@@ -731,6 +732,9 @@ static void test_short_body(void)
     /* A length that disagrees with the HEAD's. */
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
     expect_failure(&e, NULL, (int64_t)e.size + 1, "its HEAD said");
+    /* A body without a length that goes on past the HEAD's. */
+    origin_script(&e.origin, 200, BODY_CHUNKED, e.size);
+    expect_failure(&e, NULL, (int64_t)e.size / 2, "sent more than");
     env_finish(&e);
 }
 
@@ -760,7 +764,7 @@ int main(void)
     RUN(test_disk_fails_mid_fetch);
     RUN(test_clients_leave);
     RUN(test_digest_mismatch);
-    RUN(test_short_body);
+    RUN(test_wrong_length);
     RUN(test_upstream_5xx_and_refused);
     return check_summary();
 }
