@@ -55,7 +55,11 @@ struct fetch_stats {
 
 struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
                                         struct upstream_pool *pool);
-/* Frees the manager; every fetch must have ended. */
+/*
+ * Frees the manager; every fetch must have ended, and fetch_manager_cancel_all must have
+ * been called on the running loop (it closes the manager's heartbeat timer, which a fetch
+ * that took a lock started: without it the loop does not close).
+ */
 void fetch_manager_free(struct fetch_manager *m);
 const struct fetch_stats *fetch_stats(const struct fetch_manager *m);
 /* Fails every running fetch (at shutdown): their temporary files are removed. */

@@ -23,6 +23,7 @@ struct chain_req {
     size_t n_headers;
     int max_redirects;
     bool head_given;
+    bool in_done;               /* on_done is being called: chain_cancel is a no-op */
     struct upstream_host *host; /* the table entry of the base tried now */
     uint64_t attempt_start_ns;
     char error[512];
@@ -163,9 +164,8 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
         c->cur = NULL;
         if (chain_next(c)) return;
         /* Every later base failed to start: report this one's failure. */
-        const struct upstream_callbacks *cbs = c->cbs;
-        void *cud = c->ud;
-        cbs->on_done(cud, UV_EPROTO);
+        c->in_done = true;
+        c->cbs->on_done(c->ud, UV_EPROTO);
         chain_free(c);
         return;
     }
@@ -194,6 +194,7 @@ static void on_done(void *ud, int err)
         }
     }
     c->cur = NULL;
+    c->in_done = true;
     c->cbs->on_done(c->ud, err);
     chain_free(c);
 }
@@ -291,6 +292,7 @@ void chain_resume(struct chain_req *c)
 
 void chain_cancel(struct chain_req *c)
 {
+    if (c->in_done) return; /* freed when on_done returns, as upstream_cancel promises */
     if (c->cur) upstream_cancel(c->cur);
     chain_free(c);
 }

@@ -61,7 +61,8 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
 
 void chain_pause(struct chain_req *req);
 void chain_resume(struct chain_req *req);
-/* No callback after this. */
+/* No callback after this. Safe from inside on_head and on_body; a no-op from inside
+ * on_done (the request is freed when on_done returns), as upstream_cancel. */
 void chain_cancel(struct chain_req *req);
 
 /* The base URL that answered (or was tried last), valid until on_done returns. */

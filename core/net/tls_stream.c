@@ -142,6 +142,14 @@ bool tls_stream_writing(const struct tls_stream *ts)
     return ts->job.cb != NULL;
 }
 
+int tls_stream_close_notify(struct tls_stream *ts)
+{
+    if (ts->closed) return UV_ECANCELED;
+    if (ts->job.cb != NULL) return UV_EBUSY;
+    int rc = tls_close_notify(ts->session);
+    return rc != 0 ? rc : tls_stream_flush(ts);
+}
+
 void tls_stream_send_now(struct tls_stream *ts, const char *text, size_t len)
 {
     if (ts->closed) return;

@@ -123,6 +123,14 @@ bool tls_stream_writing(const struct tls_stream *ts);
 int tls_stream_flush(struct tls_stream *ts);
 
 /*
+ * Says close_notify after everything written so far (tls_close_notify) and sends it
+ * (tls_stream_flush): the owner shuts its socket down once tls_stream_in_flight is 0, from
+ * on_written. Returns 0 (also when the handshake never completed: there is nothing to
+ * close then) or an error; UV_EBUSY while a job runs. Writing fails afterwards.
+ */
+int tls_stream_close_notify(struct tls_stream *ts);
+
+/*
  * Best effort before a close, for a few bytes (an error answer, an alert): encrypts text
  * when the handshake is done and text is not NULL, then writes the output not in flight
  * with uv_try_write, without a callback.

@@ -130,7 +130,10 @@ int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x
         const char *amp = memchr(q, '&', qlen);
         size_t plen = amp ? (size_t)(amp - q) : qlen;
         if (plen > 3 && memcmp(q, "ns=", 3) == 0) {
-            if (!percent_decode(q + 3, plen - 3, ns, ns_len)) return -1;
+            if (!percent_decode(q + 3, plen - 3, ns, ns_len)) {
+                ns[0] = '\0'; /* (it may hold part of it, unterminated) */
+                return -1;
+            }
             break;
         }
         if (amp == NULL) break;

@@ -43,7 +43,8 @@ size_t upstreams_count(const struct upstreams *u);
  * The upstreams entry a request is for: the one whose originhost is the registry named
  * by the `ns` query parameter (host[:port], as containerd sends it to a mirror; docker.io
  * and index.docker.io name registry-1.docker.io), or the first without one. -1 when ns
- * names none of them or does not decode. The decoded ns goes to ns ("" when absent).
+ * names none of them or does not decode. The decoded ns goes to ns ("" when absent or
+ * when it does not decode).
  */
 int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x, char *ns,
                         size_t ns_len);

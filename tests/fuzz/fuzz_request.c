@@ -173,11 +173,7 @@ static void canned_init(uint16_t port)
 static void origin_answer(void *ud, const char *head, size_t len, struct fakenet_reply *out)
 {
     char line[2048];
-    size_t n = 0;
-    while (n < len && n < sizeof(line) - 1 && head[n] != '\r')
-        n++;
-    memcpy(line, head, n);
-    line[n] = '\0';
+    fakenet_request_line(head, len, line, sizeof(line));
     bool is_head = strncmp(line, "HEAD ", 5) == 0;
     enum canned r = R_404;
     if (strstr(line, " /v2/ ") != NULL)
@@ -345,7 +341,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* Whatever came in, the server answered with a well-formed status line. */
     if (st.bytes_read >= 13) {
-        const char *l = st.first_bytes;
+        const char *l = st.response;
         HARNESS_REQUIRE((strncmp(l, "HTTP/1.1 ", 9) == 0 || strncmp(l, "HTTP/1.0 ", 9) == 0) &&
                             l[9] >= '1' && l[9] <= '5' && l[10] >= '0' && l[10] <= '9' &&
                             l[11] >= '0' && l[11] <= '9' && l[12] == ' ',

@@ -8,16 +8,17 @@
  * saw and what the server saw, and end by closing the pool and the servers, running
  * the loop to completion and checking that nothing is left (uv_loop_close() == 0).
  *
- * A server with a TLS config (srv->tls) speaks https with a tls.h server session per
- * connection, driven as the cache's server drives one: ciphertext is read straight
- * into the session, responses are queued as plaintext and encrypted while the session
- * takes them, and its output is written in place (uv_write from the session's buffer,
- * consumed in the write callback), so a large body moves with backpressure. The
- * certificates come from certs.h, made when the test starts.
+ * A server with a TLS config (srv->tls) speaks https through the core's one pump,
+ * tls_stream.h, as the cache's server does: ciphertext is read straight into the
+ * session, responses are queued as plaintext and handed to the stream a few at a time,
+ * which encrypts them as the session takes them and writes its output in place, so a
+ * large body moves with backpressure. The certificates come from certs.h, made when
+ * the test starts.
  */
 #include "certs.h"
 #include "check.h"
 #include "net/tls.h"
+#include "net/tls_stream.h"
 #include "net/upstream.h"
 
 #include <signal.h>
@@ -38,7 +39,7 @@ struct srv;
 struct tseg {
     struct tseg *next;
     char *data;
-    size_t len, off;
+    size_t len;
     bool owned;
 };
 
@@ -51,12 +52,13 @@ struct sconn {
     int n_requests; /* on this connection */
     size_t len;
     char buf[16384];
-    /* TLS only. */
-    struct tls_session *tls;
-    struct tseg *queue, *queue_tail; /* plaintext not yet encrypted */
-    size_t in_flight;                /* output of the session handed to uv_write */
-    bool notified;                   /* close_notify queued (after shut) */
     bool shutdown_started;
+    /* TLS only. */
+    bool https;
+    struct tls_stream ts;
+    struct tseg *queue, *queue_tail; /* plaintext not yet written */
+    unsigned in_job;                 /* the first segments of the queue, being written */
+    bool notified;                   /* close_notify said (after shut) */
 };
 
 struct srv {
@@ -99,7 +101,7 @@ static void sconn_on_closed(uv_handle_t *h)
         if (g->owned) free(g->data);
         free(g);
     }
-    tls_session_free(sc->tls);
+    if (sc->https) tls_stream_free(&sc->ts);
     free(sc);
 }
 
@@ -107,6 +109,7 @@ static void sconn_close(struct sconn *sc)
 {
     if (sc->closing) return;
     sc->closing = true;
+    if (sc->https) tls_stream_close(&sc->ts);
     uv_close((uv_handle_t *)&sc->tcp, sconn_on_closed);
 }
 
@@ -141,7 +144,7 @@ static void sconn_send_buf(struct sconn *sc, char *data, size_t len, enum send_m
         if (mode == SEND_OWNED) free(data);
         return;
     }
-    if (sc->tls != NULL) {
+    if (sc->https) {
         struct tseg *g = calloc(1, sizeof(*g));
         g->data = mode == SEND_COPY ? memcpy(malloc(len), data, len) : data;
         g->len = len;
@@ -189,74 +192,77 @@ static void sconn_end(struct sconn *sc)
 {
     if (sc->closing || sc->shut) return;
     sc->shut = true;
-    if (sc->tls != NULL)
+    if (sc->https)
         sconn_tls_send(sc);
     else
         sconn_shutdown_now(sc);
 }
 
-/* --- TLS: the way the cache's server drives a session --------------------------------- */
+/* --- TLS: through the core's pump (tls_stream.h) ------------------------------------- */
 
-struct twrite {
-    uv_write_t req;
-    struct sconn *sc;
-    size_t len;
-};
-
-static void sconn_tls_on_write(uv_write_t *w, int status)
+/* Ends the connection once the queue is written: close_notify, then the TCP end. */
+static void sconn_tls_maybe_shut(struct sconn *sc)
 {
-    struct twrite *tw = (struct twrite *)w;
-    struct sconn *sc = tw->sc;
-    sc->in_flight -= tw->len;
-    tls_out_consume(sc->tls, tw->len);
-    free(tw);
-    if (status < 0 || sc->closing) return;
+    if (!sc->shut || sc->queue != NULL || sc->closing) return;
+    if (!sc->notified) {
+        sc->notified = true;
+        if (tls_stream_close_notify(&sc->ts) != 0) {
+            sconn_close(sc);
+            return;
+        }
+    }
+    if (tls_stream_in_flight(&sc->ts) == 0 && !sc->shutdown_started) sconn_shutdown_now(sc);
+}
+
+static void sconn_tls_job_done(void *arg, int status)
+{
+    struct sconn *sc = arg;
+    for (; sc->in_job > 0; sc->in_job--) {
+        struct tseg *g = sc->queue;
+        sc->queue = g->next;
+        if (sc->queue == NULL) sc->queue_tail = NULL;
+        if (g->owned) free(g->data);
+        free(g);
+    }
+    if (status < 0) {
+        sconn_close(sc);
+        return;
+    }
     sconn_tls_send(sc);
 }
 
+/* After every write of the stream: a failure closes, the end of the output may shut. */
+static void sconn_tls_written(void *owner, int status)
+{
+    struct sconn *sc = owner;
+    if (status < 0) {
+        sconn_close(sc);
+        return;
+    }
+    if (sc->in_job == 0) sconn_tls_maybe_shut(sc);
+}
+
 /*
- * Encrypts queued plaintext while the session takes it, writes the output that is not
- * in flight yet straight from the session's buffer, and after the queue (when the
- * connection is to end) says close_notify and shuts the socket down.
+ * Hands the queued plaintext to the stream, a job of up to TLS_STREAM_JOB_BUFS segments
+ * at a time (the next when it is written), and ends the connection after the queue when
+ * it is to end.
  */
 static void sconn_tls_send(struct sconn *sc)
 {
-    while (sc->queue != NULL) {
-        struct tseg *g = sc->queue;
-        ssize_t n = tls_write(sc->tls, g->data + g->off, g->len - g->off);
-        if (n == UV_EAGAIN) break; /* 64 KiB wait: the write callback calls again */
-        if (n < 0) {
-            sconn_close(sc);
-            return;
-        }
-        g->off += (size_t)n;
-        if (g->off == g->len) {
-            sc->queue = g->next;
-            if (sc->queue == NULL) sc->queue_tail = NULL;
-            if (g->owned) free(g->data);
-            free(g);
-        }
+    if (sc->closing || sc->in_job > 0) return;
+    if (sc->queue == NULL) {
+        sconn_tls_maybe_shut(sc);
+        return;
     }
-    if (sc->queue == NULL && sc->shut && !sc->notified && tls_handshake_done(sc->tls)) {
-        sc->notified = true;
-        tls_close_notify(sc->tls);
+    uv_buf_t bufs[TLS_STREAM_JOB_BUFS];
+    unsigned n = 0;
+    for (struct tseg *g = sc->queue; g != NULL && n < TLS_STREAM_JOB_BUFS; g = g->next)
+        bufs[n++] = uv_buf_init(g->data, (unsigned)g->len);
+    sc->in_job = n;
+    if (tls_stream_write(&sc->ts, bufs, n, sconn_tls_job_done, sc) != 0) {
+        sc->in_job = 0;
+        sconn_close(sc);
     }
-    size_t len;
-    const char *out = tls_out_peek(sc->tls, &len);
-    if (len > sc->in_flight) {
-        struct twrite *tw = malloc(sizeof(*tw));
-        tw->sc = sc;
-        tw->len = len - sc->in_flight;
-        uv_buf_t b = uv_buf_init((char *)out + sc->in_flight, (unsigned)tw->len);
-        if (uv_write(&tw->req, (uv_stream_t *)&sc->tcp, &b, 1, sconn_tls_on_write) != 0) {
-            free(tw);
-            sconn_close(sc);
-            return;
-        }
-        sc->in_flight = len;
-    }
-    if (sc->shut && sc->queue == NULL && sc->in_flight == 0 && !sc->shutdown_started)
-        sconn_shutdown_now(sc);
 }
 
 /* The byte at offset i of the big bodies. */
@@ -270,10 +276,8 @@ static void route(struct sconn *sc, const char *method, const char *target);
 static void sconn_alloc(uv_handle_t *h, size_t size, uv_buf_t *b)
 {
     struct sconn *sc = h->data;
-    if (sc->tls != NULL) {
-        size_t room;
-        b->base = tls_in_space(sc->tls, &room);
-        b->len = room;
+    if (sc->https) {
+        *b = tls_stream_read_space(&sc->ts);
         return;
     }
     b->base = sc->buf + sc->len;
@@ -288,23 +292,23 @@ static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         sconn_close(sc);
         return;
     }
-    if (sc->tls != NULL) {
-        tls_in_commit(sc->tls, (size_t)n);
-        bool was_done = tls_handshake_done(sc->tls);
+    if (sc->https) {
+        /* (Reading also sends what the handshake has to say.) */
+        tls_stream_read_commit(&sc->ts, (size_t)n);
+        bool was_done = tls_stream_handshake_done(&sc->ts);
         ssize_t r = 0;
         while (sc->len < sizeof(sc->buf) &&
-               (r = tls_read(sc->tls, sc->buf + sc->len, sizeof(sc->buf) - sc->len)) > 0)
+               (r = tls_stream_read(&sc->ts, sc->buf + sc->len, sizeof(sc->buf) - sc->len)) > 0)
             sc->len += (size_t)r;
-        if (!was_done && tls_handshake_done(sc->tls)) s->handshakes++;
+        if (!was_done && tls_stream_handshake_done(&sc->ts)) s->handshakes++;
         if (r < 0 && r != UV_EAGAIN) {
             if (r != UV_EOF) {
                 s->tls_failures++;
-                snprintf(s->tls_error, sizeof(s->tls_error), "%s", tls_session_error(sc->tls));
+                snprintf(s->tls_error, sizeof(s->tls_error), "%s", tls_stream_error(&sc->ts));
             }
             sconn_close(sc);
             return;
         }
-        sconn_tls_send(sc); /* what the handshake has to say */
     } else {
         sc->len += (size_t)n;
     }
@@ -342,7 +346,12 @@ static void srv_on_connection(uv_stream_t *listener, int status)
     sc->next = s->conns;
     s->conns = sc;
     s->accepted++;
-    if (s->tls != NULL) CHECK_INT(tls_session_new(s->tls, NULL, &sc->tls), 0);
+    if (s->tls != NULL) {
+        CHECK_INT(
+            tls_stream_init(&sc->ts, (uv_stream_t *)&sc->tcp, s->tls, NULL, sconn_tls_written, sc),
+            0);
+        sc->https = true;
+    }
     uv_read_start((uv_stream_t *)&sc->tcp, sconn_alloc, sconn_read);
 }
 

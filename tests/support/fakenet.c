@@ -15,7 +15,6 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define FAKENET_MAX_ALLOWED 16
 #define FAKENET_HEAD_MAX 16384
 
 static uint16_t allowed_ports[FAKENET_MAX_ALLOWED];
@@ -25,6 +24,16 @@ static uint16_t redirect_port;
 void fakenet_allow(uint16_t port)
 {
     if (n_allowed < FAKENET_MAX_ALLOWED) allowed_ports[n_allowed++] = port;
+}
+
+void fakenet_disallow(uint16_t port)
+{
+    for (size_t i = 0; i < n_allowed; i++) {
+        if (allowed_ports[i] == port) {
+            allowed_ports[i] = allowed_ports[--n_allowed];
+            return;
+        }
+    }
 }
 
 void fakenet_redirect(uint16_t port)
@@ -82,13 +91,19 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
 
 /* --- Slices: one write per loop iteration ----------------------------------------- */
 
-/* Sends data in slices from an idle handle; calls done(ud, status) once at the end. */
+/*
+ * Sends data in slices from an idle handle; calls done(sl, status) once at the end. While
+ * `holding`, it stops once hold_at bytes are out (stalled) until slicer_release.
+ */
 struct slicer {
     uv_idle_t idle;
     uv_stream_t *stream;
     const char *data;
     size_t len, off, chunk;
+    size_t hold_at;
+    bool holding;
     bool writing;
+    bool stalled;
     bool finished;
     void (*done)(struct slicer *sl, int status);
     uv_write_t wreq;
@@ -112,7 +127,7 @@ static void slicer_written(uv_write_t *w, int status)
         slicer_finish(sl, status);
         return;
     }
-    if (sl->off >= sl->len)
+    if (sl->off >= sl->len && !sl->holding)
         slicer_finish(sl, 0);
     else if (!uv_is_closing((uv_handle_t *)&sl->idle))
         uv_idle_start(&sl->idle, slicer_next); /* (a write that completed before a close
@@ -124,12 +139,17 @@ static void slicer_next(uv_idle_t *h)
     struct slicer *sl = h->data;
     uv_idle_stop(h);
     if (sl->writing || sl->finished) return;
+    if (sl->holding && sl->off >= sl->hold_at) {
+        sl->stalled = true;
+        return;
+    }
     if (sl->off >= sl->len) {
         slicer_finish(sl, 0);
         return;
     }
     size_t n = sl->len - sl->off;
     if (sl->chunk != 0 && n > sl->chunk) n = sl->chunk;
+    if (sl->holding && n > sl->hold_at - sl->off) n = sl->hold_at - sl->off;
     uv_buf_t b = uv_buf_init((char *)sl->data + sl->off, (unsigned)n);
     sl->off += n;
     sl->wreq.data = sl;
@@ -149,12 +169,29 @@ static void slicer_init(struct slicer *sl, uv_loop_t *loop, uv_stream_t *stream)
     sl->stream = stream;
 }
 
-static void slicer_start(struct slicer *sl, const char *data, size_t len, size_t chunk)
+/* hold_at 0: no hold; else stall after min(hold_at, len) bytes. */
+static void slicer_start(struct slicer *sl, const char *data, size_t len, size_t chunk,
+                         size_t hold_at)
 {
     sl->data = data;
     sl->len = len;
+    sl->off = 0;
     sl->chunk = chunk;
+    sl->holding = hold_at != 0;
+    sl->hold_at = hold_at > len ? len : hold_at;
+    sl->stalled = false;
+    sl->finished = false;
     uv_idle_start(&sl->idle, slicer_next);
+}
+
+/* The rest of a held reply goes out (now, or once it reaches its hold). */
+static void slicer_release(struct slicer *sl)
+{
+    sl->holding = false;
+    if (sl->stalled && !sl->finished && !uv_is_closing((uv_handle_t *)&sl->idle)) {
+        sl->stalled = false;
+        uv_idle_start(&sl->idle, slicer_next);
+    }
 }
 
 /*
@@ -172,10 +209,17 @@ static void no_linger(uv_tcp_t *tcp)
 
 /* --- The scripted server ---------------------------------------------------------- */
 
+struct sconn;
+
 struct fakenet_server {
     uv_tcp_t listener;
     uint16_t port;
     unsigned n_conns;
+    unsigned accepted;
+    unsigned requests;
+    bool stopping;
+    bool listener_closed;
+    struct sconn *conns;
     fakenet_answer_fn answer;
     void *ud;
 };
@@ -185,21 +229,36 @@ struct sconn {
     struct slicer out;
     uv_shutdown_t shutdown;
     struct fakenet_server *srv;
-    int handles; /* open handles: tcp and the slicer's idle */
-    bool answered;
-    bool peer_eof; /* the client closed its side: nothing more to read */
+    struct sconn *prev, *next; /* the server's connections */
+    int handles;               /* open handles: tcp and the slicer's idle */
+    unsigned answered;         /* requests answered */
+    bool replying;             /* a reply is going out */
+    bool keep_alive;           /* ...and the connection stays for the next request */
+    bool peer_eof;             /* the client closed its side: nothing more to read */
     bool closing;
-    size_t head_len;
-    char head[FAKENET_HEAD_MAX];
+    size_t in_len; /* request bytes not answered yet */
+    char in[FAKENET_HEAD_MAX];
     char readbuf[4096];
 };
+
+static void server_maybe_free(struct fakenet_server *s)
+{
+    if (s->stopping && s->listener_closed && s->n_conns == 0) free(s);
+}
 
 static void sconn_handle_closed(uv_handle_t *h)
 {
     struct sconn *sc = h->data;
     if (--sc->handles > 0) return;
-    sc->srv->n_conns--;
+    struct fakenet_server *s = sc->srv;
+    if (sc->prev != NULL)
+        sc->prev->next = sc->next;
+    else
+        s->conns = sc->next;
+    if (sc->next != NULL) sc->next->prev = sc->prev;
+    s->n_conns--;
     free(sc);
+    server_maybe_free(s);
 }
 
 static void sconn_close(struct sconn *sc)
@@ -221,10 +280,17 @@ static void sconn_shut(uv_shutdown_t *req, int status)
     /* else: read on until the client closes */
 }
 
+static void sconn_next_request(struct sconn *sc);
+
 static void sconn_sent(struct slicer *sl, int status)
 {
     struct sconn *sc = (struct sconn *)((char *)sl - offsetof(struct sconn, out));
     if (sc->closing) return;
+    sc->replying = false;
+    if (status == 0 && sc->keep_alive && !sc->peer_eof) {
+        sconn_next_request(sc); /* one that came meanwhile, or wait for it */
+        return;
+    }
     sc->shutdown.data = sc;
     if (status < 0 || uv_shutdown(&sc->shutdown, (uv_stream_t *)&sc->tcp, sconn_shut) != 0)
         sconn_close(sc);
@@ -237,46 +303,74 @@ static void sconn_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = sizeof(sc->readbuf);
 }
 
-static void sconn_answer(struct sconn *sc)
+void fakenet_request_line(const char *head, size_t len, char *out, size_t cap)
 {
-    struct fakenet_reply reply = {NULL, 0, 0};
-    sc->answered = true;
-    sc->srv->answer(sc->srv->ud, sc->head, sc->head_len, &reply);
-    slicer_start(&sc->out, reply.data, reply.len, reply.chunk);
+    size_t n = 0;
+    while (n < len && n + 1 < cap && head[n] != '\r')
+        n++;
+    memcpy(out, head, n);
+    out[n] = '\0';
+}
+
+/* Answers the request whose head is in[0..head_len), and drops it from the input. */
+static void sconn_answer(struct sconn *sc, size_t head_len)
+{
+    struct fakenet_reply reply;
+    memset(&reply, 0, sizeof(reply));
+    sc->answered++;
+    sc->srv->requests++;
+    sc->replying = true;
+    sc->srv->answer(sc->srv->ud, sc->in, head_len, &reply);
+    memmove(sc->in, sc->in + head_len, sc->in_len - head_len);
+    sc->in_len -= head_len;
+    sc->keep_alive = reply.keep_alive;
+    slicer_start(&sc->out, reply.data, reply.len, reply.chunk, reply.stall_at);
+}
+
+/* Answers the next whole head in the input, if there is one. */
+static void sconn_next_request(struct sconn *sc)
+{
+    if (sc->replying || sc->closing) return;
+    const char *end = memmem(sc->in, sc->in_len, "\r\n\r\n", 4);
+    if (end != NULL)
+        sconn_answer(sc, (size_t)(end + 4 - sc->in));
+    else if (sc->in_len == sizeof(sc->in))
+        sconn_answer(sc, sc->in_len);
 }
 
 static void sconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
 {
     struct sconn *sc = st->data;
     if (n < 0) {
-        if (!sc->answered && n == UV_EOF) {
+        if (n == UV_EOF && !sc->replying && (sc->answered == 0 || sc->in_len > 0)) {
             sc->peer_eof = true;
             uv_read_stop(st);
-            sconn_answer(sc); /* a client that sent no whole head still gets the reply */
+            sconn_answer(sc, sc->in_len); /* a client that sent no whole head still gets
+                                             the reply */
             return;
         }
         if (n == UV_EOF && sc->out.finished) no_linger(&sc->tcp);
         sconn_close(sc);
         return;
     }
-    if (sc->answered) return;
     size_t take = (size_t)n;
-    if (take > sizeof(sc->head) - sc->head_len) take = sizeof(sc->head) - sc->head_len;
-    memcpy(sc->head + sc->head_len, b->base, take);
-    sc->head_len += take;
-    const char *end = memmem(sc->head, sc->head_len, "\r\n\r\n", 4);
-    if (end != NULL) {
-        sc->head_len = (size_t)(end + 4 - sc->head);
-        sconn_answer(sc);
-    } else if (sc->head_len == sizeof(sc->head)) {
-        sconn_answer(sc);
-    }
+    if (take > sizeof(sc->in) - sc->in_len) take = sizeof(sc->in) - sc->in_len;
+    memcpy(sc->in + sc->in_len, b->base, take);
+    sc->in_len += take;
+    sconn_next_request(sc);
+}
+
+static void listener_closed(uv_handle_t *h)
+{
+    struct fakenet_server *s = h->data;
+    s->listener_closed = true;
+    server_maybe_free(s);
 }
 
 static void server_on_connection(uv_stream_t *listener, int status)
 {
     struct fakenet_server *s = listener->data;
-    if (status < 0) return;
+    if (status < 0 || s->stopping) return;
     struct sconn *sc = calloc(1, sizeof(*sc));
     if (sc == NULL) abort();
     sc->srv = s;
@@ -285,11 +379,15 @@ static void server_on_connection(uv_stream_t *listener, int status)
     slicer_init(&sc->out, listener->loop, (uv_stream_t *)&sc->tcp);
     sc->out.done = sconn_sent;
     sc->handles = 2;
+    sc->next = s->conns;
+    if (s->conns != NULL) s->conns->prev = sc;
+    s->conns = sc;
     s->n_conns++;
     if (uv_accept(listener, (uv_stream_t *)&sc->tcp) != 0) {
         sconn_close(sc);
         return;
     }
+    s->accepted++;
     if (uv_read_start((uv_stream_t *)&sc->tcp, sconn_alloc, sconn_read) != 0) sconn_close(sc);
 }
 
@@ -310,7 +408,8 @@ int fakenet_server_start(uv_loop_t *loop, fakenet_answer_fn answer, void *ud,
     int bl = sizeof(bound);
     if (rc == 0) rc = uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &bl);
     if (rc != 0) {
-        uv_close((uv_handle_t *)&s->listener, NULL); /* s leaks: the harness aborts anyway */
+        s->stopping = true; /* freed once the listener is closed */
+        uv_close((uv_handle_t *)&s->listener, listener_closed);
         return rc;
     }
     s->port = ntohs(bound.sin_port);
@@ -328,6 +427,32 @@ uint16_t fakenet_server_port(const struct fakenet_server *s)
 unsigned fakenet_server_connections(const struct fakenet_server *s)
 {
     return s->n_conns;
+}
+
+unsigned fakenet_server_accepted(const struct fakenet_server *s)
+{
+    return s->accepted;
+}
+
+unsigned fakenet_server_requests(const struct fakenet_server *s)
+{
+    return s->requests;
+}
+
+void fakenet_server_resume(struct fakenet_server *s)
+{
+    for (struct sconn *sc = s->conns; sc != NULL; sc = sc->next)
+        slicer_release(&sc->out);
+}
+
+void fakenet_server_stop(struct fakenet_server *s)
+{
+    if (s->stopping) return;
+    s->stopping = true;
+    fakenet_disallow(s->port);
+    uv_close((uv_handle_t *)&s->listener, listener_closed);
+    for (struct sconn *sc = s->conns; sc != NULL; sc = sc->next)
+        sconn_close(sc);
 }
 
 /* --- The scripted client ---------------------------------------------------------- */
@@ -376,11 +501,11 @@ static void cconn_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
         return;
     }
     struct fakenet_client_stats *stats = cc->stats;
-    size_t room = sizeof(stats->first_bytes) - 1;
+    size_t room = sizeof(stats->response) - 1;
     size_t have = stats->bytes_read < room ? stats->bytes_read : room;
     size_t take = (size_t)n < room - have ? (size_t)n : room - have;
-    memcpy(stats->first_bytes + have, b->base, take);
-    stats->first_bytes[have + take] = '\0';
+    memcpy(stats->response + have, b->base, take);
+    stats->response[have + take] = '\0';
     stats->bytes_read += (size_t)n;
 }
 
@@ -439,4 +564,30 @@ int fakenet_client_run(uv_loop_t *loop, uint16_t port, const char *data, size_t 
         return rc;
     }
     return 0;
+}
+
+/* --- Waiting ------------------------------------------------------------------------ */
+
+static void deadline_cb(uv_timer_t *t)
+{
+    *(bool *)t->data = true;
+}
+
+static void tick_cb(uv_timer_t *t) {}
+
+bool fakenet_run_until(uv_loop_t *loop, bool (*done)(void *arg), void *arg, unsigned timeout_ms)
+{
+    uv_timer_t deadline, tick;
+    bool expired = false;
+    uv_timer_init(loop, &deadline);
+    uv_timer_init(loop, &tick);
+    deadline.data = &expired;
+    uv_timer_start(&deadline, deadline_cb, timeout_ms, 0);
+    uv_timer_start(&tick, tick_cb, 10, 10);
+    while (!expired && !done(arg))
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&deadline, NULL);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT); /* (their close callbacks) */
+    return done(arg);
 }
