@@ -64,10 +64,11 @@ void router_handle(struct http_exchange *x, void *ud)
                             route.reference_is_digest ? route.reference : NULL,
                             route.reference_len);
     if (err != REG_ERR_NONE) {
-        const char *msg = err == REG_ERR_NAME_INVALID     ? "invalid repository name"
-                          : err == REG_ERR_TAG_INVALID    ? "invalid tag"
-                          : err == REG_ERR_DIGEST_INVALID ? "invalid digest"
-                                                          : "not found";
+        const char *msg = err == REG_ERR_NAME_INVALID       ? "invalid repository name"
+                          : err == REG_ERR_TAG_INVALID      ? "invalid tag"
+                          : err == REG_ERR_DIGEST_INVALID   ? "invalid digest"
+                          : err == REG_ERR_MANIFEST_UNKNOWN ? "manifest unknown"
+                                                            : "not found";
         respond_error(x, err, msg, NULL);
         return;
     }
