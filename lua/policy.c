@@ -20,6 +20,33 @@
 #include "base/log.h"
 #include "lua/policy_vm.h"
 
+_Static_assert(POLICY_HOOK_COUNT <= POLICY_VM_MAX_HOOKS, "the vm has room for every hook");
+
+/* What the engine keeps of the config: copied, so the config may be freed. */
+struct policy_upstream {
+    char *originhost;
+    char **upstreamhosts;
+    size_t n_upstreamhosts;
+};
+
+struct policy_field {
+    char *key;
+    char *value;
+};
+
+struct policy_settings {
+    bool has_blobttl;
+    uint64_t blobttl_ns;
+    struct policy_upstream *upstreams;
+    size_t n_upstreams;
+    char *log_level;     /* NULL: "info" */
+    char *log_formatter; /* NULL: "text" */
+    struct policy_field *log_fields;
+    size_t n_log_fields;
+    char *storage_root; /* may be NULL */
+    char *policydir;    /* the drop-in directory, or NULL */
+};
+
 struct hook_failures {
     bool logged;        /* a failure of this hook has been logged */
     double last_logged; /* when */
@@ -179,6 +206,128 @@ static int builtin_dir_find(const char *given, char **out, char *err, size_t err
     return 0;
 }
 
+/* ---- services for the Lua side ---------------------------------------------------------- */
+
+static double engine_now(struct policy_engine *pe)
+{
+    struct timespec ts;
+
+    if (pe->clock) return pe->clock(pe->clock_ud);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* True when `now` is outside the interval that started at `start` (or the clock went back). */
+static bool interval_over(double start, double now)
+{
+    return now < start || now - start >= POLICY_LOG_INTERVAL;
+}
+
+/* cache.log and print: at most POLICY_LOG_BURST lines per window, the rest counted. */
+static void script_log(void *ud, enum log_level level, const char *msg)
+{
+    struct policy_engine *pe = ud;
+    double now;
+
+    if (!log_enabled(level)) return;
+    now = engine_now(pe);
+    if (!pe->script_window_open || interval_over(pe->script_window_start, now)) {
+        if (pe->script_dropped)
+            log_msg(LOG_WARN,
+                    "policy: %" PRIu64 " cache.log lines not written (more than %d in %g s)",
+                    pe->script_dropped, POLICY_LOG_BURST, POLICY_LOG_INTERVAL);
+        pe->script_window_open = true;
+        pe->script_window_start = now;
+        pe->script_lines = 0;
+        pe->script_dropped = 0;
+    }
+    if (pe->script_lines >= POLICY_LOG_BURST) {
+        pe->script_dropped++;
+        return;
+    }
+    pe->script_lines++;
+    log_msg(level, "policy: %s", msg);
+}
+
+static void push_string_field(lua_State *L, const char *key, const char *value)
+{
+    if (value == NULL) return;
+    lua_pushstring(L, value);
+    lua_setfield(L, -2, key);
+}
+
+/* Pushes the table that becomes cache.config (the vm makes it read-only). */
+static void push_config(lua_State *L, void *config_ud)
+{
+    const struct policy_settings *s = config_ud;
+
+    lua_createtable(L, 0, 6);
+    if (s->has_blobttl) {
+        if (s->blobttl_ns % 1000000000u == 0)
+            lua_pushinteger(L, (lua_Integer)(s->blobttl_ns / 1000000000u));
+        else
+            lua_pushnumber(L, (double)s->blobttl_ns / 1e9);
+        lua_setfield(L, -2, "blobttl");
+    }
+
+    lua_createtable(L, (int)s->n_upstreams, 0);
+    for (size_t i = 0; i < s->n_upstreams; i++) {
+        const struct policy_upstream *u = &s->upstreams[i];
+        lua_createtable(L, 0, 3);
+        lua_pushinteger(L, (lua_Integer)i + 1);
+        lua_setfield(L, -2, "index");
+        push_string_field(L, "originhost", u->originhost);
+        lua_createtable(L, (int)u->n_upstreamhosts, 0);
+        for (size_t j = 0; j < u->n_upstreamhosts; j++) {
+            lua_pushstring(L, u->upstreamhosts[j]);
+            lua_rawseti(L, -2, (lua_Integer)j + 1);
+        }
+        lua_setfield(L, -2, "upstreamhosts");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "upstreams");
+
+    lua_createtable(L, 0, 3);
+    push_string_field(L, "level", s->log_level ? s->log_level : "info");
+    push_string_field(L, "formatter", s->log_formatter ? s->log_formatter : "text");
+    lua_createtable(L, (int)s->n_log_fields, 0);
+    for (size_t i = 0; i < s->n_log_fields; i++) {
+        lua_createtable(L, 0, 2);
+        push_string_field(L, "key", s->log_fields[i].key);
+        push_string_field(L, "value", s->log_fields[i].value ? s->log_fields[i].value : "");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_setfield(L, -2, "fields");
+    lua_setfield(L, -2, "log");
+
+    push_string_field(L, "storage_root", s->storage_root);
+    push_string_field(L, "policydir", s->policydir);
+}
+
+static double host_now(void *ud)
+{
+    return engine_now(ud);
+}
+
+/* A state with the policies loaded, for these settings. */
+static int engine_vm_new(struct policy_engine *pe, struct policy_settings *settings,
+                         struct policy_vm **out, char *err, size_t errlen)
+{
+    struct policy_vm_options options = {
+        .builtin_dir = pe->builtin_dir,
+        .dropin_dir = settings->policydir,
+        .hook_names = hook_names,
+        .n_hooks = POLICY_HOOK_COUNT,
+        .instructions = pe->instructions,
+        .memory_bytes = pe->memory,
+        .host = {.now = host_now, .log = script_log, .ud = pe},
+        .push_config = push_config,
+        .config_ud = settings,
+    };
+
+    return policy_vm_new(&options, out, err, errlen);
+}
+
 int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct policy_engine **out,
                       char *err, size_t errlen)
 {
@@ -198,9 +347,7 @@ int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct 
         snprintf(err, errlen, "policy: out of memory");
         rc = -ENOMEM;
     }
-    if (rc == 0)
-        rc = policy_vm_new(pe, pe->settings, pe->builtin_dir, pe->instructions, pe->memory, &pe->vm,
-                           err, errlen);
+    if (rc == 0) rc = engine_vm_new(pe, pe->settings, &pe->vm, err, errlen);
     if (rc != 0) {
         policy_engine_free(pe);
         return rc;
@@ -221,8 +368,7 @@ int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, cha
         snprintf(err, errlen, "policy: out of memory");
         return -ENOMEM;
     }
-    rc = policy_vm_new(pe, settings, pe->builtin_dir, pe->instructions, pe->memory, &vm, err,
-                       errlen);
+    rc = engine_vm_new(pe, settings, &vm, err, errlen);
     if (rc != 0) {
         if (settings != pe->settings) settings_free(settings);
         return rc;
@@ -256,23 +402,22 @@ void policy_engine_set_limits(struct policy_engine *pe, unsigned long instructio
 {
     pe->instructions = instructions ? instructions : POLICY_DEFAULT_INSTRUCTIONS;
     pe->memory = memory_bytes ? memory_bytes : POLICY_DEFAULT_MEMORY;
-    pe->vm->mem_limit = pe->memory;
+    policy_vm_set_memory_limit(pe->vm, pe->memory);
 }
 
 size_t policy_engine_memory(const struct policy_engine *pe)
 {
-    return pe->vm->mem_used;
+    return policy_vm_memory(pe->vm);
 }
 
 bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h)
 {
-    return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF &&
-           pe->vm->hook_builtin[h];
+    return (unsigned)h < POLICY_HOOK_COUNT && policy_vm_hook_is_builtin(pe->vm, h);
 }
 
 bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h)
 {
-    return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF;
+    return (unsigned)h < POLICY_HOOK_COUNT && policy_vm_has_hook(pe->vm, h);
 }
 
 uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h)
@@ -288,53 +433,12 @@ void policy_free_list(char **list, size_t n)
     free(list);
 }
 
-/* ---- services for the Lua side ---------------------------------------------------------- */
-
-double policy_engine_now(struct policy_engine *pe)
-{
-    struct timespec ts;
-
-    if (pe->clock) return pe->clock(pe->clock_ud);
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* True when `now` is outside the interval that started at `start` (or the clock went back). */
-static bool interval_over(double start, double now)
-{
-    return now < start || now - start >= POLICY_LOG_INTERVAL;
-}
-
-void policy_engine_script_log(struct policy_engine *pe, enum log_level level, const char *msg)
-{
-    double now;
-
-    if (!log_enabled(level)) return;
-    now = policy_engine_now(pe);
-    if (!pe->script_window_open || interval_over(pe->script_window_start, now)) {
-        if (pe->script_dropped)
-            log_msg(LOG_WARN,
-                    "policy: %" PRIu64 " cache.log lines not written (more than %d in %g s)",
-                    pe->script_dropped, POLICY_LOG_BURST, POLICY_LOG_INTERVAL);
-        pe->script_window_open = true;
-        pe->script_window_start = now;
-        pe->script_lines = 0;
-        pe->script_dropped = 0;
-    }
-    if (pe->script_lines >= POLICY_LOG_BURST) {
-        pe->script_dropped++;
-        return;
-    }
-    pe->script_lines++;
-    log_msg(level, "policy: %s", msg);
-}
-
 /* Counts a failed call and logs it, unless one of the hook was logged less than
  * POLICY_LOG_INTERVAL ago. */
 static void hook_failed(struct policy_engine *pe, enum policy_hook h, const char *msg)
 {
     struct hook_failures *f = &pe->failures[h];
-    double now = policy_engine_now(pe);
+    double now = engine_now(pe);
 
     pe->errors[h]++;
     if (f->logged && !interval_over(f->last_logged, now)) {
@@ -368,7 +472,7 @@ static int hook_trampoline(lua_State *L)
 {
     struct hook_call *call = lua_touserdata(L, 1);
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->hook_ref[call->hook]);
+    policy_vm_push_hook(L, call->hook);
     lua_call(L, call->push_args(L, call), 1);
     call->take_result(L, call);
     return 0;
@@ -453,7 +557,11 @@ static int select_push(lua_State *L, struct hook_call *call)
     set_string(L, "reference", c->req->reference);
     set_string(L, "digest", c->req->digest);
     set_string(L, "kind", c->req->kind);
-    policy_vm_push_upstream(L, c->index);
+    policy_vm_push_config(L);
+    lua_getfield(L, -1, "upstreams");
+    lua_geti(L, -1, (lua_Integer)c->index + 1);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
     return 2;
 }
 
