@@ -19,14 +19,15 @@
  * policy that catches the error with pcall gains nothing. Besides steps, a call has a
  * deadline on the monotonic clock, POLICY_VM_NS_PER_STEP per step of its budget (at
  * least POLICY_VM_MIN_DEADLINE_MS), checked whenever the count hook runs (every 1,000
- * instructions): it catches work that no step counts, such as one instruction that
- * compares or converts a string of many MiB. The one escape left is time between two
- * checks: at most 1,000 instructions, each bounded by the memory cap. No policy code can
- * run outside a call: the sandbox lets no policy make a finalizer, so collecting garbage
- * and policy_vm_free run none.
+ * instructions) and whenever a library function charges its work: it catches work that
+ * no step counts, such as one instruction that compares or converts a string of many
+ * MiB. The one escape left is the time between two checks: at most 1,000 instructions,
+ * each bounded by the memory cap. No policy code can run outside a call: the sandbox
+ * lets no policy make a finalizer, so collecting garbage and policy_vm_free run none.
  *
- * Everything runs on the thread that calls policy_vm_call (the loop's); a vm is not safe
- * to share between threads.
+ * The host's callbacks are called only from within policy_vm_new and policy_vm_call
+ * (push_config only from policy_vm_new), on the thread that called them (the loop's);
+ * a vm is not safe to share between threads.
  */
 #ifndef CC_POLICY_VM_H
 #define CC_POLICY_VM_H
@@ -72,11 +73,12 @@ struct policy_vm_options {
 /*
  * Makes a state and loads the policies: builtin_dir/default.lua, then the drop-in files
  * (regular files, links followed, named "*.lua" and not starting with '.', in byte order
- * of their names). The vm keeps the options' strings and hook_names by pointer: they must
- * outlive it. Returns 0 and the vm in *out, or a negative error with a message naming file
- * and line in err (always NUL-terminated when errlen > 0): -ENOENT (the drop-in directory
- * cannot be read), -ENOMEM, -EINVAL (a file does not load, fails, runs past its budget or
- * does not return a table of functions).
+ * of their names). The vm keeps the options' strings, hook_names and host.ud by pointer:
+ * they must outlive it (config_ud is used only during this call). Returns 0 and the vm in
+ * *out, or a negative error with a message naming file and line in err (always
+ * NUL-terminated when errlen > 0): -ENOENT (the drop-in directory cannot be read),
+ * -ENOMEM, -EINVAL (a file does not load, fails, runs past its budget or does not return
+ * a table of functions).
  */
 int policy_vm_new(const struct policy_vm_options *options, struct policy_vm **out, char *err,
                   size_t errlen);
