@@ -273,8 +273,8 @@ static int sandbox_setmetatable(lua_State *L)
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL)
             return luaL_argerror(L, 2,
-                                 "a metatable with __gc is not allowed in a policy "
-                                 "(finalizers would run outside the instruction budget)");
+                                 "a metatable with __gc is not allowed in a policy: "
+                                 "finalizers run outside the instruction budget");
         lua_pop(L, 1);
     }
     if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
