@@ -1,7 +1,7 @@
 /*
- * policy.c: the policy engine: the config it hands to policies, the hook calls with
- * their arguments and the checks of what they return, and what happens when one fails
- * (counted, logged at a bounded rate, an error for the caller).
+ * policy.c: the policy engine: the states it builds and swaps (policy_vm.h), the hook
+ * calls with their arguments and the checks of what they return, and what happens when
+ * one fails (counted, logged at a bounded rate, an error for the caller).
  */
 #include "lua/policy.h"
 
@@ -16,36 +16,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "base/config.h"
 #include "base/log.h"
+#include "lua/policy_settings.h"
 #include "lua/policy_vm.h"
 
 _Static_assert(POLICY_HOOK_COUNT <= POLICY_VM_MAX_HOOKS, "the vm has room for every hook");
-
-/* What the engine keeps of the config: copied, so the config may be freed. */
-struct policy_upstream {
-    char *originhost;
-    char **upstreamhosts;
-    size_t n_upstreamhosts;
-};
-
-struct policy_field {
-    char *key;
-    char *value;
-};
-
-struct policy_settings {
-    bool has_blobttl;
-    uint64_t blobttl_ns;
-    struct policy_upstream *upstreams;
-    size_t n_upstreams;
-    char *log_level;     /* NULL: "info" */
-    char *log_formatter; /* NULL: "text" */
-    struct policy_field *log_fields;
-    size_t n_log_fields;
-    char *storage_root; /* may be NULL */
-    char *policydir;    /* the drop-in directory, or NULL */
-};
 
 struct hook_failures {
     bool logged;        /* a failure of this hook has been logged */
@@ -82,82 +57,6 @@ static const char *const hook_names[POLICY_HOOK_COUNT] = {
 const char *policy_hook_name(enum policy_hook h)
 {
     return (unsigned)h < POLICY_HOOK_COUNT ? hook_names[h] : "?";
-}
-
-/* ---- settings: the part of the config that the engine keeps ---------------------------- */
-
-static void settings_free(struct policy_settings *s)
-{
-    if (s == NULL) return;
-    for (size_t i = 0; i < s->n_upstreams; i++) {
-        free(s->upstreams[i].originhost);
-        for (size_t j = 0; j < s->upstreams[i].n_upstreamhosts; j++)
-            free(s->upstreams[i].upstreamhosts[j]);
-        free(s->upstreams[i].upstreamhosts);
-    }
-    free(s->upstreams);
-    for (size_t i = 0; i < s->n_log_fields; i++) {
-        free(s->log_fields[i].key);
-        free(s->log_fields[i].value);
-    }
-    free(s->log_fields);
-    free(s->log_level);
-    free(s->log_formatter);
-    free(s->storage_root);
-    free(s->policydir);
-    free(s);
-}
-
-/* strdup that maps NULL to NULL and sets *failed when memory runs out. */
-static char *copy_string(const char *text, bool *failed)
-{
-    char *copy;
-
-    if (text == NULL) return NULL;
-    if ((copy = strdup(text)) == NULL) *failed = true;
-    return copy;
-}
-
-/* Copies what the policies see of cfg (NULL: an empty config). Returns NULL without memory. */
-static struct policy_settings *settings_new(const struct config *cfg)
-{
-    struct policy_settings *s = calloc(1, sizeof *s);
-    bool failed = false;
-
-    if (s == NULL) return NULL;
-    if (cfg == NULL) return s;
-    s->has_blobttl = cfg->has_blobttl;
-    s->blobttl_ns = cfg->blobttl_ns;
-    s->log_level = copy_string(cfg->log_level, &failed);
-    s->log_formatter = copy_string(cfg->log_formatter, &failed);
-    s->storage_root = copy_string(cfg->storage_root, &failed);
-    s->policydir = copy_string(cfg->policydir, &failed);
-    if (cfg->n_upstreams && !(s->upstreams = calloc(cfg->n_upstreams, sizeof *s->upstreams)))
-        goto nomem;
-    s->n_upstreams = cfg->n_upstreams;
-    for (size_t i = 0; i < cfg->n_upstreams; i++) {
-        const struct config_upstream *from = &cfg->upstreams[i];
-        struct policy_upstream *to = &s->upstreams[i];
-        to->originhost = copy_string(from->originhost, &failed);
-        if (from->n_upstreamhosts &&
-            !(to->upstreamhosts = calloc(from->n_upstreamhosts, sizeof *to->upstreamhosts)))
-            goto nomem;
-        to->n_upstreamhosts = from->n_upstreamhosts;
-        for (size_t j = 0; j < from->n_upstreamhosts; j++)
-            to->upstreamhosts[j] = copy_string(from->upstreamhosts[j], &failed);
-    }
-    if (cfg->n_log_fields && !(s->log_fields = calloc(cfg->n_log_fields, sizeof *s->log_fields)))
-        goto nomem;
-    s->n_log_fields = cfg->n_log_fields;
-    for (size_t i = 0; i < cfg->n_log_fields; i++) {
-        s->log_fields[i].key =
-            copy_string(cfg->log_fields[i].key ? cfg->log_fields[i].key : "", &failed);
-        s->log_fields[i].value = copy_string(cfg->log_fields[i].value, &failed);
-    }
-    if (!failed) return s;
-nomem:
-    settings_free(s);
-    return NULL;
 }
 
 /* ---- the engine ------------------------------------------------------------------------- */
@@ -249,61 +148,6 @@ static void script_log(void *ud, enum log_level level, const char *msg)
     log_msg(level, "policy: %s", msg);
 }
 
-static void push_string_field(lua_State *L, const char *key, const char *value)
-{
-    if (value == NULL) return;
-    lua_pushstring(L, value);
-    lua_setfield(L, -2, key);
-}
-
-/* Pushes the table that becomes cache.config (the vm makes it read-only). */
-static void push_config(lua_State *L, void *config_ud)
-{
-    const struct policy_settings *s = config_ud;
-
-    lua_createtable(L, 0, 6);
-    if (s->has_blobttl) {
-        if (s->blobttl_ns % 1000000000u == 0)
-            lua_pushinteger(L, (lua_Integer)(s->blobttl_ns / 1000000000u));
-        else
-            lua_pushnumber(L, (double)s->blobttl_ns / 1e9);
-        lua_setfield(L, -2, "blobttl");
-    }
-
-    lua_createtable(L, (int)s->n_upstreams, 0);
-    for (size_t i = 0; i < s->n_upstreams; i++) {
-        const struct policy_upstream *u = &s->upstreams[i];
-        lua_createtable(L, 0, 3);
-        lua_pushinteger(L, (lua_Integer)i + 1);
-        lua_setfield(L, -2, "index");
-        push_string_field(L, "originhost", u->originhost);
-        lua_createtable(L, (int)u->n_upstreamhosts, 0);
-        for (size_t j = 0; j < u->n_upstreamhosts; j++) {
-            lua_pushstring(L, u->upstreamhosts[j]);
-            lua_rawseti(L, -2, (lua_Integer)j + 1);
-        }
-        lua_setfield(L, -2, "upstreamhosts");
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_setfield(L, -2, "upstreams");
-
-    lua_createtable(L, 0, 3);
-    push_string_field(L, "level", s->log_level ? s->log_level : "info");
-    push_string_field(L, "formatter", s->log_formatter ? s->log_formatter : "text");
-    lua_createtable(L, (int)s->n_log_fields, 0);
-    for (size_t i = 0; i < s->n_log_fields; i++) {
-        lua_createtable(L, 0, 2);
-        push_string_field(L, "key", s->log_fields[i].key);
-        push_string_field(L, "value", s->log_fields[i].value ? s->log_fields[i].value : "");
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_setfield(L, -2, "fields");
-    lua_setfield(L, -2, "log");
-
-    push_string_field(L, "storage_root", s->storage_root);
-    push_string_field(L, "policydir", s->policydir);
-}
-
 static double host_now(void *ud)
 {
     return engine_now(ud);
@@ -321,7 +165,7 @@ static int engine_vm_new(struct policy_engine *pe, struct policy_settings *setti
         .instructions = pe->instructions,
         .memory_bytes = pe->memory,
         .host = {.now = host_now, .log = script_log, .ud = pe},
-        .push_config = push_config,
+        .push_config = policy_settings_push,
         .config_ud = settings,
     };
 
@@ -343,7 +187,7 @@ int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct 
     pe->instructions = POLICY_DEFAULT_INSTRUCTIONS;
     pe->memory = POLICY_DEFAULT_MEMORY;
     rc = builtin_dir_find(builtin_dir, &pe->builtin_dir, err, errlen);
-    if (rc == 0 && (pe->settings = settings_new(cfg)) == NULL) {
+    if (rc == 0 && (pe->settings = policy_settings_new(cfg)) == NULL) {
         snprintf(err, errlen, "policy: out of memory");
         rc = -ENOMEM;
     }
@@ -364,19 +208,19 @@ int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, cha
     int rc;
 
     if (errlen) err[0] = '\0';
-    if (cfg && (settings = settings_new(cfg)) == NULL) {
+    if (cfg && (settings = policy_settings_new(cfg)) == NULL) {
         snprintf(err, errlen, "policy: out of memory");
         return -ENOMEM;
     }
     rc = engine_vm_new(pe, settings, &vm, err, errlen);
     if (rc != 0) {
-        if (settings != pe->settings) settings_free(settings);
+        if (settings != pe->settings) policy_settings_free(settings);
         return rc;
     }
     policy_vm_free(pe->vm);
     pe->vm = vm;
     if (settings != pe->settings) {
-        settings_free(pe->settings);
+        policy_settings_free(pe->settings);
         pe->settings = settings;
     }
     return 0;
@@ -386,7 +230,7 @@ void policy_engine_free(struct policy_engine *pe)
 {
     if (pe == NULL) return;
     policy_vm_free(pe->vm);
-    settings_free(pe->settings);
+    policy_settings_free(pe->settings);
     free(pe->builtin_dir);
     free(pe);
 }
