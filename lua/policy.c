@@ -1,7 +1,7 @@
 /*
- * policy.c: the policy engine: the config it hands to policies, the hook calls with
- * their arguments and the checks of what they return, and what happens when one fails
- * (counted, logged at a bounded rate, an error for the caller).
+ * policy.c: the policy engine: the states it builds and swaps (policy_vm.h), the hook
+ * calls with their arguments and the checks of what they return, and what happens when
+ * one fails (counted, logged at a bounded rate, an error for the caller).
  */
 #include "lua/policy.h"
 
@@ -20,9 +20,11 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "base/config.h"
 #include "base/log.h"
+#include "lua/policy_settings.h"
 #include "lua/policy_vm.h"
+
+_Static_assert(POLICY_HOOK_COUNT <= POLICY_VM_MAX_HOOKS, "the vm has room for every hook");
 
 struct hook_failures {
     bool logged;        /* a failure of this hook has been logged */
@@ -61,82 +63,6 @@ const char *policy_hook_name(enum policy_hook h)
     return (unsigned)h < POLICY_HOOK_COUNT ? hook_names[h] : "?";
 }
 
-/* ---- settings: the part of the config that the engine keeps ---------------------------- */
-
-static void settings_free(struct policy_settings *s)
-{
-    if (s == NULL) return;
-    for (size_t i = 0; i < s->n_upstreams; i++) {
-        free(s->upstreams[i].originhost);
-        for (size_t j = 0; j < s->upstreams[i].n_upstreamhosts; j++)
-            free(s->upstreams[i].upstreamhosts[j]);
-        free(s->upstreams[i].upstreamhosts);
-    }
-    free(s->upstreams);
-    for (size_t i = 0; i < s->n_log_fields; i++) {
-        free(s->log_fields[i].key);
-        free(s->log_fields[i].value);
-    }
-    free(s->log_fields);
-    free(s->log_level);
-    free(s->log_formatter);
-    free(s->storage_root);
-    free(s->policydir);
-    free(s);
-}
-
-/* strdup that maps NULL to NULL and sets *failed when memory runs out. */
-static char *copy_string(const char *text, bool *failed)
-{
-    char *copy;
-
-    if (text == NULL) return NULL;
-    if ((copy = strdup(text)) == NULL) *failed = true;
-    return copy;
-}
-
-/* Copies what the policies see of cfg (NULL: an empty config). Returns NULL without memory. */
-static struct policy_settings *settings_new(const struct config *cfg)
-{
-    struct policy_settings *s = calloc(1, sizeof *s);
-    bool failed = false;
-
-    if (s == NULL) return NULL;
-    if (cfg == NULL) return s;
-    s->has_blobttl = cfg->has_blobttl;
-    s->blobttl_ns = cfg->blobttl_ns;
-    s->log_level = copy_string(cfg->log_level, &failed);
-    s->log_formatter = copy_string(cfg->log_formatter, &failed);
-    s->storage_root = copy_string(cfg->storage_root, &failed);
-    s->policydir = copy_string(cfg->policydir, &failed);
-    if (cfg->n_upstreams && !(s->upstreams = calloc(cfg->n_upstreams, sizeof *s->upstreams)))
-        goto nomem;
-    s->n_upstreams = cfg->n_upstreams;
-    for (size_t i = 0; i < cfg->n_upstreams; i++) {
-        const struct config_upstream *from = &cfg->upstreams[i];
-        struct policy_upstream *to = &s->upstreams[i];
-        to->originhost = copy_string(from->originhost, &failed);
-        if (from->n_upstreamhosts &&
-            !(to->upstreamhosts = calloc(from->n_upstreamhosts, sizeof *to->upstreamhosts)))
-            goto nomem;
-        to->n_upstreamhosts = from->n_upstreamhosts;
-        for (size_t j = 0; j < from->n_upstreamhosts; j++)
-            to->upstreamhosts[j] = copy_string(from->upstreamhosts[j], &failed);
-    }
-    if (cfg->n_log_fields && !(s->log_fields = calloc(cfg->n_log_fields, sizeof *s->log_fields)))
-        goto nomem;
-    s->n_log_fields = cfg->n_log_fields;
-    for (size_t i = 0; i < cfg->n_log_fields; i++) {
-        s->log_fields[i].key =
-            copy_string(cfg->log_fields[i].key ? cfg->log_fields[i].key : "", &failed);
-        s->log_fields[i].value = copy_string(cfg->log_fields[i].value, &failed);
-    }
-    if (!failed) return s;
-nomem:
-    settings_free(s);
-    return NULL;
-}
-
 /* ---- the engine ------------------------------------------------------------------------- */
 
 static bool has_default_policy(const char *dir)
@@ -164,118 +90,9 @@ static int builtin_dir_find(const char *given, char **out, char *err, size_t err
     return 0;
 }
 
-int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct policy_engine **out,
-                      char *err, size_t errlen)
-{
-    struct policy_engine *pe;
-    int rc;
-
-    *out = NULL;
-    if (errlen) err[0] = '\0';
-    if ((pe = calloc(1, sizeof *pe)) == NULL) {
-        snprintf(err, errlen, "policy: out of memory");
-        return -ENOMEM;
-    }
-    pe->instructions = POLICY_DEFAULT_INSTRUCTIONS;
-    pe->memory = POLICY_DEFAULT_MEMORY;
-    rc = builtin_dir_find(builtin_dir, &pe->builtin_dir, err, errlen);
-    if (rc == 0 && (pe->settings = settings_new(cfg)) == NULL) {
-        snprintf(err, errlen, "policy: out of memory");
-        rc = -ENOMEM;
-    }
-    if (rc == 0)
-        rc = policy_vm_new(pe, pe->settings, pe->builtin_dir, pe->instructions, pe->memory, &pe->vm,
-                           err, errlen);
-    if (rc != 0) {
-        policy_engine_free(pe);
-        return rc;
-    }
-    *out = pe;
-    return 0;
-}
-
-int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, char *err,
-                         size_t errlen)
-{
-    struct policy_settings *settings = pe->settings;
-    struct policy_vm *vm;
-    int rc;
-
-    if (errlen) err[0] = '\0';
-    if (cfg && (settings = settings_new(cfg)) == NULL) {
-        snprintf(err, errlen, "policy: out of memory");
-        return -ENOMEM;
-    }
-    rc = policy_vm_new(pe, settings, pe->builtin_dir, pe->instructions, pe->memory, &vm, err,
-                       errlen);
-    if (rc != 0) {
-        if (settings != pe->settings) settings_free(settings);
-        return rc;
-    }
-    policy_vm_free(pe->vm);
-    pe->vm = vm;
-    if (settings != pe->settings) {
-        settings_free(pe->settings);
-        pe->settings = settings;
-    }
-    return 0;
-}
-
-void policy_engine_free(struct policy_engine *pe)
-{
-    if (pe == NULL) return;
-    policy_vm_free(pe->vm);
-    settings_free(pe->settings);
-    free(pe->builtin_dir);
-    free(pe);
-}
-
-void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud)
-{
-    pe->clock = now;
-    pe->clock_ud = ud;
-}
-
-void policy_engine_set_limits(struct policy_engine *pe, unsigned long instructions,
-                              size_t memory_bytes)
-{
-    pe->instructions = instructions ? instructions : POLICY_DEFAULT_INSTRUCTIONS;
-    pe->memory = memory_bytes ? memory_bytes : POLICY_DEFAULT_MEMORY;
-    pe->vm->mem_limit = pe->memory;
-}
-
-size_t policy_engine_memory(const struct policy_engine *pe)
-{
-    return pe->vm->mem_used;
-}
-
-bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h)
-{
-    return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF &&
-           pe->vm->hook_builtin[h];
-}
-
-bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h)
-{
-    return (unsigned)h < POLICY_HOOK_COUNT && pe->vm->hook_ref[h] != LUA_NOREF;
-}
-
-uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h)
-{
-    return (unsigned)h < POLICY_HOOK_COUNT ? pe->errors[h] : 0;
-}
-
-void policy_free_list(char **list, size_t n)
-{
-    if (list == NULL) return;
-    for (size_t i = 0; i < n; i++)
-        free(list[i]);
-    free(list);
-}
-
 /* ---- services for the Lua side ---------------------------------------------------------- */
 
-double policy_engine_now(struct policy_engine *pe)
+static double engine_now(struct policy_engine *pe)
 {
     struct timespec ts;
 
@@ -290,12 +107,14 @@ static bool interval_over(double start, double now)
     return now < start || now - start >= POLICY_LOG_INTERVAL;
 }
 
-void policy_engine_script_log(struct policy_engine *pe, enum log_level level, const char *msg)
+/* cache.log and print: at most POLICY_LOG_BURST lines per window, the rest counted. */
+static void script_log(void *ud, enum log_level level, const char *msg)
 {
+    struct policy_engine *pe = ud;
     double now;
 
     if (!log_enabled(level)) return;
-    now = policy_engine_now(pe);
+    now = engine_now(pe);
     if (!pe->script_window_open || interval_over(pe->script_window_start, now)) {
         if (pe->script_dropped)
             log_msg(LOG_WARN,
@@ -314,12 +133,141 @@ void policy_engine_script_log(struct policy_engine *pe, enum log_level level, co
     log_msg(level, "policy: %s", msg);
 }
 
+static double host_now(void *ud)
+{
+    return engine_now(ud);
+}
+
+/* A state with the policies loaded, for these settings. */
+static int engine_vm_new(struct policy_engine *pe, struct policy_settings *settings,
+                         struct policy_vm **out, char *err, size_t errlen)
+{
+    struct policy_vm_options options = {
+        .builtin_dir = pe->builtin_dir,
+        .dropin_dir = settings->policydir,
+        .hook_names = hook_names,
+        .n_hooks = POLICY_HOOK_COUNT,
+        .instructions = pe->instructions,
+        .memory_bytes = pe->memory,
+        .host = {.now = host_now, .log = script_log, .ud = pe},
+        .push_config = policy_settings_push,
+        .config_ud = settings,
+    };
+
+    return policy_vm_new(&options, out, err, errlen);
+}
+
+int policy_engine_new(const struct config *cfg, const char *builtin_dir, struct policy_engine **out,
+                      char *err, size_t errlen)
+{
+    struct policy_engine *pe;
+    int rc;
+
+    *out = NULL;
+    if (errlen) err[0] = '\0';
+    if ((pe = calloc(1, sizeof *pe)) == NULL) {
+        snprintf(err, errlen, "policy: out of memory");
+        return -ENOMEM;
+    }
+    pe->instructions = POLICY_DEFAULT_INSTRUCTIONS;
+    pe->memory = POLICY_DEFAULT_MEMORY;
+    rc = builtin_dir_find(builtin_dir, &pe->builtin_dir, err, errlen);
+    if (rc == 0 && (pe->settings = policy_settings_new(cfg)) == NULL) {
+        snprintf(err, errlen, "policy: out of memory");
+        rc = -ENOMEM;
+    }
+    if (rc == 0) rc = engine_vm_new(pe, pe->settings, &pe->vm, err, errlen);
+    if (rc != 0) {
+        policy_engine_free(pe);
+        return rc;
+    }
+    *out = pe;
+    return 0;
+}
+
+int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, char *err,
+                         size_t errlen)
+{
+    struct policy_settings *settings = pe->settings;
+    struct policy_vm *vm;
+    int rc;
+
+    if (errlen) err[0] = '\0';
+    if (cfg && (settings = policy_settings_new(cfg)) == NULL) {
+        snprintf(err, errlen, "policy: out of memory");
+        return -ENOMEM;
+    }
+    rc = engine_vm_new(pe, settings, &vm, err, errlen);
+    if (rc != 0) {
+        if (settings != pe->settings) policy_settings_free(settings);
+        return rc;
+    }
+    policy_vm_free(pe->vm);
+    pe->vm = vm;
+    if (settings != pe->settings) {
+        policy_settings_free(pe->settings);
+        pe->settings = settings;
+    }
+    return 0;
+}
+
+void policy_engine_free(struct policy_engine *pe)
+{
+    if (pe == NULL) return;
+    policy_vm_free(pe->vm);
+    policy_settings_free(pe->settings);
+    free(pe->builtin_dir);
+    free(pe);
+}
+
+void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud)
+{
+    pe->clock = now;
+    pe->clock_ud = ud;
+}
+
+void policy_engine_set_limits(struct policy_engine *pe, unsigned long instructions,
+                              size_t memory_bytes)
+{
+    pe->instructions = instructions ? instructions : POLICY_DEFAULT_INSTRUCTIONS;
+    pe->memory = memory_bytes ? memory_bytes : POLICY_DEFAULT_MEMORY;
+    policy_vm_set_memory_limit(pe->vm, pe->memory);
+}
+
+size_t policy_engine_memory(const struct policy_engine *pe)
+{
+    return policy_vm_memory(pe->vm);
+}
+
+bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h)
+{
+    return (unsigned)h < POLICY_HOOK_COUNT && policy_vm_hook_is_builtin(pe->vm, h);
+}
+
+bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h)
+{
+    return (unsigned)h < POLICY_HOOK_COUNT && policy_vm_has_hook(pe->vm, h);
+}
+
+uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h)
+{
+    return (unsigned)h < POLICY_HOOK_COUNT ? pe->errors[h] : 0;
+}
+
+void policy_free_list(char **list, size_t n)
+{
+    if (list == NULL) return;
+    for (size_t i = 0; i < n; i++)
+        free(list[i]);
+    free(list);
+}
+
 /* Counts a failed call and logs it, unless one of the hook was logged less than
  * POLICY_LOG_INTERVAL ago. */
 static void hook_failed(struct policy_engine *pe, enum policy_hook h, const char *msg)
 {
     struct hook_failures *f = &pe->failures[h];
-    double now = policy_engine_now(pe);
+    double now = engine_now(pe);
 
     pe->errors[h]++;
     if (f->logged && !interval_over(f->last_logged, now)) {
@@ -353,7 +301,7 @@ static int hook_trampoline(lua_State *L)
 {
     struct hook_call *call = lua_touserdata(L, 1);
 
-    lua_rawgeti(L, LUA_REGISTRYINDEX, policy_vm_of(L)->hook_ref[call->hook]);
+    policy_vm_push_hook(L, call->hook);
     lua_call(L, call->push_args(L, call), 1);
     call->take_result(L, call);
     return 0;
@@ -438,7 +386,11 @@ static int select_push(lua_State *L, struct hook_call *call)
     set_string(L, "reference", c->req->reference);
     set_string(L, "digest", c->req->digest);
     set_string(L, "kind", c->req->kind);
-    policy_vm_push_upstream(L, c->index);
+    policy_vm_push_config(L);
+    lua_getfield(L, -1, "upstreams");
+    lua_geti(L, -1, (lua_Integer)c->index + 1);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
     return 2;
 }
 

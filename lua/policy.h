@@ -23,19 +23,32 @@
  *                          {index=1.., originhost=..., upstreamhosts={...}}), log =
  *                          {level=..., formatter="text"|"json", fields={{key=, value=}...}
  *                          in the config's order}, storage_root, policydir (or nil)
- * A read-only table refuses assignment with an error; read it with ., [], #, ipairs and
- * pairs (not next, which sees the empty proxy).
+ * A read-only table refuses assignment, rawset and setmetatable with an error; read it
+ * with ., [], #, ipairs and pairs (pairs hands out the read-only view, never the table
+ * behind it; next and rawget see the empty view).
  *
- * Every hook call runs under lua_pcall with a traceback, an instruction budget and a cap
- * on the state's memory. A hook that raises an error, runs past its budget, hits the cap
- * or returns a value of the wrong type is logged (at most one line per hook per
- * POLICY_LOG_INTERVAL seconds; the line counts the failures not logged since the last
- * one), counted (policy_error_count), and makes the call return a negative error: the
- * caller then does what the built-in C default does, for that call only. A policy that
- * catches the budget error with pcall gains nothing: once past its budget, every further
- * instruction of that call fails. The budget bounds Lua instructions, not the time spent
- * inside one library function (a pathological string.find pattern): policy files are the
- * operator's code, and the budget is there for their mistakes, not for hostile scripts.
+ * Every hook call runs under lua_pcall with a traceback, a budget and a cap on the
+ * state's memory. The budget is counted in steps, so that no work escapes it: a Lua
+ * instruction is a step, and so is a step of pattern matching (find, match, gmatch and
+ * gsub are a matcher that counts them: lua/pattern.h), an element or byte that another
+ * library function goes through in C (string.rep, table.sort, ...: lua/sandbox.h) and
+ * every 64 bytes allocated. A call also has a deadline of 1 us per step of its budget
+ * (1 s for the default), checked every 1,000 instructions, for work no step counts
+ * (one instruction comparing two strings of many MiB). A policy cannot make a __gc
+ * finalizer (setmetatable refuses a metatable with a __gc field): Lua runs finalizers
+ * with no hook, so one would run unbounded. No policy code runs outside a hook call;
+ * a reload or policy_engine_free closes a state in time proportional to its memory.
+ *
+ * A hook that raises an error, runs past its budget or deadline, hits the cap or returns
+ * a value of the wrong type is logged (at most one line per hook per POLICY_LOG_INTERVAL
+ * seconds; the line counts the failures not logged since the last one), counted
+ * (policy_error_count), and makes the call return a negative error: the caller then does
+ * what the built-in C default does, for that call only. A policy that catches the budget
+ * error with pcall gains nothing: once past its budget, every further instruction of that
+ * call fails. The bounds are there for mistakes (a loop, a pattern that backtracks, a
+ * string built by repeated concatenation): a call that runs into the budget has cost the
+ * loop its budget's worth of work, one that fills the memory cap the time to fill and
+ * collect it, and none goes on past its deadline by more than 1,000 instructions.
  *
  * State kept by policies (the default's round-robin cursors) lives in the Lua state and
  * starts afresh at a reload: after SIGHUP the rotation begins again at the first host.
@@ -43,7 +56,7 @@
  * Errors are negative errno values and 0 is success:
  *   -ENOENT     the hook is not defined: use the built-in default (not counted, not logged)
  *   -EIO        the hook raised an error
- *   -ETIMEDOUT  the hook ran past its instruction budget
+ *   -ETIMEDOUT  the hook ran past its budget or its deadline
  *   -ENOMEM     the hook hit the memory cap (or malloc failed)
  *   -EINVAL     the hook returned a value of the wrong type, or one that is not allowed
  *   -ERANGE     the caller passed an upstream index that the config does not have
@@ -138,9 +151,9 @@ void policy_engine_free(struct policy_engine *pe);
 void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud);
 
 /*
- * The instruction budget of one hook call (and of loading one file), and the cap on
- * the memory of the Lua state; 0 keeps the default. Applies from the next call on, the
- * memory cap at once (memory already held is not taken back).
+ * The budget of one hook call (and of loading one file), in steps (see above), and the
+ * cap on the memory of the Lua state; 0 keeps the default. Applies from the next call
+ * on, the memory cap at once (memory already held is not taken back).
  */
 void policy_engine_set_limits(struct policy_engine *pe, unsigned long instructions,
                               size_t memory_bytes);

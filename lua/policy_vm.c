@@ -1,11 +1,12 @@
 /*
  * policy_vm.c: one sandboxed Lua state and the policies loaded into it.
  *
- * The state's allocator counts its bytes and refuses to grow past the cap; a count hook
- * charges instructions to the running call and, once the budget is spent, makes every
- * further instruction fail, so that a policy cannot pcall its way past the budget. All
- * work on the state, building it included, runs under lua_pcall: a refused allocation is
- * a Lua error, never a panic.
+ * The state's allocator counts its bytes, refuses to grow past the cap and charges what
+ * it hands out to the running call; a count hook charges instructions and watches the
+ * deadline; once a call is past its budget the hook runs at every instruction and makes
+ * each one fail, so that a policy cannot pcall its way past the budget. All work on the
+ * state, building it included, runs under lua_pcall: a refused allocation is a Lua
+ * error, never a panic.
  */
 #include "lua/policy_vm.h"
 
@@ -14,26 +15,160 @@
 #include <fcntl.h>
 #include <lauxlib.h>
 #include <limits.h>
-#include <lualib.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
-/* Instructions between two looks at the budget. */
+#include "lua/sandbox.h"
+
+/* Instructions between two runs of the count hook. */
 #define HOOK_PERIOD 1000UL
 /* A policy file or module larger than this is refused. */
 #define POLICY_FILE_MAX ((size_t)4 << 20)
 
 #define LOADED_KEY "content-cache.policy.loaded"
-#define UPSTREAMS_KEY "content-cache.policy.upstreams"
+#define CONFIG_KEY "content-cache.policy.config"
+
+struct policy_vm {
+    lua_State *L;
+    struct policy_vm_options opt;
+
+    size_t mem_used, mem_limit;
+    bool mem_refused; /* an allocation was refused (or malloc failed) in this call */
+
+    bool in_call;              /* a call is running: its work is charged */
+    unsigned long steps_used;  /* of the running call */
+    unsigned long steps_limit; /* its budget */
+    unsigned long hook_period; /* instructions between two runs of the count hook */
+    size_t alloc_remainder;    /* bytes allocated and not yet charged as a step */
+    uint64_t deadline_ns;      /* on the monotonic clock */
+    unsigned deadline_ms;      /* for the message */
+    bool budget_exceeded;      /* every further instruction of the call fails */
+    bool past_deadline;        /* because of the deadline */
+    bool bad_return;           /* the error being raised is a wrong return value */
+
+    int hook_ref[POLICY_VM_MAX_HOOKS];      /* LUA_NOREF when no policy defines the hook */
+    bool hook_builtin[POLICY_VM_MAX_HOOKS]; /* the hook in force is default.lua's */
+};
 
 /* Marks a module whose loading has started and not finished (a require loop). */
 static char module_loading;
 
-/* ---- memory and budget ------------------------------------------------------------------- */
+static struct policy_vm *vm_of(lua_State *L)
+{
+    void *ud = NULL;
+
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* ---- the budget ------------------------------------------------------------------------------ */
+
+static uint64_t monotonic_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void add_steps(struct policy_vm *vm, unsigned long steps)
+{
+    vm->steps_used = steps > ULONG_MAX - vm->steps_used ? ULONG_MAX : vm->steps_used + steps;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar);
+
+/* From now on the count hook runs at every instruction and fails it. */
+static void budget_spent(struct policy_vm *vm)
+{
+    if (vm->budget_exceeded) return;
+    vm->budget_exceeded = true;
+    vm->hook_period = 1;
+    if (vm->L) lua_sethook(vm->L, count_hook, LUA_MASKCOUNT, 1);
+}
+
+/* Raises the budget error, blaming the function `level` levels up the stack. */
+static int budget_error(lua_State *L, struct policy_vm *vm, int level)
+{
+    budget_spent(vm);
+    luaL_where(L, level);
+    if (vm->past_deadline)
+        lua_pushfstring(L, "instruction budget exceeded (the call ran past its deadline of %d ms)",
+                        (int)vm->deadline_ms);
+    else
+        lua_pushliteral(L, "instruction budget exceeded");
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+/* True when the call has spent its budget or passed its deadline. */
+static bool budget_over(struct policy_vm *vm)
+{
+    if (vm->budget_exceeded || vm->steps_used >= vm->steps_limit) return true;
+    if (monotonic_ns() < vm->deadline_ns) return false;
+    vm->past_deadline = true;
+    return true;
+}
+
+static void count_hook(lua_State *L, lua_Debug *ar)
+{
+    struct policy_vm *vm = vm_of(L);
+
+    (void)ar;
+    add_steps(vm, vm->hook_period);
+    if (budget_over(vm)) budget_error(L, vm, 0);
+}
+
+/* The sandbox's charge: work done inside a C function of the libraries. */
+static void charge_steps(lua_State *L, void *ud, unsigned long steps)
+{
+    struct policy_vm *vm = ud;
+
+    add_steps(vm, steps);
+    if (budget_over(vm)) budget_error(L, vm, 1);
+}
+
+/*
+ * What the allocator hands out during a call costs steps too. The allocator may not
+ * raise an error; when the budget is spent it arms the hook, so that the next instruction
+ * fails (lua_sethook may be called at any point, even from a signal handler).
+ */
+static void charge_allocation(struct policy_vm *vm, size_t bytes)
+{
+    if (!vm->in_call) return;
+    vm->alloc_remainder += bytes;
+    add_steps(vm, (unsigned long)(vm->alloc_remainder / POLICY_VM_ALLOC_BYTES_PER_STEP));
+    vm->alloc_remainder %= POLICY_VM_ALLOC_BYTES_PER_STEP;
+    if (vm->steps_used >= vm->steps_limit) budget_spent(vm);
+}
+
+/* Starts a fresh budget of `steps`, and its deadline, for the next piece of work. */
+static void budget_start(struct policy_vm *vm, unsigned long steps)
+{
+    uint64_t deadline_ms;
+
+    if (steps == 0) steps = 1;
+    vm->steps_used = 0;
+    vm->steps_limit = steps;
+    vm->alloc_remainder = 0;
+    vm->budget_exceeded = false;
+    vm->past_deadline = false;
+    deadline_ms = (uint64_t)steps / (1000000u / POLICY_VM_NS_PER_STEP);
+    if (deadline_ms < POLICY_VM_MIN_DEADLINE_MS) deadline_ms = POLICY_VM_MIN_DEADLINE_MS;
+    if (deadline_ms > UINT32_MAX) deadline_ms = UINT32_MAX;
+    vm->deadline_ms = (unsigned)deadline_ms;
+    vm->deadline_ns = monotonic_ns() + deadline_ms * 1000000u;
+    vm->hook_period = steps < HOOK_PERIOD ? steps : HOOK_PERIOD;
+    lua_sethook(vm->L, count_hook, LUA_MASKCOUNT, (int)vm->hook_period);
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
 
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
@@ -57,55 +192,37 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         return NULL;
     }
     vm->mem_used = vm->mem_used - old + nsize;
+    if (nsize > old) charge_allocation(vm, nsize - old);
     return p;
 }
 
-struct policy_vm *policy_vm_of(lua_State *L)
+size_t policy_vm_memory(const struct policy_vm *vm)
 {
-    void *ud = NULL;
-
-    lua_getallocf(L, &ud);
-    return ud;
+    return vm->mem_used;
 }
 
-static void count_hook(lua_State *L, lua_Debug *ar)
+void policy_vm_set_memory_limit(struct policy_vm *vm, size_t bytes)
 {
-    struct policy_vm *vm = policy_vm_of(L);
-
-    (void)ar;
-    vm->instr_used += vm->hook_period;
-    if (vm->instr_used < vm->instr_limit) return;
-    if (!vm->budget_exceeded) {
-        vm->budget_exceeded = true;
-        vm->hook_period = 1;
-        lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-    }
-    luaL_where(L, 0);
-    lua_pushliteral(L, "instruction budget exceeded");
-    lua_concat(L, 2);
-    lua_error(L);
+    vm->mem_limit = bytes;
 }
 
-/* Starts a fresh budget for the next piece of work on the state. */
-static void budget_start(struct policy_vm *vm, unsigned long instructions)
+static size_t memory_limit(void *ud)
 {
-    if (instructions == 0) instructions = 1;
-    vm->instr_used = 0;
-    vm->instr_limit = instructions;
-    vm->budget_exceeded = false;
-    vm->hook_period = instructions < HOOK_PERIOD ? instructions : HOOK_PERIOD;
-    lua_sethook(vm->L, count_hook, LUA_MASKCOUNT, (int)vm->hook_period);
+    return ((struct policy_vm *)ud)->mem_limit;
 }
 
-/* ---- protected calls --------------------------------------------------------------------- */
+/* ---- protected calls ------------------------------------------------------------------------- */
 
-/* The message handler: the error's text and a traceback, except for wrong return values. */
+/* The message handler: the error's text and a traceback, except for wrong return values.
+ * What it allocates is not charged: the call has ended. */
 static int traceback_handler(lua_State *L)
 {
+    struct policy_vm *vm = vm_of(L);
     const char *msg = lua_tostring(L, 1);
 
+    vm->in_call = false;
     if (msg == NULL) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    if (policy_vm_of(L)->bad_return) return 1;
+    if (vm->bad_return) return 1;
     luaL_traceback(L, L, msg, 1);
     return 1;
 }
@@ -118,31 +235,33 @@ int policy_vm_bad_return(lua_State *L, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    policy_vm_of(L)->bad_return = true;
+    vm_of(L)->bad_return = true;
     lua_pushstring(L, text);
     return lua_error(L);
 }
 
 int policy_vm_out_of_memory(lua_State *L)
 {
-    policy_vm_of(L)->mem_refused = true;
+    vm_of(L)->mem_refused = true;
     lua_pushliteral(L, "not enough memory (C side)");
     return lua_error(L);
 }
 
-int policy_vm_call(struct policy_vm *vm, lua_CFunction fn, void *ud, unsigned long instructions,
-                   char *msg, size_t msglen)
+int policy_vm_call(struct policy_vm *vm, lua_CFunction fn, void *ud, unsigned long steps, char *msg,
+                   size_t msglen)
 {
     lua_State *L = vm->L;
     int base = lua_gettop(L), status, rc = 0;
 
     vm->mem_refused = false;
     vm->bad_return = false;
-    budget_start(vm, instructions);
+    budget_start(vm, steps);
     lua_pushcfunction(L, traceback_handler);
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
+    vm->in_call = true;
     status = lua_pcall(L, 1, 0, base + 1);
+    vm->in_call = false;
     if (status != LUA_OK) {
         const char *text = lua_tostring(L, -1);
         if (msg && msglen)
@@ -162,194 +281,60 @@ int policy_vm_call(struct policy_vm *vm, lua_CFunction fn, void *ud, unsigned lo
             rc = -EIO;
     }
     lua_settop(L, base);
-    if (rc != 0) {
-        /* A fresh budget for the __gc metamethods a collection may run. */
-        budget_start(vm, instructions);
-        if (rc == -ENOMEM) lua_gc(L, LUA_GCCOLLECT, 0);
-    }
+    /* Give back what a call that hit the cap held (no policy code runs: no finalizers). */
+    if (rc == -ENOMEM) lua_gc(L, LUA_GCCOLLECT, 0);
     return rc;
 }
 
-/* ---- read-only tables -------------------------------------------------------------------- */
-
-static int readonly_newindex(lua_State *L)
-{
-    return luaL_error(L, "attempt to modify a read-only table (key '%s')",
-                      luaL_tolstring(L, 2, NULL));
-}
-
-static int readonly_len(lua_State *L)
-{
-    lua_pushinteger(L, (lua_Integer)lua_rawlen(L, lua_upvalueindex(1)));
-    return 1;
-}
-
-static int readonly_next(lua_State *L)
-{
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 2);
-    if (lua_next(L, 1)) return 2;
-    lua_pushnil(L);
-    return 1;
-}
-
-static int readonly_pairs(lua_State *L)
-{
-    lua_pushcfunction(L, readonly_next);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushnil(L);
-    return 3;
-}
-
-/* Replaces the table at the top of the stack by a read-only view of it, nested tables too. */
-static void make_readonly(lua_State *L)
-{
-    int raw = lua_gettop(L);
-
-    luaL_checkstack(L, 8, NULL);
-    lua_pushnil(L);
-    while (lua_next(L, raw)) {
-        if (lua_type(L, -1) == LUA_TTABLE) {
-            lua_pushvalue(L, -2);
-            lua_insert(L, -2);
-            make_readonly(L);
-            lua_rawset(L, raw);
-        } else {
-            lua_pop(L, 1);
-        }
-    }
-    lua_createtable(L, 0, 0);
-    lua_createtable(L, 0, 5);
-    lua_pushvalue(L, raw);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, readonly_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushvalue(L, raw);
-    lua_pushcclosure(L, readonly_len, 1);
-    lua_setfield(L, -2, "__len");
-    lua_pushvalue(L, raw);
-    lua_pushcclosure(L, readonly_pairs, 1);
-    lua_setfield(L, -2, "__pairs");
-    lua_pushliteral(L, "read-only");
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    lua_replace(L, raw);
-}
-
-/* ---- the cache module and the sandboxed base library --------------------------------------- */
+/* ---- the cache module ------------------------------------------------------------------------ */
 
 static int cache_now(lua_State *L)
 {
-    lua_pushnumber(L, policy_engine_now(policy_vm_of(L)->pe));
+    struct policy_vm *vm = vm_of(L);
+
+    lua_pushnumber(L, vm->opt.host.now(vm->opt.host.ud));
     return 1;
 }
 
 static int cache_log(lua_State *L)
 {
+    struct policy_vm *vm = vm_of(L);
     enum log_level level;
 
     if (log_level_parse(luaL_checkstring(L, 1), &level) != 0)
         return luaL_argerror(L, 1, "expected \"error\", \"warn\", \"info\" or \"debug\"");
-    policy_engine_script_log(policy_vm_of(L)->pe, level, luaL_tolstring(L, 2, NULL));
+    vm->opt.host.log(vm->opt.host.ud, level, luaL_tolstring(L, 2, NULL));
     return 0;
 }
 
-/* print(...) writes one diagnostic line at info, as cache.log does. */
-static int policy_print(lua_State *L)
+static void print_line(void *ud, const char *line)
 {
-    int n = lua_gettop(L);
-    luaL_Buffer b;
+    struct policy_vm *vm = ud;
 
-    luaL_buffinit(L, &b);
-    for (int i = 1; i <= n; i++) {
-        if (i > 1) luaL_addchar(&b, '\t');
-        luaL_tolstring(L, i, NULL);
-        luaL_addvalue(&b);
-    }
-    luaL_pushresult(&b);
-    policy_engine_script_log(policy_vm_of(L)->pe, LOG_INFO, lua_tostring(L, -1));
-    return 0;
+    vm->opt.host.log(vm->opt.host.ud, LOG_INFO, line);
 }
 
-/* load(chunk [, chunkname [, mode [, env]]]) with mode forced to "t": no binary chunks. */
-static int policy_load(lua_State *L)
+void policy_vm_push_config(lua_State *L)
 {
-    int n = lua_gettop(L), nargs = 3;
-
-    lua_settop(L, 4);
-    lua_pushvalue(L, lua_upvalueindex(1));
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_pushliteral(L, "t");
-    if (n >= 4) {
-        lua_pushvalue(L, 4);
-        nargs = 4;
-    }
-    lua_call(L, nargs, LUA_MULTRET);
-    return lua_gettop(L) - 4;
+    lua_getfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
 }
 
-static void push_string_field(lua_State *L, const char *key, const char *value)
+void policy_vm_push_hook(lua_State *L, size_t h)
 {
-    if (value == NULL) return;
-    lua_pushstring(L, value);
-    lua_setfield(L, -2, key);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm_of(L)->hook_ref[h]);
 }
 
-/* Pushes the table that becomes cache.config (made read-only with the cache table). */
-static void push_config(lua_State *L, const struct policy_settings *s)
+bool policy_vm_has_hook(const struct policy_vm *vm, size_t h)
 {
-    lua_createtable(L, 0, 6);
-    if (s->has_blobttl) {
-        if (s->blobttl_ns % 1000000000u == 0)
-            lua_pushinteger(L, (lua_Integer)(s->blobttl_ns / 1000000000u));
-        else
-            lua_pushnumber(L, (double)s->blobttl_ns / 1e9);
-        lua_setfield(L, -2, "blobttl");
-    }
-
-    lua_createtable(L, (int)s->n_upstreams, 0);
-    for (size_t i = 0; i < s->n_upstreams; i++) {
-        const struct policy_upstream *u = &s->upstreams[i];
-        lua_createtable(L, 0, 3);
-        lua_pushinteger(L, (lua_Integer)i + 1);
-        lua_setfield(L, -2, "index");
-        push_string_field(L, "originhost", u->originhost);
-        lua_createtable(L, (int)u->n_upstreamhosts, 0);
-        for (size_t j = 0; j < u->n_upstreamhosts; j++) {
-            lua_pushstring(L, u->upstreamhosts[j]);
-            lua_rawseti(L, -2, (lua_Integer)j + 1);
-        }
-        lua_setfield(L, -2, "upstreamhosts");
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_setfield(L, -2, "upstreams");
-
-    lua_createtable(L, 0, 3);
-    push_string_field(L, "level", s->log_level ? s->log_level : "info");
-    push_string_field(L, "formatter", s->log_formatter ? s->log_formatter : "text");
-    lua_createtable(L, (int)s->n_log_fields, 0);
-    for (size_t i = 0; i < s->n_log_fields; i++) {
-        lua_createtable(L, 0, 2);
-        push_string_field(L, "key", s->log_fields[i].key);
-        push_string_field(L, "value", s->log_fields[i].value ? s->log_fields[i].value : "");
-        lua_rawseti(L, -2, (lua_Integer)i + 1);
-    }
-    lua_setfield(L, -2, "fields");
-    lua_setfield(L, -2, "log");
-
-    push_string_field(L, "storage_root", s->storage_root);
-    push_string_field(L, "policydir", s->policydir);
+    return h < vm->opt.n_hooks && vm->hook_ref[h] != LUA_NOREF;
 }
 
-void policy_vm_push_upstream(lua_State *L, size_t index)
+bool policy_vm_hook_is_builtin(const struct policy_vm *vm, size_t h)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, UPSTREAMS_KEY);
-    lua_geti(L, -1, (lua_Integer)index + 1);
-    lua_remove(L, -2);
+    return policy_vm_has_hook(vm, h) && vm->hook_builtin[h];
 }
 
-/* ---- loading files ------------------------------------------------------------------------- */
+/* ---- loading files --------------------------------------------------------------------------- */
 
 /*
  * Pushes the text chunk in `path` as a function. A missing file returns -ENOENT (nothing
@@ -427,9 +412,9 @@ static void join_path(lua_State *L, char *path, size_t len, const char *dir, con
 /* require(name): a module from the builtin directory, else from the drop-in directory. */
 static int policy_require(lua_State *L)
 {
-    struct policy_vm *vm = policy_vm_of(L);
+    struct policy_vm *vm = vm_of(L);
     const char *name = luaL_checkstring(L, 1);
-    const char *dirs[2] = {vm->builtin_dir, vm->settings->policydir};
+    const char *dirs[2] = {vm->opt.builtin_dir, vm->opt.dropin_dir};
     char relative[PATH_MAX], path[PATH_MAX];
     bool found = false;
 
@@ -474,68 +459,38 @@ static int policy_require(lua_State *L)
     return 1;
 }
 
-/* ---- building a state ---------------------------------------------------------------------- */
+/* ---- building a state ------------------------------------------------------------------------ */
 
 struct build {
     struct policy_vm *vm;
     char **files; /* the drop-in files, full paths, in order */
     size_t n_files;
-    unsigned long instructions;
 };
 
-static void open_sandbox(lua_State *L, struct policy_vm *vm)
+/* The global `cache`, also require "cache": now, log and config, read-only. */
+static void open_cache_module(lua_State *L, struct policy_vm *vm)
 {
-    static const luaL_Reg libs[] = {{LUA_GNAME, luaopen_base},
-                                    {LUA_TABLIBNAME, luaopen_table},
-                                    {LUA_STRLIBNAME, luaopen_string},
-                                    {LUA_MATHLIBNAME, luaopen_math},
-                                    {LUA_UTF8LIBNAME, luaopen_utf8}};
-    static const char *const removed[] = {"dofile", "loadfile"};
-
-    for (size_t i = 0; i < sizeof libs / sizeof libs[0]; i++) {
-        luaL_requiref(L, libs[i].name, libs[i].func, 1);
-        lua_pop(L, 1);
-    }
-    for (size_t i = 0; i < sizeof removed / sizeof removed[0]; i++) {
-        lua_pushnil(L);
-        lua_setglobal(L, removed[i]);
-    }
-    lua_getglobal(L, "string");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "dump");
-    lua_pop(L, 1);
-    lua_getglobal(L, "load");
-    lua_pushcclosure(L, policy_load, 1);
-    lua_setglobal(L, "load");
-    lua_pushcfunction(L, policy_print);
-    lua_setglobal(L, "print");
-    lua_pushcfunction(L, policy_require);
-    lua_setglobal(L, "require");
-
-    /* The module cache, with the cache module in it; the upstreams for select_upstream. */
-    lua_newtable(L);
+    lua_newtable(L); /* the modules loaded by require */
     lua_createtable(L, 0, 3);
     lua_pushcfunction(L, cache_now);
     lua_setfield(L, -2, "now");
     lua_pushcfunction(L, cache_log);
     lua_setfield(L, -2, "log");
-    push_config(L, vm->settings);
+    vm->opt.push_config(L, vm->opt.config_ud);
     lua_setfield(L, -2, "config");
-    make_readonly(L);
+    sandbox_make_readonly(L);
     lua_pushvalue(L, -1);
     lua_setglobal(L, "cache");
     lua_getfield(L, -1, "config");
-    lua_getfield(L, -1, "upstreams");
-    lua_setfield(L, LUA_REGISTRYINDEX, UPSTREAMS_KEY);
-    lua_pop(L, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, CONFIG_KEY);
     lua_setfield(L, -2, "cache");
     lua_setfield(L, LUA_REGISTRYINDEX, LOADED_KEY);
 }
 
-static bool is_hook_name(const char *name)
+static bool is_hook_name(const struct policy_vm *vm, const char *name)
 {
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
-        if (strcmp(name, policy_hook_name((enum policy_hook)h)) == 0) return true;
+    for (size_t h = 0; h < vm->opt.n_hooks; h++)
+        if (strcmp(name, vm->opt.hook_names[h]) == 0) return true;
     return false;
 }
 
@@ -557,16 +512,16 @@ static int last_code_line(lua_State *L, int chunk)
 }
 
 /*
- * Runs the policy file `path` and merges the hooks of the table it returns into the
- * table at index `hooks`. When `module` is given, the table is also what
- * require(module) returns.
+ * Runs the policy file `path`, with a budget of its own, and merges the hooks of the
+ * table it returns into the table at index `hooks`. When `module` is given, the table is
+ * also what require(module) returns.
  */
-static void load_policy(lua_State *L, struct build *b, int hooks, const char *path,
+static void load_policy(lua_State *L, struct policy_vm *vm, int hooks, const char *path,
                         const char *module)
 {
     int chunk, result;
 
-    budget_start(b->vm, b->instructions);
+    budget_start(vm, vm->opt.instructions);
     load_file(L, path, false);
     chunk = lua_gettop(L);
     lua_pushvalue(L, chunk);
@@ -576,8 +531,8 @@ static void load_policy(lua_State *L, struct build *b, int hooks, const char *pa
         luaL_error(L, "%s:%d: a policy file must return a table of hooks, not %s", path,
                    last_code_line(L, chunk), luaL_typename(L, result));
 
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++) {
-        const char *name = policy_hook_name((enum policy_hook)h);
+    for (size_t h = 0; h < vm->opt.n_hooks; h++) {
+        const char *name = vm->opt.hook_names[h];
         lua_getfield(L, result, name);
         if (lua_isfunction(L, -1)) {
             lua_setfield(L, hooks, name);
@@ -591,7 +546,7 @@ static void load_policy(lua_State *L, struct build *b, int hooks, const char *pa
     lua_pushnil(L);
     while (lua_next(L, result)) {
         lua_pop(L, 1);
-        if (lua_type(L, -1) == LUA_TSTRING && !is_hook_name(lua_tostring(L, -1)))
+        if (lua_type(L, -1) == LUA_TSTRING && !is_hook_name(vm, lua_tostring(L, -1)))
             log_msg(LOG_WARN, "policy %s: '%s' is not a hook (ignored)", path, lua_tostring(L, -1));
     }
     if (module) {
@@ -606,27 +561,32 @@ static int build_state(lua_State *L)
 {
     struct build *b = lua_touserdata(L, 1);
     struct policy_vm *vm = b->vm;
+    struct sandbox_host sandbox = {
+        .charge = charge_steps, .print = print_line, .memory_limit = memory_limit, .ud = vm};
     char path[PATH_MAX];
-    int hooks;
+    int hooks, builtin;
 
-    open_sandbox(L, vm);
+    sandbox_open(L, &sandbox);
+    lua_pushcfunction(L, policy_require);
+    lua_setglobal(L, "require");
+    open_cache_module(L, vm);
     lua_newtable(L);
     hooks = lua_gettop(L);
-    join_path(L, path, sizeof path, vm->builtin_dir, "default.lua");
-    load_policy(L, b, hooks, path, "default");
+    join_path(L, path, sizeof path, vm->opt.builtin_dir, "default.lua");
+    load_policy(L, vm, hooks, path, "default");
     /* The built-in hooks, to tell later whether a drop-in replaced them. */
     lua_newtable(L);
-    int builtin = lua_gettop(L);
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++) {
-        lua_getfield(L, hooks, policy_hook_name((enum policy_hook)h));
-        lua_setfield(L, builtin, policy_hook_name((enum policy_hook)h));
+    builtin = lua_gettop(L);
+    for (size_t h = 0; h < vm->opt.n_hooks; h++) {
+        lua_getfield(L, hooks, vm->opt.hook_names[h]);
+        lua_setfield(L, builtin, vm->opt.hook_names[h]);
     }
     for (size_t i = 0; i < b->n_files; i++)
-        load_policy(L, b, hooks, b->files[i], NULL);
+        load_policy(L, vm, hooks, b->files[i], NULL);
 
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++) {
-        lua_getfield(L, hooks, policy_hook_name((enum policy_hook)h));
-        lua_getfield(L, builtin, policy_hook_name((enum policy_hook)h));
+    for (size_t h = 0; h < vm->opt.n_hooks; h++) {
+        lua_getfield(L, hooks, vm->opt.hook_names[h]);
+        lua_getfield(L, builtin, vm->opt.hook_names[h]);
         vm->hook_builtin[h] = lua_isfunction(L, -2) && lua_rawequal(L, -1, -2);
         lua_pop(L, 1);
         if (lua_isfunction(L, -1))
@@ -707,18 +667,21 @@ static int vm_panic(lua_State *L)
     abort();
 }
 
-int policy_vm_new(struct policy_engine *pe, const struct policy_settings *settings,
-                  const char *builtin_dir, unsigned long instructions, size_t memory_bytes,
-                  struct policy_vm **out, char *err, size_t errlen)
+int policy_vm_new(const struct policy_vm_options *options, struct policy_vm **out, char *err,
+                  size_t errlen)
 {
-    struct build b = {.instructions = instructions};
+    struct build b = {0};
     struct policy_vm *vm;
     int rc;
 
     *out = NULL;
     if (errlen) err[0] = '\0';
-    if (settings->policydir) {
-        rc = list_dropins(settings->policydir, &b.files, &b.n_files, err, errlen);
+    if (options->n_hooks > POLICY_VM_MAX_HOOKS) {
+        snprintf(err, errlen, "policy: more than %d hooks", POLICY_VM_MAX_HOOKS);
+        return -EINVAL;
+    }
+    if (options->dropin_dir) {
+        rc = list_dropins(options->dropin_dir, &b.files, &b.n_files, err, errlen);
         if (rc != 0) return rc;
     }
     vm = calloc(1, sizeof *vm);
@@ -727,11 +690,9 @@ int policy_vm_new(struct policy_engine *pe, const struct policy_settings *settin
         snprintf(err, errlen, "policy: out of memory");
         return -ENOMEM;
     }
-    vm->pe = pe;
-    vm->settings = settings;
-    vm->builtin_dir = builtin_dir;
-    vm->mem_limit = memory_bytes;
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
+    vm->opt = *options;
+    vm->mem_limit = options->memory_bytes;
+    for (size_t h = 0; h < POLICY_VM_MAX_HOOKS; h++)
         vm->hook_ref[h] = LUA_NOREF;
     vm->L = lua_newstate(vm_alloc, vm);
     if (vm->L == NULL) {
@@ -742,7 +703,7 @@ int policy_vm_new(struct policy_engine *pe, const struct policy_settings *settin
     }
     lua_atpanic(vm->L, vm_panic);
     b.vm = vm;
-    rc = policy_vm_call(vm, build_state, &b, instructions, err, errlen);
+    rc = policy_vm_call(vm, build_state, &b, options->instructions, err, errlen);
     free_files(b.files, b.n_files);
     if (rc != 0) {
         char *newline = strchr(err, '\n');
@@ -757,9 +718,6 @@ int policy_vm_new(struct policy_engine *pe, const struct policy_settings *settin
 void policy_vm_free(struct policy_vm *vm)
 {
     if (vm == NULL) return;
-    if (vm->L) {
-        budget_start(vm, vm->instr_limit);
-        lua_close(vm->L);
-    }
+    if (vm->L) lua_close(vm->L);
     free(vm);
 }

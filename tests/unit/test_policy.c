@@ -1,10 +1,13 @@
 /*
  * test_policy.c: the Lua policy engine: the default policies called through C, drop-in
  * overrides, hooks that fail in every way (error, endless loop, memory hog, wrong type),
- * reloads good and bad, the sandbox, and the rate limit of the logs.
+ * work the budget must see (finalizers, patterns that backtrack, loops inside C library
+ * functions), reloads good and bad, the sandbox, and the rate limit of the logs.
  *
  * Fixture policies are in tests/data/policies ($CC_TEST_DATA, else tests/data from the
- * repository root). Time is injected: nothing here sleeps.
+ * repository root). Time is injected: nothing here sleeps. What must never hang runs in
+ * a child process with a time bound (finishes_within), so that a regression fails the
+ * test instead of hanging the suite.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -13,7 +16,10 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -115,6 +121,47 @@ static int count_lines_with(const char *text, const char *needle)
     for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
         n++;
     return n;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/*
+ * Runs fn in a child process and waits for it at most `seconds`. True when the child ran
+ * its checks without a failure and exited within the time; a child still running then is
+ * killed (by its pid) and the failure says so.
+ */
+static bool finishes_within(void (*fn)(void), double seconds, const char *what)
+{
+    double deadline = seconds_now() + seconds;
+    int status = 0;
+    pid_t pid;
+
+    fflush(stdout);
+    fflush(stderr);
+    pid = fork();
+    if (pid < 0) return false;
+    if (pid == 0) {
+        int before = check_failures;
+        fn();
+        fflush(stdout);
+        fflush(stderr);
+        _exit(check_failures == before ? 0 : 1);
+    }
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+        if (seconds_now() > deadline) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            fprintf(stderr, "%s: still running after %.0f s (killed)\n", what, seconds);
+            return false;
+        }
+        usleep(10000);
+    }
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
 /* ---- defaults through C ------------------------------------------------------------------ */
@@ -724,6 +771,145 @@ static void test_reload_swaps_only_good_states(void)
     rmdir(dir);
 }
 
+/* ---- work the budget must see ---------------------------------------------------------------- */
+
+static void finalizer_routes(void)
+{
+    struct config cfg = test_config();
+    struct policy_engine *pe = engine_with(&cfg, "finalizers");
+    double ttl;
+
+    capture_begin();
+    /* setmetatable refuses __gc, even false (a function could be put there later). */
+    CHECK_INT(ttl_of(pe, "gc", &ttl), -EIO);
+    CHECK_INT(ttl_of(pe, "gc-false", &ttl), -EIO);
+    /* __gc added after setmetatable: the table is collected and nothing runs. */
+    CHECK_INT(ttl_of(pe, "gc-later", &ttl), 0);
+    CHECK(ttl == 7);
+    CHECK_INT(ttl_of(pe, "gc-pcall", &ttl), 0);
+    CHECK(ttl == 8);
+    CHECK_INT(policy_error_count(pe, POLICY_HOOK_BLOB_TTL), 2);
+    const char *log = capture_end();
+    CHECK_CONTAINS(log, "10-finalizers.lua:13: bad argument #2 to 'setmetatable' (a metatable "
+                        "with __gc is not allowed in a policy");
+    policy_engine_free(pe);
+}
+
+/* A looping finalizer ran with hooks off: in collectgarbage() the call never returned. */
+static void test_finalizers_never_run_policy_code(void)
+{
+    CHECK(finishes_within(finalizer_routes, 30, "finalizer routes"));
+}
+
+static char finalizer_dir[64];
+
+static void reload_with_global_finalizer(void)
+{
+    struct config cfg = test_config();
+    struct policy_engine *pe = NULL;
+    char reload_err[1024];
+
+    write_file(finalizer_dir, "10-ttl.lua", "return { blob_ttl = function() return 1 end }\n");
+    cfg.policydir = finalizer_dir;
+    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    if (pe == NULL) return;
+    /* A finalizer kept in a global would run in lua_close, at the next reload. */
+    write_file(finalizer_dir, "20-keep.lua",
+               "KEEP = setmetatable({}, { __gc = function() while true do end end })\n"
+               "return {}\n");
+    CHECK_INT(policy_engine_reload(pe, NULL, reload_err, sizeof reload_err), -EINVAL);
+    CHECK_CONTAINS(reload_err, "20-keep.lua:1: bad argument #2 to 'setmetatable'");
+    CHECK(ttl_now(pe) == 1);
+    remove_file(finalizer_dir, "20-keep.lua");
+    write_file(finalizer_dir, "10-ttl.lua", "return { blob_ttl = function() return 2 end }\n");
+    CHECK_INT(policy_engine_reload(pe, NULL, reload_err, sizeof reload_err), 0);
+    CHECK(ttl_now(pe) == 2);
+    policy_engine_free(pe);
+}
+
+/* The file that keeps a finalizer does not load, so no reload or free can hang on it. */
+static void test_reload_never_runs_a_finalizer(void)
+{
+    snprintf(finalizer_dir, sizeof finalizer_dir, "/tmp/test_policy.XXXXXX");
+    CHECK(mkdtemp(finalizer_dir) != NULL);
+    CHECK(finishes_within(reload_with_global_finalizer, 30, "reload with a global finalizer"));
+    remove_file(finalizer_dir, "10-ttl.lua");
+    remove_file(finalizer_dir, "20-keep.lua");
+    rmdir(finalizer_dir);
+}
+
+static void c_work_is_charged(void)
+{
+    static const char *const heavy[] = {"find",      "match", "gmatch", "gsub",       "pcall-find",
+                                        "rep-empty", "move",  "insert", "concat-loop"};
+    const size_t n = sizeof heavy / sizeof heavy[0];
+    struct config cfg = test_config();
+    struct policy_engine *pe = engine_with(&cfg, "c-work");
+    double ttl, start, slowest = 0, clock_start = fake_now;
+
+    capture_begin();
+    for (size_t i = 0; i < n; i++) {
+        fake_now += POLICY_LOG_INTERVAL; /* every failure is logged */
+        start = seconds_now();
+        CHECK_INT(ttl_of(pe, heavy[i], &ttl), -ETIMEDOUT);
+        if (seconds_now() - start > slowest) slowest = seconds_now() - start;
+        /* The next call is served as usual. */
+        CHECK_INT(ttl_of(pe, "fine", &ttl), 0);
+        CHECK(ttl == 10999);
+    }
+    const char *log = capture_end();
+    fake_now = clock_start;
+    CHECK_CONTAINS(log, "10-c-work.lua:10: instruction budget exceeded");
+    CHECK_INT(policy_error_count(pe, POLICY_HOOK_BLOB_TTL), n);
+    /* Each was stopped by its steps (1M: a few ms, a few hundred under ASan), none by
+     * the deadline (1 s). */
+    CHECK_INT(count_lines_with(log, "instruction budget exceeded"), n);
+    CHECK(strstr(log, "deadline") == NULL);
+    printf("  work in C: the slowest of %zu cases was stopped after %.1f ms\n", n, slowest * 1e3);
+    CHECK(slowest < 2.0);
+    policy_engine_free(pe);
+}
+
+/* Backtracking patterns took from seconds to hours, string.rep("", huge) and table.move
+ * of 2^40 elements looped forever: none of that was an instruction. */
+static void test_work_in_c_is_charged(void)
+{
+    CHECK(finishes_within(c_work_is_charged, 60, "work in C"));
+}
+
+/* Work that no step counts (comparing two strings of 4 MB, again and again: each
+ * comparison is one instruction) runs into the call's deadline. */
+static void test_deadline_stops_what_steps_miss(void)
+{
+    char dir[] = "/tmp/test_policy.XXXXXX";
+    struct config cfg = test_config();
+    struct policy_engine *pe = NULL;
+    double ttl, start;
+
+    CHECK(mkdtemp(dir) != NULL);
+    write_file(dir, "10-compare.lua",
+               "return { blob_ttl = function()\n"
+               "  local chunk = ('x'):rep(1024)\n"
+               "  local a, b = chunk:rep(4000), chunk:rep(3999) .. chunk\n"
+               "  while a == b do end\n"
+               "end }\n");
+    cfg.policydir = dir;
+    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    cfg.policydir = NULL;
+    if (pe == NULL) return;
+    capture_begin();
+    start = seconds_now();
+    CHECK_INT(ttl_of(pe, "x", &ttl), -ETIMEDOUT);
+    double took = seconds_now() - start;
+    const char *log = capture_end();
+    CHECK_CONTAINS(log, "the call ran past its deadline of 1000 ms");
+    printf("  a loop of 4 MB string comparisons: stopped by the deadline after %.2f s\n", took);
+    CHECK(took >= 1.0 && took < 3.0);
+    policy_engine_free(pe);
+    remove_file(dir, "10-compare.lua");
+    rmdir(dir);
+}
+
 /* ---- the sandbox
  * --------------------------------------------------------------------------------- */
 
@@ -739,7 +925,9 @@ static void test_sandbox(void)
     CHECK_STR(line, "io=nil os=nil debug=nil package=nil coroutine=nil dofile=nil loadfile=nil "
                     "dump=nil binary=false text=2 outside=false dotdot=false slash=false "
                     "builtin=function same=true cache_module=true config_write=false "
-                    "nested_write=false cache_write=false hosts=2 ttl=86400 "
+                    "nested_write=false cache_write=false pairs_write=false "
+                    "nested_pairs_write=false rawset_cache=false rawset_config=false "
+                    "setmetatable_config=false keys=5 hosts=2 ttl=86400 "
                     "root=/var/lib/registry now=1795820400.5");
     policy_engine_free(pe);
 }
@@ -804,6 +992,10 @@ int main(void)
     RUN(test_limits_are_settable);
     RUN(test_broken_files_do_not_load);
     RUN(test_reload_swaps_only_good_states);
+    RUN(test_finalizers_never_run_policy_code);
+    RUN(test_reload_never_runs_a_finalizer);
+    RUN(test_work_in_c_is_charged);
+    RUN(test_deadline_stops_what_steps_miss);
     RUN(test_sandbox);
     RUN(test_script_log_is_rate_limited);
     return check_summary();

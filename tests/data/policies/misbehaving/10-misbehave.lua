@@ -13,9 +13,11 @@ local function misbehave(how)
             end)
         end
     elseif how == "hog" then
-        local hoard = {}
+        -- Memory, not work: each new string is one allocation of a copy (string.rep
+        -- charges a step per copy it makes, so it is called once).
+        local hoard, chunk = {}, string.rep("x", 4096)
         while true do
-            hoard[#hoard + 1] = string.rep("x", 4096) .. #hoard
+            hoard[#hoard + 1] = chunk .. #hoard
         end
     elseif how == "bigstring" then
         return string.rep("y", 1 << 30)

@@ -23,6 +23,26 @@ local function probe()
     add("config_write", (pcall(function() cache.config.blobttl = 1 end)))
     add("nested_write", (pcall(function() cache.config.upstreams[1].originhost = "x" end)))
     add("cache_write", (pcall(function() cache.now = nil end)))
+    -- pairs' second result is what next() is given: it must be the view, not the table
+    -- behind it.
+    add("pairs_write", (pcall(function()
+        local _, state = pairs(cache.config)
+        state.blobttl = 1
+    end)))
+    add("nested_pairs_write", (pcall(function()
+        for _, upstream in pairs(cache.config.upstreams) do
+            local _, state = pairs(upstream)
+            state.originhost = "x"
+        end
+    end)))
+    add("rawset_cache", (pcall(rawset, cache, "log", print)))
+    add("rawset_config", (pcall(rawset, cache.config, "blobttl", 1)))
+    add("setmetatable_config", (pcall(setmetatable, cache.config, nil)))
+    local keys = 0
+    for _ in pairs(cache.config) do
+        keys = keys + 1
+    end
+    add("keys", keys)
     add("hosts", #cache.config.upstreams[1].upstreamhosts)
     add("ttl", cache.config.blobttl)
     add("root", cache.config.storage_root)
