@@ -469,12 +469,14 @@ class Cache:
     blobttl: a string such as "1h" (None: not set). delete_enabled: storage.delete.enabled.
     extra_downstream_yaml: more lines under the downstream middleware's options (indented
     by the caller to 8 spaces). extra_yaml: more top-level text. env: extra environment.
+    debug: serve http.debug.addr on a free port (self.debug_port; metrics()).
     """
 
     def __init__(self, work, upstreams, name="cache", blobttl=None, delete_enabled=True,
                  log_level="info", extra_downstream_yaml="", extra_yaml="", env=None,
-                 binary=None, storage=None):
+                 binary=None, storage=None, debug=False):
         self.work = work
+        self.debug_port = free_port() if debug else None
         self.name = name
         self.upstreams = list(upstreams)
         self.blobttl = blobttl
@@ -513,6 +515,10 @@ class Cache:
             "    enabled: %s" % ("true" if self.delete_enabled else "false"),
             "http:",
             "  addr: 127.0.0.1:%d" % port,
+        ]
+        if self.debug_port is not None:
+            lines += ["  debug:", "    addr: 127.0.0.1:%d" % self.debug_port]
+        lines += [
             "middleware:",
             "  registry:",
             "    - name: downstream",
@@ -529,6 +535,18 @@ class Cache:
                 lines.extend("              - %s" % _yaml_str(h) for h in hosts)
         text = "\n".join(lines) + "\n" + self.extra_downstream_yaml
         return text + self.extra_yaml
+
+    def metrics(self):
+        """/metrics of the debug server (debug=True): {"name{labels}": value}."""
+        r = request(self.debug_port, "GET", "/metrics")
+        if r.status != 200:
+            raise AssertionError("/metrics: %r" % r)
+        values = {}
+        for line in r.body.decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
 
     def write_config(self, port=None, path=None):
         """Writes the config (for `port`, default a fresh one) and returns its path."""

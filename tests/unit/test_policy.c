@@ -811,7 +811,7 @@ static void reload_with_global_finalizer(void)
 
     write_file(finalizer_dir, "10-ttl.lua", "return { blob_ttl = function() return 1 end }\n");
     cfg.policydir = finalizer_dir;
-    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), 0);
     if (pe == NULL) return;
     /* A finalizer kept in a global would run in lua_close, at the next reload. */
     write_file(finalizer_dir, "20-keep.lua",
@@ -894,7 +894,7 @@ static void test_deadline_stops_what_steps_miss(void)
                "  while a == b do end\n"
                "end }\n");
     cfg.policydir = dir;
-    CHECK_INT(policy_engine_new(&cfg, NULL, &pe, err, sizeof err), 0);
+    CHECK_INT(policy_engine_new(&cfg, CC_POLICY_DIR, &pe, err, sizeof err), 0);
     cfg.policydir = NULL;
     if (pe == NULL) return;
     capture_begin();
