@@ -41,6 +41,7 @@
 #include "cache/store.h"
 #include "net/tls.h"
 #include "net/upstream.h"
+#include "base/digest.h"
 
 extern char **environ;
 
@@ -231,7 +232,7 @@ static int run_check(const char *path)
 static int policy_ttl(struct policy_engine *pe, const struct expire_blob *b, double *ttl_s)
 {
     if (!policy_has_hook(pe, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
-    char digest[72];
+    char digest[DIGEST_SHA256_REF_LEN + 1];
     snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
     struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
     bool has_ttl;
@@ -428,7 +429,7 @@ static long evict_policy(void *ud, const budget_blob *cands, size_t n, uint64_t 
         policy_hook_is_builtin(app->policy, POLICY_HOOK_EVICT))
         return -ENOENT; /* the built-in policy is least recently pulled first: done in C */
     struct policy_blob *pb = calloc(n ? n : 1, sizeof(*pb));
-    char(*digests)[72] = calloc(n ? n : 1, sizeof(*digests));
+    char(*digests)[DIGEST_SHA256_REF_LEN + 1] = calloc(n ? n : 1, sizeof(*digests));
     if (pb == NULL || digests == NULL) {
         free(pb);
         free(digests);

@@ -27,6 +27,7 @@
 #include "cache/expire.h"
 #include "base/log.h"
 #include "registry/respond.h"
+#include "base/digest.h"
 
 #define BLOB_CHUNK (256 * 1024)
 /* A miss of at least this many bytes sends its head as soon as the upstream's GET
@@ -47,14 +48,14 @@ struct blob_service {
     struct budget *budget; /* may be NULL */
     /* Stored blobs open for reading now, and by how many requests: not evicted. */
     struct {
-        char hex[65];
+        char hex[DIGEST_SHA256_HEX_LEN + 1];
         unsigned readers;
     } * in_use;
     size_t n_in_use, cap_in_use;
     /* Descriptors of stored blobs kept open: a hot hit needs no open/fstat/close on the
      * thread pool. An entry is checked (fstat: still linked?) at each use. */
     struct {
-        char hex[65];
+        char hex[DIGEST_SHA256_HEX_LEN + 1];
         uv_file fd;
         unsigned refs;
         uint64_t used;
@@ -70,8 +71,8 @@ struct blob_service {
 struct blob_req {
     struct blob_service *bs;
     struct http_exchange *x;
-    char hex[65];
-    char digest[72];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
+    char digest[DIGEST_SHA256_REF_LEN + 1];
     char **bases; /* where this request's upstream requests go, in order */
     size_t n_bases;
     size_t entry; /* the upstreams entry: decisions are remembered per origin */
@@ -151,14 +152,14 @@ void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
 bool blob_service_in_use(const struct blob_service *bs, const char *hex)
 {
     for (size_t i = 0; i < bs->n_in_use; i++)
-        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) return true;
+        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) return true;
     return false;
 }
 
 static void in_use_add(struct blob_service *bs, const char *hex)
 {
     for (size_t i = 0; i < bs->n_in_use; i++) {
-        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) {
             bs->in_use[i].readers++;
             return;
         }
@@ -172,14 +173,14 @@ static void in_use_add(struct blob_service *bs, const char *hex)
         bs->in_use = n;
         bs->cap_in_use = cap;
     }
-    memcpy(bs->in_use[bs->n_in_use].hex, hex, 65);
+    memcpy(bs->in_use[bs->n_in_use].hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     bs->in_use[bs->n_in_use++].readers = 1;
 }
 
 static void in_use_remove(struct blob_service *bs, const char *hex)
 {
     for (size_t i = 0; i < bs->n_in_use; i++) {
-        if (memcmp(bs->in_use[i].hex, hex, 64) == 0) {
+        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) {
             if (--bs->in_use[i].readers == 0) bs->in_use[i] = bs->in_use[--bs->n_in_use];
             return;
         }
@@ -204,7 +205,8 @@ static void fdc_close(struct blob_service *bs, int i)
 static int fdc_get(struct blob_service *bs, const char *hex, struct stat *sb)
 {
     for (int i = 0; i < BLOB_FD_CACHE; i++) {
-        if (bs->fdc[i].hex[0] == '\0' || bs->fdc[i].stale || memcmp(bs->fdc[i].hex, hex, 64))
+        if (bs->fdc[i].hex[0] == '\0' || bs->fdc[i].stale ||
+            memcmp(bs->fdc[i].hex, hex, DIGEST_SHA256_HEX_LEN))
             continue;
         /* fstat of an open descriptor reads the inode in memory: it does not wait for
          * the disk. nlink 0: the blob was expired, evicted or repaired away. */
@@ -237,7 +239,7 @@ static int fdc_put(struct blob_service *bs, const char *hex, uv_file fd)
     }
     if (victim < 0) return -1;
     if (bs->fdc[victim].hex[0] != '\0') fdc_close(bs, victim);
-    memcpy(bs->fdc[victim].hex, hex, 65);
+    memcpy(bs->fdc[victim].hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     bs->fdc[victim].fd = fd;
     bs->fdc[victim].refs = 1;
     bs->fdc[victim].stale = false;
@@ -1070,8 +1072,8 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
     r->fdc_slot = -1;
     r->size = -1;
     r->entry = entry;
-    memcpy(r->hex, route->reference + 7, 64);
-    r->hex[64] = '\0';
+    memcpy(r->hex, route->reference + DIGEST_SHA256_PREFIX_LEN, DIGEST_SHA256_HEX_LEN);
+    r->hex[DIGEST_SHA256_HEX_LEN] = '\0';
     snprintf(r->digest, sizeof(r->digest), "sha256:%s", r->hex);
     http_exchange_on_gone(x, on_gone, r);
     const struct http_header *authz = http_req_header(x, "Authorization");

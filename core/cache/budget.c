@@ -10,6 +10,7 @@
 
 #include "base/errors.h"
 #include "base/log.h"
+#include "base/digest.h"
 
 #define BUDGET_MAX_CANDIDATES 10000 /* handed to the evict policy per run */
 
@@ -62,7 +63,7 @@ static int list_blob(void *ud, const char *hex, const struct stat *sb)
         b->cap_list = cap;
     }
     budget_blob *e = &b->list[b->n_list++];
-    memcpy(e->hex, hex, 65);
+    memcpy(e->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     e->size = (uint64_t)sb->st_size;
     e->last_pulled = store_stat_atime(sb);
     return 0;

@@ -11,6 +11,7 @@
 
 #include "base/errors.h"
 #include "base/log.h"
+#include "base/digest.h"
 
 struct doomed {
     struct expire_blob blob;
@@ -82,7 +83,7 @@ static int collect(void *ud, const char *hex, const struct stat *sb)
         e->cap_found = cap;
     }
     struct expire_blob *b = &e->found[e->n_found++];
-    memcpy(b->hex, hex, 65);
+    memcpy(b->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     b->size = (uint64_t)sb->st_size;
     b->last_pulled = store_stat_atime(sb);
     return 0;
@@ -242,7 +243,7 @@ static int sync_visit(void *ud, const char *hex, const struct stat *sb)
 {
     struct sync_ctx *sc = ud;
     struct expire_blob b;
-    memcpy(b.hex, hex, 65);
+    memcpy(b.hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     b.size = (uint64_t)sb->st_size;
     b.last_pulled = store_stat_atime(sb);
     double ttl;

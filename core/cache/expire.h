@@ -23,11 +23,12 @@
 
 #include "cache/store.h"
 #include "base/metrics.h"
+#include "base/digest.h"
 
 struct expiry;
 
 struct expire_blob {
-    char hex[65];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
     uint64_t size;
     double last_pulled; /* seconds since the epoch */
 };

@@ -46,7 +46,8 @@ struct fetch_manager {
     uv_timer_t *beat;  /* touches the fetch locks this process holds */
     bool beat_pending; /* a touch work item is out */
     uv_work_t beat_work;
-    char (*beat_hexes)[65]; /* the locks to touch, copied for the work item */
+    char (
+        *beat_hexes)[DIGEST_SHA256_HEX_LEN + 1]; /* the locks to touch, copied for the work item */
     size_t n_beat;
 };
 
@@ -62,7 +63,7 @@ struct fetch {
     struct fetch *next, *prev; /* the manager's list, while registered */
     bool registered;
     int refs;
-    char hex[65];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
     enum fetch_state state;
     char error[300];
     char *upstream;
@@ -182,7 +183,7 @@ unsigned fetch_manager_active(const struct fetch_manager *m)
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex)
 {
     for (struct fetch *f = m->active; f != NULL; f = f->next)
-        if (memcmp(f->hex, hex, 64) == 0) return f;
+        if (memcmp(f->hex, hex, DIGEST_SHA256_HEX_LEN) == 0) return f;
     return NULL;
 }
 
@@ -399,7 +400,7 @@ void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
 struct lock_release {
     uv_work_t work;
     struct store *store;
-    char hex[65];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
 };
 
 static void release_work(uv_work_t *w)
@@ -421,7 +422,7 @@ static void lock_release(struct fetch *f)
     struct lock_release *lr = malloc(sizeof(*lr));
     if (lr == NULL) return; /* it goes stale and is taken over */
     lr->store = f->m->store;
-    memcpy(lr->hex, f->hex, 65);
+    memcpy(lr->hex, f->hex, DIGEST_SHA256_HEX_LEN + 1);
     if (uv_queue_work(f->m->loop, &lr->work, release_work, release_done) != 0) free(lr);
 }
 
@@ -454,7 +455,7 @@ static void beat_tick(uv_timer_t *t)
     m->beat_hexes = calloc(n, sizeof(*m->beat_hexes));
     m->n_beat = 0;
     for (struct fetch *f = m->active; m->beat_hexes != NULL && f != NULL; f = f->next)
-        if (f->locked) memcpy(m->beat_hexes[m->n_beat++], f->hex, 65);
+        if (f->locked) memcpy(m->beat_hexes[m->n_beat++], f->hex, DIGEST_SHA256_HEX_LEN + 1);
     m->beat_work.data = m;
     if (m->n_beat > 0 && uv_queue_work(m->loop, &m->beat_work, beat_work, beat_done) == 0)
         m->beat_pending = true;
@@ -1090,10 +1091,10 @@ static void fetch_maybe_finish(struct fetch *f)
         return;
     }
     unsigned char bin[32];
-    char hex[65];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
     digest_sha256_final(&f->sha, bin);
     digest_hex(bin, hex);
-    if (memcmp(hex, f->hex, 64) != 0) {
+    if (memcmp(hex, f->hex, DIGEST_SHA256_HEX_LEN) != 0) {
         fetch_fail(f, "digest mismatch: %s sent %llu bytes hashing to sha256:%s",
                    f->upstream ? f->upstream : "the upstream", (unsigned long long)f->received,
                    hex);
@@ -1248,7 +1249,7 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     struct fetch *f = calloc(1, sizeof(*f));
     if (f == NULL) return UV_ENOMEM;
     f->m = m;
-    memcpy(f->hex, hex, 65);
+    memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     f->fd = -1;
     f->poll_final_fd = -1;
     f->size = expected_size;

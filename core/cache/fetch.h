@@ -4,8 +4,8 @@
  * A fetch GETs the blob from the upstream chain and appends the body to a temporary
  * file of the store, hashing it as it goes (each batch is written and hashed by two work
  * items side by side on the thread pool, one batch at a time, so the loop never waits on
- * the disk and the upstream is paced by the disk, not by any client). Clients follow the file as it grows: they
- * read by offset from the fetch's descriptor up to fetch_readable().
+ * the disk and the upstream is paced by the disk, not by any client). Clients follow the file as it
+ * grows: they read by offset from the fetch's descriptor up to fetch_readable().
  *
  * Nothing unverified is ever served as complete: while the digest is not yet checked,
  * fetch_readable() holds back the blob's last byte. At the end of the body the digest

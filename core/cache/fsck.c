@@ -78,7 +78,7 @@ static bool is_lower_hex(const char *s, size_t n)
 /* --- Hashing ---------------------------------------------------------------------- */
 
 /* Hashes the rest of fd into hex. Returns 0 or -errno of the read. */
-static int hash_fd(struct walk *w, int fd, char hex[65])
+static int hash_fd(struct walk *w, int fd, char hex[DIGEST_SHA256_HEX_LEN + 1])
 {
     struct digest_sha256 ctx;
     digest_sha256_init(&ctx);
@@ -195,7 +195,7 @@ static void check_data(struct walk *w, const char *dir, const char *hex)
                 remove_blob(w, hex, path, outcome, sizeof(outcome)));
         return;
     }
-    char actual[65];
+    char actual[DIGEST_SHA256_HEX_LEN + 1];
     if (err == 0) {
         err = hash_fd(w, fd, actual);
         close(fd);

@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "base/log.h"
+#include "base/digest.h"
 
 #define STORE_PATH_MAX 4096
 
@@ -57,14 +58,14 @@ bool store_hex_valid(const char *hex)
         if (!lower_hex(hex + i, 1)) return false;
         if (i >= 64) return false;
     }
-    return i == 64;
+    return i == DIGEST_SHA256_HEX_LEN;
 }
 
 /* True when name is a temporary file's name for blob hex. */
 static bool tmp_name_valid(const char *name, const char *hex)
 {
-    return strlen(name) == TMP_NAME_LEN && memcmp(name, hex, 64) == 0 && lower_hex(name, 64) &&
-           name[64] == '.' && lower_hex(name + 65, 12);
+    return strlen(name) == TMP_NAME_LEN && memcmp(name, hex, DIGEST_SHA256_HEX_LEN) == 0 &&
+           lower_hex(name, DIGEST_SHA256_HEX_LEN) && name[64] == '.' && lower_hex(name + 65, 12);
 }
 
 static double now_s(void)
@@ -478,7 +479,7 @@ static unsigned remove_leftovers(const struct store *st, int root)
     if (d == NULL && scan >= 0) close(scan);
     while (d != NULL && (e = readdir(d)) != NULL) {
         struct store_lock_info li;
-        char hex[65];
+        char hex[DIGEST_SHA256_HEX_LEN + 1];
         if (e->d_name[0] == '.') continue;
         snprintf(hex, sizeof(hex), "%.64s", e->d_name);
         if (locks >= 0 && store_hex_valid(hex) &&
@@ -654,7 +655,8 @@ static const char *own_tmp_name(const struct store *st, const char *tmp_path)
 int store_commit_sync(const struct store *st, int fd, const char *tmp_path, const char *hex)
 {
     const char *name = own_tmp_name(st, tmp_path);
-    if (name == NULL || memcmp(name, hex, 64) != 0) return -EINVAL; /* not ours: left alone */
+    if (name == NULL || memcmp(name, hex, DIGEST_SHA256_HEX_LEN) != 0)
+        return -EINVAL; /* not ours: left alone */
     int tmpdir = open_store_dir(st, REL_TMP);
     if (tmpdir < 0) return tmpdir;
     struct blob_dirs d = {-1, -1};

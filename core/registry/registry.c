@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "base/json.h"
+#include "base/digest.h"
 
 #define NAME_MAX_LEN 255
 #define TAG_MAX_LEN 128
@@ -142,7 +143,8 @@ static bool hex_digest_valid(const char *s, size_t len, const char *algorithm, s
 
 bool registry_digest_valid(const char *s, size_t len)
 {
-    return hex_digest_valid(s, len, "sha256", 64) || hex_digest_valid(s, len, "sha512", 128);
+    return hex_digest_valid(s, len, "sha256", DIGEST_SHA256_HEX_LEN) ||
+           hex_digest_valid(s, len, "sha512", 128);
 }
 
 /* ---- routes ---------------------------------------------------------------------------- */
