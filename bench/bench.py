@@ -273,12 +273,15 @@ class Bench:
         self.results["idle"] = {"status": "ok", "count": count, "values": values,
                                 "detail": detail}
 
-    # 3. One cold big blob: total time and time to first byte, against the origin itself.
+    # 3. One cold big blob: total time and time to first byte, against the origin itself,
+    # Distribution's proxy and nginx's proxy_cache.
     def cold_servers(self):
         if not hasattr(self, "cache_cold"):
             self.cache_cold = servers.Cache(self.work, self.args.binary, self.origin.url,
                                             name="cache-cold")
             self.dist_cold = servers.DistProxy(self.work, self.origin.url, name="distproxy-cold")
+            self.nginx_cold = servers.NginxProxyCache(self.work, self.origin.url,
+                                                      name="nginx-proxycache")
         return self.cache_cold, self.dist_cold
 
     def scenario_cold1(self):
@@ -296,8 +299,10 @@ class Bench:
                 value["fetches"] = self.origin.settled_blob_gets(digest) - before
             return value
 
-        values = self.alternate("cold1", [self.origin, cache_cold, dist_cold], measure)
-        self.results["cold1"] = {"status": "ok", "values": values}
+        values = self.alternate("cold1", [self.origin, cache_cold, dist_cold, self.nginx_cold],
+                                measure)
+        self.nginx_cold.stop()
+        self.results["cold1"] = {"status": "ok", "size": size, "values": values}
 
     # 4. 32 concurrent requests for one cold blob: upstream fetches and time to all done.
     def scenario_cold32(self):

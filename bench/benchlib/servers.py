@@ -412,6 +412,65 @@ class Nginx(Server):
         return sum(rss_kib(p) or 0 for p in pids)
 
 
+class NginxProxyCache(Server):
+    """nginx with proxy_cache in front of the origin, as operators make a registry mirror
+    of it: 2 workers, proxy_cache_lock on (one upstream fetch per blob for concurrent
+    misses), responses streamed to the client as they arrive and written to the cache on
+    the side. It verifies nothing. The master is our child; it stops its workers."""
+
+    def __init__(self, work, origin_url, name="nginx-proxy"):
+        super().__init__(work, name)
+        self.origin_url = origin_url
+        self.prefix = self.path(name)
+
+    def config_text(self, port):
+        p = self.prefix
+        return ("daemon off;\nmaster_process on;\nuser root;\nworker_processes 2;\n"
+                "worker_rlimit_nofile 65536;\npid %s/nginx.pid;\nerror_log %s/error.log warn;\n"
+                "events { worker_connections 20000; }\n"
+                "http {\n"
+                "    access_log off;\n    sendfile on;\n    tcp_nopush on;\n"
+                "    client_body_temp_path %s/body;\n    proxy_temp_path %s/proxy;\n"
+                "    fastcgi_temp_path %s/fastcgi;\n    uwsgi_temp_path %s/uwsgi;\n"
+                "    scgi_temp_path %s/scgi;\n"
+                "    proxy_cache_path %s/cache levels=1:2 keys_zone=blobs:16m max_size=20g "
+                "inactive=1d use_temp_path=off;\n"
+                "    server {\n        listen 127.0.0.1:%d;\n"
+                "        location /v2/ {\n"
+                "            proxy_pass %s;\n"
+                "            proxy_http_version 1.1;\n"
+                "            proxy_set_header Connection \"\";\n"
+                "            proxy_cache blobs;\n"
+                "            proxy_cache_lock on;\n"
+                "            proxy_cache_lock_timeout 300s;\n"
+                "            proxy_cache_lock_age 300s;\n"
+                "            proxy_cache_valid 200 1d;\n"
+                "            proxy_buffering on;\n"
+                "            proxy_max_temp_file_size 0;\n"
+                "        }\n"
+                "    }\n"
+                "}\n" % (p, p, p, p, p, p, p, p, port, self.origin_url))
+
+    def make_proc(self, port):
+        os.makedirs(self.prefix, exist_ok=True)
+        conf = os.path.join(self.prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(self.config_text(port))
+        return Proc(self.name, ["nginx", "-p", self.prefix, "-e", self.prefix + "/error.log",
+                                "-c", conf], self.path(self.name + ".out"))
+
+    def restart_fresh(self):
+        self.stop()
+        shutil.rmtree(os.path.join(self.prefix, "cache"), ignore_errors=True)
+        return self.start()
+
+    def rss_kib(self):
+        if not self.alive():
+            return None
+        pids = [self.proc.pid] + children_of(self.proc.pid)
+        return sum(rss_kib(p) or 0 for p in pids)
+
+
 # --- content-cache ----------------------------------------------------------------------
 
 class Cache(Server):

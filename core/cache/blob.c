@@ -104,6 +104,7 @@ struct blob_req {
 
     char *buf;
     size_t buf_cap;
+    void *span; /* the fetch's memory being sent (fetch_span_borrow), or NULL */
     uv_fs_t fs;
     uv_work_t hit_work; /* the store's open (or stat, for a HEAD) of the stored blob */
     struct stat hit_sb;
@@ -365,6 +366,8 @@ static void release(struct blob_req *r)
     }
     if (r->fetch != NULL) {
         fetch_unwait(r->fetch, &r->waiter);
+        fetch_span_release(r->fetch, r->span);
+        r->span = NULL;
         if (r->following) {
             fetch_follow_end(r->fetch, &r->follower);
             in_use_remove(r->bs, r->hex);
@@ -458,6 +461,10 @@ static void write_done(struct http_exchange *x, int status, void *arg)
 {
     struct blob_req *r = arg;
     r->writing = false;
+    if (r->span != NULL) {
+        fetch_span_release(r->fetch, r->span);
+        r->span = NULL;
+    }
     if (status < 0 || r->gone) {
         r->gone = true;
         finish(r, false);
@@ -466,7 +473,8 @@ static void write_done(struct http_exchange *x, int status, void *arg)
     pump(r);
 }
 
-static void send_chunk(struct blob_req *r, size_t n)
+/* Sends data[0..n) (r->buf, or a span of the fetch's memory) and moves on. */
+static void send_from(struct blob_req *r, const char *data, size_t n)
 {
     set_head(r);
     r->pos += n;
@@ -475,12 +483,21 @@ static void send_chunk(struct blob_req *r, size_t n)
         fetch_follow_moved(r->fetch);
     }
     r->writing = true;
-    int rc = http_respond_body(r->x, r->buf, n, write_done, r);
+    int rc = http_respond_body(r->x, data, n, write_done, r);
     if (rc < 0) {
         r->writing = false;
+        if (r->span != NULL) {
+            fetch_span_release(r->fetch, r->span);
+            r->span = NULL;
+        }
         r->gone = true;
         finish(r, false);
     }
+}
+
+static void send_chunk(struct blob_req *r, size_t n)
+{
+    send_from(r, r->buf, n);
 }
 
 static void read_done(uv_fs_t *req)
@@ -562,12 +579,14 @@ static void pump(struct blob_req *r)
     uint64_t want = avail - r->pos;
     size_t n = want > r->buf_cap ? r->buf_cap : (size_t)want;
     if (f != NULL && fetch_in_memory(f, r->pos)) {
-        size_t got = fetch_copy_window(f, r->pos, r->buf, n);
+        /* Straight from the fetch's memory: no copy. */
+        const char *data;
+        size_t got = fetch_span_borrow(f, r->pos, n, &data, &r->span);
         if (got == 0) {
             fetch_wait(f, &r->waiter);
             return;
         }
-        send_chunk(r, got);
+        send_from(r, data, got);
         return;
     }
     uv_file fd = f != NULL ? fetch_fd(f) : r->fd;

@@ -1,12 +1,20 @@
 /*
  * fetch.c: one upstream fetch per missing blob. See fetch.h for the contract.
  *
- * Bytes move: upstream -> `collect` (memory, on the loop) -> `batch`, handed to two work
- * items that run side by side on the thread pool: one pwrites it at `written`, the other
- * adds it to the sha256. When the write is done `written` grows and the followers are
- * woken (they may send all but the last byte before the digest is checked); the next
- * batch starts when both are done, so the hash sees the bytes in order. The upstream is
- * paused while `collect` holds more than COLLECT_HIGH bytes, so the disk sets the pace.
+ * Bytes move: upstream -> the spool (chunks in memory, appended on the loop). Followers
+ * are woken as bytes arrive and send them from the spool at once (all but the last byte
+ * before the digest is checked), so a client's bytes never wait for the disk. Two work
+ * items run on the thread pool, each at its own pace and each over the spool in order:
+ * one pwritev()s [written, ...) into the temporary file, the other adds [hashed, ...) to
+ * the sha256. A chunk is freed once it is written and hashed (a follower behind it reads
+ * the file); the upstream is paused while the spool holds more than SPOOL_HIGH bytes, so
+ * the slower of the disk and the hash sets the pace beyond that. The digest is checked
+ * once everything is hashed (the last byte goes out then); the commit (fsync, rename)
+ * waits for the writes and goes on behind the clients.
+ *
+ * In pass-through (no disk, or a disk that failed), chunks are freed once hashed and read
+ * by every follower, and the spool is bounded by SPOOL_PASS_HIGH: the slowest follower
+ * sets the pace.
  */
 #include "cache/fetch.h"
 
@@ -17,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "base/bytes.h"
@@ -24,15 +33,23 @@
 #include "base/digest.h"
 #include "base/log.h"
 
-#define COLLECT_HIGH (8u << 20) /* pause the upstream past this much unwritten data */
-#define COLLECT_LOW (2u << 20)  /* and resume below this */
-#define WINDOW_HIGH (16u << 20) /* pass-through: pause past this much unread data */
+#define CHUNK_BYTES (1u << 20)      /* the spool's unit */
+#define SPOOL_HIGH (64u << 20)      /* pause the upstream past this much unwritten or unhashed */
+#define SPOOL_PASS_HIGH (16u << 20) /* pass-through: past this much unread */
+#define JOB_MAX (8u << 20)          /* bytes one write or hash work item takes */
+#define JOB_MIN (1u << 20)          /* and waits for, unless the body is all in */
+/* Chunks kept for reuse by the manager: their pages stay mapped (a fresh chunk costs 256
+ * page faults as it fills). */
+#define SPARE_CHUNKS 16
+#define JOB_IOV 10 /* chunks one work item takes (JOB_MAX / CHUNK_BYTES + 2) */
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
 #define UNSIZED_MAX ((uint64_t)256 << 20)
 /* Files a follower may have served bytes from before its fetch was taken over; past
  * this many takeovers the fetch fails. */
 #define SERVED_FROM_MAX 4
+
+struct chunk;
 
 struct fetch_manager {
     uv_loop_t *loop;
@@ -49,6 +66,8 @@ struct fetch_manager {
     char (
         *beat_hexes)[DIGEST_SHA256_HEX_LEN + 1]; /* the locks to touch, copied for the work item */
     size_t n_beat;
+    struct chunk *spare; /* freed chunks, for reuse */
+    unsigned n_spare;
 };
 
 void fetch_manager_on_commit(struct fetch_manager *m,
@@ -57,6 +76,29 @@ void fetch_manager_on_commit(struct fetch_manager *m,
     m->on_commit = cb;
     m->hook_ud = ud;
 }
+
+/* A piece of the body in memory: bytes [off, off + len) of the blob. */
+struct chunk {
+    struct chunk *next;
+    uint64_t off;
+    size_t len;
+    unsigned pins; /* spans lent to followers (fetch_span_borrow): not freed while > 0 */
+    char data[];
+};
+
+/* A write or a hash over [off, off + len) of the spool, on the thread pool. The chunks
+ * it reads are listed when it starts: the loop appends to the spool meanwhile (after its
+ * end only), and frees no chunk it covers. */
+struct spool_job {
+    uv_work_t work;
+    struct fetch *f;
+    struct iovec iov[JOB_IOV];
+    int n_iov;
+    uint64_t off;
+    size_t len;
+    bool pending;
+    int err;
+};
 
 struct fetch {
     struct fetch_manager *m;
@@ -82,18 +124,12 @@ struct fetch {
     uv_work_t open_work;
     int open_err;
 
-    /* Writing: `collect` gathers, `batch` is being written by the work item. */
-    char *collect;
-    size_t collect_len, collect_cap;
-    char *batch;
-    size_t batch_len, batch_cap;
-    bool batch_pending; /* the batch's write or hash is still running */
-    bool write_pending, hash_pending;
-    bool batch_hashed; /* the batch is in `sha` */
-    int batch_err;
-    uv_work_t batch_work; /* the write */
-    uv_work_t hash_work;
-    uint64_t written;
+    /* The spool: [head->off, received) in memory, appended at the tail. */
+    struct chunk *head, *tail;
+    size_t spooled; /* bytes in the chunks */
+    struct spool_job write_job, hash_job;
+    uint64_t written; /* in the file (remote: in the followed file) */
+    uint64_t hashed;  /* in `sha` */
     struct digest_sha256 sha;
 
     bool head_seen; /* the upstream's response head arrived (the length, if any, known) */
@@ -102,11 +138,8 @@ struct fetch {
     uv_work_t commit_work;
     int commit_err;
 
-    /* Pass-through after a disk failure: bytes [win_start, win_start + win_len). */
+    /* Pass-through: nothing is (or will be) written; the spool is all there is. */
     bool disk_failed;
-    uint64_t win_start;
-    char *win;
-    size_t win_len, win_cap;
 
     struct fetch_follower *followers;
     struct fetch_waiter *waiters;
@@ -166,6 +199,11 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
 
 void fetch_manager_free(struct fetch_manager *m)
 {
+    while (m->spare != NULL) {
+        struct chunk *c = m->spare;
+        m->spare = c->next;
+        free(c);
+    }
     free(m->beat_hexes);
     free(m);
 }
@@ -214,6 +252,40 @@ static void close_cb(uv_fs_t *req)
     free(req);
 }
 
+/* A chunk for the spool: a spare one when there is one. */
+static struct chunk *chunk_new(struct fetch_manager *m)
+{
+    struct chunk *c = m->spare;
+    if (c != NULL) {
+        m->spare = c->next;
+        m->n_spare--;
+        return c;
+    }
+    return malloc(sizeof(*c) + CHUNK_BYTES);
+}
+
+static void chunk_free(struct fetch_manager *m, struct chunk *c)
+{
+    if (m->n_spare < SPARE_CHUNKS) {
+        c->next = m->spare;
+        m->spare = c;
+        m->n_spare++;
+    } else {
+        free(c);
+    }
+}
+
+static void spool_free(struct fetch *f)
+{
+    while (f->head != NULL) {
+        struct chunk *c = f->head;
+        f->head = c->next;
+        chunk_free(f->m, c);
+    }
+    f->tail = NULL;
+    f->spooled = 0;
+}
+
 void fetch_unref(struct fetch *f)
 {
     if (--f->refs > 0) return;
@@ -237,9 +309,7 @@ void fetch_unref(struct fetch *f)
     free(f->spec_headers);
     free(f->spec_target);
     free(f->upstream);
-    free(f->collect);
-    free(f->batch);
-    free(f->win);
+    spool_free(f);
     free(f);
 }
 
@@ -303,7 +373,7 @@ int64_t fetch_size(const struct fetch *f)
 
 uint64_t fetch_readable(const struct fetch *f)
 {
-    uint64_t n = f->disk_failed ? f->win_start + f->win_len : f->written;
+    uint64_t n = f->remote ? f->written : f->received;
     if (f->state != FETCH_DONE && !f->verified && f->size > 0 && n >= (uint64_t)f->size)
         n = (uint64_t)f->size - 1; /* the last byte waits for the digest */
     return n;
@@ -326,38 +396,134 @@ const char *fetch_upstream(const struct fetch *f)
 
 bool fetch_in_memory(const struct fetch *f, uint64_t offset)
 {
-    return f->disk_failed && offset >= f->win_start;
+    return !f->remote && offset >= (f->head != NULL ? f->head->off : f->received);
 }
 
 size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size_t len)
 {
-    if (!f->disk_failed || offset < f->win_start || offset >= f->win_start + f->win_len) return 0;
-    size_t at = (size_t)(offset - f->win_start);
-    size_t n = f->win_len - at;
     uint64_t readable = fetch_readable(f);
-    if (offset + n > readable) n = readable > offset ? (size_t)(readable - offset) : 0;
-    if (n > len) n = len;
-    memcpy(buf, f->win + at, n);
-    return n;
+    if (!fetch_in_memory(f, offset) || offset >= readable) return 0;
+    if (len > readable - offset) len = (size_t)(readable - offset);
+    size_t done = 0;
+    for (const struct chunk *c = f->head; c != NULL && done < len; c = c->next) {
+        uint64_t at = offset + done;
+        if (at >= c->off + c->len) continue;
+        size_t from = (size_t)(at - c->off);
+        size_t n = c->len - from;
+        if (n > len - done) n = len - done;
+        memcpy(buf + done, c->data + from, n);
+        done += n;
+    }
+    return done;
 }
 
-/* --- Pass-through window ------------------------------------------------------------ */
-
-static void window_trim(struct fetch *f)
+size_t fetch_span_borrow(struct fetch *f, uint64_t offset, size_t len, const char **data,
+                         void **token)
 {
-    if (!f->disk_failed) return;
-    uint64_t low = f->win_start + f->win_len;
-    for (struct fetch_follower *fl = f->followers; fl != NULL; fl = fl->next)
-        if (fl->offset < low) low = fl->offset;
-    if (low > f->win_start) {
-        size_t drop = (size_t)(low - f->win_start);
-        memmove(f->win, f->win + drop, f->win_len - drop);
-        f->win_len -= drop;
-        f->win_start = low;
+    uint64_t readable = fetch_readable(f);
+    if (!fetch_in_memory(f, offset) || offset >= readable) return 0;
+    if (len > readable - offset) len = (size_t)(readable - offset);
+    for (struct chunk *c = f->head; c != NULL; c = c->next) {
+        if (offset >= c->off + c->len) continue;
+        size_t from = (size_t)(offset - c->off);
+        if (len > c->len - from) len = c->len - from;
+        c->pins++;
+        *data = c->data + from;
+        *token = c;
+        return len;
     }
-    if (f->up_paused && f->win_len < WINDOW_HIGH / 2 && !f->up_done) {
+    return 0;
+}
+
+static void spool_trim(struct fetch *f);
+
+void fetch_span_release(struct fetch *f, void *token)
+{
+    struct chunk *c = token;
+    if (c == NULL || c->pins == 0) return;
+    c->pins--;
+    if (c->pins == 0) spool_trim(f);
+}
+
+/* --- The spool ---------------------------------------------------------------------- */
+
+static bool up_should_pause(const struct fetch *f)
+{
+    return f->spooled >= (f->disk_failed ? SPOOL_PASS_HIGH : SPOOL_HIGH);
+}
+
+/*
+ * Frees the chunks nobody needs any more: written and hashed (in pass-through: hashed
+ * and read by every follower), and lets the upstream go on when the spool is below half
+ * its bound.
+ */
+static void spool_trim(struct fetch *f)
+{
+    uint64_t keep = f->hashed;
+    if (!f->disk_failed) {
+        if (f->written < keep) keep = f->written;
+    } else {
+        for (struct fetch_follower *fl = f->followers; fl != NULL; fl = fl->next)
+            if (fl->offset < keep) keep = fl->offset;
+    }
+    while (f->head != NULL && f->head->off + f->head->len <= keep && f->head->pins == 0 &&
+           (f->head->next != NULL || f->head->len == CHUNK_BYTES || f->up_done)) {
+        struct chunk *c = f->head;
+        f->head = c->next;
+        if (f->head == NULL) f->tail = NULL;
+        f->spooled -= c->len;
+        chunk_free(f->m, c);
+    }
+    size_t high = f->disk_failed ? SPOOL_PASS_HIGH : SPOOL_HIGH;
+    if (f->up_paused && f->spooled < high / 2 && !f->up_done && f->up != NULL) {
         f->up_paused = false;
         chain_resume(f->up);
+    }
+}
+
+/* Appends upstream bytes to the spool. Returns 0 or -ENOMEM. */
+static int spool_append(struct fetch *f, const char *data, size_t len)
+{
+    while (len > 0) {
+        struct chunk *c = f->tail;
+        if (c == NULL || c->len == CHUNK_BYTES) {
+            c = chunk_new(f->m);
+            if (c == NULL) return -ENOMEM;
+            c->next = NULL;
+            c->off = f->received;
+            c->len = 0;
+            c->pins = 0;
+            if (f->tail != NULL)
+                f->tail->next = c;
+            else
+                f->head = c;
+            f->tail = c;
+        }
+        size_t n = CHUNK_BYTES - c->len;
+        if (n > len) n = len;
+        memcpy(c->data + c->len, data, n);
+        c->len += n;
+        f->spooled += n;
+        f->received += n;
+        data += n;
+        len -= n;
+    }
+    return 0;
+}
+
+/* Lists the spool's bytes from `from` (at most JOB_MAX, in whole iovecs) into job. */
+static void job_fill(struct fetch *f, struct spool_job *j, uint64_t from)
+{
+    j->off = from;
+    j->len = 0;
+    j->n_iov = 0;
+    for (struct chunk *c = f->head; c != NULL && j->n_iov < JOB_IOV && j->len < JOB_MAX;
+         c = c->next) {
+        if (from >= c->off + c->len) continue;
+        size_t skip = (size_t)(from - c->off);
+        j->iov[j->n_iov++] = (struct iovec){c->data + skip, c->len - skip};
+        j->len += c->len - skip;
+        from = c->off + c->len;
     }
 }
 
@@ -371,7 +537,7 @@ void fetch_follow_begin(struct fetch *f, struct fetch_follower *fl)
 
 void fetch_follow_moved(struct fetch *f)
 {
-    window_trim(f);
+    if (f->disk_failed) spool_trim(f);
 }
 
 void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
@@ -383,7 +549,7 @@ void fetch_follow_end(struct fetch *f, struct fetch_follower *fl)
         f->followers = fl->next;
     if (fl->next) fl->next->prev = fl->prev;
     fl->prev = fl->next = NULL;
-    window_trim(f);
+    if (f->disk_failed) spool_trim(f);
     if (f->disk_failed && f->followers == NULL && f->state == FETCH_RUNNING) {
         /* Nothing can be stored and nobody is reading: stop. */
         fetch_fail(f, "every client left a fetch that could not be stored");
@@ -591,7 +757,7 @@ static void check_done(uv_work_t *w, int status)
 static void served_check(struct fetch *f)
 {
     if (f->check_pending) return;
-    f->check_limit = f->disk_failed ? f->win_start : f->written;
+    f->check_limit = f->written;
     f->check_ok = false;
     f->check_pending = true;
     f->check_work.data = f;
@@ -757,11 +923,6 @@ static void poll_start(struct fetch *f)
 
 /* --- Disk ------------------------------------------------------------------------- */
 
-static int append(char **buf, size_t *len, size_t *cap, const char *data, size_t n)
-{
-    return bytes_append(buf, len, cap, data, n, 256 * 1024);
-}
-
 static void unlink_cb(uv_fs_t *req)
 {
     uv_fs_req_cleanup(req);
@@ -797,133 +958,126 @@ static void disk_fail(struct fetch *f, int err)
     f->disk_failed = true;
     f->m->stats.passthrough++;
     unregister(f); /* no new followers: they start their own fetch */
-    f->win_start = f->written;
-    /* The unwritten bytes, in order: the failed batch, then what was collected since.
-     * The batch may be in the hash already (its write failed, its hash did not). */
-    size_t hashed = f->batch_hashed ? f->batch_len : 0;
-    if (f->batch_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->batch, f->batch_len))
-        goto oom;
-    if (f->collect_len > 0 && append(&f->win, &f->win_len, &f->win_cap, f->collect, f->collect_len))
-        goto oom;
-    digest_sha256_update(&f->sha, f->win + hashed, f->win_len - hashed);
-    f->batch_len = f->collect_len = 0;
+    /* What is written stays readable through the open descriptor; the rest is in the
+     * spool, which from now on waits for the followers. */
     unlink_tmp(f);
     lock_release(f);
     wake(f);
     fetch_unref(f);
-    return;
-oom:
-    fetch_fail(f, "out of memory while passing a blob through");
-    fetch_unref(f);
 }
 
-static void batch_work(uv_work_t *w)
+static void write_work(uv_work_t *w)
 {
-    struct fetch *f = w->data;
-    size_t done = 0;
-    f->batch_err = 0;
-    while (done < f->batch_len) {
-        ssize_t n = pwrite(f->fd, f->batch + done, f->batch_len - done, (off_t)(f->written + done));
-        if (n < 0) {
+    struct spool_job *j = w->data;
+    struct fetch *f = j->f;
+    struct iovec *iov = j->iov;
+    int n = j->n_iov;
+    uint64_t off = j->off;
+    j->err = 0;
+    while (n > 0) {
+        ssize_t got = pwritev(f->fd, iov, n, (off_t)off);
+        if (got < 0) {
             if (errno == EINTR) continue;
-            f->batch_err = -errno;
+            j->err = -errno;
             return;
         }
-        if (n == 0) {
-            f->batch_err = -EIO;
+        if (got == 0) {
+            j->err = -EIO;
             return;
         }
-        done += (size_t)n;
+        off += (uint64_t)got;
+        /* A short write: go on from where it stopped. */
+        while (n > 0 && (size_t)got >= iov->iov_len) {
+            got -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + got;
+            iov->iov_len -= (size_t)got;
+        }
     }
 }
 
 static void hash_work(uv_work_t *w)
 {
-    struct fetch *f = w->data;
-    digest_sha256_update(&f->sha, f->batch, f->batch_len);
+    struct spool_job *j = w->data;
+    for (int i = 0; i < j->n_iov; i++)
+        digest_sha256_update(&j->f->sha, j->iov[i].iov_base, j->iov[i].iov_len);
 }
 
-static void submit_batch(struct fetch *f);
+static void spool_kick(struct fetch *f);
 
-/* Both halves of a batch are done: the next one may start, or the disk failed. */
-static void batch_complete(struct fetch *f)
+static void write_done(uv_work_t *w, int status)
 {
-    f->batch_pending = false;
-    if (f->batch_err != 0) {
-        disk_fail(f, f->batch_err);
-    } else {
-        f->batch_len = 0;
-        if (f->up_paused && f->collect_len < COLLECT_LOW && !f->up_done) {
-            f->up_paused = false;
-            chain_resume(f->up);
+    struct spool_job *j = w->data;
+    struct fetch *f = j->f;
+    j->pending = false;
+    if (f->state == FETCH_RUNNING && !f->disk_failed) {
+        if (status == UV_ECANCELED) j->err = -ECANCELED;
+        if (j->err != 0) {
+            disk_fail(f, j->err);
+        } else {
+            f->written += j->len;
+            spool_trim(f);
+            spool_kick(f);
         }
-        submit_batch(f);
+        fetch_maybe_finish(f);
     }
-    fetch_maybe_finish(f);
-}
-
-static void batch_done(uv_work_t *w, int status)
-{
-    struct fetch *f = w->data;
-    f->write_pending = false;
-    if (f->state != FETCH_RUNNING) {
-        fetch_unref(f);
-        return;
-    }
-    if (status == UV_ECANCELED) f->batch_err = -ECANCELED;
-    if (f->batch_err == 0) {
-        /* On disk: the followers may read it while the hash runs on. */
-        f->written += f->batch_len;
-        wake(f);
-    }
-    if (f->state == FETCH_RUNNING && !f->hash_pending) batch_complete(f);
     fetch_unref(f);
 }
 
 static void hash_done(uv_work_t *w, int status)
 {
-    struct fetch *f = w->data;
-    f->hash_pending = false;
-    if (status == UV_ECANCELED) /* it never ran */
-        digest_sha256_update(&f->sha, f->batch, f->batch_len);
-    f->batch_hashed = true;
-    if (f->state == FETCH_RUNNING && !f->write_pending) batch_complete(f);
+    struct spool_job *j = w->data;
+    struct fetch *f = j->f;
+    j->pending = false;
+    if (status == UV_ECANCELED) hash_work(w); /* it never ran: here, on the loop */
+    f->hashed += j->len;
+    if (f->state == FETCH_RUNNING) {
+        spool_trim(f);
+        spool_kick(f);
+        fetch_maybe_finish(f);
+    }
     fetch_unref(f);
 }
 
-static void submit_batch(struct fetch *f)
+/* Starts j over the spool from `from`; false when it could not be queued. */
+static bool job_start(struct fetch *f, struct spool_job *j, uint64_t from, uv_work_cb work,
+                      uv_after_work_cb done)
 {
-    if (f->batch_pending || !f->fd_ready || f->disk_failed || f->collect_len == 0 ||
-        f->state != FETCH_RUNNING)
-        return;
-    /* Swap the buffers: collect becomes the batch, the old batch buffer collects. */
-    char *b = f->batch;
-    size_t bc = f->batch_cap;
-    f->batch = f->collect;
-    f->batch_cap = f->collect_cap;
-    f->batch_len = f->collect_len;
-    f->collect = b;
-    f->collect_cap = bc;
-    f->collect_len = 0;
-    f->batch_hashed = false;
-    f->batch_err = 0;
-    f->batch_work.data = f;
-    f->hash_work.data = f;
+    job_fill(f, j, from);
+    if (j->len == 0) return true;
+    j->f = f;
+    j->work.data = j;
     fetch_ref(f);
-    if (uv_queue_work(f->m->loop, &f->batch_work, batch_work, batch_done) != 0) {
+    if (uv_queue_work(f->m->loop, &j->work, work, done) != 0) {
         fetch_unref(f);
+        return false;
+    }
+    j->pending = true;
+    return true;
+}
+
+/* Starts the write and the hash of what the spool holds past them, when they are idle
+ * and there is enough (or the body is all in): fewer, larger work items. */
+static void spool_kick(struct fetch *f)
+{
+    if (f->state != FETCH_RUNNING || f->remote) return;
+    uint64_t min = f->up_done ? 1 : JOB_MIN;
+    if (!f->hash_job.pending && f->received - f->hashed >= min &&
+        !job_start(f, &f->hash_job, f->hashed, hash_work, hash_done)) {
+        /* No thread pool: hash here. */
+        job_fill(f, &f->hash_job, f->hashed);
+        f->hash_job.f = f;
+        hash_work(&f->hash_job.work);
+        f->hash_job.work.data = &f->hash_job;
+        f->hashed += f->hash_job.len;
+    }
+    if (f->fd_ready && !f->disk_failed && !f->write_job.pending &&
+        f->received - f->written >= min &&
+        !job_start(f, &f->write_job, f->written, write_work, write_done))
         disk_fail(f, -EIO);
-        return;
-    }
-    f->batch_pending = f->write_pending = true;
-    fetch_ref(f);
-    if (uv_queue_work(f->m->loop, &f->hash_work, hash_work, hash_done) != 0) {
-        fetch_unref(f); /* hash here, on the loop */
-        digest_sha256_update(&f->sha, f->batch, f->batch_len);
-        f->batch_hashed = true;
-    } else {
-        f->hash_pending = true;
-    }
 }
 
 static void open_work(uv_work_t *w)
@@ -993,7 +1147,7 @@ static void open_done(uv_work_t *w, int status)
         f->fd_ready = true;
         if (f->locked) beat_ensure(f->m);
         start_upstream(f);
-        submit_batch(f);
+        spool_kick(f);
     }
     fetch_maybe_finish(f);
     fetch_unref(f);
@@ -1079,33 +1233,39 @@ static void fetch_maybe_finish(struct fetch *f)
         fetch_fail(f, "%s", why);
         return;
     }
-    if (!f->disk_failed && (!f->fd_ready || f->batch_pending || f->collect_len > 0))
-        return; /* still writing */
+    if (f->hash_job.pending || f->hashed < f->received) return; /* still hashing */
     if (f->size >= 0 && f->received != (uint64_t)f->size) {
         fetch_fail(f, "short body from %s: %llu of %lld bytes", f->upstream ? f->upstream : "?",
                    (unsigned long long)f->received, (long long)f->size);
         return;
     }
+    bool writing =
+        !f->disk_failed && (!f->fd_ready || f->write_job.pending || f->written < f->received);
     if (f->n_served > 0 && !f->served_checked) {
-        served_check(f); /* taken over: what followers got from the old file, first */
+        /* Taken over: what followers got from the old file is compared with ours first,
+         * once ours is written. */
+        if (!writing) served_check(f);
         return;
     }
-    unsigned char bin[32];
-    char hex[DIGEST_SHA256_HEX_LEN + 1];
-    digest_sha256_final(&f->sha, bin);
-    digest_hex(bin, hex);
-    if (memcmp(hex, f->hex, DIGEST_SHA256_HEX_LEN) != 0) {
-        fetch_fail(f, "digest mismatch: %s sent %llu bytes hashing to sha256:%s",
-                   f->upstream ? f->upstream : "the upstream", (unsigned long long)f->received,
-                   hex);
-        return;
+    if (!f->verified) {
+        unsigned char bin[DIGEST_SHA256_LEN];
+        char hex[DIGEST_SHA256_HEX_LEN + 1];
+        digest_sha256_final(&f->sha, bin);
+        digest_hex(bin, hex);
+        if (memcmp(hex, f->hex, DIGEST_SHA256_HEX_LEN) != 0) {
+            fetch_fail(f, "digest mismatch: %s sent %llu bytes hashing to sha256:%s",
+                       f->upstream ? f->upstream : "the upstream", (unsigned long long)f->received,
+                       hex);
+            return;
+        }
+        if (f->size < 0) f->size = (int64_t)f->received;
+        /* Verified: the followers may send the last byte now, from the spool; making it
+         * durable (the rest of the writes, fsync, rename) goes on behind them. */
+        f->verified = true;
+        wake(f);
+        if (f->state != FETCH_RUNNING) return;
     }
-    if (f->size < 0) f->size = (int64_t)f->received;
-    /* Verified: the followers may send the last byte now; making it durable (fsync,
-     * rename) goes on behind them. */
-    f->verified = true;
-    wake(f);
-    if (f->state != FETCH_RUNNING) return;
+    if (writing) return; /* write_done comes back */
     if (f->disk_failed) {
         f->state = FETCH_DONE;
         unregister(f);
@@ -1150,39 +1310,27 @@ static void up_body(void *ud, const char *data, size_t len)
 {
     struct fetch *f = ud;
     if (f->state != FETCH_RUNNING) return;
-    f->received += len;
-    if (f->size < 0 && f->received > UNSIZED_MAX) {
+    uint64_t total = f->received + len;
+    if (f->size < 0 && total > UNSIZED_MAX) {
         fetch_fail(f, "%s sent more than %llu MiB of a blob without announcing its length",
                    f->upstream, (unsigned long long)(UNSIZED_MAX >> 20));
         return;
     }
-    if (f->size >= 0 && f->received > (uint64_t)f->size) {
+    if (f->size >= 0 && total > (uint64_t)f->size) {
         fetch_fail(f, "%s sent more than the %lld bytes it announced", f->upstream,
                    (long long)f->size);
         return;
     }
-    if (f->disk_failed) {
-        if (append(&f->win, &f->win_len, &f->win_cap, data, len) != 0) {
-            fetch_fail(f, "out of memory while passing a blob through");
-            return;
-        }
-        digest_sha256_update(&f->sha, data, len);
-        if (f->win_len >= WINDOW_HIGH && !f->up_paused) {
-            f->up_paused = true;
-            chain_pause(f->up);
-        }
-        wake(f);
-        return;
-    }
-    if (append(&f->collect, &f->collect_len, &f->collect_cap, data, len) != 0) {
+    if (spool_append(f, data, len) != 0) {
         fetch_fail(f, "out of memory while fetching");
         return;
     }
-    if (f->collect_len >= COLLECT_HIGH && !f->up_paused) {
+    if (up_should_pause(f) && !f->up_paused) {
         f->up_paused = true;
         chain_pause(f->up);
     }
-    submit_batch(f);
+    spool_kick(f);
+    wake(f); /* followers that caught up send what came, from the spool */
 }
 
 static void up_done(void *ud, int err)
@@ -1194,6 +1342,8 @@ static void up_done(void *ud, int err)
     f->up_done = true;
     f->up_err = err;
     fetch_ref(f);
+    spool_kick(f); /* the rest of the body, however small */
+    wake(f);
     fetch_maybe_finish(f);
     fetch_unref(f);
 }
@@ -1232,7 +1382,11 @@ static void start_upstream(struct fetch *f)
     if (f->state != FETCH_RUNNING) return;
     f->up_done = false;
     f->up_err = 0;
+    /* From the start (also after a takeover: the followed replica wrote to its own file,
+     * and no work item of ours is out). */
+    spool_free(f);
     f->received = 0;
+    f->hashed = 0;
     digest_sha256_init(&f->sha);
     int rc = chain_request(f->m->pool, &f->spec, &cbs, f, &f->up);
     if (rc < 0) {

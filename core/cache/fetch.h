@@ -1,22 +1,25 @@
 /*
  * fetch.h: one upstream fetch per missing blob, teed to disk and to every client.
  *
- * A fetch GETs the blob from the upstream chain and appends the body to a temporary
- * file of the store, hashing it as it goes (each batch is written and hashed by two work
- * items side by side on the thread pool, one batch at a time, so the loop never waits on
- * the disk and the upstream is paced by the disk, not by any client). Clients follow the file as it
- * grows: they read by offset from the fetch's descriptor up to fetch_readable().
+ * A fetch GETs the blob from the upstream chain into memory (the spool), and from there
+ * into a temporary file of the store and into the sha256, each on the thread pool at its
+ * own pace, so the loop never waits on the disk. Bytes are readable as soon as they
+ * arrive: a follower sends them from the spool (fetch_in_memory, fetch_span_borrow),
+ * and reads by offset from the fetch's descriptor what the spool no longer holds (it is
+ * written by then). The spool is bounded: past it the upstream is paused, so the slower
+ * of the disk and the hash sets the pace, not any client.
  *
  * Nothing unverified is ever served as complete: while the digest is not yet checked,
- * fetch_readable() holds back the blob's last byte. At the end of the body the digest
+ * fetch_readable() holds back the blob's last byte (when the size is known; without one,
+ * completion shows only through fetch_complete). At the end of the body the digest
  * and length are checked; a match commits the file into place (store_commit_sync) and
  * the state becomes FETCH_DONE; a mismatch, a short body or an upstream failure makes
  * it FETCH_FAILED, the temporary file is removed and the next request fetches again.
  *
  * When the disk fails (ENOSPC, EIO, ...), the fetch stops writing, removes the
- * temporary file and goes on as a pass-through: the bytes past the failure are kept
- * in memory, in a window that moves on when every follower has read it (the upstream
- * is then paced by the slowest follower). Such a fetch takes no new followers.
+ * temporary file and goes on as a pass-through: the spool then keeps its bytes until
+ * every follower has read them (the upstream is paced by the slowest follower). Such a
+ * fetch takes no new followers.
  *
  * Lifetime: a fetch is owned by its manager while it runs and by every reference
  * (fetch_ref/fetch_unref); followers hold a reference while they read. The fd stays
@@ -110,13 +113,23 @@ const char *fetch_error(const struct fetch *f);
 const char *fetch_upstream(const struct fetch *f);
 
 /*
- * Pass-through: true when bytes past `offset` are no longer on disk; then
- * fetch_copy_window copies up to len bytes at offset from the memory window and
- * returns how many (0 when none are there yet). A follower reports how far it got
- * with fetch_follower_progress so the window can move on.
+ * True when the bytes at `offset` are to be taken from the spool (else from the file);
+ * then fetch_copy_window copies up to len bytes at offset and returns how many (0 when
+ * none are there yet). A follower reports how far it got (fetch_follow_moved) so that a
+ * pass-through's spool can move on.
  */
 bool fetch_in_memory(const struct fetch *f, uint64_t offset);
 size_t fetch_copy_window(const struct fetch *f, uint64_t offset, char *buf, size_t len);
+
+/*
+ * The same bytes without a copy: lends up to len bytes at offset (within one piece of
+ * the fetch's memory) and returns how many (0 when none are there yet); *data points at
+ * them until fetch_span_release(f, *token), which the borrower must call once (before
+ * its last fetch_unref). A follower sends a span straight from it.
+ */
+size_t fetch_span_borrow(struct fetch *f, uint64_t offset, size_t len, const char **data,
+                         void **token);
+void fetch_span_release(struct fetch *f, void *token);
 
 /*
  * A follower registers so that a pass-through window waits for it, and reports its

@@ -72,20 +72,6 @@ return {
 """
 
 
-class DebugCache(h.Cache):
-    """A cache with the debug server (/metrics) on a port of its own."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.debug_port = h.free_port()
-
-    def config_text(self, port):
-        text = super().config_text(port)
-        return text.replace("  addr: 127.0.0.1:%d\n" % port,
-                            "  addr: 127.0.0.1:%d\n  debug:\n    addr: 127.0.0.1:%d\n"
-                            % (port, self.debug_port), 1)
-
-
 def policy_errors(cache, hook):
     r = h.request(cache.debug_port, "GET", "/metrics")
     m = re.search(r'^content_cache_policy_errors_total\{hook="%s"\} (\d+)' % hook,
@@ -166,8 +152,8 @@ def body(run):
 
     # ---- 2. a pattern that backtracks on the User-Agent ------------------------------------
     ua_dir = work.sub("ua-policies", mkdir=True)
-    ua_cache = DebugCache(work, [origin], name="cache-ua",
-                          extra_downstream_yaml="        policydir: %s\n" % ua_dir)
+    ua_cache = h.Cache(work, [origin], name="cache-ua", debug=True,
+                       extra_downstream_yaml="        policydir: %s\n" % ua_dir)
     run.caches.append(ua_cache)
     ua_cache.start()
     h.wait_until(lambda: h.port_open(ua_cache.debug_port), h.START_TIMEOUT, "the debug server")
