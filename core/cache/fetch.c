@@ -33,8 +33,12 @@
 #include "base/digest.h"
 #include "base/log.h"
 
-#define CHUNK_BYTES (1u << 20)      /* the spool's unit */
-#define SPOOL_HIGH (64u << 20)      /* pause the upstream past this much unwritten or unhashed */
+#define CHUNK_BYTES (1u << 20) /* the spool's unit */
+/* Pause the upstream past this much unwritten or unhashed. Larger lets a client outrun a
+ * slow disk for longer, but fresh memory costs about what the page cache does here (a
+ * 200 MiB cold pull: 16,148 page faults and 901 ms of CPU at 64 MiB, 4,433 and 443 ms at
+ * 16 MiB, where the spare chunks cover it; `perf stat -e page-faults,task-clock`). */
+#define SPOOL_HIGH (16u << 20)
 #define SPOOL_PASS_HIGH (16u << 20) /* pass-through: past this much unread */
 #define JOB_MAX (8u << 20)          /* bytes one write or hash work item takes */
 #define JOB_MIN (1u << 20)          /* and waits for, unless the body is all in */
