@@ -224,8 +224,9 @@ unsigned fetch_manager_active(const struct fetch_manager *m)
 
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex)
 {
+    /* A pass-through takes no new followers: its spool has moved on for the ones it has. */
     for (struct fetch *f = m->active; f != NULL; f = f->next)
-        if (memcmp(f->hex, hex, DIGEST_SHA256_HEX_LEN) == 0) return f;
+        if (!f->disk_failed && memcmp(f->hex, hex, DIGEST_SHA256_HEX_LEN) == 0) return f;
     return NULL;
 }
 
@@ -961,7 +962,8 @@ static void disk_fail(struct fetch *f, int err)
     fetch_ref(f);
     f->disk_failed = true;
     f->m->stats.passthrough++;
-    unregister(f); /* no new followers: they start their own fetch */
+    /* It stays registered (running, and stopped at shutdown) but takes no new followers
+     * (fetch_find): they start their own fetch. */
     /* What is written stays readable through the open descriptor; the rest is in the
      * spool, which from now on waits for the followers. */
     unlink_tmp(f);
