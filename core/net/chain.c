@@ -162,8 +162,11 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
     if (status >= 500 && c->attempt + 1 < c->n_bases) {
         upstream_cancel(c->cur);
         c->cur = NULL;
+        char answered[sizeof(c->error)];
+        snprintf(answered, sizeof(answered), "%s", c->error);
         if (chain_next(c)) return;
         /* Every later base failed to start: report this one's failure. */
+        snprintf(c->error, sizeof(c->error), "%s", answered);
         c->in_done = true;
         c->cbs->on_done(c->ud, UV_EPROTO);
         chain_free(c);
