@@ -1,0 +1,163 @@
+/*
+ * front.c: the front's request handler and its wiring. See front.h.
+ */
+#include "app/front.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "app/process.h"
+#include "base/log.h"
+#include "lua/policy.h"
+#include "net/chain.h"
+#include "registry/registry.h"
+#include "registry/relay.h"
+#include "registry/respond.h"
+#include "registry/upstreams.h"
+
+struct front {
+    struct process proc;
+    const struct config *cfg;
+    struct upstream_pool *pool;
+    struct upstreams *upstreams; /* the origin, as upstreams entry 0 */
+    struct relay_service *relays;
+    struct policy_engine *policy;
+};
+
+/* --- Requests ------------------------------------------------------------------------- */
+
+static bool path_is(const char *path, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && memcmp(path, prefix, n) == 0 && (len == n || path[n] == '/');
+}
+
+/* Everything under /v2/: the registry API, relayed to the origin. */
+static void front_registry(struct front *f, struct http_exchange *x, const char *path, size_t len)
+{
+    struct registry_route route;
+    enum registry_error_code err = registry_route_parse(path, len, &route);
+    if (route.name != NULL)
+        http_log_set_target(x, route.name, route.name_len,
+                            route.reference_is_digest ? route.reference : NULL,
+                            route.reference_len);
+    if (err != REG_ERR_NONE) {
+        respond_error(x, err, NULL, NULL);
+        return;
+    }
+    if (!http_req_is_get(x) && !http_req_is_head(x)) {
+        respond_error(x, REG_ERR_UNSUPPORTED, "pushes through the front are not supported yet",
+                      NULL);
+        return;
+    }
+    relay_handle(f->relays, x, &route, 0);
+}
+
+static void front_handle(struct http_exchange *x, void *ud)
+{
+    struct front *f = ud;
+    size_t len;
+    const char *path = http_req_path(x, &len);
+    if (path_is(path, len, "/v2")) {
+        front_registry(f, x, path, len);
+        return;
+    }
+    respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
+}
+
+/* --- Wiring ---------------------------------------------------------------------------- */
+
+void front_describe(const struct config *cfg, FILE *out)
+{
+    char ttl[64];
+    config_format_duration(cfg->granttl_ns, ttl, sizeof(ttl));
+    fprintf(out, "mode:          front (contentcaches): the registry side, before the origin\n");
+    fprintf(out, "origin:        %s\n", cfg->upstreams[0].originhost);
+    fprintf(out, "state:         %s/front (the caches and the users' choices)\n",
+            cfg->storage_root);
+    fprintf(out, "admins:        ");
+    for (size_t i = 0; i < cfg->n_admins; i++)
+        fprintf(out, "%s%s", i ? ", " : "", cfg->admins[i]);
+    fprintf(out, "%s\n", cfg->n_admins ? "" : "none (no one may register or remove caches)");
+    if (cfg->front_username != NULL)
+        fprintf(out, "account:       %s (password set): fetches blobs for the caches\n",
+                cfg->front_username);
+    else
+        fprintf(out, "account:       none: blobs for the caches are fetched anonymously\n");
+    fprintf(out, "grant ttl:     %s (lifetime of a blob redirect)\n", ttl);
+}
+
+/* --- Wiring (serving) ------------------------------------------------------------------------ */
+
+static void front_stopped(void *ud)
+{
+    struct front *f = ud;
+    upstream_pool_close(f->pool);
+    f->pool = NULL;
+}
+
+static void front_reload(void *ud)
+{
+    struct front *f = ud;
+    char err[1024];
+    if (policy_engine_reload(f->policy, NULL, err, sizeof(err)) != 0)
+        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
+    else
+        log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+}
+
+static void debug_wire(struct front *f)
+{
+    struct debug *d = f->proc.debug;
+    debug_add_section(d, chain_render_metrics, NULL);
+    debug_add_section(d, policy_render_metrics, f->policy);
+    debug_add_section(d, http_server_render_metrics, f->proc.server);
+    debug_add_check(d, "upstream", upstreams_health_check, f->upstreams);
+}
+
+static void front_free(struct front *f)
+{
+    relay_service_free(f->relays);
+    upstreams_free(f->upstreams);
+    policy_engine_free(f->policy);
+}
+
+int front_run(const struct config *cfg, const char *builtin_policies)
+{
+    struct front f;
+    memset(&f, 0, sizeof(f));
+    f.cfg = cfg;
+    char err[1024];
+    if (policy_engine_new(cfg, builtin_policies, &f.policy, err, sizeof(err)) != 0) {
+        log_msg(LOG_ERROR, "policies: %s", err);
+        return PROCESS_EXIT_CONFIG;
+    }
+    process_init(&f.proc, cfg);
+    f.proc.on_reload = front_reload;
+    f.proc.on_stopped = front_stopped;
+    f.proc.ud = &f;
+    int rc = process_pool(&f.proc, &f.pool);
+    if (rc != 0) {
+        front_free(&f);
+        return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
+    }
+    f.upstreams = upstreams_new(cfg, f.pool);
+    f.relays = f.upstreams ? relay_service_new(f.upstreams) : NULL;
+    if (f.relays == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return PROCESS_EXIT_RUNTIME;
+    }
+    upstreams_set_policy(f.upstreams, f.policy);
+    rc =
+        process_listen(&f.proc, front_handle, &f, process_format_access, process_observe, f.policy);
+    if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
+    if (process_debug(&f.proc) != 0) return PROCESS_EXIT_RUNTIME;
+    if (f.proc.debug != NULL) debug_wire(&f);
+    log_msg(LOG_INFO, "front for origin %s", cfg->upstreams[0].originhost);
+
+    process_run(&f.proc);
+    front_free(&f);
+    uv_loop_close(f.proc.loop);
+    return PROCESS_EXIT_OK;
+}
