@@ -46,11 +46,6 @@ static void front_registry(struct front *f, struct http_exchange *x, const char 
         respond_error(x, err, NULL, NULL);
         return;
     }
-    if (!http_req_is_get(x) && !http_req_is_head(x)) {
-        respond_error(x, REG_ERR_UNSUPPORTED, "pushes through the front are not supported yet",
-                      NULL);
-        return;
-    }
     relay_handle(f->relays, x, &route, 0);
 }
 
@@ -149,6 +144,12 @@ int front_run(const struct config *cfg, const char *builtin_policies)
         return PROCESS_EXIT_RUNTIME;
     }
     upstreams_set_policy(f.upstreams, f.policy);
+    /* Upload URLs name the origin: clients are sent back to us instead. */
+    if (relay_service_rewrite_location(f.relays, cfg->http_tls_certificate != NULL,
+                                       cfg->http_host) != 0) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return PROCESS_EXIT_RUNTIME;
+    }
     rc =
         process_listen(&f.proc, front_handle, &f, process_format_access, process_observe, f.policy);
     if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;

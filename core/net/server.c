@@ -39,7 +39,16 @@
 #include "base/log.h"
 #include "net/tls_stream.h"
 
-enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE, TIMER_BODY };
+enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE, TIMER_BODY, TIMER_LINGER };
+
+/*
+ * A connection closed after a response while its request's body was still coming (the
+ * handler refused it unread) first reads and drops what the client sends for up to
+ * LINGER_MS or LINGER_MAX bytes, or until it closes: closing with unread input would
+ * reset the connection, and the client could lose the response it has not read yet.
+ */
+#define LINGER_MS 2000
+#define LINGER_MAX (4u << 20)
 
 /*
  * The most input a connection holds unparsed while it answers a request: the client's
@@ -155,7 +164,9 @@ struct conn {
     size_t kept_len, kept_cap;
     enum timer_mode timer_mode;
     bool reading;
-    bool read_eof; /* the client ended its side while input was held: close when answered */
+    bool read_eof;  /* the client ended its side while input was held: close when answered */
+    bool lingering; /* answered and closing: input is read and dropped (LINGER_MS) */
+    size_t lingered;
     bool closing;
     bool tcp_closed;
     bool timer_closed;
@@ -205,6 +216,7 @@ static void conn_stop_reading(struct conn *c);
 static bool conn_holds_input(const struct conn *c);
 static void idle_cb(uv_idle_t *h);
 static void conn_send_raw(struct conn *c, const char *text, size_t len);
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void exchange_write_done(struct http_exchange *x, int status);
 static bool conn_pull_tls(struct conn *c);
 static void exchange_finish(struct http_exchange *x);
@@ -251,6 +263,9 @@ static void conn_set_timer(struct conn *c, enum timer_mode mode)
         break;
     case TIMER_WRITE:
         ms = o->write_timeout_ms;
+        break;
+    case TIMER_LINGER:
+        ms = LINGER_MS;
         break;
     case TIMER_NONE:
         break;
@@ -670,7 +685,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     }
     buf->base = c->srv->readbuf;
-    buf->len = conn_input_room(c); /* 0 (UV_ENOBUFS): the connection holds all it may */
+    buf->len = c->lingering ? sizeof(c->srv->readbuf)
+                            : conn_input_room(c); /* 0 (UV_ENOBUFS): it holds all it may */
 }
 
 static void respond_parse_error(struct conn *c, int status)
@@ -800,10 +816,51 @@ static void conn_input(struct conn *c, const char *data, size_t len)
     }
 }
 
+/* Input of a lingering connection: dropped; its end (or too much of it) closes. */
+static void linger_read(struct conn *c, ssize_t nread)
+{
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingered += (size_t)nread;
+    if (c->https) {
+        tls_stream_read_commit(&c->tls, (size_t)nread);
+        ssize_t n;
+        while ((n = tls_stream_read(&c->tls, c->srv->readbuf, sizeof(c->srv->readbuf))) > 0)
+            ;
+        if (n != UV_EAGAIN) {
+            conn_close(c);
+            return;
+        }
+    }
+    if (c->lingered > LINGER_MAX) conn_close(c);
+}
+
+/* Closes after a response whose request body was not read: lingering first (LINGER_MS). */
+static void conn_linger(struct conn *c)
+{
+    free(c->kept);
+    c->kept = NULL;
+    c->kept_len = c->kept_cap = 0;
+    ready_remove(c);
+    c->lingering = true;
+    conn_set_timer(c, TIMER_LINGER);
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = true;
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     if (nread == 0) return;
+    if (c->lingering) {
+        linger_read(c, nread);
+        return;
+    }
     if (nread < 0) {
         if (conn_holds_input(c) && (nread == UV_EOF || nread == UV_ENOBUFS)) {
             /* EOF: the requests before it are answered first (conn_start_reading closes
@@ -1439,7 +1496,9 @@ static void exchange_finish(struct http_exchange *x)
     if (x->status == 0) x->status = x->gone ? 499 : 500;
     access_log(x);
     /* A body not read to its end leaves the connection in the middle of a request. */
-    bool close_after = x->close_after || x->abort_requested || (x->has_body && !x->body_done);
+    bool unread_body = x->has_body && !x->body_done;
+    bool linger = unread_body && !x->abort_requested && !x->gone;
+    bool close_after = x->close_after || x->abort_requested || unread_body;
     c->active = NULL;
     free(x->reqbuf);
     free(x->hdrs);
@@ -1456,7 +1515,10 @@ static void exchange_finish(struct http_exchange *x)
         return;
     }
     if (close_after) {
-        conn_close(c);
+        if (linger)
+            conn_linger(c);
+        else
+            conn_close(c);
         return;
     }
     conn_continue(c);

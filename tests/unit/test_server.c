@@ -783,6 +783,30 @@ static void test_body_unread_closes(void)
     }
 }
 
+/* A big body refused unread while the client still sends it: the server drops what
+ * comes instead of resetting the connection, so the client reads the whole answer after
+ * it has sent its whole body. */
+static void script_unread_big(struct client *c)
+{
+    send_body_request(c, 0, 1 << 20, "unread", false);
+    client_expect_responses(c, 0, 1);
+    client_close(c, false);
+}
+
+static void test_body_refused_unread_is_not_reset(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_unread_big;
+        c->sndbuf = 16384;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 1);
+        CHECK(t.body_bytes == 0);
+        free(c);
+    }
+}
+
 /* A client that goes away in the middle of a body: the handler hears it (gone). */
 static void script_body_cut(struct client *c)
 {
@@ -824,6 +848,7 @@ int main(void)
     RUN(test_body_chunked_with_pauses);
     RUN(test_body_expect_continue);
     RUN(test_body_unread_closes);
+    RUN(test_body_refused_unread_is_not_reset);
     RUN(test_body_cut_short);
     certs_remove();
     return check_summary();
