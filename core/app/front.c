@@ -4,11 +4,18 @@
 #include "app/front.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "access/auth.h"
 #include "app/process.h"
 #include "base/log.h"
+#include "base/url.h"
+#include "front/caches_api.h"
+#include "front/identity.h"
+#include "front/state.h"
 #include "lua/policy.h"
 #include "net/chain.h"
 #include "registry/registry.h"
@@ -23,6 +30,12 @@ struct front {
     struct upstreams *upstreams; /* the origin, as upstreams entry 0 */
     struct relay_service *relays;
     struct policy_engine *policy;
+    struct front_state *state;      /* the caches and the users' choices */
+    struct auth_cache *memory;      /* remembered sign-ins and decisions */
+    struct auth_verifier *verifier; /* auth.token, when configured */
+    struct identity *identity;
+    struct caches_api *api;
+    char origin_base[1400];
 };
 
 /* --- Requests ------------------------------------------------------------------------- */
@@ -58,10 +71,22 @@ static void front_handle(struct http_exchange *x, void *ud)
         front_registry(f, x, path, len);
         return;
     }
+    if (caches_api_path(path, len)) {
+        caches_api_handle(f->api, x);
+        return;
+    }
     respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);
 }
 
 /* --- Wiring ---------------------------------------------------------------------------- */
+
+/* The storage root, made when missing (its parent must exist). */
+static int mkdir_root(const char *root, char *err, size_t errlen)
+{
+    if (mkdir(root, 0750) == 0 || errno == EEXIST) return 0;
+    snprintf(err, errlen, "storage root %s: %s", root, strerror(errno));
+    return -errno;
+}
 
 void front_describe(const struct config *cfg, FILE *out)
 {
@@ -113,6 +138,11 @@ static void debug_wire(struct front *f)
 
 static void front_free(struct front *f)
 {
+    caches_api_free(f->api);
+    identity_free(f->identity);
+    auth_token_verifier_free(f->verifier);
+    auth_cache_free(f->memory);
+    front_state_close(f->state);
     relay_service_free(f->relays);
     upstreams_free(f->upstreams);
     policy_engine_free(f->policy);
@@ -128,7 +158,17 @@ int front_run(const struct config *cfg, const char *builtin_policies)
         log_msg(LOG_ERROR, "policies: %s", err);
         return PROCESS_EXIT_CONFIG;
     }
+    /* The state first: a second front on the same storage root is refused here. */
+    char dir[1100];
+    snprintf(dir, sizeof(dir), "%s/%s", cfg->storage_root, FRONT_STATE_DIR);
+    if (mkdir_root(cfg->storage_root, err, sizeof(err)) != 0 ||
+        front_state_open(dir, &f.state, err, sizeof(err)) != 0) {
+        log_msg(LOG_ERROR, "%s", err);
+        front_free(&f);
+        return PROCESS_EXIT_RUNTIME;
+    }
     process_init(&f.proc, cfg);
+    front_state_attach(f.state, f.proc.loop);
     f.proc.on_reload = front_reload;
     f.proc.on_stopped = front_stopped;
     f.proc.ud = &f;
@@ -144,6 +184,30 @@ int front_run(const struct config *cfg, const char *builtin_policies)
         return PROCESS_EXIT_RUNTIME;
     }
     upstreams_set_policy(f.upstreams, f.policy);
+    /* Who a client is: its credentials, as the origin (or auth.token) judges them. */
+    f.memory = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    if (cfg->auth_token_realm != NULL &&
+        auth_token_verifier_new(cfg->auth_token_rootcertbundle, cfg->auth_token_issuer,
+                                cfg->auth_token_service, err, sizeof(err), &f.verifier) != 0) {
+        log_msg(LOG_ERROR, "auth.token: %s", err);
+        return PROCESS_EXIT_CONFIG;
+    }
+    if (f.verifier != NULL && auth_token_verifier_attach(f.verifier, f.proc.loop, f.memory) != 0) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return PROCESS_EXIT_RUNTIME;
+    }
+    const struct url *o = &cfg->upstreams[0].origin;
+    if (url_format_origin(o, f.origin_base, sizeof(f.origin_base)) > 0)
+        snprintf(f.origin_base + strlen(f.origin_base),
+                 sizeof(f.origin_base) - strlen(f.origin_base), "%s", o->path);
+    f.identity =
+        f.memory ? identity_new(f.proc.loop, f.pool, f.origin_base, f.memory, f.verifier) : NULL;
+    f.api = f.identity ? caches_api_new(cfg, f.state, f.identity) : NULL;
+    if (f.api == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return PROCESS_EXIT_RUNTIME;
+    }
     /* Upload URLs name the origin: clients are sent back to us instead. */
     if (relay_service_rewrite_location(f.relays, cfg->http_tls_certificate != NULL,
                                        cfg->http_host) != 0) {
@@ -155,7 +219,11 @@ int front_run(const struct config *cfg, const char *builtin_policies)
     if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
     if (process_debug(&f.proc) != 0) return PROCESS_EXIT_RUNTIME;
     if (f.proc.debug != NULL) debug_wire(&f);
-    log_msg(LOG_INFO, "front for origin %s", cfg->upstreams[0].originhost);
+    const struct front_cache *caches;
+    size_t n_caches = front_state_caches(f.state, &caches);
+    log_msg(LOG_INFO, "front for origin %s; state %s/%s: %zu caches, %zu users with a cache",
+            cfg->upstreams[0].originhost, dir, FRONT_STATE_DB, n_caches,
+            front_state_users(f.state));
 
     process_run(&f.proc);
     front_free(&f);

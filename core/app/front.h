@@ -4,7 +4,10 @@
  *
  * What it answers (README, "The front"):
  *   /v2/...                   relayed to the origin with the client's own credentials,
- *                             pulls and pushes, streamed both ways
+ *                             pulls and pushes, streamed both ways; the upload URLs the
+ *                             origin gives (Location) name the front
+ *   /api/v0/...               the caches API (front/caches_api.h), its state in SQLite
+ *                             under <rootdirectory>/front (front/state.h)
  *
  * Everything runs on the loop's thread.
  */
