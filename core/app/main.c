@@ -24,6 +24,7 @@
 #include <uv.h>
 
 #include "access/auth.h"
+#include "access/keyring.h"
 #include "cache/blob.h"
 #include "cache/budget.h"
 #include "base/config.h"
@@ -108,6 +109,7 @@ struct app {
     struct policy_engine *policy;
     struct auth_cache *auth;
     struct auth_verifier *verifier;
+    struct keyring *grant_keys; /* the front's keys, for redirected requests */
     struct budget *budget;
 };
 
@@ -351,6 +353,8 @@ static void server_stopped(void *arg)
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
     }
+    keyring_free(app->grant_keys);
+    app->grant_keys = NULL;
     upstream_pool_close(app->pool);
     app->pool = NULL;
 }
@@ -512,6 +516,14 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
+    /* Requests redirected by a front carry grants, verified with its keys (fetched when
+     * the first grant comes, and when one names a key not seen yet). */
+    app.grant_keys = keyring_new(app.loop, app.pool);
+    if (app.grant_keys == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_grants(app.blobs, app.grant_keys);
 
     /* The store's totals, and eviction under the disk budget when one is set. */
     struct budget_opts bo = {

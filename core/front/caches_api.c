@@ -446,7 +446,7 @@ static void signed_in(struct api_req *r, const struct identity_verdict *v)
 {
     r->who = *v;
     if (v->rc == -EIO) {
-        log_msg(LOG_WARN, "%s %s: cannot sign in: %s", http_req_method(r->x), http_req_target(r->x),
+        log_msg(LOG_WARN, "%s %s: cannot sign in: %s", http_req_method(r->x), http_log_uri(r->x),
                 v->why);
         fail(r, 503, "UNAVAILABLE", NULL, "the origin could not check the credentials");
         return;

@@ -111,6 +111,7 @@ struct http_exchange {
     char *log_repo;
     char *log_digest;
     char *log_error;
+    char *log_uri;    /* shown instead of target (a credential redacted), or NULL */
     char *extra_head; /* "Name: value\r\n" lines added by http_respond_add_header */
 };
 
@@ -1463,7 +1464,7 @@ static void access_log(struct http_exchange *x)
     struct log_access_entry e = {
         .time = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
         .method = llhttp_method_name((llhttp_method_t)x->method),
-        .uri = x->target,
+        .uri = x->log_uri ? x->log_uri : x->target,
         .repository = x->log_repo,
         .digest = x->log_digest,
         .status = x->status,
@@ -1508,6 +1509,7 @@ static void exchange_finish(struct http_exchange *x)
     free(x->log_repo);
     free(x->log_digest);
     free(x->log_error);
+    free(x->log_uri);
     free(x->extra_head);
     free(x);
     if (c->closing) {
@@ -1709,6 +1711,17 @@ const char *http_log_repo(const struct http_exchange *x, size_t *len)
 {
     *len = x->log_repo ? strlen(x->log_repo) : 0;
     return x->log_repo;
+}
+
+void http_log_set_uri(struct http_exchange *x, const char *uri)
+{
+    free(x->log_uri);
+    x->log_uri = uri ? dup_span(uri, strlen(uri)) : NULL;
+}
+
+const char *http_log_uri(const struct http_exchange *x)
+{
+    return x->log_uri ? x->log_uri : x->target;
 }
 
 void http_log_set_error(struct http_exchange *x, const char *error)

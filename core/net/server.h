@@ -216,6 +216,12 @@ void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_
 /* The repository set by http_log_set_target (NULL when none). */
 const char *http_log_repo(const struct http_exchange *x, size_t *len);
 
+/* The URI the access line (and the handlers' diagnostics) show instead of the request
+ * target, e.g. with a credential in its query redacted (copied). */
+void http_log_set_uri(struct http_exchange *x, const char *uri);
+/* That URI, or the request target when none was set. */
+const char *http_log_uri(const struct http_exchange *x);
+
 /* A short reason for an error response, logged with the line (copied). */
 void http_log_set_error(struct http_exchange *x, const char *error);
 

@@ -76,7 +76,10 @@ struct relay {
     /* The client's request body (a push), streamed to the upstream one piece at a time. */
     bool has_body;
     bool body_started;
-    char *location; /* a rewritten Location, while the head is being sent */
+    char *location;      /* a rewritten Location, while the head is being sent */
+    bool as_other;       /* relay_handle_as: not the client's credentials, but: */
+    char *authorization; /* ...these (NULL: none) */
+    char *target;        /* relay_handle_as's target, or NULL: the client's */
     /* Body bytes: `inflight` is being written to the client, `pending` waits. */
     char *inflight;
     size_t inflight_cap;
@@ -92,6 +95,8 @@ static void relay_free(struct relay *r)
     free(r->inflight);
     free(r->pending);
     free(r->location);
+    free(r->authorization);
+    free(r->target);
     free(r);
 }
 
@@ -112,13 +117,13 @@ static void relay_maybe_finish(struct relay *r)
                        : REG_ERR_UPSTREAM_FAILED;
         char msg[400];
         snprintf(msg, sizeof(msg), "upstream failed: %s", r->last_error);
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
         respond_error(r->x, code, msg, NULL);
     } else {
         /* The body broke off after the head went out: close, so the client can tell. */
         char msg[400];
         snprintf(msg, sizeof(msg), "upstream body broke off: %s", r->last_error);
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
         http_log_set_error(r->x, msg);
         http_respond_abort(r->x);
     }
@@ -389,6 +394,15 @@ static void relay_start(struct relay *r)
     bool read_only = http_req_is_get(x) || http_req_is_head(x);
     size_t nf =
         upstreams_forward_headers(x, true, fwd, RELAY_MAX_FORWARDED, scratch, sizeof(scratch));
+    if (r->as_other) {
+        /* The client's credentials stay here; these go instead. */
+        size_t k = 0;
+        for (size_t i = 0; i < nf; i++)
+            if (strcmp(fwd[i].name, "Authorization") != 0) fwd[k++] = fwd[i];
+        nf = k;
+        if (r->authorization != NULL && nf < RELAY_MAX_FORWARDED)
+            fwd[nf++] = (struct upstream_header){"Authorization", r->authorization, true};
+    }
     if (!read_only) {
         size_t used = 0;
         for (size_t i = 0; i < nf; i++)
@@ -401,7 +415,7 @@ static void relay_start(struct relay *r)
         .method = http_req_method(x),
         .bases = upstreams_select(r->rs->upstreams, &r->info.req, r->info.entry, &n_bases),
         .n_bases = n_bases,
-        .target = http_req_target(x),
+        .target = r->target ? r->target : http_req_target(x),
         .headers = fwd,
         .n_headers = nf,
         .max_redirects = read_only ? 5 : 0,
@@ -428,8 +442,26 @@ static void relay_start(struct relay *r)
     if (r->has_body) relay_start_body(r);
 }
 
+static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
+                              const struct registry_route *route, size_t entry, bool as_other,
+                              const char *authorization, const char *target);
+
 void relay_handle(struct relay_service *rs, struct http_exchange *x,
                   const struct registry_route *route, size_t entry)
+{
+    relay_handle_with(rs, x, route, entry, false, NULL, NULL);
+}
+
+void relay_handle_as(struct relay_service *rs, struct http_exchange *x,
+                     const struct registry_route *route, size_t entry, const char *authorization,
+                     const char *target)
+{
+    relay_handle_with(rs, x, route, entry, true, authorization, target);
+}
+
+static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
+                              const struct registry_route *route, size_t entry, bool as_other,
+                              const char *authorization, const char *target)
 {
     if (upstreams_count(rs->upstreams) == 0) {
         respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
@@ -442,6 +474,14 @@ void relay_handle(struct relay_service *rs, struct http_exchange *x,
     }
     r->rs = rs;
     r->x = x;
+    r->as_other = as_other;
+    if ((authorization != NULL && (r->authorization = strdup(authorization)) == NULL) ||
+        (target != NULL && (r->target = strdup(target)) == NULL)) {
+        free(r->authorization);
+        free(r);
+        respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
     upstreams_req_info_init(&r->info, x, route, entry);
     /* Manifests are small (Docker Distribution refuses more than 4 MiB): an upstream that
      * sends more is broken, and a relay must not stream it without end. */

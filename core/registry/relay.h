@@ -47,6 +47,15 @@ void relay_service_free(struct relay_service *rs);
 void relay_handle(struct relay_service *rs, struct http_exchange *x,
                   const struct registry_route *route, size_t entry);
 
+/*
+ * The same, with `authorization` (NULL: none) instead of the client's Authorization, and
+ * `target` (NULL: the client's) as the request target: the front fetching, with its own
+ * account, a blob a cache asks for with a grant (which the origin is not sent).
+ */
+void relay_handle_as(struct relay_service *rs, struct http_exchange *x,
+                     const struct registry_route *route, size_t entry, const char *authorization,
+                     const char *target);
+
 /* Relays still in flight (for a drain, and tests). */
 unsigned relay_in_flight(const struct relay_service *rs);
 
