@@ -52,6 +52,9 @@ PACKAGES=(
     python3-cryptography  # token-auth tests: signing JWTs (tests/e2e/token_server.py)
     containerd          # tests/e2e/test_containerd.py: ctr pulls through the cache as a mirror
     sqlite3             # tests/e2e/test_front_api.py: the front's state passes integrity_check
+    chromium            # tests/e2e/test_front_page.py: the front's profile page in a real
+    chromium-driver     # browser, headless, driven by selenium
+    python3-selenium
 )
 
 case "${1:-}" in

@@ -18,6 +18,7 @@
 #include "front/account.h"
 #include "front/caches_api.h"
 #include "front/identity.h"
+#include "front/page.h"
 #include "front/redirect.h"
 #include "front/state.h"
 #include "lua/policy.h"
@@ -212,6 +213,10 @@ static void front_handle(struct http_exchange *x, void *ud)
     }
     if (caches_api_path(path, len)) {
         caches_api_handle(f->api, x);
+        return;
+    }
+    if (page_path(path, len)) {
+        page_handle(x);
         return;
     }
     respond_error(x, REG_ERR_NOT_FOUND, "not found", NULL);

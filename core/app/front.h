@@ -15,6 +15,7 @@
  *   GET /api/v0/content_caches/grant-key
  *                             the public key that verifies the grants (a JWKS), for
  *                             the caches; anyone may read it
+ *   GET /                     the profile page (front/page.h), which uses the API
  *   /api/v0/...               the caches API (front/caches_api.h), its state in SQLite
  *                             under <rootdirectory>/front (front/state.h), with the
  *                             grant key beside it (grant-key.pem)

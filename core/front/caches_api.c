@@ -33,6 +33,7 @@ enum api_route {
     API_CACHES,    /* /api/v0/content_caches */
     API_CACHE,     /* /api/v0/content_caches/{id} */
     API_SETTINGS,  /* /api/v0/accounts/{user}/settings */
+    API_ACCOUNT,   /* /api/v0/accounts/{user} */
     API_NOT_FOUND, /* anything else */
 };
 
@@ -125,7 +126,9 @@ static void answer_error(struct api_req *r, int status, const char *code, const 
     struct http_header h[2] = {
         {"Content-Type", 12, "application/json", 16},
         {"WWW-Authenticate", 16, BASIC_CHALLENGE, sizeof(BASIC_CHALLENGE) - 1}};
-    if (http_respond_full(r->x, status, h, status == 401 ? 2 : 1, buf, t.len) != 0)
+    /* The profile page signs in itself: a challenge would make its browser ask too. */
+    bool challenge = status == 401 && http_req_header(r->x, CACHES_API_UI_HEADER) == NULL;
+    if (http_respond_full(r->x, status, h, challenge ? 2 : 1, buf, t.len) != 0)
         http_respond_abort(r->x);
 }
 
@@ -171,6 +174,18 @@ static void answer_settings(struct api_req *r, const struct front_cache *c)
         textbuf_put_json(&t, c->name);
         textbuf_puts(&t, "\"}\n");
     }
+    answer_json(r, 200, buf, t.len);
+}
+
+static void answer_account(struct api_req *r)
+{
+    char buf[800];
+    struct textbuf t;
+    textbuf_init(&t, buf, sizeof(buf));
+    textbuf_puts(&t, "{\"name\":\"");
+    textbuf_put_json(&t, r->account);
+    textbuf_printf(&t, "\",\"isAdmin\":%s}\n",
+                   caches_api_is_admin(r->api, r->account, strlen(r->account)) ? "true" : "false");
     answer_json(r, 200, buf, t.len);
 }
 
@@ -409,6 +424,8 @@ static void act(struct api_req *r)
                 return;
             }
             answer_cache(r, 200, c);
+        } else if (r->route == API_ACCOUNT) {
+            answer_account(r);
         } else {
             answer_settings(r, front_state_user_cache(r->api->st, r->account, strlen(r->account)));
         }
@@ -464,7 +481,8 @@ static void signed_in(struct api_req *r, const struct identity_verdict *v)
         fail(r, 403, "DENIED", NULL, "only the registry's admins may register and remove caches");
         return;
     }
-    if (r->route == API_SETTINGS && !admin && strcmp(v->user, r->account) != 0) {
+    if ((r->route == API_SETTINGS || r->route == API_ACCOUNT) && !admin &&
+        strcmp(v->user, r->account) != 0) {
         fail(r, 403, "DENIED", NULL, "only the user or an admin may see or change these settings");
         return;
     }
@@ -549,13 +567,13 @@ static enum api_route route_of(struct api_req *r, const char *path, size_t len, 
         *allow = "GET, DELETE";
         return API_CACHE;
     }
-    if (n == 3 && segment_is(seg[0], seg_len[0], "accounts") &&
-        segment_is(seg[2], seg_len[2], "settings") &&
+    if ((n == 2 || (n == 3 && segment_is(seg[2], seg_len[2], "settings"))) &&
+        segment_is(seg[0], seg_len[0], "accounts") &&
         decode_segment(seg[1], seg_len[1], r->account, sizeof(r->account))) {
         for (const char *p = r->account; *p; p++)
             if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == ':') return API_NOT_FOUND;
-        *allow = "GET, PUT";
-        return API_SETTINGS;
+        *allow = n == 3 ? "GET, PUT" : "GET";
+        return n == 3 ? API_SETTINGS : API_ACCOUNT;
     }
     return API_NOT_FOUND;
 }

@@ -7,12 +7,15 @@
  *   DELETE /api/v0/content_caches/{id}                          204
  *   GET    /api/v0/accounts/{user}/settings                     200 {"contentCache": ...}
  *   PUT    /api/v0/accounts/{user}/settings  {"contentCache": "<name>" | null}  200 (same)
+ *   GET    /api/v0/accounts/{user}                              200 {"name", "isAdmin"}
  *
  * Who may: POST and DELETE, the config's admins (403 for anyone else); GET of the caches,
- * any signed-in user; an account's settings, that user or an admin (403 otherwise). A
- * client is signed in with HTTP Basic credentials of the origin or a bearer token
- * (identity.h); without, or refused, it gets 401 with `WWW-Authenticate: Basic
- * realm="content-cache front"`, and 503 when the origin could not be asked.
+ * any signed-in user; an account and its settings, that user or an admin (403
+ * otherwise). A client is signed in with HTTP Basic credentials of the origin or a
+ * bearer token (identity.h); without, or refused, it gets 401 with `WWW-Authenticate:
+ * Basic realm="content-cache front"` (not when it sends CACHES_API_UI_HEADER: the
+ * profile page asks for credentials itself, and a challenge would make the browser ask
+ * too), and 503 when the origin could not be asked.
  *
  * What is valid: a name is 1 to 64 of [A-Za-z0-9._-] starting with a letter or a digit; a
  * host is an absolute http(s) URL (url.h: no user, query or fragment; a path prefix is
@@ -38,6 +41,7 @@
 
 #define CACHES_API_PREFIX "/api/v0/"
 #define CACHES_API_MAX_BODY (64 * 1024)
+#define CACHES_API_UI_HEADER "X-Content-Cache-UI"
 
 struct caches_api;
 

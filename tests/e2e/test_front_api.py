@@ -141,9 +141,17 @@ def body(run):
                          "INVALID_PARAMETER", "contentCache")
         r = api(f.port, "GET", settings("bob"), creds=BOB)
         expect_eq(r.json(), {"contentCache": "region-eu"}, "bob's, unchanged by the refusals")
+        r = api(f.port, "GET", "/api/v0/accounts/alice", creds=ALICE)
+        expect_eq((r.status, r.json()), (200, {"name": "alice", "isAdmin": False}), "alice")
+        r = api(f.port, "GET", "/api/v0/accounts/admin", creds=ADMIN)
+        expect_eq(r.json(), {"name": "admin", "isAdmin": True}, "the admin")
+        expect_api_error(api(f.port, "GET", "/api/v0/accounts/alice", creds=BOB), 403, "DENIED")
+        # The profile page asks for credentials itself: no challenge for it.
+        r = h.request(f.port, "GET", CACHES, headers={"X-Content-Cache-UI": "1"})
+        expect_eq((r.status, r.header("WWW-Authenticate")), (401, None), "the page's 401")
 
     run.check("settings: the user or an admin reads and writes them (403 otherwise), 400 for an "
-              "unknown cache", user_settings)
+              "unknown cache; an account says whether it is an admin", user_settings)
 
     def delete():
         path = "%s/%s" % (CACHES, ids["region-eu"])
