@@ -355,6 +355,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct reqparse *rp = c->rp;
+    if (rp == NULL) return 0; /* a chunked body's trailer: not kept */
     if (rp->last != 2) {
         if (rp->n_hdrs >= c->srv->opts.max_headers) {
             c->parse_error_status = 431;
@@ -385,6 +386,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct reqparse *rp = c->rp;
+    if (rp == NULL) return 0; /* a chunked body's trailer: not kept */
     if (rp->n_hdrs == 0) return -1;
     if (rp->last != 3) {
         rp->hdrs[rp->n_hdrs - 1].value_off = (uint32_t)rp->len;
@@ -441,6 +443,7 @@ static struct http_exchange *exchange_from_request(struct conn *c)
 static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
+    if (c->rp == NULL) return 0; /* the end of a chunked body's trailers */
     bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
     if (!has_body) return 0; /* the request ends here: on_message_complete dispatches it */
     /* A request with a body (a push, in this API): dispatched now; the body is read when

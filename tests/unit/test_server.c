@@ -739,6 +739,37 @@ static void test_body_chunked_with_pauses(void)
     }
 }
 
+/* A chunked body with trailers (which the server reads past and does not keep), then a
+ * pipelined request: both answered. */
+static void script_trailers(struct client *c)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "PUT /0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n");
+    body_fill(buf + n, 0, 3);
+    n += 3;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n,
+                  "\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n");
+    n += (int)request(buf + n, sizeof(buf) - (size_t)n, 1, 0);
+    client_send(c, buf, (size_t)n);
+    client_expect_responses(c, 0, 2);
+    client_close(c, false);
+}
+
+static void test_body_chunked_trailers(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_trailers;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 2);
+        CHECK_INT(t.bodies_ok, 1);
+        CHECK(t.body_bytes == 3);
+        free(c);
+    }
+}
+
 /* Expect: 100-continue: the client hears 100 before it sends; the body is read. */
 static void script_continue(struct client *c)
 {
@@ -846,6 +877,7 @@ int main(void)
     RUN(test_bound_on_held_input);
     RUN(test_body_read_then_next_request);
     RUN(test_body_chunked_with_pauses);
+    RUN(test_body_chunked_trailers);
     RUN(test_body_expect_continue);
     RUN(test_body_unread_closes);
     RUN(test_body_refused_unread_is_not_reset);
