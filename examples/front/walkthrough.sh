@@ -170,14 +170,32 @@ echo "\$ curl -u alice:... -X PUT $FRONT/api/v0/accounts/alice/settings -d '{\"c
 curl -sf -u "alice:$ALICE_PW" -X PUT "$FRONT/api/v0/accounts/alice/settings" \
     -H 'Content-Type: application/json' -d '{"contentCache": "region-us"}'
 
+# What the origin served (its access log, one line per request), by kind.
+origin_summary() {
+    python3 - "$WORK/origin.log" "$1" <<'PYEOF'
+import collections, re, sys
+lines = open(sys.argv[1], errors="replace").read().splitlines()[int(sys.argv[2]):]
+kinds = collections.Counter()
+for line in lines:
+    m = re.search(r'"(\w+) (/v2/\S*) HTTP/1.1" (\d+)', line)
+    if m:
+        path = m.group(2)
+        kind = ("blob" if "/blobs/" in path else "manifest" if "/manifests/" in path
+                else path)
+        kinds["%s %s %s" % (m.group(1), kind, m.group(3))] += 1
+print("; ".join("%s x%d" % (k, n) for k, n in sorted(kinds.items())) or "nothing")
+PYEOF
+}
+
 say "4. alice pulls 127.0.0.1:$FRONT_PORT/org/app:1, twice"
 for n in 1 2; do
+    before=$(wc -l <"$WORK/origin.log")
     rm -rf "$WORK/pull-$n"
     skopeo_ copy --quiet --src-tls-verify=false --src-creds "alice:$ALICE_PW" \
         "docker://127.0.0.1:$FRONT_PORT/org/app:1" "dir:$WORK/pull-$n"
-    echo "pull $n: $(ls "$WORK/pull-$n" | wc -l) files"
+    sleep 0.5 # access lines are written as responses end
+    echo "pull $n: $(ls "$WORK/pull-$n" | wc -l) files; the origin served: $(origin_summary "$before")"
 done
-sleep 0.5 # access lines are written as responses end
 
 say "5. What each served"
 echo "region-us's blob lines (cache=miss, then cache=hit; the grant is redacted):"
