@@ -36,15 +36,16 @@ NOT_AVAILABLE = "not available yet"
 MODES = {
     # rounds, wrk seconds, big blob MiB, cold blob MiB, sha256 MiB, idle connections
     "full": dict(rounds=3, wrk_seconds=5, big_mib=200, cold_mib=200, sha_mib=1024,
-                 idle=10000, openssl_seconds=3),
+                 idle=10000, openssl_seconds=3, redirect_requests=400),
     "quick": dict(rounds=1, wrk_seconds=1, big_mib=8, cold_mib=8, sha_mib=64, idle=500,
-                  openssl_seconds=1),
+                  openssl_seconds=1, redirect_requests=50),
 }
 
 # A scenario may run at most this many rounds again because they were disturbed.
 MAX_RETRIES_PER_SCENARIO = 2
 
-SCENARIOS = ["hit1k", "big16", "rss", "idle", "cold1", "cold32", "sha256", "tls", "policy"]
+SCENARIOS = ["hit1k", "big16", "rss", "idle", "cold1", "cold32", "sha256", "tls", "policy",
+             "redirect"]
 
 
 def log(msg):
@@ -421,6 +422,50 @@ class Bench:
         ratios = [d / n for d, n in zip(values["cache-policies"], values["cache-nohooks"])]
         self.results["policy"] = {"status": "ok", "values": values, "seconds": secs,
                                   "ratios": ratios}
+
+    # 12. A hit redirected by the front (307, then the cache with the grant) against the
+    # same hit asked of the cache directly: the time of one whole request, sequential,
+    # on kept-alive connections.
+    def scenario_redirect(self):
+        front = servers.Front(self.work, self.args.binary, self.origin.url,
+                              builtin_policies=self.args.policies)
+        code, out = front.check()
+        if code != 0:
+            self.results["redirect"] = {"status": "na",
+                                        "why": "--check refuses a contentcaches config: " +
+                                        out.strip()[-200:]}
+            return
+        edge = servers.Cache(self.work, self.args.binary, None, name="cache-edge",
+                             builtin_policies=self.args.policies)
+        digest, size = self.blobs["small"]
+        n = self.mode["redirect_requests"]
+        try:
+            front.start()
+            edge.origin_url = front.url
+            edge.start()
+            clients.front_register(front.port, "edge", edge.url, "admin")
+            hop = clients.RedirectClient(front.port, "admin", BLOB_REPO, digest, size)
+            hop.get()  # the miss: the edge stores the blob
+            wait_for_file(servers.blob_path(edge.storage, digest), size)
+            hop.get()  # the grant keys fetched, the decisions remembered
+
+            def measure(srv):
+                if srv is front:
+                    times = hop.times(n)
+                else:
+                    times = clients.direct_times(edge.port, BLOB_REPO, digest, size, n)
+                edge.truncate_access_log()
+                front.truncate_access_log()
+                return {"median_ms": median(times), "p90_ms": sorted(times)[int(0.9 * n)]}
+
+            values = self.alternate("redirect", [front, edge], measure)
+            hop.close()
+        finally:
+            edge.stop()
+            front.stop()
+        self.results["redirect"] = {"status": "ok", "requests": n,
+                                    "values": {"redirected": values["front"],
+                                               "direct": values["cache-edge"]}}
 
     def policy_engine_wired(self):
         """Whether this content-cache calls policy hooks: a drop-in format_log that returns

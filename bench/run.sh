@@ -11,7 +11,8 @@
 #   --binary PATH      use this content-cache instead of building build-bench/content-cache
 #   --out FILE         where the table goes (default bench/results/<UTC date-time>[-quick].md)
 #   --rounds N         rounds per scenario (default 3, --quick 1)
-#   --only LIST        comma-separated scenarios: hit1k,big16,rss,idle,cold1,cold32,sha256,tls,policy
+#   --only LIST        comma-separated scenarios: hit1k,big16,rss,idle,cold1,cold32,sha256,tls,policy,
+#                      redirect
 #   --work DIR         work directory (default: a new one under $TMPDIR, removed at the end)
 #   --keep             keep the work directory (servers' configs and logs)
 #   --wait-quiet S     at the start, wait up to S seconds for other processes to leave the CPUs
@@ -57,7 +58,7 @@ build_dir=$repo/build-bench
 mkdir -p "$build_dir"
 # The sources are copied first (others may be editing core/ while this runs), and
 # content-cache and sha256_speed are built from that one copy:
-#   build-bench/snapshot/          core/ lua/ policies/ examples/ CMakeLists.txt README.md
+#   build-bench/snapshot/          core/ lua/ policies/ examples/ cmake/ CMakeLists.txt README.md
 #   build-bench/release/           content-cache, Release (-O3)
 #   build-bench/snapshot-nohooks/  policies/ with a default.lua of `return {}`: the built-in
 #                                  policies of row 11's baseline (no hooks)
@@ -69,7 +70,7 @@ cflags="-Wno-error=stringop-overflow -Wno-error=maybe-uninitialized"
 snapshot() { # DEST: a fresh copy of the sources (cp -a keeps times: builds stay incremental)
     rm -rf "$1"
     mkdir -p "$1"
-    cp -a core lua policies examples CMakeLists.txt README.md "$1"/
+    cp -a core lua policies examples cmake CMakeLists.txt README.md "$1"/
 }
 build() { # SOURCE BUILD_DIR
     cmake -S "$1" -B "$2" -DCC_TESTS=OFF -DCMAKE_BUILD_TYPE=Release "-DCMAKE_C_FLAGS=$cflags" \

@@ -26,7 +26,7 @@ fail() {
     echo "bench smoke: $*" >&2
     echo "--- bench/run.sh output (last 60 lines) ---" >&2
     tail -n 60 "$out_dir/run.log" >&2
-    for log in "$out_dir"/work/cache*.stderr.log; do
+    for log in "$out_dir"/work/cache*.stderr.log "$out_dir"/work/front.stderr.log; do
         [ -s "$log" ] || continue
         echo "--- $(basename "$log") (last 20 lines) ---" >&2
         tail -n 20 "$log" >&2
@@ -37,7 +37,7 @@ fail() {
 
 [ -s "$out_dir/table.md" ] || fail "no table was written (run.sh exit $status)"
 [ -s "$out_dir/table.json" ] || fail "no .json beside the table"
-for row in 1 2 3 4 5 6 7a 7b 8 9 10 11; do
+for row in 1 2 3 4 5 6 7a 7b 8 9 10 11 12; do
     grep -qE "^\| ${row}[ab]? \|" "$out_dir/table.md" || fail "row $row is missing from the table"
 done
 if grep -q "ERROR" "$out_dir/table.md"; then

@@ -52,10 +52,9 @@ struct policy_engine {
 };
 
 static const char *const hook_names[POLICY_HOOK_COUNT] = {
-    [POLICY_HOOK_SELECT_UPSTREAM] = "select_upstream",
-    [POLICY_HOOK_BLOB_TTL] = "blob_ttl",
-    [POLICY_HOOK_FORMAT_LOG] = "format_log",
-    [POLICY_HOOK_EVICT] = "evict",
+    [POLICY_HOOK_SELECT_UPSTREAM] = "select_upstream", [POLICY_HOOK_BLOB_TTL] = "blob_ttl",
+    [POLICY_HOOK_FORMAT_LOG] = "format_log",           [POLICY_HOOK_EVICT] = "evict",
+    [POLICY_HOOK_SELECT_CACHE] = "select_cache",
 };
 
 const char *policy_hook_name(enum policy_hook h)
@@ -688,6 +687,79 @@ done:
     free(c.by_digest);
     free(c.chosen);
     free(c.victims);
+    return rc;
+}
+
+/* ---- select_cache (the front) --------------------------------------------------------- */
+
+struct cache_call {
+    struct hook_call base;
+    const struct policy_request *req;
+    const char *remote_addr, *user, *user_cache;
+    const struct policy_cache *caches;
+    size_t n;
+    long chosen;
+};
+
+static int cache_push(lua_State *L, struct hook_call *call)
+{
+    struct cache_call *c = (struct cache_call *)call;
+
+    luaL_checkstack(L, 5, NULL);
+    lua_createtable(L, 0, 5);
+    set_string(L, "method", c->req->method);
+    set_string(L, "repository", c->req->repository);
+    set_string(L, "digest", c->req->digest);
+    set_string(L, "kind", c->req->kind);
+    set_string(L, "remote_addr", c->remote_addr);
+    lua_createtable(L, 0, 2);
+    set_string(L, "name", c->user);
+    set_string(L, "cache", c->user_cache);
+    lua_createtable(L, c->n > INT_MAX ? INT_MAX : (int)c->n, 0);
+    for (size_t i = 0; i < c->n; i++) {
+        lua_createtable(L, 0, 3);
+        set_string(L, "id", c->caches[i].id);
+        set_string(L, "name", c->caches[i].name);
+        set_string(L, "host", c->caches[i].host);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 3;
+}
+
+static void cache_take(lua_State *L, struct hook_call *call)
+{
+    struct cache_call *c = (struct cache_call *)call;
+
+    c->chosen = -1;
+    if (lua_isnil(L, -1)) return;
+    if (lua_type(L, -1) != LUA_TSTRING)
+        policy_vm_bad_return(L, "select_cache returned a %s, expected a cache's name or nil",
+                             luaL_typename(L, -1));
+    const char *name = lua_tostring(L, -1);
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->caches[i].name != NULL && strcmp(c->caches[i].name, name) == 0) {
+            c->chosen = (long)i;
+            return;
+        }
+    }
+    policy_vm_bad_return(L, "select_cache returned \"%.200s\", which is no registered cache", name);
+}
+
+int policy_select_cache(struct policy_engine *pe, const struct policy_request *req,
+                        const char *remote_addr, const char *user, const char *user_cache,
+                        const struct policy_cache *caches, size_t n, long *chosen)
+{
+    struct cache_call c = {.base = {POLICY_HOOK_SELECT_CACHE, cache_push, cache_take},
+                           .req = req,
+                           .remote_addr = remote_addr,
+                           .user = user,
+                           .user_cache = user_cache,
+                           .caches = caches,
+                           .n = n,
+                           .chosen = -1};
+    int rc = hook_run(pe, &c.base, pe->instructions);
+
+    *chosen = rc == 0 ? c.chosen : -1;
     return rc;
 }
 

@@ -80,6 +80,7 @@ enum policy_hook {
     POLICY_HOOK_BLOB_TTL,
     POLICY_HOOK_FORMAT_LOG,
     POLICY_HOOK_EVICT,
+    POLICY_HOOK_SELECT_CACHE, /* the front's: which cache a blob download goes to */
     POLICY_HOOK_COUNT
 };
 
@@ -217,6 +218,26 @@ int policy_format_log(struct policy_engine *pe, const struct log_access_entry *e
  */
 int policy_evict(struct policy_engine *pe, const struct policy_blob *cands, size_t n,
                  uint64_t bytes_needed, size_t **victims_out, size_t *n_out);
+
+/* A cache registered with the front, as select_cache sees it: {id, name, host}. */
+struct policy_cache {
+    const char *id;
+    const char *name;
+    const char *host;
+};
+
+/*
+ * select_cache(req, user, caches), on the front, for a blob GET of a signed-in user:
+ * req = {method, repository, digest, kind = "blob", remote_addr ("ip:port")}, user =
+ * {name, cache (the name of the cache the user chose, or nil)}, caches = the registered
+ * caches, a list of {id, name, host} in the order of their ids. The hook returns the name
+ * of one of them (the download is redirected there) or nil (no redirect: the front
+ * relays it from the origin); a name not in the list is -EINVAL. On 0, *chosen is the
+ * chosen cache's index in caches, or -1 for nil. The built-in hook returns user.cache.
+ */
+int policy_select_cache(struct policy_engine *pe, const struct policy_request *req,
+                        const char *remote_addr, const char *user, const char *user_cache,
+                        const struct policy_cache *caches, size_t n, long *chosen);
 
 /* Frees a list from policy_select_upstream: each of the n strings, then the array. */
 void policy_free_list(char **list, size_t n);

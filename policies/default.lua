@@ -9,10 +9,12 @@ local upstream = require("upstream")
 local ttl = require("ttl")
 local logformat = require("logformat")
 local evict = require("evict")
+local select_cache = require("select_cache")
 
 return {
     select_upstream = upstream.select_upstream,
     blob_ttl = ttl.blob_ttl,
     format_log = logformat.format_log,
     evict = evict.evict,
+    select_cache = select_cache.select_cache,
 }

@@ -21,6 +21,7 @@ BUILD_PACKAGES=(
     libmbedtls-dev
     libyaml-dev
     liblua5.4-dev
+    libsqlite3-dev      # the front's state (core/front/state.c)
     node-llhttp         # llhttp's generated C sources, built in our tree
 )
 
@@ -50,6 +51,10 @@ PACKAGES=(
     # Later issues: uncomment when a test starts using it.
     python3-cryptography  # token-auth tests: signing JWTs (tests/e2e/token_server.py)
     containerd          # tests/e2e/test_containerd.py: ctr pulls through the cache as a mirror
+    sqlite3             # tests/e2e/test_front_api.py: the front's state passes integrity_check
+    chromium            # tests/e2e/test_front_page.py: the front's profile page in a real
+    chromium-driver     # browser, headless, driven by selenium
+    python3-selenium
 )
 
 case "${1:-}" in

@@ -22,6 +22,7 @@ describe("default policy", function()
         assert.equals(hooks.require("ttl").blob_ttl, hooks.blob_ttl)
         assert.equals(hooks.require("logformat").format_log, hooks.format_log)
         assert.equals(hooks.require("evict").evict, hooks.evict)
+        assert.equals(hooks.require("select_cache").select_cache, hooks.select_cache)
         assert.equals(hooks.require("default").blob_ttl, hooks.blob_ttl)
     end)
 
@@ -32,6 +33,9 @@ describe("default policy", function()
         assert.equals(86400, hooks.blob_ttl({ digest = "sha256:a", size = 1, last_pulled = 0, repositories = {} }))
         assert.truthy(hooks.format_log({ method = "GET", uri = "/v2/" }):find("^time="))
         assert.are.same({ "sha256:a" }, hooks.evict({ { digest = "sha256:a", size = 1, last_pulled = 0 } }, 1))
+        local caches = { { id = "1", name = "region-us", host = "http://us:5000" } }
+        assert.equals("region-us", hooks.select_cache({ kind = "blob" }, { name = "alice", cache = "region-us" }, caches))
+        assert.is_nil(hooks.select_cache({ kind = "blob" }, { name = "bob" }, caches))
     end)
 
     it("cannot write the config", function()

@@ -215,3 +215,88 @@ class IdleConnections:
         for s in self.socks:
             s.close()
         self.socks = []
+
+
+# --- The front's redirect ----------------------------------------------------------------
+
+def _basic(user):
+    import base64
+    return "Basic " + base64.b64encode(("%s:%s" % (user, "bench")).encode()).decode()
+
+
+def front_register(front_port, name, host, user):
+    """Registers a cache with the front and makes it `user`'s choice (the caches API)."""
+    import http.client
+    import json
+    for method, path, doc, want in (
+            ("POST", "/api/v0/content_caches", {"name": name, "host": host}, 201),
+            ("PUT", "/api/v0/accounts/%s/settings" % user, {"contentCache": name}, 200)):
+        conn = http.client.HTTPConnection("127.0.0.1", front_port, timeout=10)
+        conn.request(method, path, body=json.dumps(doc),
+                     headers={"Authorization": _basic(user), "Content-Type": "application/json"})
+        r = conn.getresponse()
+        body = r.read()
+        conn.close()
+        if r.status != want:
+            raise BenchError("%s %s: %d %r" % (method, path, r.status, body[:200]))
+
+
+class RedirectClient:
+    """A client pulling one blob through the front: GET at the front (signed in as
+    `user`), its 307, the GET of the Location at the cache; two kept-alive connections."""
+
+    def __init__(self, front_port, user, repo, digest, size):
+        import http.client
+        self.front = http.client.HTTPConnection("127.0.0.1", front_port, timeout=10)
+        self.cache = None
+        self.path = "/v2/%s/blobs/%s" % (repo, digest)
+        self.auth = _basic(user)
+        self.size = size
+
+    def get(self):
+        import http.client
+        import urllib.parse
+        self.front.request("GET", self.path, headers={"Authorization": self.auth})
+        r = self.front.getresponse()
+        r.read()
+        if r.status != 307:
+            raise BenchError("the front answered %d, not a redirect" % r.status)
+        loc = urllib.parse.urlsplit(r.getheader("Location"))
+        if self.cache is None:
+            self.cache = http.client.HTTPConnection(loc.hostname, loc.port, timeout=10)
+        self.cache.request("GET", loc.path + "?" + loc.query)
+        c = self.cache.getresponse()
+        body = c.read()
+        if c.status != 200 or len(body) != self.size:
+            raise BenchError("the cache answered %d with %d bytes" % (c.status, len(body)))
+
+    def times(self, n):
+        out = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.get()
+            out.append((time.perf_counter() - t0) * 1000.0)
+        return out
+
+    def close(self):
+        self.front.close()
+        if self.cache is not None:
+            self.cache.close()
+
+
+def direct_times(port, repo, digest, size, n):
+    """The same blob asked of the cache itself, n times on one connection: ms each."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    path = "/v2/%s/blobs/%s" % (repo, digest)
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = r.read()
+        if r.status != 200 or len(body) != size:
+            raise BenchError("the cache answered %d with %d bytes" % (r.status, len(body)))
+        out.append((time.perf_counter() - t0) * 1000.0)
+    conn.close()
+    return out

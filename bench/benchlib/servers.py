@@ -550,3 +550,20 @@ class Cache(Server):
                 return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+
+class Front(Cache):
+    """content-cache as the front (the contentcaches middleware) before the origin, with
+    `admin` among its admins. The benchmark's origin takes any credentials, so a client
+    with Basic credentials is signed in as their user."""
+
+    def __init__(self, work, binary, origin_url, name="front", builtin_policies=None):
+        super().__init__(work, binary, origin_url, name=name, builtin_policies=builtin_policies)
+
+    def config_text(self, port):
+        lines = ["version: 0.1", "log:", "  level: info",
+                 "storage:", "  filesystem:", "    rootdirectory: %s" % self.storage,
+                 "http:", "  addr: 127.0.0.1:%d" % port,
+                 "middleware:", "  registry:", "    - name: contentcaches", "      options:",
+                 "        originhost: %s" % self.origin_url, "        admins: [admin]"]
+        return "\n".join(lines) + "\n"

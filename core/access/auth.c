@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/digest.h"
 
@@ -318,4 +319,64 @@ int auth_challenge(const char *realm, const char *service, const char *repo, siz
     if (o.err != 0) return o.err;
     buf[o.len] = '\0';
     return (int)o.len;
+}
+
+/* One parameter's value into dst (cap bytes, NUL-terminated); false when it does not fit. */
+static bool param_copy(char *dst, size_t cap, const char *src, size_t n)
+{
+    if (n >= cap) return false;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return true;
+}
+
+int auth_challenge_parse(const char *value, size_t len, struct auth_challenge_params *out)
+{
+    memset(out, 0, sizeof(*out));
+    size_t i = 0;
+    while (i < len && (value[i] == ' ' || value[i] == '\t'))
+        i++;
+    size_t s0 = i;
+    while (i < len && value[i] != ' ' && value[i] != '\t')
+        i++;
+    if (i == s0 || !param_copy(out->scheme, sizeof(out->scheme), value + s0, i - s0))
+        return -EINVAL;
+    while (i < len) {
+        while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        if (i == len) break;
+        size_t n0 = i;
+        while (i < len && value[i] != '=' && value[i] != ',' && value[i] != ' ')
+            i++;
+        size_t name_len = i - n0;
+        if (i == len || value[i] != '=' || name_len == 0) return -EINVAL;
+        i++;
+        char v[1024];
+        size_t vn = 0;
+        if (i < len && value[i] == '"') {
+            for (i++; i < len && value[i] != '"'; i++) {
+                if (value[i] == '\\' && i + 1 < len) i++;
+                if ((unsigned char)value[i] < 0x20 || value[i] == 0x7f || vn + 1 >= sizeof(v))
+                    return -EINVAL;
+                v[vn++] = value[i];
+            }
+            if (i == len) return -EINVAL;
+            i++;
+        } else {
+            while (i < len && value[i] != ',' && value[i] != ' ') {
+                if ((unsigned char)value[i] < 0x20 || vn + 1 >= sizeof(v)) return -EINVAL;
+                v[vn++] = value[i++];
+            }
+        }
+        const char *name = value + n0;
+        bool ok = true;
+        if (name_len == 5 && strncasecmp(name, "realm", 5) == 0)
+            ok = param_copy(out->realm, sizeof(out->realm), v, vn);
+        else if (name_len == 7 && strncasecmp(name, "service", 7) == 0)
+            ok = param_copy(out->service, sizeof(out->service), v, vn);
+        else if (name_len == 5 && strncasecmp(name, "scope", 5) == 0)
+            ok = param_copy(out->scope, sizeof(out->scope), v, vn);
+        if (!ok) return -EINVAL;
+    }
+    return 0;
 }

@@ -100,7 +100,10 @@ void auth_cache_stats(const struct auth_cache *c, struct auth_cache_stats *out);
 
 /* ---- bearer tokens (jwt.c) ----------------------------------------------------------- */
 
-#define AUTH_TOKEN_MAX 8192    /* longer Authorization values are refused unread */
+#define AUTH_TOKEN_MAX 8192 /* longer Authorization values are refused unread */
+/* The action of a verification that asks only "is this a valid token of the issuer for
+ * this service" (a signed-in user, whatever its access claim grants): no repository. */
+#define AUTH_ACTION_SIGNED_IN ""
 #define AUTH_TOKEN_LEEWAY_S 60 /* exp and nbf are honoured with this much clock skew */
 #define AUTH_KID_SIZE 60       /* a libtrust key ID: 59 characters and a NUL */
 
@@ -133,7 +136,8 @@ size_t auth_token_verifier_certs(const struct auth_verifier *v);
  *     else, with neither x5c nor kid, any bundle certificate.
  * and whose claims hold: iss == issuer; aud == service, or an array holding it; exp
  * present and now_s <= exp + leeway; nbf absent or nbf <= now_s + leeway; an access entry
- * {"type": "repository", "name": repo, "actions": [... action or "*" ...]}. exp, nbf and
+ * {"type": "repository", "name": repo, "actions": [... action or "*" ...]} (with action
+ * AUTH_ACTION_SIGNED_IN, "", no access entry is needed: repo is not looked at). exp, nbf and
  * iat are read as Docker Distribution reads them (Go's int64): each an integer, absent or
  * null (null is absent), and a fraction or an exponent (300.5, 3e2) refuses the token.
  *
@@ -230,6 +234,21 @@ void auth_token_job_cancel(struct auth_token_job *job);
 int auth_bearer_exp(const char *header, size_t len, int64_t *exp_s);
 
 /*
+ * The user name of an HTTP Basic credential ("Basic <base64 of user:password>"), into
+ * buf: 0, or -EINVAL (not such a credential, no ':' or an empty name, a control byte
+ * in the name, a name of cap bytes or more). The password is neither checked nor kept.
+ */
+int auth_basic_user(const char *header, size_t len, char *buf, size_t cap);
+
+/*
+ * The `sub` claim of a bearer credential (the user a token was issued to), read WITHOUT
+ * verifying anything, as auth_bearer_exp: into buf (NUL-terminated). Returns 0, -ENOENT
+ * (no sub, an empty one, one holding NUL or longer than cap - 1), -EINVAL (not such a
+ * token). Only for a token that was verified, or accepted by the origin.
+ */
+int auth_bearer_subject(const char *header, size_t len, char *buf, size_t cap);
+
+/*
  * The libtrust key ID of a public key given as DER SubjectPublicKeyInfo: the base32
  * (RFC 4648, no padding) of the first 240 bits of its SHA-256, in 12 groups of 4
  * characters joined by ':'. out receives 59 characters and a NUL.
@@ -247,5 +266,21 @@ void auth_libtrust_kid(const unsigned char *spki_der, size_t len, char out[AUTH_
  */
 int auth_challenge(const char *realm, const char *service, const char *repo, size_t repo_len,
                    char *buf, size_t len);
+
+/* A WWW-Authenticate challenge, read: its scheme and the parameters a token client needs. */
+struct auth_challenge_params {
+    char scheme[16]; /* "Bearer", "Basic", ... as sent */
+    char realm[512];
+    char service[256];
+    char scope[512];
+};
+
+/*
+ * Reads the first challenge of value[0..len): the scheme, then comma-separated
+ * name=value or name="quoted\"value" parameters (realm, service and scope are kept, others
+ * skipped). Returns 0, or -EINVAL for what is not such a challenge, or a kept parameter
+ * that does not fit or holds a control byte.
+ */
+int auth_challenge_parse(const char *value, size_t len, struct auth_challenge_params *out);
 
 #endif

@@ -25,6 +25,7 @@
 
 #include "access/jwt.h"
 #include "access/x5c.h"
+#include "base/base64.h"
 #include "base/digest.h"
 #include "base/json.h"
 
@@ -49,50 +50,6 @@ struct auth_verifier {
 static void set_why(char *why, size_t why_len, const char *msg)
 {
     if (why != NULL && why_len > 0) snprintf(why, why_len, "%s", msg);
-}
-
-/* ---- base64 ------------------------------------------------------------------------------ */
-
-static int b64_value(char c, bool url)
-{
-    if (c >= 'A' && c <= 'Z') return c - 'A';
-    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-    if (c >= '0' && c <= '9') return c - '0' + 52;
-    if (c == (url ? '-' : '+')) return 62;
-    if (c == (url ? '_' : '/')) return 63;
-    return -1;
-}
-
-/*
- * Strict base64 of in[0..n) into out (at least n / 4 * 3 + 2 bytes): base64url without
- * padding (url), or standard base64 with its padding. The bits that a last partial
- * group leaves over must be zero, so each byte string has exactly one encoding.
- */
-static int b64_decode(const char *in, size_t n, bool url, unsigned char *out, size_t *out_len)
-{
-    if (!url) {
-        if (n % 4 != 0) return -EINVAL;
-        if (n > 0 && in[n - 1] == '=') n--;
-        if (n > 0 && in[n - 1] == '=') n--;
-    }
-    if (n % 4 == 1) return -EINVAL;
-    uint32_t acc = 0;
-    int bits = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64_value(in[i], url);
-        if (v < 0) return -EINVAL;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
-    }
-    if (acc != 0) return -EINVAL;
-    *out_len = o;
-    return 0;
 }
 
 /* ---- the compact form ------------------------------------------------------------------- */
@@ -144,7 +101,7 @@ static int json_part_read(const char *b64, size_t n, struct json_part *jp)
     memset(jp, 0, sizeof(*jp));
     jp->raw = malloc(n / 4 * 3 + 3);
     if (jp->raw == NULL) return -ENOMEM;
-    if (b64_decode(b64, n, true, jp->raw, &raw_len) != 0) return -EINVAL;
+    if (base64_decode(b64, n, true, jp->raw, &raw_len) != 0) return -EINVAL;
     size_t cap = json_tokens_for(raw_len);
     jp->tokens = malloc(cap * sizeof(*jp->tokens));
     if (jp->tokens == NULL) return -ENOMEM;
@@ -172,6 +129,49 @@ int auth_bearer_exp(const char *header, size_t len, int64_t *exp_s)
         rc = -EINVAL;
     }
     json_part_free(&payload);
+    return rc;
+}
+
+int auth_basic_user(const char *header, size_t len, char *buf, size_t cap)
+{
+    unsigned char decoded[1024];
+    size_t n = 0;
+    if (cap == 0) return -EINVAL;
+    buf[0] = '\0';
+    if (len < 7 || strncasecmp(header, "Basic ", 6) != 0) return -EINVAL;
+    const char *b64 = header + 6;
+    size_t b64_len = len - 6;
+    while (b64_len > 0 && *b64 == ' ')
+        b64++, b64_len--;
+    if (b64_len > sizeof(decoded) / 3 * 4 || base64_decode(b64, b64_len, false, decoded, &n) != 0)
+        return -EINVAL;
+    const unsigned char *colon = memchr(decoded, ':', n);
+    size_t user_len = colon ? (size_t)(colon - decoded) : 0;
+    if (colon == NULL || user_len == 0 || user_len >= cap || memchr(decoded, '\0', user_len))
+        return -EINVAL;
+    for (size_t i = 0; i < user_len; i++)
+        if (decoded[i] < 0x20 || decoded[i] == 0x7f) return -EINVAL;
+    memcpy(buf, decoded, user_len);
+    buf[user_len] = '\0';
+    return 0;
+}
+
+int auth_bearer_subject(const char *header, size_t len, char *buf, size_t cap)
+{
+    struct jwt_parts parts;
+    struct json_part payload;
+    size_t at, n = 0;
+    if (cap == 0 || split_bearer(header, len, &parts) != 0) return -EINVAL;
+    int rc = json_part_read(parts.payload, parts.payload_len, &payload);
+    if (rc == 0) {
+        if (json_object_get(&payload.doc, 0, "sub", &at) != 0 ||
+            json_string_decode(&payload.doc, at, buf, cap, &n) != 0 || n == 0 || strlen(buf) != n)
+            rc = -ENOENT;
+    } else {
+        rc = -EINVAL;
+    }
+    json_part_free(&payload);
+    if (rc != 0) buf[0] = '\0';
     return rc;
 }
 
@@ -406,7 +406,7 @@ static int x5c_read(const struct json_doc *h, size_t x5c, struct x5c_chain *chai
         int rc = b64 == NULL || der == NULL ? -ENOMEM : 0;
         if (rc == 0 &&
             (raw_len == 0 || json_string_decode(h, at, b64, raw_len + 1, &b64_len) != 0 ||
-             b64_decode(b64, b64_len, false, der, &der_len) != 0)) {
+             base64_decode(b64, b64_len, false, der, &der_len) != 0)) {
             set_why(why, why_len, "x5c holds something other than base64 certificates");
             rc = -EINVAL;
         }
@@ -510,7 +510,7 @@ int jwt_check_begin(const struct auth_verifier *v, const char *header, size_t le
         rc = -ENOMEM;
         goto out;
     }
-    if (b64_decode(parts.signature, parts.signature_len, true, c->sig, &c->sig_len) != 0) {
+    if (base64_decode(parts.signature, parts.signature_len, true, c->sig, &c->sig_len) != 0) {
         set_why(why, why_len, "the token signature is not base64url");
         goto out;
     }
@@ -657,6 +657,7 @@ static int check_claims(const struct auth_verifier *v, const struct json_doc *d,
         *why = "the token's iat is not an integer";
         return -EACCES;
     }
+    if (action[0] == '\0') return 0; /* AUTH_ACTION_SIGNED_IN: a valid token is enough */
     if (json_object_get(d, 0, "access", &at) != 0 || json_type_of(d, at) != JSON_ARRAY ||
         !grants(d, at, repo, repo_len, action)) {
         *why = "the token grants no such access to this repository";

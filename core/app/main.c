@@ -24,10 +24,13 @@
 #include <uv.h>
 
 #include "access/auth.h"
+#include "access/keyring.h"
 #include "cache/blob.h"
 #include "cache/budget.h"
 #include "base/config.h"
 #include "app/debug.h"
+#include "app/front.h"
+#include "app/process.h"
 #include "cache/expire.h"
 #include "cache/fetch.h"
 #include "cache/fsck.h"
@@ -46,10 +49,11 @@
 extern char **environ;
 
 enum exit_code {
-    EXIT_OK = 0,
-    EXIT_CONFIG = 1,  /* the configuration is invalid */
-    EXIT_USAGE = 2,   /* the command line is wrong */
-    EXIT_RUNTIME = 3, /* could not start serving (address in use, storage not writable) */
+    EXIT_OK = PROCESS_EXIT_OK,
+    EXIT_CONFIG = PROCESS_EXIT_CONFIG,   /* the configuration is invalid */
+    EXIT_USAGE = 2,                      /* the command line is wrong */
+    EXIT_RUNTIME = PROCESS_EXIT_RUNTIME, /* could not start serving (address in use, storage
+                                            not writable) */
     EXIT_DAMAGED = 4, /* fsck found damaged blobs or leftovers (and did not remove them) */
 };
 
@@ -92,6 +96,7 @@ static const char usage_text[] =
     "  4  fsck found damaged blobs or leftover files (and, without --repair, left them)\n";
 
 struct app {
+    struct process proc; /* the loop, the server, the debug server, signals */
     uv_loop_t *loop;
     struct config *cfg;
     struct upstream_pool *pool;
@@ -105,13 +110,8 @@ struct app {
     struct policy_engine *policy;
     struct auth_cache *auth;
     struct auth_verifier *verifier;
+    struct keyring *grant_keys; /* the front's keys, for redirected requests */
     struct budget *budget;
-    struct debug *debug;
-    struct http_server *server;
-    uv_signal_t sig_term, sig_int, sig_hup;
-    uv_prepare_t log_prepare; /* flush the access log before the loop waits, */
-    uv_check_t log_check;     /* and after its I/O callbacks */
-    bool stopping;
 };
 
 static struct config *load_config(const char *path)
@@ -132,21 +132,7 @@ static struct config *load_config(const char *path)
     return cfg;
 }
 
-static void format_duration(uint64_t ns, char *buf, size_t len)
-{
-    static const struct {
-        uint64_t ns;
-        const char *unit;
-    } units[] = {{3600000000000ULL, "h"}, {60000000000ULL, "m"}, {1000000000ULL, "s"},
-                 {1000000ULL, "ms"},      {1000ULL, "us"},       {1ULL, "ns"}};
-    for (size_t i = 0; i < sizeof(units) / sizeof(*units); i++) {
-        if (ns % units[i].ns == 0) {
-            snprintf(buf, len, "%llu%s", (unsigned long long)(ns / units[i].ns), units[i].unit);
-            return;
-        }
-    }
-    snprintf(buf, len, "%lluns", (unsigned long long)ns);
-}
+static void print_cache_settings(const struct config *cfg);
 
 static int run_check(const char *path)
 {
@@ -184,6 +170,28 @@ static int run_check(const char *path)
     printf("configuration file %s is valid\n", path);
     printf("listen:        %s%s\n", cfg->http_addr,
            cfg->http_tls_certificate ? " (https)" : " (http)");
+    if (cfg->has_contentcaches) {
+        front_describe(cfg, stdout);
+    } else {
+        print_cache_settings(cfg);
+    }
+    for (size_t i = 0; i < cfg->n_cas; i++)
+        printf("upstream CA:   %s\n", cfg->cas[i]);
+    printf("policies:      built-in defaults%s%s; hooks in force:",
+           cfg->policydir ? " + drop-ins of " : "", cfg->policydir ? cfg->policydir : "");
+    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
+        if (policy_has_hook(pe, (enum policy_hook)h))
+            printf(" %s%s", policy_hook_name((enum policy_hook)h),
+                   policy_hook_is_builtin(pe, (enum policy_hook)h) ? "" : " (drop-in)");
+    printf("\n");
+    policy_engine_free(pe);
+    config_free(cfg);
+    return EXIT_OK;
+}
+
+/* What --check says a cache would do (after the listen address). */
+static void print_cache_settings(const struct config *cfg)
+{
     printf("storage root:  %s%s\n", cfg->storage_root,
            cfg->delete_enabled ? " (delete enabled)" : "");
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
@@ -195,37 +203,25 @@ static int run_check(const char *path)
     }
     if (cfg->has_blobttl) {
         char d[64];
-        format_duration(cfg->blobttl_ns, d, sizeof(d));
+        config_format_duration(cfg->blobttl_ns, d, sizeof(d));
         printf("blob ttl:      %s (blobs not pulled for this long are deleted)\n", d);
     } else {
         printf("blob ttl:      none (blobs are kept)\n");
     }
-    for (size_t i = 0; i < cfg->n_cas; i++)
-        printf("upstream CA:   %s\n", cfg->cas[i]);
     char tc_s[64], tp_s[64], th_s[64];
     unsigned connect_ms =
         cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;
     unsigned progress_ms =
         cfg->upstream_progress_ms ? cfg->upstream_progress_ms : UPSTREAM_DEFAULT_IO_MS;
     unsigned head_ms = cfg->upstream_head_ms ? cfg->upstream_head_ms : UPSTREAM_DEFAULT_HEAD_MS;
-    format_duration((uint64_t)connect_ms * 1000000ULL, tc_s, sizeof(tc_s));
-    format_duration((uint64_t)progress_ms * 1000000ULL, tp_s, sizeof(tp_s));
-    format_duration((uint64_t)head_ms * 1000000ULL, th_s, sizeof(th_s));
+    config_format_duration((uint64_t)connect_ms * 1000000ULL, tc_s, sizeof(tc_s));
+    config_format_duration((uint64_t)progress_ms * 1000000ULL, tp_s, sizeof(tp_s));
+    config_format_duration((uint64_t)head_ms * 1000000ULL, th_s, sizeof(th_s));
     printf("upstream:      connect timeout %s, no-progress timeout %s, response head within %s\n",
            tc_s, tp_s, th_s);
     if (cfg->has_budget)
         printf("disk budget:   %llu bytes (evict from %u%% down to %u%%)\n",
                (unsigned long long)cfg->budget_bytes, cfg->budget_high_pct, cfg->budget_low_pct);
-    printf("policies:      built-in defaults%s%s; hooks in force:",
-           cfg->policydir ? " + drop-ins of " : "", cfg->policydir ? cfg->policydir : "");
-    for (int h = 0; h < POLICY_HOOK_COUNT; h++)
-        if (policy_has_hook(pe, (enum policy_hook)h))
-            printf(" %s%s", policy_hook_name((enum policy_hook)h),
-                   policy_hook_is_builtin(pe, (enum policy_hook)h) ? "" : " (drop-in)");
-    printf("\n");
-    policy_engine_free(pe);
-    config_free(cfg);
-    return EXIT_OK;
 }
 
 /* A blob's TTL from the policies: 1 with a TTL, 0 to keep, -ENOENT for the default. */
@@ -335,89 +331,43 @@ static int run_fsck(const char *path, bool repair)
  * and the two health checks. */
 static void debug_wire(struct app *app)
 {
-    debug_add_section(app->debug, chain_render_metrics, NULL);
-    debug_add_section(app->debug, fetch_render_metrics, app->fetches);
-    debug_add_section(app->debug, budget_render_metrics, app->budget);
-    if (app->expiry != NULL) debug_add_section(app->debug, expire_render_metrics, app->expiry);
-    debug_add_section(app->debug, blob_render_metrics, app->blobs);
-    if (app->policy != NULL) debug_add_section(app->debug, policy_render_metrics, app->policy);
-    debug_add_section(app->debug, http_server_render_metrics, app->server);
-    debug_add_check(app->debug, "storage", store_health_check, app->store);
-    debug_add_check(app->debug, "upstream", upstreams_health_check, app->upstreams);
+    struct debug *d = app->proc.debug;
+    debug_add_section(d, chain_render_metrics, NULL);
+    debug_add_section(d, fetch_render_metrics, app->fetches);
+    debug_add_section(d, budget_render_metrics, app->budget);
+    if (app->expiry != NULL) debug_add_section(d, expire_render_metrics, app->expiry);
+    debug_add_section(d, blob_render_metrics, app->blobs);
+    if (app->policy != NULL) debug_add_section(d, policy_render_metrics, app->policy);
+    debug_add_section(d, http_server_render_metrics, app->proc.server);
+    debug_add_check(d, "storage", store_health_check, app->store);
+    debug_add_check(d, "upstream", upstreams_health_check, app->upstreams);
 }
 
+/* The server has drained: what keeps the loop running is stopped. */
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
-    log_access_set_buffered(false); /* the flush handles close below; lines still come */
-    app->server = NULL;
     fetch_manager_cancel_all(app->fetches);
-    debug_stop(app->debug);
-    app->debug = NULL;
     budget_stop(app->budget);
     app->budget = NULL;
     if (app->expiry != NULL) {
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
     }
+    keyring_free(app->grant_keys);
+    app->grant_keys = NULL;
     upstream_pool_close(app->pool);
     app->pool = NULL;
-    uv_close((uv_handle_t *)&app->sig_term, NULL);
-    uv_close((uv_handle_t *)&app->sig_int, NULL);
-    uv_close((uv_handle_t *)&app->sig_hup, NULL);
-    uv_close((uv_handle_t *)&app->log_prepare, NULL);
-    uv_close((uv_handle_t *)&app->log_check, NULL);
 }
 
-static void flush_before_poll(uv_prepare_t *h)
+static void on_hup(void *arg)
 {
-    log_access_flush();
-}
-
-static void flush_after_io(uv_check_t *h)
-{
-    log_access_flush();
-}
-
-static void on_stop_signal(uv_signal_t *h, int signum)
-{
-    struct app *app = h->data;
-    if (app->stopping) {
-        log_msg(LOG_WARN, "second %s: stopping now", signum == SIGINT ? "SIGINT" : "SIGTERM");
-        exit(EXIT_OK);
-    }
-    app->stopping = true;
-    unsigned drain_ms = (unsigned)(app->cfg->http_draintimeout_ns / 1000000ULL);
-    log_msg(LOG_INFO, "%s received: draining (up to %ums), then stopping",
-            signum == SIGINT ? "SIGINT" : "SIGTERM", drain_ms);
-    http_server_shutdown(app->server, drain_ms, server_stopped, app);
-}
-
-static void on_hup(uv_signal_t *h, int signum)
-{
-    struct app *app = h->data;
+    struct app *app = arg;
     char err[1024];
     if (policy_engine_reload(app->policy, NULL, err, sizeof(err)) != 0)
         log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
     else
         log_msg(LOG_INFO, "SIGHUP: policies reloaded");
-}
-
-static void observe(void *ud, const struct log_access_entry *e)
-{
-    debug_observe(e);
-}
-
-/* The access-log line: the C twin of the built-in format_log, or a drop-in's. */
-static size_t format_access(void *ud, const struct log_access_entry *e, char *buf, size_t cap)
-{
-    struct app *app = ud;
-    size_t n;
-    if (policy_has_hook(app->policy, POLICY_HOOK_FORMAT_LOG) &&
-        !policy_hook_is_builtin(app->policy, POLICY_HOOK_FORMAT_LOG) &&
-        policy_format_log(app->policy, e, buf, cap, &n) == 0)
-        return n;
-    return log_format_access(e, buf, cap);
 }
 
 /* evict: the policy's choice among the candidates (indexes), or -ENOENT for the default. */
@@ -486,6 +436,7 @@ static void raise_fd_limit(void)
     }
 }
 
+/* Serves the cache (a downstream middleware); the front's config goes to front_run. */
 static int run_serve(const char *path)
 {
     struct app app;
@@ -496,6 +447,11 @@ static int run_serve(const char *path)
     log_configure(&log_opts);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
+    if (app.cfg->has_contentcaches) {
+        int frc = front_run(app.cfg, builtin_policies());
+        config_free(app.cfg);
+        return frc;
+    }
 
     /* File I/O and hashing run on libuv's thread pool: size it for a disk with
      * several fetches and many readers in flight, unless the operator did. */
@@ -520,22 +476,20 @@ static int run_serve(const char *path)
         return EXIT_CONFIG;
     }
 
-    app.loop = uv_default_loop();
+    process_init(&app.proc, app.cfg);
+    app.proc.on_reload = on_hup;
+    app.proc.on_stopped = server_stopped;
+    app.proc.ud = &app;
+    app.loop = app.proc.loop;
     /* https upstreams: the system's CAs and the config's cas. */
-    struct upstream_pool_opts pool_opts = {.connect_timeout_ms = app.cfg->upstream_connect_ms,
-                                           .io_timeout_ms = app.cfg->upstream_progress_ms,
-                                           .head_timeout_ms = app.cfg->upstream_head_ms};
-    if (tls_client_config_new((const char *const *)app.cfg->cas, app.cfg->n_cas, true,
-                              &pool_opts.tls, err, sizeof(err)) != 0) {
-        log_msg(LOG_ERROR, "cas: %s", err);
+    rc = process_pool(&app.proc, &app.pool);
+    if (rc != 0) {
         config_free(app.cfg);
-        return EXIT_CONFIG;
+        return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
     }
-    app.pool = upstream_pool_new(app.loop, &pool_opts);
-    tls_config_free(pool_opts.tls); /* the pool holds its own reference */
-    app.upstreams = app.pool ? upstreams_new(app.cfg, app.pool) : NULL;
+    app.upstreams = upstreams_new(app.cfg, app.pool);
     app.relays = app.upstreams ? relay_service_new(app.upstreams) : NULL;
-    app.fetches = app.pool ? fetch_manager_new(app.loop, app.store, app.pool) : NULL;
+    app.fetches = fetch_manager_new(app.loop, app.store, app.pool);
     app.blobs = app.upstreams && app.fetches
                     ? blob_service_new(app.loop, app.store, app.fetches, app.upstreams)
                     : NULL;
@@ -563,6 +517,14 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
+    /* Requests redirected by a front carry grants, verified with its keys (fetched when
+     * the first grant comes, and when one names a key not seen yet). */
+    app.grant_keys = keyring_new(app.loop, app.pool);
+    if (app.grant_keys == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_grants(app.blobs, app.grant_keys);
 
     /* The store's totals, and eviction under the disk budget when one is set. */
     struct budget_opts bo = {
@@ -593,50 +555,11 @@ static int run_serve(const char *path)
         }
     }
 
-    struct http_header extra[64];
-    size_t n_extra = 0;
-    for (size_t i = 0; i < app.cfg->n_http_headers; i++) {
-        const struct config_header *h = &app.cfg->http_headers[i];
-        for (size_t k = 0; k < h->n_values && n_extra < 64; k++)
-            extra[n_extra++] =
-                (struct http_header){h->name, strlen(h->name), h->values[k], strlen(h->values[k])};
-    }
-    struct http_server_opts opts = {
-        .extra_headers = extra,
-        .n_extra_headers = n_extra,
-        .on_request = router_handle,
-        .ud = app.router,
-        .format_access = format_access,
-        .on_complete = observe,
-        .format_ud = &app,
-    };
-    if (app.cfg->http_tls_certificate != NULL) {
-        rc = tls_server_config_new(app.cfg->http_tls_certificate, app.cfg->http_tls_key,
-                                   app.cfg->http_tls_minimumtls, &opts.tls, err, sizeof(err));
-        if (rc != 0) {
-            log_msg(LOG_ERROR, "http.tls: %s", err);
-            return EXIT_CONFIG;
-        }
-    }
-    rc = http_server_listen(app.loop, app.cfg->http_addr, &opts, &app.server, err, sizeof(err));
-    tls_config_free(opts.tls); /* the server holds its own reference */
-    if (rc != 0) {
-        log_msg(LOG_ERROR, "%s", err);
-        uv_run(app.loop, UV_RUN_DEFAULT);
-        return EXIT_RUNTIME;
-    }
-
-    log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
-            http_server_address(app.server), app.cfg->http_tls_certificate ? "https" : "http");
-    if (app.cfg->http_debug_addr != NULL) {
-        rc = debug_start(app.loop, app.cfg->http_debug_addr, &app.debug, err, sizeof(err));
-        if (rc != 0) {
-            log_msg(LOG_ERROR, "http.debug.addr: %s", err);
-            return EXIT_RUNTIME;
-        }
-        debug_wire(&app);
-        log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s", debug_address(app.debug));
-    }
+    rc = process_listen(&app.proc, router_handle, app.router, process_format_access,
+                        process_observe, app.policy);
+    if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
+    if (process_debug(&app.proc) != 0) return EXIT_RUNTIME;
+    if (app.proc.debug != NULL) debug_wire(&app);
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
         const struct config_upstream *u = &app.cfg->upstreams[i];
@@ -646,25 +569,7 @@ static int run_serve(const char *path)
         log_msg(LOG_INFO, "origin %s", u->originhost);
     }
 
-    uv_signal_init(app.loop, &app.sig_term);
-    uv_signal_init(app.loop, &app.sig_int);
-    uv_signal_init(app.loop, &app.sig_hup);
-    app.sig_term.data = app.sig_int.data = app.sig_hup.data = &app;
-    uv_signal_start(&app.sig_term, on_stop_signal, SIGTERM);
-    uv_signal_start(&app.sig_int, on_stop_signal, SIGINT);
-    uv_signal_start(&app.sig_hup, on_hup, SIGHUP);
-
-    uv_prepare_init(app.loop, &app.log_prepare);
-    uv_check_init(app.loop, &app.log_check);
-    uv_prepare_start(&app.log_prepare, flush_before_poll);
-    uv_check_start(&app.log_check, flush_after_io);
-    uv_unref((uv_handle_t *)&app.log_prepare);
-    uv_unref((uv_handle_t *)&app.log_check);
-    log_access_set_buffered(true);
-
-    uv_run(app.loop, UV_RUN_DEFAULT);
-    log_access_set_buffered(false);
-    log_msg(LOG_INFO, "stopped");
+    process_run(&app.proc);
     policy_engine_free(app.policy);
     auth_cache_free(app.auth);
     auth_token_verifier_free(app.verifier);

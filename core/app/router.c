@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "access/grant.h"
 #include "base/digest.h"
 #include "registry/respond.h"
 
@@ -38,6 +39,9 @@ void router_handle(struct http_exchange *x, void *ud)
     const char *path = http_req_path(x, &path_len);
     bool under_v2 =
         path_len >= 3 && memcmp(path, "/v2", 3) == 0 && (path_len == 3 || path[3] == '/');
+    /* A redirect grant is a credential: the logs show the URI without it. */
+    char redacted[REGISTRY_PATH_MAX + GRANT_MAX + 64];
+    if (grant_redact(http_req_target(x), redacted, sizeof(redacted))) http_log_set_uri(x, redacted);
 
     if (!http_req_is_get(x) && !http_req_is_head(x)) {
         if (under_v2)
@@ -59,6 +63,11 @@ void router_handle(struct http_exchange *x, void *ud)
 
     struct registry_route route;
     enum registry_error_code err = registry_route_parse(path, path_len, &route);
+    if (path_len == strlen(GRANT_KEYS_PATH) && memcmp(path, GRANT_KEYS_PATH, path_len) == 0) {
+        /* The front's public keys, for caches below this one in a chain: relayed. */
+        relay_handle(r->relays, x, &route, (size_t)entry);
+        return;
+    }
     if (route.name != NULL)
         http_log_set_target(x, route.name, route.name_len,
                             route.reference_is_digest ? route.reference : NULL,

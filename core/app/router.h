@@ -6,7 +6,9 @@
  * it names none, echoed in OCI-Namespace); the path is checked against the registry's
  * grammar (400 NAME_INVALID, TAG_INVALID, DIGEST_INVALID); a blob GET/HEAD of a sha256
  * digest goes to the blob service, every other pull-API request to the relay, and
- * anything else is a 404.
+ * anything else is a 404, but for the front's grant keys (GRANT_KEYS_PATH, grant.h),
+ * relayed for the caches below this one in a chain. A grant in a request's query is
+ * redacted from what the logs show.
  */
 #ifndef CC_ROUTER_H
 #define CC_ROUTER_H

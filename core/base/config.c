@@ -88,6 +88,9 @@ struct ctx {
     bool version_ok;
     const struct ynode *registry_node;
     unsigned downstream_line;
+    unsigned contentcaches_line;
+    const struct ynode *contentcaches_node; /* the entry, for messages about what it lacks */
+    char contentcaches_path[PATH_LEN];      /* "middleware.registry[N].options" */
     unsigned blobttl_line, blobttl_col;
     char blobttl_path[PATH_LEN];
 };
@@ -996,6 +999,267 @@ static int walk_upstreamtimeouts(struct ctx *ctx, const struct ynode *value, con
     return rc;
 }
 
+/* ---- The front: the contentcaches middleware ----------------------------------------- */
+
+/* contentcaches.originhost: the origin, kept as the one upstreams entry. */
+static int walk_front_originhost(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    struct config *cfg = ctx->cfg;
+    if (cfg->upstreams == NULL) {
+        if ((cfg->upstreams = calloc(1, sizeof(*cfg->upstreams))) == NULL)
+            return out_of_memory(ctx);
+        cfg->n_upstreams = 1;
+    }
+    return walk_url(ctx, value, path, &cfg->upstreams[0].originhost, &cfg->upstreams[0].origin);
+}
+
+/* A user name: what a registry account may be called (no control bytes, no ':', which
+ * Basic credentials cannot carry, at most 255 bytes). */
+static bool is_user_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 255) return false;
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f || *s == ':') return false;
+    return true;
+}
+
+static const char user_expected[] =
+    "a user name (1 to 255 bytes, no ':' and no control characters)";
+
+static int add_admin(struct ctx *ctx, const char *name)
+{
+    struct config *cfg = ctx->cfg;
+    char **grown = realloc(cfg->admins, (cfg->n_admins + 1) * sizeof(*grown));
+    if (grown == NULL) return out_of_memory(ctx);
+    cfg->admins = grown;
+    if ((cfg->admins[cfg->n_admins] = strdup(name)) == NULL) return out_of_memory(ctx);
+    cfg->n_admins++;
+    return 0;
+}
+
+static int walk_admins(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    char q[128], item[PATH_LEN];
+    int rc = check_list(ctx, value, path, "a list of user names");
+    for (size_t i = 0; rc == 0 && !is_null(value) && i < value->n_items; i++) {
+        const char *text = NULL;
+        path_index(item, path, i);
+        if ((rc = get_text(ctx, value->items[i], item, user_expected, &text)) != 0) break;
+        if (!is_user_name(text))
+            rc = fail_node(ctx, value->items[i], item, "expected %s, got %s", user_expected,
+                           quote(text, q, sizeof(q)));
+        else
+            rc = add_admin(ctx, text);
+    }
+    return rc;
+}
+
+static int walk_front_username(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    char q[128];
+    const char *text = NULL;
+    if (is_null(value)) return 0;
+    int rc = get_text(ctx, value, path, user_expected, &text);
+    if (rc == 0 && !is_user_name(text))
+        rc = fail_node(ctx, value, path, "expected %s, got %s", user_expected,
+                       quote(text, q, sizeof(q)));
+    if (rc == 0 && (ctx->cfg->front_username = strdup(text)) == NULL) rc = out_of_memory(ctx);
+    return rc;
+}
+
+/* The password is never quoted back in a message. */
+static int walk_front_password(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    const char *text = NULL;
+    if (is_null(value)) return 0;
+    int rc = get_text(ctx, value, path, "a password", &text);
+    if (rc == 0 && (ctx->cfg->front_password = strdup(text)) == NULL) rc = out_of_memory(ctx);
+    return rc;
+}
+
+static const char granttl_expected[] =
+    "a positive integer with an optional unit (ns, us, ms, s, m, h), from 1s to 24h";
+
+static int walk_granttl(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    char q[128];
+    uint64_t ns = 0;
+    if (is_null(value)) return 0;
+    int rc = value->kind == YN_SCALAR ? config_parse_duration(value->text, &ns) : -EINVAL;
+    if (rc != 0 || ns < CONFIG_GRANTTL_MIN_NS || ns > CONFIG_GRANTTL_MAX_NS)
+        return fail_node(ctx, value, path, "expected %s, got %s", granttl_expected,
+                         got(value, q, sizeof(q)));
+    ctx->cfg->granttl_ns = ns;
+    return 0;
+}
+
+static const struct field contentcaches_fields[] = {
+    {.key = "originhost", .kind = F_HANDLER, .handler = walk_front_originhost},
+    {.key = "cas", .kind = F_HANDLER, .handler = walk_cas},
+    {.key = "admins", .kind = F_HANDLER, .handler = walk_admins},
+    {.key = "username", .kind = F_HANDLER, .handler = walk_front_username},
+    {.key = "password", .kind = F_HANDLER, .handler = walk_front_password},
+    {.key = "granttl", .kind = F_HANDLER, .handler = walk_granttl},
+    {.key = "policydir", .kind = F_HANDLER, .handler = walk_policydir},
+    {0},
+};
+static const struct section contentcaches_section = {contentcaches_fields, NULL};
+
+/* The contentcaches entry's options: walked, then checked for what they must hold. */
+static int walk_contentcaches(struct ctx *ctx, const struct ynode *entry,
+                              const struct ynode *options, const char *path)
+{
+    ctx->cfg->has_contentcaches = true;
+    ctx->contentcaches_line = entry->line;
+    ctx->contentcaches_node = options && !is_null(options) ? options : entry;
+    path_key(ctx->contentcaches_path, path, "options");
+    if (options == NULL) return 0;
+    return walk_section(ctx, &contentcaches_section, options, ctx->contentcaches_path);
+}
+
+/* Environment overrides of the front's options (REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_*). */
+#define FRONT_ENV_PREFIX "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_"
+
+static bool is_front_env(const char *name)
+{
+    return strncmp(name, FRONT_ENV_PREFIX, strlen(FRONT_ENV_PREFIX)) == 0;
+}
+
+__attribute__((format(printf, 3, 4))) static int fail_env(struct ctx *ctx, const char *name,
+                                                          const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fail_v(ctx, name, 0, 0, NULL, fmt, ap);
+    va_end(ap);
+    return -EINVAL;
+}
+
+static int front_env_one(struct ctx *ctx, const char *name, const char *value)
+{
+    struct config *cfg = ctx->cfg;
+    const char *key = name + strlen(FRONT_ENV_PREFIX);
+    char q[128];
+    struct url parsed;
+    const char *why = NULL;
+    uint64_t ns = 0;
+    if (strcmp(key, "ORIGINHOST") == 0) {
+        if (url_parse(value, &parsed, &why) != 0)
+            return fail_env(ctx, name, "expected a fully qualified http or https URL, got %s: %s",
+                            quote(value, q, sizeof(q)), why);
+        char *copy = strdup(value);
+        if (copy == NULL) return out_of_memory(ctx);
+        if (cfg->upstreams == NULL &&
+            (cfg->upstreams = calloc(1, sizeof(*cfg->upstreams))) == NULL) {
+            free(copy);
+            return out_of_memory(ctx);
+        }
+        cfg->n_upstreams = 1;
+        free(cfg->upstreams[0].originhost);
+        cfg->upstreams[0].originhost = copy;
+        cfg->upstreams[0].origin = parsed;
+    } else if (strcmp(key, "USERNAME") == 0 || strcmp(key, "PASSWORD") == 0) {
+        bool user = key[0] == 'U';
+        if (user && !is_user_name(value))
+            return fail_env(ctx, name, "expected %s, got %s", user_expected,
+                            quote(value, q, sizeof(q)));
+        char *copy = strdup(value);
+        if (copy == NULL) return out_of_memory(ctx);
+        char **slot = user ? &cfg->front_username : &cfg->front_password;
+        free(*slot);
+        *slot = copy;
+    } else if (strcmp(key, "GRANTTL") == 0) {
+        if (config_parse_duration(value, &ns) != 0 || ns < CONFIG_GRANTTL_MIN_NS ||
+            ns > CONFIG_GRANTTL_MAX_NS)
+            return fail_env(ctx, name, "expected %s, got %s", granttl_expected,
+                            quote(value, q, sizeof(q)));
+        cfg->granttl_ns = ns;
+    } else if (strcmp(key, "POLICYDIR") == 0) {
+        if (value[0] != '/')
+            return fail_env(ctx, name, "expected an absolute directory path, got %s",
+                            quote(value, q, sizeof(q)));
+        char *copy = strdup(value);
+        if (copy == NULL) return out_of_memory(ctx);
+        free(cfg->policydir);
+        cfg->policydir = copy;
+    } else if (strcmp(key, "ADMINS") == 0) {
+        for (size_t i = 0; i < cfg->n_admins; i++)
+            free(cfg->admins[i]);
+        cfg->n_admins = 0;
+        const char *p = value;
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            char one[256];
+            while (n > 0 && *p == ' ')
+                p++, n--;
+            size_t m = n;
+            while (m > 0 && p[m - 1] == ' ')
+                m--;
+            if (m == 0 || m >= sizeof(one))
+                return fail_env(ctx, name, "expected a comma-separated list of user names, got %s",
+                                quote(value, q, sizeof(q)));
+            memcpy(one, p, m);
+            one[m] = '\0';
+            if (!is_user_name(one))
+                return fail_env(ctx, name, "expected %s, got %s", user_expected,
+                                quote(one, q, sizeof(q)));
+            int rc = add_admin(ctx, one);
+            if (rc != 0) return rc;
+            p += n;
+            if (*p == ',') p++;
+        }
+    } else {
+        warn(ctx, "%s: environment variable not used by content-cache (ignored)", name);
+    }
+    return 0;
+}
+
+/* Applies the front's variables (a later assignment of a name wins, as for the others). */
+static int apply_front_env(struct ctx *ctx, char *const *env)
+{
+    for (; env && *env; env++) {
+        const char *eq = strchr(*env, '=');
+        char name[128];
+        size_t n = eq ? (size_t)(eq - *env) : 0;
+        if (n == 0 || n >= sizeof(name)) continue;
+        memcpy(name, *env, n);
+        name[n] = '\0';
+        if (!is_front_env(name)) continue;
+        if (!ctx->cfg->has_contentcaches) {
+            warn(ctx,
+                 "%s: environment variable not used: the file names no contentcaches "
+                 "middleware (ignored)",
+                 name);
+            continue;
+        }
+        if (eq[1] == '\0') continue; /* empty: the file's value stays */
+        int rc = front_env_one(ctx, name, eq + 1);
+        if (rc != 0) return rc;
+    }
+    return 0;
+}
+
+/* What the front's options must hold once the file and the environment are read. */
+static int check_front(struct ctx *ctx)
+{
+    struct config *cfg = ctx->cfg;
+    const struct ynode *where = ctx->contentcaches_node;
+    char child[PATH_LEN];
+    if (cfg->n_upstreams == 0 || cfg->upstreams[0].originhost == NULL) {
+        path_key(child, ctx->contentcaches_path, "originhost");
+        return fail_node(ctx, where, child,
+                         "missing: expected a fully qualified http or https URL of the origin "
+                         "registry");
+    }
+    if ((cfg->front_username == NULL) != (cfg->front_password == NULL))
+        return fail_node(ctx, where, ctx->contentcaches_path,
+                         "username and password go together (the front's pull-only account at "
+                         "the origin), %s is missing",
+                         cfg->front_username ? "password" : "username");
+    return 0;
+}
+
 static const struct field downstream_fields[] = {
     {.key = "diskbudget", .kind = F_HANDLER, .handler = walk_diskbudget},
     {.key = "upstreamtimeouts", .kind = F_HANDLER, .handler = walk_upstreamtimeouts},
@@ -1033,22 +1297,26 @@ static int walk_middleware(struct ctx *ctx, const struct ynode *entry, const cha
                              "expected a boolean (true or false), got %s",
                              got(disabled_node, q, sizeof(q)));
     }
-    if (strcmp(name, "downstream") != 0) {
+    bool front = strcmp(name, "contentcaches") == 0;
+    if (strcmp(name, "downstream") != 0 && !front) {
         warn(ctx, "%s:%u: %s: middleware %s is not supported by content-cache (ignored)", ctx->file,
              entry->line, path, quote(name, q, sizeof(q)));
         return 0;
     }
     if (disabled) {
-        warn(ctx, "%s:%u: %s: the downstream middleware is disabled (ignored)", ctx->file,
-             entry->line, path);
+        warn(ctx, "%s:%u: %s: the %s middleware is disabled (ignored)", ctx->file, entry->line,
+             path, name);
         return 0;
     }
-    if (cfg->has_downstream)
+    if (front ? cfg->has_contentcaches : cfg->has_downstream)
+        return fail_node(ctx, entry, path, "a second %s middleware (the first is at line %u)", name,
+                         front ? ctx->contentcaches_line : ctx->downstream_line);
+    if (front ? cfg->has_downstream : cfg->has_contentcaches)
         return fail_node(ctx, entry, path,
-                         "a second downstream middleware (the first is at line %u)",
-                         ctx->downstream_line);
-    cfg->has_downstream = true;
-    ctx->downstream_line = entry->line;
+                         "a %s middleware (line %u) and a %s middleware (line %u) in one file: "
+                         "a process is either a cache (downstream) or the front (contentcaches)",
+                         front ? "downstream" : "contentcaches",
+                         front ? ctx->downstream_line : ctx->contentcaches_line, name, entry->line);
     for (size_t i = 0; i + 1 < entry->n_items; i += 2) {
         const char *key = entry->items[i]->text;
         if (strcmp(key, "name") != 0 && strcmp(key, "options") != 0 &&
@@ -1057,6 +1325,9 @@ static int walk_middleware(struct ctx *ctx, const struct ynode *entry, const cha
             warn_unknown(ctx, entry->items[i], child);
         }
     }
+    if (front) return walk_contentcaches(ctx, entry, options, path);
+    cfg->has_downstream = true;
+    ctx->downstream_line = entry->line;
     path_key(child, path, "options");
     if (options && (rc = walk_section(ctx, &downstream_section, options, child)) != 0) return rc;
     if (cfg->n_upstreams == 0) {
@@ -1244,6 +1515,7 @@ static void apply_env(struct ctx *ctx, char *const *env)
         if (n == 0 || n >= sizeof(name) || strncmp(*env, "REGISTRY_", 9) != 0) continue;
         memcpy(name, *env, n);
         name[n] = '\0';
+        if (is_front_env(name)) continue; /* apply_front_env's */
         const struct field *field = env_field(&root_section, "REGISTRY", "", name, path);
         struct pending *p = field ? pending_slot(ctx, field) : NULL;
         if (p == NULL) {
@@ -1355,10 +1627,12 @@ static int check_across_keys(struct ctx *ctx)
 {
     struct config *cfg = ctx->cfg;
     int rc;
+    if (cfg->has_contentcaches) return check_front(ctx);
     if (!cfg->has_downstream) {
         const struct ynode *where = ctx->registry_node ? ctx->registry_node : ctx->root;
         return fail_node(ctx, where, "middleware.registry",
-                         "no downstream middleware: nothing to cache from");
+                         "no downstream middleware: nothing to cache from (a front names a "
+                         "contentcaches middleware instead)");
     }
     if (cfg->has_blobttl && !cfg->delete_enabled) {
         return fail_at(ctx, ctx->blobttl_line, ctx->blobttl_col, ctx->blobttl_path,
@@ -1381,6 +1655,7 @@ static struct config *config_new(const char *filename)
     cfg->log_level = strdup("info");
     cfg->log_formatter = strdup("text");
     cfg->http_tls_minimumtls = strdup("tls1.2");
+    cfg->granttl_ns = CONFIG_GRANTTL_DEFAULT_NS;
     if (!cfg->file || !cfg->storage_root || !cfg->http_addr || !cfg->log_level ||
         !cfg->log_formatter || !cfg->http_tls_minimumtls) {
         config_free(cfg);
@@ -1411,6 +1686,7 @@ static int parse(struct ctx *ctx, const char *data, size_t len, char *const *env
     apply_env(ctx, env);
     for (size_t i = 0; i < ctx->n_pending; i++)
         if ((rc = convert(ctx, &ctx->pending[i])) != 0) return rc;
+    if ((rc = apply_front_env(ctx, env)) != 0) return rc;
     if ((rc = check_across_keys(ctx)) != 0) return rc;
     if (ctx->n_warnings_dropped) {
         size_t dropped = ctx->n_warnings_dropped;
@@ -1557,7 +1833,9 @@ void config_free(struct config *cfg)
                         &cfg->auth_token_service,
                         &cfg->auth_token_issuer,
                         &cfg->auth_token_rootcertbundle,
-                        &cfg->policydir};
+                        &cfg->policydir,
+                        &cfg->front_username,
+                        &cfg->front_password};
     for (size_t i = 0; i < sizeof(strings) / sizeof(strings[0]); i++)
         free(*strings[i]);
     for (size_t i = 0; cfg->log_fields && i < cfg->n_log_fields; i++) {
@@ -1577,6 +1855,7 @@ void config_free(struct config *cfg)
     }
     free(cfg->upstreams);
     free_strings(cfg->cas, cfg->n_cas);
+    free_strings(cfg->admins, cfg->n_admins);
     free_strings(cfg->warnings, cfg->n_warnings);
     free(cfg);
 }
@@ -1611,4 +1890,20 @@ int config_parse_duration(const char *text, uint64_t *ns)
         return 0;
     }
     return -EINVAL;
+}
+
+void config_format_duration(uint64_t ns, char *buf, size_t len)
+{
+    static const struct {
+        uint64_t ns;
+        const char *unit;
+    } units[] = {{3600000000000ULL, "h"}, {60000000000ULL, "m"}, {1000000000ULL, "s"},
+                 {1000000ULL, "ms"},      {1000ULL, "us"},       {1ULL, "ns"}};
+    for (size_t i = 0; i < sizeof(units) / sizeof(*units); i++) {
+        if (ns != 0 && ns % units[i].ns == 0) {
+            snprintf(buf, len, "%llu%s", (unsigned long long)(ns / units[i].ns), units[i].unit);
+            return;
+        }
+    }
+    snprintf(buf, len, "%lluns", (unsigned long long)ns);
 }

@@ -9,6 +9,16 @@
  * extensions policydir, diskbudget, upstreamtimeouts). Every other key is a warning that
  * names file:line, not an error.
  *
+ * The same binary runs as the front (the registry side, before an origin registry) when
+ * the entry is named "contentcaches" instead, with the options originhost (required),
+ * cas, admins, username and password (both or neither), granttl (default 5m, from 1s to
+ * 24h) and policydir. One file names one of the two: both is an error that names both
+ * lines. The front's origin is kept as the one upstreams entry (upstreams[0], without
+ * upstreamhosts), so that what relays to an upstream serves the front unchanged. Its
+ * scalar options are overridden by REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_<OPTION>
+ * (ORIGINHOST, USERNAME, PASSWORD, GRANTTL, POLICYDIR, and ADMINS as a comma-separated
+ * list), the middleware named as OpenShift's registry names its own.
+ *
  * Errors name "file:line:column: key: what was expected", the key as a dotted path
  * ("middleware.registry[0].options.blobttl"). Environment variables
  * REGISTRY_<SECTION>_<KEY> (upper case, '_' between levels) override scalar keys, as
@@ -73,8 +83,9 @@ struct config {
     char *auth_token_issuer;
     char *auth_token_rootcertbundle;
 
-    bool has_downstream; /* a middleware.registry entry named downstream exists: always
-                            true in a config that parsed, as is n_upstreams >= 1 */
+    bool has_downstream; /* a middleware.registry entry named downstream exists: true in
+                            a config that parsed unless it is the front's
+                            (has_contentcaches); n_upstreams >= 1 either way */
     bool has_blobttl;
     uint64_t blobttl_ns;
     struct config_upstream *upstreams;
@@ -89,6 +100,15 @@ struct config {
     unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
     unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
     unsigned upstream_head_ms;     /* upstreamtimeouts.head: to the final head; 0: 60 s */
+
+    /* The front: a middleware.registry entry named contentcaches (then has_downstream is
+     * false, and upstreams[0] is its originhost). */
+    bool has_contentcaches;
+    char **admins; /* user names that may register and remove caches */
+    size_t n_admins;
+    char *front_username; /* the front's pull-only account at the origin, or NULL */
+    char *front_password;
+    uint64_t granttl_ns; /* lifetime of a redirect grant: default 5 min */
 
     char **warnings; /* "file:line: key.path: not used by content-cache (ignored)",
                         "REGISTRY_X: environment variable not used ..." and the like;
@@ -138,6 +158,15 @@ int config_parse_size(const char *text, uint64_t *bytes);
  * Returns 0 and the value in *ns, or -EINVAL (malformed) or -ERANGE (overflow, zero).
  */
 int config_parse_duration(const char *text, uint64_t *ns);
+
+/* Writes ns as the shortest exact duration config_parse_duration reads back ("24h",
+ * "1500ms"), NUL-terminated, into buf. */
+void config_format_duration(uint64_t ns, char *buf, size_t len);
+
+/* Defaults and bounds of the front's granttl. */
+#define CONFIG_GRANTTL_DEFAULT_NS (300ULL * 1000000000ULL)
+#define CONFIG_GRANTTL_MIN_NS (1000000000ULL)
+#define CONFIG_GRANTTL_MAX_NS (86400ULL * 1000000000ULL)
 
 /* The log section, as log_configure takes it (valid while cfg is). */
 static inline struct log_options config_log_options(const struct config *cfg)

@@ -21,6 +21,8 @@
 #include <unistd.h>
 
 #include "access/auth.h"
+#include "access/grant.h"
+#include "access/keyring.h"
 #include "cache/budget.h"
 #include "net/chain.h"
 #include "base/config.h"
@@ -43,6 +45,7 @@ struct blob_service {
     /* Authorization: decisions remembered, and local token verification (auth.token). */
     struct auth_cache *auth;
     struct auth_verifier *verifier;
+    struct keyring *grant_keys; /* the front's keys: grants are verified here */
     const struct config *cfg;
     struct blob_auth_stats auth_stats;
     struct budget *budget; /* may be NULL */
@@ -78,7 +81,8 @@ struct blob_req {
     size_t entry; /* the upstreams entry: decisions are remembered per origin */
 
     struct chain_req *auth;
-    struct auth_token_job *token_job; /* auth.token: a check on the thread pool */
+    struct auth_token_job *token_job;  /* auth.token: a check on the thread pool */
+    struct keyring_check *grant_check; /* a redirect grant being verified */
     int auth_status;
     bool need_credential;   /* the upstream's answer decides the credential too */
     bool asked_upstream;    /* a HEAD went upstream for this request (never twice) */
@@ -143,6 +147,11 @@ void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
 const struct blob_auth_stats *blob_auth_stats(const struct blob_service *bs)
 {
     return &bs->auth_stats;
+}
+
+void blob_service_set_grants(struct blob_service *bs, struct keyring *keys)
+{
+    bs->grant_keys = keys;
 }
 
 void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
@@ -363,6 +372,10 @@ static void release(struct blob_req *r)
     if (r->token_job != NULL) {
         auth_token_job_cancel(r->token_job);
         r->token_job = NULL;
+    }
+    if (r->grant_check != NULL) {
+        keyring_check_cancel(r->grant_check);
+        r->grant_check = NULL;
     }
     if (r->fetch != NULL) {
         fetch_unwait(r->fetch, &r->waiter);
@@ -941,7 +954,7 @@ static void auth_done(void *ud, int err)
         return;
     }
     if (err < 0 && r->auth_status == 0) {
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
         fail(r,
              err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
                                                            : REG_ERR_UPSTREAM_FAILED,
@@ -1077,6 +1090,44 @@ static void authorize_blob(struct blob_req *r, const char *repo, size_t repo_len
     ask_upstream(r);
 }
 
+/* A grant's verdict: the grant alone authorizes, or the request is refused, no byte sent. */
+static void grant_checked(void *arg, const struct keyring_verdict *v)
+{
+    struct blob_req *r = arg;
+    r->grant_check = NULL;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (v->rc != 0) {
+        char msg[200];
+        r->bs->auth_stats.grant_refused++;
+        snprintf(msg, sizeof(msg), "grant refused: %s", v->why);
+        log_msg(LOG_INFO, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
+        r->done = true;
+        respond_error_with(r->x, v->status == 403 ? REG_ERR_DENIED : REG_ERR_UNAUTHORIZED,
+                           v->status, NULL, 0, msg, NULL);
+        release(r);
+        return;
+    }
+    r->bs->auth_stats.grant_verified++;
+    authorized(r);
+}
+
+/* A request redirected by the front: its grant, verified here with the front's keys. */
+static bool authorize_by_grant(struct blob_req *r, const struct registry_route *route)
+{
+    size_t qlen, glen;
+    const char *q = http_req_query(r->x, &qlen);
+    const char *grant = grant_in_query(q, qlen, &glen);
+    if (grant == NULL || r->bs->grant_keys == NULL) return false;
+    int rc = keyring_verify(r->bs->grant_keys, (const char *const *)r->bases, r->n_bases, grant,
+                            glen, route->name, route->name_len, r->digest, strlen(r->digest),
+                            grant_checked, r, &r->grant_check);
+    if (rc != 0) fail(r, REG_ERR_INTERNAL, "cannot verify the grant");
+    return true;
+}
+
 void blob_handle(struct blob_service *bs, struct http_exchange *x,
                  const struct registry_route *route, size_t entry)
 {
@@ -1114,6 +1165,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
         fail(r, REG_ERR_INTERNAL, "out of memory");
         return;
     }
+    if (authorize_by_grant(r, route)) return;
     authorize(r, route->name, route->name_len);
 }
 
@@ -1128,6 +1180,10 @@ void blob_render_metrics(const void *blob_service, struct textbuf *out)
     metrics_labelled(out, name, "source", "memory", as->from_memory);
     metrics_labelled(out, name, "source", "upstream", as->from_upstream);
     metrics_labelled(out, name, "source", "token", as->token_verified);
+    metrics_labelled(out, name, "source", "grant", as->grant_verified);
     metrics_value(out, "content_cache_token_refusals_total", "counter",
                   "Bearer tokens refused by local verification (auth.token).", as->token_refused);
+    metrics_value(out, "content_cache_grant_refusals_total", "counter",
+                  "Redirect grants refused (forged, altered, expired, another blob).",
+                  as->grant_refused);
 }

@@ -3,11 +3,14 @@
  *
  * Every request is first authorized by the upstream: a HEAD of that blob in that
  * repository with the client's Authorization. A refusal is relayed (status and
- * challenge) and no byte of the blob is sent. Then a HEAD is answered from the
- * upstream's answer; a GET is served from disk when the blob is stored (a hit),
- * else from a fetch (fetch.h): the one already running for that digest (coalesced),
- * or a new one (a miss). Range requests (one range) get 206 or 416, on hits and on
- * misses.
+ * challenge) and no byte of the blob is sent. A request redirected by the front carries
+ * a grant (?grant=, grant.h) instead: it is verified here, with the front's keys
+ * (keyring.h), and authorizes the request alone (no upstream is asked: a hit costs no
+ * request); a grant that does not verify is 401 (forged, altered, expired) or 403
+ * (another repository or blob), and no byte. A miss goes up with the grant in its URL. Then a HEAD
+ * is answered from the upstream's answer; a GET is served from disk when the blob is stored (a
+ * hit), else from a fetch (fetch.h): the one already running for that digest (coalesced), or a new
+ * one (a miss). Range requests (one range) get 206 or 416, on hits and on misses.
  */
 #ifndef CC_BLOB_H
 #define CC_BLOB_H
@@ -37,6 +40,8 @@ struct blob_auth_stats {
     uint64_t from_upstream;  /* asked the upstream (a HEAD with the client's credential) */
     uint64_t token_verified; /* auth.token: tokens verified here */
     uint64_t token_refused;  /* auth.token: tokens refused here (401) */
+    uint64_t grant_verified; /* redirect grants verified here */
+    uint64_t grant_refused;  /* redirect grants refused here (401/403) */
 };
 
 /*
@@ -48,6 +53,11 @@ void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
 const struct blob_auth_stats *blob_auth_stats(const struct blob_service *bs);
 /* A metrics_render_fn over a struct blob_service: authorization decisions by source. */
 void blob_render_metrics(const void *blob_service, struct textbuf *out);
+
+struct keyring;
+/* Requests that carry a grant are authorized by it, with these keys (may be NULL: the
+ * grant is ignored, the upstream asked as for any request). */
+void blob_service_set_grants(struct blob_service *bs, struct keyring *keys);
 
 struct budget;
 /* The disk budget: a blob larger than it allows passes through without storing. */

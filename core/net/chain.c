@@ -22,6 +22,8 @@ struct chain_req {
     struct upstream_header *headers;
     size_t n_headers;
     int max_redirects;
+    bool has_body; /* one attempt only: a body cannot be sent twice */
+    int64_t body_length;
     bool head_given;
     bool in_done;               /* on_done is being called: chain_cancel is a no-op */
     struct upstream_host *host; /* the table entry of the base tried now */
@@ -159,7 +161,7 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
         snprintf(c->error, sizeof(c->error), "%s answered %d", c->bases[c->attempt], status);
         backoff_failed(c->host, c->error);
     }
-    if (status >= 500 && c->attempt + 1 < c->n_bases) {
+    if (status >= 500 && c->attempt + 1 < c->n_bases && !c->has_body) {
         upstream_cancel(c->cur);
         c->cur = NULL;
         char answered[sizeof(c->error)];
@@ -193,7 +195,7 @@ static void on_done(void *ud, int err)
         if (!c->head_given) {
             backoff_failed(c->host, c->error);
             c->cur = NULL;
-            if (chain_next(c)) return;
+            if (!c->has_body && chain_next(c)) return;
         }
     }
     c->cur = NULL;
@@ -215,6 +217,8 @@ static int chain_start_attempt(struct chain_req *c)
         .headers = c->headers,
         .n_headers = c->n_headers,
         .max_redirects = c->max_redirects,
+        .has_body = c->has_body,
+        .body_length = c->body_length,
     };
     c->host = host_find(c->bases[c->attempt], true);
     c->attempt_start_ns = uv_hrtime();
@@ -245,6 +249,8 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
     c->cbs = cbs;
     c->ud = ud;
     c->max_redirects = spec->max_redirects;
+    c->has_body = spec->has_body;
+    c->body_length = spec->body_length;
     c->method = dup_str(spec->method);
     c->target = dup_str(spec->target);
     c->bases = calloc(spec->n_bases, sizeof(*c->bases));
@@ -271,7 +277,7 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
         return UV_ENOMEM;
     }
     int rc = chain_start_attempt(c);
-    while (rc < 0 && c->attempt + 1 < c->n_bases) {
+    while (rc < 0 && c->attempt + 1 < c->n_bases && !c->has_body) {
         c->attempt++;
         rc = chain_start_attempt(c);
     }
@@ -281,6 +287,17 @@ int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
     }
     *out = c;
     return 0;
+}
+
+int chain_send_body(struct chain_req *c, const char *data, size_t len, upstream_body_cb cb,
+                    void *arg)
+{
+    return c->cur ? upstream_send_body(c->cur, data, len, cb, arg) : UV_ECANCELED;
+}
+
+int chain_end_body(struct chain_req *c)
+{
+    return c->cur ? upstream_end_body(c->cur) : UV_ECANCELED;
 }
 
 void chain_pause(struct chain_req *c)

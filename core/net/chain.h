@@ -8,6 +8,9 @@
  * failed, the last failure). Once a head has been handed over there is no failover:
  * the bytes of a body cannot be taken back. The callbacks and their rules are those
  * of upstream.h.
+ *
+ * A request with a body (a push) is sent to the first base only, without failover (its
+ * body cannot be sent again): with it, a failure or a 5xx is the answer.
  */
 #ifndef CC_CHAIN_H
 #define CC_CHAIN_H
@@ -25,6 +28,8 @@ struct chain_spec {
     const struct upstream_header *headers; /* copied */
     size_t n_headers;
     int max_redirects;
+    bool has_body;       /* a request body follows (chain_send_body), upstream.h's */
+    int64_t body_length; /* its length, -1: chunked */
 };
 
 /*
@@ -58,6 +63,12 @@ void chain_render_metrics(const void *unused, struct textbuf *out);
 /* Starts the request. Returns 0 (callbacks will come) or a negative error (none will). */
 int chain_request(struct upstream_pool *pool, const struct chain_spec *spec,
                   const struct upstream_callbacks *cbs, void *ud, struct chain_req **out);
+
+/* upstream_send_body and upstream_end_body of the attempt under way (UV_ECANCELED when
+ * none is). */
+int chain_send_body(struct chain_req *req, const char *data, size_t len, upstream_body_cb cb,
+                    void *arg);
+int chain_end_body(struct chain_req *req);
 
 void chain_pause(struct chain_req *req);
 void chain_resume(struct chain_req *req);

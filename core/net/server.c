@@ -8,6 +8,13 @@
  * logged and freed, and the kept bytes are parsed (from the idle handler, never from
  * inside the handler's own call) or the connection waits for more.
  *
+ * A request body flows only once the handler asks for it (http_req_body_start): then
+ * the kept bytes (from the idle handler) and what the socket brings go through the
+ * parser, whose on_body hands them to the handler, until it pauses (the rest is kept
+ * again, at most HELD_INPUT_MAX, and reading stops past that), ends the exchange, or
+ * the body ends (what follows it is kept, unparsed, as after any request). A body the
+ * handler does not read in full closes the connection after the response.
+ *
  * The socket stays readable across requests (stopping and starting a read costs an
  * epoll_ctl each, per request): input that arrives while an exchange is answered, or
  * while kept bytes wait for the idle handler, is appended to the kept bytes, unparsed.
@@ -32,7 +39,16 @@
 #include "base/log.h"
 #include "net/tls_stream.h"
 
-enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE };
+enum timer_mode { TIMER_NONE, TIMER_HEADER, TIMER_IDLE, TIMER_WRITE, TIMER_BODY, TIMER_LINGER };
+
+/*
+ * A connection closed after a response while its request's body was still coming (the
+ * handler refused it unread) first reads and drops what the client sends for up to
+ * LINGER_MS or LINGER_MAX bytes, or until it closes: closing with unread input would
+ * reset the connection, and the client could lose the response it has not read yet.
+ */
+#define LINGER_MS 2000
+#define LINGER_MAX (4u << 20)
 
 /*
  * The most input a connection holds unparsed while it answers a request: the client's
@@ -60,6 +76,11 @@ struct http_exchange {
     bool keep_alive;
     bool has_body;
     uint64_t start_ns;
+    /* The request body (has_body): read once the handler starts it. */
+    int64_t body_length; /* Content-Length, or -1 when chunked */
+    bool body_started, body_paused, body_done, body_end_told;
+    struct http_body_callbacks body_cbs;
+    void *body_arg;
     /* The response. */
     int status;
     char *head;
@@ -90,6 +111,7 @@ struct http_exchange {
     char *log_repo;
     char *log_digest;
     char *log_error;
+    char *log_uri;    /* shown instead of target (a credential redacted), or NULL */
     char *extra_head; /* "Name: value\r\n" lines added by http_respond_add_header */
 };
 
@@ -143,7 +165,9 @@ struct conn {
     size_t kept_len, kept_cap;
     enum timer_mode timer_mode;
     bool reading;
-    bool read_eof; /* the client ended its side while input was held: close when answered */
+    bool read_eof;  /* the client ended its side while input was held: close when answered */
+    bool lingering; /* answered and closing: input is read and dropped (LINGER_MS) */
+    size_t lingered;
     bool closing;
     bool tcp_closed;
     bool timer_closed;
@@ -193,6 +217,7 @@ static void conn_stop_reading(struct conn *c);
 static bool conn_holds_input(const struct conn *c);
 static void idle_cb(uv_idle_t *h);
 static void conn_send_raw(struct conn *c, const char *text, size_t len);
+static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 static void exchange_write_done(struct http_exchange *x, int status);
 static bool conn_pull_tls(struct conn *c);
 static void exchange_finish(struct http_exchange *x);
@@ -219,6 +244,8 @@ static void conn_timer_cb(uv_timer_t *t)
     } else if (c->timer_mode == TIMER_WRITE) {
         log_msg(LOG_INFO, "closing connection from %s: client stopped reading the response",
                 c->remote);
+    } else if (c->timer_mode == TIMER_BODY) {
+        log_msg(LOG_INFO, "closing connection from %s: request body stalled", c->remote);
     }
     conn_close(c);
 }
@@ -232,10 +259,14 @@ static void conn_set_timer(struct conn *c, enum timer_mode mode)
         ms = o->header_timeout_ms;
         break;
     case TIMER_IDLE:
+    case TIMER_BODY:
         ms = o->idle_timeout_ms;
         break;
     case TIMER_WRITE:
         ms = o->write_timeout_ms;
+        break;
+    case TIMER_LINGER:
+        ms = LINGER_MS;
         break;
     case TIMER_NONE:
         break;
@@ -324,6 +355,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct reqparse *rp = c->rp;
+    if (rp == NULL) return 0; /* a chunked body's trailer: not kept */
     if (rp->last != 2) {
         if (rp->n_hdrs >= c->srv->opts.max_headers) {
             c->parse_error_status = 431;
@@ -354,6 +386,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct conn *c = p->data;
     struct reqparse *rp = c->rp;
+    if (rp == NULL) return 0; /* a chunked body's trailer: not kept */
     if (rp->n_hdrs == 0) return -1;
     if (rp->last != 3) {
         rp->hdrs[rp->n_hdrs - 1].value_off = (uint32_t)rp->len;
@@ -410,10 +443,11 @@ static struct http_exchange *exchange_from_request(struct conn *c)
 static int on_headers_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
+    if (c->rp == NULL) return 0; /* the end of a chunked body's trailers */
     bool has_body = (p->flags & F_CHUNKED) || ((p->flags & F_CONTENT_LENGTH) && p->content_length);
     if (!has_body) return 0; /* the request ends here: on_message_complete dispatches it */
-    /* A request with a body (a push, in this API): answer without reading the body,
-     * then close. */
+    /* A request with a body (a push, in this API): dispatched now; the body is read when
+     * the handler asks for it. Whether the connection is kept is known at its end. */
     struct http_exchange *x = exchange_from_request(c);
     if (x == NULL) {
         c->parse_error_status = 503;
@@ -421,15 +455,33 @@ static int on_headers_complete(llhttp_t *p)
     }
     x->has_body = true;
     x->keep_alive = false;
-    x->close_after = true;
+    x->body_length = (p->flags & F_CHUNKED) ? -1 : (int64_t)p->content_length;
     c->parsed = x;
     return HPE_PAUSED;
+}
+
+static bool conn_body_flowing(const struct conn *c);
+
+/* A piece of a request body, for the handler that reads it. */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = p->data;
+    struct http_exchange *x = c->active;
+    if (!conn_body_flowing(c)) return HPE_PAUSED; /* cannot happen: fed only while flowing */
+    if (len > 0) x->body_cbs.on_data(x, at, len, x->body_arg);
+    return conn_body_flowing(c) ? 0 : HPE_PAUSED;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
     struct conn *c = p->data;
-    if (c->parsed != NULL) return HPE_PAUSED; /* already dispatched at the end of the headers */
+    struct http_exchange *b = c->active;
+    if (b != NULL && b->has_body && !b->body_done) {
+        /* The end of a body being read: what follows is the next request's. */
+        b->body_done = true;
+        b->keep_alive = llhttp_should_keep_alive(p);
+        return HPE_PAUSED;
+    }
     struct http_exchange *x = exchange_from_request(c);
     if (x == NULL) {
         c->parse_error_status = 503;
@@ -585,23 +637,34 @@ static void conn_stop_reading(struct conn *c)
     c->reading = false;
 }
 
-/* True while input goes to the kept bytes: an exchange runs, or kept bytes wait. */
+/* True while the handler reads a request body that has not ended and is not paused. */
+static bool conn_body_flowing(const struct conn *c)
+{
+    const struct http_exchange *x = c->active;
+    return x != NULL && x->has_body && x->body_started && !x->body_paused && !x->body_done &&
+           !x->ended && !c->closing;
+}
+
+/* True while input goes to the kept bytes: an exchange runs (but for a body that
+ * flows), or kept bytes wait. */
 static bool conn_holds_input(const struct conn *c)
 {
-    return c->active != NULL || c->kept != NULL;
+    return (c->active != NULL && !conn_body_flowing(c)) || c->kept != NULL;
 }
 
 /*
  * How many bytes of (plaintext) input the connection takes now: a read buffer's worth
- * when they are parsed, what is left of HELD_INPUT_MAX when they are held, and nothing
- * after a request that closes the connection (a push's body is not read). Reading stops
- * when this is 0 and starts again only when the connection holds no input.
+ * when they are parsed, what is left of HELD_INPUT_MAX when they are held (also a body
+ * not read yet, or paused), and nothing after a request that closes the connection, or
+ * once the handler ended an exchange whose body it did not read to its end. Reading
+ * stops when this is 0 and starts again only when the connection holds no input.
  */
 static size_t conn_input_room(const struct conn *c)
 {
     if (!conn_holds_input(c)) return sizeof(c->srv->readbuf);
     const struct http_exchange *x = c->active;
-    if (x != NULL && (!x->keep_alive || x->close_after)) return 0;
+    bool body_unread = x != NULL && x->has_body && !x->body_done;
+    if (x != NULL && (body_unread ? x->ended : (!x->keep_alive || x->close_after))) return 0;
     size_t room = c->kept_len < HELD_INPUT_MAX ? HELD_INPUT_MAX - c->kept_len : 0;
     return room < sizeof(c->srv->readbuf) ? room : sizeof(c->srv->readbuf);
 }
@@ -626,7 +689,8 @@ static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         return;
     }
     buf->base = c->srv->readbuf;
-    buf->len = conn_input_room(c); /* 0 (UV_ENOBUFS): the connection holds all it may */
+    buf->len = c->lingering ? sizeof(c->srv->readbuf)
+                            : conn_input_room(c); /* 0 (UV_ENOBUFS): it holds all it may */
 }
 
 static void respond_parse_error(struct conn *c, int status)
@@ -667,10 +731,12 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
         const char *pos = llhttp_get_error_pos(&c->parser);
         size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
         size_t rest = len - used;
-        if (rest > 0 && !c->parsed->has_body && !conn_hold(c, data + used, rest)) {
-            /* No memory for the pipelined rest: answer this request, then close. */
+        if (rest > 0 && !conn_hold(c, data + used, rest)) {
+            /* No memory for the pipelined rest: answer this request, then close (a body
+             * that lost its first bytes is never read). */
             c->parsed->keep_alive = false;
             c->parsed->close_after = true;
+            c->parsed->body_done = c->parsed->has_body;
         }
         conn_dispatch(c);
         return;
@@ -683,11 +749,68 @@ static void conn_feed(struct conn *c, const char *data, size_t len)
     conn_close(c);
 }
 
+/* Tells the handler what happened to its exchange during a body callback: that the
+ * client went, and finishes an exchange it ended meanwhile. */
+static void body_callbacks_over(struct http_exchange *x)
+{
+    x->in_callback = false;
+    if (x->gone && !x->ended && x->gone_cb != NULL && !x->write_pending) {
+        http_gone_cb g = x->gone_cb;
+        x->gone_cb = NULL;
+        x->in_callback = true;
+        g(x, x->gone_arg);
+        x->in_callback = false;
+    }
+    if (x->finish_deferred && !x->write_pending) exchange_finish(x);
+}
+
+/*
+ * Parses body bytes of the active exchange (which must be flowing): on_body hands them
+ * to the handler. Stops where the handler paused or ended the exchange, or at the body's
+ * end; what is left is kept. The end is told after the parser has returned.
+ */
+static void conn_feed_body(struct conn *c, const char *data, size_t len)
+{
+    struct http_exchange *x = c->active;
+    x->in_callback = true; /* the exchange outlives the parser's callbacks */
+    /* Paused at the end of the headers, or where the handler paused: go on from there
+     * (bytes come in order: kept ones are fed before any new one is taken). */
+    llhttp_resume(&c->parser);
+    llhttp_errno_t err = llhttp_execute(&c->parser, data, len);
+    if (err == HPE_PAUSED) {
+        const char *pos = llhttp_get_error_pos(&c->parser);
+        size_t used = pos && pos >= data && pos <= data + len ? (size_t)(pos - data) : len;
+        if (used < len && !c->closing && !conn_hold(c, data + used, len - used)) {
+            log_msg(LOG_WARN, "closing connection from %s: no memory for its request body",
+                    c->remote);
+            conn_close(c);
+        }
+    } else if (err != HPE_OK && !c->closing) {
+        log_msg(LOG_INFO, "closing connection from %s: malformed request body: %s", c->remote,
+                llhttp_get_error_reason(&c->parser) ? llhttp_get_error_reason(&c->parser)
+                                                    : llhttp_errno_name(err));
+        conn_close(c);
+    }
+    if (x->body_done && !x->body_end_told && !x->ended && !c->closing) {
+        x->body_end_told = true;
+        if (x->body_cbs.on_end != NULL) x->body_cbs.on_end(x, x->body_arg);
+    }
+    body_callbacks_over(x); /* may free x; c lives until its handles are closed */
+    if (c->closing) return;
+    if (conn_body_flowing(c))
+        conn_set_timer(c, TIMER_BODY); /* waiting for more of it */
+    else if (c->timer_mode == TIMER_BODY)
+        conn_set_timer(c, TIMER_NONE); /* paused: the handler paces it */
+}
+
 /* Input from the client (plaintext): parsed, or held while the connection holds input. */
 static void conn_input(struct conn *c, const char *data, size_t len)
 {
     if (!conn_holds_input(c)) {
-        conn_feed(c, data, len);
+        if (conn_body_flowing(c))
+            conn_feed_body(c, data, len);
+        else
+            conn_feed(c, data, len);
         return;
     }
     if (!conn_hold(c, data, len)) {
@@ -697,10 +820,51 @@ static void conn_input(struct conn *c, const char *data, size_t len)
     }
 }
 
+/* Input of a lingering connection: dropped; its end (or too much of it) closes. */
+static void linger_read(struct conn *c, ssize_t nread)
+{
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    c->lingered += (size_t)nread;
+    if (c->https) {
+        tls_stream_read_commit(&c->tls, (size_t)nread);
+        ssize_t n;
+        while ((n = tls_stream_read(&c->tls, c->srv->readbuf, sizeof(c->srv->readbuf))) > 0)
+            ;
+        if (n != UV_EAGAIN) {
+            conn_close(c);
+            return;
+        }
+    }
+    if (c->lingered > LINGER_MAX) conn_close(c);
+}
+
+/* Closes after a response whose request body was not read: lingering first (LINGER_MS). */
+static void conn_linger(struct conn *c)
+{
+    free(c->kept);
+    c->kept = NULL;
+    c->kept_len = c->kept_cap = 0;
+    ready_remove(c);
+    c->lingering = true;
+    conn_set_timer(c, TIMER_LINGER);
+    if (!c->reading && uv_read_start((uv_stream_t *)&c->tcp, alloc_cb, read_cb) != 0) {
+        conn_close(c);
+        return;
+    }
+    c->reading = true;
+}
+
 static void read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = s->data;
     if (nread == 0) return;
+    if (c->lingering) {
+        linger_read(c, nread);
+        return;
+    }
     if (nread < 0) {
         if (conn_holds_input(c) && (nread == UV_EOF || nread == UV_ENOBUFS)) {
             /* EOF: the requests before it are answered first (conn_start_reading closes
@@ -775,6 +939,24 @@ static void idle_cb(uv_idle_t *h)
         c->ready_next = NULL;
         c->on_ready_list = false;
         if (c->closing) continue;
+        if (c->active != NULL) {
+            /* A body the handler started or resumed: kept bytes first, then the socket. */
+            if (!conn_body_flowing(c)) continue;
+            if (c->kept != NULL) {
+                char *body = c->kept;
+                size_t body_len = c->kept_len;
+                c->kept = NULL;
+                c->kept_len = 0;
+                c->kept_cap = 0;
+                conn_feed_body(c, body, body_len);
+                free(body);
+            }
+            if (conn_body_flowing(c) && c->kept == NULL) {
+                conn_set_timer(c, TIMER_BODY);
+                conn_start_reading(c);
+            }
+            continue;
+        }
         char *kept = c->kept;
         size_t kept_len = c->kept_len;
         c->kept = NULL;
@@ -1101,7 +1283,7 @@ static void exchange_write_done(struct http_exchange *x, int status)
 {
     struct conn *c = x->conn;
     x->write_pending = false;
-    if (!c->closing) conn_set_timer(c, TIMER_NONE);
+    if (!c->closing) conn_set_timer(c, conn_body_flowing(c) ? TIMER_BODY : TIMER_NONE);
     if (status < 0) {
         x->close_after = true;
         if (!c->closing) conn_close(c); /* marks the exchange gone; the handler hears it below */
@@ -1285,7 +1467,7 @@ static void access_log(struct http_exchange *x)
     struct log_access_entry e = {
         .time = (double)now.tv_sec + (double)now.tv_nsec / 1e9,
         .method = llhttp_method_name((llhttp_method_t)x->method),
-        .uri = x->target,
+        .uri = x->log_uri ? x->log_uri : x->target,
         .repository = x->log_repo,
         .digest = x->log_digest,
         .status = x->status,
@@ -1317,7 +1499,10 @@ static void exchange_finish(struct http_exchange *x)
     }
     if (x->status == 0) x->status = x->gone ? 499 : 500;
     access_log(x);
-    bool close_after = x->close_after || x->abort_requested;
+    /* A body not read to its end leaves the connection in the middle of a request. */
+    bool unread_body = x->has_body && !x->body_done;
+    bool linger = unread_body && !x->abort_requested && !x->gone;
+    bool close_after = x->close_after || x->abort_requested || unread_body;
     c->active = NULL;
     free(x->reqbuf);
     free(x->hdrs);
@@ -1327,6 +1512,7 @@ static void exchange_finish(struct http_exchange *x)
     free(x->log_repo);
     free(x->log_digest);
     free(x->log_error);
+    free(x->log_uri);
     free(x->extra_head);
     free(x);
     if (c->closing) {
@@ -1334,7 +1520,10 @@ static void exchange_finish(struct http_exchange *x)
         return;
     }
     if (close_after) {
-        conn_close(c);
+        if (linger)
+            conn_linger(c);
+        else
+            conn_close(c);
         return;
     }
     conn_continue(c);
@@ -1400,6 +1589,71 @@ bool http_req_has_body(const struct http_exchange *x)
     return x->has_body;
 }
 
+int64_t http_req_body_length(const struct http_exchange *x)
+{
+    return x->has_body ? x->body_length : 0;
+}
+
+/* Puts c on the server's list of connections the idle handler goes on with. */
+static void conn_kick(struct conn *c)
+{
+    if (c->on_ready_list || c->closing) return;
+    c->on_ready_list = true;
+    c->ready_next = c->srv->ready_head;
+    c->srv->ready_head = c;
+    uv_idle_start(&c->srv->idle, idle_cb);
+}
+
+/* "Expect: 100-continue": the client waits for a word before it sends the body. */
+static void send_continue(struct http_exchange *x)
+{
+    static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+    const struct http_header *e = http_req_header(x, "Expect");
+    if (e == NULL || e->value_len != 12 || strncasecmp(e->value, "100-continue", 12) != 0 ||
+        x->http_minor == 0 || x->head_sent || x->write_pending)
+        return;
+    struct conn *c = x->conn;
+    if (c->https) {
+        if (tls_stream_send_small(&c->tls, cont, sizeof(cont) - 1) != 0) conn_close(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)cont, sizeof(cont) - 1);
+    if (uv_try_write((uv_stream_t *)&c->tcp, &b, 1) != (int)(sizeof(cont) - 1))
+        conn_close(c); /* a part of it would garble the response: the client retries */
+}
+
+int http_req_body_start(struct http_exchange *x, const struct http_body_callbacks *cbs, void *arg)
+{
+    if (!x->has_body || x->body_started || x->ended || cbs == NULL || cbs->on_data == NULL)
+        return UV_EINVAL;
+    if (x->gone || x->conn->closing) return UV_ECANCELED;
+    x->body_started = true;
+    x->body_cbs = *cbs;
+    x->body_arg = arg;
+    send_continue(x);
+    conn_kick(x->conn);
+    return 0;
+}
+
+void http_req_body_pause(struct http_exchange *x)
+{
+    if (!x->body_started || x->body_paused) return;
+    x->body_paused = true;
+    if (!x->in_callback && !x->conn->closing) conn_set_timer(x->conn, TIMER_NONE);
+}
+
+void http_req_body_resume(struct http_exchange *x)
+{
+    if (!x->body_started || !x->body_paused) return;
+    x->body_paused = false;
+    conn_kick(x->conn);
+}
+
+bool http_req_body_done(const struct http_exchange *x)
+{
+    return x->has_body && x->body_done;
+}
+
 uint64_t http_req_start_ns(const struct http_exchange *x)
 {
     return x->start_ns;
@@ -1460,6 +1714,17 @@ const char *http_log_repo(const struct http_exchange *x, size_t *len)
 {
     *len = x->log_repo ? strlen(x->log_repo) : 0;
     return x->log_repo;
+}
+
+void http_log_set_uri(struct http_exchange *x, const char *uri)
+{
+    free(x->log_uri);
+    x->log_uri = uri ? dup_span(uri, strlen(uri)) : NULL;
+}
+
+const char *http_log_uri(const struct http_exchange *x)
+{
+    return x->log_uri ? x->log_uri : x->target;
 }
 
 void http_log_set_error(struct http_exchange *x, const char *error)
@@ -1540,6 +1805,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     srv->settings.on_header_field = on_header_field;
     srv->settings.on_header_value = on_header_value;
     srv->settings.on_headers_complete = on_headers_complete;
+    srv->settings.on_body = on_body;
     srv->settings.on_message_complete = on_message_complete;
 
     uv_tcp_init(loop, &srv->listener);

@@ -6,12 +6,17 @@
  * request to the handler as an exchange, keeps reading up to 64 KiB of pipelined input
  * while the exchange runs (and stops reading past that), and parses that input only
  * after the exchange has ended, so responses leave in order and a client cannot queue
- * unbounded work. A request that carries a body (a push) is answered and the
- * connection closed without reading the body.
+ * unbounded work. A request that carries a body (a push) is handed over when its headers
+ * are complete; the handler reads the body with http_req_body_start, paced with
+ * http_req_body_pause/resume (at most 64 KiB of it is held while paused, then the socket
+ * is not read: backpressure to the client), or leaves it unread: then the connection is
+ * closed once the exchange ends, as it is when the handler ends the exchange before the
+ * body's end.
  *
  * Limits: request line plus headers at most max_header_bytes and max_headers (431
  * beyond), header_timeout_ms for a request's headers to arrive (408 and close),
- * idle_timeout_ms between requests, write_timeout_ms without write progress, at most
+ * idle_timeout_ms between requests and without a byte of a body being read (close),
+ * write_timeout_ms without write progress, at most
  * max_connections at once and, for https, at most max_pending_handshakes whose handshake
  * is not done (more are closed at accept). An idle connection holds no buffer: reads go
  * through one loop-wide buffer.
@@ -41,6 +46,17 @@ struct http_exchange;
 typedef void (*http_request_cb)(struct http_exchange *x, void *ud);
 typedef void (*http_write_cb)(struct http_exchange *x, int status, void *arg);
 typedef void (*http_gone_cb)(struct http_exchange *x, void *arg);
+
+/* How the handler is given a request body (http_req_body_start). */
+struct http_body_callbacks {
+    /* A piece of the body, valid only during the call. http_req_body_pause from here
+     * stops the flow before the next piece; so does ending the exchange. */
+    void (*on_data)(struct http_exchange *x, const char *data, size_t len, void *arg);
+    /* The whole body has arrived (called once, after the last on_data; may be NULL). A
+     * body that cannot arrive (the client went, a malformed chunk, no byte of it for
+     * idle_timeout_ms) closes the connection: the gone callback says so instead. */
+    void (*on_end)(struct http_exchange *x, void *arg);
+};
 
 struct http_server_opts {
     size_t max_header_bytes;         /* default 16384 */
@@ -112,6 +128,22 @@ const struct http_header *http_req_header(const struct http_exchange *x, const c
 const char *http_req_remote_addr(const struct http_exchange *x);
 /* True when the request carries a body (Content-Length > 0 or chunked). */
 bool http_req_has_body(const struct http_exchange *x);
+/* The body's length from Content-Length, -1 when it is chunked, 0 when there is none. */
+int64_t http_req_body_length(const struct http_exchange *x);
+
+/*
+ * Starts reading the request body: its pieces and its end come to cbs, with arg, from
+ * the loop (never from inside this call), bytes the server already holds first. A client
+ * that sent "Expect: 100-continue" is told to go on. Returns 0, UV_EINVAL (no body, a
+ * second call, the exchange has ended, no on_data) or UV_ECANCELED (the client is gone).
+ */
+int http_req_body_start(struct http_exchange *x, const struct http_body_callbacks *cbs, void *arg);
+/* Stops handing over body pieces / goes on (from the loop). Idempotent; no-ops before
+ * http_req_body_start. While paused, no timeout runs on the body. */
+void http_req_body_pause(struct http_exchange *x);
+void http_req_body_resume(struct http_exchange *x);
+/* True once the whole body has been read (on_end has been or is being called). */
+bool http_req_body_done(const struct http_exchange *x);
 uint64_t http_req_start_ns(const struct http_exchange *x);
 uv_loop_t *http_req_loop(const struct http_exchange *x);
 
@@ -183,6 +215,12 @@ void http_log_set_target(struct http_exchange *x, const char *repo, size_t repo_
                          const char *digest, size_t digest_len);
 /* The repository set by http_log_set_target (NULL when none). */
 const char *http_log_repo(const struct http_exchange *x, size_t *len);
+
+/* The URI the access line (and the handlers' diagnostics) show instead of the request
+ * target, e.g. with a credential in its query redacted (copied). */
+void http_log_set_uri(struct http_exchange *x, const char *uri);
+/* That URI, or the request target when none was set. */
+const char *http_log_uri(const struct http_exchange *x);
 
 /* A short reason for an error response, logged with the line (copied). */
 void http_log_set_error(struct http_exchange *x, const char *error);

@@ -150,6 +150,17 @@ int tls_stream_close_notify(struct tls_stream *ts)
     return rc != 0 ? rc : tls_stream_flush(ts);
 }
 
+int tls_stream_send_small(struct tls_stream *ts, const char *text, size_t len)
+{
+    if (ts->closed) return UV_ECANCELED;
+    if (ts->job.cb != NULL) return UV_EBUSY;
+    if (!tls_handshake_done(ts->session)) return UV_EINVAL;
+    ssize_t n = tls_write(ts->session, text, len);
+    if (n < 0) return (int)n;
+    if ((size_t)n != len) return UV_ENOBUFS; /* (a few bytes always fit a record) */
+    return tls_stream_flush(ts);
+}
+
 void tls_stream_send_now(struct tls_stream *ts, const char *text, size_t len)
 {
     if (ts->closed) return;

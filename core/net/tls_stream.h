@@ -131,6 +131,14 @@ int tls_stream_flush(struct tls_stream *ts);
 int tls_stream_close_notify(struct tls_stream *ts);
 
 /*
+ * Encrypts a few bytes (an interim response: all of them or nothing) behind what was
+ * written so far and sends them with the stream's own writes, without a callback (the
+ * owner's on_written still comes). Returns 0, UV_EBUSY while a job runs, UV_ENOBUFS when
+ * the session does not take them whole now, or an error of tls_stream_flush.
+ */
+int tls_stream_send_small(struct tls_stream *ts, const char *text, size_t len);
+
+/*
  * Best effort before a close, for a few bytes (an error answer, an alert): encrypts text
  * when the handshake is done and text is not NULL, then writes the output not in flight
  * with uv_try_write, without a callback.

@@ -38,6 +38,14 @@
  * again). transport_write() hands the request to the stream, which encrypts it and writes
  * the ciphertext from the session's own buffer. A connection whose session still holds
  * bytes, or still writes, after the response is not pooled.
+ *
+ * Request bodies. The caller gives a body one piece at a time (upstream_send_body): the
+ * piece is copied (framed as a chunk for a chunked body) and waits in the request until
+ * its head has gone out, then goes to transport_write as a write of its own; when it is
+ * written, the caller's callback asks for the next. On https one write job runs at a
+ * time, so a piece waits for the head's job (and the end for the last piece's). The
+ * response is read while the body goes out: an answer that comes before the body's end
+ * (a refusal) is the response, and that connection is not pooled.
  */
 #include "net/upstream.h"
 
@@ -103,6 +111,14 @@ struct conn {
 struct conn_write {
     uv_write_t req;
     char *data; /* owned */
+    bool body;  /* a piece (or the end) of the request body */
+};
+
+/* An https write job: its plaintext (owned) and what it was. */
+struct tls_out {
+    struct conn *conn;
+    char *data;
+    bool body;
 };
 
 struct upstream_pool {
@@ -132,6 +148,21 @@ struct upstream_req {
     bool is_head;
     bool idempotent; /* GET or HEAD: may be redirected and retried */
     bool says_close; /* the caller sent "Connection: close" */
+    /* The request body (upstream_send_body), when has_body. */
+    bool has_body;
+    int64_t body_length;    /* -1: chunked */
+    uint64_t body_given;    /* bytes the caller has given */
+    char *body_piece;       /* a framed piece waiting to be written, or NULL */
+    size_t body_piece_len;  /* its length, framing included */
+    bool body_piece_is_end; /* the piece is the chunked body's last chunk (no callback) */
+    bool body_writing;      /* a piece is with the transport */
+    bool body_ended;        /* upstream_end_body came */
+    bool body_end_queued;   /* ...and what it sends is queued or sent */
+    bool body_all_written;  /* every byte of the body is written */
+    bool body_broken;       /* a write of it failed: only the response is awaited */
+    bool head_written;      /* the request head has gone to the transport */
+    upstream_body_cb body_cb;
+    void *body_arg;
     bool has_user_agent;
     struct upstream_header *headers; /* copies, strings in the same block */
     size_t n_headers;
@@ -468,6 +499,7 @@ static void req_free(struct upstream_req *r)
     free(r->path_query);
     free(r->redirect_to);
     free(r->hbuf);
+    free(r->body_piece);
     free(r);
     pool->n_reqs--;
     pool_maybe_free(pool);
@@ -580,6 +612,7 @@ static void transport_read_stop(struct conn *c)
 
 static void io_timer_restart(struct conn *c);
 static void conn_lost(struct upstream_req *r, int err, const char *what);
+static int conn_listen(struct conn *c);
 
 /* A write is over: progress restarts the io timer; a failure loses the connection. */
 static void conn_written(struct conn *c, int status)
@@ -588,6 +621,21 @@ static void conn_written(struct conn *c, int status)
     struct upstream_req *r = c->req;
     if (r == NULL) {
         if (status < 0) conn_close(c);
+        return;
+    }
+    if (status < 0 && r->has_body && !r->message_complete && status != UV_ENOMEM) {
+        /* A server may answer a request before its body's end (a refusal) and close:
+         * the answer may be on its way. Nothing more is sent; the response, or the
+         * end of the connection, decides. */
+        if (!r->body_broken) {
+            r->body_broken = true;
+            req_set_error(r, "write to %s: %s", r->hostport, uv_strerror(status));
+        }
+        if (!r->paused && conn_listen(c) != 0) {
+            req_ref(r);
+            conn_lost(r, status, "write");
+            req_unref(r);
+        }
         return;
     }
     if (status < 0) {
@@ -599,18 +647,26 @@ static void conn_written(struct conn *c, int status)
     io_timer_restart(c);
 }
 
+static void body_written(struct upstream_req *r, int status);
+
 static void on_tcp_write(uv_write_t *w, int status)
 {
     struct conn_write *cw = (struct conn_write *)w;
     struct conn *c = w->data;
+    struct upstream_req *r = cw->body && c->state != CONN_CLOSING ? c->req : NULL;
     free(cw->data);
     free(cw);
     c->writes_pending--;
+    if (r != NULL) req_ref(r);
     conn_written(c, status);
+    if (r != NULL) {
+        body_written(r, status);
+        req_unref(r);
+    }
 }
 
 /* Writes `data` to the socket (malloc'd; owned from here on, also on failure). */
-static int tcp_write(struct conn *c, char *data, size_t len)
+static int tcp_write(struct conn *c, char *data, size_t len, bool body)
 {
     struct conn_write *cw = malloc(sizeof(*cw));
     if (cw == NULL) {
@@ -618,6 +674,7 @@ static int tcp_write(struct conn *c, char *data, size_t len)
         return UV_ENOMEM;
     }
     cw->data = data;
+    cw->body = body;
     cw->req.data = c;
     uv_buf_t buf = uv_buf_init(data, (unsigned)len);
     int err = uv_write(&cw->req, (uv_stream_t *)&c->tcp, &buf, 1, on_tcp_write);
@@ -630,9 +687,22 @@ static int tcp_write(struct conn *c, char *data, size_t len)
     return 0;
 }
 
-static void request_written(void *data, int status)
+static void body_flush(struct upstream_req *r);
+
+/* An https job is written: the body's next piece may go (one job at a time). */
+static void tls_job_written(void *arg, int status)
 {
-    free(data);
+    struct tls_out *out = arg;
+    struct conn *c = out->conn;
+    struct upstream_req *r = c->state != CONN_CLOSING ? c->req : NULL;
+    bool body = out->body;
+    free(out->data);
+    free(out);
+    if (r == NULL) return;
+    req_ref(r);
+    if (body) body_written(r, status);
+    if (status == 0 && !r->finished && r->conn == c) body_flush(r);
+    req_unref(r);
 }
 
 /* After each write of ciphertext (tls_stream.h), as after a plain one. */
@@ -641,13 +711,27 @@ static void tls_written(void *owner, int status)
     conn_written(owner, status);
 }
 
-/* Sends `data` (malloc'd; owned from here on, also on failure), encrypted for https. */
-static int transport_write(struct conn *c, char *data, size_t len)
+/*
+ * Sends `data` (malloc'd; owned from here on, also on failure), encrypted for https;
+ * `body` marks a piece of the request body (body_written follows its write). On https
+ * UV_EBUSY (data not taken, still the caller's) while another job runs.
+ */
+static int transport_write(struct conn *c, char *data, size_t len, bool body)
 {
-    if (!c->ts_on) return tcp_write(c, data, len);
+    if (!c->ts_on) return tcp_write(c, data, len, body);
+    if (tls_stream_writing(&c->ts)) return UV_EBUSY;
+    struct tls_out *out = malloc(sizeof(*out));
+    if (out == NULL) {
+        free(data);
+        return UV_ENOMEM;
+    }
+    *out = (struct tls_out){c, data, body};
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
-    int err = tls_stream_write(&c->ts, &b, 1, request_written, data);
-    if (err != 0) free(data);
+    int err = tls_stream_write(&c->ts, &b, 1, tls_job_written, out);
+    if (err != 0) {
+        free(data);
+        free(out);
+    }
     return err;
 }
 
@@ -1317,6 +1401,16 @@ static char *head_build(struct upstream_req *r, size_t *len)
         sb_adds(&sb, h->value);
         sb_adds(&sb, "\r\n");
     }
+    if (r->has_body && r->body_length < 0) {
+        sb_adds(&sb, "Transfer-Encoding: chunked\r\n");
+    } else if (r->has_body || strcmp(r->method, "POST") == 0 || strcmp(r->method, "PUT") == 0 ||
+               strcmp(r->method, "PATCH") == 0) {
+        /* A method that means to carry content says how much, also none. */
+        char cl[48];
+        snprintf(cl, sizeof(cl), "Content-Length: %lld\r\n",
+                 (long long)(r->has_body ? r->body_length : 0));
+        sb_adds(&sb, cl);
+    }
     sb_adds(&sb, "\r\n");
     return sb_finish(&sb, len);
 }
@@ -1328,9 +1422,14 @@ static int exchange_send(struct upstream_req *r)
     size_t len;
     char *head = head_build(r, &len);
     if (head == NULL) return UV_ENOMEM;
-    int err = transport_write(c, head, len);
+    int err = transport_write(c, head, len, false);
     if (err != 0) return err;
-    r->head_deadline_ns = uv_hrtime() + (uint64_t)c->pool->opts.head_timeout_ms * 1000000u;
+    r->head_written = true;
+    /* The final head is due once the whole request is sent: with a body, its end
+     * starts the clock (upstream_end_body). */
+    if (!r->has_body || r->body_ended)
+        r->head_deadline_ns = uv_hrtime() + (uint64_t)c->pool->opts.head_timeout_ms * 1000000u;
+    body_flush(r);
     if (!r->paused) return conn_listen(c);
     return 0;
 }
@@ -1417,7 +1516,7 @@ static void exchange_done(struct upstream_req *r)
     }
     bool reuse =
         r->message_complete && r->keep_alive && !r->says_close && !c->trailing &&
-        c->writes_pending == 0 &&
+        c->writes_pending == 0 && (!r->has_body || r->body_all_written) &&
         (!c->ts_on || (tls_stream_writes(&c->ts) == 0 && !tls_stream_read_pending(&c->ts)));
     r->conn = NULL;
     c->req = NULL;
@@ -1440,6 +1539,11 @@ static void conn_lost(struct upstream_req *r, int err, const char *what)
         req_drop_conn(r);
         int rc = exchange_start(r, true);
         if (rc != 0) req_finish(r, rc);
+        return;
+    }
+    if (r->body_broken && !r->head_done) {
+        req_fail(r, UV_ECONNRESET, "%s: the connection broke while the request body was sent (%s)",
+                 r->hostport, r->errmsg);
         return;
     }
     if (err == UV_EOF) {
@@ -1644,7 +1748,9 @@ static int copy_headers(struct upstream_req *r, const struct upstream_header *hs
     size_t bytes = n * sizeof(*hs);
     for (size_t i = 0; i < n; i++) {
         if (hs[i].name == NULL || hs[i].value == NULL || !is_token(hs[i].name) ||
-            strcasecmp(hs[i].name, "Host") == 0 || strpbrk(hs[i].value, "\r\n") != NULL)
+            strcasecmp(hs[i].name, "Host") == 0 || strcasecmp(hs[i].name, "Content-Length") == 0 ||
+            strcasecmp(hs[i].name, "Transfer-Encoding") == 0 ||
+            strpbrk(hs[i].value, "\r\n") != NULL)
             return UV_EINVAL;
         bytes += strlen(hs[i].name) + strlen(hs[i].value) + 2;
     }
@@ -1692,14 +1798,18 @@ int upstream_request(struct upstream_pool *pool, const struct upstream_request_s
     r->orig = orig;
     r->max_redirects = spec->max_redirects;
     r->is_head = strcmp(spec->method, "HEAD") == 0;
-    r->idempotent = r->is_head || strcmp(spec->method, "GET") == 0;
+    r->has_body = spec->has_body;
+    r->body_length = spec->body_length < 0 ? -1 : spec->body_length;
+    r->idempotent = !r->has_body && (r->is_head || strcmp(spec->method, "GET") == 0);
     pool->n_reqs++;
     r->method = strdup(spec->method);
     r->orig_url_text = strdup(spec->url);
     r->url_text = strdup(spec->url);
     err = (r->method && r->orig_url_text && r->url_text) ? 0 : UV_ENOMEM;
     if (err == 0) err = copy_headers(r, spec->headers, spec->n_headers);
-    if (err == 0) err = exchange_start(r, false);
+    /* What cannot be sent twice goes on a new connection: one the server closed while it
+     * was idle would lose it, and it is not retried. */
+    if (err == 0) err = exchange_start(r, !r->idempotent);
     if (err != 0) {
         r->finished = true;
         req_drop_conn(r);
@@ -1741,6 +1851,100 @@ void upstream_cancel(struct upstream_req *r)
     r->finished = true;
     req_drop_conn(r);
     req_unref(r);
+}
+
+/* --- The request body ---------------------------------------------------------------- */
+
+/*
+ * Writes what of the body waits, when it can go: after the head, one write at a time on
+ * https. A piece's callback comes in body_written; the end (the last chunk) has none.
+ */
+static void body_flush(struct upstream_req *r)
+{
+    struct conn *c = r->conn;
+    if (r->finished || c == NULL || c->state != CONN_ACTIVE || !r->head_written ||
+        r->body_writing || r->body_broken)
+        return;
+    if (r->body_piece == NULL && r->body_ended && !r->body_end_queued) {
+        r->body_end_queued = true;
+        if (r->body_length >= 0) {
+            r->body_all_written = true; /* every piece was written before the end came */
+            return;
+        }
+        r->body_piece = strdup("0\r\n\r\n");
+        r->body_piece_len = 5;
+        r->body_piece_is_end = true;
+        if (r->body_piece == NULL) {
+            req_fail(r, UV_ENOMEM, "%s: out of memory for the request body", r->hostport);
+            return;
+        }
+    }
+    if (r->body_piece == NULL) return;
+    char *piece = r->body_piece;
+    int err = transport_write(c, piece, r->body_piece_len, true);
+    if (err == UV_EBUSY) return; /* after the job that runs (tls_job_written) */
+    r->body_piece = NULL;
+    if (err != 0) {
+        req_fail(r, err, "write to %s: %s", r->hostport, uv_strerror(err));
+        return;
+    }
+    r->body_writing = true;
+}
+
+/* A write of the body is over (a failure is conn_written's to report). */
+static void body_written(struct upstream_req *r, int status)
+{
+    if (!r->body_writing) return;
+    r->body_writing = false;
+    if (status < 0 || r->finished) return;
+    if (r->body_piece_is_end) {
+        r->body_piece_is_end = false;
+        r->body_all_written = true;
+        return;
+    }
+    upstream_body_cb cb = r->body_cb;
+    r->body_cb = NULL;
+    if (cb != NULL) cb(r->body_arg, 0);
+    if (!r->finished && r->body_piece == NULL) body_flush(r); /* the end, when it came */
+}
+
+int upstream_send_body(struct upstream_req *r, const char *data, size_t len, upstream_body_cb cb,
+                       void *arg)
+{
+    if (r == NULL || r->finished || r->body_broken) return UV_ECANCELED;
+    if (!r->has_body || r->body_ended || len == 0 || r->body_piece != NULL || r->body_writing ||
+        (r->body_length >= 0 && r->body_given + len > (uint64_t)r->body_length))
+        return UV_EINVAL;
+    bool chunked = r->body_length < 0;
+    char frame[24] = "";
+    int fl = chunked ? snprintf(frame, sizeof(frame), "%zx\r\n", len) : 0;
+    char *piece = malloc((size_t)fl + len + (chunked ? 2 : 0));
+    if (piece == NULL) return UV_ENOMEM;
+    memcpy(piece, frame, (size_t)fl);
+    memcpy(piece + fl, data, len);
+    if (chunked) memcpy(piece + fl + len, "\r\n", 2);
+    r->body_piece = piece;
+    r->body_piece_len = (size_t)fl + len + (chunked ? 2 : 0);
+    r->body_given += len;
+    r->body_cb = cb;
+    r->body_arg = arg;
+    body_flush(r);
+    return 0;
+}
+
+int upstream_end_body(struct upstream_req *r)
+{
+    if (r == NULL || r->finished) return UV_ECANCELED;
+    if (!r->has_body || r->body_ended ||
+        (r->body_length >= 0 && r->body_given != (uint64_t)r->body_length))
+        return UV_EINVAL;
+    r->body_ended = true;
+    if (r->head_written) {
+        r->head_deadline_ns = uv_hrtime() + (uint64_t)r->pool->opts.head_timeout_ms * 1000000u;
+        if (r->conn != NULL) io_timer_restart(r->conn);
+    }
+    body_flush(r);
+    return 0;
 }
 
 const char *upstream_error_message(const struct upstream_req *r)

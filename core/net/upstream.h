@@ -28,8 +28,20 @@
  *
  * A pooled connection that turns out to be dead (closed by the server while idle)
  * before any byte of the response came is retried once on a new connection (GET and
- * HEAD only). A host name is resolved with uv_getaddrinfo and its addresses are tried
- * in order; a numeric address is used as is.
+ * HEAD only). Any other request (a push, a DELETE) goes on a new connection, as it
+ * cannot be sent twice. A host name is resolved with uv_getaddrinfo and its addresses
+ * are tried in order; a numeric address is used as is.
+ *
+ * A request body (spec.has_body) is given by the caller piece by piece with
+ * upstream_send_body and ended with upstream_end_body, sent with its Content-Length or
+ * chunked, with backpressure: one piece at a time, each copied, the next asked for when
+ * the last is written. The response is read meanwhile, so a server that answers before
+ * the body's end (a refusal) is heard: that answer is the response, also when writing
+ * the rest of the body then fails (the request fails only when the connection ends
+ * without a response). The final head is
+ * due head_timeout_ms after the body's end; while the body goes out, io_timeout_ms
+ * without a piece written fails the request as any stall does. A request with a body
+ * is never redirected or retried.
  *
  * Errors are negative libuv codes (UV_ECONNREFUSED, UV_ETIMEDOUT, UV_EPROTO for a
  * response that is not HTTP or a TLS failure, UV_E2BIG for headers past 64 KiB or
@@ -81,9 +93,11 @@ struct upstream_header {
 };
 
 /*
- * Host is written from the URL and may not be given; User-Agent is
- * "content-cache/<version>" unless given. A header value may not hold CR or LF. A
- * "Connection: close" header keeps the connection out of the pool.
+ * Host is written from the URL and may not be given, nor may Content-Length or
+ * Transfer-Encoding (written from has_body and body_length; POST, PUT and PATCH
+ * without a body say "Content-Length: 0"); User-Agent is "content-cache/<version>"
+ * unless given. A header value may not hold CR or LF. A "Connection: close" header
+ * keeps the connection out of the pool.
  */
 struct upstream_request_spec {
     const char *method; /* "GET" or "HEAD" (another token: sent, never
@@ -92,8 +106,13 @@ struct upstream_request_spec {
                            #fragment is not sent) */
     const struct upstream_header *headers;
     size_t n_headers;
-    int max_redirects; /* 0: a redirect is the response */
+    int max_redirects;   /* 0: a redirect is the response */
+    bool has_body;       /* a body follows, by upstream_send_body */
+    int64_t body_length; /* its length (Content-Length), or -1: chunked */
 };
+
+/* A piece of a request body was written (status 0), from the loop. */
+typedef void (*upstream_body_cb)(void *arg, int status);
 
 struct upstream_callbacks {
     /*
@@ -136,6 +155,24 @@ void upstream_pool_close(struct upstream_pool *pool);
  */
 int upstream_request(struct upstream_pool *pool, const struct upstream_request_spec *spec,
                      const struct upstream_callbacks *cbs, void *ud, struct upstream_req **out);
+
+/*
+ * Gives the next piece of the request body: data[0..len) is copied (len > 0), and sent
+ * once the request's head has gone out; cb(arg, 0) comes from the loop when it is
+ * written: only then may the next piece be given. No callback comes once on_done has
+ * been called or the request cancelled. Returns 0, UV_EINVAL (no body was announced,
+ * a piece is still pending, the end was given, more than body_length), UV_ENOMEM, or
+ * UV_ECANCELED (the request has ended); then cb is not called.
+ */
+int upstream_send_body(struct upstream_req *req, const char *data, size_t len, upstream_body_cb cb,
+                       void *arg);
+
+/*
+ * The body is complete: a chunked body gets its last chunk (after the pending piece);
+ * with a length, every byte must have been given (UV_EINVAL otherwise). The final
+ * response head is due head_timeout_ms from now. Returns 0, UV_EINVAL or UV_ECANCELED.
+ */
+int upstream_end_body(struct upstream_req *req);
 
 /*
  * Stop reading the socket (backpressure) / start again. Idempotent; no-ops on NULL or

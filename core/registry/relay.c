@@ -3,12 +3,15 @@
  */
 #include "registry/relay.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "base/bytes.h"
 #include "base/log.h"
+#include "base/url.h"
 #include "net/chain.h"
 #include "registry/respond.h"
 
@@ -19,6 +22,9 @@
 struct relay_service {
     struct upstreams *upstreams;
     unsigned in_flight;
+    bool rewrite_location; /* Location headers naming the upstream name us instead */
+    char public_scheme[8]; /* "http" or "https": how clients reach us */
+    char *public_origin;   /* "scheme://host[:port]", or NULL: from the client's Host */
 };
 
 struct relay_service *relay_service_new(struct upstreams *upstreams)
@@ -30,7 +36,24 @@ struct relay_service *relay_service_new(struct upstreams *upstreams)
 
 void relay_service_free(struct relay_service *rs)
 {
+    if (rs != NULL) free(rs->public_origin);
     free(rs);
+}
+
+int relay_service_rewrite_location(struct relay_service *rs, bool https, const char *public_origin)
+{
+    char *copy = NULL;
+    if (public_origin != NULL && public_origin[0] != '\0') {
+        size_t n = strlen(public_origin);
+        while (n > 0 && public_origin[n - 1] == '/')
+            n--;
+        if ((copy = strndup(public_origin, n)) == NULL) return -ENOMEM;
+    }
+    free(rs->public_origin);
+    rs->public_origin = copy;
+    rs->rewrite_location = true;
+    snprintf(rs->public_scheme, sizeof(rs->public_scheme), "%s", https ? "https" : "http");
+    return 0;
 }
 
 unsigned relay_in_flight(const struct relay_service *rs)
@@ -50,6 +73,13 @@ struct relay {
     bool finished;
     uint64_t limit; /* body bytes relayed at most (manifests), 0: none */
     uint64_t relayed;
+    /* The client's request body (a push), streamed to the upstream one piece at a time. */
+    bool has_body;
+    bool body_started;
+    char *location;      /* a rewritten Location, while the head is being sent */
+    bool as_other;       /* relay_handle_as: not the client's credentials, but: */
+    char *authorization; /* ...these (NULL: none) */
+    char *target;        /* relay_handle_as's target, or NULL: the client's */
     /* Body bytes: `inflight` is being written to the client, `pending` waits. */
     char *inflight;
     size_t inflight_cap;
@@ -64,6 +94,9 @@ static void relay_free(struct relay *r)
     r->rs->in_flight--;
     free(r->inflight);
     free(r->pending);
+    free(r->location);
+    free(r->authorization);
+    free(r->target);
     free(r);
 }
 
@@ -84,13 +117,13 @@ static void relay_maybe_finish(struct relay *r)
                        : REG_ERR_UPSTREAM_FAILED;
         char msg[400];
         snprintf(msg, sizeof(msg), "upstream failed: %s", r->last_error);
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
         respond_error(r->x, code, msg, NULL);
     } else {
         /* The body broke off after the head went out: close, so the client can tell. */
         char msg[400];
         snprintf(msg, sizeof(msg), "upstream body broke off: %s", r->last_error);
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_req_target(r->x), msg);
+        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
         http_log_set_error(r->x, msg);
         http_respond_abort(r->x);
     }
@@ -161,7 +194,63 @@ static const char *const relayed_response_headers[] = {
     "Cache-Control",
     "X-Content-Type-Options",
     "Warning",
+    /* The push API's: where an upload goes on (rewritten), what it holds. */
+    "Location",
+    "Range",
+    "Docker-Upload-UUID",
+    "OCI-Chunk-Min-Length",
+    "OCI-Subject",
 };
+
+/*
+ * A Location that names the upstream that answered (scheme, host and port, as a URL
+ * compares) is rewritten to name us, as the client reached us: Docker Distribution
+ * writes absolute URLs from the Host it was sent, which is the upstream's. Returns a new
+ * string, or NULL when the Location names another place (a relative one, a storage
+ * backend's) or we are not set to rewrite.
+ */
+static char *rewritten_location(const struct relay *r, const struct http_header *loc)
+{
+    const struct relay_service *rs = r->rs;
+    if (!rs->rewrite_location || r->ureq == NULL) return NULL;
+    const char *v = loc->value;
+    size_t n = loc->value_len;
+    const char *sep = memmem(v, n, "://", 3);
+    if (sep == NULL) return NULL;
+    size_t origin_len = (size_t)(sep + 3 - v);
+    while (origin_len < n && v[origin_len] != '/' && v[origin_len] != '?' && v[origin_len] != '#')
+        origin_len++;
+    char origin[300];
+    struct url theirs, ours;
+    const char *why;
+    if (origin_len >= sizeof(origin)) return NULL;
+    memcpy(origin, v, origin_len);
+    origin[origin_len] = '\0';
+    if (url_parse(origin, &theirs, &why) != 0 || url_parse(chain_base(r->ureq), &ours, &why) != 0)
+        return NULL;
+    if (theirs.tls != ours.tls || theirs.port != ours.port ||
+        strcasecmp(theirs.host, ours.host) != 0)
+        return NULL;
+    char public_origin[600];
+    if (rs->public_origin != NULL) {
+        snprintf(public_origin, sizeof(public_origin), "%s", rs->public_origin);
+    } else {
+        const struct http_header *host = http_req_header(r->x, "Host");
+        if (host == NULL || host->value_len == 0 || host->value_len > 255 ||
+            memchr(host->value, '/', host->value_len) != NULL)
+            return NULL;
+        snprintf(public_origin, sizeof(public_origin), "%s://%.*s", rs->public_scheme,
+                 (int)host->value_len, host->value);
+    }
+    size_t rest = n - origin_len;
+    size_t pl = strlen(public_origin);
+    char *out = malloc(pl + rest + 1);
+    if (out == NULL) return NULL;
+    memcpy(out, public_origin, pl);
+    memcpy(out + pl, v + origin_len, rest);
+    out[pl + rest] = '\0';
+    return out;
+}
 
 static void relay_on_head(void *ud, int status, const struct http_header *hdrs, size_t n_hdrs,
                           int64_t content_length)
@@ -184,7 +273,13 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
         for (size_t k = 0; k < sizeof(relayed_response_headers) / sizeof(*relayed_response_headers);
              k++) {
             if (http_header_is(&hdrs[i], relayed_response_headers[k])) {
-                out[n++] = hdrs[i];
+                out[n] = hdrs[i];
+                if (http_header_is(&hdrs[i], "Location") && r->location == NULL &&
+                    (r->location = rewritten_location(r, &hdrs[i])) != NULL) {
+                    out[n].value = r->location;
+                    out[n].value_len = strlen(r->location);
+                }
+                n++;
                 break;
             }
         }
@@ -238,6 +333,8 @@ static void relay_on_body(void *ud, const char *data, size_t len)
 static void relay_on_done(void *ud, int err)
 {
     struct relay *r = ud;
+    if (r->body_started && !http_exchange_client_gone(r->x))
+        http_req_body_pause(r->x); /* the answer is in: the rest of the body is not read */
     if (err < 0) snprintf(r->last_error, sizeof(r->last_error), "%s", chain_error_message(r->ureq));
     r->ureq = NULL;
     r->upstream_done = true;
@@ -258,22 +355,72 @@ static void relay_client_gone(struct http_exchange *x, void *arg)
     relay_maybe_finish(r);
 }
 
+/* --- The client's body, to the upstream -------------------------------------------- */
+
+/* A piece is written upstream: the client's next one may come. */
+static void relay_body_written(void *arg, int status)
+{
+    struct relay *r = arg;
+    if (!r->upstream_done) http_req_body_resume(r->x);
+}
+
+/* A piece of the client's body: to the upstream, and no more until it is written. */
+static void relay_body_data(struct http_exchange *x, const char *data, size_t len, void *arg)
+{
+    struct relay *r = arg;
+    http_req_body_pause(x);
+    if (r->upstream_done || r->ureq == NULL) return;
+    /* A refusal: the upstream wants no more of it, and its answer is on its way. */
+    chain_send_body(r->ureq, data, len, relay_body_written, r);
+}
+
+static void relay_body_end(struct http_exchange *x, void *arg)
+{
+    struct relay *r = arg;
+    if (!r->upstream_done && r->ureq != NULL) chain_end_body(r->ureq);
+}
+
+static void relay_start_body(struct relay *r)
+{
+    static const struct http_body_callbacks cbs = {relay_body_data, relay_body_end};
+    if (http_req_body_start(r->x, &cbs, r) == 0) r->body_started = true;
+}
+
 static void relay_start(struct relay *r)
 {
     struct http_exchange *x = r->x;
     struct upstream_header fwd[RELAY_MAX_FORWARDED];
     char scratch[16384 + RELAY_MAX_FORWARDED * 2];
+    bool read_only = http_req_is_get(x) || http_req_is_head(x);
     size_t nf =
         upstreams_forward_headers(x, true, fwd, RELAY_MAX_FORWARDED, scratch, sizeof(scratch));
+    if (r->as_other) {
+        /* The client's credentials stay here; these go instead. */
+        size_t k = 0;
+        for (size_t i = 0; i < nf; i++)
+            if (strcmp(fwd[i].name, "Authorization") != 0) fwd[k++] = fwd[i];
+        nf = k;
+        if (r->authorization != NULL && nf < RELAY_MAX_FORWARDED)
+            fwd[nf++] = (struct upstream_header){"Authorization", r->authorization, true};
+    }
+    if (!read_only) {
+        size_t used = 0;
+        for (size_t i = 0; i < nf; i++)
+            used += strlen(fwd[i].value) + 1;
+        nf += upstreams_forward_content_headers(x, fwd + nf, RELAY_MAX_FORWARDED - nf,
+                                                scratch + used, sizeof(scratch) - used);
+    }
     size_t n_bases;
     struct chain_spec spec = {
-        .method = http_req_is_head(x) ? "HEAD" : "GET",
+        .method = http_req_method(x),
         .bases = upstreams_select(r->rs->upstreams, &r->info.req, r->info.entry, &n_bases),
         .n_bases = n_bases,
-        .target = http_req_target(x),
+        .target = r->target ? r->target : http_req_target(x),
         .headers = fwd,
         .n_headers = nf,
-        .max_redirects = 5,
+        .max_redirects = read_only ? 5 : 0,
+        .has_body = r->has_body,
+        .body_length = r->has_body ? http_req_body_length(x) : 0,
     };
     static const struct upstream_callbacks cbs = {
         .on_head = relay_on_head,
@@ -290,11 +437,31 @@ static void relay_start(struct relay *r)
         r->upstream_done = true;
         r->upstream_err = rc;
         relay_maybe_finish(r);
+        return;
     }
+    if (r->has_body) relay_start_body(r);
 }
+
+static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
+                              const struct registry_route *route, size_t entry, bool as_other,
+                              const char *authorization, const char *target);
 
 void relay_handle(struct relay_service *rs, struct http_exchange *x,
                   const struct registry_route *route, size_t entry)
+{
+    relay_handle_with(rs, x, route, entry, false, NULL, NULL);
+}
+
+void relay_handle_as(struct relay_service *rs, struct http_exchange *x,
+                     const struct registry_route *route, size_t entry, const char *authorization,
+                     const char *target)
+{
+    relay_handle_with(rs, x, route, entry, true, authorization, target);
+}
+
+static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
+                              const struct registry_route *route, size_t entry, bool as_other,
+                              const char *authorization, const char *target)
 {
     if (upstreams_count(rs->upstreams) == 0) {
         respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
@@ -307,11 +474,21 @@ void relay_handle(struct relay_service *rs, struct http_exchange *x,
     }
     r->rs = rs;
     r->x = x;
+    r->as_other = as_other;
+    if ((authorization != NULL && (r->authorization = strdup(authorization)) == NULL) ||
+        (target != NULL && (r->target = strdup(target)) == NULL)) {
+        free(r->authorization);
+        free(r);
+        respond_error(x, REG_ERR_INTERNAL, "out of memory", NULL);
+        return;
+    }
     upstreams_req_info_init(&r->info, x, route, entry);
     /* Manifests are small (Docker Distribution refuses more than 4 MiB): an upstream that
      * sends more is broken, and a relay must not stream it without end. */
-    if (route->kind == ROUTE_MANIFEST || route->kind == ROUTE_REFERRERS)
+    if ((route->kind == ROUTE_MANIFEST || route->kind == ROUTE_REFERRERS) &&
+        (http_req_is_get(x) || http_req_is_head(x)))
         r->limit = RELAY_MANIFEST_MAX;
+    r->has_body = http_req_has_body(x);
     rs->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
     relay_start(r);

@@ -240,6 +240,22 @@ size_t upstreams_forward_headers(const struct http_exchange *x, bool with_condit
     return nf;
 }
 
+size_t upstreams_forward_content_headers(const struct http_exchange *x, struct upstream_header *out,
+                                         size_t max, char *scratch, size_t scratch_len)
+{
+    static const char *const names[] = {"Content-Type", "Content-Range", "Content-Encoding"};
+    size_t nf = 0, sp = 0;
+    for (size_t k = 0; k < sizeof(names) / sizeof(*names) && nf < max; k++) {
+        const struct http_header *h = http_req_header(x, names[k]);
+        if (h == NULL || sp + h->value_len + 1 > scratch_len) continue;
+        memcpy(scratch + sp, h->value, h->value_len);
+        scratch[sp + h->value_len] = '\0';
+        out[nf++] = (struct upstream_header){names[k], scratch + sp, false};
+        sp += h->value_len + 1;
+    }
+    return nf;
+}
+
 void upstreams_req_info_init(struct upstreams_req_info *ri, const struct http_exchange *x,
                              const struct registry_route *route, size_t entry)
 {

@@ -70,6 +70,14 @@ size_t upstreams_forward_headers(const struct http_exchange *x, bool with_condit
                                  struct upstream_header *out, size_t max, char *scratch,
                                  size_t scratch_len);
 
+/*
+ * Copies the headers that describe a request body, for a write relayed upstream:
+ * Content-Type, Content-Range, Content-Encoding. As upstreams_forward_headers; returns
+ * how many were written.
+ */
+size_t upstreams_forward_content_headers(const struct http_exchange *x, struct upstream_header *out,
+                                         size_t max, char *scratch, size_t scratch_len);
+
 /* What the policies are told about a request: a policy_request and its strings. */
 struct upstreams_req_info {
     struct policy_request req;

@@ -16,7 +16,7 @@ local paths = require("helpers.paths")
 
 local M = {}
 
-M.HOOKS = { "select_upstream", "blob_ttl", "format_log", "evict" }
+M.HOOKS = { "select_upstream", "blob_ttl", "format_log", "evict", "select_cache" }
 
 -- The repository root.
 M.root = paths.root

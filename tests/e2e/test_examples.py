@@ -56,6 +56,7 @@ PATHS = {
     "/certs/token-issuer.pem": "issuer",
     "/etc/content-cache/policies": "policies",
     "/var/lib/registry": "storage",
+    "/var/lib/content-cache-front": "storage",
 }
 
 # An absolute path in a value (not part of a URL: no ':' or '/' or word before it).

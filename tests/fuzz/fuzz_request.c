@@ -19,7 +19,9 @@
  *   3  as 0, but the origin answers every request with the input's own bytes: the input
  *      is the client's bytes, a NUL byte, and the origin's answer.
  * The client's bytes are sent on a new TCP connection, which is then half-closed; the
- * response is read to the end.
+ * response is read to the end. A write under /v2/ that carries a body (a push) goes to the
+ * relay, as the front relays pushes: its body is read and streamed to the origin, which
+ * answers before or after it.
  *
  * Each input runs the loop until every handle it made is closed, then checks that the
  * first response starts with a well-formed status line and that nothing is left: no
@@ -44,6 +46,7 @@
 #include "base/log.h"
 #include "lua/policy.h"
 #include "app/router.h"
+#include "registry/registry.h"
 #include "registry/relay.h"
 #include "registry/upstreams.h"
 #include "net/server.h"
@@ -84,6 +87,7 @@ static struct harness {
     struct blob_service *blobs[N_SETUPS];
     struct policy_engine *policy[N_SETUPS];
     struct router *current;
+    struct relay_service *current_relays; /* pushes go here, as on the front */
     struct store *store;
     struct http_server *server;
     uint16_t server_port;
@@ -249,6 +253,14 @@ static void seed_blob(void)
 
 static void on_request(struct http_exchange *x, void *ud)
 {
+    size_t len;
+    const char *path = http_req_path(x, &len);
+    struct registry_route route;
+    if (http_req_has_body(x) && !http_req_is_get(x) && !http_req_is_head(x) &&
+        registry_route_parse(path, len, &route) == REG_ERR_NONE && route.kind != ROUTE_NOT_V2) {
+        relay_handle(h.current_relays, x, &route, 0);
+        return;
+    }
     router_handle(x, h.current);
 }
 
@@ -323,6 +335,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size == 0) return 0;
     unsigned setup_no = data[0] & 3;
     h.current = h.router[setup_no == 3 ? 0 : setup_no];
+    h.current_relays = h.relays[setup_no == 3 ? 0 : setup_no];
     size_t chunk = data[0] >> 2;
     const char *request = (const char *)data + 1;
     size_t request_len = size - 1;

@@ -1469,6 +1469,66 @@ static void test_verifier_files(void)
     CHECK_INT(auth_token_verifier_new(bundle_path, NULL, SERVICE, NULL, 0, &v), -EINVAL);
 }
 
+/* The user of a Basic credential, the sub of a token: what the front signs in with. */
+static void test_basic_user_and_subject(void)
+{
+    char user[64], cred[512];
+    /* "alice:s3cret" and "bob:" and ":pw" and "nocolon" */
+    CHECK_INT(auth_basic_user("Basic YWxpY2U6czNjcmV0", 22, user, sizeof(user)), 0);
+    CHECK_STR(user, "alice");
+    CHECK_INT(auth_basic_user("basic  Ym9iOg==", 15, user, sizeof(user)), 0);
+    CHECK_STR(user, "bob");
+    CHECK_INT(auth_basic_user("Basic OnB3", 10, user, sizeof(user)), -EINVAL);
+    CHECK_INT(auth_basic_user("Basic bm9jb2xvbg==", 18, user, sizeof(user)), -EINVAL);
+    CHECK_INT(auth_basic_user("Basic !!!!", 10, user, sizeof(user)), -EINVAL);
+    CHECK_INT(auth_basic_user("Bearer abc", 10, user, sizeof(user)), -EINVAL);
+    CHECK_INT(auth_basic_user("Basic YWxpY2U6czNjcmV0", 22, user, 5), -EINVAL); /* too long */
+    unsigned_bearer("{\"sub\":\"alice\",\"exp\":1}", cred, sizeof(cred));
+    CHECK_INT(auth_bearer_subject(cred, strlen(cred), user, sizeof(user)), 0);
+    CHECK_STR(user, "alice");
+    unsigned_bearer("{\"sub\":\"\"}", cred, sizeof(cred));
+    CHECK_INT(auth_bearer_subject(cred, strlen(cred), user, sizeof(user)), -ENOENT);
+    unsigned_bearer("{\"sub\":\"a\\u0000b\"}", cred, sizeof(cred));
+    CHECK_INT(auth_bearer_subject(cred, strlen(cred), user, sizeof(user)), -ENOENT);
+    unsigned_bearer("{\"sub\":7}", cred, sizeof(cred));
+    CHECK_INT(auth_bearer_subject(cred, strlen(cred), user, sizeof(user)), -ENOENT);
+    CHECK_INT(auth_bearer_subject("Basic YTpi", 10, user, sizeof(user)), -EINVAL);
+}
+
+/* A WWW-Authenticate challenge read back: quoted values with escapes, bare values, the
+ * parameters a token client needs, and what is not a challenge. */
+static void test_challenge_parse(void)
+{
+    struct auth_challenge_params p;
+    const char *v = "Bearer realm=\"https://auth.example.com/token\",service=\"registry\","
+                    "scope=\"repository:a/b:pull,push\",error=\"insufficient_scope\"";
+    CHECK_INT(auth_challenge_parse(v, strlen(v), &p), 0);
+    CHECK_STR(p.scheme, "Bearer");
+    CHECK_STR(p.realm, "https://auth.example.com/token");
+    CHECK_STR(p.service, "registry");
+    CHECK_STR(p.scope, "repository:a/b:pull,push");
+    v = "Basic realm=\"a \\\"quoted\\\" realm\"";
+    CHECK_INT(auth_challenge_parse(v, strlen(v), &p), 0);
+    CHECK_STR(p.scheme, "Basic");
+    CHECK_STR(p.realm, "a \"quoted\" realm");
+    v = "Bearer realm=http://x/token, service=svc";
+    CHECK_INT(auth_challenge_parse(v, strlen(v), &p), 0);
+    CHECK_STR(p.realm, "http://x/token");
+    CHECK_STR(p.service, "svc");
+    /* What we write, we read. */
+    char ch[512];
+    int n = auth_challenge("https://r/t", "s v", "x/y", 3, ch, sizeof(ch));
+    CHECK(n > 0);
+    CHECK_INT(auth_challenge_parse(ch, (size_t)n, &p), 0);
+    CHECK_STR(p.realm, "https://r/t");
+    CHECK_STR(p.service, "s v");
+    CHECK_STR(p.scope, "repository:x/y:pull");
+    CHECK_INT(auth_challenge_parse("", 0, &p), -EINVAL);
+    CHECK_INT(auth_challenge_parse("Bearer realm=\"unterminated", 26, &p), -EINVAL);
+    CHECK_INT(auth_challenge_parse("Bearer realm", 12, &p), -EINVAL);
+    CHECK_INT(auth_challenge_parse("Bearer realm=\"a\nb\"", 17, &p), -EINVAL);
+}
+
 int main(void)
 {
     RUN(test_cache_store_lookup);
@@ -1481,6 +1541,8 @@ int main(void)
     RUN(test_challenge);
     RUN(test_libtrust_kid);
     RUN(test_bearer_exp);
+    RUN(test_basic_user_and_subject);
+    RUN(test_challenge_parse);
 
     pki_ok = setup_pki();
     CHECK(pki_ok);

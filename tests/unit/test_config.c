@@ -637,7 +637,7 @@ static void test_middleware_entries(void)
     /* No middleware at all, or none named downstream. */
     CHECK(fails_exactly("version: 0.1\nstorage:\n  delete:\n    enabled: true\n", NULL,
                         "config.yml:1:1: middleware.registry: no downstream middleware: nothing "
-                        "to cache from"));
+                        "to cache from (a front names a contentcaches middleware instead)"));
     CHECK(fails("# a comment\n\nversion: 0.1\n",
                 "config.yml:3:1: middleware.registry: ", "no downstream middleware"));
     CHECK(fails("version: 0.1\nmiddleware:\n  registry:\n    - name: redirect\n"
@@ -1373,6 +1373,202 @@ static void test_garbage(void)
     config_free(NULL);
 }
 
+/* ---- The front: the contentcaches middleware -------------------------------------------- */
+
+/* The front config (lines 1 to 18). */
+#define FRONT                                                                                      \
+    "version: 0.1\n"                                                                               \
+    "storage:\n"                                                                                   \
+    "  filesystem:\n"                                                                              \
+    "    rootdirectory: /var/lib/content-cache-front\n"                                            \
+    "http:\n"                                                                                      \
+    "  addr: :5000\n"                                                                              \
+    "middleware:\n"                                                                                \
+    "  registry:\n"                                                                                \
+    "    - name: contentcaches\n"                                                                  \
+    "      options:\n"                                                                             \
+    "        originhost: http://registry.internal:5000\n"                                          \
+    "        cas: [/certs/registry-ca.pem]\n"                                                      \
+    "        admins: [admin]\n"                                                                    \
+    "        username: cache-reader\n"                                                             \
+    "        password: secret\n"                                                                   \
+    "        granttl: 5m\n"
+
+/* FRONT without its last line (granttl): 15 lines, for tests that add line 16. */
+#define FRONT_HEAD15                                                                               \
+    "version: 0.1\n"                                                                               \
+    "storage:\n"                                                                                   \
+    "  filesystem:\n"                                                                              \
+    "    rootdirectory: /var/lib/content-cache-front\n"                                            \
+    "http:\n"                                                                                      \
+    "  addr: :5000\n"                                                                              \
+    "middleware:\n"                                                                                \
+    "  registry:\n"                                                                                \
+    "    - name: contentcaches\n"                                                                  \
+    "      options:\n"                                                                             \
+    "        originhost: http://registry.internal:5000\n"                                          \
+    "        cas: [/certs/registry-ca.pem]\n"                                                      \
+    "        username: cache-reader\n"                                                             \
+    "        password: secret\n"                                                                   \
+    "        policydir: /etc/content-cache/policies\n"
+
+static void test_front_config(void)
+{
+    struct config *cfg = parse_ok(FRONT);
+    CHECK(cfg != NULL);
+    if (cfg != NULL) {
+        CHECK(cfg->has_contentcaches);
+        CHECK(!cfg->has_downstream);
+        CHECK_INT(cfg->n_upstreams, 1);
+        CHECK_STR(cfg->upstreams[0].originhost, "http://registry.internal:5000");
+        CHECK_STR(cfg->upstreams[0].origin.host, "registry.internal");
+        CHECK_INT(cfg->upstreams[0].n_upstreamhosts, 0);
+        CHECK_INT(cfg->n_cas, 1);
+        CHECK_INT(cfg->n_admins, 1);
+        CHECK_STR(cfg->admins[0], "admin");
+        CHECK_STR(cfg->front_username, "cache-reader");
+        CHECK_STR(cfg->front_password, "secret");
+        CHECK(cfg->granttl_ns == 300ULL * 1000000000ULL);
+        CHECK_INT(cfg->n_warnings, 0);
+        config_free(cfg);
+    }
+    /* The least a front needs: an origin. No account (anonymous), the default TTL. */
+    cfg = parse_ok("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                   "      options:\n        originhost: https://dtr.example.com\n");
+    CHECK(cfg != NULL);
+    if (cfg != NULL) {
+        CHECK(cfg->front_username == NULL && cfg->front_password == NULL);
+        CHECK(cfg->granttl_ns == CONFIG_GRANTTL_DEFAULT_NS);
+        CHECK_INT(cfg->n_admins, 0);
+        config_free(cfg);
+    }
+    /* Keys of a cache are not the front's: a warning naming the line. */
+    cfg = parse_ok(FRONT "        blobttl: 24h\n");
+    CHECK(cfg != NULL && has_warning(cfg, "config.yml:17: middleware.registry[0].options.blobttl: "
+                                          "not used by content-cache (ignored)"));
+    config_free(cfg);
+}
+
+static void test_front_config_errors(void)
+{
+    /* Both middlewares in one file: the error names both lines, in either order. */
+    CHECK(fails_exactly(FRONT "    - name: downstream\n      options:\n        upstreams:\n"
+                              "          - originhost: https://dtr.example.com\n",
+                        NULL,
+                        "config.yml:17:7: middleware.registry[1]: a contentcaches middleware "
+                        "(line 9) and a downstream middleware (line 17) in one file: a process is "
+                        "either a cache (downstream) or the front (contentcaches)"));
+    CHECK(fails_exactly(HEAD UPSTREAMS "      - name: contentcaches\n        options:\n"
+                                       "          originhost: https://dtr.example.com\n",
+                        NULL,
+                        "config.yml:15:9: middleware.registry[1]: a downstream middleware "
+                        "(line 11) and a contentcaches middleware (line 15) in one file: a "
+                        "process is either a cache (downstream) or the front (contentcaches)"));
+    CHECK(fails(FRONT "    - name: contentcaches\n      options: {originhost: http://b:5000}\n",
+                "config.yml:17:7: middleware.registry[1]: ",
+                "a second contentcaches middleware (the first is at line 9)"));
+    /* What the options must hold. */
+    CHECK(fails_exactly("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                        "      options:\n        admins: [admin]\n",
+                        NULL,
+                        "config.yml:6:9: middleware.registry[0].options.originhost: missing: "
+                        "expected a fully qualified http or https URL of the origin registry"));
+    CHECK(fails("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n",
+                "config.yml:4:7: middleware.registry[0].options.originhost: ", "missing"));
+    CHECK(fails("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                "      options:\n        originhost: registry.internal:5000\n",
+                "config.yml:6:21: middleware.registry[0].options.originhost: ",
+                "expected a fully qualified http or https URL"));
+    CHECK(fails("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                "      options:\n        originhost: http://o\n        username: reader\n",
+                "config.yml:6:9: middleware.registry[0].options: ",
+                "username and password go together (the front's pull-only account at the "
+                "origin), password is missing"));
+    CHECK(fails(FRONT "        admins: x\n",
+                "config.yml:17:9: middleware.registry[0].options.admins: ",
+                "duplicate key (first set at line 13)"));
+    CHECK(fails_exactly(FRONT_HEAD15 "        admins: [ok, \"bad:name\"]\n", NULL,
+                        "config.yml:16:22: middleware.registry[0].options.admins[1]: expected a "
+                        "user name (1 to 255 bytes, no ':' and no control characters), got "
+                        "\"bad:name\""));
+    CHECK(fails(FRONT_HEAD15 "        admins: admin\n",
+                "config.yml:16:17: middleware.registry[0].options.admins: ",
+                "expected a list of user names, got \"admin\""));
+    CHECK(fails(FRONT_HEAD15 "        granttl: 0s\n",
+                "config.yml:16:18: middleware.registry[0].options.granttl: ",
+                "from 1s to 24h, got \"0s\""));
+    CHECK(fails(FRONT_HEAD15 "        granttl: 25h\n",
+                "config.yml:16:18: middleware.registry[0].options.granttl: ", "got \"25h\""));
+    CHECK(fails(FRONT_HEAD15 "        granttl: 500ms\n",
+                "config.yml:16:18: middleware.registry[0].options.granttl: ", "got \"500ms\""));
+    /* A password is never quoted back. */
+    CHECK(fails("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                "      options:\n        originhost: http://o\n        password: [hunter2]\n",
+                "config.yml:7:19: middleware.registry[0].options.password: ",
+                "expected a password, got a list"));
+    CHECK(fails(FRONT "        cas: [relative.pem]\n",
+                "config.yml:17:9: middleware.registry[0].options.cas: ", "duplicate key"));
+}
+
+static void test_front_env(void)
+{
+    char *env[] = {
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ORIGINHOST=https://other.example.com:8443",
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_USERNAME=reader2",
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_PASSWORD=from-env",
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_GRANTTL=90s",
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ADMINS=root, ops",
+        "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_POLICYDIR=/etc/front/policies",
+        NULL,
+    };
+    struct config *cfg = parse_ok_env(FRONT, env);
+    CHECK(cfg != NULL);
+    if (cfg != NULL) {
+        CHECK_STR(cfg->upstreams[0].originhost, "https://other.example.com:8443");
+        CHECK_INT(cfg->upstreams[0].origin.port, 8443);
+        CHECK_STR(cfg->front_username, "reader2");
+        CHECK_STR(cfg->front_password, "from-env");
+        CHECK(cfg->granttl_ns == 90ULL * 1000000000ULL);
+        CHECK_INT(cfg->n_admins, 2);
+        CHECK_STR(cfg->admins[0], "root");
+        CHECK_STR(cfg->admins[1], "ops");
+        CHECK_STR(cfg->policydir, "/etc/front/policies");
+        CHECK_INT(cfg->n_warnings, 0);
+        config_free(cfg);
+    }
+    /* The environment completes a file that lacks the origin or half the account. */
+    char *origin[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ORIGINHOST=http://o:5000",
+                      "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_PASSWORD=p", NULL};
+    cfg = parse_ok_env("version: 0.1\nmiddleware:\n  registry:\n    - name: contentcaches\n"
+                       "      options:\n        username: reader\n",
+                       origin);
+    CHECK(cfg && strcmp(cfg->upstreams[0].originhost, "http://o:5000") == 0 &&
+          strcmp(cfg->front_password, "p") == 0);
+    config_free(cfg);
+    /* Errors name the variable; the password is not quoted back. */
+    char *bad_url[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ORIGINHOST=o:5000", NULL};
+    CHECK(fails_env(FRONT, bad_url, "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ORIGINHOST: ",
+                    "expected a fully qualified http or https URL, got \"o:5000\""));
+    char *bad_ttl[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_GRANTTL=1d", NULL};
+    CHECK(fails_env(FRONT, bad_ttl, "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_GRANTTL: ",
+                    "from 1s to 24h, got \"1d\""));
+    char *bad_admins[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ADMINS=a,,b", NULL};
+    CHECK(fails_env(FRONT, bad_admins, "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_ADMINS: ",
+                    "expected a comma-separated list of user names"));
+    char *unknown[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_COLOUR=blue", NULL};
+    cfg = parse_ok_env(FRONT, unknown);
+    CHECK(cfg && has_warning(cfg, "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_COLOUR: environment "
+                                  "variable not used by content-cache (ignored)"));
+    config_free(cfg);
+    /* A cache's file: the front's variables are not used, and said so. */
+    char *on_cache[] = {"REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_PASSWORD=x", NULL};
+    cfg = parse_ok_env("version: 0.1\n" DOWNSTREAM, on_cache);
+    CHECK(cfg && has_warning(cfg, "REGISTRY_MIDDLEWARE_REGISTRY_CONTENTCACHES_PASSWORD: "
+                                  "environment variable not used: the file names no "
+                                  "contentcaches middleware (ignored)"));
+    config_free(cfg);
+}
+
 int main(void)
 {
     RUN(test_seed_example);
@@ -1405,5 +1601,8 @@ int main(void)
     RUN(test_load);
     RUN(test_nesting_limit);
     RUN(test_garbage);
+    RUN(test_front_config);
+    RUN(test_front_config_errors);
+    RUN(test_front_env);
     return check_summary();
 }

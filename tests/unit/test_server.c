@@ -8,7 +8,10 @@
  * does with input that arrives then. Pipelined requests are answered in order, one at
  * a time; a client that half-closes after its requests gets its answers; a reset ends
  * the exchange at once; and a client that sends without reading cannot make the server
- * take more than a bounded amount.
+ * take more than a bounded amount. Request bodies (pushes) reach a handler that reads
+ * them whole, with Content-Length or chunked, paced by pauses, after a 100 Continue, and
+ * a request pipelined after a body is answered on the same connection; a body the
+ * handler leaves unread closes the connection after its answer.
  */
 #include "certs.h"
 #include "check.h"
@@ -47,6 +50,25 @@ struct test {
     int gone_at_done; /* ...counted when the client had finished */
     int completed;    /* exchanges logged */
     int last_status;
+    /* Request bodies: read by body_* below. */
+    uv_timer_t body_timer;        /* resumes a paused body */
+    struct http_exchange *paused; /* the body it resumes */
+    uint64_t body_bytes;          /* body bytes handed over, all requests */
+    int bodies_ok;                /* bodies whose every byte was the expected one */
+    int pauses;
+};
+
+/* A request body's byte at offset i: what the client sends and the handler expects. */
+static unsigned char body_byte(uint64_t i)
+{
+    return (unsigned char)((i * 7 + i / 251) & 0xff);
+}
+
+struct body_reader {
+    struct test *t;
+    uint64_t got;
+    bool bad;
+    bool pause; /* X-Mode: pause: pause after each piece, resume 1 ms later */
 };
 
 static void respond(struct test *t, struct http_exchange *x)
@@ -85,9 +107,72 @@ static void on_gone(struct http_exchange *x, void *arg)
     http_respond_end(x);
 }
 
+static void body_timer_cb(uv_timer_t *h);
+
+static void body_data(struct http_exchange *x, const char *data, size_t len, void *arg)
+{
+    struct body_reader *b = arg;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)data[i] != body_byte(b->got + i)) b->bad = true;
+    b->got += len;
+    b->t->body_bytes += len;
+    if (b->pause) {
+        http_req_body_pause(x);
+        b->t->pauses++;
+        b->t->paused = x;
+        uv_timer_start(&b->t->body_timer, body_timer_cb, 1, 0);
+    }
+}
+
+static void body_timer_cb(uv_timer_t *h)
+{
+    struct test *t = h->data;
+    struct http_exchange *x = t->paused;
+    t->paused = NULL;
+    if (x != NULL) http_req_body_resume(x);
+}
+
+static void body_end(struct http_exchange *x, void *arg)
+{
+    struct body_reader *b = arg;
+    struct test *t = b->t;
+    int64_t want = http_req_body_length(x);
+    if (!b->bad && (want < 0 || (uint64_t)want == b->got)) t->bodies_ok++;
+    free(b);
+    http_exchange_on_gone(x, NULL, NULL);
+    respond(t, x);
+}
+
+static void body_gone(struct http_exchange *x, void *arg)
+{
+    struct body_reader *b = arg;
+    b->t->outstanding--;
+    if (b->t->paused == x) b->t->paused = NULL;
+    free(b);
+    http_respond_end(x);
+}
+
+static bool header_is(struct http_exchange *x, const char *name, const char *value)
+{
+    const struct http_header *h = http_req_header(x, name);
+    return h != NULL && h->value_len == strlen(value) && memcmp(h->value, value, h->value_len) == 0;
+}
+
 static void on_request(struct http_exchange *x, void *ud)
 {
     struct test *t = ud;
+    if (http_req_has_body(x) && !header_is(x, "X-Mode", "unread")) {
+        t->outstanding++;
+        t->requests++;
+        struct body_reader *b = calloc(1, sizeof(*b));
+        b->t = t;
+        b->pause = header_is(x, "X-Mode", "pause");
+        static const struct http_body_callbacks cbs = {body_data, body_end};
+        http_exchange_on_gone(x, body_gone, b);
+        CHECK_INT(http_req_body_start(x, &cbs, b), 0);
+        CHECK_INT(http_req_body_start(x, &cbs, b), UV_EINVAL);
+        return;
+    }
     if (t->outstanding != 0) t->overlapping++;
     t->outstanding++;
     char want[32];
@@ -120,6 +205,7 @@ static void client_done_cb(uv_async_t *h)
     uv_close((uv_handle_t *)&t->client_done, NULL);
     uv_close((uv_handle_t *)&t->release_async, NULL);
     uv_close((uv_handle_t *)&t->release_timer, NULL);
+    uv_close((uv_handle_t *)&t->body_timer, NULL);
 }
 
 /* --- The client: a thread with a blocking socket ----------------------------------- */
@@ -340,6 +426,8 @@ static void run(struct test *t, struct client *c, bool tls, bool hold, unsigned 
     t->port = atoi(strrchr(http_server_address(t->srv), ':') + 1);
     uv_timer_init(&t->loop, &t->release_timer);
     t->release_timer.data = t;
+    uv_timer_init(&t->loop, &t->body_timer);
+    t->body_timer.data = t;
     uv_async_init(&t->loop, &t->release_async, release_async_cb);
     t->release_async.data = t;
     uv_async_init(&t->loop, &t->client_done, client_done_cb);
@@ -538,6 +626,246 @@ static void test_bound_on_held_input(void)
     free(c);
 }
 
+/* --- Request bodies ---------------------------------------------------------------------- */
+
+#define BODY_SIZE (300 * 1024) /* more than the server holds (64 KiB) */
+
+/* The body's bytes [from, from + len) into buf. */
+static void body_fill(char *buf, uint64_t from, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (char)body_byte(from + i);
+}
+
+/* POST /<rank> with a Content-Length body of `size` bytes, sent in pieces; mode is the
+ * X-Mode header ("" for none). */
+static void send_body_request(struct client *c, int rank, size_t size, const char *mode,
+                              bool expect_continue)
+{
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "POST /%d HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n%s%s%s%s\r\n", rank,
+                     size, *mode ? "X-Mode: " : "", mode, *mode ? "\r\n" : "",
+                     expect_continue ? "Expect: 100-continue\r\n" : "");
+    client_send(c, head, (size_t)n);
+    if (expect_continue) {
+        /* The body goes only after the server's word. */
+        char *end;
+        while ((end = memmem(c->in, c->in_len, "\r\n\r\n", 4)) == NULL)
+            if (!client_fill(c)) {
+                client_fail(c, "no 100 Continue");
+                return;
+            }
+        size_t len = (size_t)(end - c->in) + 4;
+        if (memcmp(c->in, "HTTP/1.1 100 Continue\r\n", 23) != 0)
+            client_fail(c, "the first answer to Expect: 100-continue is not 100 Continue");
+        memmove(c->in, c->in + len, c->in_len - len);
+        c->in_len -= len;
+    }
+    char buf[20000];
+    for (size_t off = 0; off < size;) {
+        size_t k = size - off < sizeof(buf) ? size - off : sizeof(buf);
+        body_fill(buf, off, k);
+        client_send(c, buf, k);
+        off += k;
+    }
+}
+
+/* A Content-Length body, then a GET on the same connection: both answered, in order. */
+static void script_body(struct client *c)
+{
+    char b[128];
+    send_body_request(c, 0, BODY_SIZE, "", false);
+    size_t n = request(b, sizeof(b), 1, 0);
+    client_send(c, b, n);
+    client_expect_responses(c, 0, 2);
+    client_close(c, false);
+}
+
+static void test_body_read_then_next_request(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_body;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 2);
+        CHECK_INT(t.bodies_ok, 1);
+        CHECK(t.body_bytes == BODY_SIZE);
+        CHECK_INT(t.completed, 2);
+        free(c);
+    }
+}
+
+/* A chunked body in chunks of several sizes, sent with pauses, then a pipelined GET. */
+static void script_chunked(struct client *c)
+{
+    static const char head[] =
+        "PUT /0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nX-Mode: pause\r\n\r\n";
+    client_send(c, head, sizeof(head) - 1);
+    static const size_t sizes[] = {1, 17, 4096, 70000, 3, 65536, 100000};
+    char *buf = malloc(100000 + 64);
+    uint64_t off = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(*sizes); i++) {
+        int n = snprintf(buf, 32, "%zx\r\n", sizes[i]);
+        body_fill(buf + n, off, sizes[i]);
+        memcpy(buf + n + sizes[i], "\r\n", 2);
+        client_send(c, buf, (size_t)n + sizes[i] + 2);
+        off += sizes[i];
+        if (i % 2 == 0) sleep_ms(10);
+    }
+    char b[128];
+    size_t n = request(b, sizeof(b), 1, 0);
+    memcpy(buf, "0\r\n\r\n", 5);
+    memcpy(buf + 5, b, n); /* the last chunk and the next request in one write */
+    client_send(c, buf, 5 + n);
+    free(buf);
+    client_expect_responses(c, 0, 2);
+    client_close(c, false);
+}
+
+static void test_body_chunked_with_pauses(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_chunked;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 2);
+        CHECK_INT(t.bodies_ok, 1);
+        CHECK(t.body_bytes == 1 + 17 + 4096 + 70000 + 3 + 65536 + 100000);
+        CHECK(t.pauses > 3);
+        free(c);
+    }
+}
+
+/* A chunked body with trailers (which the server reads past and does not keep), then a
+ * pipelined request: both answered. */
+static void script_trailers(struct client *c)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof(buf),
+                     "PUT /0 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n");
+    body_fill(buf + n, 0, 3);
+    n += 3;
+    n += snprintf(buf + n, sizeof(buf) - (size_t)n,
+                  "\r\n0\r\nX-Checksum: abc\r\nX-Other: d\r\n\r\n");
+    n += (int)request(buf + n, sizeof(buf) - (size_t)n, 1, 0);
+    client_send(c, buf, (size_t)n);
+    client_expect_responses(c, 0, 2);
+    client_close(c, false);
+}
+
+static void test_body_chunked_trailers(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_trailers;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 2);
+        CHECK_INT(t.bodies_ok, 1);
+        CHECK(t.body_bytes == 3);
+        free(c);
+    }
+}
+
+/* Expect: 100-continue: the client hears 100 before it sends; the body is read. */
+static void script_continue(struct client *c)
+{
+    send_body_request(c, 0, 5000, "", true);
+    client_expect_responses(c, 0, 1);
+    client_close(c, false);
+}
+
+static void test_body_expect_continue(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_continue;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 1);
+        CHECK_INT(t.bodies_ok, 1);
+        free(c);
+    }
+}
+
+/* A body the handler leaves unread: answered, then the connection closes. */
+static void script_unread(struct client *c)
+{
+    send_body_request(c, 0, 1000, "unread", false);
+    client_expect_responses(c, 0, 1);
+    client_expect_eof(c);
+    client_close(c, false);
+}
+
+static void test_body_unread_closes(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_unread;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 1);
+        CHECK(c->eof_at_end);
+        CHECK(t.body_bytes == 0);
+        free(c);
+    }
+}
+
+/* A big body refused unread while the client still sends it: the server drops what
+ * comes instead of resetting the connection, so the client reads the whole answer after
+ * it has sent its whole body. */
+static void script_unread_big(struct client *c)
+{
+    send_body_request(c, 0, 1 << 20, "unread", false);
+    client_expect_responses(c, 0, 1);
+    client_close(c, false);
+}
+
+static void test_body_refused_unread_is_not_reset(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_unread_big;
+        c->sndbuf = 16384;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(c->responses, 1);
+        CHECK(t.body_bytes == 0);
+        free(c);
+    }
+}
+
+/* A client that goes away in the middle of a body: the handler hears it (gone). */
+static void script_body_cut(struct client *c)
+{
+    char head[] = "POST /0 HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n";
+    client_send(c, head, sizeof(head) - 1);
+    char buf[30000];
+    body_fill(buf, 0, sizeof(buf));
+    client_send(c, buf, sizeof(buf));
+    sleep_ms(100);
+    client_close(c, false);
+    sleep_ms(200);
+}
+
+static void test_body_cut_short(void)
+{
+    for (int tls = 0; tls <= 1; tls++) {
+        struct test t;
+        struct client *c = calloc(1, sizeof(*c));
+        c->script = script_body_cut;
+        run(&t, c, tls, false, 0);
+        CHECK_INT(t.bodies_ok, 0);
+        CHECK(t.body_bytes == 30000);
+        CHECK_INT(t.completed, 1);
+        CHECK_INT(t.last_status, 499);
+        free(c);
+    }
+}
+
 int main(void)
 {
     alarm(120);
@@ -547,6 +875,13 @@ int main(void)
     RUN(test_reset_ends_exchange);
     RUN(test_burst_answered_in_order);
     RUN(test_bound_on_held_input);
+    RUN(test_body_read_then_next_request);
+    RUN(test_body_chunked_with_pauses);
+    RUN(test_body_chunked_trailers);
+    RUN(test_body_expect_continue);
+    RUN(test_body_unread_closes);
+    RUN(test_body_refused_unread_is_not_reset);
+    RUN(test_body_cut_short);
     certs_remove();
     return check_summary();
 }
