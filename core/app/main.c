@@ -187,10 +187,11 @@ static int run_check(const char *path)
            cfg->delete_enabled ? " (delete enabled)" : "");
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         const struct config_upstream *u = &cfg->upstreams[i];
+        /* "a, b, then origin o" with upstream caches; "origin o" without. */
         printf("upstreams[%zu]:  ", i);
         for (size_t k = 0; k < u->n_upstreamhosts; k++)
             printf("%s, ", u->upstreamhosts[k]);
-        printf("then origin %s\n", u->originhost);
+        printf("%sorigin %s\n", u->n_upstreamhosts > 0 ? "then " : "", u->originhost);
     }
     if (cfg->has_blobttl) {
         char d[64];

@@ -171,6 +171,14 @@ def check_all_configs(run, work, rw):
                                  r"https://dtr\.example\.com", out),
                        "edge.yml's upstreams in --check's output: %r" % out)
             run.check("chain/edge.yml: regional caches A and B, then the origin", edge_upstreams)
+        if out and name == "config.yml":
+            def origin_only(out=out):
+                # No upstream caches: the line names the origin alone, with no "then".
+                lines = [l for l in out.splitlines() if l.startswith("upstreams[")]
+                expect_eq(lines, ["upstreams[0]:  origin https://dtr.example.com"],
+                          "config.yml's upstreams in --check's output")
+            run.check("config.yml: --check names the origin alone (no upstream caches, no "
+                      "\"then\")", origin_only)
 
     def doc_config_untouched():
         # examples/config.yml is the document's file: the same keys and values.
