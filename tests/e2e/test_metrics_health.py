@@ -1,6 +1,8 @@
 """End-to-end: the debug server (http.debug.addr): /metrics moves as it should after a
-miss, a hit and an error, and /debug/health flips to 503 when the storage root becomes
-read-only (a tmpfs remounted read-only; needs root) and back to 200 when it is writable.
+miss, a hit and an error, shows the disk budget and its watermarks in bytes, and
+/debug/health flips to 503 when the storage root becomes read-only (a tmpfs remounted
+read-only; needs root) and back to 200 when it is writable; the health gauges of
+/metrics (content_cache_health_ok{check}) follow, from scrapes alone.
 
 Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_metrics_health.py
 """
@@ -55,7 +57,11 @@ def body(run):
     storage = work.sub("tmpfs-root", mkdir=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", storage],
                              capture_output=True).returncode == 0
-    cache = DebugCache(work, [origin], storage=storage if mounted else None)
+    # A disk budget far above what the test stores: only its gauges are looked at here.
+    budget_yaml = ("        diskbudget:\n          maxsize: 10MiB\n          highwatermark: 90\n"
+                   "          lowwatermark: 80\n")
+    cache = DebugCache(work, [origin], storage=storage if mounted else None,
+                       extra_downstream_yaml=budget_yaml)
     run.caches.append(cache)
     try:
         cache.start()
@@ -63,6 +69,11 @@ def body(run):
         up = 'upstream="%s"' % origin.url
 
         def metrics_move():
+            # A scrape starts the health checks, whose upstream check asks the origin for
+            # /v2/ when no upstream answered in the last minute: let that one finish
+            # first, so that the counts below are the requests' alone.
+            h.wait_until(lambda: 'content_cache_health_ok{check="upstream"}' in scrape(dport),
+                         10, "the first health evaluation")
             m0 = scrape(dport)
             r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))  # miss
             h.expect_status(r, 200)
@@ -108,27 +119,52 @@ def body(run):
         run.check("/metrics: a miss, a hit and a 404 move the counters they should",
                   metrics_move)
 
+        def budget_gauges():
+            m = scrape(dport)
+            expect_eq(m.get("content_cache_disk_budget_bytes"), 10 * 1024 * 1024.0,
+                      "content_cache_disk_budget_bytes (maxsize: 10MiB)")
+            expect_eq(m.get("content_cache_disk_budget_high_bytes"), 9437184.0,
+                      "content_cache_disk_budget_high_bytes (90%)")
+            expect_eq(m.get("content_cache_disk_budget_low_bytes"), 8388608.0,
+                      "content_cache_disk_budget_low_bytes (80%)")
+
+        run.check("/metrics: the disk budget and its watermarks, in bytes", budget_gauges)
+
+        def health_gauges(storage_ok):
+            # Each scrape starts an evaluation; its answers show from the next scrape.
+            want = {'content_cache_health_ok{check="storage"}': 1.0 if storage_ok else 0.0,
+                    'content_cache_health_ok{check="upstream"}': 1.0}
+
+            def seen():
+                m = scrape(dport)
+                return {k: m.get(k) for k in want} == want
+            h.wait_until(seen, 10, "health gauges %r" % want)
+
         def health_flips():
             r = h.request(dport, "GET", "/debug/health")
             expect_eq(r.status, 200, "health while all is well: %r" % r)
             expect_eq(json.loads(r.body)["status"], "healthy", "status")
+            health_gauges(True)
             subprocess.run(["mount", "-o", "remount,ro", storage], check=True)
             try:
                 r = h.request(dport, "GET", "/debug/health")
                 expect_eq(r.status, 503, "health with a read-only root: %r" % r)
                 doc = json.loads(r.body)
                 expect("not writable" in doc["storage"], "the reason: %r" % doc)
+                health_gauges(False)
             finally:
                 subprocess.run(["mount", "-o", "remount,rw", storage], check=True)
             r = h.request(dport, "GET", "/debug/health")
             expect_eq(r.status, 200, "health after the root is writable again: %r" % r)
+            health_gauges(True)
             # Hits still work throughout.
             r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))
             h.expect_status(r, 200)
 
         if mounted:
             run.check("/debug/health: 503 naming the reason while the root is read-only, 200 "
-                      "before and after", health_flips)
+                      "before and after; content_cache_health_ok{check=\"storage\"} 0 then 1 "
+                      "from scrapes", health_flips)
         else:
             run.skip("/debug/health with a read-only root", "cannot mount a tmpfs here")
     finally:
