@@ -50,6 +50,10 @@ PACKAGES=(
     # Later issues: uncomment when a test starts using it.
     python3-cryptography  # token-auth tests: signing JWTs (tests/e2e/token_server.py)
     containerd          # tests/e2e/test_containerd.py: ctr pulls through the cache as a mirror
+    # Deployment tests: the image built and run by a real Docker engine, the Debian
+    # package installed into a fresh Debian 12 root.
+    docker.io           # tests/e2e/test_docker_image.py: dockerd 20.10 and its client
+    debootstrap         # test_docker_image.py's base images, test_deb_package.py's root
 )
 
 case "${1:-}" in
