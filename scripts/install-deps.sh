@@ -54,6 +54,7 @@ PACKAGES=(
     # package installed into a fresh Debian 12 root.
     docker.io           # tests/e2e/test_docker_image.py: dockerd 20.10 and its client
     debootstrap         # test_docker_image.py's base images, test_deb_package.py's root
+    file                # scripts/package-deb.sh: cpack's dpkg-shlibdeps step finds ELF files
 )
 
 case "${1:-}" in
