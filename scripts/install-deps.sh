@@ -55,6 +55,7 @@ PACKAGES=(
     docker.io           # tests/e2e/test_docker_image.py: dockerd 20.10 and its client
     debootstrap         # test_docker_image.py's base images, test_deb_package.py's root
     file                # scripts/package-deb.sh: cpack's dpkg-shlibdeps step finds ELF files
+    prometheus          # tests/e2e/test_dashboards.py: promtool, and a server that scrapes a cache
 )
 
 case "${1:-}" in

@@ -210,7 +210,9 @@ def body(run):
                                  check=True).stdout
         paths = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
         for path in ("/usr/bin/content-cache", "/usr/share/content-cache/policies/default.lua",
-                     UNIT, CONFIG, "/usr/share/doc/content-cache/README.md"):
+                     UNIT, CONFIG, "/usr/share/doc/content-cache/README.md",
+                     "/usr/share/doc/content-cache/examples/grafana/content-cache.json",
+                     "/usr/share/doc/content-cache/examples/prometheus/alerts.yml"):
             expect(path in paths, "%s is not in the package" % path)
         control = subprocess.run(["dpkg-deb", "-I", debs[0]], capture_output=True, text=True,
                                  check=True).stdout
