@@ -360,6 +360,7 @@ static void server_stopped(void *arg)
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
     }
+    upstreams_stop_probes(app->upstreams); /* after debug_stop: its checks end now */
     upstream_pool_close(app->pool);
     app->pool = NULL;
     uv_close((uv_handle_t *)&app->sig_term, NULL);

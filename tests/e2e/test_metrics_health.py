@@ -2,7 +2,9 @@
 miss, a hit and an error, shows the disk budget and its watermarks in bytes, and
 /debug/health flips to 503 when the storage root becomes read-only (a tmpfs remounted
 read-only; needs root) and back to 200 when it is writable; the health gauges of
-/metrics (content_cache_health_ok{check}) follow, from scrapes alone.
+/metrics (content_cache_health_ok{check}) follow, from scrapes alone. A cache whose
+upstream takes connections and never answers stops at once on SIGTERM although a
+scrape's health probe and a /debug/health request wait on that upstream.
 
 Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_metrics_health.py
 """
@@ -11,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -201,6 +205,41 @@ def body(run):
                   "valid JSON naming it", long_root_health)
     finally:
         long_cache.stop()
+
+    # An upstream that never answers: a socket that listens and never accepts (the kernel
+    # completes the handshakes). The health probes wait on it for their timeouts (30 s).
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    dport = h.free_port()
+    debug_yaml = "  debug:\n    addr: 127.0.0.1:%d\n" % dport
+    stuck = DebugCache(work, ["http://127.0.0.1:%d" % silent.getsockname()[1]],
+                       name="silent-upstream")
+    run.caches.append(stuck)
+    try:
+        stuck.start()
+        h.wait_until(lambda: h.port_open(dport), 10, "the debug server")
+
+        def stops_at_once():
+            scrape(dport)  # starts an evaluation: its upstream probe hangs
+            join = h.background(lambda: h.request(dport, "GET", "/debug/health", timeout=60))
+            time.sleep(0.5)  # both probes are waiting on the silent upstream now
+            t0 = time.monotonic()
+            code = stuck.stop()
+            elapsed = time.monotonic() - t0
+            expect_eq(code, 0, "exit code on SIGTERM")
+            expect(elapsed < 3, "the stop took %.1f s (waiting for the probes' timeouts?)"
+                   % elapsed)
+            r = join(10)
+            expect_eq(r.status, 503, "the /debug/health in flight: %r" % r)
+            expect("stopping" in json.loads(r.body)["upstream"], "its reason: %r" % r.body)
+
+        run.check("SIGTERM while a scrape's health probe and a /debug/health wait on an "
+                  "upstream that never answers: exit 0 at once, the request answered 503",
+                  stops_at_once)
+    finally:
+        stuck.stop()
+        silent.close()
 
 
 if __name__ == "__main__":
