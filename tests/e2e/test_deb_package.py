@@ -10,7 +10,8 @@ says and installed into a fresh Debian 12 root.
   root (e2e_debian.py; its `apt-get update` reaches Debian's mirror, and apt fetches the
   runtime libraries from there) installs it with its Depends:, which name the package
   of every library the installed binary links against (ldd, then dpkg -S, in the
-  chroot); postinst made the system user content-cache and /var/lib/registry (0750).
+  chroot); postinst made the system user content-cache and /var/lib/registry (0750);
+  its Installed-Size is the README's (within 10%).
 - `content-cache --check /etc/content-cache/config.yml` in the chroot accepts the
   packaged file and reads the policies from /usr/share/content-cache/policies.
 - The unit's command line (its ExecStart, as its User=) runs in the chroot with the
@@ -263,6 +264,12 @@ def scenario(run, work, root, facts):
         expect_eq(status[:3], ["install", "ok", "installed"], "dpkg's status of content-cache")
         facts["installed_kb"] = int(status[3])
         h.log("  Installed-Size: %s KiB" % status[3])
+        with open(os.path.join(h.SOURCE_DIR, "README.md")) as f:
+            m = re.search(r"Installed, it takes (\d+) KiB", f.read())
+        expect(m is not None, "README.md states no installed size (\"Installed, it takes N KiB\")")
+        expect(abs(int(m.group(1)) - facts["installed_kb"]) <= facts["installed_kb"] // 10,
+               "README.md says %s KiB installed, dpkg says %d KiB" % (m.group(1),
+                                                                      facts["installed_kb"]))
         conffiles = root.run(["dpkg-query", "-W", "-f=${Conffiles}", "content-cache"]).stdout
         expect(CONFIG in conffiles, "dpkg's conffiles of content-cache: %r" % conffiles)
         user = root.user("content-cache")
