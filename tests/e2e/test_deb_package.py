@@ -6,14 +6,14 @@ says and installed into a fresh Debian 12 root.
   policies, the systemd unit and /etc/content-cache/config.yml, listed as a conffile,
   with a postinst. The build tree is kept beside the binary under test (deb/), so a
   second run builds only what changed.
-- `apt-get install ./content-cache_*.deb` in a chroot unpacked from the debootstrap
-  root (e2e_debian.py; its `apt-get update` reaches Debian's mirror, and apt fetches the
-  runtime libraries from there) installs it with its Depends:, which name the package
-  of every library the installed binary links against (ldd, then dpkg -S, in the
-  chroot); postinst made the system user content-cache and /var/lib/registry (0750);
-  its Installed-Size is the README's (within 10%).
-- `content-cache --check /etc/content-cache/config.yml` in the chroot accepts the
-  packaged file and reads the policies from /usr/share/content-cache/policies.
+- The README's `apt-get install ./content-cache_*.deb` (with -y) in a chroot unpacked
+  from the debootstrap root (e2e_debian.py; its `apt-get update` reaches Debian's
+  mirror, and apt fetches the runtime libraries from there) installs it with its
+  Depends:, which name the package of every library the installed binary links against
+  (ldd, then dpkg -S, in the chroot); postinst made the system user content-cache and
+  /var/lib/registry (0750); its Installed-Size is the README's (within 10%).
+- The README's `content-cache --check /etc/content-cache/config.yml` in the chroot
+  accepts the packaged file and reads the policies from /usr/share/content-cache/policies.
 - The unit's command line (its ExecStart, as its User=) runs in the chroot with the
   packaged config edited as its comments say (originhost: the test's docker-registry
   on 127.0.0.1; addr: a free port): skopeo pulls an image through it byte for byte
@@ -115,6 +115,23 @@ class Root:
                 if parts[0] == name:
                     return int(parts[2]), int(parts[3]), parts[5], parts[6]
         return None
+
+
+def readme_deb_commands():
+    """The commands of README.md's "As a Debian package" paragraph: {"install": the
+    apt-get line, "check": the --check line}."""
+    with open(os.path.join(h.SOURCE_DIR, "README.md")) as f:
+        text = f.read()
+    expect("**As a Debian package.**" in text, "README.md has no \"As a Debian package\"")
+    section = text.split("**As a Debian package.**", 1)[1].split("\n**", 1)[0]
+    expect("scripts/package-deb.sh" in section, "the paragraph names scripts/package-deb.sh")
+    lines = [line.strip() for b in re.findall(r"```sh\n(.*?)```", section, re.S)
+             for line in b.splitlines()]
+    found = {"install": [x for x in lines if x.startswith("apt-get install ./content-cache_")],
+             "check": [x for x in lines if x.startswith("content-cache --check ")]}
+    for what, xs in found.items():
+        expect_eq(len(xs), 1, "README.md's `%s` command lines" % what)
+    return {k: v[0] for k, v in found.items()}
 
 
 def control_fields(deb_path):
@@ -246,16 +263,24 @@ def body(run):
 
 def scenario(run, work, root, facts):
     deb_name = os.path.basename(facts["deb"])
+    cmds = run.check("README.md has the apt-get install and --check commands",
+                     readme_deb_commands)
+    if cmds is None:
+        return
 
     def install():
+        expect_eq(cmds["install"], "apt-get install ./" + deb_name,
+                  "the README's install command for the package made here")
         root.make()
         shutil.copy(facts["deb"], root.file("/tmp/" + deb_name))
         t0 = time.monotonic()
         cp = root.run(["apt-get", "update"], timeout=APT_TIMEOUT, check=False)
         expect_eq(cp.returncode, 0, "apt-get update in the chroot (Debian's mirror, %s) failed:"
                   "\n%s" % (deb.DEBIAN_MIRROR, (cp.stdout + cp.stderr)[-2000:]))
-        cp = root.run("cd /tmp && apt-get install -y --no-install-recommends ./%s" % deb_name,
-                      timeout=APT_TIMEOUT)
+        # The README's command, with -y: no one answers apt's question here.
+        command = cmds["install"].replace("apt-get install ", "apt-get install -y ", 1)
+        h.log("  # cd /tmp && " + command)
+        cp = root.run("cd /tmp && " + command, timeout=APT_TIMEOUT)
         h.log("  apt-get update and install in the chroot: %.0f s; %s" % (
             time.monotonic() - t0, [line for line in cp.stdout.splitlines()
                                     if "newly installed" in line]))
@@ -312,7 +337,8 @@ def scenario(run, work, root, facts):
               "against (ldd and dpkg -S in the root)", depends_cover_ldd)
 
     def check_config():
-        cp = root.run(["content-cache", "--check", CONFIG], check=False)
+        expect_eq(cmds["check"], "content-cache --check " + CONFIG, "the README's --check")
+        cp = root.run(shlex.split(cmds["check"]), check=False)
         expect_eq(cp.returncode, 0, "--check %s (stderr: %s)" % (CONFIG, cp.stderr.strip()))
         expect("is valid" in cp.stdout, "--check's output: %r" % cp.stdout)
         expect("upstreams[0]:  origin https://dtr.example.com" in cp.stdout,
