@@ -229,6 +229,7 @@ def body(run):
         paths = {line.split()[-1].lstrip(".") for line in listing.splitlines()}
         for path in ("/usr/bin/content-cache", "/usr/share/content-cache/policies/default.lua",
                      UNIT, CONFIG, "/usr/share/doc/content-cache/README.md",
+                     "/usr/share/doc/content-cache/changelog.gz",
                      "/usr/share/doc/content-cache/examples/grafana/content-cache.json",
                      "/usr/share/doc/content-cache/examples/prometheus/alerts.yml"):
             expect(path in paths, "%s is not in the package" % path)
