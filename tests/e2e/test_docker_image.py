@@ -14,9 +14,11 @@ debian:bookworm and debian:bookworm-slim; apt-get in the build reaches Debian's 
   lie in the checkout, and each image runs. Build times and sizes are logged, and the
   size the README states is checked against the measured one.
 - The README's `--check` command validates the config, and its `docker run` command
-  serves it: config.yml is examples/config.yml with the origin (a docker-registry on
-  127.0.0.1) for dtr.example.com and a free port for `addr: :5000`, dtr-ca.pem a CA of
-  the test's own. The cache runs as uid 10001 with the named volume on /var/lib/registry.
+  serves it: config.yml is examples/config.yml with the origin (a docker-registry
+  serving HTTPS on 127.0.0.1 with a certificate of the test's CA) for dtr.example.com and
+  a free port for `addr: :5000`; dtr-ca.pem is that CA, which the cache trusts through
+  the config's `cas`, as the document has it. The cache runs as uid 10001 with the named
+  volume on /var/lib/registry.
 - `docker pull 127.0.0.1:PORT/e2e/app:v1` through the cache: every blob cache=miss;
   after `docker rmi`, the same pull: every blob cache=hit and no new GET at the origin.
 - Docker Hub mirror: a daemon.json whose registry-mirrors names the cache (plain HTTP, as
@@ -58,7 +60,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import e2e_debian as deb  # noqa: E402
 import harness as h  # noqa: E402
-from e2e_tls import make_pki  # noqa: E402
+from e2e_tls import TlsOrigin, make_pki  # noqa: E402
 from harness import expect, expect_eq  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
@@ -490,8 +492,12 @@ def scenario(run, dockerd):
     run.check("the image adds < 5 MB to debian:bookworm-slim, and its size is the README's "
               "(within 1 MB)", size)
 
-    origin = run.origin()
+    # The document's origin: HTTPS with a certificate of a private CA, which the cache
+    # trusts through `cas` (/certs/dtr-ca.pem, mounted as the README's command says).
     pki = make_pki(work.sub("pki"))
+    origin = TlsOrigin(work, pki)
+    run.origins.append(origin)
+    origin.start()
     port = h.free_port()
     deploy = deploy_files(work, origin, port, pki)
     app = h.make_oci_layout(work.sub("layout-app"),
