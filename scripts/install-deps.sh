@@ -55,6 +55,12 @@ PACKAGES=(
     chromium            # tests/e2e/test_front_page.py: the front's profile page in a real
     chromium-driver     # browser, headless, driven by selenium
     python3-selenium
+    # Deployment tests: the image built and run by a real Docker engine, the Debian
+    # package installed into a fresh Debian 12 root.
+    docker.io           # tests/e2e/test_docker_image.py: dockerd 20.10 and its client
+    debootstrap         # test_docker_image.py's base images, test_deb_package.py's root
+    file                # scripts/package-deb.sh: cpack's dpkg-shlibdeps step finds ELF files
+    prometheus          # tests/e2e/test_dashboards.py: promtool, and a server that scrapes a cache
 )
 
 case "${1:-}" in

@@ -98,9 +98,25 @@ struct debug {
         char name[32];
         health_check_fn check;
         void *source;
+        int last_ok; /* the latest answer: 1 healthy, 0 not, -1 none yet */
     } checks[DEBUG_CHECKS_MAX];
     size_t n_checks;
+    struct health *background; /* the evaluation a scrape started, while in flight */
 };
+
+static void render_health(const struct debug *d, struct textbuf *o)
+{
+    bool any = false;
+    for (size_t i = 0; i < d->n_checks; i++) {
+        if (d->checks[i].last_ok < 0) continue;
+        if (!any)
+            metrics_help(o, "content_cache_health_ok", "gauge",
+                         "The latest answer of each /debug/health check: 1 healthy, 0 not.");
+        any = true;
+        metrics_labelled(o, "content_cache_health_ok", "check", d->checks[i].name,
+                         (uint64_t)d->checks[i].last_ok);
+    }
+}
 
 size_t debug_render_metrics(const struct debug *d, char *buf, size_t len)
 {
@@ -109,6 +125,7 @@ size_t debug_render_metrics(const struct debug *d, char *buf, size_t len)
     render_requests(&o);
     for (size_t i = 0; d != NULL && i < d->n_sections; i++)
         d->sections[i].render(d->sections[i].source, &o);
+    if (d != NULL) render_health(d, &o);
     return o.len;
 }
 
@@ -127,14 +144,17 @@ int debug_add_check(struct debug *d, const char *name, health_check_fn check, vo
     snprintf(d->checks[d->n_checks].name, sizeof(d->checks[d->n_checks].name), "%s", name);
     d->checks[d->n_checks].check = check;
     d->checks[d->n_checks].source = source;
+    d->checks[d->n_checks].last_ok = -1;
     d->n_checks++;
     return 0;
 }
 
 /*
- * A health answer in progress: the checks run one after the other, each adding its
- * member to the body. A check may answer before it returns; `starting` tells the
- * callback so, and the loop in health_next goes on instead of recursing.
+ * A health evaluation in progress: the checks run one after the other, each adding its
+ * member to the body and setting its last_ok. A check may answer before it returns;
+ * `starting` tells the callback so, and the loop in health_next goes on instead of
+ * recursing. x is NULL for the evaluation a scrape starts (d->background): it answers
+ * nobody, and d is set to NULL when the debug server stops before it ends.
  */
 struct health {
     struct debug *d;
@@ -150,6 +170,11 @@ struct health {
 
 static void health_finish(struct health *hc)
 {
+    if (hc->x == NULL) {
+        hc->d->background = NULL;
+        free(hc);
+        return;
+    }
     if (hc->gone) {
         http_respond_end(hc->x);
         free(hc);
@@ -174,7 +199,12 @@ static void health_next(struct health *hc);
 static void health_check_done(void *arg, bool ok, const char *detail)
 {
     struct health *hc = arg;
+    if (hc->d == NULL) { /* a scrape's evaluation that outlived the debug server */
+        free(hc);
+        return;
+    }
     const char *name = hc->d->checks[hc->next].name;
+    hc->d->checks[hc->next].last_ok = ok ? 1 : 0;
     hc->ok = hc->ok && ok;
     textbuf_printf(&hc->body, "%s\"%s\":\"", hc->next ? "," : "", name);
     textbuf_put_json(&hc->body, detail);
@@ -205,6 +235,27 @@ static void health_gone(struct http_exchange *x, void *arg)
     hc->gone = true;
 }
 
+static struct health *health_new(struct debug *d, struct http_exchange *x)
+{
+    struct health *hc = calloc(1, sizeof(*hc));
+    if (hc == NULL) return NULL;
+    hc->d = d;
+    hc->x = x;
+    hc->ok = true;
+    textbuf_init(&hc->body, hc->body_buf, sizeof(hc->body_buf));
+    textbuf_puts(&hc->body, "{");
+    return hc;
+}
+
+/* Each scrape starts an evaluation of the checks, unless one is in flight: the health
+ * gauges then follow the scrapes even when nobody asks /debug/health. */
+static void health_start_background(struct debug *d)
+{
+    if (d->background != NULL || d->n_checks == 0) return;
+    d->background = health_new(d, NULL);
+    if (d->background != NULL) health_next(d->background);
+}
+
 static void debug_handle(struct http_exchange *x, void *ud)
 {
     struct debug *d = ud;
@@ -215,6 +266,8 @@ static void debug_handle(struct http_exchange *x, void *ud)
         return;
     }
     if (len == 8 && memcmp(path, "/metrics", 8) == 0) {
+        /* Checks that answer at once show in this scrape, the others from the next. */
+        health_start_background(d);
         char *buf = malloc(METRICS_MAX);
         if (buf == NULL) {
             http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
@@ -227,16 +280,11 @@ static void debug_handle(struct http_exchange *x, void *ud)
         return;
     }
     if (len == 13 && memcmp(path, "/debug/health", 13) == 0) {
-        struct health *hc = calloc(1, sizeof(*hc));
+        struct health *hc = health_new(d, x);
         if (hc == NULL) {
             http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
             return;
         }
-        hc->d = d;
-        hc->x = x;
-        hc->ok = true;
-        textbuf_init(&hc->body, hc->body_buf, sizeof(hc->body_buf));
-        textbuf_puts(&hc->body, "{");
         http_exchange_on_gone(x, health_gone, hc);
         health_next(hc);
         return;
@@ -262,6 +310,7 @@ int debug_start(uv_loop_t *loop, const char *addr, struct debug **out, char *err
 void debug_stop(struct debug *d)
 {
     if (d == NULL) return;
+    if (d->background != NULL) d->background->d = NULL; /* it frees itself when it ends */
     http_server_shutdown(d->server, 0, free, d);
 }
 

@@ -2,7 +2,11 @@
  * debug.h: the debug server on http.debug.addr, as Docker Registry has one:
  *
  *   GET /metrics        Prometheus text format (version 0.0.4): the request counters kept
- *                       here, then every section added with debug_add_section, in order
+ *                       here, then every section added with debug_add_section, in order,
+ *                       then content_cache_health_ok{check}: the latest answer of each
+ *                       health check. Each scrape also starts an evaluation of the checks
+ *                       (one at a time), so the gauges move without /debug/health being
+ *                       asked; a check that answers later shows from the next scrape.
  *   GET /debug/health   200 when every check added with debug_add_check says healthy,
  *                       else 503; a small JSON body either way, one member per check
  *                       (its name and its sentence), then "status"

@@ -196,10 +196,11 @@ static void print_cache_settings(const struct config *cfg)
            cfg->delete_enabled ? " (delete enabled)" : "");
     for (size_t i = 0; i < cfg->n_upstreams; i++) {
         const struct config_upstream *u = &cfg->upstreams[i];
+        /* "a, b, then origin o" with upstream caches; "origin o" without. */
         printf("upstreams[%zu]:  ", i);
         for (size_t k = 0; k < u->n_upstreamhosts; k++)
             printf("%s, ", u->upstreamhosts[k]);
-        printf("then origin %s\n", u->originhost);
+        printf("%sorigin %s\n", u->n_upstreamhosts > 0 ? "then " : "", u->originhost);
     }
     if (cfg->has_blobttl) {
         char d[64];
@@ -354,6 +355,7 @@ static void server_stopped(void *arg)
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
     }
+    upstreams_stop_probes(app->upstreams); /* after debug_stop: its checks end now */
     keyring_free(app->grant_keys);
     app->grant_keys = NULL;
     upstream_pool_close(app->pool);

@@ -280,4 +280,15 @@ void budget_render_metrics(const void *budget, struct textbuf *out)
                   "Blobs deleted to stay within the disk budget.", bs->evicted);
     metrics_value(out, "content_cache_evicted_bytes_total", "counter",
                   "Bytes deleted to stay within the disk budget.", bs->evicted_bytes);
+    /* The budget itself, only when there is one: a dashboard draws the stored bytes
+     * against these lines, and an alert compares them (no budget, no series). */
+    const struct budget *b = budget;
+    if (b->o.max_bytes == 0) return;
+    metrics_value(out, "content_cache_disk_budget_bytes", "gauge",
+                  "The disk budget (diskbudget.maxsize).", b->o.max_bytes);
+    metrics_value(out, "content_cache_disk_budget_high_bytes", "gauge",
+                  "Eviction starts when the stored bytes pass this (highwatermark).", high_mark(b));
+    metrics_value(out, "content_cache_disk_budget_low_bytes", "gauge",
+                  "Eviction stops when the stored bytes are down to this (lowwatermark).",
+                  low_mark(b));
 }

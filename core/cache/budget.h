@@ -63,7 +63,8 @@ int budget_start(uv_loop_t *loop, struct store *store, const struct budget_opts 
 /* Stops; work in flight finishes first; the budget is freed then. */
 void budget_stop(struct budget *b);
 const struct budget_stats *budget_stats(const struct budget *b);
-/* A metrics_render_fn over a struct budget: what is stored, and what eviction removed. */
+/* A metrics_render_fn over a struct budget: what is stored, what eviction removed, and,
+ * with a budget, its size and watermarks in bytes. */
 void budget_render_metrics(const void *budget, struct textbuf *out);
 
 /* A blob of `size` bytes was stored / removed (by the cache itself). */

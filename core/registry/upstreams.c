@@ -28,6 +28,8 @@ struct upstreams {
     size_t n_entries;
     const char *order[UPSTREAMS_MAX_CANDIDATES]; /* what upstreams_select returns */
     struct policy_engine *policy;                /* select_upstream, when set */
+    struct probe *probes;                        /* health probes in flight */
+    bool probes_stopped;                         /* upstreams_stop_probes was called */
 };
 
 static char *join_base(const struct url *u)
@@ -281,13 +283,24 @@ void upstreams_req_info_init(struct upstreams_req_info *ri, const struct http_ex
 
 /* --- Health --------------------------------------------------------------------------- */
 
-/* A probe of /v2/ in flight. */
+/* A probe of /v2/ in flight, in its upstreams' list until it answers or is stopped. */
 struct probe {
     health_done_fn done;
     void *arg;
     struct chain_req *req;
     int status;
+    struct upstreams *u;
+    struct probe *prev, *next;
 };
+
+static void probe_unlink(struct probe *p)
+{
+    if (p->prev != NULL)
+        p->prev->next = p->next;
+    else
+        p->u->probes = p->next;
+    if (p->next != NULL) p->next->prev = p->prev;
+}
 
 static void probe_head(void *ud, int status, const struct http_header *hdrs, size_t n,
                        int64_t content_length)
@@ -311,13 +324,33 @@ static void probe_done(void *ud, int err)
                  p->status ? "5xx" : chain_error_message(p->req));
     health_done_fn done = p->done;
     void *arg = p->arg;
+    probe_unlink(p);
     free(p);
     done(arg, ok, detail);
+}
+
+void upstreams_stop_probes(struct upstreams *u)
+{
+    if (u == NULL) return;
+    u->probes_stopped = true;
+    while (u->probes != NULL) {
+        struct probe *p = u->probes;
+        probe_unlink(p);
+        chain_cancel(p->req);
+        health_done_fn done = p->done;
+        void *arg = p->arg;
+        free(p);
+        done(arg, false, "no upstream answered: the cache is stopping");
+    }
 }
 
 void upstreams_health_check(void *upstreams, uv_loop_t *loop, health_done_fn done, void *arg)
 {
     struct upstreams *u = upstreams;
+    if (u->probes_stopped) {
+        done(arg, false, "no upstream answered: the cache is stopping");
+        return;
+    }
     char detail[100];
     uint64_t last = chain_last_answer_ms();
     uint64_t now = uv_hrtime() / 1000000u;
@@ -330,12 +363,18 @@ void upstreams_health_check(void *upstreams, uv_loop_t *loop, health_done_fn don
     if (u->n_entries > 0 && p != NULL) {
         p->done = done;
         p->arg = arg;
+        p->u = u;
         struct policy_request req = {.method = "GET", .kind = "base"};
         size_t n;
         const char *const *bases = upstreams_select(u, &req, 0, &n);
         struct chain_spec spec = {.method = "GET", .bases = bases, .n_bases = n, .target = "/v2/"};
         static const struct upstream_callbacks cbs = {probe_head, probe_body, probe_done};
-        if (chain_request(u->pool, &spec, &cbs, p, &p->req) == 0) return;
+        if (chain_request(u->pool, &spec, &cbs, p, &p->req) == 0) {
+            p->next = u->probes;
+            if (p->next != NULL) p->next->prev = p;
+            u->probes = p;
+            return;
+        }
     }
     free(p);
     done(arg, false, "no upstream answered: cannot ask the upstream");

@@ -95,4 +95,12 @@ void upstreams_req_info_init(struct upstreams_req_info *ri, const struct http_ex
  */
 void upstreams_health_check(void *upstreams, uv_loop_t *loop, health_done_fn done, void *arg);
 
+/*
+ * At shutdown, before the upstream pool closes: cancels the health probes in flight,
+ * answering each check "not healthy, stopping" before it returns, and answers every
+ * later check so at once. Without it a probe of an upstream that does not answer would
+ * hold the loop (and the stop) for its timeouts.
+ */
+void upstreams_stop_probes(struct upstreams *u);
+
 #endif

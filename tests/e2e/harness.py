@@ -2,7 +2,8 @@
 
 Python 3 standard library only. Every test script under tests/e2e/ imports this module,
 builds its scenario from the pieces below and ends with `harness.main(...)`, which prints
-"N passed, N failed" and exits non-zero when anything failed.
+"N passed, N failed" and exits 1 when anything failed (77, which ctest reports as
+"Skipped", when every check was skipped).
 
 Pieces:
   Workdir          a temporary directory per test run; removed when every check passed,
@@ -713,6 +714,11 @@ def expect_error(resp, status, code):
 
 # --- The check runner -----------------------------------------------------------------
 
+# The exit code of a run whose every check was skipped (tests/CMakeLists.txt gives it to
+# ctest as SKIP_RETURN_CODE): a test that cannot run here says so in the summary.
+SKIPPED_EXIT_CODE = 77
+
+
 class Run:
     """Runs named checks, each isolated: an exception fails that check only. Servers made
     through origin()/cache() are stopped at the end; a cache that died or printed a
@@ -776,7 +782,8 @@ class Run:
     def finish(self):
         """Stops every server (caches first), fails the run for a cache that needed
         SIGKILL, exited non-zero on SIGTERM or reported a sanitizer error, prints the
-        summary and returns the exit code."""
+        summary and returns the exit code: 1 when a check failed, SKIPPED_EXIT_CODE when
+        every check was skipped, else 0."""
         for c in self.caches:
             if c.proc is None:
                 continue
@@ -808,6 +815,8 @@ class Run:
         if self.skipped:
             summary += ", %d skipped" % self.skipped
         print(summary, flush=True)
+        if ok and self.passed == 0 and self.skipped:
+            return SKIPPED_EXIT_CODE  # ctest shows "Skipped" (SKIP_RETURN_CODE)
         return 0 if ok else 1
 
 

@@ -12,10 +12,11 @@
   origin and the upstream caches' hostnames replaced by 127.0.0.1 ports, in front of
   an HTTPS docker-registry of the test's CA. skopeo pulls an image through the edge
   (plain HTTP) and through tls.yml's cache (HTTPS, verifying) byte for byte.
-- examples/Dockerfile: the stages, the entry point and the rest of its contract, every
-  Debian package it installs exists (apt-cache policy), its build packages are those of
-  scripts/install-deps.sh, and its runtime packages hold every shared library the binary
-  links against. It is not built: there is no Docker engine on the test machines.
+- examples/Dockerfile: the stages, the entry point and the rest of its contract, no
+  `# syntax=` line, every Debian package it installs exists (apt-cache policy), its build
+  packages are those of scripts/install-deps.sh (narrowed as BUILD_STAGE_NARROWING says),
+  and its runtime packages hold every shared library the binary links against.
+  test_docker_image.py builds and runs it.
 - examples/content-cache.service: sections and keys, the sandboxing settings, and
   `systemd-analyze verify` (offline; skipped where systemd-analyze is missing).
 - examples/containerd/hosts.toml parses (tomllib) and names a cache with pull and
@@ -64,7 +65,10 @@ _ABS_PATH = re.compile(r"(?<![\w.:/-])(/[A-Za-z0-9._/-]+)")
 
 
 def example_ymls():
-    return sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.yml"), recursive=True))
+    """The cache configurations among examples/**/*.yml (prometheus/ holds alerting rules,
+    checked by test_dashboards.py)."""
+    return sorted(p for p in glob.glob(os.path.join(EXAMPLES, "**", "*.yml"), recursive=True)
+                  if not rel(p).startswith("prometheus/"))
 
 
 def rel(path):
@@ -172,6 +176,14 @@ def check_all_configs(run, work, rw):
                                  r"https://dtr\.example\.com", out),
                        "edge.yml's upstreams in --check's output: %r" % out)
             run.check("chain/edge.yml: regional caches A and B, then the origin", edge_upstreams)
+        if out and name == "config.yml":
+            def origin_only(out=out):
+                # No upstream caches: the line names the origin alone, with no "then".
+                lines = [l for l in out.splitlines() if l.startswith("upstreams[")]
+                expect_eq(lines, ["upstreams[0]:  origin https://dtr.example.com"],
+                          "config.yml's upstreams in --check's output")
+            run.check("config.yml: --check names the origin alone (no upstream caches, no "
+                      "\"then\")", origin_only)
 
     def doc_config_untouched():
         # examples/config.yml is the document's file: the same keys and values.
@@ -337,6 +349,15 @@ def install_deps_build_packages():
     return pkgs
 
 
+# How the Dockerfile's build stage narrows install-deps.sh's build packages (fewer
+# packages to unpack in every image build): build-essential becomes the C compiler alone,
+# node-llhttp is fetched with `apt-get download` and unpacked with `dpkg-deb -x` (its C
+# sources, without the Node.js it depends on), and ca-certificates is added for the
+# bundle that the runtime stage copies.
+BUILD_STAGE_NARROWING = {"build-essential": ["gcc", "libc6-dev", "make"], "node-llhttp": []}
+BUILD_STAGE_EXTRA = ["ca-certificates"]
+
+
 def check_dockerfile(run):
     path = os.path.join(EXAMPLES, "Dockerfile")
     instrs = dockerfile_instructions(path)
@@ -359,10 +380,21 @@ def check_dockerfile(run):
         user = (final.get("USER") or ["root"])[-1].split(":")[0]
         expect(user not in ("root", "0"), "the image runs as root")
         copies = final.get("COPY", [])
-        expect(any(c.startswith("--from=build ") and "/usr/local" in c for c in copies),
-               "the runtime stage copies the installed tree from the build stage: %r" % copies)
+        for what in ("/staging/usr/local/bin/content-cache",
+                     "/staging/usr/local/share/content-cache/",
+                     "/etc/ssl/certs/ca-certificates.crt"):
+            expect(any(c.startswith("--from=build %s " % what) for c in copies),
+                   "the runtime stage copies %s from the build stage: %r" % (what, copies))
+        with open(path) as f:
+            expect(not re.match(r"\s*#\s*syntax\s*=", f.read(), re.I),
+                   "a # syntax= line: BuildKit would fetch its frontend from Docker Hub")
         build_runs = " ".join(a for i, a in st[0][1] if i == "RUN")
         expect("cmake --install" in build_runs, "the build stage runs cmake --install")
+        expect("apt-get download node-llhttp" in build_runs and "dpkg-deb -x node-llhttp_" in
+               build_runs, "the build stage unpacks node-llhttp's sources")
+        final_runs = " ".join(a for i, a in st[1][1] if i == "RUN")
+        expect("apt-get clean" in final_runs and "rm -rf /var/lib/apt/lists/*" in final_runs,
+               "the runtime stage leaves no package cache or lists")
         expect("-DCMAKE_BUILD_TYPE=Release" in build_runs, "a Release build")
         expect("-DCC_TESTS=OFF" in build_runs, "the image builds without the test suite")
         # The install rules the image relies on.
@@ -383,7 +415,7 @@ def check_dockerfile(run):
         return
 
     def packages_exist():
-        pkgs = sorted(set(info["build"] + info["runtime"]))
+        pkgs = sorted(set(info["build"] + info["runtime"] + ["node-llhttp"]))
         cp = subprocess.run(["apt-cache", "policy"] + pkgs, capture_output=True, text=True,
                             timeout=120)
         candidates = {}
@@ -407,10 +439,14 @@ def check_dockerfile(run):
         run.skip("Dockerfile packages exist", "no apt-cache here")
 
     def build_packages():
-        expect_eq(sorted(info["build"]), sorted(install_deps_build_packages()),
-                  "build-stage packages vs scripts/install-deps.sh's Build group")
+        want = list(BUILD_STAGE_EXTRA)
+        for pkg in install_deps_build_packages():
+            want.extend(BUILD_STAGE_NARROWING.get(pkg, [pkg]))
+        expect_eq(sorted(info["build"]), sorted(want),
+                  "build-stage packages vs scripts/install-deps.sh's Build group, narrowed")
 
-    run.check("Dockerfile: the build stage installs install-deps.sh's build packages",
+    run.check("Dockerfile: the build stage installs install-deps.sh's build packages "
+              "(build-essential narrowed to gcc, libc6-dev, make; node-llhttp unpacked)",
               build_packages)
 
     def runtime_libraries():
@@ -437,7 +473,8 @@ def check_dockerfile(run):
         h.log("  shared libraries -> packages: %r" % needed)
         absent = {lib: pkg for lib, pkg in needed.items() if pkg not in info["runtime"]}
         expect_eq(absent, {}, "libraries whose package the runtime stage does not install")
-        expect("ca-certificates" in info["runtime"], "ca-certificates in the runtime stage")
+        expect_eq(sorted(info["runtime"]), sorted(set(needed.values())),
+                  "the runtime stage installs those packages and nothing else")
 
     if shutil.which("ldd") and shutil.which("dpkg"):
         run.check("Dockerfile: the runtime stage installs the package of every shared "
@@ -568,6 +605,8 @@ def check_install(run, work):
         "lib/systemd/system/content-cache.service": "the systemd unit",
         "share/doc/content-cache/examples/config.yml": "the document's config",
         "share/doc/content-cache/examples/chain/edge.yml": "the chain example",
+        "share/doc/content-cache/examples/grafana/content-cache.json": "the dashboard",
+        "share/doc/content-cache/examples/prometheus/alerts.yml": "the alerting rules",
         "share/doc/content-cache/README.md": "the README (the unit's Documentation=)",
     }
 

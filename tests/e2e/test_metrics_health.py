@@ -1,6 +1,10 @@
 """End-to-end: the debug server (http.debug.addr): /metrics moves as it should after a
-miss, a hit and an error, and /debug/health flips to 503 when the storage root becomes
-read-only (a tmpfs remounted read-only; needs root) and back to 200 when it is writable.
+miss, a hit and an error, shows the disk budget and its watermarks in bytes, and
+/debug/health flips to 503 when the storage root becomes read-only (a tmpfs remounted
+read-only; needs root) and back to 200 when it is writable; the health gauges of
+/metrics (content_cache_health_ok{check}) follow, from scrapes alone. A cache whose
+upstream takes connections and never answers stops at once on SIGTERM although a
+scrape's health probe and a /debug/health request wait on that upstream.
 
 Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_metrics_health.py
 """
@@ -9,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -55,7 +61,11 @@ def body(run):
     storage = work.sub("tmpfs-root", mkdir=True)
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", storage],
                              capture_output=True).returncode == 0
-    cache = DebugCache(work, [origin], storage=storage if mounted else None)
+    # A disk budget far above what the test stores: only its gauges are looked at here.
+    budget_yaml = ("        diskbudget:\n          maxsize: 10MiB\n          highwatermark: 90\n"
+                   "          lowwatermark: 80\n")
+    cache = DebugCache(work, [origin], storage=storage if mounted else None,
+                       extra_downstream_yaml=budget_yaml)
     run.caches.append(cache)
     try:
         cache.start()
@@ -63,6 +73,11 @@ def body(run):
         up = 'upstream="%s"' % origin.url
 
         def metrics_move():
+            # A scrape starts the health checks, whose upstream check asks the origin for
+            # /v2/ when no upstream answered in the last minute: let that one finish
+            # first, so that the counts below are the requests' alone.
+            h.wait_until(lambda: 'content_cache_health_ok{check="upstream"}' in scrape(dport),
+                         10, "the first health evaluation")
             m0 = scrape(dport)
             r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))  # miss
             h.expect_status(r, 200)
@@ -108,27 +123,52 @@ def body(run):
         run.check("/metrics: a miss, a hit and a 404 move the counters they should",
                   metrics_move)
 
+        def budget_gauges():
+            m = scrape(dport)
+            expect_eq(m.get("content_cache_disk_budget_bytes"), 10 * 1024 * 1024.0,
+                      "content_cache_disk_budget_bytes (maxsize: 10MiB)")
+            expect_eq(m.get("content_cache_disk_budget_high_bytes"), 9437184.0,
+                      "content_cache_disk_budget_high_bytes (90%)")
+            expect_eq(m.get("content_cache_disk_budget_low_bytes"), 8388608.0,
+                      "content_cache_disk_budget_low_bytes (80%)")
+
+        run.check("/metrics: the disk budget and its watermarks, in bytes", budget_gauges)
+
+        def health_gauges(storage_ok):
+            # Each scrape starts an evaluation; its answers show from the next scrape.
+            want = {'content_cache_health_ok{check="storage"}': 1.0 if storage_ok else 0.0,
+                    'content_cache_health_ok{check="upstream"}': 1.0}
+
+            def seen():
+                m = scrape(dport)
+                return {k: m.get(k) for k in want} == want
+            h.wait_until(seen, 10, "health gauges %r" % want)
+
         def health_flips():
             r = h.request(dport, "GET", "/debug/health")
             expect_eq(r.status, 200, "health while all is well: %r" % r)
             expect_eq(json.loads(r.body)["status"], "healthy", "status")
+            health_gauges(True)
             subprocess.run(["mount", "-o", "remount,ro", storage], check=True)
             try:
                 r = h.request(dport, "GET", "/debug/health")
                 expect_eq(r.status, 503, "health with a read-only root: %r" % r)
                 doc = json.loads(r.body)
                 expect("not writable" in doc["storage"], "the reason: %r" % doc)
+                health_gauges(False)
             finally:
                 subprocess.run(["mount", "-o", "remount,rw", storage], check=True)
             r = h.request(dport, "GET", "/debug/health")
             expect_eq(r.status, 200, "health after the root is writable again: %r" % r)
+            health_gauges(True)
             # Hits still work throughout.
             r = h.request(cache.port, "GET", "/v2/%s/blobs/%s" % (REPO, digest))
             h.expect_status(r, 200)
 
         if mounted:
             run.check("/debug/health: 503 naming the reason while the root is read-only, 200 "
-                      "before and after", health_flips)
+                      "before and after; content_cache_health_ok{check=\"storage\"} 0 then 1 "
+                      "from scrapes", health_flips)
         else:
             run.skip("/debug/health with a read-only root", "cannot mount a tmpfs here")
     finally:
@@ -165,6 +205,41 @@ def body(run):
                   "valid JSON naming it", long_root_health)
     finally:
         long_cache.stop()
+
+    # An upstream that never answers: a socket that listens and never accepts (the kernel
+    # completes the handshakes). The health probes wait on it for their timeouts (30 s).
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    dport = h.free_port()
+    debug_yaml = "  debug:\n    addr: 127.0.0.1:%d\n" % dport
+    stuck = DebugCache(work, ["http://127.0.0.1:%d" % silent.getsockname()[1]],
+                       name="silent-upstream")
+    run.caches.append(stuck)
+    try:
+        stuck.start()
+        h.wait_until(lambda: h.port_open(dport), 10, "the debug server")
+
+        def stops_at_once():
+            scrape(dport)  # starts an evaluation: its upstream probe hangs
+            join = h.background(lambda: h.request(dport, "GET", "/debug/health", timeout=60))
+            time.sleep(0.5)  # both probes are waiting on the silent upstream now
+            t0 = time.monotonic()
+            code = stuck.stop()
+            elapsed = time.monotonic() - t0
+            expect_eq(code, 0, "exit code on SIGTERM")
+            expect(elapsed < 3, "the stop took %.1f s (waiting for the probes' timeouts?)"
+                   % elapsed)
+            r = join(10)
+            expect_eq(r.status, 503, "the /debug/health in flight: %r" % r)
+            expect("stopping" in json.loads(r.body)["upstream"], "its reason: %r" % r.body)
+
+        run.check("SIGTERM while a scrape's health probe and a /debug/health wait on an "
+                  "upstream that never answers: exit 0 at once, the request answered 503",
+                  stops_at_once)
+    finally:
+        stuck.stop()
+        silent.close()
 
 
 if __name__ == "__main__":
