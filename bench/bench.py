@@ -36,9 +36,9 @@ NOT_AVAILABLE = "not available yet"
 MODES = {
     # rounds, wrk seconds, big blob MiB, cold blob MiB, sha256 MiB, idle connections
     "full": dict(rounds=3, wrk_seconds=5, big_mib=200, cold_mib=200, sha_mib=1024,
-                 idle=10000, openssl_seconds=3, redirect_requests=400),
+                 idle=10000, openssl_seconds=3, redirect_requests=400, policy_misses=300),
     "quick": dict(rounds=1, wrk_seconds=1, big_mib=8, cold_mib=8, sha_mib=64, idle=500,
-                  openssl_seconds=1, redirect_requests=50),
+                  openssl_seconds=1, redirect_requests=50, policy_misses=40),
 }
 
 # A scenario may run at most this many rounds again because they were disturbed.
@@ -387,7 +387,7 @@ class Bench:
             tls_cache.stop()
         self.results["tls"] = {"status": "ok", "values": values, "sessions": sessions}
 
-    # 9. The 1 KiB hit with the default policies and with no hooks defined.
+    # 11. The 1 KiB hit (and miss) with the default policies and with no hooks defined.
     def scenario_policy(self):
         wired, why = self.policy_engine_wired()
         if not wired:
@@ -410,18 +410,81 @@ class Bench:
             self.warm([default, nohooks], ["small"])
 
             def measure(srv):
-                rps = clients.wrk(blob_url(srv.url, digest), 2, 64, secs)["rps"]
+                before = process_cpu_seconds(srv.proc.pid)
+                result = clients.wrk(blob_url(srv.url, digest), 2, 64, secs)
+                used = process_cpu_seconds(srv.proc.pid) - before
                 srv.truncate_access_log()
-                return rps
+                return {"rps": result["rps"], "cpu_us": used / max(1, result["requests"]) * 1e6}
 
-            values = self.alternate("policy", [default, nohooks], measure)
+            both = self.alternate("policy", [default, nohooks], measure)
         finally:
             self.rounds = saved_rounds
             default.stop()
             nohooks.stop()
+        values = {k: [r["rps"] for r in v] for k, v in both.items()}
+        # The cache's CPU time per request: what the policies cost, far less disturbed by
+        # other work on the machine than the request rate is.
+        cpu = {k: [r["cpu_us"] for r in v] for k, v in both.items()}
         ratios = [d / n for d, n in zip(values["cache-policies"], values["cache-nohooks"])]
         self.results["policy"] = {"status": "ok", "values": values, "seconds": secs,
-                                  "ratios": ratios}
+                                  "ratios": ratios, "cpu_us": cpu,
+                                  "cpu_ratios": [d / n for d, n in zip(
+                                      cpu["cache-policies"], cpu["cache-nohooks"])]}
+        self.policy_misses(secs)
+
+    def policy_misses(self, secs):
+        """Row 11's miss path: 1 KiB blobs that neither cache holds, each requested once
+        (authorization HEAD, select_upstream, the fetch, the commit), as misses per second
+        with the default policies and with no hooks. Each round of each cache gets blobs
+        of its own, uploaded before the first round."""
+        per_round = self.mode["policy_misses"]
+        rounds = 2 * self.rounds
+        # Enough for every round of both caches, and for the rounds run again because the
+        # machine was busy (quietly).
+        count = 2 * (rounds + MAX_RETRIES_PER_SCENARIO) * per_round
+        log("uploading %d blobs of 1 KiB for the miss rounds" % count)
+        import concurrent.futures
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            fresh = list(pool.map(lambda _: self.origin.upload_blob(BLOB_REPO, os.urandom(1024)),
+                                  range(count)))
+        default = servers.Cache(self.work, self.args.binary, self.origin.url,
+                                name="cache-policies-miss")
+        nohooks = servers.Cache(self.work, self.args.binary, self.origin.url,
+                                name="cache-nohooks-miss",
+                                builtin_policies=self.args.nohooks_policies)
+        saved_rounds = self.rounds
+        self.rounds = rounds
+        try:
+            for c in (default, nohooks):
+                c.start()
+            self.warm([default, nohooks], ["small"])
+
+            def measure(srv):
+                batch = [fresh.pop() for _ in range(per_round)]
+                paths = ["/v2/%s/blobs/%s" % (BLOB_REPO, d) for d in batch]
+                before = process_cpu_seconds(srv.proc.pid)
+                wall = clients.get_each(srv.port, paths, 1024)
+                used = process_cpu_seconds(srv.proc.pid) - before
+                srv.truncate_access_log()
+                return {"rate": per_round / wall, "cpu_us": used / per_round * 1e6}
+
+            both = self.alternate("policy-miss", [default, nohooks], measure)
+            values = {k: [r["rate"] for r in v] for k, v in both.items()}
+            cpu = {k: [r["cpu_us"] for r in v] for k, v in both.items()}
+        finally:
+            self.rounds = saved_rounds
+            default.stop()
+            nohooks.stop()
+        res = self.results["policy"]
+        res["miss_values"] = {"cache-policies": values["cache-policies-miss"],
+                              "cache-nohooks": values["cache-nohooks-miss"]}
+        res["miss_ratios"] = [d / n for d, n in zip(values["cache-policies-miss"],
+                                                    values["cache-nohooks-miss"])]
+        res["misses_per_round"] = per_round
+        res["miss_cpu_us"] = {"cache-policies": cpu["cache-policies-miss"],
+                              "cache-nohooks": cpu["cache-nohooks-miss"]}
+        res["miss_cpu_ratios"] = [d / n for d, n in zip(cpu["cache-policies-miss"],
+                                                        cpu["cache-nohooks-miss"])]
 
     # 12. A hit redirected by the front (307, then the cache with the grant) against the
     # same hit asked of the cache directly: the time of one whole request, sequential,
@@ -640,6 +703,14 @@ class CpuAccount:
         if elapsed < 0.5:
             return 0.0  # too short for clock ticks to say anything
         return max(0.0, 100.0 * (machine - ours) / hz / elapsed / os.cpu_count())
+
+
+def process_cpu_seconds(pid):
+    """User + system CPU time of a process and all its threads, in seconds (/proc)."""
+    with open("/proc/%d/stat" % pid) as f:
+        text = f.read()
+    fields = text[text.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def command_line(args):

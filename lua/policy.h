@@ -1,6 +1,14 @@
 /*
  * policy.h: the Lua policy engine, the hooks by which an operator changes how the cache
- * picks upstreams, expires and evicts blobs, and writes its access log.
+ * picks upstreams, expires, evicts and admits blobs, and writes its access log.
+ *
+ * The policies that run are Lua: the core calls select_upstream, blob_ttl, evict and
+ * admit of the files loaded (the defaults of policies/, as installed, and the drop-ins),
+ * never a C copy of them. The one C twin is format_log's line, per request, and the core
+ * runs it only while policy_hook_is_shipped says the loaded files are the shipped ones.
+ * When a hook is missing or fails, the caller falls back to a plain last resort that is
+ * not a policy (core/app/policies.h): the config's order of upstreams, the configured
+ * blobttl, least recently pulled first, store, the C line.
  *
  * A policy is a Lua file that returns a table of hooks (functions). The engine loads the
  * built-in defaults (default.lua in the builtin directory) and then every "*.lua" file in
@@ -80,6 +88,8 @@ enum policy_hook {
     POLICY_HOOK_BLOB_TTL,
     POLICY_HOOK_FORMAT_LOG,
     POLICY_HOOK_EVICT,
+    POLICY_HOOK_ADMIT,
+    POLICY_HOOK_ON_UPSTREAM_FAILURE,
     POLICY_HOOK_SELECT_CACHE, /* the front's: which cache a blob download goes to */
     POLICY_HOOK_COUNT
 };
@@ -104,15 +114,36 @@ struct policy_request {
     const char *kind;       /* "base", "manifest", "blob", "tags", "referrers", "catalog" */
 };
 
-/* A stored blob, as blob_ttl and evict see it: {digest, size, last_pulled, created,
- * repositories}. Times are seconds since the epoch. */
+/*
+ * A blob, as blob_ttl, evict and admit see it. Every field comes from the store on disk,
+ * so it survives restarts and is shared by replicas on one root (core/cache/meta.h):
+ *   digest        "sha256:<hex>"
+ *   size          bytes (admit: the length the upstream announced, nil when it gave none)
+ *   created       when the cache stored it: the data file's modification time (nil for
+ *                 admit, which runs before anything is stored)
+ *   last_pulled   when a client last pulled it: the data file's access time, set on each
+ *                 pull (at most once a second per blob)
+ *   pulls         how many GET requests were served the blob (hits, misses, coalesced,
+ *                 ranges), since it was stored: counted in memory and added to a counter
+ *                 file under _content-cache/pulls every few seconds (a crash loses at most
+ *                 the last seconds' counts; replicas add to the same file)
+ *   repositories  the repositories the origin confirmed the blob in (its 2xx to a HEAD or
+ *                 GET of the blob under that name), from the Docker Registry links
+ *                 repositories/<name>/_layers/sha256/<hex>/link; sorted, at most
+ *                 POLICY_BLOB_MAX_REPOSITORIES
+ * Times are seconds since the epoch.
+ */
+#define POLICY_BLOB_MAX_REPOSITORIES 64
 struct policy_blob {
     const char *digest;              /* "sha256:..." */
+    bool size_unknown;               /* true: size is nil (admit, no length announced) */
     uint64_t size;                   /* bytes */
-    double last_pulled;              /* the last time a client pulled it */
+    double last_pulled;              /* the last time a client pulled it; <= 0: nil */
     bool has_created;                /* false: created is nil */
     double created;                  /* when the cache stored it */
-    const char *const *repositories; /* repositories it was last pulled from; may be NULL */
+    bool has_pulls;                  /* false: pulls is nil */
+    uint64_t pulls;                  /* GETs served since it was stored */
+    const char *const *repositories; /* the repositories it is known in; may be NULL */
     size_t n_repositories;
 };
 
@@ -168,13 +199,26 @@ const char *policy_hook_name(enum policy_hook h);
 /* True when some policy defines the hook. */
 bool policy_has_hook(const struct policy_engine *pe, enum policy_hook h);
 
-/*
- * True when the hook in force is the one of the built-in default.lua (no drop-in
- * replaced it). The core has C equivalents of some built-in hooks (the access-log
- * format), tested byte for byte against them, and runs those instead of the Lua call
- * on its hot paths.
- */
+/* True when the hook in force is the one of the built-in default.lua (no drop-in
+ * replaced it). */
 bool policy_hook_is_builtin(const struct policy_engine *pe, enum policy_hook h);
+
+/*
+ * True when the hook in force is the built-in one AND every file of the builtin directory
+ * that was loaded is byte for byte as shipped: the SHA-256 of each, taken when the cache
+ * was built from the files that `install` puts in CC_POLICY_INSTALL_DIR, matched what was
+ * read. Only then may the core run a C twin of a hook instead of the Lua call: the one it
+ * has is the access-log line (log_format_access), per request, tested byte for byte against
+ * policies/logformat.lua. An edited default (or a drop-in) runs as Lua.
+ */
+bool policy_hook_is_shipped(const struct policy_engine *pe, enum policy_hook h);
+
+/*
+ * Where cache.log, print and the lines about failed hooks go: fn(ud, level, line) instead
+ * of log_msg (the busted module keeps them for specs). NULL restores log_msg.
+ */
+void policy_engine_set_log(struct policy_engine *pe,
+                           void (*fn)(void *ud, enum log_level level, const char *line), void *ud);
 
 /* Failed calls of the hook since the engine was created (reloads do not reset it). */
 uint64_t policy_error_count(const struct policy_engine *pe, enum policy_hook h);
@@ -219,6 +263,59 @@ int policy_format_log(struct policy_engine *pe, const struct log_access_entry *e
 int policy_evict(struct policy_engine *pe, const struct policy_blob *cands, size_t n,
                  uint64_t bytes_needed, size_t **victims_out, size_t *n_out);
 
+/*
+ * admit(blob, req) -> true to store a blob that is being fetched for this request, false
+ * to stream it through to its clients without storing it. blob is as above with digest
+ * and size (nil when the upstream announced none); req as for select_upstream. On 0,
+ * *store holds the answer; on an error the caller stores (the default).
+ */
+int policy_admit(struct policy_engine *pe, const struct policy_blob *blob,
+                 const struct policy_request *req, bool *store);
+
+/*
+ * What the cache holds for a request whose upstreams all failed (refused, timed out, 5xx),
+ * as on_upstream_failure sees it in `known`:
+ *   known.upstream, known.error      the upstream tried last, and why it failed
+ *   known.tag       {digest, age}    a tag request: the digest the origin last gave for the
+ *                                    tag, and how many seconds ago (links.h: current/link)
+ *   known.manifest  {digest, stored, in_repository, blobs_stored}   a manifest request (by
+ *                                    tag: the tag's digest): on disk, linked in the
+ *                                    repository by the origin's answer, and every blob or
+ *                                    platform manifest it names on disk too
+ *   known.blob      {digest, stored, in_repository}   a blob request
+ *   known.auth      {allowed, age, verified_here}    the origin's last answer for this
+ *                                    credential and repository (kept on disk as a hash,
+ *                                    answers.h) and its age in seconds; with auth.token,
+ *                                    verified_here = true: the token was verified by the
+ *                                    cache itself now (age 0), no answer needed
+ * Absent facts are nil. Strings are only read during the call.
+ */
+struct policy_outage {
+    const char *upstream, *error;
+    bool has_tag;
+    const char *tag_digest;
+    double tag_age;
+    bool has_manifest;
+    const char *manifest_digest;
+    bool manifest_stored, manifest_in_repository, manifest_blobs_stored;
+    bool has_blob;
+    const char *blob_digest;
+    bool blob_stored, blob_in_repository;
+    bool has_auth;
+    bool auth_allowed, auth_verified_here;
+    double auth_age;
+};
+
+/*
+ * on_upstream_failure(req, known) -> true to answer from what the cache holds, false for
+ * the error (503 UNAVAILABLE naming the upstream, or the upstream's failure). The core
+ * never serves what is not stored and linked in the repository, nor to a credential the
+ * origin refused or never answered (unless auth.token verified it here), whatever the
+ * hook says: the hook can only narrow that down (by age). On 0 *serve holds the answer;
+ * on an error *serve is false.
+ */
+int policy_on_upstream_failure(struct policy_engine *pe, const struct policy_request *req,
+                               const struct policy_outage *known, bool *serve);
 /* A cache registered with the front, as select_cache sees it: {id, name, host}. */
 struct policy_cache {
     const char *id;
@@ -241,5 +338,33 @@ int policy_select_cache(struct policy_engine *pe, const struct policy_request *r
 
 /* Frees a list from policy_select_upstream: each of the n strings, then the array. */
 void policy_free_list(char **list, size_t n);
+
+/* ---- for the busted module (lua/module/), which drives the engine from specs ---------------- */
+
+struct lua_State;
+struct policy_settings;
+
+/*
+ * As policy_engine_new, with the settings given (lua/policy_settings.h; taken: freed by
+ * the engine, also when this fails) instead of a config, and, when files is not NULL,
+ * exactly those drop-in files in that order instead of the files of settings->policydir
+ * (which still serves require).
+ */
+int policy_engine_new_custom(struct policy_settings *settings, const char *builtin_dir,
+                             const char *const *files, size_t n_files, struct policy_engine **out,
+                             char *err, size_t errlen);
+
+/*
+ * Calls the hook named `hook` as the cache calls hooks (the same sandbox, budget,
+ * deadline, memory cap, failure counting and logging): push(L, ud) pushes its arguments
+ * and returns how many; take(L, nresults, ud) finds the results on top of the stack and
+ * may raise policy_vm_bad_return (lua/policy_vm.h). Returns 0, or a negative error with
+ * the message in msg: -EINVAL for a name that is no hook, -ENOENT when no policy defines
+ * it, else as a hook call (above).
+ */
+int policy_call_named(struct policy_engine *pe, const char *hook,
+                      int (*push)(struct lua_State *L, void *ud),
+                      void (*take)(struct lua_State *L, int nresults, void *ud), void *ud,
+                      char *msg, size_t msglen);
 
 #endif

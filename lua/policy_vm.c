@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/digest.h"
 #include "lua/sandbox.h"
 
 /* Instructions between two runs of the count hook. */
@@ -54,6 +55,8 @@ struct policy_vm {
 
     int hook_ref[POLICY_VM_MAX_HOOKS];      /* LUA_NOREF when no policy defines the hook */
     bool hook_builtin[POLICY_VM_MAX_HOOKS]; /* the hook in force is default.lua's */
+    bool builtin_loaded;                    /* a file of the builtin directory was loaded */
+    bool builtin_edited;                    /* one of them is not byte for byte a shipped file */
 };
 
 /* Marks a module whose loading has started and not finished (a require loop). */
@@ -334,6 +337,34 @@ bool policy_vm_hook_is_builtin(const struct policy_vm *vm, size_t h)
     return policy_vm_has_hook(vm, h) && vm->hook_builtin[h];
 }
 
+bool policy_vm_builtin_pristine(const struct policy_vm *vm)
+{
+    return vm->builtin_loaded && !vm->builtin_edited;
+}
+
+/* Notes whether `path`, read as buf[0..len), is a builtin file as shipped. */
+static void check_shipped(struct policy_vm *vm, const char *path, const char *buf, size_t len)
+{
+    size_t dir_len = strlen(vm->opt.builtin_dir);
+    const char *name;
+    unsigned char bin[DIGEST_SHA256_LEN];
+    char hex[DIGEST_SHA256_HEX_LEN + 1];
+    struct digest_sha256 ctx;
+    bool shipped = false;
+
+    if (strncmp(path, vm->opt.builtin_dir, dir_len) != 0 || path[dir_len] != '/') return;
+    name = path + dir_len + 1;
+    vm->builtin_loaded = true;
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, buf, len);
+    digest_sha256_final(&ctx, bin);
+    digest_hex(bin, hex);
+    for (size_t i = 0; i < vm->opt.n_shipped && !shipped; i++)
+        shipped = strcmp(vm->opt.shipped[i].name, name) == 0 &&
+                  strcmp(vm->opt.shipped[i].sha256, hex) == 0;
+    if (!shipped) vm->builtin_edited = true;
+}
+
 /* ---- loading files --------------------------------------------------------------------------- */
 
 /*
@@ -376,6 +407,7 @@ static int load_file(lua_State *L, const char *path, bool missing_ok)
         free(buf);
         return luaL_error(L, "%s: a binary chunk (only Lua source is loaded)", path);
     }
+    check_shipped(vm_of(L), path, buf, got);
     snprintf(chunkname, sizeof chunkname, "@%s", path);
     status = luaL_loadbufferx(L, buf, got, chunkname, "t");
     free(buf);
@@ -680,7 +712,18 @@ int policy_vm_new(const struct policy_vm_options *options, struct policy_vm **ou
         snprintf(err, errlen, "policy: more than %d hooks", POLICY_VM_MAX_HOOKS);
         return -EINVAL;
     }
-    if (options->dropin_dir) {
+    if (options->dropin_files) {
+        b.files = calloc(options->n_dropin_files ? options->n_dropin_files : 1, sizeof *b.files);
+        for (size_t i = 0; b.files && i < options->n_dropin_files; i++)
+            if ((b.files[b.n_files++] = strdup(options->dropin_files[i])) == NULL) {
+                free_files(b.files, b.n_files);
+                b.files = NULL;
+            }
+        if (b.files == NULL) {
+            snprintf(err, errlen, "policy: out of memory");
+            return -ENOMEM;
+        }
+    } else if (options->dropin_dir) {
         rc = list_dropins(options->dropin_dir, &b.files, &b.n_files, err, errlen);
         if (rc != 0) return rc;
     }

@@ -39,7 +39,7 @@
 #include "base/log.h"
 
 /* Room for this many hooks. */
-#define POLICY_VM_MAX_HOOKS 8
+#define POLICY_VM_MAX_HOOKS 12
 /* The deadline of a call: this many ns per step of its budget, and at least ... */
 #define POLICY_VM_NS_PER_STEP 1000
 /* ... this many ms. */
@@ -56,9 +56,23 @@ struct policy_vm_host {
     void *ud;
 };
 
+/* A file of the built-in policies as it was shipped: its name in the builtin directory
+ * ("logformat.lua", "lib/x.lua") and the SHA-256 of its bytes, in lowercase hex. */
+struct policy_vm_shipped {
+    const char *name;
+    const char *sha256;
+};
+
 struct policy_vm_options {
-    const char *builtin_dir;       /* default.lua, and modules for require */
-    const char *dropin_dir;        /* "*.lua" files loaded after it, or NULL */
+    const char *builtin_dir; /* default.lua, and modules for require */
+    const char *dropin_dir;  /* "*.lua" files loaded after it, or NULL */
+    /* Instead of listing dropin_dir: exactly these files, in this order (full paths; the
+     * busted specs load one example at a time). dropin_dir still serves require. */
+    const char *const *dropin_files;
+    size_t n_dropin_files;
+    /* The built-in files as shipped (policy_vm_builtin_pristine); may be NULL. */
+    const struct policy_vm_shipped *shipped;
+    size_t n_shipped;
     const char *const *hook_names; /* the hooks a policy file may define */
     size_t n_hooks;                /* at most POLICY_VM_MAX_HOOKS */
     unsigned long instructions;    /* the budget of loading one file */
@@ -113,6 +127,14 @@ void policy_vm_push_config(lua_State *L);
 /* Whether some policy defines hook h, and whether the one in force is default.lua's. */
 bool policy_vm_has_hook(const struct policy_vm *vm, size_t h);
 bool policy_vm_hook_is_builtin(const struct policy_vm *vm, size_t h);
+
+/*
+ * True when every file loaded from the builtin directory (default.lua and the modules it
+ * and the drop-ins required from there) is byte for byte one of options.shipped, by
+ * SHA-256: the built-in policies in this state are the shipped ones. False when one was
+ * edited, added, or options.shipped was empty.
+ */
+bool policy_vm_builtin_pristine(const struct policy_vm *vm);
 
 /* Bytes the state holds, and the cap (applies from the next allocation). */
 size_t policy_vm_memory(const struct policy_vm *vm);

@@ -9,6 +9,8 @@ local upstream = require("upstream")
 local ttl = require("ttl")
 local logformat = require("logformat")
 local evict = require("evict")
+local admit = require("admit")
+local outage = require("outage")
 local select_cache = require("select_cache")
 
 return {
@@ -16,5 +18,7 @@ return {
     blob_ttl = ttl.blob_ttl,
     format_log = logformat.format_log,
     evict = evict.evict,
+    admit = admit.admit,
+    on_upstream_failure = outage.on_upstream_failure,
     select_cache = select_cache.select_cache,
 }

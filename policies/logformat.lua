@@ -264,6 +264,8 @@ function M.pairs(entry)
     add("http.response.duration", entry.duration_ms and M.duration(entry.duration_ms))
     add("cache", entry.cache)
     add("upstream", entry.upstream)
+    add("stale", entry.stale)
+    add("stale_age", entry.stale and entry.stale_age)
     add("incomplete", entry.incomplete)
     add("error", entry.error)
     return list
@@ -294,8 +296,9 @@ end
 
 -- format_log(entry) -> the line
 -- entry: {time, method, uri, repository, digest, status, bytes, duration_ms, cache,
--- upstream, remote_addr, user_agent, incomplete ("true" when the response was cut
--- short), error}, any of them possibly nil.
+-- upstream, remote_addr, user_agent, stale ("true" when it was served from what the cache
+-- held while every upstream failed) and stale_age (whole seconds), incomplete ("true"
+-- when the response was cut short), error}, any of them possibly nil.
 function M.format_log(entry)
     local list = M.pairs(entry)
     if json_wanted() then

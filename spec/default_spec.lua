@@ -1,10 +1,11 @@
--- default_spec.lua: policies/default.lua, the table of built-in hooks, loaded as the
--- engine loads it (in the sandbox: no os, io, debug or package).
+-- default_spec.lua: policies/default.lua, the table of built-in hooks, loaded by the
+-- cache's own engine (in the sandbox: no os, io, debug or package).
 local engine = require("helpers.engine")
 local fake_cache = require("helpers.fake_cache")
 
 describe("default policy", function()
     local cache, hooks
+    local entry = { index = 1, originhost = "https://dtr.example.com", upstreamhosts = { "https://a.example.com" } }
 
     before_each(function()
         cache = fake_cache.new({
@@ -14,36 +15,45 @@ describe("default policy", function()
         hooks = engine.load({ cache = cache })
     end)
 
-    it("defines every hook, each from its module", function()
+    it("defines every hook, each the built-in one and as shipped", function()
         for _, name in ipairs(engine.HOOKS) do
             assert.is_function(hooks[name], name)
+            assert.is_true(hooks.engine:builtin(name), name)
+            assert.is_true(hooks.engine:shipped(name), name)
         end
-        assert.equals(hooks.require("upstream").select_upstream, hooks.select_upstream)
-        assert.equals(hooks.require("ttl").blob_ttl, hooks.blob_ttl)
-        assert.equals(hooks.require("logformat").format_log, hooks.format_log)
-        assert.equals(hooks.require("evict").evict, hooks.evict)
-        assert.equals(hooks.require("select_cache").select_cache, hooks.select_cache)
-        assert.equals(hooks.require("default").blob_ttl, hooks.blob_ttl)
     end)
 
     it("answers every hook inside the sandbox", function()
-        local entry = cache.config.upstreams[1]
         assert.are.same({ "https://a.example.com", "https://dtr.example.com" },
             hooks.select_upstream({ method = "GET", kind = "blob" }, entry))
-        assert.equals(86400, hooks.blob_ttl({ digest = "sha256:a", size = 1, last_pulled = 0, repositories = {} }))
+        assert.equals(86400, hooks.blob_ttl({ digest = "sha256:a", size = 1, last_pulled = 1, repositories = {} }))
         assert.truthy(hooks.format_log({ method = "GET", uri = "/v2/" }):find("^time="))
-        assert.are.same({ "sha256:a" }, hooks.evict({ { digest = "sha256:a", size = 1, last_pulled = 0 } }, 1))
+        assert.are.same({ "sha256:a" }, hooks.evict({ { digest = "sha256:a", size = 1, last_pulled = 1 } }, 1))
+        assert.is_true(hooks.admit({ digest = "sha256:a", size = 1 }, { method = "GET", kind = "blob" }))
         local caches = { { id = "1", name = "region-us", host = "http://us:5000" } }
         assert.equals("region-us", hooks.select_cache({ kind = "blob" }, { name = "alice", cache = "region-us" }, caches))
         assert.is_nil(hooks.select_cache({ kind = "blob" }, { name = "bob" }, caches))
     end)
 
+    it("is not as shipped once a built-in file is edited", function()
+        local dir = os.tmpname()
+        os.remove(dir)
+        assert(os.execute("mkdir " .. dir .. " && cp " .. engine.path("policies") .. "/*.lua " .. dir))
+        local f = assert(io.open(dir .. "/logformat.lua", "a"))
+        f:write("-- an operator's comment\n")
+        f:close()
+        local edited = engine.load({ cache = cache, builtin = dir })
+        os.execute("rm -r " .. dir)
+        assert.is_true(edited.engine:builtin("format_log"))
+        assert.is_false(edited.engine:shipped("format_log"))
+        assert.equals(hooks.format_log({ method = "GET", uri = "/v2/" }),
+            edited.format_log({ method = "GET", uri = "/v2/" }))
+    end)
+
     it("cannot write the config", function()
-        assert.has_error(function()
-            cache.config.blobttl = 1
-        end)
-        assert.has_error(function()
-            cache.config.upstreams[1].upstreamhosts[1] = "https://evil.example.com"
-        end)
+        local probe = engine.load({ cache = cache, dropin = engine.path("tests/data/policies/sandbox") })
+        local report = probe.format_log({})
+        assert.truthy(report:find("config_write=false", 1, true), report)
+        assert.truthy(report:find("nested_write=false", 1, true), report)
     end)
 end)

@@ -82,6 +82,15 @@ describe("logformat", function()
             assert.equals("miss", logfmt.get(parsed, "cache"))
         end)
 
+        it("says stale=true and its age for a response served during an outage", function()
+            local entry = sample()
+            entry.stale, entry.stale_age = "true", 5400
+            local line = logformat.format_log(entry)
+            assert.truthy(line:find(" upstream=https://a.example.com stale=true stale_age=5400$"), line)
+            entry.stale = nil
+            assert.falsy(logformat.format_log(entry):find("stale", 1, true))
+        end)
+
         it("says incomplete=true before the error of a response cut short", function()
             local entry = sample()
             entry.status, entry.incomplete, entry.error = 200, "true", "digest mismatch"

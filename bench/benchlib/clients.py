@@ -300,3 +300,46 @@ def direct_times(port, repo, digest, size, n):
         out.append((time.perf_counter() - t0) * 1000.0)
     conn.close()
     return out
+# --- Many different blobs, once each ---------------------------------------------------
+
+def get_each(port, paths, expect_size, connections=8, timeout=60.0):
+    """GETs every path once from 127.0.0.1:port over `connections` keep-alive connections
+    (threads, each taking the next path from a shared list) and returns the wall clock in
+    seconds from the first request to the last response. Raises BenchError for any status
+    but 200 or a body of another size."""
+    import http.client
+    import threading
+
+    todo = list(paths)
+    lock = threading.Lock()
+    errors = []
+
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        try:
+            while not errors:
+                with lock:
+                    if not todo:
+                        return
+                    path = todo.pop()
+                conn.request("GET", path)
+                r = conn.getresponse()
+                body = r.read()
+                if r.status != 200 or len(body) != expect_size:
+                    errors.append("GET %s: status %d, %d bytes (expected 200, %d)"
+                                  % (path, r.status, len(body), expect_size))
+        except (OSError, http.client.HTTPException) as e:
+            errors.append("GET: %s" % e)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - start
+    if errors:
+        raise BenchError(errors[0])
+    return wall

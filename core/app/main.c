@@ -4,7 +4,8 @@
  *   content-cache CONFIG            serve
  *   content-cache serve CONFIG      the same
  *   content-cache --check CONFIG    validate, print what would be done, exit
- *   content-cache expire CONFIG     one blobttl sweep now
+ *   content-cache expire CONFIG [--dry-run]        one blobttl sweep now (or what it would do)
+ *   content-cache evict CONFIG --bytes N [--dry-run]  free N bytes as the evict policy chooses
  *   content-cache fsck CONFIG [--repair]
  *   content-cache --version | --help
  *
@@ -31,9 +32,14 @@
 #include "app/debug.h"
 #include "app/front.h"
 #include "app/process.h"
+#include "app/policies.h"
 #include "cache/expire.h"
 #include "cache/fetch.h"
+#include "cache/answers.h"
 #include "cache/fsck.h"
+#include "cache/manifest.h"
+#include "cache/outage.h"
+#include "cache/pulls.h"
 #include "base/log.h"
 #include "lua/policy.h"
 #include "app/router.h"
@@ -72,7 +78,14 @@ static const char usage_text[] =
     "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
     "  content-cache serve CONFIG      the same\n"
     "  content-cache --check CONFIG    validate CONFIG, print what would be done, exit\n"
-    "  content-cache expire CONFIG     delete the blobs whose blobttl has passed, now\n"
+    "  content-cache expire CONFIG [--dry-run]\n"
+    "                                  delete the blobs whose TTL (blobttl, or the blob_ttl\n"
+    "                                  policy) has passed, now; with --dry-run print them\n"
+    "                                  and the TTL each got, and delete nothing\n"
+    "  content-cache evict CONFIG --bytes N [--dry-run]\n"
+    "                                  delete what the evict policy chooses to free N bytes\n"
+    "                                  (suffixes as diskbudget's: KiB, MB, ...); with\n"
+    "                                  --dry-run print its choice, delete nothing\n"
     "  content-cache fsck CONFIG [--repair]\n"
     "                                  verify every stored blob against its digest; with\n"
     "                                  --repair remove the bad ones and leftover files\n"
@@ -106,8 +119,13 @@ struct app {
     struct store *store;
     struct fetch_manager *fetches;
     struct blob_service *blobs;
+    struct manifest_service *manifests;
+    struct answers *answers; /* the credentials' answers on disk, for the outage policy */
+    struct outage *outage;
     struct expiry *expiry;
     struct policy_engine *policy;
+    struct policies adapters; /* what the modules ask the policies through */
+    struct pulls *pulls;
     struct auth_cache *auth;
     struct auth_verifier *verifier;
     struct keyring *grant_keys; /* the front's keys, for redirected requests */
@@ -177,7 +195,11 @@ static int run_check(const char *path)
     }
     for (size_t i = 0; i < cfg->n_cas; i++)
         printf("upstream CA:   %s\n", cfg->cas[i]);
-    printf("policies:      built-in defaults%s%s; hooks in force:",
+    printf("policies:      built-in defaults%s%s%s; hooks in force:",
+           policy_hook_is_shipped(pe, POLICY_HOOK_FORMAT_LOG) ||
+                   !policy_hook_is_builtin(pe, POLICY_HOOK_FORMAT_LOG)
+               ? ""
+               : " (edited: format_log runs as Lua)",
            cfg->policydir ? " + drop-ins of " : "", cfg->policydir ? cfg->policydir : "");
     for (int h = 0; h < POLICY_HOOK_COUNT; h++)
         if (policy_has_hook(pe, (enum policy_hook)h))
@@ -225,79 +247,161 @@ static void print_cache_settings(const struct config *cfg)
                (unsigned long long)cfg->budget_bytes, cfg->budget_high_pct, cfg->budget_low_pct);
 }
 
-/* A blob's TTL from the policies: 1 with a TTL, 0 to keep, -ENOENT for the default. */
-static int policy_ttl(struct policy_engine *pe, const struct expire_blob *b, double *ttl_s)
+/* When the command began: the "now" of a sweep or an eviction. */
+static double wall_now(void)
 {
-    if (!policy_has_hook(pe, POLICY_HOOK_BLOB_TTL)) return -ENOENT;
-    char digest[DIGEST_SHA256_REF_LEN + 1];
-    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
-    struct policy_blob pb = {.digest = digest, .size = b->size, .last_pulled = b->last_pulled};
-    bool has_ttl;
-    int rc = policy_blob_ttl(pe, &pb, &has_ttl, ttl_s);
-    if (rc != 0) return rc;
-    return has_ttl ? 1 : 0;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-struct expire_cmd {
-    struct policy_engine *policy;
+/* What `expire` and `evict` need: the config, the policies, the store. */
+struct store_cmd {
+    struct config *cfg;
+    struct policies adapters;
+    struct store *store;
     double now;
+    bool dry_run;
 };
 
-static int expire_cmd_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+static int store_cmd_open(struct store_cmd *c, const char *path)
 {
-    return policy_ttl(((struct expire_cmd *)ud)->policy, b, ttl_s);
+    char err[1024];
+    memset(c, 0, sizeof(*c));
+    if ((c->cfg = load_config(path)) == NULL) return EXIT_CONFIG;
+    if (policy_engine_new(c->cfg, builtin_policies(), &c->adapters.pe, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: policies: %s\n", err);
+        config_free(c->cfg);
+        return EXIT_CONFIG;
+    }
+    if (store_open(c->cfg->storage_root, &c->store, NULL, err, sizeof(err)) != 0) {
+        fprintf(stderr, "content-cache: %s\n", err);
+        policy_engine_free(c->adapters.pe);
+        config_free(c->cfg);
+        return EXIT_RUNTIME;
+    }
+    c->now = wall_now();
+    return EXIT_OK;
 }
 
-static void print_removed(void *ud, const struct expire_blob *b)
+static void store_cmd_close(struct store_cmd *c)
 {
-    printf("removed sha256:%s (%llu bytes, last pulled %.0fs ago)\n", b->hex,
-           (unsigned long long)b->size, ((struct expire_cmd *)ud)->now - b->last_pulled);
+    store_close(c->store);
+    policy_engine_free(c->adapters.pe);
+    config_free(c->cfg);
+}
+
+/* A blob's repositories, for a line: "library/debian,app/web", or "-". */
+static void repositories_text(const struct store_cmd *c, const struct expire_blob *b, char *buf,
+                              size_t len)
+{
+    const char *repos[POLICY_BLOB_MAX_REPOSITORIES];
+    struct policy_blob pb;
+    char digest[72];
+    size_t at = 0;
+    policies_blob_table(&c->adapters, b, &pb, digest, repos, POLICY_BLOB_MAX_REPOSITORIES);
+    snprintf(buf, len, "-");
+    for (size_t i = 0; i < pb.n_repositories && at < len; i++)
+        at += (size_t)snprintf(buf + at, len - at, "%s%s", i ? "," : "", repos[i]);
+}
+
+/* The sweep's TTL of a blob, through the command's policies. */
+static int store_cmd_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    return policies_blob_ttl(&((struct store_cmd *)ud)->adapters, b, ttl_s);
+}
+
+static void print_expired(void *ud, const struct expire_blob *b)
+{
+    struct store_cmd *c = ud;
+    char repos[512];
+    double ttl = 0;
+    int has = policies_blob_ttl(&c->adapters, b, &ttl);
+    if (has < 0) { /* no hook, or it failed: the sweep used the configured blobttl */
+        has = c->cfg->has_blobttl;
+        ttl = (double)c->cfg->blobttl_ns / 1e9;
+    }
+    repositories_text(c, b, repos, sizeof(repos));
+    printf("%s sha256:%s %llu bytes: not pulled for %.0fs, ttl %.0fs (pulls %llu, "
+           "repositories %s)\n",
+           c->dry_run ? "would remove" : "removed", b->hex, (unsigned long long)b->size,
+           c->now - b->last_pulled, ttl, (unsigned long long)b->pulls, repos);
 }
 
 /*
- * `content-cache expire CONFIG`: one TTL sweep now, with the TTLs the running cache would
- * use: the configured blobttl, or a drop-in policy's blob_ttl.
+ * `content-cache expire CONFIG [--dry-run]`: one TTL sweep now, with the TTLs the running
+ * cache would use (the blob_ttl policy: policies/ttl.lua's configured blobttl, or a
+ * drop-in's), printing each blob removed (or, dry, that would be) and the TTL it got.
  */
-static int run_expire(const char *path)
+static int run_expire(const char *path, bool dry_run)
 {
-    struct config *cfg = load_config(path);
-    if (cfg == NULL) return EXIT_CONFIG;
-    char err[512];
-    struct expire_cmd ec = {0};
-    if (policy_engine_new(cfg, builtin_policies(), &ec.policy, err, sizeof(err)) != 0) {
-        fprintf(stderr, "content-cache: policies: %s\n", err);
-        config_free(cfg);
-        return EXIT_CONFIG;
-    }
-    bool ttl_policy = policy_has_hook(ec.policy, POLICY_HOOK_BLOB_TTL) &&
-                      !policy_hook_is_builtin(ec.policy, POLICY_HOOK_BLOB_TTL);
-    if (!cfg->has_blobttl && !ttl_policy) {
-        printf("no blobttl configured and no blob_ttl policy: nothing expires\n");
-        policy_engine_free(ec.policy);
-        config_free(cfg);
+    struct store_cmd c;
+    int rc = store_cmd_open(&c, path);
+    if (rc != EXIT_OK) return rc;
+    c.dry_run = dry_run;
+    if (!policies_expiry_needed(c.adapters.pe, c.cfg)) {
+        printf("no blobttl configured and the shipped blob_ttl policy: nothing expires\n");
+        store_cmd_close(&c);
         return EXIT_OK;
     }
-    struct store *st;
-    if (store_open(cfg->storage_root, &st, NULL, err, sizeof(err)) != 0) {
-        fprintf(stderr, "content-cache: %s\n", err);
-        policy_engine_free(ec.policy);
-        config_free(cfg);
-        return EXIT_RUNTIME;
-    }
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ec.now = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
     struct expire_opts eo = {
-        .default_ttl_s = cfg->has_blobttl ? (double)cfg->blobttl_ns / 1e9 : 0,
-        .ttl = expire_cmd_ttl,
-        .on_removed = print_removed,
-        .ud = &ec,
+        .default_ttl_s = c.cfg->has_blobttl ? (double)c.cfg->blobttl_ns / 1e9 : 0,
+        .ttl = store_cmd_ttl,
+        .on_removed = print_expired,
+        .ud = &c,
     };
-    long n = expire_sweep_sync(st, &eo, ec.now);
-    printf("%ld blobs removed\n", n < 0 ? 0 : n);
-    store_close(st);
-    policy_engine_free(ec.policy);
-    config_free(cfg);
+    long n = expire_sweep_sync(c.store, &eo, c.now, dry_run);
+    printf("%ld blobs %s\n", n < 0 ? 0 : n,
+           dry_run ? "would be removed (nothing was removed)" : "removed");
+    store_cmd_close(&c);
+    return n < 0 ? EXIT_RUNTIME : EXIT_OK;
+}
+
+/* The evict policy's choice, through the command's policies. */
+static long store_cmd_evict(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
+                            size_t *victims, size_t max_victims)
+{
+    return policies_evict(&((struct store_cmd *)ud)->adapters, cands, n, bytes_needed, victims,
+                          max_victims);
+}
+
+static void print_evicted(void *ud, const budget_blob *b)
+{
+    struct store_cmd *c = ud;
+    char repos[512];
+    repositories_text(c, b, repos, sizeof(repos));
+    printf("%s sha256:%s %llu bytes: last pulled %.0fs ago, stored %.0fs ago, pulls %llu "
+           "(repositories %s)\n",
+           c->dry_run ? "would evict" : "evicted", b->hex, (unsigned long long)b->size,
+           c->now - b->last_pulled, c->now - b->created, (unsigned long long)b->pulls, repos);
+}
+
+/*
+ * `content-cache evict CONFIG --bytes N [--dry-run]`: what an eviction run of the disk
+ * budget does when N bytes must go, now: the evict policy chooses among every stored blob
+ * (least recently pulled first is the order it gets them in), and its victims are deleted
+ * in its order (dry: printed, not deleted).
+ */
+static int run_evict(const char *path, const char *bytes_text, bool dry_run)
+{
+    uint64_t bytes;
+    if (config_parse_size(bytes_text, &bytes) != 0) {
+        fprintf(stderr,
+                "content-cache: evict --bytes: expected a size (1048576, 500MiB, 2GB), "
+                "got \"%s\"\n",
+                bytes_text);
+        return EXIT_USAGE;
+    }
+    struct store_cmd c;
+    int rc = store_cmd_open(&c, path);
+    if (rc != EXIT_OK) return rc;
+    c.dry_run = dry_run;
+    struct budget_opts bo = {.evict = store_cmd_evict, .ud = &c};
+    long n = budget_evict_sync(c.store, &bo, bytes, dry_run, print_evicted, &c);
+    printf("%ld blobs %s for %llu bytes\n", n < 0 ? 0 : n,
+           dry_run ? "would be evicted (nothing was removed)" : "evicted",
+           (unsigned long long)bytes);
+    store_cmd_close(&c);
     return n < 0 ? EXIT_RUNTIME : EXIT_OK;
 }
 
@@ -338,6 +442,8 @@ static void debug_wire(struct app *app)
     debug_add_section(d, budget_render_metrics, app->budget);
     if (app->expiry != NULL) debug_add_section(d, expire_render_metrics, app->expiry);
     debug_add_section(d, blob_render_metrics, app->blobs);
+    debug_add_section(d, manifest_render_metrics, app->manifests);
+    debug_add_section(d, outage_render_metrics, app->outage);
     if (app->policy != NULL) debug_add_section(d, policy_render_metrics, app->policy);
     debug_add_section(d, http_server_render_metrics, app->proc.server);
     debug_add_check(d, "storage", store_health_check, app->store);
@@ -351,6 +457,8 @@ static void server_stopped(void *arg)
     fetch_manager_cancel_all(app->fetches);
     budget_stop(app->budget);
     app->budget = NULL;
+    pulls_stop(app->pulls); /* the counts gathered since the last flush go to disk */
+    app->pulls = NULL;
     if (app->expiry != NULL) {
         expire_stop(app->expiry, NULL, NULL);
         app->expiry = NULL;
@@ -372,36 +480,16 @@ static void on_hup(void *arg)
         log_msg(LOG_INFO, "SIGHUP: policies reloaded");
 }
 
-/* evict: the policy's choice among the candidates (indexes), or -ENOENT for the default. */
-static long evict_policy(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
-                         size_t *victims, size_t max_victims)
+static long app_evict(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
+                      size_t *victims, size_t max_victims)
 {
-    struct app *app = ud;
-    if (!policy_has_hook(app->policy, POLICY_HOOK_EVICT) ||
-        policy_hook_is_builtin(app->policy, POLICY_HOOK_EVICT))
-        return -ENOENT; /* the built-in policy is least recently pulled first: done in C */
-    struct policy_blob *pb = calloc(n ? n : 1, sizeof(*pb));
-    char(*digests)[DIGEST_SHA256_REF_LEN + 1] = calloc(n ? n : 1, sizeof(*digests));
-    if (pb == NULL || digests == NULL) {
-        free(pb);
-        free(digests);
-        return -ENOMEM;
-    }
-    for (size_t i = 0; i < n; i++) {
-        snprintf(digests[i], sizeof(digests[i]), "sha256:%s", cands[i].hex);
-        pb[i] = (struct policy_blob){
-            .digest = digests[i], .size = cands[i].size, .last_pulled = cands[i].last_pulled};
-    }
-    size_t *chosen = NULL, n_chosen = 0;
-    int rc = policy_evict(app->policy, pb, n, bytes_needed, &chosen, &n_chosen);
-    free(pb);
-    free(digests);
-    if (rc != 0) return rc;
-    long k = 0;
-    for (size_t i = 0; i < n_chosen && (size_t)k < max_victims; i++)
-        victims[k++] = chosen[i];
-    free(chosen);
-    return k;
+    return policies_evict(&((struct app *)ud)->adapters, cands, n, bytes_needed, victims,
+                          max_victims);
+}
+
+static int app_blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
+{
+    return policies_blob_ttl(&((struct app *)ud)->adapters, b, ttl_s);
 }
 
 static bool blob_in_use(void *ud, const char *hex)
@@ -420,12 +508,6 @@ static void blob_expired(void *ud, const struct expire_blob *b)
 {
     struct app *app = ud;
     budget_removed(app->budget, b->size);
-}
-
-/* blob_ttl: the policy's answer (1 with a TTL, 0 to keep), or the configured default. */
-static int blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
-{
-    return policy_ttl(((struct app *)ud)->policy, b, ttl_s);
 }
 
 /* Lets the process hold as many connections as the hard limit allows. */
@@ -495,8 +577,9 @@ static int run_serve(const char *path)
     app.blobs = app.upstreams && app.fetches
                     ? blob_service_new(app.loop, app.store, app.fetches, app.upstreams)
                     : NULL;
+    app.manifests = app.upstreams ? manifest_service_new(app.loop, app.store, app.upstreams) : NULL;
     app.router = app.relays && app.blobs ? router_new(app.upstreams, app.relays, app.blobs) : NULL;
-    if (app.router == NULL) {
+    if (app.router == NULL || app.manifests == NULL) {
         log_msg(LOG_ERROR, "out of memory at start");
         return EXIT_RUNTIME;
     }
@@ -527,13 +610,15 @@ static int run_serve(const char *path)
         return EXIT_RUNTIME;
     }
     blob_service_set_grants(app.blobs, app.grant_keys);
+    manifest_service_set_auth(app.manifests, app.cfg, app.auth, app.verifier);
+    router_set_manifests(app.router, app.manifests);
 
     /* The store's totals, and eviction under the disk budget when one is set. */
     struct budget_opts bo = {
         .max_bytes = app.cfg->has_budget ? app.cfg->budget_bytes : 0,
         .high_pct = app.cfg->budget_high_pct,
         .low_pct = app.cfg->budget_low_pct,
-        .evict = evict_policy,
+        .evict = app_evict,
         .in_use = blob_in_use,
         .ud = &app,
     };
@@ -543,14 +628,30 @@ static int run_serve(const char *path)
     }
     blob_service_set_budget(app.blobs, app.budget);
     fetch_manager_on_commit(app.fetches, blob_committed, &app);
-    /* Expiry runs with a configured blobttl, or when a drop-in gives TTLs itself. */
-    bool ttl_policy = policy_has_hook(app.policy, POLICY_HOOK_BLOB_TTL) &&
-                      !policy_hook_is_builtin(app.policy, POLICY_HOOK_BLOB_TTL);
-    if (app.cfg->has_blobttl || ttl_policy) {
+    /* Pull counts (blob.pulls of the policies), and the admit policy. */
+    app.pulls = pulls_new(app.loop, app.store);
+    app.adapters = (struct policies){.pe = app.policy, .pulls = app.pulls};
+    blob_service_set_pulls(app.blobs, app.pulls);
+    blob_service_set_admit(app.blobs, policies_admit, &app.adapters);
+    manifest_service_set_pulls(app.manifests, app.pulls);
+    manifest_service_on_commit(app.manifests, blob_committed, &app);
+    /* When every upstream fails: the on_upstream_failure policy, with the origin's last
+     * answers for each credential kept on disk as hashes. */
+    app.answers = answers_open(app.loop, app.store);
+    app.outage = outage_new(app.answers, policies_on_upstream_failure, &app.adapters);
+    if (app.outage == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_outage(app.blobs, app.answers, app.outage);
+    manifest_service_set_outage(app.manifests, app.answers, app.outage);
+    /* Expiry runs with a configured blobttl, or when the blob_ttl in force is not the
+     * shipped one (which gives no TTL without a blobttl). */
+    if (policies_expiry_needed(app.policy, app.cfg)) {
         double ttl_s = app.cfg->has_blobttl ? (double)app.cfg->blobttl_ns / 1e9 : 0;
         blob_service_set_ttl(app.blobs, ttl_s);
         struct expire_opts eo = {
-            .default_ttl_s = ttl_s, .ttl = blob_ttl, .on_removed = blob_expired, .ud = &app};
+            .default_ttl_s = ttl_s, .ttl = app_blob_ttl, .on_removed = blob_expired, .ud = &app};
         if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
             log_msg(LOG_ERROR, "cannot start the blob expiry timer");
             return EXIT_RUNTIME;
@@ -576,6 +677,9 @@ static int run_serve(const char *path)
     auth_cache_free(app.auth);
     auth_token_verifier_free(app.verifier);
     blob_service_free(app.blobs);
+    manifest_service_free(app.manifests);
+    outage_free(app.outage);
+    answers_close(app.answers); /* (no work is in flight: the loop has run out) */
     fetch_manager_free(app.fetches);
     store_close(app.store);
     router_free(app.router);
@@ -598,7 +702,31 @@ int main(int argc, char **argv)
     }
     if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
         return run_check(argv[2]);
-    if (argc == 3 && strcmp(argv[1], "expire") == 0) return run_expire(argv[2]);
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "expire") == 0) {
+        bool dry = argc == 4 && strcmp(argv[3], "--dry-run") == 0;
+        if (argc == 4 && !dry) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        return run_expire(argv[2], dry);
+    }
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "evict") == 0) {
+        const char *bytes = NULL;
+        bool dry = false, bad = false;
+        for (int i = 3; i < argc; i++) {
+            if (strcmp(argv[i], "--dry-run") == 0 && !dry)
+                dry = true;
+            else if (strcmp(argv[i], "--bytes") == 0 && i + 1 < argc && bytes == NULL)
+                bytes = argv[++i];
+            else
+                bad = true;
+        }
+        if (bad || bytes == NULL || argc != (dry ? 6 : 5)) {
+            fputs(usage_text, stderr);
+            return EXIT_USAGE;
+        }
+        return run_evict(argv[2], bytes, dry);
+    }
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "fsck") == 0) {
         bool repair = argc == 4 && strcmp(argv[3], "--repair") == 0;
         if (argc == 4 && !repair) {

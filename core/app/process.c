@@ -101,8 +101,10 @@ size_t process_format_access(void *policy_engine, const struct log_access_entry 
 {
     struct policy_engine *policy = policy_engine;
     size_t n;
+    /* The C twin runs while the hook in force is the shipped one byte for byte; an edited
+     * default or a drop-in runs as Lua. */
     if (policy != NULL && policy_has_hook(policy, POLICY_HOOK_FORMAT_LOG) &&
-        !policy_hook_is_builtin(policy, POLICY_HOOK_FORMAT_LOG) &&
+        !policy_hook_is_shipped(policy, POLICY_HOOK_FORMAT_LOG) &&
         policy_format_log(policy, e, buf, cap, &n) == 0)
         return n;
     return log_format_access(e, buf, cap);

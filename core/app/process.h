@@ -75,8 +75,9 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
 int process_debug(struct process *p);
 
 /*
- * The access log's line of an entry: the policies' format_log when a drop-in defines it
- * (ud is the struct policy_engine), else the built-in format, in C.
+ * The access log's line of an entry: the policies' format_log (ud is the struct
+ * policy_engine), in C while the hook in force is the shipped one byte for byte
+ * (policy_hook_is_shipped), else as Lua.
  */
 size_t process_format_access(void *policy_engine, const struct log_access_entry *e, char *buf,
                              size_t cap);

@@ -13,7 +13,8 @@
 struct router {
     struct upstreams *upstreams;
     struct relay_service *relays;
-    struct blob_service *blobs; /* NULL: blobs are relayed like everything else */
+    struct blob_service *blobs;         /* NULL: blobs are relayed like everything else */
+    struct manifest_service *manifests; /* NULL: manifests are relayed */
 };
 
 struct router *router_new(struct upstreams *upstreams, struct relay_service *relays,
@@ -30,6 +31,11 @@ struct router *router_new(struct upstreams *upstreams, struct relay_service *rel
 void router_free(struct router *r)
 {
     free(r);
+}
+
+void router_set_manifests(struct router *r, struct manifest_service *manifests)
+{
+    r->manifests = manifests;
 }
 
 void router_handle(struct http_exchange *x, void *ud)
@@ -90,8 +96,22 @@ void router_handle(struct http_exchange *x, void *ud)
         http_log_set_cache(x, "bypass");
         relay_handle(r->relays, x, &route, (size_t)entry);
         return;
-    case ROUTE_BASE:
     case ROUTE_MANIFEST:
+        if (r->manifests != NULL && (!route.reference_is_digest ||
+                                     digest_ref_is_sha256(route.reference, route.reference_len))) {
+            manifest_handle(r->manifests, x, &route, (size_t)entry);
+            return;
+        }
+        relay_handle(r->relays, x, &route, (size_t)entry);
+        return;
+    case ROUTE_BASE:
+        if (r->manifests != NULL) {
+            relay_handle_or(r->relays, x, &route, (size_t)entry, manifest_base_fallback,
+                            r->manifests);
+            return;
+        }
+        relay_handle(r->relays, x, &route, (size_t)entry);
+        return;
     case ROUTE_TAGS:
     case ROUTE_REFERRERS:
     case ROUTE_CATALOG:

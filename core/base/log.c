@@ -529,6 +529,10 @@ size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap
     }
     access_str(&w, "cache", e->cache);
     access_str(&w, "upstream", e->upstream);
+    if (e->stale) {
+        access_str(&w, "stale", "true");
+        access_num(&w, "stale_age", (unsigned long long)e->stale_age_s);
+    }
     access_str(&w, "incomplete", e->incomplete ? "true" : NULL);
     access_str(&w, "error", e->error);
     if (w.json) put_raw(buf, cap, &w.pos, "}", 1);

@@ -79,6 +79,10 @@ struct log_access_entry {
     const char *user_agent;
     bool incomplete;   /* the response was cut short (closed before its end): incomplete=true */
     const char *error; /* a short sentence, or NULL */
+    /* Served from what the cache held while every upstream failed (the outage policy):
+     * stale=true stale_age=<whole seconds of the oldest fact it relied on>. */
+    bool stale;
+    uint64_t stale_age_s;
 };
 
 /*

@@ -24,6 +24,10 @@
 #include "access/grant.h"
 #include "access/keyring.h"
 #include "cache/budget.h"
+#include "cache/answers.h"
+#include "cache/links.h"
+#include "cache/outage.h"
+#include "cache/pulls.h"
 #include "net/chain.h"
 #include "base/config.h"
 #include "cache/expire.h"
@@ -48,7 +52,12 @@ struct blob_service {
     struct keyring *grant_keys; /* the front's keys: grants are verified here */
     const struct config *cfg;
     struct blob_auth_stats auth_stats;
-    struct budget *budget; /* may be NULL */
+    struct budget *budget;   /* may be NULL */
+    struct pulls *pulls;     /* may be NULL */
+    struct answers *answers; /* the credentials' answers on disk; may be NULL */
+    struct outage *outage;   /* when every upstream fails; may be NULL */
+    blob_admit_fn admit;     /* may be NULL: store every blob */
+    void *admit_ud;
     /* Stored blobs open for reading now, and by how many requests: not evicted. */
     struct {
         char hex[DIGEST_SHA256_HEX_LEN + 1];
@@ -76,20 +85,24 @@ struct blob_req {
     struct http_exchange *x;
     char hex[DIGEST_SHA256_HEX_LEN + 1];
     char digest[DIGEST_SHA256_REF_LEN + 1];
-    char **bases; /* where this request's upstream requests go, in order */
+    char **bases; /* where this request's upstream requests go, in order (asked of the
+                     select_upstream policy at the first upstream request, not before) */
     size_t n_bases;
-    size_t entry; /* the upstreams entry: decisions are remembered per origin */
+    size_t entry;                   /* the upstreams entry: decisions are remembered per origin */
+    struct upstreams_req_info info; /* the request as the policies see it */
 
     struct chain_req *auth;
     struct auth_token_job *token_job;  /* auth.token: a check on the thread pool */
     struct keyring_check *grant_check; /* a redirect grant being verified */
     int auth_status;
     bool need_credential;   /* the upstream's answer decides the credential too */
+    bool token_ok;          /* auth.token verified the credential here */
     bool asked_upstream;    /* a HEAD went upstream for this request (never twice) */
     const char *credential; /* the client's Authorization value (the exchange owns it) */
     size_t credential_len;
-    bool waiting_size; /* a follower that waits for its fetch's length */
-    int64_t size;      /* from the upstream's HEAD, -1 when it gave none */
+    bool waiting_size;  /* a follower that waits for its fetch's length */
+    bool admit_at_head; /* this request started the fetch without a length: admit at its head */
+    int64_t size;       /* from the upstream's HEAD, -1 when it gave none */
     char *challenge;
 
     /* What is sent: [pos, end) of the blob; end is UINT64_MAX while the size is unknown. */
@@ -118,6 +131,13 @@ struct blob_req {
     bool writing;
     bool gone;
     bool done;
+
+    /* Every upstream failed: what the disk holds (outage.h), gathered on the pool. */
+    struct outage_auth oa;
+    bool held_stored, held_linked;
+    char outage_msg[400];
+    int outage_err;
+    char challenge_kept[ANSWERS_CHALLENGE_MAX];
 };
 
 static void pump(struct blob_req *r);
@@ -157,6 +177,62 @@ void blob_service_set_grants(struct blob_service *bs, struct keyring *keys)
 void blob_service_set_budget(struct blob_service *bs, struct budget *budget)
 {
     bs->budget = budget;
+}
+
+void blob_service_set_pulls(struct blob_service *bs, struct pulls *pulls)
+{
+    bs->pulls = pulls;
+}
+
+void blob_service_set_outage(struct blob_service *bs, struct answers *answers,
+                             struct outage *outage)
+{
+    bs->answers = answers;
+    bs->outage = outage;
+}
+
+void blob_service_set_admit(struct blob_service *bs, blob_admit_fn admit, void *ud)
+{
+    bs->admit = admit;
+    bs->admit_ud = ud;
+}
+
+/* --- Links: the origin confirmed a blob in a repository ---------------------------- */
+
+struct link_job {
+    uv_work_t work;
+    const struct store *store;
+    char repo[REGISTRY_NAME_MAX + 1];
+    char hex[65];
+    int result;
+};
+
+static void link_work(uv_work_t *w)
+{
+    struct link_job *j = w->data;
+    j->result = links_write_sync(j->store, LINKS_LAYER, j->repo, j->hex);
+}
+
+static void link_done(uv_work_t *w, int status)
+{
+    struct link_job *j = w->data;
+    if (status == 0 && j->result != 0)
+        log_msg(LOG_WARN, "cannot record blob sha256:%s in repository %s: %s", j->hex, j->repo,
+                strerror(-j->result));
+    free(j);
+}
+
+/* Writes repositories/<repo>/_layers/sha256/<hex>/link on the thread pool (links.h). */
+static void link_blob(struct blob_req *r)
+{
+    if (r->info.req.repository == NULL) return;
+    struct link_job *j = calloc(1, sizeof(*j));
+    if (j == NULL) return;
+    j->store = r->bs->store;
+    snprintf(j->repo, sizeof(j->repo), "%s", r->info.req.repository);
+    memcpy(j->hex, r->hex, 65);
+    j->work.data = j;
+    if (uv_queue_work(r->bs->loop, &j->work, link_work, link_done) != 0) free(j);
 }
 
 bool blob_service_in_use(const struct blob_service *bs, const char *hex)
@@ -546,6 +622,13 @@ static void on_progress(struct fetch_waiter *w)
             return;
         }
         r->waiting_size = false;
+        if (r->admit_at_head) {
+            r->admit_at_head = false;
+            int64_t size = fetch_size(r->fetch);
+            if (!budget_fits(r->bs->budget, size) ||
+                !r->bs->admit(r->bs->admit_ud, r->digest, size, &r->info.req))
+                fetch_dont_store(r->fetch);
+        }
         serve(r, fetch_size(r->fetch)); /* (may wait again: an HTTP/1.0 client, no size) */
         return;
     }
@@ -636,6 +719,7 @@ static void serve(struct blob_req *r, int64_t size)
     r->pos = 0;
     r->end = size >= 0 ? (uint64_t)size : UINT64_MAX;
     r->total = size >= 0 ? (uint64_t)size : 0;
+    pulls_count(r->bs->pulls, r->hex); /* a GET served: blob.pulls of the policies */
     const struct http_header *range = http_req_header(r->x, "Range");
     if (range != NULL && size >= 0) {
         uint64_t a, b;
@@ -683,8 +767,26 @@ struct upstream_call {
     struct chain_spec spec;
 };
 
+/* Where this request's upstream requests go: asked of the select_upstream policy once,
+ * at the first of them (a hit authorized from memory never asks). */
+static int ensure_bases(struct blob_req *r)
+{
+    if (r->bases != NULL) return 0;
+    size_t n_bases;
+    const char *const *bases = upstreams_select(r->bs->upstreams, &r->info.req, r->entry, &n_bases);
+    r->bases = calloc(n_bases ? n_bases : 1, sizeof(*r->bases));
+    for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
+        r->bases[i] = strdup(bases[i]);
+        r->n_bases += r->bases[i] != NULL;
+    }
+    return r->bases != NULL && r->n_bases == n_bases ? 0 : UV_ENOMEM;
+}
+
 static int upstream_call_init(struct upstream_call *c, struct blob_req *r, const char *method)
 {
+    c->target = NULL;
+    int rc = ensure_bases(r);
+    if (rc != 0) return rc;
     /* The whole target: an upstream cache needs the ns parameter too. */
     c->target = strdup(http_req_target(r->x));
     if (c->target == NULL) return UV_ENOMEM;
@@ -717,10 +819,15 @@ static void start_fetch(struct blob_req *r)
         http_log_set_cache(r->x, "coalesced");
     } else {
         struct upstream_call call;
+        bool store_it = budget_fits(bs->budget, r->size);
+        /* The admit policy decides with the blob's length: known from the HEAD, or (when
+         * the authorization came from memory) from the fetch's head, see on_progress. */
+        if (store_it && bs->admit != NULL && r->size >= 0)
+            store_it = bs->admit(bs->admit_ud, r->digest, r->size, &r->info.req);
+        else if (store_it && bs->admit != NULL)
+            r->admit_at_head = true;
         int rc = upstream_call_init(&call, r, "GET");
-        if (rc == 0)
-            rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size,
-                             budget_fits(bs->budget, r->size), &f);
+        if (rc == 0) rc = fetch_start(bs->fetches, r->hex, &call.spec, r->size, store_it, &f);
         upstream_call_free(&call);
         if (rc < 0) {
             char msg[200];
@@ -789,6 +896,7 @@ static void open_done(uv_work_t *w, int status)
 }
 
 static void ask_upstream(struct blob_req *r);
+static void outage_begin(struct blob_req *r, int err, const char *msg);
 
 static void head_stat_done(uv_work_t *w, int status)
 {
@@ -921,9 +1029,19 @@ static void auth_body(void *ud, const char *data, size_t len) {}
 static void remember(struct blob_req *r, int st)
 {
     struct blob_service *bs = r->bs;
-    if (bs->auth == NULL) return;
+    if (st >= 200 && st < 300)
+        link_blob(r); /* the origin says the blob is in this repository: the registry's link */
     size_t repo_len;
     const char *repo = http_log_repo(r->x, &repo_len);
+    /* The credential's answer, on disk (its hash only) for the outage policy. */
+    if (r->need_credential && repo != NULL && ((st >= 200 && st < 300) || st == 401 || st == 403)) {
+        unsigned char key[32];
+        answers_key(origin_key(r), r->credential, r->credential_len, repo, repo_len, key);
+        answers_record(bs->answers, key, st);
+    }
+    if (st == 401 && r->credential_len == 0 && r->challenge != NULL)
+        answers_challenge_record(bs->answers, origin_key(r), r->challenge, strlen(r->challenge));
+    if (bs->auth == NULL) return;
     char action[96];
     blob_action(r, action, sizeof(action));
     uint64_t now = mono_ms();
@@ -953,12 +1071,11 @@ static void auth_done(void *ud, int err)
         finish(r, false);
         return;
     }
-    if (err < 0 && r->auth_status == 0) {
-        log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), msg);
-        fail(r,
-             err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
-                                                           : REG_ERR_UPSTREAM_FAILED,
-             msg);
+    if ((err < 0 && r->auth_status == 0) || r->auth_status >= 500) {
+        /* Every upstream failed: the outage policy may answer from the disk. */
+        if (r->auth_status >= 500)
+            snprintf(msg, sizeof(msg), "upstream failed: it answered %d", r->auth_status);
+        outage_begin(r, err < 0 ? err : UV_EPROTO, msg);
         return;
     }
     int st = r->auth_status;
@@ -968,6 +1085,106 @@ static void auth_done(void *ud, int err)
         return;
     }
     refuse(r, st, r->challenge);
+}
+
+/* --- When every upstream failed -------------------------------------------------------- */
+
+static void outage_work(uv_work_t *w)
+{
+    struct blob_req *r = w->data;
+    struct stat sb;
+    size_t repo_len;
+    const char *repo = http_log_repo(r->x, &repo_len);
+    char name[REGISTRY_NAME_MAX + 1];
+    snprintf(name, sizeof(name), "%.*s", (int)repo_len, repo ? repo : "");
+    outage_auth_sync(r->bs->outage, &r->oa);
+    answers_challenge_sync(r->bs->answers, origin_key(r), r->challenge_kept,
+                           sizeof(r->challenge_kept));
+    r->held_stored = store_stat_blob_sync(r->bs->store, r->hex, &sb) == 0;
+    r->held_linked = links_exists_sync(r->bs->store, LINKS_LAYER, name, r->hex) == 0;
+}
+
+static void outage_fail(struct blob_req *r)
+{
+    if (r->auth_status >= 500) {
+        refuse(r, r->auth_status, NULL); /* (a 502, as before) */
+        return;
+    }
+    log_msg(LOG_WARN, "%s %s: %s", http_req_method(r->x), http_log_uri(r->x), r->outage_msg);
+    int err = r->outage_err;
+    fail(r,
+         err == UV_ECONNREFUSED || err == UV_ETIMEDOUT ? REG_ERR_UNAVAILABLE
+                                                       : REG_ERR_UPSTREAM_FAILED,
+         r->outage_msg);
+}
+
+static void outage_done(uv_work_t *w, int status)
+{
+    struct blob_req *r = w->data;
+    r->fs_busy = false;
+    if (r->gone) {
+        finish(r, false);
+        return;
+    }
+    if (status != 0) {
+        outage_fail(r);
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct policy_outage known = {
+        .upstream = r->n_bases ? r->bases[r->n_bases - 1] : NULL,
+        .error = r->outage_msg,
+        .has_blob = true,
+        .blob_digest = r->digest,
+        .blob_stored = r->held_stored,
+        .blob_in_repository = r->held_linked,
+    };
+    uint64_t age = 0;
+    int refused = 0;
+    switch (outage_decide(r->bs->outage, &r->info.req, &known, &r->oa,
+                          r->held_stored && r->held_linked,
+                          (double)ts.tv_sec + (double)ts.tv_nsec / 1e9, &age, &refused)) {
+    case OUTAGE_SERVE:
+        log_msg(LOG_INFO,
+                "%s %s: every upstream failed (%s): served from disk, %" PRIu64
+                " s old (the on_upstream_failure policy)",
+                http_req_method(r->x), http_log_uri(r->x), r->outage_msg, age);
+        http_log_set_stale(r->x, age);
+        outage_count_stale(r->bs->outage, "blob");
+        r->asked_upstream = false; /* a HEAD takes its length from the stored file */
+        r->size = -1;
+        authorized(r);
+        return;
+    case OUTAGE_REFUSE:
+        refuse(r, refused, r->challenge_kept[0] ? r->challenge_kept : NULL);
+        return;
+    case OUTAGE_FAIL:
+        break;
+    }
+    outage_fail(r);
+}
+
+/* Every upstream failed (err, msg): what does the disk hold, and what does the policy say? */
+static void outage_begin(struct blob_req *r, int err, const char *msg)
+{
+    size_t repo_len;
+    const char *repo = http_log_repo(r->x, &repo_len);
+    snprintf(r->outage_msg, sizeof(r->outage_msg), "%s", msg);
+    r->outage_err = err;
+    if (r->bs->outage == NULL || repo == NULL) {
+        outage_fail(r);
+        return;
+    }
+    outage_auth_init(&r->oa, origin_key(r), r->credential, r->credential_len, repo, repo_len,
+                     r->token_ok);
+    outage_auth_queued(r->bs->outage, &r->oa);
+    r->fs_busy = true;
+    r->hit_work.data = r;
+    if (uv_queue_work(r->bs->loop, &r->hit_work, outage_work, outage_done) != 0) {
+        r->fs_busy = false;
+        outage_fail(r);
+    }
 }
 
 /* Asks the upstream: a HEAD of this blob in this repository with the client's credential. */
@@ -998,6 +1215,7 @@ static bool token_verdict(struct blob_req *r, const char *repo, size_t repo_len,
     if (v->rc == 0) {
         if (!v->remembered) bs->auth_stats.token_verified++;
         r->need_credential = false;
+        r->token_ok = true;
         return true;
     }
     char ch[1024];
@@ -1121,6 +1339,11 @@ static bool authorize_by_grant(struct blob_req *r, const struct registry_route *
     const char *q = http_req_query(r->x, &qlen);
     const char *grant = grant_in_query(q, qlen, &glen);
     if (grant == NULL || r->bs->grant_keys == NULL) return false;
+    /* The keys are fetched (when unknown) from where this request's upstream requests go. */
+    if (ensure_bases(r) != 0) {
+        fail(r, REG_ERR_INTERNAL, "out of memory");
+        return true;
+    }
     int rc = keyring_verify(r->bs->grant_keys, (const char *const *)r->bases, r->n_bases, grant,
                             glen, route->name, route->name_len, r->digest, strlen(r->digest),
                             grant_checked, r, &r->grant_check);
@@ -1152,19 +1375,7 @@ void blob_handle(struct blob_service *bs, struct http_exchange *x,
         r->credential_len = authz->value_len;
     }
 
-    struct upstreams_req_info info;
-    size_t n_bases;
-    upstreams_req_info_init(&info, x, route, entry);
-    const char *const *bases = upstreams_select(bs->upstreams, &info.req, entry, &n_bases);
-    r->bases = calloc(n_bases, sizeof(*r->bases));
-    for (size_t i = 0; r->bases != NULL && i < n_bases; i++) {
-        r->bases[i] = strdup(bases[i]);
-        r->n_bases += r->bases[i] != NULL;
-    }
-    if (r->n_bases != n_bases) {
-        fail(r, REG_ERR_INTERNAL, "out of memory");
-        return;
-    }
+    upstreams_req_info_init(&r->info, x, route, entry);
     if (authorize_by_grant(r, route)) return;
     authorize(r, route->name, route->name_len);
 }

@@ -7,10 +7,12 @@
  * a grant (?grant=, grant.h) instead: it is verified here, with the front's keys
  * (keyring.h), and authorizes the request alone (no upstream is asked: a hit costs no
  * request); a grant that does not verify is 401 (forged, altered, expired) or 403
- * (another repository or blob), and no byte. A miss goes up with the grant in its URL. Then a HEAD
- * is answered from the upstream's answer; a GET is served from disk when the blob is stored (a
- * hit), else from a fetch (fetch.h): the one already running for that digest (coalesced), or a new
- * one (a miss). Range requests (one range) get 206 or 416, on hits and on misses.
+ * (another repository or blob), and no byte. A miss goes up with the grant in its URL.
+ * Then a HEAD is answered from the upstream's answer; a GET is served from disk when the
+ * blob is stored (a hit), else from a fetch (fetch.h): the one already running for that
+ * digest (coalesced), or a new one (a miss). Range requests (one range) get 206 or 416,
+ * on hits and on misses. The upstream's 2xx to the HEAD also records the blob in that
+ * repository (links.h: the registry's _layers link), on the thread pool.
  */
 #ifndef CC_BLOB_H
 #define CC_BLOB_H
@@ -62,6 +64,27 @@ void blob_service_set_grants(struct blob_service *bs, struct keyring *keys);
 struct budget;
 /* The disk budget: a blob larger than it allows passes through without storing. */
 void blob_service_set_budget(struct blob_service *bs, struct budget *budget);
+
+struct answers;
+struct outage;
+/* The credentials' answers kept on disk, and what to do when every upstream fails
+ * (outage.h): with the on_upstream_failure policy's yes, a stored blob linked in the
+ * repository is served to a credential the origin said yes to (or auth.token verified). */
+void blob_service_set_outage(struct blob_service *bs, struct answers *answers,
+                             struct outage *outage);
+
+struct pulls;
+/* Every GET served (hit, miss, coalesced, range) counts a pull of the blob (pulls.h). */
+void blob_service_set_pulls(struct blob_service *bs, struct pulls *pulls);
+
+/*
+ * Whether a blob this request makes the cache fetch is stored (true) or only streamed to
+ * its clients (false): the admit policy. size is the length the upstream announced, -1
+ * when none. Called on the loop, once per fetch started, before it starts.
+ */
+typedef bool (*blob_admit_fn)(void *ud, const char *digest, int64_t size,
+                              const struct policy_request *req);
+void blob_service_set_admit(struct blob_service *bs, blob_admit_fn admit, void *ud);
 /* True while a request reads stored blob `hex` (eviction leaves it alone). */
 bool blob_service_in_use(const struct blob_service *bs, const char *hex);
 

@@ -11,6 +11,8 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/digest.h"
+#include "cache/links.h"
+#include "cache/pulls.h"
 
 #define BUDGET_MAX_CANDIDATES 10000 /* handed to the evict policy per run */
 
@@ -27,6 +29,7 @@ struct budget {
     uint64_t scan_blobs, scan_bytes;
     budget_blob *list;
     size_t n_list, cap_list;
+    struct links_index *links; /* of the eviction run in progress */
     budget_blob *doomed;
     int *results;
     size_t n_doomed;
@@ -62,10 +65,7 @@ static int list_blob(void *ud, const char *hex, const struct stat *sb)
         b->list = nl;
         b->cap_list = cap;
     }
-    budget_blob *e = &b->list[b->n_list++];
-    memcpy(e->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    e->size = (uint64_t)sb->st_size;
-    e->last_pulled = store_stat_atime(sb);
+    expire_blob_from_stat(b->store, hex, sb, b->links, &b->list[b->n_list++]);
     return 0;
 }
 
@@ -80,13 +80,18 @@ static void work_cb(uv_work_t *w)
         break;
     case PHASE_LIST:
         b->n_list = 0;
+        links_index_free(b->links);
+        b->links = NULL;
+        links_index_build_sync(b->store, &b->links);
         for (unsigned p = 0; p < 256; p++)
             store_scan_prefix_sync(b->store, p, list_blob, b);
         break;
     case PHASE_DELETE:
-        for (size_t i = 0; i < b->n_doomed; i++)
+        for (size_t i = 0; i < b->n_doomed; i++) {
             b->results[i] = store_remove_if_unpulled_sync(b->store, b->doomed[i].hex,
                                                           b->doomed[i].last_pulled + 0.001);
+            if (b->results[i] == 0) pulls_reset_sync(b->store, b->doomed[i].hex);
+        }
         break;
     case PHASE_IDLE:
         break;
@@ -118,7 +123,28 @@ static void maybe_evict(struct budget *b)
 static int by_last_pulled(const void *pa, const void *pb)
 {
     const budget_blob *a = pa, *c = pb;
-    return a->last_pulled < c->last_pulled ? -1 : a->last_pulled > c->last_pulled;
+    if (a->last_pulled != c->last_pulled) return a->last_pulled < c->last_pulled ? -1 : 1;
+    return strcmp(a->hex, c->hex);
+}
+
+/*
+ * The victims among cands[0..n) (least recently pulled first) for `need` bytes: what the
+ * evict policy answers, or, when it has none or fails, least recently pulled first until
+ * enough is freed (the last resort, not the policy: policies/evict.lua is). Fills victims
+ * (n of room) with indexes; returns how many.
+ */
+static size_t pick_victims(const struct budget_opts *o, const budget_blob *cands, size_t n,
+                           uint64_t need, size_t *victims)
+{
+    long nv = o->evict ? o->evict(o->ud, cands, n, need, victims, n) : -ENOENT;
+    if (nv >= 0) return (size_t)nv;
+    uint64_t freed = 0;
+    size_t k = 0;
+    for (size_t i = 0; i < n && freed < need; i++) {
+        victims[k++] = i;
+        freed += cands[i].size;
+    }
+    return k;
 }
 
 /* Chooses the victims among the listed blobs and queues their deletion. */
@@ -145,19 +171,8 @@ static void choose(struct budget *b)
         free(victims);
         return;
     }
-    long nv = b->o.evict ? b->o.evict(b->o.ud, b->list, n, need, victims, n) : -ENOENT;
-    if (nv < 0) {
-        /* The default: least recently pulled first, until enough is freed. Simple and
-         * fair to recency; a scan of many cold blobs can push out the hot ones, which
-         * a scan-resistant policy (examples/policies/70-s3fifo-evict.lua) avoids. */
-        uint64_t freed = 0;
-        nv = 0;
-        for (size_t i = 0; i < n && freed < need; i++) {
-            victims[nv++] = i;
-            freed += b->list[i].size;
-        }
-    }
-    for (long i = 0; i < nv; i++)
+    size_t nv = pick_victims(&b->o, b->list, n, need, victims);
+    for (size_t i = 0; i < nv; i++)
         if (victims[i] < n) b->doomed[b->n_doomed++] = b->list[victims[i]];
     free(victims);
     if (b->n_doomed > 0)
@@ -176,6 +191,7 @@ static void after_work(uv_work_t *w, int status)
         free(b->list);
         free(b->doomed);
         free(b->results);
+        links_index_free(b->links);
         free(b);
         return;
     }
@@ -241,6 +257,7 @@ void budget_stop(struct budget *b)
         free(b->list);
         free(b->doomed);
         free(b->results);
+        links_index_free(b->links);
         free(b);
     }
 }
@@ -268,6 +285,67 @@ void budget_removed(struct budget *b, uint64_t size)
 bool budget_fits(const struct budget *b, int64_t size)
 {
     return b == NULL || b->o.max_bytes == 0 || size < 0 || (uint64_t)size <= high_mark(b);
+}
+
+/* --- One eviction now, for `content-cache evict` ------------------------------------ */
+
+struct sync_list {
+    const struct store *store;
+    struct links_index *links;
+    budget_blob *list;
+    size_t n, cap;
+    bool failed;
+};
+
+static int sync_list_blob(void *ud, const char *hex, const struct stat *sb)
+{
+    struct sync_list *l = ud;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 1024;
+        budget_blob *nl = realloc(l->list, cap * sizeof(*nl));
+        if (nl == NULL) {
+            l->failed = true;
+            return 1;
+        }
+        l->list = nl;
+        l->cap = cap;
+    }
+    expire_blob_from_stat(l->store, hex, sb, l->links, &l->list[l->n++]);
+    return 0;
+}
+
+long budget_evict_sync(struct store *store, const struct budget_opts *opts, uint64_t bytes_needed,
+                       bool dry_run, void (*on_evicted)(void *ud, const budget_blob *blob),
+                       void *ud)
+{
+    struct sync_list l = {.store = store};
+    long removed = 0;
+    if (links_index_build_sync(store, &l.links) != 0) return -ENOMEM;
+    for (unsigned p = 0; p < 256 && !l.failed; p++)
+        store_scan_prefix_sync(store, p, sync_list_blob, &l);
+    size_t *victims = calloc(l.n ? l.n : 1, sizeof(*victims));
+    if (l.failed || victims == NULL) {
+        free(victims);
+        free(l.list);
+        links_index_free(l.links);
+        return -ENOMEM;
+    }
+    qsort(l.list, l.n, sizeof(*l.list), by_last_pulled);
+    size_t n = l.n < BUDGET_MAX_CANDIDATES ? l.n : BUDGET_MAX_CANDIDATES;
+    size_t nv = pick_victims(opts, l.list, n, bytes_needed, victims);
+    for (size_t i = 0; i < nv; i++) {
+        const budget_blob *v = &l.list[victims[i]];
+        if (!dry_run) {
+            if (store_remove_if_unpulled_sync(store, v->hex, v->last_pulled + 0.001) != 0) continue;
+            pulls_reset_sync(store, v->hex);
+        }
+        removed++;
+        if (on_evicted) on_evicted(ud, v);
+    }
+    free(victims);
+    free(l.list);
+    links_index_free(l.links);
+    return removed;
 }
 
 void budget_render_metrics(const void *budget, struct textbuf *out)

@@ -75,4 +75,15 @@ void budget_removed(struct budget *b, uint64_t size);
  * the high watermark): such a fetch passes through without storing. */
 bool budget_fits(const struct budget *b, int64_t size);
 
+/*
+ * One eviction now, synchronously (for `content-cache evict`): lists the store as an
+ * eviction run does, asks opts->evict (else least recently pulled first) for bytes_needed
+ * and deletes the victims it chose, in its order; on_evicted gets each. With dry_run
+ * nothing is deleted and on_evicted gets each blob that would be. Returns how many, or a
+ * negative error.
+ */
+long budget_evict_sync(struct store *store, const struct budget_opts *opts, uint64_t bytes_needed,
+                       bool dry_run, void (*on_evicted)(void *ud, const budget_blob *blob),
+                       void *ud);
+
 #endif

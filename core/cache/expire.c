@@ -12,6 +12,8 @@
 #include "base/errors.h"
 #include "base/log.h"
 #include "base/digest.h"
+#include "cache/links.h"
+#include "cache/pulls.h"
 
 struct doomed {
     struct expire_blob blob;
@@ -34,6 +36,7 @@ struct expiry {
     size_t n_found, cap_found;
     struct doomed *doomed;
     size_t n_doomed;
+    struct links_index *links; /* of the sweep in progress, built when it starts */
     struct expire_stats stats;
 };
 
@@ -53,8 +56,19 @@ bool expire_touch_due(double last_pulled, double now, double default_ttl_s)
     return now - last_pulled >= threshold;
 }
 
+void expire_blob_from_stat(const struct store *store, const char *hex, const struct stat *sb,
+                           const struct links_index *links, struct expire_blob *b)
+{
+    memcpy(b->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
+    b->size = (uint64_t)sb->st_size;
+    b->last_pulled = store_stat_atime(sb);
+    b->created = store_stat_mtime(sb);
+    b->pulls = pulls_read_sync(store, hex);
+    b->links = links;
+}
+
 /* The TTL of one blob: 1 with *ttl, or 0 to keep it. */
-static int blob_ttl(const struct expire_opts *o, const struct expire_blob *b, double *ttl)
+int expire_blob_ttl(const struct expire_opts *o, const struct expire_blob *b, double *ttl)
 {
     if (o->ttl != NULL) {
         int rc = o->ttl(o->ud, b, ttl);
@@ -82,10 +96,7 @@ static int collect(void *ud, const char *hex, const struct stat *sb)
         e->found = nb;
         e->cap_found = cap;
     }
-    struct expire_blob *b = &e->found[e->n_found++];
-    memcpy(b->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    b->size = (uint64_t)sb->st_size;
-    b->last_pulled = store_stat_atime(sb);
+    expire_blob_from_stat(e->store, hex, sb, e->links, &e->found[e->n_found++]);
     return 0;
 }
 
@@ -95,6 +106,12 @@ static void scan_work(uv_work_t *w)
     struct scan_ctx sc = {e, e->opts.batch};
     e->n_found = 0;
     e->sweep_finished = false;
+    if (e->cursor == 0 || e->links == NULL) {
+        /* A sweep starts: which repositories hold which blob, as of now. */
+        links_index_free(e->links);
+        e->links = NULL;
+        links_index_build_sync(e->store, &e->links);
+    }
     while (e->cursor < 256 && e->n_found < sc.limit) {
         store_scan_prefix_sync(e->store, e->cursor, collect, &sc);
         e->cursor++;
@@ -114,6 +131,7 @@ static void delete_work(uv_work_t *w)
          * then moves it past this and keeps the blob. */
         d->result =
             store_remove_if_unpulled_sync(e->store, d->blob.hex, d->blob.last_pulled + 0.001);
+        if (d->result == 0) pulls_reset_sync(e->store, d->blob.hex);
     }
 }
 
@@ -159,7 +177,8 @@ static void scan_done(uv_work_t *w, int status)
     e->n_doomed = 0;
     for (size_t i = 0; e->doomed != NULL && i < e->n_found; i++) {
         double ttl;
-        if (blob_ttl(&e->opts, &e->found[i], &ttl) == 1 && now - e->found[i].last_pulled >= ttl)
+        if (expire_blob_ttl(&e->opts, &e->found[i], &ttl) == 1 &&
+            now - e->found[i].last_pulled >= ttl)
             e->doomed[e->n_doomed++].blob = e->found[i];
     }
     if (e->n_doomed == 0) return;
@@ -206,6 +225,7 @@ static void timer_closed(uv_handle_t *h)
     void *arg = e->done_arg;
     free(e->found);
     free(e->doomed);
+    links_index_free(e->links);
     free(e);
     if (done) done(arg);
 }
@@ -236,6 +256,8 @@ struct sync_ctx {
     struct store *store;
     const struct expire_opts *opts;
     double now;
+    bool dry_run;
+    struct links_index *links;
     long removed;
 };
 
@@ -243,23 +265,25 @@ static int sync_visit(void *ud, const char *hex, const struct stat *sb)
 {
     struct sync_ctx *sc = ud;
     struct expire_blob b;
-    memcpy(b.hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    b.size = (uint64_t)sb->st_size;
-    b.last_pulled = store_stat_atime(sb);
+    expire_blob_from_stat(sc->store, hex, sb, sc->links, &b);
     double ttl;
-    if (blob_ttl(sc->opts, &b, &ttl) != 1 || sc->now - b.last_pulled < ttl) return 0;
-    if (store_remove_if_unpulled_sync(sc->store, hex, b.last_pulled + 0.001) == 0) {
+    if (expire_blob_ttl(sc->opts, &b, &ttl) != 1 || sc->now - b.last_pulled < ttl) return 0;
+    if (sc->dry_run || store_remove_if_unpulled_sync(sc->store, hex, b.last_pulled + 0.001) == 0) {
+        if (!sc->dry_run) pulls_reset_sync(sc->store, hex);
         sc->removed++;
         if (sc->opts->on_removed) sc->opts->on_removed(sc->opts->ud, &b);
     }
     return 0;
 }
 
-long expire_sweep_sync(struct store *store, const struct expire_opts *opts, double now)
+long expire_sweep_sync(struct store *store, const struct expire_opts *opts, double now,
+                       bool dry_run)
 {
-    struct sync_ctx sc = {store, opts, now, 0};
+    struct sync_ctx sc = {store, opts, now, dry_run, NULL, 0};
+    if (links_index_build_sync(store, &sc.links) != 0) return -ENOMEM;
     for (unsigned p = 0; p < 256; p++)
         store_scan_prefix_sync(store, p, sync_visit, &sc);
+    links_index_free(sc.links);
     return sc.removed;
 }
 

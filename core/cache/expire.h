@@ -27,10 +27,19 @@
 
 struct expiry;
 
+struct links_index;
+
+/* A stored blob as the sweep (and the disk budget) list it: what the policies' blob
+ * tables are made of (policy.h), read from the store on the thread pool. */
 struct expire_blob {
     char hex[DIGEST_SHA256_HEX_LEN + 1];
     uint64_t size;
-    double last_pulled; /* seconds since the epoch */
+    double last_pulled; /* seconds since the epoch: the data file's access time */
+    double created;     /* its modification time: when it was stored */
+    uint64_t pulls;     /* the count on disk (pulls.h) when it was listed */
+    /* The repositories of the run that listed it (links.h): links_index_find(links, hex),
+     * valid while the callback that got this blob runs. */
+    const struct links_index *links;
 };
 
 /*
@@ -70,9 +79,18 @@ bool expire_touch_due(double last_pulled, double now, double default_ttl_s);
 
 /*
  * One whole sweep, synchronously (for `content-cache expire`): calls ttl as the timer
- * would and deletes what expired, printing nothing; `report` gets every removal.
- * Returns the number removed, or a negative error.
+ * would and deletes what expired, printing nothing; on_removed gets every removal. With
+ * dry_run nothing is deleted: on_removed gets every blob the sweep would delete now.
+ * Returns how many were (or would be) removed, or a negative error.
  */
-long expire_sweep_sync(struct store *store, const struct expire_opts *opts, double now);
+long expire_sweep_sync(struct store *store, const struct expire_opts *opts, double now,
+                       bool dry_run);
+
+/* Fills b from a blob's stat, with its pull count from disk (thread pool). */
+void expire_blob_from_stat(const struct store *store, const char *hex, const struct stat *sb,
+                           const struct links_index *links, struct expire_blob *b);
+
+/* The TTL the sweep gives b: 1 and the TTL in *ttl_s, or 0 when it is kept. */
+int expire_blob_ttl(const struct expire_opts *opts, const struct expire_blob *b, double *ttl_s);
 
 #endif

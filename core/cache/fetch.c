@@ -32,6 +32,7 @@
 #include "base/errors.h"
 #include "base/digest.h"
 #include "base/log.h"
+#include "cache/pulls.h"
 
 #define CHUNK_BYTES (1u << 20) /* the spool's unit */
 /* Pause the upstream past this much unwritten or unhashed. Larger lets a client outrun a
@@ -956,8 +957,8 @@ static void disk_fail(struct fetch *f, int err)
                 f->hex, store_root(f->m->store), strerror(-err));
     else
         log_msg(LOG_INFO,
-                "blob sha256:%s (%lld bytes) is larger than the disk budget allows: passing it "
-                "through without storing",
+                "blob sha256:%s (%lld bytes) is not stored (larger than the disk budget allows, "
+                "or the admit policy said so): passing it through",
                 f->hex, (long long)f->size);
     fetch_ref(f);
     f->disk_failed = true;
@@ -1201,6 +1202,8 @@ static void commit_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
     f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
+    /* Stored anew: its pull count (pulls.h) starts again, as its created time does. */
+    if (f->commit_err == 0) pulls_reset_sync(f->m->store, f->hex);
     if (f->locked) store_lock_release_sync(f->m->store, f->hex);
 }
 
@@ -1434,6 +1437,13 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     }
     queue_open(f); /* the lock and the file first, then the upstream (or another's file) */
     return 0;
+}
+
+void fetch_dont_store(struct fetch *f)
+{
+    if (f->state != FETCH_RUNNING || f->disk_failed || f->committing || f->verified || f->remote)
+        return;
+    disk_fail(f, 0);
 }
 
 void fetch_manager_cancel_all(struct fetch_manager *m)

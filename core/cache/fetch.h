@@ -86,6 +86,15 @@ struct fetch *fetch_find(struct fetch_manager *m, const char *hex);
 int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
                 int64_t expected_size, bool store_it, struct fetch **out);
 
+/*
+ * From now on the fetch stores nothing: it goes on as a pass-through (as with store_it
+ * false), its temporary file removed, its followers served from what was written and
+ * then from memory. For a decision that needs the upstream's head (the admit policy and
+ * the blob's length). A no-op once the blob is verified or committing, and for a fetch
+ * that follows another replica's file.
+ */
+void fetch_dont_store(struct fetch *f);
+
 /* Called after every blob committed into the store (for the store's totals). */
 void fetch_manager_on_commit(struct fetch_manager *m,
                              void (*cb)(void *ud, const char *hex, uint64_t size), void *ud);

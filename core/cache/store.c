@@ -697,6 +697,55 @@ double store_stat_atime(const struct stat *sb)
     return (double)sb->st_atim.tv_sec + (double)sb->st_atim.tv_nsec / 1e9;
 }
 
+double store_stat_mtime(const struct stat *sb)
+{
+    return (double)sb->st_mtim.tv_sec + (double)sb->st_mtim.tv_nsec / 1e9;
+}
+
+/* --- Walking below the root, for the other modules of the store --------------------- */
+
+int store_dir_open_sync(const struct store *st, const char *rel, bool create)
+{
+    int root = open_root(st);
+    if (root < 0) return root;
+    int fd = open_beneath(root, rel, create);
+    close(root);
+    return fd;
+}
+
+int store_file_open_at(int dirfd, const char *name, struct stat *sb)
+{
+    return open_regular_at(dirfd, name, sb);
+}
+
+int store_file_replace_at(int dirfd, const char *name, const void *data, size_t len, bool sync)
+{
+    char tmp[300];
+    unsigned char rnd[4] = {0};
+    uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL);
+    int n = snprintf(tmp, sizeof(tmp), ".%s.%d.%02x%02x%02x%02x", name, (int)getpid(), rnd[0],
+                     rnd[1], rnd[2], rnd[3]);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) return -ENAMETOOLONG;
+    int fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0) return -errno;
+    int rc = 0;
+    const char *p = data;
+    for (size_t done = 0; rc == 0 && done < len;) {
+        ssize_t w = write(fd, p + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            rc = w < 0 ? -errno : -EIO;
+        else
+            done += (size_t)w;
+    }
+    if (rc == 0 && sync && fsync(fd) != 0) rc = -errno;
+    close(fd);
+    if (rc == 0 && renameat(dirfd, tmp, dirfd, name) != 0) rc = -errno;
+    if (rc != 0) unlinkat(dirfd, tmp, 0);
+    if (rc == 0 && sync) fsync(dirfd);
+    return rc;
+}
+
 int store_remove_if_unpulled_sync(const struct store *st, const char *hex, double pulled_before)
 {
     struct blob_dirs d;

@@ -171,5 +171,29 @@ int store_scan_prefix_sync(const struct store *st, unsigned prefix, store_visit_
 
 /* A stat's access time in seconds since the epoch, with its fraction. */
 double store_stat_atime(const struct stat *sb);
+/* A stat's modification time, the same way: for a blob's data file, when it was stored
+ * (nothing writes a data file after its commit; a pull sets only its access time). */
+double store_stat_mtime(const struct stat *sb);
+
+/*
+ * Walking below the root, for the store's other modules (links.h, pulls.h), by the rules
+ * above: no symbolic link followed, only regular files read.
+ *
+ * store_dir_open_sync opens directory `rel` ("docker/registry/v2/repositories/a/b")
+ * below the root one component at a time; with create, missing ones are made (0755).
+ * Returns the descriptor, or -errno (-ELOOP: a component is a symbolic link, -ENOTDIR:
+ * one is not a directory).
+ *
+ * store_file_open_at opens file `name` of directory dirfd for reading when it is a
+ * regular file (O_NOFOLLOW | O_NONBLOCK, then fstat): the descriptor and its stat, or
+ * -errno (-ELOOP, -EINVAL for another kind of file, -ENOENT).
+ *
+ * store_file_replace_at writes data[0..len) as file `name` of dirfd whole: into a
+ * temporary name beside it, then renamed over it, so a reader sees the old file or the
+ * new one, never a part. With sync the file and the directory are synced too. 0 or -errno.
+ */
+int store_dir_open_sync(const struct store *st, const char *rel, bool create);
+int store_file_open_at(int dirfd, const char *name, struct stat *sb);
+int store_file_replace_at(int dirfd, const char *name, const void *data, size_t len, bool sync);
 
 #endif

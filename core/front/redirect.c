@@ -279,8 +279,9 @@ static void choose(struct redirect_req *r)
         front_state_user_cache(rs->o.state, r->user, strlen(r->user));
     struct policy_engine *pe = rs->o.policy;
     if (pe != NULL && policy_has_hook(pe, POLICY_HOOK_SELECT_CACHE) &&
-        !policy_hook_is_builtin(pe, POLICY_HOOK_SELECT_CACHE)) {
-        /* A drop-in decides; the built-in one (the user's choice) is done above, in C. */
+        !policy_hook_is_shipped(pe, POLICY_HOOK_SELECT_CACHE)) {
+        /* A drop-in or an edited select_cache.lua decides; the shipped one (the user's
+         * choice) is done above, in C, as format_log's C twin is. */
         const struct front_cache *list;
         size_t n = front_state_caches(rs->o.state, &list);
         struct policy_cache *pc = calloc(n ? n : 1, sizeof(*pc));

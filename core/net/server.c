@@ -107,6 +107,8 @@ struct http_exchange {
     void *gone_arg;
     /* The access log. */
     const char *cache; /* static: "hit", "miss", ... or NULL */
+    bool stale;        /* served from what was held, every upstream failing */
+    uint64_t stale_age_s;
     char *log_upstream;
     char *log_repo;
     char *log_digest;
@@ -1478,6 +1480,8 @@ static void access_log(struct http_exchange *x)
         .remote_addr = x->conn->remote,
         .user_agent = uah != NULL ? ua : NULL,
         .incomplete = x->abort_requested || x->gone,
+        .stale = x->stale,
+        .stale_age_s = x->stale_age_s,
         .error = x->log_error                      ? x->log_error
                  : (x->abort_requested || x->gone) ? "response not completed"
                                                    : NULL,
@@ -1693,6 +1697,12 @@ static char *dup_span(const char *s, size_t n)
 void http_log_set_cache(struct http_exchange *x, const char *result)
 {
     x->cache = result;
+}
+
+void http_log_set_stale(struct http_exchange *x, uint64_t age_s)
+{
+    x->stale = true;
+    x->stale_age_s = age_s;
 }
 
 void http_log_set_upstream(struct http_exchange *x, const char *upstream)

@@ -208,6 +208,9 @@ bool http_exchange_head_sent(const struct http_exchange *x);
  * "coalesced", "bypass"): a string with static storage, kept as a pointer.
  */
 void http_log_set_cache(struct http_exchange *x, const char *result);
+/* Served from what the cache held while every upstream failed: stale=true and the age in
+ * whole seconds of the oldest fact the answer relied on. */
+void http_log_set_stale(struct http_exchange *x, uint64_t age_s);
 /* The upstream that answered (copied; a base URL, never with credentials). */
 void http_log_set_upstream(struct http_exchange *x, const char *upstream);
 /* The repository and digest the request was about (copied). */

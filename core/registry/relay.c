@@ -16,8 +16,6 @@
 #include "registry/respond.h"
 
 #define RELAY_MAX_FORWARDED 24
-/* Manifests are small (Docker Distribution refuses more than 4 MiB). */
-#define RELAY_MANIFEST_MAX ((uint64_t)4 << 20)
 
 struct relay_service {
     struct upstreams *upstreams;
@@ -71,7 +69,9 @@ struct relay {
     bool upstream_done;
     int upstream_err;
     bool finished;
-    uint64_t limit; /* body bytes relayed at most (manifests), 0: none */
+    uint64_t limit;             /* body bytes relayed at most (manifests), 0: none */
+    relay_fallback_fn fallback; /* every upstream failed before a head: may take over */
+    void *fallback_ud;
     uint64_t relayed;
     /* The client's request body (a push), streamed to the upstream one piece at a time. */
     bool has_body;
@@ -109,6 +109,13 @@ static void relay_maybe_finish(struct relay *r)
         http_respond_end(r->x);
     } else if (r->upstream_err == 0) {
         http_respond_end(r->x);
+    } else if (!r->head_sent && r->fallback != NULL && r->upstream_err != UV_E2BIG &&
+               r->upstream_err != UV_ECANCELED) {
+        /* Every upstream failed: the fallback answers the exchange (and ends it). */
+        char msg[400];
+        snprintf(msg, sizeof(msg), "upstream failed: %s", r->last_error);
+        http_exchange_on_gone(r->x, NULL, NULL); /* the fallback's now, with the exchange */
+        r->fallback(r->fallback_ud, r->x, &r->info.req, r->info.entry, r->upstream_err, msg);
     } else if (!r->head_sent) {
         int err = r->upstream_err;
         int code = (err == UV_ECONNREFUSED || err == UV_EHOSTUNREACH || err == UV_ENETUNREACH ||
@@ -252,6 +259,14 @@ static char *rewritten_location(const struct relay *r, const struct http_header 
     return out;
 }
 
+bool relay_response_header(const struct http_header *h)
+{
+    for (size_t k = 0; k < sizeof(relayed_response_headers) / sizeof(*relayed_response_headers);
+         k++)
+        if (http_header_is(h, relayed_response_headers[k])) return true;
+    return false;
+}
+
 static void relay_on_head(void *ud, int status, const struct http_header *hdrs, size_t n_hdrs,
                           int64_t content_length)
 {
@@ -270,19 +285,14 @@ static void relay_on_head(void *ud, int status, const struct http_header *hdrs, 
     struct http_header out[32];
     size_t n = 0;
     for (size_t i = 0; i < n_hdrs && n < 32; i++) {
-        for (size_t k = 0; k < sizeof(relayed_response_headers) / sizeof(*relayed_response_headers);
-             k++) {
-            if (http_header_is(&hdrs[i], relayed_response_headers[k])) {
-                out[n] = hdrs[i];
-                if (http_header_is(&hdrs[i], "Location") && r->location == NULL &&
-                    (r->location = rewritten_location(r, &hdrs[i])) != NULL) {
-                    out[n].value = r->location;
-                    out[n].value_len = strlen(r->location);
-                }
-                n++;
-                break;
-            }
+        if (!relay_response_header(&hdrs[i])) continue;
+        out[n] = hdrs[i];
+        if (http_header_is(&hdrs[i], "Location") && r->location == NULL &&
+            (r->location = rewritten_location(r, &hdrs[i])) != NULL) {
+            out[n].value = r->location;
+            out[n].value_len = strlen(r->location);
         }
+        n++;
     }
     http_log_set_upstream(r->x, chain_base(r->ureq));
     http_respond_head(r->x, status, out, n, content_length);
@@ -444,24 +454,33 @@ static void relay_start(struct relay *r)
 
 static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
                               const struct registry_route *route, size_t entry, bool as_other,
-                              const char *authorization, const char *target);
+                              const char *authorization, const char *target,
+                              relay_fallback_fn fallback, void *fallback_ud);
 
 void relay_handle(struct relay_service *rs, struct http_exchange *x,
                   const struct registry_route *route, size_t entry)
 {
-    relay_handle_with(rs, x, route, entry, false, NULL, NULL);
+    relay_handle_with(rs, x, route, entry, false, NULL, NULL, NULL, NULL);
 }
 
 void relay_handle_as(struct relay_service *rs, struct http_exchange *x,
                      const struct registry_route *route, size_t entry, const char *authorization,
                      const char *target)
 {
-    relay_handle_with(rs, x, route, entry, true, authorization, target);
+    relay_handle_with(rs, x, route, entry, true, authorization, target, NULL, NULL);
+}
+
+void relay_handle_or(struct relay_service *rs, struct http_exchange *x,
+                     const struct registry_route *route, size_t entry, relay_fallback_fn fallback,
+                     void *fallback_ud)
+{
+    relay_handle_with(rs, x, route, entry, false, NULL, NULL, fallback, fallback_ud);
 }
 
 static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
                               const struct registry_route *route, size_t entry, bool as_other,
-                              const char *authorization, const char *target)
+                              const char *authorization, const char *target,
+                              relay_fallback_fn fallback, void *fallback_ud)
 {
     if (upstreams_count(rs->upstreams) == 0) {
         respond_error(x, REG_ERR_UNAVAILABLE, "no upstream configured", NULL);
@@ -489,6 +508,8 @@ static void relay_handle_with(struct relay_service *rs, struct http_exchange *x,
         (http_req_is_get(x) || http_req_is_head(x)))
         r->limit = RELAY_MANIFEST_MAX;
     r->has_body = http_req_has_body(x);
+    r->fallback = fallback;
+    r->fallback_ud = fallback_ud;
     rs->in_flight++;
     http_exchange_on_gone(x, relay_client_gone, r);
     relay_start(r);

@@ -56,6 +56,26 @@ void relay_handle_as(struct relay_service *rs, struct http_exchange *x,
                      const struct registry_route *route, size_t entry, const char *authorization,
                      const char *target);
 
+/*
+ * When every upstream failed before answering (unreachable, timed out, broken), the
+ * fallback gets the exchange instead of the error response and must end it: req is the
+ * request as the policies see it (valid during the call), err the failure (a libuv error)
+ * and why a sentence naming the upstream. A 5xx head is relayed as it is.
+ */
+typedef void (*relay_fallback_fn)(void *ud, struct http_exchange *x,
+                                  const struct policy_request *req, size_t entry, int err,
+                                  const char *why);
+void relay_handle_or(struct relay_service *rs, struct http_exchange *x,
+                     const struct registry_route *route, size_t entry, relay_fallback_fn fallback,
+                     void *fallback_ud);
+
+/* Manifests are small (Docker Distribution refuses more than 4 MiB). */
+#define RELAY_MANIFEST_MAX ((uint64_t)4 << 20)
+
+/* True for the response headers that go back to the client with a relayed answer
+ * (Content-Type, Docker-Content-Digest, WWW-Authenticate, ETag, ...). */
+bool relay_response_header(const struct http_header *h);
+
 /* Relays still in flight (for a drain, and tests). */
 unsigned relay_in_flight(const struct relay_service *rs);
 

@@ -23,7 +23,6 @@ struct upstreams {
         char *bases[UPSTREAMS_MAX_CANDIDATES];
         size_t n_bases;
         size_t n_hosts; /* how many of bases are upstreamhosts */
-        size_t cursor;  /* round-robin position among the hosts */
     } * entries;
     size_t n_entries;
     const char *order[UPSTREAMS_MAX_CANDIDATES]; /* what upstreams_select returns */
@@ -177,10 +176,9 @@ const char *const *upstreams_select(struct upstreams *u, const struct policy_req
 {
     if (entry >= u->n_entries) entry = 0;
     struct upstreams_entry *ue = &u->entries[entry];
-    /* The built-in select_upstream is the round robin below, done in C (spec/ holds
-     * the Lua one to the same order): only a drop-in's costs a Lua call. */
-    if (u->policy != NULL && policy_has_hook(u->policy, POLICY_HOOK_SELECT_UPSTREAM) &&
-        !policy_hook_is_builtin(u->policy, POLICY_HOOK_SELECT_UPSTREAM)) {
+    /* The select_upstream policy decides: policies/upstream.lua's round robin, or a
+     * drop-in's order. */
+    if (u->policy != NULL) {
         char **urls = NULL;
         size_t n_urls = 0, k = 0;
         if (policy_select_upstream(u->policy, req, entry, &urls, &n_urls) == 0) {
@@ -195,13 +193,11 @@ const char *const *upstreams_select(struct upstreams *u, const struct policy_req
             }
         }
     }
-    /* The built-in order, as the default policy's: the upstream caches in round-robin
-     * order from the cursor, then the origin as the last resort. */
-    for (size_t i = 0; i < ue->n_hosts; i++)
-        u->order[i] = ue->bases[(ue->cursor + i) % ue->n_hosts];
-    for (size_t i = ue->n_hosts; i < ue->n_bases; i++)
+    /* No policy, or it failed (logged and counted by the engine): the config's order, the
+     * upstreamhosts as written and then the origin. A last resort, not a second policy:
+     * no rotation. */
+    for (size_t i = 0; i < ue->n_bases; i++)
         u->order[i] = ue->bases[i];
-    if (ue->n_hosts > 0) ue->cursor = (ue->cursor + 1) % ue->n_hosts;
     *n = ue->n_bases;
     return u->order;
 }

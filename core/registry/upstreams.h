@@ -51,11 +51,13 @@ int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x
 
 /*
  * The base URLs to try for one client request of entry `entry`, in order: what the
- * select_upstream policy answers (each URL mapped to the configured upstream it names), or
- * the built-in order when no policy is set or it fails: the upstreamhosts in round-robin
- * order, the cursor advanced once per call, then the originhost. Call it once per client
- * request and use the list for every upstream request made for it. The array is valid
- * until the next call.
+ * select_upstream policy answers (each URL mapped to the configured upstream it names;
+ * the default, policies/upstream.lua, rotates the upstreamhosts and puts the originhost
+ * last). When no policy is set, none defines the hook or it fails: the config's order,
+ * the upstreamhosts as written then the originhost (a last resort: no rotation). Call it
+ * once per client request that goes upstream, and only then (each call is a Lua call, and
+ * the default's cursor moves at each), and use the list for every upstream request made
+ * for it. The array is valid until the next call.
  */
 const char *const *upstreams_select(struct upstreams *u, const struct policy_request *req,
                                     size_t entry, size_t *n);

@@ -7,25 +7,24 @@
 -- queue and leaves the hot set in the main queue alone, where plain LRU (the default
 -- evict) would flush it.
 --
--- The hook sees the candidates only when room is needed, with their `created` (when the
--- cache stored them) and `last_pulled`; it rebuilds the queues from those:
---   small queue   blobs never pulled again after they were stored (last_pulled within
---                 ONE_HIT_GRACE of created: a retry or a parallel pull is one visit)
---   main queue    blobs pulled again later
+-- The hook sees the candidates only when room is needed, with how often each was pulled
+-- since it was stored (`pulls`, counted by the cache) and when it was stored (`created`);
+-- it rebuilds the queues from those:
+--   small queue   blobs pulled at most once since they were stored (one-hit wonders)
+--   main queue    blobs pulled again
 -- and deletes, until bytes_needed is covered:
 --   1. one-hit blobs, oldest first, except the newest SMALL_SHARE of the candidates'
 --      bytes (the small queue proper: new blobs get the chance to be pulled again);
 --   2. blobs pulled again, least recently pulled first;
 --   3. the newest one-hit blobs, oldest first.
--- A candidate without `created` has an unknown history: it goes to the main queue, so
--- without `created` this policy is the default LRU.
+-- A candidate without `pulls` (an older cache) has an unknown history: it goes to the main
+-- queue, so without `pulls` this policy is the default LRU.
 
-local ONE_HIT_GRACE = 60 -- seconds
 local SMALL_SHARE = 0.10
 
--- Stored and never pulled again since (a blob without `created` is not known to be).
+-- Pulled at most once since it was stored (a blob without `pulls` is not known to be).
 local function one_hit(blob)
-    return blob.created ~= nil and blob.last_pulled - blob.created <= ONE_HIT_GRACE
+    return blob.pulls ~= nil and blob.pulls <= 1
 end
 
 local function by(field)

@@ -5,9 +5,9 @@ local fake_cache = require("helpers.fake_cache")
 local FILE = engine.path("examples/policies/70-s3fifo-evict.lua")
 local DAY = 86400
 
-local function blob(name, created, last_pulled, size)
+local function blob(name, created, last_pulled, pulls, size)
     return { digest = "sha256:" .. name, size = size or 100, created = created,
-        last_pulled = last_pulled, repositories = {} }
+        last_pulled = last_pulled, pulls = pulls, repositories = {} }
 end
 
 describe("70-s3fifo-evict", function()
@@ -25,10 +25,10 @@ describe("70-s3fifo-evict", function()
         local now = 100 * DAY
         local cands = {}
         for i = 1, 10 do
-            cands[#cands + 1] = blob("hot" .. i, now - 30 * DAY, now - 3600 - i)
+            cands[#cands + 1] = blob("hot" .. i, now - 30 * DAY, now - 3600 - i, 30)
         end
         for i = 1, 30 do
-            cands[#cands + 1] = blob("scan" .. i, now - 600 + i, now - 600 + i)
+            cands[#cands + 1] = blob("scan" .. i, now - 600 + i, now - 600 + i, 1)
         end
         return cands
     end
@@ -65,20 +65,20 @@ describe("70-s3fifo-evict", function()
         assert.equals("sha256:scan30", victims[40])
     end)
 
-    it("counts a pull within a minute of storing as the same visit", function()
+    it("tells one-hit blobs by their pulls, not by their times", function()
         local now = 100 * DAY
         local cands = {
-            blob("retried", now - DAY, now - DAY + 30), -- one visit: a retry
-            blob("again", now - 2 * DAY, now - DAY),    -- pulled again a day later
-            blob("fresh", now - 100, now - 100, 1500),  -- newer than retried: the young tenth
-            blob("bulk", now - 50 * DAY, now - 3600, 10000),
+            blob("once", now - DAY, now - DAY + 30, 1), -- stored, pulled once
+            blob("again", now - 2 * DAY, now - 2 * DAY + 30, 2), -- the same times, pulled twice
+            blob("fresh", now - 100, now - 100, 1, 1500), -- newer: the young tenth
+            blob("bulk", now - 50 * DAY, now - 3600, 9, 10000),
         }
-        assert.equals("sha256:retried", hooks.evict(cands, 100)[1])
+        assert.equals("sha256:once", hooks.evict(cands, 100)[1])
         assert.equals("sha256:again", lru.evict(cands, 100)[1])
     end)
 
-    it("is LRU for candidates without a created time", function()
-        local cands = { blob("a", nil, 30), blob("b", nil, 10), blob("c", nil, 20) }
+    it("is LRU for candidates without pulls", function()
+        local cands = { blob("a", 1, 30), blob("b", 1, 10), blob("c", 1, 20) }
         assert.are.same(lru.evict(cands, 200), hooks.evict(cands, 200))
     end)
 
@@ -96,7 +96,9 @@ describe("the example policies together", function()
         assert.equals(7 * DAY, hooks.blob_ttl({ digest = "sha256:a", size = 1, last_pulled = 0,
             repositories = { "library/alpine" } }))
         assert.equals("{", hooks.format_log({ method = "GET" }):sub(1, 1))
-        local cands = { blob("hot", 0, 10 * DAY), blob("once", 5 * DAY, 5 * DAY) }
+        local cands = { blob("hot", 1, 10 * DAY, 5), blob("once", 5 * DAY, 5 * DAY, 1) }
         assert.are.same({ "sha256:once" }, hooks.evict(cands, 1))
+        assert.is_false(hooks.admit({ digest = "sha256:huge", size = 3 * 1024 ^ 3 },
+            { method = "GET", kind = "blob" }))
     end)
 end)

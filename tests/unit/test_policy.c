@@ -382,6 +382,7 @@ static void test_format_log_c_twin(void)
         log_configure(&log_opts);
         struct policy_engine *pe = engine_with(&cfg, NULL);
         CHECK(policy_hook_is_builtin(pe, POLICY_HOOK_FORMAT_LOG));
+        CHECK(policy_hook_is_shipped(pe, POLICY_HOOK_FORMAT_LOG));
         struct log_access_entry e = sample_entry();
         char lua[LOG_LINE_MAX], c[LOG_LINE_MAX];
         size_t n;
@@ -389,6 +390,8 @@ static void test_format_log_c_twin(void)
             e.user_agent = hostile[i];
             e.error = i % 2 ? hostile[i] : NULL;
             e.incomplete = i % 5 == 1;
+            e.stale = i % 3 == 2;
+            e.stale_age_s = (uint64_t)i * 7919;
             e.cache = i % 3 ? "miss" : NULL;
             e.duration_ms = durations[i % (sizeof durations / sizeof durations[0])];
             e.status = i % 4 ? 200 : 0;
