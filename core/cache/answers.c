@@ -138,10 +138,9 @@ static void write_done(uv_work_t *w, int status)
     flush(a);
 }
 
-/* Hands the queue to the writer when it is idle. */
-static void flush(struct answers *a)
+/* The queues become the batch the writer takes. */
+static void take_queue(struct answers *a)
 {
-    if (a->writing || (a->n_queue == 0 && a->n_cqueue == 0)) return;
     a->batch = a->queue;
     a->n_batch = a->n_queue;
     a->cbatch = a->cqueue;
@@ -149,6 +148,13 @@ static void flush(struct answers *a)
     a->queue = NULL;
     a->cqueue = NULL;
     a->n_queue = a->n_cqueue = 0;
+}
+
+/* Hands the queue to the writer when it is idle. */
+static void flush(struct answers *a)
+{
+    if (a->writing || (a->n_queue == 0 && a->n_cqueue == 0)) return;
+    take_queue(a);
     a->work.data = a;
     if (uv_queue_work(a->loop, &a->work, write_work, write_done) == 0) {
         a->writing = true;
@@ -215,12 +221,7 @@ void answers_close(struct answers *a)
     if (a == NULL) return;
     /* A write in flight finishes on the pool; what is queued is written now. */
     if (!a->writing && (a->n_queue || a->n_cqueue)) {
-        a->batch = a->queue;
-        a->n_batch = a->n_queue;
-        a->cbatch = a->cqueue;
-        a->n_cbatch = a->n_cqueue;
-        a->queue = NULL;
-        a->cqueue = NULL;
+        take_queue(a);
         write_work(&(uv_work_t){.data = a});
         free(a->batch);
         free(a->cbatch);

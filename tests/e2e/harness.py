@@ -617,6 +617,15 @@ class Cache:
         return os.path.join(self.storage, "docker", "registry", "v2", "blobs", "sha256",
                             hexd[:2], hexd, "data")
 
+    def stored_digests(self):
+        """The set of digests ("sha256:<hex>") whose blob file is in the store."""
+        root = os.path.join(self.storage, "docker", "registry", "v2", "blobs", "sha256")
+        out = set()
+        for dirpath, _, files in os.walk(root):
+            if "data" in files:
+                out.add("sha256:" + os.path.basename(dirpath))
+        return out
+
     def tmp_files(self, digest=None):
         """{name: size} of the files in tmp_dir (only those of `digest`, if given)."""
         out = {}

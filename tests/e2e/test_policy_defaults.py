@@ -64,15 +64,6 @@ def layer_link(cache, repo, digest):
                         "sha256", digest.split(":", 1)[1], "link")
 
 
-def stored(cache):
-    root = os.path.join(cache.storage, "docker/registry/v2/blobs/sha256")
-    out = set()
-    for dirpath, _, files in os.walk(root):
-        if "data" in files:
-            out.add("sha256:" + os.path.basename(dirpath))
-    return out
-
-
 def command(cache, *args):
     r = cache.run_binary(list(args))
     expect_eq(r.returncode, 0, "exit code of %s (stderr: %s)" % (" ".join(args), r.stderr))
@@ -170,10 +161,10 @@ def body(run):
     config = store.write_config()
 
     def expire_dry_run_then_expire():
-        before = stored(store)
+        before = store.stored_digests()
         dry = command(store, "expire", config, "--dry-run")
         would = digests_in(dry, "would remove")
-        expect_eq(stored(store), before, "the store after --dry-run")
+        expect_eq(store.stored_digests(), before, "the store after --dry-run")
         debian = blobs["b0"][1]
         expect(debian not in would, "the library/debian layer is kept:\n" + dry)
         expect_eq(sorted(would), sorted(blobs[n][1] for n in ("b1", "b3", "b4")),
@@ -181,7 +172,7 @@ def body(run):
         expect(re.search(r"ttl 0s .*repositories app/web\)", dry), "the TTL and why:\n" + dry)
         real = command(store, "expire", config)
         expect_eq(sorted(digests_in(real, "removed")), sorted(would), "what expire removed")
-        expect_eq(stored(store), {debian}, "the store after expire")
+        expect_eq(store.stored_digests(), {debian}, "the store after expire")
 
     run.check("expire --dry-run prints what expire then removes, and the TTL each got",
               expire_dry_run_then_expire)
@@ -197,14 +188,14 @@ def body(run):
             h.wait_until(lambda: os.path.exists(store.blob_file(digest)), h.LOG_TIMEOUT,
                          "blob %s committed" % digest)
         store.stop()
-        before = stored(store)
+        before = store.stored_digests()
         dry = command(store, "evict", config2, "--dry-run", "--bytes", "45000")
         would = digests_in(dry, "would evict")
-        expect_eq(stored(store), before, "the store after --dry-run")
+        expect_eq(store.stored_digests(), before, "the store after --dry-run")
         expect(len(would) >= 2, "at least two victims for 45,000 bytes:\n" + dry)
         real = command(store, "evict", config2, "--bytes", "45000")
         expect_eq(digests_in(real, "evicted"), would, "what evict removed, in order")
-        expect_eq(stored(store), before - set(would), "the store after evict")
+        expect_eq(store.stored_digests(), before - set(would), "the store after evict")
 
     run.check("evict --dry-run --bytes N prints what evict --bytes N then removes, in order",
               evict_dry_run_then_evict)

@@ -50,15 +50,6 @@ def get_blob(cache, repo, digest, size):
     return r
 
 
-def stored(cache):
-    root = os.path.join(cache.storage, "docker/registry/v2/blobs/sha256")
-    out = set()
-    for dirpath, _, files in os.walk(root):
-        if "data" in files:
-            out.add("sha256:" + os.path.basename(dirpath))
-    return out
-
-
 def wait_stored(cache, digest):
     h.wait_until(lambda: os.path.exists(cache.blob_file(digest)), h.LOG_TIMEOUT,
                  "%s to store %s" % (cache.name, digest))
@@ -125,13 +116,13 @@ def body(run):
                 wait_stored(c, d)
             h.wait_until(lambda c=c: c.metrics().get("content_cache_evicted_blobs_total", 0) >= 2,
                          h.LOG_TIMEOUT, "%s to evict" % c.name)
-            h.wait_until(lambda c=c: len(stored(c)) <= 8, h.LOG_TIMEOUT, "%s at rest" % c.name)
-        expect(d_hot in stored(s3), "S3-FIFO keeps the blob pulled three times")
-        expect(d_scan[0] not in stored(s3) and d_scan[1] not in stored(s3),
+            h.wait_until(lambda c=c: len(c.stored_digests()) <= 8, h.LOG_TIMEOUT, "%s at rest" % c.name)
+        expect(d_hot in s3.stored_digests(), "S3-FIFO keeps the blob pulled three times")
+        expect(d_scan[0] not in s3.stored_digests() and d_scan[1] not in s3.stored_digests(),
                "S3-FIFO evicts the oldest one-time pulls")
-        expect(d_hot not in stored(lru), "the default LRU evicts the blob pulled three times "
+        expect(d_hot not in lru.stored_digests(), "the default LRU evicts the blob pulled three times "
                "(its last pull is the oldest)")
-        expect(d_scan[0] in stored(lru) or d_scan[1] in stored(lru),
+        expect(d_scan[0] in lru.stored_digests() or d_scan[1] in lru.stored_digests(),
                "the default keeps part of the scan")
 
     run.check("70-s3fifo-evict: a re-used blob survives a one-time scan, which the default LRU "

@@ -12,26 +12,10 @@
 #include "cache/answers.h"
 #include "cache/outage.h"
 #include "check.h"
+#include "store_fixture.h"
 
 static const char ORIGIN[] = "https://dtr.example.com";
 static const char SECRET[] = "Basic YWxpY2U6c2VjcmV0LXBhc3N3b3Jk"; /* alice:secret-password */
-
-static struct store *open_store(char *root)
-{
-    struct store *st = NULL;
-    char err[256];
-    strcpy(root, "/tmp/cc-answers-XXXXXX");
-    CHECK(mkdtemp(root) != NULL);
-    CHECK_INT(store_open(root, &st, NULL, err, sizeof(err)), 0);
-    return st;
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    CHECK(system(cmd) == 0);
-}
 
 static void key(const char *cred, const char *repo, unsigned char out[32])
 {
@@ -53,7 +37,7 @@ static void test_kept_in_order_as_hashes(void)
     unsigned char k[32], other[32];
     int status;
     double when, t0 = (double)time(NULL) - 1;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "answers");
     uv_loop_init(&loop);
     struct answers *a = answers_open(&loop, st);
     CHECK(a != NULL);
@@ -89,7 +73,7 @@ static void test_kept_in_order_as_hashes(void)
     answers_close(a);
     CHECK_INT(uv_loop_close(&loop), 0);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_slots_are_bounded_and_never_turn_a_no_into_a_yes(void)
@@ -99,7 +83,7 @@ static void test_slots_are_bounded_and_never_turn_a_no_into_a_yes(void)
     unsigned char k[32], other[32];
     int status;
     double when;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "answers");
     uv_loop_init(&loop);
     struct answers *a = answers_open(&loop, st);
     key(SECRET, "team/app", k);
@@ -125,7 +109,7 @@ static void test_slots_are_bounded_and_never_turn_a_no_into_a_yes(void)
     answers_close(a);
     CHECK_INT(uv_loop_close(&loop), 0);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static bool policy_answer;

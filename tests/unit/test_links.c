@@ -10,26 +10,10 @@
 
 #include "cache/links.h"
 #include "check.h"
+#include "store_fixture.h"
 
 static const char a[] = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 static const char b[] = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
-
-static struct store *open_store(char *root)
-{
-    struct store *st = NULL;
-    char err[256];
-    strcpy(root, "/tmp/cc-links-XXXXXX");
-    CHECK(mkdtemp(root) != NULL);
-    CHECK_INT(store_open(root, &st, NULL, err, sizeof(err)), 0);
-    return st;
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    CHECK(system(cmd) == 0);
-}
 
 static void read_file(const char *path, char *buf, size_t len)
 {
@@ -42,7 +26,7 @@ static void read_file(const char *path, char *buf, size_t len)
 static void test_layout_as_a_registry(void)
 {
     char root[64], path[512], text[128];
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "links");
     CHECK_INT(links_write_sync(st, LINKS_LAYER, "library/debian", a), 0);
     CHECK_INT(links_write_sync(st, LINKS_LAYER, "library/debian", a), 0); /* again: no-op */
     CHECK_INT(links_write_sync(st, LINKS_REVISION, "team/app", b), 0);
@@ -59,14 +43,14 @@ static void test_layout_as_a_registry(void)
     CHECK_INT(links_exists_sync(st, LINKS_LAYER, "library/debian", b), -ENOENT);
     CHECK_INT(links_exists_sync(st, LINKS_REVISION, "library/debian", a), -ENOENT);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_tags_with_their_time(void)
 {
     char root[64], hex[65], path[512], text[128];
     double when = 0, before = (double)time(NULL) - 1;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "links");
     CHECK_INT(links_tag_read_sync(st, "team/app", "v1", hex, &when), -ENOENT);
     CHECK_INT(links_tag_write_sync(st, "team/app", "v1", a), 0);
     CHECK_INT(links_tag_read_sync(st, "team/app", "v1", hex, &when), 0);
@@ -82,14 +66,14 @@ static void test_tags_with_their_time(void)
     read_file(path, text, sizeof(text));
     CHECK(strncmp(text, "sha256:2cf2", 11) == 0);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_names_the_grammar_refuses(void)
 {
     char root[64], hex[65];
     double when;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "links");
     static const char *const bad[] = {"../x", "a/../b", "/abs", "UPPER", "a//b", "", "a/_layers"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
         CHECK_INT(links_write_sync(st, LINKS_LAYER, bad[i], a), -EINVAL);
@@ -99,7 +83,7 @@ static void test_names_the_grammar_refuses(void)
     CHECK_INT(links_tag_write_sync(st, "ok/name", "../v1", a), -EINVAL);
     CHECK_INT(links_tag_read_sync(st, "ok/name", ".x", hex, &when), -EINVAL);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_index_of_repositories(void)
@@ -107,7 +91,7 @@ static void test_index_of_repositories(void)
     char root[64];
     const char *names[8];
     struct links_index *idx = NULL;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "links");
     CHECK_INT(links_index_build_sync(st, &idx), 0); /* no repositories/ yet */
     CHECK_INT(links_index_size(idx), 0);
     links_index_free(idx);
@@ -129,7 +113,7 @@ static void test_index_of_repositories(void)
               0);
     links_index_free(idx);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 int main(void)

@@ -7,31 +7,15 @@
 
 #include "cache/pulls.h"
 #include "check.h"
+#include "store_fixture.h"
 
 static const char a[] = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 static const char b[] = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
 
-static struct store *open_store(char *root)
-{
-    struct store *st = NULL;
-    char err[256];
-    strcpy(root, "/tmp/cc-pulls-XXXXXX");
-    CHECK(mkdtemp(root) != NULL);
-    CHECK_INT(store_open(root, &st, NULL, err, sizeof(err)), 0);
-    return st;
-}
-
-static void rm_rf(const char *path)
-{
-    char cmd[512];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", path);
-    CHECK(system(cmd) == 0);
-}
-
 static void test_files(void)
 {
     char root[64];
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "pulls");
     CHECK_INT(pulls_read_sync(st, a), 0);
     CHECK_INT(pulls_add_sync(st, a, 3), 0);
     CHECK_INT(pulls_add_sync(st, a, 4), 0);
@@ -42,14 +26,14 @@ static void test_files(void)
     CHECK_INT(pulls_reset_sync(st, a), 0); /* none: still fine */
     CHECK_INT(pulls_add_sync(st, "../../etc", 1), -EINVAL);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_counted_in_memory_then_on_disk(void)
 {
     char root[64];
     uv_loop_t loop;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "pulls");
     uv_loop_init(&loop);
     struct pulls *p = pulls_new(&loop, st);
     CHECK(p != NULL);
@@ -66,14 +50,14 @@ static void test_counted_in_memory_then_on_disk(void)
     CHECK_INT(pulls_read_sync(st, b), 1);
     CHECK_INT(uv_loop_close(&loop), 0);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 static void test_many_blobs_grow_the_table(void)
 {
     char root[64], hex[65];
     uv_loop_t loop;
-    struct store *st = open_store(root);
+    struct store *st = fixture_store_open(root, "pulls");
     uv_loop_init(&loop);
     struct pulls *p = pulls_new(&loop, st);
     for (int i = 0; i < 2000; i++) {
@@ -89,7 +73,7 @@ static void test_many_blobs_grow_the_table(void)
     CHECK_INT(pulls_read_sync(st, hex), 2);
     CHECK_INT(uv_loop_close(&loop), 0);
     store_close(st);
-    rm_rf(root);
+    fixture_rm_rf(root);
 }
 
 int main(void)
