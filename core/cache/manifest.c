@@ -325,6 +325,8 @@ struct store_job {
     int rc;
     char (*refs)[65]; /* what it names: blobs [0, n_blobs), then platform manifests */
     size_t n_refs, n_blobs;
+    manifest_kept_fn done; /* may be NULL */
+    void *done_ud;
 };
 
 /* Writes the manifest as a blob (unless it is there), its media type and its links. */
@@ -381,35 +383,49 @@ static void store_done(uv_work_t *w, int status)
     if (status == 0 && j->rc == 0 && j->body != NULL) ms->stats.stored++;
     if (j->committed && ms->on_commit) ms->on_commit(ms->commit_ud, j->hex, j->len);
     if (j->rc == 0) vouch(ms, j->origin, j->repo, j->refs, j->n_refs, j->n_blobs);
+    if (j->done != NULL) j->done(j->done_ud, status != 0 ? status : j->rc);
     free(j->refs);
     free(j->body);
     free(j);
 }
 
-/* Keeps body (taken) as manifest hex of repo, and tag's link when tag is not NULL. */
-static void keep(struct mreq *r, const char *hex, char *body, size_t len, const char *media_type,
-                 const char *tag)
+int manifest_keep(struct manifest_service *ms, size_t entry, const char *repo, const char *tag,
+                  const char *hex, char *body, size_t len, const char *media_type,
+                  manifest_kept_fn done, void *ud)
 {
     struct store_job *j = calloc(1, sizeof(*j));
-    if (j == NULL || r->info.req.repository == NULL) {
+    if (j == NULL || repo == NULL) {
         free(j);
         free(body);
-        return;
+        return UV_ENOMEM;
     }
-    j->ms = r->ms;
-    snprintf(j->repo, sizeof(j->repo), "%s", r->info.req.repository);
+    j->ms = ms;
+    snprintf(j->repo, sizeof(j->repo), "%s", repo);
     snprintf(j->tag, sizeof(j->tag), "%s", tag ? tag : "");
     memcpy(j->hex, hex, 65);
     snprintf(j->media_type, sizeof(j->media_type), "%s",
              media_type ? media_type : "application/octet-stream");
-    snprintf(j->origin, sizeof(j->origin), "%s", origin_of(r->ms, r->entry));
+    snprintf(j->origin, sizeof(j->origin), "%s", origin_of(ms, entry));
     j->body = body;
     j->len = len;
+    j->done = done;
+    j->done_ud = ud;
     j->work.data = j;
-    if (uv_queue_work(r->ms->loop, &j->work, store_work, store_done) != 0) {
+    int rc = uv_queue_work(ms->loop, &j->work, store_work, store_done);
+    if (rc != 0) {
         free(j->body);
         free(j);
     }
+    return rc;
+}
+
+/* Keeps body (taken) as manifest hex of the request's repository, and tag's link when
+ * tag is not NULL. */
+static void keep(struct mreq *r, const char *hex, char *body, size_t len, const char *media_type,
+                 const char *tag)
+{
+    manifest_keep(r->ms, r->entry, r->info.req.repository, tag, hex, body, len, media_type, NULL,
+                  NULL);
 }
 
 /* ---- the end of a request ------------------------------------------------------------------ */

@@ -1,0 +1,1025 @@
+/*
+ * warm.c: references resolved, indexes walked, manifests kept and blobs fetched into the
+ * store, bounded. See warm.h.
+ *
+ * A warm holds its references (struct image); each asks for manifests (struct mget: one
+ * GET, retried once with a realm's token after a Bearer challenge) and queues its blobs
+ * (struct wblob). Blobs run at most `jobs` at a time: a stat on the thread pool (stored
+ * already: done, untouched), then the fetch manager's running fetch of that digest or a
+ * new one, followed until it is committed or failed. A digest named twice in one warm is
+ * fetched once: the later task waits for the first. A reference ends when nothing of it
+ * is in flight (its `pending` count is 0); the warm ends when every reference has.
+ */
+#include "cache/warm.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "access/auth.h"
+#include "access/realm.h"
+#include "base/bytes.h"
+#include "base/digest.h"
+#include "base/json.h"
+#include "base/log.h"
+#include "net/chain.h"
+#include "registry/registry.h"
+#include "registry/relay.h"
+
+#define WARM_AUTH_MAX 8192
+#define WARM_MAX_DEPTH 2 /* an index of indexes of manifests, no deeper */
+#define WARM_MAX_CHILDREN 256
+
+static const char accept_manifests[] =
+    "application/vnd.oci.image.index.v1+json, "
+    "application/vnd.docker.distribution.manifest.list.v2+json, "
+    "application/vnd.oci.image.manifest.v1+json, "
+    "application/vnd.docker.distribution.manifest.v2+json";
+
+struct image;
+
+/* One blob of a reference: queued, stat'ed, fetched. */
+struct wblob {
+    struct image *img;
+    char hex[65];
+    uint64_t size; /* as the manifest gives it */
+    uv_work_t work;
+    bool stored; /* the stat found it */
+    struct fetch *fetch;
+    struct fetch_waiter waiter;
+    struct wblob *first;     /* the task of the same digest this one waits for, or NULL */
+    struct wblob *followers; /* tasks waiting for this one (linked by next_follower) */
+    struct wblob *next_follower;
+    struct wblob *next_queued;           /* the warm's queue */
+    struct wblob *prev_running, *next_running; /* the warm's running list */
+    struct wblob *next_all;              /* every task of the warm, for the digest lookup */
+    bool ended;
+    bool ok;
+};
+
+/* One manifest GET (and its realm token request). */
+struct mget {
+    struct image *img;
+    char reference[REGISTRY_REFERENCE_MAX + 1]; /* tag or "sha256:<hex>" */
+    bool top;                                   /* the reference itself, not a child */
+    int depth;
+    bool token_tried;
+    struct chain_req *up;
+    struct realm_req *realm;
+    int status;
+    char *body;
+    size_t len, cap;
+    bool too_long;
+    char dcd[80];
+    char media_type[256];
+    char challenge[1024];
+    char why[300];
+    struct mget *prev, *next; /* the warm's list of requests in flight */
+};
+
+struct image {
+    struct warm *w;
+    size_t index;
+    struct warm_image_status st;
+    char *text; /* the reference as given */
+    char registry[300];
+    size_t entry;
+    char repo[REGISTRY_NAME_MAX + 1];
+    char tag[REGISTRY_REFERENCE_MAX + 1]; /* "" by digest */
+    char hex[65];                         /* by digest, else "" */
+    char target_query[320];               /* "?ns=<registry>" when one was named, else "" */
+    char *authorization;                  /* what goes upstream, or NULL */
+    char **bases;
+    size_t n_bases;
+    unsigned pending; /* manifest GETs, keeps and blob tasks not ended */
+    bool ended;
+};
+
+struct warm {
+    struct warm_env env;
+    struct warm_opts opts;
+    char **platforms;
+    struct image *images;
+    size_t n_images;
+    size_t n_ended, n_failed;
+    struct wblob *queue_head, *queue_tail;
+    struct wblob *running;
+    struct wblob *all;
+    unsigned n_running;
+    struct mget *mgets;
+    unsigned pool_work; /* stats and keeps on the thread pool */
+    bool cancelled, finished, done_called;
+};
+
+static void mget_start(struct image *img, const char *reference, bool top, int depth);
+static void maybe_finished(struct warm *w);
+static void pump(struct warm *w);
+
+const char *warm_state_name(enum warm_image_state s)
+{
+    static const char *const names[] = {"queued", "resolving", "fetching", "done", "failed"};
+    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+/* ---- references ----------------------------------------------------------------------- */
+
+/* Splits ref into registry ("" when none is named), repository, tag ("" by digest) and
+ * hex ("" by tag). 0, or -EINVAL with why. */
+static int parse_reference(const char *ref, char *registry, size_t reg_len, char *repo,
+                           char *tag, char *hex, char *why, size_t why_len)
+{
+    registry[0] = repo[0] = tag[0] = hex[0] = '\0';
+    size_t len = strlen(ref);
+    if (len == 0 || len > REGISTRY_PATH_MAX) {
+        snprintf(why, why_len, "\"%s\" is not an image reference", ref);
+        return -EINVAL;
+    }
+    const char *name = ref, *end = ref + len;
+    const char *slash = strchr(ref, '/');
+    if (slash != NULL) {
+        size_t first = (size_t)(slash - ref);
+        bool host = memchr(ref, '.', first) != NULL || memchr(ref, ':', first) != NULL ||
+                    (first == 9 && memcmp(ref, "localhost", 9) == 0);
+        if (host) {
+            if (first >= reg_len) {
+                snprintf(why, why_len, "%s: registry name too long", ref);
+                return -EINVAL;
+            }
+            memcpy(registry, ref, first);
+            registry[first] = '\0';
+            name = slash + 1;
+        }
+    }
+    const char *at = strchr(name, '@');
+    if (at != NULL) {
+        size_t dlen = (size_t)(end - at - 1);
+        if (!digest_ref_is_sha256(at + 1, dlen) || !store_hex_valid(at + 8)) {
+            snprintf(why, why_len, "%s: a digest must be sha256:<64 lowercase hex digits>", ref);
+            return -EINVAL;
+        }
+        memcpy(hex, at + 8, 65);
+        end = at;
+    }
+    const char *colon = NULL;
+    for (const char *p = end; p > name; p--)
+        if (p[-1] == '/') break;
+        else if (p[-1] == ':') {
+            colon = p - 1;
+            break;
+        }
+    if (colon != NULL) {
+        size_t tlen = (size_t)(end - colon - 1);
+        if (!registry_tag_valid(colon + 1, tlen)) {
+            snprintf(why, why_len, "%s: \"%.*s\" is not a valid tag", ref, (int)tlen, colon + 1);
+            return -EINVAL;
+        }
+        if (hex[0] == '\0') { /* name:tag@digest: the digest decides */
+            memcpy(tag, colon + 1, tlen);
+            tag[tlen] = '\0';
+        }
+        end = colon;
+    } else if (hex[0] == '\0') {
+        strcpy(tag, "latest");
+    }
+    size_t nlen = (size_t)(end - name);
+    if (nlen == 0 || nlen > REGISTRY_NAME_MAX || !registry_name_valid(name, nlen)) {
+        snprintf(why, why_len, "%s: \"%.*s\" is not a valid repository name", ref, (int)nlen,
+                 name);
+        return -EINVAL;
+    }
+    memcpy(repo, name, nlen);
+    repo[nlen] = '\0';
+    return 0;
+}
+
+int warm_reference_check(const char *ref, char *why, size_t why_len)
+{
+    char registry[300], repo[REGISTRY_NAME_MAX + 1], tag[REGISTRY_REFERENCE_MAX + 1], hex[65];
+    return parse_reference(ref, registry, sizeof(registry), repo, tag, hex, why, why_len);
+}
+
+/* "os/arch" or "os/arch/variant", each part a lowercase word. */
+static bool platform_valid(const char *p)
+{
+    unsigned parts = 1;
+    size_t run = 0;
+    for (; *p; p++) {
+        if (*p == '/') {
+            if (run == 0) return false;
+            parts++;
+            run = 0;
+        } else if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' ||
+                   *p == '-' || *p == '.') {
+            run++;
+        } else {
+            return false;
+        }
+    }
+    return run > 0 && (parts == 2 || parts == 3);
+}
+
+/* ---- a reference's end -------------------------------------------------------------------- */
+
+static void image_fail(struct image *img, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void image_fail(struct image *img, const char *fmt, ...)
+{
+    if (img->st.state == WARM_FAILED) return; /* the first reason is the one told */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(img->st.error, sizeof(img->st.error), fmt, ap);
+    va_end(ap);
+    img->st.state = WARM_FAILED;
+}
+
+/* One thing of img ended: when it was the last, the reference ends. */
+static void image_release(struct image *img)
+{
+    struct warm *w = img->w;
+    if (--img->pending > 0 || img->ended) return;
+    img->ended = true;
+    img->st.ended_ms = uv_now(w->env.loop);
+    if (img->st.state != WARM_FAILED) img->st.state = WARM_DONE;
+    w->n_ended++;
+    if (img->st.state == WARM_FAILED) {
+        w->n_failed++;
+        log_msg(LOG_WARN, "warm %s: %s", img->text, img->st.error);
+    } else {
+        log_msg(LOG_INFO,
+                "warm %s: %u blobs (%llu bytes): %u fetched, %u already stored; %u manifests",
+                img->text, img->st.blobs_total, (unsigned long long)img->st.bytes_total,
+                img->st.blobs_fetched, img->st.blobs_present, img->st.manifests);
+    }
+    if (w->opts.on_image_done) w->opts.on_image_done(w->opts.ud, w, img->index);
+    maybe_finished(w);
+}
+
+static void maybe_finished(struct warm *w)
+{
+    if (w->done_called || w->n_ended < w->n_images || w->pool_work > 0 || w->n_running > 0)
+        return;
+    w->done_called = w->finished = true;
+    if (w->opts.on_done) w->opts.on_done(w->opts.ud, w);
+}
+
+/* ---- blobs ---------------------------------------------------------------------------- */
+
+static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why);
+
+static void running_remove(struct warm *w, struct wblob *b)
+{
+    if (b->prev_running) b->prev_running->next_running = b->next_running;
+    else w->running = b->next_running;
+    if (b->next_running) b->next_running->prev_running = b->prev_running;
+    b->prev_running = b->next_running = NULL;
+    w->n_running--;
+}
+
+static void blob_fetch_watch(struct fetch_waiter *wt)
+{
+    struct wblob *b = (struct wblob *)((char *)wt - offsetof(struct wblob, waiter));
+    enum fetch_state s = fetch_state(b->fetch);
+    if (s == FETCH_RUNNING) {
+        fetch_wait(b->fetch, &b->waiter);
+        return;
+    }
+    char why[400];
+    if (s == FETCH_FAILED)
+        snprintf(why, sizeof(why), "blob sha256:%s: %s", b->hex, fetch_error(b->fetch));
+    fetch_unref(b->fetch);
+    b->fetch = NULL;
+    running_remove(b->img->w, b);
+    blob_end(b, s == FETCH_DONE, true, s == FETCH_DONE ? NULL : why);
+    pump(b->img->w);
+}
+
+static void blob_start_fetch(struct wblob *b)
+{
+    struct image *img = b->img;
+    struct warm *w = img->w;
+    struct fetch *f = fetch_find(w->env.fetches, b->hex);
+    if (f != NULL) {
+        fetch_ref(f);
+    } else {
+        char target[REGISTRY_PATH_MAX + 400];
+        snprintf(target, sizeof(target), "/v2/%s/blobs/sha256:%s%s", img->repo, b->hex,
+                 img->target_query);
+        struct upstream_header hdr = {"Authorization", img->authorization, true};
+        struct chain_spec spec = {
+            .method = "GET",
+            .bases = (const char *const *)img->bases,
+            .n_bases = img->n_bases,
+            .target = target,
+            .headers = &hdr,
+            .n_headers = img->authorization != NULL ? 1 : 0,
+            .max_redirects = 5,
+        };
+        int rc = fetch_start(w->env.fetches, b->hex, &spec, -1, true, &f);
+        if (rc < 0) {
+            char why[200];
+            snprintf(why, sizeof(why), "blob sha256:%s: cannot start fetching: %s", b->hex,
+                     uv_strerror(rc));
+            running_remove(w, b);
+            blob_end(b, false, false, why);
+            return;
+        }
+    }
+    b->fetch = f;
+    b->waiter.cb = blob_fetch_watch;
+    fetch_wait(f, &b->waiter);
+}
+
+static void blob_stat_work(uv_work_t *req)
+{
+    struct wblob *b = req->data;
+    struct stat sb;
+    /* A stat, not an open: the access time (the last pull) is left alone. */
+    b->stored = store_stat_blob_sync(b->img->w->env.store, b->hex, &sb) == 0;
+}
+
+static void blob_stat_done(uv_work_t *req, int status)
+{
+    struct wblob *b = req->data;
+    struct warm *w = b->img->w;
+    w->pool_work--;
+    if (w->cancelled || b->img->st.state == WARM_FAILED || status != 0) {
+        running_remove(w, b);
+        blob_end(b, false, false, NULL);
+    } else if (b->stored) {
+        running_remove(w, b);
+        blob_end(b, true, false, NULL);
+    } else {
+        blob_start_fetch(b);
+    }
+    pump(w);
+}
+
+/* Ends task b (and those waiting for it), with the reference's counts. */
+static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why)
+{
+    struct image *img = b->img;
+    b->ended = true;
+    b->ok = ok;
+    if (ok) {
+        img->st.blobs_done++;
+        img->st.bytes_done += b->size;
+        if (fetched) {
+            img->st.blobs_fetched++;
+            img->st.bytes_fetched += b->size;
+        } else {
+            img->st.blobs_present++;
+        }
+    } else if (why != NULL) {
+        image_fail(img, "%s", why);
+    } else if (img->w->cancelled) {
+        image_fail(img, "interrupted");
+    }
+    struct wblob *f = b->followers;
+    b->followers = NULL;
+    while (f != NULL) {
+        struct wblob *next = f->next_follower;
+        blob_end(f, ok, false, ok ? NULL : "a blob it shares with another reference failed");
+        f = next;
+    }
+    image_release(img);
+    maybe_finished(img->w);
+}
+
+/* Starts queued tasks while fewer than `jobs` run. */
+static void pump(struct warm *w)
+{
+    while (w->queue_head != NULL && (w->n_running < w->opts.jobs || w->cancelled)) {
+        struct wblob *b = w->queue_head;
+        w->queue_head = b->next_queued;
+        if (w->queue_head == NULL) w->queue_tail = NULL;
+        if (w->cancelled || b->img->st.state == WARM_FAILED) {
+            blob_end(b, false, false, NULL);
+            continue;
+        }
+        b->next_running = w->running;
+        if (w->running) w->running->prev_running = b;
+        w->running = b;
+        w->n_running++;
+        b->work.data = b;
+        if (uv_queue_work(w->env.loop, &b->work, blob_stat_work, blob_stat_done) != 0) {
+            running_remove(w, b);
+            blob_end(b, false, false, "cannot queue work on the thread pool");
+            continue;
+        }
+        w->pool_work++;
+    }
+}
+
+/* Queues blob hex (size bytes) of img. */
+static void blob_add(struct image *img, const char *hex, uint64_t size)
+{
+    struct warm *w = img->w;
+    for (struct wblob *o = w->all; o != NULL; o = o->next_all)
+        if (o->img == img && strcmp(o->hex, hex) == 0) return; /* named twice in one image */
+    struct wblob *b = calloc(1, sizeof(*b));
+    if (b == NULL) {
+        image_fail(img, "out of memory");
+        return;
+    }
+    b->img = img;
+    memcpy(b->hex, hex, 65);
+    b->size = size;
+    img->st.blobs_total++;
+    img->st.bytes_total += size;
+    img->pending++;
+    struct wblob *first = NULL;
+    for (struct wblob *o = w->all; o != NULL && first == NULL; o = o->next_all)
+        if (strcmp(o->hex, hex) == 0 && o->first == NULL) first = o;
+    b->next_all = w->all;
+    w->all = b;
+    if (first != NULL && first->ended) {
+        blob_end(b, first->ok, false,
+                 first->ok ? NULL : "a blob it shares with another reference failed");
+        return;
+    }
+    if (first != NULL) { /* another reference's task has it: wait for that one */
+        b->first = first;
+        b->next_follower = first->followers;
+        first->followers = b;
+        return;
+    }
+    if (w->queue_tail) w->queue_tail->next_queued = b;
+    else w->queue_head = b;
+    w->queue_tail = b;
+}
+
+/* ---- manifests ---------------------------------------------------------------------------- */
+
+static int parse_json(const char *body, size_t len, struct json_token **tok, struct json_doc *doc)
+{
+    size_t cap = json_tokens_for(len);
+    if ((*tok = malloc(cap * sizeof(**tok))) == NULL) return -ENOMEM;
+    int rc = json_parse(body, len, *tok, cap, doc);
+    if (rc != 0 || json_type_of(doc, 0) != JSON_OBJECT) {
+        free(*tok);
+        *tok = NULL;
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* A descriptor's sha256 digest (into hex) and size. */
+static bool descriptor(const struct json_doc *doc, size_t obj, char *hex, uint64_t *size)
+{
+    size_t d, s;
+    char value[80];
+    size_t vlen;
+    int64_t n = 0;
+    if (json_type_of(doc, obj) != JSON_OBJECT || json_object_get(doc, obj, "digest", &d) != 0 ||
+        json_type_of(doc, d) != JSON_STRING ||
+        json_string_decode(doc, d, value, sizeof(value), &vlen) != 0 ||
+        !digest_ref_is_sha256(value, vlen) || !store_hex_valid(value + 7))
+        return false;
+    memcpy(hex, value + 7, 65);
+    if (json_object_get(doc, obj, "size", &s) == 0) json_integer_int64(doc, s, &n);
+    *size = n > 0 ? (uint64_t)n : 0;
+    return true;
+}
+
+/* A descriptor's platform, "os/arch[/variant]" ("" when it has none). */
+static void descriptor_platform(const struct json_doc *doc, size_t obj, char *out, size_t len)
+{
+    size_t p, v;
+    char os[64] = "", arch[64] = "", variant[64] = "";
+    size_t n;
+    out[0] = '\0';
+    if (json_object_get(doc, obj, "platform", &p) != 0 || json_type_of(doc, p) != JSON_OBJECT)
+        return;
+    if (json_object_get(doc, p, "os", &v) == 0)
+        json_string_decode(doc, v, os, sizeof(os), &n);
+    if (json_object_get(doc, p, "architecture", &v) == 0)
+        json_string_decode(doc, v, arch, sizeof(arch), &n);
+    if (json_object_get(doc, p, "variant", &v) == 0)
+        json_string_decode(doc, v, variant, sizeof(variant), &n);
+    snprintf(out, len, "%s/%s%s%s", os, arch, variant[0] ? "/" : "", variant);
+}
+
+/* Whether platform (as descriptor_platform writes it) is chosen: every one when none is
+ * given; "linux/arm" chooses every variant of it. */
+static bool platform_chosen(const struct warm *w, const char *platform)
+{
+    if (w->opts.n_platforms == 0) return true;
+    for (size_t i = 0; i < w->opts.n_platforms; i++) {
+        size_t n = strlen(w->platforms[i]);
+        if (strncmp(platform, w->platforms[i], n) == 0 &&
+            (platform[n] == '\0' || platform[n] == '/'))
+            return true;
+    }
+    return false;
+}
+
+/* An index: its chosen platform manifests are asked for. */
+static void walk_index(struct mget *m, const struct json_doc *doc, size_t list)
+{
+    struct image *img = m->img;
+    struct warm *w = img->w;
+    char seen[512] = "";
+    size_t at = 0, chosen = 0, i = list + 1;
+    for (size_t k = 0; k < json_count(doc, list) && k < WARM_MAX_CHILDREN; k++) {
+        char hex[65], platform[200], ref[80];
+        uint64_t size;
+        size_t item = i;
+        i = json_skip(doc, i);
+        if (!descriptor(doc, item, hex, &size)) continue;
+        descriptor_platform(doc, item, platform, sizeof(platform));
+        if (at < sizeof(seen))
+            at += (size_t)snprintf(seen + at, sizeof(seen) - at, "%s%s", at ? ", " : "",
+                                   platform[0] ? platform : "(none)");
+        if (platform[0] != '\0' && !platform_chosen(w, platform)) continue;
+        chosen++;
+        snprintf(ref, sizeof(ref), "sha256:%s", hex);
+        mget_start(img, ref, false, m->depth + 1);
+    }
+    if (chosen == 0)
+        image_fail(img, "the index %s names no manifest of the platforms asked for (it has: %s)",
+                   img->st.digest, seen[0] ? seen : "none");
+}
+
+/* An image manifest: its config and layers are queued. */
+static void walk_image(struct mget *m, const struct json_doc *doc)
+{
+    struct image *img = m->img;
+    size_t v;
+    char hex[65];
+    uint64_t size;
+    img->st.platforms++;
+    if (json_object_get(doc, 0, "config", &v) == 0) {
+        if (!descriptor(doc, v, hex, &size)) {
+            image_fail(img, "manifest %s: its config is not a sha256 descriptor", m->reference);
+            return;
+        }
+        blob_add(img, hex, size);
+    }
+    if (json_object_get(doc, 0, "layers", &v) == 0 && json_type_of(doc, v) == JSON_ARRAY) {
+        size_t i = v + 1;
+        for (size_t k = 0; k < json_count(doc, v); k++) {
+            size_t item = i;
+            i = json_skip(doc, i);
+            if (!descriptor(doc, item, hex, &size)) {
+                image_fail(img, "manifest %s: layer %zu is not a sha256 descriptor",
+                           m->reference, k);
+                return;
+            }
+            blob_add(img, hex, size);
+        }
+    }
+}
+
+/* The kept manifest is on disk. */
+static void kept(void *ud, int err)
+{
+    struct image *img = ud;
+    img->w->pool_work--;
+    if (err != 0)
+        image_fail(img, "cannot keep a manifest in the store: %s", strerror(err < 0 ? -err : err));
+    else
+        img->st.manifests++;
+    image_release(img);
+    pump(img->w);
+}
+
+static void mget_free(struct mget *m)
+{
+    struct warm *w = m->img->w;
+    if (m->prev) m->prev->next = m->next;
+    else w->mgets = m->next;
+    if (m->next) m->next->prev = m->prev;
+    free(m->body);
+    free(m);
+}
+
+/* A 200: checked, kept, walked. */
+static void mget_answered(struct mget *m)
+{
+    struct image *img = m->img;
+    struct warm *w = img->w;
+    struct digest_sha256 ctx;
+    unsigned char bin[DIGEST_SHA256_LEN];
+    char hex[65];
+    digest_sha256_init(&ctx);
+    digest_sha256_update(&ctx, m->body, m->len);
+    digest_sha256_final(&ctx, bin);
+    digest_hex(bin, hex);
+    bool by_digest = strncmp(m->reference, "sha256:", 7) == 0;
+    if ((by_digest && strcmp(m->reference + 7, hex) != 0) ||
+        (m->dcd[0] != '\0' && (strncmp(m->dcd, "sha256:", 7) != 0 || strcmp(m->dcd + 7, hex)))) {
+        image_fail(img, "manifest %s: the body the registry sent does not hash to its digest",
+                   m->reference);
+        return;
+    }
+    if (m->top) snprintf(img->st.digest, sizeof(img->st.digest), "sha256:%s", hex);
+    struct json_token *tok = NULL;
+    struct json_doc doc;
+    if (parse_json(m->body, m->len, &tok, &doc) != 0) {
+        image_fail(img, "manifest %s is not a JSON object", m->reference);
+        return;
+    }
+    size_t list;
+    bool index = json_object_get(&doc, 0, "manifests", &list) == 0 &&
+                 json_type_of(&doc, list) == JSON_ARRAY;
+    bool image = json_object_get(&doc, 0, "layers", &list) == 0 ||
+                 json_object_get(&doc, 0, "config", &list) == 0;
+    if (index && m->depth >= WARM_MAX_DEPTH) {
+        image_fail(img, "manifest %s: indexes nested deeper than %d", m->reference,
+                   WARM_MAX_DEPTH);
+    } else if (index) {
+        json_object_get(&doc, 0, "manifests", &list);
+        walk_index(m, &doc, list);
+    } else if (image) {
+        walk_image(m, &doc);
+    } else {
+        image_fail(img, "manifest %s (%s) names no layers: not an image this cache can warm",
+                   m->reference, m->media_type[0] ? m->media_type : "no media type");
+    }
+    free(tok);
+    if (img->st.state == WARM_FAILED) return;
+    /* Kept as the manifest cache keeps a GET's answer (the tag's link for a tag). */
+    char *body = m->body;
+    m->body = NULL;
+    img->pending++;
+    w->pool_work++;
+    int rc = manifest_keep(w->env.manifests, img->entry, img->repo, by_digest ? NULL : m->reference,
+                           hex, body, m->len, m->media_type[0] ? m->media_type : NULL, kept, img);
+    if (rc != 0) {
+        w->pool_work--;
+        img->pending--;
+        image_fail(img, "cannot keep manifest %s: %s", m->reference, uv_strerror(rc));
+    }
+}
+
+static void mget_head(void *ud, int status, const struct http_header *hdrs, size_t n,
+                      int64_t content_length)
+{
+    struct mget *m = ud;
+    m->status = status;
+    for (size_t i = 0; i < n; i++) {
+        char *dst = NULL;
+        size_t cap = 0;
+        if (hdrs[i].name_len == 21 && strncasecmp(hdrs[i].name, "Docker-Content-Digest", 21) == 0)
+            dst = m->dcd, cap = sizeof(m->dcd);
+        else if (hdrs[i].name_len == 12 && strncasecmp(hdrs[i].name, "Content-Type", 12) == 0)
+            dst = m->media_type, cap = sizeof(m->media_type);
+        else if (hdrs[i].name_len == 16 && strncasecmp(hdrs[i].name, "WWW-Authenticate", 16) == 0)
+            dst = m->challenge, cap = sizeof(m->challenge);
+        if (dst != NULL && hdrs[i].value_len < cap) {
+            memcpy(dst, hdrs[i].value, hdrs[i].value_len);
+            dst[hdrs[i].value_len] = '\0';
+        }
+    }
+    if (content_length > (int64_t)RELAY_MANIFEST_MAX) m->too_long = true;
+}
+
+static void mget_body(void *ud, const char *data, size_t len)
+{
+    struct mget *m = ud;
+    if (m->status != 200 || m->too_long) return;
+    if (m->len + len > RELAY_MANIFEST_MAX) {
+        m->too_long = true;
+        return;
+    }
+    if (bytes_append(&m->body, &m->len, &m->cap, data, len, 16384) != 0)
+        m->too_long = true;
+}
+
+static void mget_send(struct mget *m);
+
+static void realm_answered(void *arg, int err, const struct realm_answer *a)
+{
+    struct mget *m = arg;
+    struct image *img = m->img;
+    m->realm = NULL;
+    if (err != 0 || a->token == NULL) {
+        if (err == 0 && (a->status == 401 || a->status == 403))
+            image_fail(img, "unauthorized: the registry's token service refused the %s (%d)",
+                       img->authorization ? "credentials" : "anonymous request", a->status);
+        else
+            image_fail(img, "no token from the registry's token service: %s",
+                       err ? uv_strerror(err) : "no token in its answer");
+        image_release(img);
+        mget_free(m);
+        return;
+    }
+    size_t tlen = strlen(a->token);
+    char *auth = malloc(tlen + 8);
+    if (auth == NULL) {
+        image_fail(img, "out of memory");
+        image_release(img);
+        mget_free(m);
+        return;
+    }
+    snprintf(auth, tlen + 8, "Bearer %s", a->token);
+    free(img->authorization);
+    img->authorization = auth; /* the token serves the reference's every request */
+    mget_send(m);
+}
+
+/* A 401 with a Bearer challenge: a token of the realm (once), else a clear refusal. */
+static bool mget_try_token(struct mget *m)
+{
+    struct image *img = m->img;
+    struct auth_challenge_params ch;
+    if (m->token_tried || m->challenge[0] == '\0' ||
+        auth_challenge_parse(m->challenge, strlen(m->challenge), &ch) != 0 ||
+        strcasecmp(ch.scheme, "Bearer") != 0)
+        return false;
+    m->token_tried = true;
+    char scope[REGISTRY_NAME_MAX + 32];
+    snprintf(scope, sizeof(scope), "repository:%s:pull", img->repo);
+    const char *basic =
+        img->authorization && strncasecmp(img->authorization, "Basic ", 6) == 0 ? img->authorization
+                                                                                : NULL;
+    if (img->authorization != NULL && basic == NULL) return false; /* a token was refused */
+    int rc = realm_request(upstreams_pool(img->w->env.upstreams), &ch, scope, basic,
+                           realm_answered, m, &m->realm);
+    return rc == 0;
+}
+
+static void mget_done(void *ud, int err)
+{
+    struct mget *m = ud;
+    struct image *img = m->img;
+    m->up = NULL;
+    if (err == 0 && m->status == 401 && mget_try_token(m)) {
+        free(m->body);
+        m->body = NULL;
+        m->len = m->cap = 0;
+        return;
+    }
+    if (err != 0)
+        image_fail(img, "manifest %s: %s", m->reference, m->why);
+    else if (m->status == 401 || m->status == 403)
+        image_fail(img, "unauthorized: the registry answered %d to manifest %s of %s (%s)",
+                   m->status, m->reference, img->repo,
+                   img->authorization ? "the credentials were refused" : "no credentials given");
+    else if (m->status == 404)
+        image_fail(img, "not found: the registry has no manifest %s in %s", m->reference,
+                   img->repo);
+    else if (m->status != 200)
+        image_fail(img, "manifest %s: the registry answered %d", m->reference, m->status);
+    else if (m->too_long)
+        image_fail(img, "manifest %s is longer than %llu bytes", m->reference,
+                   (unsigned long long)RELAY_MANIFEST_MAX);
+    else if (!img->w->cancelled)
+        mget_answered(m);
+    image_release(img);
+    mget_free(m);
+    pump(img->w);
+}
+
+static void mget_error_cb(void *ud, int err);
+
+static void mget_send(struct mget *m)
+{
+    struct image *img = m->img;
+    char target[REGISTRY_PATH_MAX + 400];
+    snprintf(target, sizeof(target), "/v2/%s/manifests/%s%s", img->repo, m->reference,
+             img->target_query);
+    struct upstream_header hdrs[2] = {{"Accept", accept_manifests, false},
+                                      {"Authorization", img->authorization, true}};
+    struct chain_spec spec = {
+        .method = "GET",
+        .bases = (const char *const *)img->bases,
+        .n_bases = img->n_bases,
+        .target = target,
+        .headers = hdrs,
+        .n_headers = img->authorization != NULL ? 2 : 1,
+        .max_redirects = 5,
+    };
+    static const struct upstream_callbacks cbs = {mget_head, mget_body, mget_error_cb};
+    m->status = 0;
+    m->too_long = false;
+    int rc = chain_request(upstreams_pool(img->w->env.upstreams), &spec, &cbs, m, &m->up);
+    if (rc != 0) {
+        image_fail(img, "manifest %s: cannot ask the registry: %s", m->reference,
+                   uv_strerror(rc));
+        image_release(img);
+        mget_free(m);
+    }
+}
+
+/* on_done of the chain: keep its sentence before the request is freed. */
+static void mget_error_cb(void *ud, int err)
+{
+    struct mget *m = ud;
+    if (err != 0 && m->up != NULL)
+        snprintf(m->why, sizeof(m->why), "%s", chain_error_message(m->up));
+    mget_done(ud, err);
+}
+
+static void mget_start(struct image *img, const char *reference, bool top, int depth)
+{
+    struct warm *w = img->w;
+    struct mget *m = calloc(1, sizeof(*m));
+    if (m == NULL) {
+        image_fail(img, "out of memory");
+        return;
+    }
+    m->img = img;
+    snprintf(m->reference, sizeof(m->reference), "%s", reference);
+    m->top = top;
+    m->depth = depth;
+    m->next = w->mgets;
+    if (w->mgets) w->mgets->prev = m;
+    w->mgets = m;
+    img->pending++;
+    mget_send(m);
+}
+
+/* ---- the warm ------------------------------------------------------------------------- */
+
+/* The registry an entry's origin is, host[:port] as its originhost writes it. */
+static void entry_registry(const struct config *cfg, size_t entry, char *buf, size_t len)
+{
+    const struct url *o = &cfg->upstreams[entry].origin;
+    if (o->port_explicit)
+        snprintf(buf, len, strchr(o->host, ':') ? "[%s]:%u" : "%s:%u", o->host, (unsigned)o->port);
+    else
+        snprintf(buf, len, "%s", o->host);
+}
+
+static int image_init(struct warm *w, struct image *img, size_t i, const char *text, char *why,
+                      size_t why_len)
+{
+    img->w = w;
+    img->index = i;
+    if ((img->text = strdup(text)) == NULL) return -ENOMEM;
+    img->st.reference = img->text;
+    int rc = parse_reference(text, img->registry, sizeof(img->registry), img->repo, img->tag,
+                             img->hex, why, why_len);
+    if (rc != 0) return rc;
+    int entry = 0;
+    if (img->registry[0] != '\0') {
+        entry = upstreams_entry_for_registry(w->env.upstreams, img->registry);
+        snprintf(img->target_query, sizeof(img->target_query), "?ns=%s", img->registry);
+    }
+    if (entry < 0 || upstreams_count(w->env.upstreams) == 0) {
+        snprintf(why, why_len, "%s: no upstreams entry has the origin %s", text,
+                 img->registry[0] ? img->registry : "(none configured)");
+        return -EINVAL;
+    }
+    img->entry = (size_t)entry;
+    return 0;
+}
+
+/* Asks for img's manifest: the bases (as a pull would get them), the credential. */
+static void image_begin(struct image *img)
+{
+    struct warm *w = img->w;
+    char reference[REGISTRY_REFERENCE_MAX + 1];
+    if (img->hex[0] != '\0') snprintf(reference, sizeof(reference), "sha256:%s", img->hex);
+    else snprintf(reference, sizeof(reference), "%s", img->tag);
+    struct policy_request req = {.method = "GET",
+                                 .repository = img->repo,
+                                 .reference = reference,
+                                 .digest = img->hex[0] ? reference : NULL,
+                                 .kind = "manifest"};
+    size_t n = 0;
+    const char *const *bases = upstreams_select(w->env.upstreams, &req, img->entry, &n);
+    img->bases = calloc(n ? n : 1, sizeof(*img->bases));
+    for (size_t k = 0; img->bases != NULL && k < n; k++)
+        if ((img->bases[img->n_bases] = strdup(bases[k])) != NULL) img->n_bases++;
+    if (w->opts.authorization != NULL) {
+        char registry[300];
+        entry_registry(w->env.cfg, img->entry, registry, sizeof(registry));
+        const char *a = w->opts.authorization(w->opts.ud, registry);
+        if (a != NULL && a[0] != '\0' && strlen(a) < WARM_AUTH_MAX) img->authorization = strdup(a);
+    }
+    img->st.state = WARM_RESOLVING;
+    img->st.started_ms = uv_now(w->env.loop);
+    img->pending++; /* held while the first request starts */
+    if (img->n_bases == 0) image_fail(img, "no upstream to ask");
+    else mget_start(img, reference, true, 0);
+    if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING;
+    image_release(img);
+}
+
+int warm_start(const struct warm_env *env, const struct warm_opts *opts,
+               const char *const *images, size_t n, struct warm **out, char *why, size_t why_len)
+{
+    if (n == 0 || n > WARM_MAX_IMAGES) {
+        snprintf(why, why_len, "between 1 and %d image references, please (got %zu)",
+                 WARM_MAX_IMAGES, n);
+        return -EINVAL;
+    }
+    if (opts->n_platforms > WARM_MAX_PLATFORMS) {
+        snprintf(why, why_len, "at most %d platforms", WARM_MAX_PLATFORMS);
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < opts->n_platforms; i++)
+        if (!platform_valid(opts->platforms[i])) {
+            snprintf(why, why_len, "\"%s\" is not a platform (os/arch or os/arch/variant)",
+                     opts->platforms[i]);
+            return -EINVAL;
+        }
+    struct warm *w = calloc(1, sizeof(*w));
+    if (w == NULL) return -ENOMEM;
+    w->env = *env;
+    w->opts = *opts;
+    if (w->opts.jobs == 0) w->opts.jobs = WARM_DEFAULT_JOBS;
+    if (w->opts.jobs > WARM_MAX_JOBS) w->opts.jobs = WARM_MAX_JOBS;
+    w->platforms = calloc(opts->n_platforms + 1, sizeof(char *));
+    w->images = calloc(n, sizeof(*w->images));
+    int rc = w->platforms && w->images ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < opts->n_platforms; i++)
+        if ((w->platforms[i] = strdup(opts->platforms[i])) == NULL) rc = -ENOMEM;
+    w->opts.platforms = (const char *const *)w->platforms;
+    w->n_images = n;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = image_init(w, &w->images[i], i, images[i], why, why_len);
+    if (rc != 0) {
+        if (rc == -ENOMEM) snprintf(why, why_len, "out of memory");
+        warm_free(w);
+        return rc;
+    }
+    for (size_t i = 0; i < n; i++)
+        image_begin(&w->images[i]);
+    pump(w);
+    *out = w;
+    return 0;
+}
+
+void warm_cancel(struct warm *w)
+{
+    if (w->cancelled || w->finished) return;
+    w->cancelled = true;
+    while (w->mgets != NULL) {
+        struct mget *m = w->mgets;
+        struct image *img = m->img;
+        if (m->up) chain_cancel(m->up);
+        if (m->realm) realm_cancel(m->realm);
+        image_fail(img, "interrupted");
+        mget_free(m);
+        image_release(img);
+    }
+    /* Running fetches are left to the manager; the warm stops waiting for them. */
+    for (struct wblob *b = w->running, *next; b != NULL; b = next) {
+        next = b->next_running;
+        if (b->fetch == NULL) continue; /* a stat on the pool: it ends by itself */
+        fetch_unwait(b->fetch, &b->waiter);
+        fetch_unref(b->fetch);
+        b->fetch = NULL;
+        running_remove(w, b);
+        blob_end(b, false, false, "interrupted");
+    }
+    pump(w); /* the queued ones end, not started */
+    for (size_t i = 0; i < w->n_images; i++)
+        if (!w->images[i].ended) image_fail(&w->images[i], "interrupted");
+    maybe_finished(w);
+}
+
+size_t warm_image_count(const struct warm *w)
+{
+    return w->n_images;
+}
+
+void warm_image(const struct warm *w, size_t i, struct warm_image_status *out)
+{
+    *out = w->images[i].st;
+    for (const struct wblob *b = w->running; b != NULL; b = b->next_running)
+        if (b->img == &w->images[i] && b->fetch != NULL) {
+            uint64_t got = fetch_readable(b->fetch);
+            out->bytes_done += got < b->size ? got : b->size;
+        }
+}
+
+bool warm_finished(const struct warm *w)
+{
+    return w->finished;
+}
+
+size_t warm_failed_count(const struct warm *w)
+{
+    return w->n_failed;
+}
+
+void warm_free(struct warm *w)
+{
+    if (w == NULL) return;
+    for (struct wblob *b = w->all, *next; b != NULL; b = next) {
+        next = b->next_all;
+        free(b);
+    }
+    for (size_t i = 0; w->images != NULL && i < w->n_images; i++) {
+        struct image *img = &w->images[i];
+        free(img->text);
+        free(img->authorization);
+        for (size_t k = 0; k < img->n_bases; k++)
+            free(img->bases[k]);
+        free(img->bases);
+    }
+    for (size_t i = 0; w->platforms != NULL && w->platforms[i] != NULL; i++)
+        free(w->platforms[i]);
+    free(w->platforms);
+    free(w->images);
+    free(w);
+}
