@@ -112,6 +112,8 @@ struct warm {
     unsigned n_running;
     struct mget *mgets;
     unsigned pool_work; /* stats and keeps on the thread pool */
+    uv_timer_t start;   /* the references begin from the loop, after warm_start */
+    bool start_closed;
     bool cancelled, finished, done_called;
 };
 
@@ -261,7 +263,8 @@ static void image_release(struct image *img)
 
 static void maybe_finished(struct warm *w)
 {
-    if (w->done_called || w->n_ended < w->n_images || w->pool_work > 0 || w->n_running > 0)
+    if (w->done_called || !w->start_closed || w->n_ended < w->n_images || w->pool_work > 0 ||
+        w->n_running > 0)
         return;
     w->done_called = w->finished = true;
     if (w->opts.on_done) w->opts.on_done(w->opts.ud, w);
@@ -903,6 +906,31 @@ static void image_begin(struct image *img)
     image_release(img);
 }
 
+static void start_closed(uv_handle_t *h)
+{
+    struct warm *w = h->data;
+    w->start_closed = true;
+    maybe_finished(w);
+}
+
+/* The references begin (or, cancelled before, end at once). */
+static void start_now(uv_timer_t *t)
+{
+    struct warm *w = t->data;
+    for (size_t i = 0; i < w->n_images; i++) {
+        struct image *img = &w->images[i];
+        if (!w->cancelled) {
+            image_begin(img);
+            continue;
+        }
+        image_fail(img, "interrupted");
+        img->pending++;
+        image_release(img);
+    }
+    pump(w);
+    uv_close((uv_handle_t *)t, start_closed);
+}
+
 int warm_start(const struct warm_env *env, const struct warm_opts *opts,
                const char *const *images, size_t n, struct warm **out, char *why, size_t why_len)
 {
@@ -941,9 +969,9 @@ int warm_start(const struct warm_env *env, const struct warm_opts *opts,
         warm_free(w);
         return rc;
     }
-    for (size_t i = 0; i < n; i++)
-        image_begin(&w->images[i]);
-    pump(w);
+    uv_timer_init(env->loop, &w->start);
+    w->start.data = w;
+    uv_timer_start(&w->start, start_now, 0, 0);
     *out = w;
     return 0;
 }
@@ -973,7 +1001,8 @@ void warm_cancel(struct warm *w)
     }
     pump(w); /* the queued ones end, not started */
     for (size_t i = 0; i < w->n_images; i++)
-        if (!w->images[i].ended) image_fail(&w->images[i], "interrupted");
+        if (!w->images[i].ended && w->images[i].st.state != WARM_QUEUED)
+            image_fail(&w->images[i], "interrupted");
     maybe_finished(w);
 }
 
@@ -1022,4 +1051,32 @@ void warm_free(struct warm *w)
     free(w->platforms);
     free(w->images);
     free(w);
+}
+
+void warm_status_json(const struct warm *w, struct textbuf *out)
+{
+    textbuf_printf(out, "{\"state\":\"%s\",\"images\":[", w->finished ? "finished" : "running");
+    for (size_t i = 0; i < w->n_images; i++) {
+        struct warm_image_status s;
+        warm_image(w, i, &s);
+        uint64_t end = s.ended_ms ? s.ended_ms : uv_now(w->env.loop);
+        textbuf_printf(out, "%s{\"reference\":\"", i ? "," : "");
+        textbuf_put_json(out, s.reference);
+        textbuf_printf(out, "\",\"status\":\"%s\",\"digest\":\"%s\"", warm_state_name(s.state),
+                       s.digest);
+        if (s.state == WARM_FAILED) {
+            textbuf_puts(out, ",\"error\":\"");
+            textbuf_put_json(out, s.error);
+            textbuf_puts(out, "\"");
+        }
+        textbuf_printf(out,
+                       ",\"platforms\":%u,\"manifests\":%u,\"blobs\":%u,\"blobs_done\":%u,"
+                       "\"fetched\":%u,\"already_stored\":%u,\"bytes\":%llu,\"bytes_done\":%llu,"
+                       "\"bytes_fetched\":%llu,\"seconds\":%.3f}",
+                       s.platforms, s.manifests, s.blobs_total, s.blobs_done, s.blobs_fetched,
+                       s.blobs_present, (unsigned long long)s.bytes_total,
+                       (unsigned long long)s.bytes_done, (unsigned long long)s.bytes_fetched,
+                       s.started_ms ? (double)(end - s.started_ms) / 1000.0 : 0.0);
+    }
+    textbuf_printf(out, "],\"failed\":%zu}\n", w->n_failed);
 }

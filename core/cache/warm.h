@@ -43,6 +43,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "base/bytes.h"
 #include "base/config.h"
 #include "cache/fetch.h"
 #include "cache/manifest.h"
@@ -135,6 +136,14 @@ void warm_image(const struct warm *w, size_t i, struct warm_image_status *out);
 bool warm_finished(const struct warm *w);
 /* How many references failed (after on_done: in all). */
 size_t warm_failed_count(const struct warm *w);
+
+/*
+ * The warm as one JSON object, for a pipeline: {"state": "running"|"finished", "images":
+ * [{"reference", "status", "digest", "error" (failed only), "platforms", "manifests",
+ * "blobs", "blobs_done", "fetched", "already_stored", "bytes", "bytes_done",
+ * "bytes_fetched", "seconds"}], "failed": N}, and a newline. Credentials are not in it.
+ */
+void warm_status_json(const struct warm *w, struct textbuf *out);
 
 /* Frees a warm whose on_done has come (never from inside a callback of the warm). */
 void warm_free(struct warm *w);
