@@ -293,10 +293,9 @@ static void creds_free(struct creds *c)
         free(c->entries[i].authorization);
 }
 
-/* warm_opts.authorization: the registry's own entry of the config.json, or --creds. */
-static const char *creds_for(void *ud, const char *registry)
+/* The registry's own entry of the config.json, or --creds. */
+static const char *creds_for(const struct creds *c, const char *registry)
 {
-    struct creds *c = ud;
     char key[300];
     if (c->everywhere != NULL) return c->everywhere;
     registry_key(registry, strlen(registry), key, sizeof(key));
@@ -309,6 +308,7 @@ static const char *creds_for(void *ud, const char *registry)
 
 struct cmd {
     const struct warm_cmd_args *args;
+    const struct creds *creds;
     struct warm *warm;
     struct fetch_manager *fetches;
     struct upstream_pool *pool;
@@ -362,6 +362,12 @@ static void progress_draw(struct cmd *c)
 static void on_progress_timer(uv_timer_t *t)
 {
     progress_draw(t->data);
+}
+
+/* warm_opts.authorization. */
+static const char *cmd_authorization(void *ud, const char *registry)
+{
+    return creds_for(((struct cmd *)ud)->creds, registry);
 }
 
 /* Not a terminal: a line when a reference ends. */
@@ -445,7 +451,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
     struct fetch_manager *fetches = NULL;
     struct manifest_service *manifests = NULL;
     struct warm *warm = NULL;
-    struct cmd c = {.args = a};
+    struct cmd c = {.args = a, .creds = &creds};
     process_init(&proc, cfg);
     if (store_open(cfg->storage_root, &store, NULL, err, sizeof(err)) != 0) {
         fprintf(stderr, "content-cache warm: %s\n", err);
@@ -479,7 +485,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
     struct warm_opts opts = {.jobs = a->jobs,
                              .platforms = a->platforms,
                              .n_platforms = a->n_platforms,
-                             .authorization = creds_for,
+                             .authorization = cmd_authorization,
                              .on_image_done = on_image_done,
                              .on_done = on_done,
                              .ud = &c};

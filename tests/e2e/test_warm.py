@@ -1,0 +1,286 @@
+"""End-to-end: warming a cache before a rollout (issue 20).
+
+With a real origin (Docker Distribution, htpasswd logins) holding a multi-platform index
+(two platform images pushed by `skopeo copy --all`) and a single-platform image:
+
+  * `content-cache warm` stores every blob of every platform once (the origin's blob GETs
+    are counted: one each), and the manifests as the manifest cache keeps them;
+  * a second warm fetches nothing, and leaves a stored blob's last-pulled time alone;
+  * a pull through the cache afterwards is all `cache=hit` and costs the origin no blob;
+  * `--platform` warms only the platforms asked for;
+  * a reference the origin does not have, or credentials it refuses, fail with a clear
+    message (exit 1) while the other references still warm; a Docker config.json's
+    login is used for its own registry only;
+  * a wrong command line exits 2 with the usage;
+  * `POST /debug/warm` does the same on a running cache while it serves clients, and
+    `GET /debug/warm/{id}` reports it;
+  * SIGINT in the middle of a fetch leaves nothing partial: no temporary file, no blob,
+    `fsck` clean.
+
+Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_warm.py
+"""
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+from harness import expect, expect_eq  # noqa: E402
+from fake_upstream import FakeUpstream  # noqa: E402
+
+APP = "team/app"
+WEB = "team/web"
+BIG = "team/big"
+USER, PASSWORD = "alice", "s3cret"
+CREDS = "%s:%s" % (USER, PASSWORD)
+
+
+class Images:
+    """What the origin holds: the index (APP:multi) and its platform images, and WEB:1."""
+
+    def __init__(self, work, origin):
+        layout = work.sub("multi")
+        self.index_bytes, self.platforms = h.make_index_layout(layout, "multi", [
+            ("amd64", h.random_layers([40_000, 50_000], seed=300)),
+            ("arm64", h.random_layers([41_000, 51_000], seed=310)),
+        ])
+        self.index_digest = h.sha256_digest(self.index_bytes)
+        h.skopeo(work, ["copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
+                        "--dest-creds", CREDS, "oci:%s:multi" % layout,
+                        "docker://%s/%s:multi" % (origin.host, APP)])
+        self.web = h.make_oci_layout(work.sub("web"), h.random_layers([30_000], seed=320),
+                                     tag="1")
+        h.push(work, self.web, origin, WEB, creds=(USER, PASSWORD))
+
+    def blobs(self, arch):
+        return list(self.platforms[arch].blobs())
+
+    def app_blobs(self):
+        return self.blobs("amd64") + self.blobs("arm64")
+
+    def manifests(self):
+        return [self.index_digest] + [img.manifest_digest for img in self.platforms.values()]
+
+
+def warm(cache, args, env=None, docker_config=None):
+    """Runs `content-cache warm CONFIG ARGS` with the cache's config, a DOCKER_CONFIG of
+    the test's own (empty unless given) and no terminal. Returns the CompletedProcess."""
+    environ = cache.env()
+    environ["DOCKER_CONFIG"] = docker_config or cache.work.sub("no-docker-config", mkdir=True)
+    environ.update(env or {})
+    return h.run_binary(["warm", cache.config_path] + list(args), env=environ)
+
+
+def expect_exit(cp, code, what):
+    expect(cp.returncode == code, "%s: expected exit %d, got %d\nstdout:\n%s\nstderr:\n%s"
+           % (what, code, cp.returncode, cp.stdout, cp.stderr))
+
+
+def blob_gets(origin, digests):
+    return {d: origin.count_blob_gets(d) for d in digests}
+
+
+def settled_gets(origin, digests):
+    return h.settle(lambda: blob_gets(origin, digests))
+
+
+def main(run):
+    work = run.work
+    origin = run.origin(users={USER: PASSWORD})
+    images = Images(work, origin)
+    app_ref = "%s/%s:multi" % (origin.host, APP)  # as containerd names it: by its registry
+    web_ref = "%s:1" % WEB
+
+    cache = run.cache([origin], start=False)
+    cache.write_config()
+    first = {}
+
+    def warm_stores_every_blob_once():
+        cp = warm(cache, [app_ref, web_ref, "--creds", CREDS])
+        expect_exit(cp, 0, "warm of two references")
+        expect(cp.stdout.count("warmed ") == 2, "a line per reference:\n" + cp.stdout)
+        digests = images.app_blobs() + list(images.web.blobs())
+        for d in digests:
+            expect(os.path.exists(cache.blob_file(d)), "blob %s is stored" % d)
+        for d in images.manifests() + [images.web.manifest_digest]:
+            expect(os.path.exists(cache.blob_file(d)), "manifest %s is stored" % d)
+        root = os.path.join(cache.storage, "docker", "registry", "v2", "repositories")
+        tag_link = os.path.join(root, APP, "_manifests", "tags", "multi", "current", "link")
+        expect(os.path.exists(tag_link), "the tag's link is written, as for a pull")
+        for d in images.app_blobs():
+            link = os.path.join(root, APP, "_layers", "sha256", d.split(":")[1], "link")
+            expect(os.path.exists(link), "the _layers link of %s" % d)
+        origin.wait_for_count(lambda: min(blob_gets(origin, digests).values()), 1)
+        gets = settled_gets(origin, digests)
+        expect(all(n == 1 for n in gets.values()),
+               "the origin served each blob once: %r" % gets)
+        h.log("origin blob GETs for a warm of %d blobs: %d" % (len(gets), sum(gets.values())))
+        first.update(gets)
+
+    run.check("warm stores every blob of every platform once, and the manifests",
+              warm_stores_every_blob_once)
+
+    def second_warm_fetches_nothing():
+        probe = cache.blob_file(images.blobs("arm64")[1])
+        st = os.stat(probe)
+        os.utime(probe, (st.st_mtime - 86400, st.st_mtime))  # pulled a day ago
+        before = os.stat(probe).st_atime
+        cp = warm(cache, [app_ref, web_ref, "--creds", CREDS, "--json"])
+        expect_exit(cp, 0, "second warm")
+        summary = json.loads(cp.stdout)
+        expect_eq(summary["failed"], 0, "failed references")
+        for img in summary["images"]:
+            expect_eq(img["status"], "done", "%s's status" % img["reference"])
+            expect_eq(img["fetched"], 0, "blobs fetched by the second warm of %s" % img["reference"])
+            expect_eq(img["already_stored"], img["blobs"], "blobs found stored")
+        expect_eq(summary["images"][0]["platforms"], 2, "platforms of the index")
+        expect_eq(summary["images"][0]["digest"], images.index_digest, "digest of the tag")
+        expect_eq(settled_gets(origin, first), first, "origin blob GETs after the second warm")
+        expect_eq(os.stat(probe).st_atime, before, "a skipped blob's last-pulled time")
+
+    run.check("a second warm fetches nothing and leaves the last-pulled time alone",
+              second_warm_fetches_nothing)
+
+    def pull_afterwards_is_all_hits():
+        cache.start()
+        out = work.sub("pulled-app")
+        h.skopeo(work, ["copy", "--all", "--src-tls-verify=false", "--src-creds", CREDS,
+                        "docker://%s/%s:multi" % (cache.host, APP), "oci:%s:multi" % out])
+        h.pull(work, cache, WEB, "1", work.sub("pulled-web"), creds=(USER, PASSWORD))
+        blob_lines = lambda: [e for e in cache.access_lines()  # noqa: E731
+                              if "/blobs/" in e.get("http.request.uri", "")
+                              and e.get("http.request.method") == "GET"]
+        n_blobs = len(images.app_blobs()) + len(images.web.blobs())
+        h.wait_for_count(lambda: len(blob_lines()), n_blobs, what="blob GETs in the access log")
+        lines = blob_lines()
+        expect(all(e.get("cache") == "hit" for e in lines),
+               "every blob GET of the pull is a hit:\n" + "\n".join(e["_line"] for e in lines))
+        expect_eq(settled_gets(origin, first), first, "origin blob GETs after the pull")
+        cache.stop()
+
+    run.check("a pull after the warm is all cache=hit, no blob from the origin",
+              pull_afterwards_is_all_hits)
+
+    def platform_filters():
+        c = run.cache([origin], start=False, name="arm-only")
+        c.write_config()
+        before = settled_gets(origin, images.app_blobs())
+        cp = warm(c, [app_ref, "--platform", "linux/arm64", "--creds", CREDS, "--json"])
+        expect_exit(cp, 0, "warm --platform linux/arm64")
+        expect_eq(json.loads(cp.stdout)["images"][0]["platforms"], 1, "platforms warmed")
+        for d in images.blobs("arm64"):
+            expect(os.path.exists(c.blob_file(d)), "arm64 blob %s stored" % d)
+        for d in images.blobs("amd64"):
+            expect(not os.path.exists(c.blob_file(d)), "amd64 blob %s not stored" % d)
+        after = settled_gets(origin, images.app_blobs())
+        for d in images.blobs("amd64"):
+            expect_eq(after[d], before[d], "origin GETs of amd64 blob %s" % d)
+        cp = warm(c, [app_ref, "--platform", "linux/s390x", "--creds", CREDS])
+        expect_exit(cp, 1, "warm of a platform the index does not have")
+        expect("linux/amd64, linux/arm64" in cp.stderr and app_ref in cp.stderr,
+               "the reason names the platforms the index has:\n" + cp.stderr)
+
+    run.check("--platform warms only the platforms asked for", platform_filters)
+
+    def failures_are_named_and_the_rest_warms():
+        c = run.cache([origin], start=False, name="failing")
+        c.write_config()
+        missing = "%s:nope" % APP
+        cp = warm(c, [missing, web_ref, "--creds", CREDS])
+        expect_exit(cp, 1, "warm with a missing tag")
+        expect("%s: not found" % missing in cp.stderr, "the missing tag is named:\n" + cp.stderr)
+        expect("warmed %s" % web_ref in cp.stdout, "the other reference warmed:\n" + cp.stdout)
+        for d in images.web.blobs():
+            expect(os.path.exists(c.blob_file(d)), "%s stored" % d)
+        cp = warm(c, [web_ref, "--creds", "%s:wrong" % USER])
+        expect_exit(cp, 1, "warm with a wrong password")
+        expect("unauthorized" in cp.stderr and "credentials were refused" in cp.stderr,
+               "a refused credential is said so:\n" + cp.stderr)
+        expect("wrong" not in cp.stderr + cp.stdout, "the password is never printed")
+        cp = warm(c, [web_ref])
+        expect_exit(cp, 1, "warm without credentials")
+        expect("no credentials given" in cp.stderr, "no credential is said so:\n" + cp.stderr)
+
+    run.check("a missing reference or a refused credential is named (exit 1); the others "
+              "warm", failures_are_named_and_the_rest_warms)
+
+    def docker_config_logins():
+        c = run.cache([origin], start=False, name="authfile")
+        c.write_config()
+        docker_dir = work.sub("docker-config", mkdir=True)
+        auth = base64.b64encode(CREDS.encode()).decode()
+        with open(os.path.join(docker_dir, "config.json"), "w") as f:
+            json.dump({"auths": {origin.host: {"auth": auth}}}, f)
+        cp = warm(c, [web_ref], docker_config=docker_dir)
+        expect_exit(cp, 0, "warm with $DOCKER_CONFIG/config.json's login")
+        other = work.sub("other-auth.json")
+        with open(other, "w") as f:
+            json.dump({"auths": {"https://registry.example.com/v1/": {"auth": auth}}}, f)
+        cp = warm(c, [web_ref, "--authfile", other])
+        expect_exit(cp, 1, "warm with a login for another registry only")
+        expect("no credentials given" in cp.stderr,
+               "another registry's login is not sent:\n" + cp.stderr)
+
+    run.check("a Docker config.json's login goes to its own registry only", docker_config_logins)
+
+    def bad_command_lines_exit_2():
+        cfg = cache.config_path
+        for args, says in [
+            ([], "needs a CONFIG"),
+            ([cfg], "needs a CONFIG and at least one IMAGE"),
+            ([cfg, "Team/App:1"], "not a valid repository name"),
+            ([cfg, web_ref, "--jobs", "0"], "--jobs"),
+            ([cfg, web_ref, "--platform", "linux"], "not a platform"),
+            ([cfg, web_ref, "--bogus"], "unknown option --bogus"),
+            ([cfg, web_ref, "--creds", "nocolon"], "USER:PASSWORD"),
+            ([cfg, web_ref, "--creds-file", work.sub("no-such-file")], "--creds-file"),
+        ]:
+            cp = h.run_binary(["warm"] + args, env=cache.env())
+            expect_exit(cp, 2, "warm %s" % " ".join(args))
+            expect(says in cp.stderr, "warm %s says %r:\n%s" % (" ".join(args), says, cp.stderr))
+
+    run.check("a wrong command line exits 2 with a message", bad_command_lines_exit_2)
+
+    def sigint_leaves_nothing_partial():
+        big = h.make_oci_layout(work.sub("big"), [h.make_layer(3_000_000, seed=330)], tag="1")
+        h.push(work, big, origin, BIG, creds=(USER, PASSWORD))
+        layer = big.layer_digests[0]
+        proxy = FakeUpstream(work, name="pacer", role="proxy", target=origin,
+                             rate=300_000).start()
+        try:
+            c = run.cache([proxy], start=False, name="interrupted")
+            c.write_config()
+            environ = c.env()
+            environ["DOCKER_CONFIG"] = work.sub("no-docker-config", mkdir=True)
+            p = subprocess.Popen([h.binary_path(), "warm", c.config_path, "%s:1" % BIG,
+                                  "--creds", CREDS], env=environ, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+            try:
+                h.wait_until(lambda: c.tmp_files(layer) or p.poll() is not None,
+                             h.CLIENT_TIMEOUT, "the layer's fetch to begin")
+                expect(p.poll() is None, "warm still running when interrupted")
+                p.send_signal(signal.SIGINT)
+                out, err = p.communicate(timeout=h.STOP_TIMEOUT)
+            finally:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            expect(p.returncode == 1, "exit 1 after SIGINT, got %s:\n%s" % (p.returncode, err))
+            expect("interrupted" in err, "it says it was interrupted:\n" + err)
+            expect_eq(c.tmp_files(), {}, "temporary files left")
+            expect(not os.path.exists(c.blob_file(layer)), "the unfinished layer is not stored")
+            fsck = h.run_binary(["fsck", c.config_path], env=c.env())
+            expect(fsck.returncode == 0, "fsck after the interrupt:\n" + fsck.stdout + fsck.stderr)
+        finally:
+            proxy.stop()
+
+    run.check("SIGINT during a warm leaves nothing partial", sigint_leaves_nothing_partial)
+
+
+if __name__ == "__main__":
+    h.main("test_warm", main)
