@@ -45,6 +45,7 @@
 #include "lua/policy.h"
 #include "app/router.h"
 #include "app/warm_cmd.h"
+#include "app/warm_debug.h"
 #include "net/chain.h"
 #include "registry/relay.h"
 #include "registry/upstreams.h"
@@ -141,6 +142,7 @@ struct app {
     struct auth_verifier *verifier;
     struct keyring *grant_keys; /* the front's keys, for redirected requests */
     struct budget *budget;
+    struct warm_debug *warms; /* POST /debug/warm */
 };
 
 static struct config *load_config(const char *path)
@@ -484,6 +486,7 @@ static void debug_wire(struct app *app)
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
+    warm_debug_stop(app->warms); /* (before the fetches it follows fail) */
     fetch_manager_cancel_all(app->fetches);
     budget_stop(app->budget);
     app->budget = NULL;
@@ -693,6 +696,19 @@ static int run_serve(const char *path)
     if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
     if (process_debug(&app.proc) != 0) return EXIT_RUNTIME;
     if (app.proc.debug != NULL) debug_wire(&app);
+    if (app.proc.debug != NULL) {
+        struct warm_env we = {.loop = app.loop,
+                              .cfg = app.cfg,
+                              .store = app.store,
+                              .fetches = app.fetches,
+                              .manifests = app.manifests,
+                              .upstreams = app.upstreams};
+        if ((app.warms = warm_debug_new(&we)) == NULL ||
+            debug_add_route(app.proc.debug, "/debug/warm", warm_debug_handle, app.warms) != 0) {
+            log_msg(LOG_ERROR, "out of memory at start");
+            return EXIT_RUNTIME;
+        }
+    }
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
         const struct config_upstream *u = &app.cfg->upstreams[i];
@@ -703,6 +719,7 @@ static int run_serve(const char *path)
     }
 
     process_run(&app.proc);
+    warm_debug_free(app.warms);
     policy_engine_free(app.policy);
     auth_cache_free(app.auth);
     auth_token_verifier_free(app.verifier);

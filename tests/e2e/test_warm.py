@@ -246,9 +246,78 @@ def main(run):
 
     run.check("a wrong command line exits 2 with a message", bad_command_lines_exit_2)
 
+    big = h.make_oci_layout(work.sub("big"), [h.make_layer(3_000_000, seed=330)], tag="1")
+    h.push(work, big, origin, BIG, creds=(USER, PASSWORD))
+
+    def debug_warm_on_a_running_cache():
+        # The cache's origin is behind a paced proxy, so the warm of BIG takes seconds:
+        # a client's pull meanwhile shows it serves while it warms.
+        proxy = FakeUpstream(work, name="paced", role="proxy", target=origin,
+                             rate=500_000).start()
+        try:
+            c = run.cache([proxy], debug=True, name="running")
+            auth = {"Authorization": h.basic_auth(USER, PASSWORD)}
+            digests = list(big.blobs()) + images.blobs("amd64")
+            before = settled_gets(origin, digests)
+            body = json.dumps({"images": ["%s:1" % BIG, "%s:multi" % APP],
+                               "platforms": ["linux/amd64"]})
+            r = h.request(c.debug_port, "POST", "/debug/warm", headers=dict(
+                auth, **{"Content-Type": "application/json"}), body=body)
+            expect_eq(r.status, 202, "POST /debug/warm: %r" % r)
+            job = r.json()["status"]
+            expect_eq(r.header("Location"), job, "Location of the job")
+            # (The fake proxy keeps one Accept header of several, as skopeo sends them:
+            # a client's blob GET, not a skopeo pull, goes through it.)
+            for d, data in images.web.blobs().items():
+                r = h.request(c.port, "GET", "/v2/%s/blobs/%s" % (WEB, d), headers=auth)
+                expect(r.status == 200 and r.body == data, "a client's GET of %s: %r" % (d, r))
+            during = h.request(c.debug_port, "GET", job).json()
+            expect_eq(during["state"], "running", "the warm, after a client's GETs meanwhile")
+            h.wait_until(lambda: h.request(c.debug_port, "GET", job).json()["state"] ==
+                         "finished", h.CLIENT_TIMEOUT, "the warm job to finish")
+            status = h.request(c.debug_port, "GET", job).json()
+            expect_eq([i["status"] for i in status["images"]], ["done", "done"],
+                      "the job's references: %r" % status)
+            expect_eq(status["images"][1]["platforms"], 1, "platforms of the index warmed")
+            for d in digests:
+                expect(os.path.exists(c.blob_file(d)), "%s stored by the job" % d)
+            for d in images.blobs("arm64"):
+                expect(not os.path.exists(c.blob_file(d)), "arm64 blob %s not stored" % d)
+            after = settled_gets(origin, digests)
+            expect_eq({d: after[d] - before[d] for d in digests}, {d: 1 for d in digests},
+                      "origin GETs per blob for the job")
+
+            def post(body, headers=None):
+                return h.request(c.debug_port, "POST", "/debug/warm", headers=headers or {},
+                                 body=body)
+            r = post("{not json")
+            expect(r.status == 400 and "JSON object" in r.json()["error"], "bad JSON: %r" % r)
+            r = post(json.dumps({"images": ["Team/App:1"]}))
+            expect(r.status == 400 and "Team/App:1" in r.json()["error"], "bad name: %r" % r)
+            r = post(json.dumps({"images": ["%s:1" % WEB], "platforms": ["linux"]}))
+            expect(r.status == 400 and "platform" in r.json()["error"], "bad platform: %r" % r)
+            r = post(json.dumps({"images": ["x" * 70_000]}))
+            expect_eq(r.status, 413, "a body past 64 KiB: %r" % r)
+            expect_eq(h.request(c.debug_port, "GET", "/debug/warm/999").status, 404,
+                      "an unknown job")
+            expect_eq(h.request(c.debug_port, "PUT", "/debug/warm").status, 405, "PUT")
+            r = post(json.dumps({"images": ["%s:1" % WEB]}))  # no Authorization
+            expect_eq(r.status, 202, "POST without credentials")
+            job = r.json()["status"]
+            h.wait_until(lambda: h.request(c.debug_port, "GET", job).json()["state"] ==
+                         "finished", h.CLIENT_TIMEOUT, "the job without credentials to finish")
+            status = h.request(c.debug_port, "GET", job).json()
+            expect(status["failed"] == 1 and "no credentials given" in
+                   status["images"][0]["error"], "refused without credentials: %r" % status)
+            expect(PASSWORD not in h.tail(c.stdout_path) + h.tail(c.stderr_path),
+                   "the password is not logged")
+        finally:
+            proxy.stop()
+
+    run.check("POST /debug/warm warms a running cache while it serves clients; "
+              "GET /debug/warm/{id} reports it", debug_warm_on_a_running_cache)
+
     def sigint_leaves_nothing_partial():
-        big = h.make_oci_layout(work.sub("big"), [h.make_layer(3_000_000, seed=330)], tag="1")
-        h.push(work, big, origin, BIG, creds=(USER, PASSWORD))
         layer = big.layer_digests[0]
         proxy = FakeUpstream(work, name="pacer", role="proxy", target=origin,
                              rate=300_000).start()
