@@ -341,7 +341,8 @@ static void progress_line(struct cmd *c, size_t i, uint64_t now_ms)
     human_bytes(s.bytes_total, total, sizeof(total));
     uint64_t end = s.ended_ms ? s.ended_ms : now_ms;
     double secs = s.started_ms && end > s.started_ms ? (double)(end - s.started_ms) / 1000 : 0;
-    human_bytes(secs > 0 ? (uint64_t)((double)s.bytes_done / secs) : 0, rate, sizeof(rate));
+    /* The rate of what came from upstream (blobs found stored cost nothing). */
+    human_bytes(secs > 0 ? (uint64_t)((double)s.bytes_fetched / secs) : 0, rate, sizeof(rate));
     printf("\033[2K%-40s %-9s %u/%u blobs  %s / %s  %s/s", s.reference, warm_state_name(s.state),
            s.blobs_done, s.blobs_total, done, total, rate);
     if (s.state == WARM_FAILED) printf("  %s", s.error);

@@ -1018,6 +1018,7 @@ void warm_image(const struct warm *w, size_t i, struct warm_image_status *out)
         if (b->img == &w->images[i] && b->fetch != NULL) {
             uint64_t got = fetch_readable(b->fetch);
             out->bytes_done += got < b->size ? got : b->size;
+            out->bytes_fetched += got < b->size ? got : b->size;
         }
 }
 

@@ -97,7 +97,7 @@ struct warm_image_status {
     unsigned blobs_present; /* of those, stored already (skipped) */
     uint64_t bytes_total;   /* the sizes the manifests give */
     uint64_t bytes_done;    /* of blobs in the store now, and read so far of running ones */
-    uint64_t bytes_fetched; /* of the blobs fetched */
+    uint64_t bytes_fetched; /* of the blobs fetched, and read so far of running ones */
     uint64_t started_ms, ended_ms; /* uv_now of the loop */
 };
 

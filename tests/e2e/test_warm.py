@@ -146,6 +146,43 @@ def main(run):
     run.check("a second warm fetches nothing and leaves the last-pulled time alone",
               second_warm_fetches_nothing)
 
+    def terminal_progress():
+        master, slave = os.openpty()
+        environ = cache.env()
+        environ["DOCKER_CONFIG"] = work.sub("no-docker-config", mkdir=True)
+        p = subprocess.Popen([h.binary_path(), "warm", cache.config_path, web_ref, app_ref,
+                              "--creds", CREDS], env=environ, stdout=slave,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        out = b""
+        try:
+            while True:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: the other side has closed
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            p.wait(timeout=h.CLIENT_TIMEOUT)
+        finally:
+            os.close(master)
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        expect_eq(p.returncode, 0, "exit of a warm on a terminal")
+        text = out.decode(errors="replace")
+        expect("\x1b[2K" in text, "lines are redrawn on a terminal:\n%r" % text)
+        last = text.split("\x1b[2F")[-1]  # the final drawing: one line per reference
+        web_line = [ln for ln in last.splitlines() if web_ref in ln]
+        app_line = [ln for ln in last.splitlines() if app_ref in ln]
+        expect(web_line and "done" in web_line[0] and "2/2 blobs" in web_line[0] and
+               "/s" in web_line[0], "the web line says done, blobs, bytes, rate:\n%r" % last)
+        expect(app_line and "6/6 blobs" in app_line[0], "the index's line:\n%r" % last)
+
+    run.check("on a terminal, a line per reference: state, blobs, bytes, rate",
+              terminal_progress)
+
     def pull_afterwards_is_all_hits():
         cache.start()
         out = work.sub("pulled-app")
