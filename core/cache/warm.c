@@ -393,6 +393,23 @@ static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why)
     maybe_finished(img->w);
 }
 
+/* A task of a failed reference is not run: when other references wait for it, the first
+ * of them takes its place (at the queue's head). */
+static void hand_over(struct warm *w, struct wblob *b)
+{
+    struct wblob *f = b->followers;
+    if (f == NULL || w->cancelled) return;
+    b->followers = NULL;
+    f->first = NULL;
+    f->followers = f->next_follower;
+    f->next_follower = NULL;
+    for (struct wblob *o = f->followers; o != NULL; o = o->next_follower)
+        o->first = f;
+    f->next_queued = w->queue_head;
+    w->queue_head = f;
+    if (w->queue_tail == NULL) w->queue_tail = f;
+}
+
 /* Starts queued tasks while fewer than `jobs` run. */
 static void pump(struct warm *w)
 {
@@ -400,7 +417,9 @@ static void pump(struct warm *w)
         struct wblob *b = w->queue_head;
         w->queue_head = b->next_queued;
         if (w->queue_head == NULL) w->queue_tail = NULL;
+        b->next_queued = NULL;
         if (w->cancelled || b->img->st.state == WARM_FAILED) {
+            hand_over(w, b);
             blob_end(b, false, false, NULL);
             continue;
         }
@@ -437,7 +456,7 @@ static void blob_add(struct image *img, const char *hex, uint64_t size)
     img->pending++;
     struct wblob *first = NULL;
     for (struct wblob *o = w->all; o != NULL && first == NULL; o = o->next_all)
-        if (strcmp(o->hex, hex) == 0 && o->first == NULL) first = o;
+        if (strcmp(o->hex, hex) == 0 && o->first == NULL && (o->ok || !o->ended)) first = o;
     b->next_all = w->all;
     w->all = b;
     if (first != NULL && first->ended) {

@@ -79,6 +79,8 @@ def warm(cache, args, env=None, docker_config=None):
 def expect_exit(cp, code, what):
     expect(cp.returncode == code, "%s: expected exit %d, got %d\nstdout:\n%s\nstderr:\n%s"
            % (what, code, cp.returncode, cp.stdout, cp.stderr))
+    expect("Sanitizer" not in cp.stderr and "runtime error:" not in cp.stderr,
+           "%s: a sanitizer report:\n%s" % (what, cp.stderr))
 
 
 def blob_gets(origin, digests):
@@ -348,6 +350,13 @@ def main(run):
                    status["images"][0]["error"], "refused without credentials: %r" % status)
             expect(PASSWORD not in h.tail(c.stdout_path) + h.tail(c.stderr_path),
                    "the password is not logged")
+            # Stopping the cache while a warm runs: the warm is cancelled, the cache
+            # drains and exits 0, nothing partial stays.
+            r = post(json.dumps({"images": ["%s:multi" % APP], "platforms": ["linux/arm64"]}),
+                     headers=auth)
+            expect_eq(r.status, 202, "POST just before the stop")
+            expect_eq(c.stop(), 0, "the cache's exit code, stopped while warming")
+            expect_eq(c.tmp_files(), {}, "temporary files after the stop")
         finally:
             proxy.stop()
 
