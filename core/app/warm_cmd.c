@@ -172,8 +172,10 @@ static char *basic_of(const char *user_pass, size_t len)
  * Hub's several names are one registry. */
 static void registry_key(const char *key, size_t len, char *out, size_t out_len)
 {
-    if (len > 8 && strncasecmp(key, "https://", 8) == 0) key += 8, len -= 8;
-    else if (len > 7 && strncasecmp(key, "http://", 7) == 0) key += 7, len -= 7;
+    if (len > 8 && strncasecmp(key, "https://", 8) == 0)
+        key += 8, len -= 8;
+    else if (len > 7 && strncasecmp(key, "http://", 7) == 0)
+        key += 7, len -= 7;
     const char *slash = memchr(key, '/', len);
     if (slash != NULL) len = (size_t)(slash - key);
     snprintf(out, out_len, "%.*s", (int)len, key);
@@ -232,8 +234,7 @@ static int creds_read_authfile(struct creds *c, const char *path, char *why, siz
                 json_type_of(&doc, value) != JSON_OBJECT ||
                 json_object_get(&doc, value, "auth", &a) != 0 ||
                 json_string_decode(&doc, a, b64, sizeof(b64), &blen) != 0 || blen == 0 ||
-                base64_decode(b64, blen, false, raw, &rlen) != 0 ||
-                memchr(raw, ':', rlen) == NULL)
+                base64_decode(b64, blen, false, raw, &rlen) != 0 || memchr(raw, ':', rlen) == NULL)
                 continue; /* (a credential helper's entry, or nothing usable) */
             struct creds_entry *e = &c->entries[c->n];
             registry_key(name, nlen, e->registry, sizeof(e->registry));
@@ -278,10 +279,12 @@ static int creds_load(struct creds *c, const struct warm_cmd_args *a, char *why,
     /* As docker and skopeo read it: $DOCKER_CONFIG/config.json, else ~/.docker's. */
     char path[4096];
     const char *dir = getenv("DOCKER_CONFIG"), *home = getenv("HOME");
-    if (dir != NULL && dir[0] != '\0') snprintf(path, sizeof(path), "%s/config.json", dir);
+    if (dir != NULL && dir[0] != '\0')
+        snprintf(path, sizeof(path), "%s/config.json", dir);
     else if (home != NULL && home[0] != '\0')
         snprintf(path, sizeof(path), "%s/.docker/config.json", home);
-    else return 0;
+    else
+        return 0;
     if (access(path, F_OK) != 0) return 0;
     return creds_read_authfile(c, path, why, why_len);
 }
@@ -433,8 +436,10 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
         return WARM_EXIT_USAGE;
     }
     if (cfg->has_contentcaches || cfg->n_upstreams == 0) {
-        fprintf(stderr, "content-cache warm: %s is not a cache's config (no downstream "
-                        "upstreams to warm from)\n", a->config);
+        fprintf(stderr,
+                "content-cache warm: %s is not a cache's config (no downstream "
+                "upstreams to warm from)\n",
+                a->config);
         creds_free(&creds);
         return WARM_EXIT_USAGE;
     }

@@ -308,8 +308,8 @@ static void handle_get(struct warm_debug *wd, struct http_exchange *x, const cha
         for (unsigned id = 1; id <= wd->next_id; id++)
             for (size_t i = 0; i < WARM_DEBUG_KEPT; i++)
                 if (wd->jobs[i].id == id) {
-                    textbuf_printf(&t, "%s{\"id\":\"%u\",\"state\":\"%s\"}", first ? "" : ",",
-                                   id, wd->jobs[i].done ? "finished" : "running");
+                    textbuf_printf(&t, "%s{\"id\":\"%u\",\"state\":\"%s\"}", first ? "" : ",", id,
+                                   wd->jobs[i].done ? "finished" : "running");
                     first = false;
                 }
         textbuf_puts(&t, "]}\n");

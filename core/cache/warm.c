@@ -34,11 +34,10 @@
 #define WARM_MAX_DEPTH 2 /* an index of indexes of manifests, no deeper */
 #define WARM_MAX_CHILDREN 256
 
-static const char accept_manifests[] =
-    "application/vnd.oci.image.index.v1+json, "
-    "application/vnd.docker.distribution.manifest.list.v2+json, "
-    "application/vnd.oci.image.manifest.v1+json, "
-    "application/vnd.docker.distribution.manifest.v2+json";
+static const char accept_manifests[] = "application/vnd.oci.image.index.v1+json, "
+                                       "application/vnd.docker.distribution.manifest.list.v2+json, "
+                                       "application/vnd.oci.image.manifest.v1+json, "
+                                       "application/vnd.docker.distribution.manifest.v2+json";
 
 struct image;
 
@@ -54,9 +53,9 @@ struct wblob {
     struct wblob *first;     /* the task of the same digest this one waits for, or NULL */
     struct wblob *followers; /* tasks waiting for this one (linked by next_follower) */
     struct wblob *next_follower;
-    struct wblob *next_queued;           /* the warm's queue */
+    struct wblob *next_queued;                 /* the warm's queue */
     struct wblob *prev_running, *next_running; /* the warm's running list */
-    struct wblob *next_all;              /* every task of the warm, for the digest lookup */
+    struct wblob *next_all;                    /* every task of the warm, for the digest lookup */
     bool ended;
     bool ok;
 };
@@ -131,8 +130,8 @@ const char *warm_state_name(enum warm_image_state s)
 
 /* Splits ref into registry ("" when none is named), repository, tag ("" by digest) and
  * hex ("" by tag). 0, or -EINVAL with why. */
-static int parse_reference(const char *ref, char *registry, size_t reg_len, char *repo,
-                           char *tag, char *hex, char *why, size_t why_len)
+static int parse_reference(const char *ref, char *registry, size_t reg_len, char *repo, char *tag,
+                           char *hex, char *why, size_t why_len)
 {
     registry[0] = repo[0] = tag[0] = hex[0] = '\0';
     size_t len = strlen(ref);
@@ -168,7 +167,8 @@ static int parse_reference(const char *ref, char *registry, size_t reg_len, char
     }
     const char *colon = NULL;
     for (const char *p = end; p > name; p--)
-        if (p[-1] == '/') break;
+        if (p[-1] == '/')
+            break;
         else if (p[-1] == ':') {
             colon = p - 1;
             break;
@@ -189,8 +189,7 @@ static int parse_reference(const char *ref, char *registry, size_t reg_len, char
     }
     size_t nlen = (size_t)(end - name);
     if (nlen == 0 || nlen > REGISTRY_NAME_MAX || !registry_name_valid(name, nlen)) {
-        snprintf(why, why_len, "%s: \"%.*s\" is not a valid repository name", ref, (int)nlen,
-                 name);
+        snprintf(why, why_len, "%s: \"%.*s\" is not a valid repository name", ref, (int)nlen, name);
         return -EINVAL;
     }
     memcpy(repo, name, nlen);
@@ -214,8 +213,8 @@ static bool platform_valid(const char *p)
             if (run == 0) return false;
             parts++;
             run = 0;
-        } else if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' ||
-                   *p == '-' || *p == '.') {
+        } else if ((*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '-' ||
+                   *p == '.') {
             run++;
         } else {
             return false;
@@ -276,8 +275,10 @@ static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why);
 
 static void running_remove(struct warm *w, struct wblob *b)
 {
-    if (b->prev_running) b->prev_running->next_running = b->next_running;
-    else w->running = b->next_running;
+    if (b->prev_running)
+        b->prev_running->next_running = b->next_running;
+    else
+        w->running = b->next_running;
     if (b->next_running) b->next_running->prev_running = b->prev_running;
     b->prev_running = b->next_running = NULL;
     w->n_running--;
@@ -470,8 +471,10 @@ static void blob_add(struct image *img, const char *hex, uint64_t size)
         first->followers = b;
         return;
     }
-    if (w->queue_tail) w->queue_tail->next_queued = b;
-    else w->queue_head = b;
+    if (w->queue_tail)
+        w->queue_tail->next_queued = b;
+    else
+        w->queue_head = b;
     w->queue_tail = b;
 }
 
@@ -517,8 +520,7 @@ static void descriptor_platform(const struct json_doc *doc, size_t obj, char *ou
     out[0] = '\0';
     if (json_object_get(doc, obj, "platform", &p) != 0 || json_type_of(doc, p) != JSON_OBJECT)
         return;
-    if (json_object_get(doc, p, "os", &v) == 0)
-        json_string_decode(doc, v, os, sizeof(os), &n);
+    if (json_object_get(doc, p, "os", &v) == 0) json_string_decode(doc, v, os, sizeof(os), &n);
     if (json_object_get(doc, p, "architecture", &v) == 0)
         json_string_decode(doc, v, arch, sizeof(arch), &n);
     if (json_object_get(doc, p, "variant", &v) == 0)
@@ -588,8 +590,8 @@ static void walk_image(struct mget *m, const struct json_doc *doc)
             size_t item = i;
             i = json_skip(doc, i);
             if (!descriptor(doc, item, hex, &size)) {
-                image_fail(img, "manifest %s: layer %zu is not a sha256 descriptor",
-                           m->reference, k);
+                image_fail(img, "manifest %s: layer %zu is not a sha256 descriptor", m->reference,
+                           k);
                 return;
             }
             blob_add(img, hex, size);
@@ -613,8 +615,10 @@ static void kept(void *ud, int err)
 static void mget_free(struct mget *m)
 {
     struct warm *w = m->img->w;
-    if (m->prev) m->prev->next = m->next;
-    else w->mgets = m->next;
+    if (m->prev)
+        m->prev->next = m->next;
+    else
+        w->mgets = m->next;
     if (m->next) m->next->prev = m->prev;
     free(m->body);
     free(m);
@@ -647,13 +651,12 @@ static void mget_answered(struct mget *m)
         return;
     }
     size_t list;
-    bool index = json_object_get(&doc, 0, "manifests", &list) == 0 &&
-                 json_type_of(&doc, list) == JSON_ARRAY;
+    bool index =
+        json_object_get(&doc, 0, "manifests", &list) == 0 && json_type_of(&doc, list) == JSON_ARRAY;
     bool image = json_object_get(&doc, 0, "layers", &list) == 0 ||
                  json_object_get(&doc, 0, "config", &list) == 0;
     if (index && m->depth >= WARM_MAX_DEPTH) {
-        image_fail(img, "manifest %s: indexes nested deeper than %d", m->reference,
-                   WARM_MAX_DEPTH);
+        image_fail(img, "manifest %s: indexes nested deeper than %d", m->reference, WARM_MAX_DEPTH);
     } else if (index) {
         json_object_get(&doc, 0, "manifests", &list);
         walk_index(m, &doc, list);
@@ -709,8 +712,7 @@ static void mget_body(void *ud, const char *data, size_t len)
         m->too_long = true;
         return;
     }
-    if (bytes_append(&m->body, &m->len, &m->cap, data, len, 16384) != 0)
-        m->too_long = true;
+    if (bytes_append(&m->body, &m->len, &m->cap, data, len, 16384) != 0) m->too_long = true;
 }
 
 static void mget_send(struct mget *m);
@@ -757,12 +759,12 @@ static bool mget_try_token(struct mget *m)
     m->token_tried = true;
     char scope[REGISTRY_NAME_MAX + 32];
     snprintf(scope, sizeof(scope), "repository:%s:pull", img->repo);
-    const char *basic =
-        img->authorization && strncasecmp(img->authorization, "Basic ", 6) == 0 ? img->authorization
-                                                                                : NULL;
+    const char *basic = img->authorization && strncasecmp(img->authorization, "Basic ", 6) == 0
+                            ? img->authorization
+                            : NULL;
     if (img->authorization != NULL && basic == NULL) return false; /* a token was refused */
-    int rc = realm_request(upstreams_pool(img->w->env.upstreams), &ch, scope, basic,
-                           realm_answered, m, &m->realm);
+    int rc = realm_request(upstreams_pool(img->w->env.upstreams), &ch, scope, basic, realm_answered,
+                           m, &m->realm);
     return rc == 0;
 }
 
@@ -822,8 +824,7 @@ static void mget_send(struct mget *m)
     m->too_long = false;
     int rc = chain_request(upstreams_pool(img->w->env.upstreams), &spec, &cbs, m, &m->up);
     if (rc != 0) {
-        image_fail(img, "manifest %s: cannot ask the registry: %s", m->reference,
-                   uv_strerror(rc));
+        image_fail(img, "manifest %s: cannot ask the registry: %s", m->reference, uv_strerror(rc));
         image_release(img);
         mget_free(m);
     }
@@ -898,8 +899,10 @@ static void image_begin(struct image *img)
 {
     struct warm *w = img->w;
     char reference[REGISTRY_REFERENCE_MAX + 1];
-    if (img->hex[0] != '\0') snprintf(reference, sizeof(reference), "sha256:%s", img->hex);
-    else snprintf(reference, sizeof(reference), "%s", img->tag);
+    if (img->hex[0] != '\0')
+        snprintf(reference, sizeof(reference), "sha256:%s", img->hex);
+    else
+        snprintf(reference, sizeof(reference), "%s", img->tag);
     struct policy_request req = {.method = "GET",
                                  .repository = img->repo,
                                  .reference = reference,
@@ -919,8 +922,10 @@ static void image_begin(struct image *img)
     img->st.state = WARM_RESOLVING;
     img->st.started_ms = uv_now(w->env.loop);
     img->pending++; /* held while the first request starts */
-    if (img->n_bases == 0) image_fail(img, "no upstream to ask");
-    else mget_start(img, reference, true, 0);
+    if (img->n_bases == 0)
+        image_fail(img, "no upstream to ask");
+    else
+        mget_start(img, reference, true, 0);
     if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING;
     image_release(img);
 }
@@ -950,8 +955,8 @@ static void start_now(uv_timer_t *t)
     uv_close((uv_handle_t *)t, start_closed);
 }
 
-int warm_start(const struct warm_env *env, const struct warm_opts *opts,
-               const char *const *images, size_t n, struct warm **out, char *why, size_t why_len)
+int warm_start(const struct warm_env *env, const struct warm_opts *opts, const char *const *images,
+               size_t n, struct warm **out, char *why, size_t why_len)
 {
     if (n == 0 || n > WARM_MAX_IMAGES) {
         snprintf(why, why_len, "between 1 and %d image references, please (got %zu)",

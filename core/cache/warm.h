@@ -87,17 +87,17 @@ enum warm_image_state { WARM_QUEUED, WARM_RESOLVING, WARM_FETCHING, WARM_DONE, W
 struct warm_image_status {
     const char *reference; /* as given */
     enum warm_image_state state;
-    char error[512];        /* WARM_FAILED: why, a sentence naming the reference's part */
-    char digest[72];        /* "sha256:<hex>" the reference resolved to, "" before */
-    unsigned manifests;     /* manifests kept (an index and its platform manifests) */
-    unsigned platforms;     /* platform manifests chosen (1 for an image manifest) */
-    unsigned blobs_total;   /* config and layer blobs named */
-    unsigned blobs_done;    /* of them, in the store now */
-    unsigned blobs_fetched; /* of those, fetched by this warm (or a fetch it followed) */
-    unsigned blobs_present; /* of those, stored already (skipped) */
-    uint64_t bytes_total;   /* the sizes the manifests give */
-    uint64_t bytes_done;    /* of blobs in the store now, and read so far of running ones */
-    uint64_t bytes_fetched; /* of the blobs fetched, and read so far of running ones */
+    char error[512];               /* WARM_FAILED: why, a sentence naming the reference's part */
+    char digest[72];               /* "sha256:<hex>" the reference resolved to, "" before */
+    unsigned manifests;            /* manifests kept (an index and its platform manifests) */
+    unsigned platforms;            /* platform manifests chosen (1 for an image manifest) */
+    unsigned blobs_total;          /* config and layer blobs named */
+    unsigned blobs_done;           /* of them, in the store now */
+    unsigned blobs_fetched;        /* of those, fetched by this warm (or a fetch it followed) */
+    unsigned blobs_present;        /* of those, stored already (skipped) */
+    uint64_t bytes_total;          /* the sizes the manifests give */
+    uint64_t bytes_done;           /* of blobs in the store now, and read so far of running ones */
+    uint64_t bytes_fetched;        /* of the blobs fetched, and read so far of running ones */
     uint64_t started_ms, ended_ms; /* uv_now of the loop */
 };
 
@@ -115,9 +115,8 @@ int warm_reference_check(const char *ref, char *why, size_t why_len);
  * warm in *out, or -EINVAL (a bad reference, platform or count: why says which), -ENOMEM.
  * The caller owns the warm and frees it with warm_free after on_done.
  */
-int warm_start(const struct warm_env *env, const struct warm_opts *opts,
-               const char *const *images, size_t n, struct warm **out, char *why,
-               size_t why_len);
+int warm_start(const struct warm_env *env, const struct warm_opts *opts, const char *const *images,
+               size_t n, struct warm **out, char *why, size_t why_len);
 
 /*
  * Stops: nothing new starts, requests in flight are cancelled, the references not

@@ -21,10 +21,10 @@ static void test_references_accepted(void)
 {
     static const char *const ok[] = {
         "team/app:1",
-        "team/app",                       /* latest */
-        "team/app@" DIGEST,               /* by digest */
-        "team/app:1@" DIGEST,             /* the digest decides */
-        "127.0.0.1:5000/team/app:1",      /* a registry with a port, as containerd names it */
+        "team/app",                  /* latest */
+        "team/app@" DIGEST,          /* by digest */
+        "team/app:1@" DIGEST,        /* the digest decides */
+        "127.0.0.1:5000/team/app:1", /* a registry with a port, as containerd names it */
         "registry.example.com/org/app:2.0",
         "localhost/app:x",
         "a/b/c/d:v1.2_3-rc",
