@@ -13,9 +13,9 @@
  *
  * The debug server knows no module: main.c hands it render callbacks and health checks
  * (metrics.h), and each module renders its own figures; a module with endpoints of its
- * own (POST /debug/warm, warm_debug.h) is handed its path prefix (debug_add_route). The request
- * counters are fed by debug_observe (one call per access-log entry). Everything runs on the loop's
- * thread.
+ * own (POST /debug/warm, warm_debug.h) is handed its path prefix (debug_add_route). The
+ * request counters are fed by debug_observe (one call per access-log entry). Everything
+ * runs on the loop's thread.
  */
 #ifndef CC_DEBUG_H
 #define CC_DEBUG_H
