@@ -267,6 +267,38 @@ def main(run):
 
     run.check("a Docker config.json's login goes to its own registry only", docker_config_logins)
 
+    def token_auth_origin():
+        import token_server as ts  # (python3-cryptography, as test_access_control needs)
+        pki = work.sub("pki", mkdir=True)
+        key, cert = ts.make_key_and_cert(pki, "issuer", "rsa")
+        users = work.write("users.json", json.dumps(
+            {USER: {"password": PASSWORD, "grants": {"team/tok": ["pull", "push"]}}}),
+            mode=0o600)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "token_server.py")
+        port, _ = h._start_server(lambda port: h.Proc(
+            "token-server", [sys.executable, script, "--port", str(port), "--key", key,
+                             "--issuer", "warm-issuer", "--service", "warm-e2e", "--users",
+                             users, "--issued", work.sub("issued.txt")],
+            work.sub("token-server.log"), env=h.server_env()),
+            lambda port, proc: h.port_open(port), "token-server")
+        tok_origin = run.origin(name="token-origin", extra_yaml=(
+            "auth:\n  token:\n    realm: http://127.0.0.1:%d/token\n    service: warm-e2e\n"
+            "    issuer: warm-issuer\n    rootcertbundle: %s\n" % (port, cert)))
+        h.push(work, images.web, tok_origin, "team/tok", "1", creds=(USER, PASSWORD))
+        c = run.cache([tok_origin], start=False, name="token-cache")
+        c.write_config()
+        cp = warm(c, ["team/tok:1", "--creds", CREDS])
+        expect_exit(cp, 0, "warm from an origin with token auth")
+        for d in images.web.blobs():
+            expect(os.path.exists(c.blob_file(d)), "%s stored" % d)
+        cp = warm(c, ["team/tok:1", "--creds", "%s:wrong" % USER])
+        expect_exit(cp, 1, "warm with a password the token service refuses")
+        expect("token service refused the credentials" in cp.stderr,
+               "the realm's refusal is said:\n" + cp.stderr)
+
+    run.check("an origin with token auth: the credentials get a pull token at its realm",
+              token_auth_origin)
+
     def bad_command_lines_exit_2():
         cfg = cache.config_path
         for args, says in [
