@@ -84,14 +84,11 @@ struct image {
     struct warm *w;
     size_t index;
     struct warm_image_status st;
-    char *text; /* the reference as given */
-    char registry[300];
+    char *text;                    /* the reference as given */
+    struct registry_image_ref ref; /* the reference, read */
     size_t entry;
-    char repo[REGISTRY_NAME_MAX + 1];
-    char tag[REGISTRY_REFERENCE_MAX + 1]; /* "" by digest */
-    char hex[65];                         /* by digest, else "" */
-    char target_query[320];               /* "?ns=<registry>" when one was named, else "" */
-    char *authorization;                  /* what goes upstream, or NULL */
+    char target_query[320]; /* "?ns=<registry>" when one was named, else "" */
+    char *authorization;    /* what goes upstream, or NULL */
     char **bases;
     size_t n_bases;
     unsigned pending; /* manifest GETs, keeps and blob tasks not ended */
@@ -128,79 +125,15 @@ const char *warm_state_name(enum warm_image_state s)
 
 /* ---- references ----------------------------------------------------------------------- */
 
-/* Splits ref into registry ("" when none is named), repository, tag ("" by digest) and
- * hex ("" by tag). 0, or -EINVAL with why. */
-static int parse_reference(const char *ref, char *registry, size_t reg_len, char *repo, char *tag,
-                           char *hex, char *why, size_t why_len)
-{
-    registry[0] = repo[0] = tag[0] = hex[0] = '\0';
-    size_t len = strlen(ref);
-    if (len == 0 || len > REGISTRY_PATH_MAX) {
-        snprintf(why, why_len, "\"%s\" is not an image reference", ref);
-        return -EINVAL;
-    }
-    const char *name = ref, *end = ref + len;
-    const char *slash = strchr(ref, '/');
-    if (slash != NULL) {
-        size_t first = (size_t)(slash - ref);
-        bool host = memchr(ref, '.', first) != NULL || memchr(ref, ':', first) != NULL ||
-                    (first == 9 && memcmp(ref, "localhost", 9) == 0);
-        if (host) {
-            if (first >= reg_len) {
-                snprintf(why, why_len, "%s: registry name too long", ref);
-                return -EINVAL;
-            }
-            memcpy(registry, ref, first);
-            registry[first] = '\0';
-            name = slash + 1;
-        }
-    }
-    const char *at = strchr(name, '@');
-    if (at != NULL) {
-        size_t dlen = (size_t)(end - at - 1);
-        if (!digest_ref_is_sha256(at + 1, dlen) || !store_hex_valid(at + 8)) {
-            snprintf(why, why_len, "%s: a digest must be sha256:<64 lowercase hex digits>", ref);
-            return -EINVAL;
-        }
-        memcpy(hex, at + 8, 65);
-        end = at;
-    }
-    const char *colon = NULL;
-    for (const char *p = end; p > name; p--)
-        if (p[-1] == '/')
-            break;
-        else if (p[-1] == ':') {
-            colon = p - 1;
-            break;
-        }
-    if (colon != NULL) {
-        size_t tlen = (size_t)(end - colon - 1);
-        if (!registry_tag_valid(colon + 1, tlen)) {
-            snprintf(why, why_len, "%s: \"%.*s\" is not a valid tag", ref, (int)tlen, colon + 1);
-            return -EINVAL;
-        }
-        if (hex[0] == '\0') { /* name:tag@digest: the digest decides */
-            memcpy(tag, colon + 1, tlen);
-            tag[tlen] = '\0';
-        }
-        end = colon;
-    } else if (hex[0] == '\0') {
-        strcpy(tag, "latest");
-    }
-    size_t nlen = (size_t)(end - name);
-    if (nlen == 0 || nlen > REGISTRY_NAME_MAX || !registry_name_valid(name, nlen)) {
-        snprintf(why, why_len, "%s: \"%.*s\" is not a valid repository name", ref, (int)nlen, name);
-        return -EINVAL;
-    }
-    memcpy(repo, name, nlen);
-    repo[nlen] = '\0';
-    return 0;
-}
-
 int warm_reference_check(const char *ref, char *why, size_t why_len)
 {
-    char registry[300], repo[REGISTRY_NAME_MAX + 1], tag[REGISTRY_REFERENCE_MAX + 1], hex[65];
-    return parse_reference(ref, registry, sizeof(registry), repo, tag, hex, why, why_len);
+    struct registry_image_ref r;
+    if (registry_image_ref_parse(ref, &r, why, why_len) != 0) return -EINVAL;
+    if (r.digest[0] != '\0' && strncmp(r.digest, "sha256:", 7) != 0) {
+        snprintf(why, why_len, "%s: only sha256 digests are stored by this cache", ref);
+        return -EINVAL;
+    }
+    return 0;
 }
 
 /* "os/arch" or "os/arch/variant", each part a lowercase word. */
@@ -311,7 +244,7 @@ static void blob_start_fetch(struct wblob *b)
         fetch_ref(f);
     } else {
         char target[REGISTRY_PATH_MAX + 400];
-        snprintf(target, sizeof(target), "/v2/%s/blobs/sha256:%s%s", img->repo, b->hex,
+        snprintf(target, sizeof(target), "/v2/%s/blobs/sha256:%s%s", img->ref.name, b->hex,
                  img->target_query);
         struct upstream_header hdr = {"Authorization", img->authorization, true};
         struct chain_spec spec = {
@@ -673,8 +606,9 @@ static void mget_answered(struct mget *m)
     m->body = NULL;
     img->pending++;
     w->pool_work++;
-    int rc = manifest_keep(w->env.manifests, img->entry, img->repo, by_digest ? NULL : m->reference,
-                           hex, body, m->len, m->media_type[0] ? m->media_type : NULL, kept, img);
+    int rc =
+        manifest_keep(w->env.manifests, img->entry, img->ref.name, by_digest ? NULL : m->reference,
+                      hex, body, m->len, m->media_type[0] ? m->media_type : NULL, kept, img);
     if (rc != 0) {
         w->pool_work--;
         img->pending--;
@@ -758,7 +692,7 @@ static bool mget_try_token(struct mget *m)
         return false;
     m->token_tried = true;
     char scope[REGISTRY_NAME_MAX + 32];
-    snprintf(scope, sizeof(scope), "repository:%s:pull", img->repo);
+    snprintf(scope, sizeof(scope), "repository:%s:pull", img->ref.name);
     const char *basic = img->authorization && strncasecmp(img->authorization, "Basic ", 6) == 0
                             ? img->authorization
                             : NULL;
@@ -783,11 +717,11 @@ static void mget_done(void *ud, int err)
         image_fail(img, "manifest %s: %s", m->reference, m->why);
     else if (m->status == 401 || m->status == 403)
         image_fail(img, "unauthorized: the registry answered %d to manifest %s of %s (%s)",
-                   m->status, m->reference, img->repo,
+                   m->status, m->reference, img->ref.name,
                    img->authorization ? "the credentials were refused" : "no credentials given");
     else if (m->status == 404)
         image_fail(img, "not found: the registry has no manifest %s in %s", m->reference,
-                   img->repo);
+                   img->ref.name);
     else if (m->status != 200)
         image_fail(img, "manifest %s: the registry answered %d", m->reference, m->status);
     else if (m->too_long)
@@ -806,7 +740,7 @@ static void mget_send(struct mget *m)
 {
     struct image *img = m->img;
     char target[REGISTRY_PATH_MAX + 400];
-    snprintf(target, sizeof(target), "/v2/%s/manifests/%s%s", img->repo, m->reference,
+    snprintf(target, sizeof(target), "/v2/%s/manifests/%s%s", img->ref.name, m->reference,
              img->target_query);
     struct upstream_header hdrs[2] = {{"Accept", accept_manifests, false},
                                       {"Authorization", img->authorization, true}};
@@ -877,17 +811,17 @@ static int image_init(struct warm *w, struct image *img, size_t i, const char *t
     img->index = i;
     if ((img->text = strdup(text)) == NULL) return -ENOMEM;
     img->st.reference = img->text;
-    int rc = parse_reference(text, img->registry, sizeof(img->registry), img->repo, img->tag,
-                             img->hex, why, why_len);
+    int rc = warm_reference_check(text, why, why_len);
     if (rc != 0) return rc;
+    registry_image_ref_parse(text, &img->ref, why, why_len);
     int entry = 0;
-    if (img->registry[0] != '\0') {
-        entry = upstreams_entry_for_registry(w->env.upstreams, img->registry);
-        snprintf(img->target_query, sizeof(img->target_query), "?ns=%s", img->registry);
+    if (img->ref.registry[0] != '\0') {
+        entry = upstreams_entry_for_registry(w->env.upstreams, img->ref.registry);
+        snprintf(img->target_query, sizeof(img->target_query), "?ns=%s", img->ref.registry);
     }
     if (entry < 0 || upstreams_count(w->env.upstreams) == 0) {
         snprintf(why, why_len, "%s: no upstreams entry has the origin %s", text,
-                 img->registry[0] ? img->registry : "(none configured)");
+                 img->ref.registry[0] ? img->ref.registry : "(none configured)");
         return -EINVAL;
     }
     img->entry = (size_t)entry;
@@ -898,15 +832,11 @@ static int image_init(struct warm *w, struct image *img, size_t i, const char *t
 static void image_begin(struct image *img)
 {
     struct warm *w = img->w;
-    char reference[REGISTRY_REFERENCE_MAX + 1];
-    if (img->hex[0] != '\0')
-        snprintf(reference, sizeof(reference), "sha256:%s", img->hex);
-    else
-        snprintf(reference, sizeof(reference), "%s", img->tag);
+    const char *reference = img->ref.digest[0] ? img->ref.digest : img->ref.tag;
     struct policy_request req = {.method = "GET",
-                                 .repository = img->repo,
+                                 .repository = img->ref.name,
                                  .reference = reference,
-                                 .digest = img->hex[0] ? reference : NULL,
+                                 .digest = img->ref.digest[0] ? reference : NULL,
                                  .kind = "manifest"};
     size_t n = 0;
     const char *const *bases = upstreams_select(w->env.upstreams, &req, img->entry, &n);
