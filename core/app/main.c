@@ -525,6 +525,14 @@ static int app_blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
     return policies_blob_ttl(&((struct app *)ud)->adapters, b, ttl_s);
 }
 
+/* What a warm stores (warm.h): what a client's miss would, the budget's room and the
+ * admit policy. */
+static bool warm_admit(void *ud, const char *digest, int64_t size, const struct policy_request *req)
+{
+    struct app *app = ud;
+    return budget_fits(app->budget, size) && policies_admit(&app->adapters, digest, size, req);
+}
+
 static bool blob_in_use(void *ud, const char *hex)
 {
     struct app *app = ud;
@@ -702,7 +710,9 @@ static int run_serve(const char *path)
                               .store = app.store,
                               .fetches = app.fetches,
                               .manifests = app.manifests,
-                              .upstreams = app.upstreams};
+                              .upstreams = app.upstreams,
+                              .admit = warm_admit,
+                              .admit_ud = &app};
         if ((app.warms = warm_debug_new(&we)) == NULL ||
             debug_add_route(app.proc.debug, "/debug/warm", warm_debug_handle, app.warms) != 0) {
             log_msg(LOG_ERROR, "out of memory at start");

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "app/policies.h"
 #include "app/process.h"
 #include "base/base64.h"
 #include "base/json.h"
@@ -312,6 +313,8 @@ static const char *creds_for(const struct creds *c, const char *registry)
 struct cmd {
     const struct warm_cmd_args *args;
     const struct creds *creds;
+    const struct config *cfg;
+    struct policies adapters; /* the admit policy */
     struct warm *warm;
     struct fetch_manager *fetches;
     struct upstream_pool *pool;
@@ -368,6 +371,18 @@ static void on_progress_timer(uv_timer_t *t)
     progress_draw(t->data);
 }
 
+/* warm_env.admit: the admit policy, and no blob larger than the disk budget's high
+ * watermark (such a blob passes through a serving cache unstored). */
+static bool cmd_admit(void *ud, const char *digest, int64_t size, const struct policy_request *req)
+{
+    struct cmd *c = ud;
+    const struct config *cfg = c->cfg;
+    if (cfg->has_budget && size > 0 &&
+        (uint64_t)size > cfg->budget_bytes / 100 * cfg->budget_high_pct)
+        return false;
+    return policies_admit(&c->adapters, digest, size, req);
+}
+
 /* warm_opts.authorization. */
 static const char *cmd_authorization(void *ud, const char *registry)
 {
@@ -384,11 +399,15 @@ static void on_image_done(void *ud, struct warm *w, size_t i)
     if (s.state == WARM_FAILED) {
         printf("failed %s: %s\n", s.reference, s.error);
     } else {
+        char refused[96] = "";
+        if (s.blobs_refused > 0)
+            snprintf(refused, sizeof(refused),
+                     ", %u not admitted (the admit policy or the disk budget)", s.blobs_refused);
         printf("warmed %s (%s): %u platform%s, %u blobs of %llu bytes: %u fetched (%llu bytes), "
-               "%u already stored; %u manifests; %.1f s\n",
+               "%u already stored%s; %u manifests; %.1f s\n",
                s.reference, s.digest, s.platforms, s.platforms == 1 ? "" : "s", s.blobs_total,
                (unsigned long long)s.bytes_total, s.blobs_fetched,
-               (unsigned long long)s.bytes_fetched, s.blobs_present, s.manifests,
+               (unsigned long long)s.bytes_fetched, s.blobs_present, refused, s.manifests,
                (double)(s.ended_ms - s.started_ms) / 1000.0);
     }
     fflush(stdout);
@@ -457,7 +476,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
     struct fetch_manager *fetches = NULL;
     struct manifest_service *manifests = NULL;
     struct warm *warm = NULL;
-    struct cmd c = {.args = a, .creds = &creds};
+    struct cmd c = {.args = a, .creds = &creds, .cfg = cfg};
     process_init(&proc, cfg);
     if (store_open(cfg->storage_root, &store, NULL, err, sizeof(err)) != 0) {
         fprintf(stderr, "content-cache warm: %s\n", err);
@@ -478,6 +497,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
         goto out;
     }
     upstreams_set_policy(ups, pe);
+    c.adapters.pe = pe;
     manifest_service_set_auth(manifests, cfg, NULL, NULL);
     c.fetches = fetches;
     c.tty = !a->json && isatty(STDOUT_FILENO);
@@ -487,7 +507,9 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
                            .store = store,
                            .fetches = fetches,
                            .manifests = manifests,
-                           .upstreams = ups};
+                           .upstreams = ups,
+                           .admit = cmd_admit,
+                           .admit_ud = &c};
     struct warm_opts opts = {.jobs = a->jobs,
                              .platforms = a->platforms,
                              .n_platforms = a->n_platforms,

@@ -205,6 +205,7 @@ static void maybe_finished(struct warm *w)
 /* ---- blobs ---------------------------------------------------------------------------- */
 
 static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why);
+static void hand_over(struct warm *w, struct wblob *b);
 
 static void running_remove(struct warm *w, struct wblob *b)
 {
@@ -271,6 +272,21 @@ static void blob_start_fetch(struct wblob *b)
     fetch_wait(f, &b->waiter);
 }
 
+/* The admit policy and the disk budget, asked as for a client's miss of the blob. */
+static bool blob_admitted(struct wblob *b)
+{
+    const struct warm_env *env = &b->img->w->env;
+    if (env->admit == NULL) return true;
+    char digest[72];
+    snprintf(digest, sizeof(digest), "sha256:%s", b->hex);
+    struct policy_request req = {.method = "GET",
+                                 .repository = b->img->ref.name,
+                                 .reference = digest,
+                                 .digest = digest,
+                                 .kind = "blob"};
+    return env->admit(env->admit_ud, digest, (int64_t)b->size, &req);
+}
+
 static void blob_stat_work(uv_work_t *req)
 {
     struct wblob *b = req->data;
@@ -290,6 +306,11 @@ static void blob_stat_done(uv_work_t *req, int status)
     } else if (b->stored) {
         running_remove(w, b);
         blob_end(b, true, false, NULL);
+    } else if (!blob_admitted(b)) {
+        running_remove(w, b);
+        b->img->st.blobs_refused++;
+        hand_over(w, b); /* (the policy may answer another repository otherwise) */
+        blob_end(b, false, false, NULL);
     } else {
         blob_start_fetch(b);
     }
@@ -1026,10 +1047,11 @@ void warm_status_json(const struct warm *w, struct textbuf *out)
         }
         textbuf_printf(out,
                        ",\"platforms\":%u,\"manifests\":%u,\"blobs\":%u,\"blobs_done\":%u,"
-                       "\"fetched\":%u,\"already_stored\":%u,\"bytes\":%llu,\"bytes_done\":%llu,"
-                       "\"bytes_fetched\":%llu,\"seconds\":%.3f}",
+                       "\"fetched\":%u,\"already_stored\":%u,\"not_admitted\":%u,"
+                       "\"bytes\":%llu,\"bytes_done\":%llu,\"bytes_fetched\":%llu,"
+                       "\"seconds\":%.3f}",
                        s.platforms, s.manifests, s.blobs_total, s.blobs_done, s.blobs_fetched,
-                       s.blobs_present, (unsigned long long)s.bytes_total,
+                       s.blobs_present, s.blobs_refused, (unsigned long long)s.bytes_total,
                        (unsigned long long)s.bytes_done, (unsigned long long)s.bytes_fetched,
                        s.started_ms ? (double)(end - s.started_ms) / 1000.0 : 0.0);
     }

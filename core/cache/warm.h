@@ -63,6 +63,12 @@ struct warm_env {
     struct fetch_manager *fetches;
     struct manifest_service *manifests;
     struct upstreams *upstreams;
+    /* Whether a missing blob is to be stored, as for a client's miss: the disk budget's
+     * room and the admit policy (blob.h's blob_admit_fn: digest "sha256:<hex>", the size
+     * the manifest gives). NULL: every blob. A blob refused is not fetched (warming a blob
+     * that would pass through unstored is no warming) and is counted as not admitted. */
+    bool (*admit)(void *ud, const char *digest, int64_t size, const struct policy_request *req);
+    void *admit_ud;
 };
 
 struct warm;
@@ -83,7 +89,8 @@ struct warm_opts {
 
 enum warm_image_state { WARM_QUEUED, WARM_RESOLVING, WARM_FETCHING, WARM_DONE, WARM_FAILED };
 
-/* Where one reference stands. Counts cover every platform chosen. */
+/* Where one reference stands. Counts cover every platform chosen; blobs_total is
+ * blobs_done + blobs_refused once the reference is done. */
 struct warm_image_status {
     const char *reference; /* as given */
     enum warm_image_state state;
@@ -95,6 +102,7 @@ struct warm_image_status {
     unsigned blobs_done;           /* of them, in the store now */
     unsigned blobs_fetched;        /* of those, fetched by this warm (or a fetch it followed) */
     unsigned blobs_present;        /* of those, stored already (skipped) */
+    unsigned blobs_refused;        /* not stored: the admit policy or the disk budget said no */
     uint64_t bytes_total;          /* the sizes the manifests give */
     uint64_t bytes_done;           /* of blobs in the store now, and read so far of running ones */
     uint64_t bytes_fetched;        /* of the blobs fetched, and read so far of running ones */
@@ -139,7 +147,7 @@ size_t warm_failed_count(const struct warm *w);
 /*
  * The warm as one JSON object, for a pipeline: {"state": "running"|"finished", "images":
  * [{"reference", "status", "digest", "error" (failed only), "platforms", "manifests",
- * "blobs", "blobs_done", "fetched", "already_stored", "bytes", "bytes_done",
+ * "blobs", "blobs_done", "fetched", "already_stored", "not_admitted", "bytes", "bytes_done",
  * "bytes_fetched", "seconds"}], "failed": N}, and a newline. Credentials are not in it.
  */
 void warm_status_json(const struct warm *w, struct textbuf *out);

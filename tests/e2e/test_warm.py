@@ -320,6 +320,24 @@ def main(run):
     big = h.make_oci_layout(work.sub("big"), [h.make_layer(3_000_000, seed=330)], tag="1")
     h.push(work, big, origin, BIG, creds=(USER, PASSWORD))
 
+    def budget_refuses_what_would_not_be_stored():
+        c = run.cache([origin], start=False, name="small-budget", extra_downstream_yaml=(
+            "        diskbudget:\n          maxsize: 1MiB\n          highwatermark: 90\n"))
+        c.write_config()
+        layer = big.layer_digests[0]
+        before = settled_gets(origin, [layer])
+        cp = warm(c, ["%s:1" % BIG, "--creds", CREDS, "--json"])
+        expect_exit(cp, 0, "warm of an image with a blob larger than the budget")
+        img = json.loads(cp.stdout)["images"][0]
+        expect_eq((img["not_admitted"], img["blobs_done"], img["blobs"]), (1, 1, 2),
+                  "blobs not admitted, stored, in all")
+        expect(not os.path.exists(c.blob_file(layer)), "the 3 MB layer is not stored")
+        expect(os.path.exists(c.blob_file(big.config_digest)), "its config is")
+        expect_eq(settled_gets(origin, [layer]), before, "origin GETs of the refused layer")
+
+    run.check("a blob a serving cache would not store (past the disk budget) is not fetched",
+              budget_refuses_what_would_not_be_stored)
+
     def debug_warm_on_a_running_cache():
         # The cache's origin is behind a paced proxy, so the warm of BIG takes seconds:
         # a client's pull meanwhile shows it serves while it warms.
