@@ -89,6 +89,13 @@ struct image {
     size_t entry;
     char target_query[320]; /* "?ns=<registry>" when one was named, else "" */
     char *authorization;    /* what goes upstream, or NULL */
+    /* After a Bearer challenge: how the token is renewed before it expires (a long warm
+     * outlives a token: registries give them for minutes). */
+    struct auth_challenge_params *challenge; /* NULL: no realm token in use */
+    char *basic;                             /* the credential taken to the realm, or NULL */
+    uint64_t token_renew_ms;                 /* uv_now from which fetches wait for a new one */
+    struct realm_req *renewal;
+    struct wblob *waiting; /* blobs waiting for the renewal (linked by next_queued) */
     char **bases;
     size_t n_bases;
     unsigned pending; /* manifest GETs, keeps and blob tasks not ended */
@@ -206,6 +213,9 @@ static void maybe_finished(struct warm *w)
 
 static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why);
 static void hand_over(struct warm *w, struct wblob *b);
+static bool token_due(const struct image *img);
+static void blob_wait_token(struct wblob *b);
+static void token_set_renewal(struct image *img, int64_t expires_in);
 
 static void running_remove(struct warm *w, struct wblob *b)
 {
@@ -311,6 +321,8 @@ static void blob_stat_done(uv_work_t *req, int status)
         b->img->st.blobs_refused++;
         hand_over(w, b); /* (the policy may answer another repository otherwise) */
         blob_end(b, false, false, NULL);
+    } else if (token_due(b->img)) {
+        blob_wait_token(b);
     } else {
         blob_start_fetch(b);
     }
@@ -430,6 +442,91 @@ static void blob_add(struct image *img, const char *hex, uint64_t size)
     else
         w->queue_head = b;
     w->queue_tail = b;
+}
+
+/* ---- the realm's token, renewed ---------------------------------------------------------- */
+
+/* A token of expires_in seconds was just given: fetches started after three quarters of
+ * that wait for a new one. */
+static void token_set_renewal(struct image *img, int64_t expires_in)
+{
+    if (expires_in <= 0) expires_in = REALM_DEFAULT_EXPIRES_S;
+    img->token_renew_ms = uv_now(img->w->env.loop) + (uint64_t)expires_in * 750;
+}
+
+static bool token_due(const struct image *img)
+{
+    return img->challenge != NULL && img->token_renew_ms != 0 &&
+           uv_now(img->w->env.loop) >= img->token_renew_ms;
+}
+
+/* The renewal's end: the waiting blobs go on (with the new token, or the old one). */
+static void token_renewed(void *arg, int err, const struct realm_answer *a)
+{
+    struct image *img = arg;
+    struct warm *w = img->w;
+    img->renewal = NULL;
+    char *auth = NULL;
+    if (err == 0 && a->token != NULL && (auth = malloc(strlen(a->token) + 8)) != NULL) {
+        snprintf(auth, strlen(a->token) + 8, "Bearer %s", a->token);
+        free(img->authorization);
+        img->authorization = auth;
+        token_set_renewal(img, a->expires_in);
+    } else {
+        log_msg(LOG_WARN,
+                "warm %s: no new token from the registry's token service (%s): "
+                "going on with the one held",
+                img->text, err ? uv_strerror(err) : "no token in its answer");
+        img->token_renew_ms = 0; /* no second try */
+    }
+    struct wblob *b = img->waiting;
+    img->waiting = NULL;
+    while (b != NULL) {
+        struct wblob *next = b->next_queued;
+        b->next_queued = NULL;
+        if (w->cancelled || img->st.state == WARM_FAILED) {
+            running_remove(w, b);
+            blob_end(b, false, false, NULL);
+        } else {
+            blob_start_fetch(b);
+        }
+        b = next;
+    }
+    pump(w);
+}
+
+/* Fetches b once the image's token is renewed (renewing it unless that is under way). */
+static void blob_wait_token(struct wblob *b)
+{
+    struct image *img = b->img;
+    char scope[REGISTRY_NAME_MAX + 32];
+    if (img->renewal == NULL) {
+        snprintf(scope, sizeof(scope), "repository:%s:pull", img->ref.name);
+        if (realm_request(upstreams_pool(img->w->env.upstreams), img->challenge, scope, img->basic,
+                          token_renewed, img, &img->renewal) != 0) {
+            img->token_renew_ms = 0; /* the token held goes on serving */
+            blob_start_fetch(b);
+            return;
+        }
+    }
+    b->next_queued = img->waiting;
+    img->waiting = b;
+}
+
+/* At a cancel: the renewal stops, its waiting blobs end. */
+static void token_cancel(struct image *img)
+{
+    if (img->renewal != NULL) realm_cancel(img->renewal);
+    img->renewal = NULL;
+    struct wblob *b = img->waiting;
+    img->waiting = NULL;
+    while (b != NULL) {
+        struct wblob *next = b->next_queued;
+        b->next_queued = NULL;
+        running_remove(img->w, b);
+        blob_end(b, false, false, "interrupted");
+        b = next;
+    }
 }
 
 /* ---- manifests ---------------------------------------------------------------------------- */
@@ -697,8 +794,12 @@ static void realm_answered(void *arg, int err, const struct realm_answer *a)
         return;
     }
     snprintf(auth, tlen + 8, "Bearer %s", a->token);
-    free(img->authorization);
+    if (img->basic == NULL && img->authorization != NULL)
+        img->basic = img->authorization;
+    else
+        free(img->authorization);
     img->authorization = auth; /* the token serves the reference's every request */
+    token_set_renewal(img, a->expires_in);
     mget_send(m);
 }
 
@@ -720,6 +821,8 @@ static bool mget_try_token(struct mget *m)
     if (img->authorization != NULL && basic == NULL) return false; /* a token was refused */
     int rc = realm_request(upstreams_pool(img->w->env.upstreams), &ch, scope, basic, realm_answered,
                            m, &m->realm);
+    if (rc == 0 && img->challenge == NULL && (img->challenge = malloc(sizeof(ch))) != NULL)
+        *img->challenge = ch;
     return rc == 0;
 }
 
@@ -964,6 +1067,8 @@ void warm_cancel(struct warm *w)
         mget_free(m);
         image_release(img);
     }
+    for (size_t i = 0; i < w->n_images; i++)
+        token_cancel(&w->images[i]);
     /* Running fetches are left to the manager; the warm stops waiting for them. */
     for (struct wblob *b = w->running, *next; b != NULL; b = next) {
         next = b->next_running;
@@ -1018,6 +1123,8 @@ void warm_free(struct warm *w)
         struct image *img = &w->images[i];
         free(img->text);
         free(img->authorization);
+        free(img->basic);
+        free(img->challenge);
         for (size_t k = 0; k < img->n_bases; k++)
             free(img->bases[k]);
         free(img->bases);

@@ -272,13 +272,15 @@ def main(run):
         pki = work.sub("pki", mkdir=True)
         key, cert = ts.make_key_and_cert(pki, "issuer", "rsa")
         users = work.write("users.json", json.dumps(
-            {USER: {"password": PASSWORD, "grants": {"team/tok": ["pull", "push"]}}}),
+            {USER: {"password": PASSWORD, "grants": {"team/tok": ["pull", "push"],
+                                                     "team/slow": ["pull", "push"]}}}),
             mode=0o600)
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "token_server.py")
+        issued = work.sub("issued.txt")
         port, _ = h._start_server(lambda port: h.Proc(
             "token-server", [sys.executable, script, "--port", str(port), "--key", key,
                              "--issuer", "warm-issuer", "--service", "warm-e2e", "--users",
-                             users, "--issued", work.sub("issued.txt")],
+                             users, "--issued", issued, "--lifetime", "2"],
             work.sub("token-server.log"), env=h.server_env()),
             lambda port, proc: h.port_open(port), "token-server")
         tok_origin = run.origin(name="token-origin", extra_yaml=(
@@ -295,8 +297,29 @@ def main(run):
         expect_exit(cp, 1, "warm with a password the token service refuses")
         expect("token service refused the credentials" in cp.stderr,
                "the realm's refusal is said:\n" + cp.stderr)
+        # Tokens live 2 s here: a warm that takes longer gets a new one before a fetch
+        # starts past three quarters of that (the origin is behind a paced proxy; one
+        # blob at a time, the 2 MB layer first).
+        slow = h.make_oci_layout(work.sub("slow"), [h.make_layer(2_000_000, seed=340),
+                                                    h.make_layer(10_000, seed=341)], tag="1")
+        h.push(work, slow, tok_origin, "team/slow", "1", creds=(USER, PASSWORD))
+        proxy = FakeUpstream(work, name="token-pacer", role="proxy", target=tok_origin,
+                             rate=1_000_000).start()
+        try:
+            pc = run.cache([proxy], start=False, name="token-paced")
+            pc.write_config()
+            before = len(h.read_lines(issued))
+            cp = warm(pc, ["team/slow:1", "--creds", CREDS, "--jobs", "1"])
+            expect_exit(cp, 0, "a warm longer than its token's life")
+            tokens = len(h.read_lines(issued)) - before
+            expect(tokens >= 2, "a new token was asked for during the warm (tokens: %d)" % tokens)
+            for d in slow.blobs():
+                expect(os.path.exists(pc.blob_file(d)), "%s stored" % d)
+        finally:
+            proxy.stop()
 
-    run.check("an origin with token auth: the credentials get a pull token at its realm",
+    run.check("an origin with token auth: the credentials get a pull token at its realm, "
+              "renewed before it expires",
               token_auth_origin)
 
     def bad_command_lines_exit_2():
