@@ -462,9 +462,10 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
         creds_free(&creds);
         return WARM_EXIT_USAGE;
     }
-    /* The warm's own lines say what happened; the log says only what went wrong. */
+    /* The warm's own lines say what happened and what failed (the log would say it
+     * again): the log keeps its errors, or everything at level debug. */
     struct log_options lo = config_log_options(cfg);
-    lo.level = "warn";
+    if (lo.level == NULL || strcmp(lo.level, "debug") != 0) lo.level = "error";
     log_configure(&lo);
     signal(SIGPIPE, SIG_IGN);
 

@@ -3,7 +3,8 @@
  * store, bounded. See warm.h.
  *
  * A warm holds its references (struct image); each asks for manifests (struct mget: one
- * GET, retried once with a realm's token after a Bearer challenge) and queues its blobs
+ * GET, retried once with a realm's token after a Bearer challenge; the token is renewed
+ * before it expires, for the fetches that start late) and queues its blobs
  * (struct wblob). Blobs run at most `jobs` at a time: a stat on the thread pool (stored
  * already: done, untouched), then the fetch manager's running fetch of that digest or a
  * new one, followed until it is committed or failed. A digest named twice in one warm is
@@ -312,6 +313,7 @@ static void blob_stat_done(uv_work_t *req, int status)
     w->pool_work--;
     if (w->cancelled || b->img->st.state == WARM_FAILED || status != 0) {
         running_remove(w, b);
+        hand_over(w, b);
         blob_end(b, false, false, NULL);
     } else if (b->stored) {
         running_remove(w, b);
@@ -486,6 +488,7 @@ static void token_renewed(void *arg, int err, const struct realm_answer *a)
         b->next_queued = NULL;
         if (w->cancelled || img->st.state == WARM_FAILED) {
             running_remove(w, b);
+            hand_over(w, b);
             blob_end(b, false, false, NULL);
         } else {
             blob_start_fetch(b);
