@@ -7,11 +7,16 @@ With a real origin (Docker Distribution, htpasswd logins) holding a multi-platfo
     are counted: one each), and the manifests as the manifest cache keeps them;
   * a second warm fetches nothing, and leaves a stored blob's last-pulled time alone;
   * a pull through the cache afterwards is all `cache=hit` and costs the origin no blob;
+  * on a terminal, a line per reference is redrawn (state, blobs, bytes, rate);
   * `--platform` warms only the platforms asked for;
+  * through a chain, the upstream cache is asked first, as a pull would ask it;
   * a reference the origin does not have, or credentials it refuses, fail with a clear
     message (exit 1) while the other references still warm; a Docker config.json's
     login is used for its own registry only;
+  * an origin with token auth gives the warm a pull token at its realm, renewed when the
+    warm outlasts it;
   * a wrong command line exits 2 with the usage;
+  * a blob a serving cache would not store (past the disk budget) is not fetched;
   * `POST /debug/warm` does the same on a running cache while it serves clients, and
     `GET /debug/warm/{id}` reports it;
   * SIGINT in the middle of a fetch leaves nothing partial: no temporary file, no blob,
@@ -225,6 +230,31 @@ def main(run):
                "the reason names the platforms the index has:\n" + cp.stderr)
 
     run.check("--platform warms only the platforms asked for", platform_filters)
+
+    def through_a_chain():
+        # A cache whose upstreams entry has another cache before the origin: the warm
+        # asks that cache, as a pull through it would, and both end up holding the image.
+        parent = run.cache([origin], name="parent")
+        c = run.cache([{"originhost": origin, "upstreamhosts": [parent]}], start=False,
+                      name="child")
+        c.write_config()
+        digests = images.blobs("amd64")
+        before = settled_gets(origin, digests)
+        cp = warm(c, [app_ref, "--platform", "linux/amd64", "--creds", CREDS])
+        expect_exit(cp, 0, "warm through a chain")
+        for d in digests:
+            expect(os.path.exists(c.blob_file(d)), "the child stored %s" % d)
+            expect(os.path.exists(parent.blob_file(d)), "the parent stored %s" % d)
+            expect_eq(parent.count_access(method="GET", uri="/v2/%s/blobs/%s?ns=%s"
+                                          % (APP, d, origin.host)), 1,
+                      "GETs of %s at the parent" % d)
+        after = settled_gets(origin, digests)
+        expect_eq({d: after[d] - before[d] for d in digests}, {d: 1 for d in digests},
+                  "origin GETs per blob (the parent's fetch)")
+        parent.stop()
+
+    run.check("through a chain: the upstream cache is asked, as a pull would",
+              through_a_chain)
 
     def failures_are_named_and_the_rest_warms():
         c = run.cache([origin], start=False, name="failing")
