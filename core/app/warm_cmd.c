@@ -562,7 +562,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
 out:
     warm_free(warm);
     manifest_service_free(manifests);
-    fetch_manager_free(fetches);
+    if (fetches != NULL) fetch_manager_free(fetches);
     upstreams_free(ups);
     policy_engine_free(pe);
     store_close(store);

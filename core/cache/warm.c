@@ -946,12 +946,10 @@ static int image_init(struct warm *w, struct image *img, size_t i, const char *t
         entry = upstreams_entry_for_registry(w->env.upstreams, img->ref.registry);
         snprintf(img->target_query, sizeof(img->target_query), "?ns=%s", img->ref.registry);
     }
-    if (entry < 0 || upstreams_count(w->env.upstreams) == 0) {
-        snprintf(why, why_len, "%s: no upstreams entry has the origin %s", text,
-                 img->ref.registry[0] ? img->ref.registry : "(none configured)");
-        return -EINVAL;
-    }
-    img->entry = (size_t)entry;
+    if (entry < 0 || upstreams_count(w->env.upstreams) == 0) /* (it fails when it begins) */
+        image_fail(img, "no upstreams entry has the origin %s: this cache does not serve it",
+                   img->ref.registry[0] ? img->ref.registry : "(none configured)");
+    img->entry = entry < 0 ? 0 : (size_t)entry;
     return 0;
 }
 
@@ -1000,11 +998,11 @@ static void start_now(uv_timer_t *t)
     struct warm *w = t->data;
     for (size_t i = 0; i < w->n_images; i++) {
         struct image *img = &w->images[i];
-        if (!w->cancelled) {
+        if (!w->cancelled && img->st.state != WARM_FAILED) {
             image_begin(img);
             continue;
         }
-        image_fail(img, "interrupted");
+        image_fail(img, "interrupted"); /* (unless it failed already) */
         img->pending++;
         image_release(img);
     }

@@ -260,9 +260,12 @@ def main(run):
         c = run.cache([origin], start=False, name="failing")
         c.write_config()
         missing = "%s:nope" % APP
-        cp = warm(c, [missing, web_ref, "--creds", CREDS])
+        elsewhere = "registry.example.com/%s:1" % WEB  # no upstreams entry for it
+        cp = warm(c, [missing, web_ref, elsewhere, "--creds", CREDS])
         expect_exit(cp, 1, "warm with a missing tag")
         expect("%s: not found" % missing in cp.stderr, "the missing tag is named:\n" + cp.stderr)
+        expect("%s: no upstreams entry has the origin registry.example.com" % elsewhere
+               in cp.stderr, "a registry the cache does not serve is named:\n" + cp.stderr)
         expect("warmed %s" % web_ref in cp.stdout, "the other reference warmed:\n" + cp.stdout)
         for d in images.web.blobs():
             expect(os.path.exists(c.blob_file(d)), "%s stored" % d)
