@@ -120,8 +120,10 @@ int warm_reference_check(const char *ref, char *why, size_t why_len);
 
 /*
  * Starts warming images[0..n) (each copied; at most WARM_MAX_IMAGES). Returns 0 and the
- * warm in *out, or -EINVAL (a bad reference, platform or count: why says which), -ENOMEM.
- * The caller owns the warm and frees it with warm_free after on_done.
+ * warm in *out, or -EINVAL (a reference that does not parse, a bad platform or count: why
+ * says which), -ENOMEM. A reference to a registry no upstreams entry serves fails alone,
+ * as a reference the registry refuses does. The caller owns the warm and frees it with
+ * warm_free after on_done.
  */
 int warm_start(const struct warm_env *env, const struct warm_opts *opts, const char *const *images,
                size_t n, struct warm **out, char *why, size_t why_len);
