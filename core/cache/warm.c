@@ -631,6 +631,7 @@ static void walk_image(struct mget *m, const struct json_doc *doc)
     char hex[65];
     uint64_t size;
     img->st.platforms++;
+    if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING; /* blobs from now */
     if (json_object_get(doc, 0, "config", &v) == 0) {
         if (!descriptor(doc, v, hex, &size)) {
             image_fail(img, "manifest %s: its config is not a sha256 descriptor", m->reference);
@@ -981,7 +982,6 @@ static void image_begin(struct image *img)
         image_fail(img, "no upstream to ask");
     else
         mget_start(img, reference, true, 0);
-    if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING;
     image_release(img);
 }
 

@@ -418,6 +418,9 @@ def main(run):
                 expect(r.status == 200 and r.body == data, "a client's GET of %s: %r" % (d, r))
             during = h.request(c.debug_port, "GET", job).json()
             expect_eq(during["state"], "running", "the warm, after a client's GETs meanwhile")
+            big_now = during["images"][0]
+            expect(big_now["status"] == "fetching" and big_now["bytes_done"] < big_now["bytes"],
+                   "the job's progress while the layer comes: %r" % big_now)
             h.wait_until(lambda: h.request(c.debug_port, "GET", job).json()["state"] ==
                          "finished", h.CLIENT_TIMEOUT, "the warm job to finish")
             status = h.request(c.debug_port, "GET", job).json()
