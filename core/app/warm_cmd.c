@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -321,6 +322,7 @@ struct cmd {
     uv_timer_t progress;
     uv_signal_t sig_int, sig_term;
     bool tty;
+    size_t columns; /* the terminal's width */
     bool drawn;
     bool interrupted;
 };
@@ -349,10 +351,15 @@ static void progress_line(struct cmd *c, size_t i, uint64_t now_ms)
     double secs = s.started_ms && end > s.started_ms ? (double)(end - s.started_ms) / 1000 : 0;
     /* The rate of what came from upstream (blobs found stored cost nothing). */
     human_bytes(secs > 0 ? (uint64_t)((double)s.bytes_fetched / secs) : 0, rate, sizeof(rate));
-    printf("\033[2K%-40s %-9s %u/%u blobs  %s / %s  %s/s", s.reference, warm_state_name(s.state),
-           s.blobs_done, s.blobs_total, done, total, rate);
-    if (s.state == WARM_FAILED) printf("  %s", s.error);
-    printf("\n");
+    char line[1024];
+    int n = snprintf(line, sizeof(line), "%-40s %-9s %u/%u blobs  %s / %s  %s/s%s%s", s.reference,
+                     warm_state_name(s.state), s.blobs_done, s.blobs_total, done, total, rate,
+                     s.state == WARM_FAILED ? "  " : "", s.state == WARM_FAILED ? s.error : "");
+    /* One row each, or the redraw would climb too few: cut at the terminal's width (the
+     * reasons are printed whole at the end). */
+    size_t len = n < 0 ? 0 : (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1;
+    if (c->columns > 1 && len >= c->columns) len = c->columns - 1;
+    printf("\033[2K%.*s\n", (int)len, line);
 }
 
 static void progress_draw(struct cmd *c)
@@ -502,6 +509,9 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
     manifest_service_set_auth(manifests, cfg, NULL, NULL);
     c.fetches = fetches;
     c.tty = !a->json && isatty(STDOUT_FILENO);
+    struct winsize ws;
+    c.columns =
+        c.tty && ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0 ? ws.ws_col : 80;
 
     struct warm_env env = {.loop = proc.loop,
                            .cfg = cfg,

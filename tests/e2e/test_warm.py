@@ -26,12 +26,14 @@ Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_warm.py
 """
 
 import base64
+import fcntl
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
-import time
+import termios
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -127,6 +129,10 @@ def main(run):
         expect(all(n == 1 for n in gets.values()),
                "the origin served each blob once: %r" % gets)
         h.log("origin blob GETs for a warm of %d blobs: %d" % (len(gets), sum(gets.values())))
+        for d in digests:  # (README: a warmed blob's last pull is when it was stored)
+            st = os.stat(cache.blob_file(d))
+            expect(abs(st.st_atime - st.st_mtime) < 5,
+                   "a stored blob's last-pulled time is its store time: %s" % d)
         first.update(gets)
 
     run.check("warm stores every blob of every platform once, and the manifests",
@@ -155,6 +161,7 @@ def main(run):
 
     def terminal_progress():
         master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
         environ = cache.env()
         environ["DOCKER_CONFIG"] = work.sub("no-docker-config", mkdir=True)
         p = subprocess.Popen([h.binary_path(), "warm", cache.config_path, web_ref, app_ref,
@@ -186,6 +193,8 @@ def main(run):
         expect(web_line and "done" in web_line[0] and "2/2 blobs" in web_line[0] and
                "/s" in web_line[0], "the web line says done, blobs, bytes, rate:\n%r" % last)
         expect(app_line and "6/6 blobs" in app_line[0], "the index's line:\n%r" % last)
+        rows = [ln.replace("\x1b[2K", "").rstrip("\r") for ln in last.splitlines()]
+        expect(all(len(r) < 160 for r in rows), "each line fits the terminal's 160 columns")
 
     run.check("on a terminal, a line per reference: state, blobs, bytes, rate",
               terminal_progress)
