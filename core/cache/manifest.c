@@ -24,11 +24,11 @@
 #include "base/config.h"
 #include "base/digest.h"
 #include "base/bytes.h"
-#include "base/json.h"
 #include "base/log.h"
 #include "cache/links.h"
 #include "cache/pulls.h"
 #include "net/chain.h"
+#include "registry/image_manifest.h"
 #include "registry/relay.h"
 #include "registry/respond.h"
 
@@ -205,57 +205,28 @@ static int media_dir(const struct store *st, const char *hex, bool create)
     return store_dir_open_sync(st, rel, create);
 }
 
+struct refs_found {
+    char (*refs)[65];
+    size_t n, max;
+    bool platforms;
+};
+
+static int found_ref(void *ud, const struct image_ref *r)
+{
+    struct refs_found *f = ud;
+    if ((r->kind == IMAGE_REF_MANIFEST) == f->platforms && f->n < f->max)
+        memcpy(f->refs[f->n++], r->hex, 65);
+    return 0;
+}
+
 /* The digests a manifest names, sha256 only: its blobs (config, layers), or with
  * platforms its platform manifests (an index's "manifests"). Into refs (hex), at most
  * max. Returns how many, 0 for what does not parse. */
 static size_t manifest_refs(const char *body, size_t len, bool platforms, char (*refs)[65],
                             size_t max)
 {
-    size_t cap = len / 16 + 64, n = 0;
-    struct json_token *tok = NULL;
-    struct json_doc doc;
-    int rc = -E2BIG;
-    while (rc == -E2BIG && cap <= json_tokens_for(len) * 2) {
-        free(tok);
-        if ((tok = malloc(cap * sizeof(*tok))) == NULL) return 0;
-        rc = json_parse(body, len, tok, cap, &doc);
-        cap *= 2;
-    }
-    if (rc != 0 || json_type_of(&doc, 0) != JSON_OBJECT) {
-        free(tok);
-        return 0;
-    }
-    static const char *const lists[] = {"layers", "manifests"};
-    size_t v;
-    char value[80];
-    size_t vlen;
-    for (size_t l = 0; l < 3; l++) {
-        size_t items[MAX_REFS], n_items = 0;
-        if ((l == 1) != platforms) continue; /* "manifests" only for platforms */
-        if (l == 2) {
-            if (json_object_get(&doc, 0, "config", &v) == 0 && json_type_of(&doc, v) == JSON_OBJECT)
-                items[n_items++] = v;
-        } else if (json_object_get(&doc, 0, lists[l], &v) == 0 &&
-                   json_type_of(&doc, v) == JSON_ARRAY) {
-            size_t i = v + 1;
-            for (size_t k = 0; k < json_count(&doc, v) && n_items < MAX_REFS; k++) {
-                items[n_items++] = i;
-                i = json_skip(&doc, i);
-            }
-        }
-        for (size_t k = 0; k < n_items && n < max; k++) {
-            size_t d;
-            if (json_type_of(&doc, items[k]) != JSON_OBJECT ||
-                json_object_get(&doc, items[k], "digest", &d) != 0 ||
-                json_type_of(&doc, d) != JSON_STRING ||
-                json_string_decode(&doc, d, value, sizeof(value), &vlen) != 0 ||
-                !digest_ref_is_sha256(value, vlen) || !store_hex_valid(value + 7))
-                continue;
-            memcpy(refs[n++], value + 7, 65);
-        }
-    }
-    free(tok);
-    return n;
+    struct refs_found f = {.refs = refs, .max = max, .platforms = platforms};
+    return image_manifest_walk(body, len, found_ref, &f, NULL) < 0 ? 0 : f.n;
 }
 
 /* Reads what the disk holds of manifest hex in repo (the thread pool). */

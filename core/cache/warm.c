@@ -25,9 +25,9 @@
 #include "access/realm.h"
 #include "base/bytes.h"
 #include "base/digest.h"
-#include "base/json.h"
 #include "base/log.h"
 #include "net/chain.h"
+#include "registry/image_manifest.h"
 #include "registry/registry.h"
 #include "registry/relay.h"
 
@@ -534,55 +534,7 @@ static void token_cancel(struct image *img)
 
 /* ---- manifests ---------------------------------------------------------------------------- */
 
-static int parse_json(const char *body, size_t len, struct json_token **tok, struct json_doc *doc)
-{
-    size_t cap = json_tokens_for(len);
-    if ((*tok = malloc(cap * sizeof(**tok))) == NULL) return -ENOMEM;
-    int rc = json_parse(body, len, *tok, cap, doc);
-    if (rc != 0 || json_type_of(doc, 0) != JSON_OBJECT) {
-        free(*tok);
-        *tok = NULL;
-        return -EINVAL;
-    }
-    return 0;
-}
-
-/* A descriptor's sha256 digest (into hex) and size. */
-static bool descriptor(const struct json_doc *doc, size_t obj, char *hex, uint64_t *size)
-{
-    size_t d, s;
-    char value[80];
-    size_t vlen;
-    int64_t n = 0;
-    if (json_type_of(doc, obj) != JSON_OBJECT || json_object_get(doc, obj, "digest", &d) != 0 ||
-        json_type_of(doc, d) != JSON_STRING ||
-        json_string_decode(doc, d, value, sizeof(value), &vlen) != 0 ||
-        !digest_ref_is_sha256(value, vlen) || !store_hex_valid(value + 7))
-        return false;
-    memcpy(hex, value + 7, 65);
-    if (json_object_get(doc, obj, "size", &s) == 0) json_integer_int64(doc, s, &n);
-    *size = n > 0 ? (uint64_t)n : 0;
-    return true;
-}
-
-/* A descriptor's platform, "os/arch[/variant]" ("" when it has none). */
-static void descriptor_platform(const struct json_doc *doc, size_t obj, char *out, size_t len)
-{
-    size_t p, v;
-    char os[64] = "", arch[64] = "", variant[64] = "";
-    size_t n;
-    out[0] = '\0';
-    if (json_object_get(doc, obj, "platform", &p) != 0 || json_type_of(doc, p) != JSON_OBJECT)
-        return;
-    if (json_object_get(doc, p, "os", &v) == 0) json_string_decode(doc, v, os, sizeof(os), &n);
-    if (json_object_get(doc, p, "architecture", &v) == 0)
-        json_string_decode(doc, v, arch, sizeof(arch), &n);
-    if (json_object_get(doc, p, "variant", &v) == 0)
-        json_string_decode(doc, v, variant, sizeof(variant), &n);
-    snprintf(out, len, "%s/%s%s%s", os, arch, variant[0] ? "/" : "", variant);
-}
-
-/* Whether platform (as descriptor_platform writes it) is chosen: every one when none is
+/* Whether platform ("os/arch[/variant]") is chosen: every one when none is
  * given; "linux/arm" chooses every variant of it. */
 static bool platform_chosen(const struct warm *w, const char *platform)
 {
@@ -596,61 +548,61 @@ static bool platform_chosen(const struct warm *w, const char *platform)
     return false;
 }
 
-/* An index: its chosen platform manifests are asked for. */
-static void walk_index(struct mget *m, const struct json_doc *doc, size_t list)
+/* A walk of one manifest (image_manifest_walk): blobs queued, platform manifests asked. */
+struct walk {
+    struct mget *m;
+    size_t children, chosen;
+    char seen[512]; /* the platforms an index has, for a refusal */
+    size_t at;
+};
+
+static int walk_ref(void *ud, const struct image_ref *r)
 {
-    struct image *img = m->img;
-    struct warm *w = img->w;
-    char seen[512] = "";
-    size_t at = 0, chosen = 0, i = list + 1;
-    for (size_t k = 0; k < json_count(doc, list) && k < WARM_MAX_CHILDREN; k++) {
-        char hex[65], platform[200], ref[80];
-        uint64_t size;
-        size_t item = i;
-        i = json_skip(doc, i);
-        if (!descriptor(doc, item, hex, &size)) continue;
-        descriptor_platform(doc, item, platform, sizeof(platform));
-        if (at < sizeof(seen))
-            at += (size_t)snprintf(seen + at, sizeof(seen) - at, "%s%s", at ? ", " : "",
-                                   platform[0] ? platform : "(none)");
-        if (platform[0] != '\0' && !platform_chosen(w, platform)) continue;
-        chosen++;
-        snprintf(ref, sizeof(ref), "sha256:%s", hex);
-        mget_start(img, ref, false, m->depth + 1);
+    struct walk *k = ud;
+    struct image *img = k->m->img;
+    if (r->kind != IMAGE_REF_MANIFEST) {
+        blob_add(img, r->hex, r->size);
+        return 0;
     }
-    if (chosen == 0)
-        image_fail(img, "the index %s names no manifest of the platforms asked for (it has: %s)",
-                   img->st.digest, seen[0] ? seen : "none");
+    if (k->m->depth >= WARM_MAX_DEPTH) {
+        image_fail(img, "manifest %s: indexes nested deeper than %d", k->m->reference,
+                   WARM_MAX_DEPTH);
+        return 1;
+    }
+    if (++k->children > WARM_MAX_CHILDREN) return 1;
+    if (k->at < sizeof(k->seen))
+        k->at += (size_t)snprintf(k->seen + k->at, sizeof(k->seen) - k->at, "%s%s",
+                                  k->at ? ", " : "", r->platform[0] ? r->platform : "(none)");
+    if (r->platform[0] != '\0' && !platform_chosen(img->w, r->platform)) return 0;
+    char ref[80];
+    snprintf(ref, sizeof(ref), "sha256:%s", r->hex);
+    k->chosen++;
+    mget_start(img, ref, false, k->m->depth + 1);
+    return 0;
 }
 
-/* An image manifest: its config and layers are queued. */
-static void walk_image(struct mget *m, const struct json_doc *doc)
+/* What manifest m names: an image's blobs are queued, an index's chosen platform
+ * manifests asked for. */
+static void walk(struct mget *m)
 {
     struct image *img = m->img;
-    size_t v;
-    char hex[65];
-    uint64_t size;
-    img->st.platforms++;
-    if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING; /* blobs from now */
-    if (json_object_get(doc, 0, "config", &v) == 0) {
-        if (!descriptor(doc, v, hex, &size)) {
-            image_fail(img, "manifest %s: its config is not a sha256 descriptor", m->reference);
-            return;
-        }
-        blob_add(img, hex, size);
-    }
-    if (json_object_get(doc, 0, "layers", &v) == 0 && json_type_of(doc, v) == JSON_ARRAY) {
-        size_t i = v + 1;
-        for (size_t k = 0; k < json_count(doc, v); k++) {
-            size_t item = i;
-            i = json_skip(doc, i);
-            if (!descriptor(doc, item, hex, &size)) {
-                image_fail(img, "manifest %s: layer %zu is not a sha256 descriptor", m->reference,
-                           k);
-                return;
-            }
-            blob_add(img, hex, size);
-        }
+    struct walk k = {.m = m};
+    size_t skipped = 0;
+    int kind = image_manifest_walk(m->body, m->len, walk_ref, &k, &skipped);
+    if (kind < 0)
+        image_fail(img, "manifest %s is not a JSON object", m->reference);
+    else if (skipped > 0)
+        image_fail(img, "manifest %s names %zu descriptor%s without a sha256 digest", m->reference,
+                   skipped, skipped == 1 ? "" : "s");
+    else if (kind == IMAGE_MANIFEST_INDEX && k.chosen == 0)
+        image_fail(img, "the index %s names no manifest of the platforms asked for (it has: %s)",
+                   img->st.digest, k.seen[0] ? k.seen : "none");
+    else if (kind == IMAGE_MANIFEST_OTHER)
+        image_fail(img, "manifest %s (%s) names no layers: not an image this cache can warm",
+                   m->reference, m->media_type[0] ? m->media_type : "no media type");
+    if (kind == IMAGE_MANIFEST_IMAGE) {
+        img->st.platforms++;
+        if (img->st.state == WARM_RESOLVING) img->st.state = WARM_FETCHING; /* blobs from now */
     }
 }
 
@@ -699,29 +651,7 @@ static void mget_answered(struct mget *m)
         return;
     }
     if (m->top) snprintf(img->st.digest, sizeof(img->st.digest), "sha256:%s", hex);
-    struct json_token *tok = NULL;
-    struct json_doc doc;
-    if (parse_json(m->body, m->len, &tok, &doc) != 0) {
-        image_fail(img, "manifest %s is not a JSON object", m->reference);
-        return;
-    }
-    size_t list;
-    bool index =
-        json_object_get(&doc, 0, "manifests", &list) == 0 && json_type_of(&doc, list) == JSON_ARRAY;
-    bool image = json_object_get(&doc, 0, "layers", &list) == 0 ||
-                 json_object_get(&doc, 0, "config", &list) == 0;
-    if (index && m->depth >= WARM_MAX_DEPTH) {
-        image_fail(img, "manifest %s: indexes nested deeper than %d", m->reference, WARM_MAX_DEPTH);
-    } else if (index) {
-        json_object_get(&doc, 0, "manifests", &list);
-        walk_index(m, &doc, list);
-    } else if (image) {
-        walk_image(m, &doc);
-    } else {
-        image_fail(img, "manifest %s (%s) names no layers: not an image this cache can warm",
-                   m->reference, m->media_type[0] ? m->media_type : "no media type");
-    }
-    free(tok);
+    walk(m);
     if (img->st.state == WARM_FAILED) return;
     /* Kept as the manifest cache keeps a GET's answer (the tag's link for a tag). */
     char *body = m->body;
