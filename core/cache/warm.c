@@ -21,8 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "access/auth.h"
-#include "access/realm.h"
+#include "access/pull_auth.h"
 #include "base/bytes.h"
 #include "base/digest.h"
 #include "base/log.h"
@@ -61,15 +60,14 @@ struct wblob {
     bool ok;
 };
 
-/* One manifest GET (and its realm token request). */
+/* One manifest GET. */
 struct mget {
     struct image *img;
     char reference[REGISTRY_REFERENCE_MAX + 1]; /* tag or "sha256:<hex>" */
     bool top;                                   /* the reference itself, not a child */
     int depth;
-    bool token_tried;
+    bool waiting_token; /* the image's pull_auth asks the realm for this GET */
     struct chain_req *up;
-    struct realm_req *realm;
     int status;
     char *body;
     size_t len, cap;
@@ -89,14 +87,9 @@ struct image {
     struct registry_image_ref ref; /* the reference, read */
     size_t entry;
     char target_query[320]; /* "?ns=<registry>" when one was named, else "" */
-    char *authorization;    /* what goes upstream, or NULL */
-    /* After a Bearer challenge: how the token is renewed before it expires (a long warm
-     * outlives a token: registries give them for minutes). */
-    struct auth_challenge_params *challenge; /* NULL: no realm token in use */
-    char *basic;                             /* the credential taken to the realm, or NULL */
-    uint64_t token_renew_ms;                 /* uv_now from which fetches wait for a new one */
-    struct realm_req *renewal;
-    struct wblob *waiting; /* blobs waiting for the renewal (linked by next_queued) */
+    struct pull_auth *auth; /* the credential, and the realm's token after a challenge */
+    bool renewing;          /* the token is being renewed ... */
+    struct wblob *waiting;  /* ... for these blobs (linked by next_queued) */
     char **bases;
     size_t n_bases;
     unsigned pending; /* manifest GETs, keeps and blob tasks not ended */
@@ -214,9 +207,7 @@ static void maybe_finished(struct warm *w)
 
 static void blob_end(struct wblob *b, bool ok, bool fetched, const char *why);
 static void hand_over(struct warm *w, struct wblob *b);
-static bool token_due(const struct image *img);
 static void blob_wait_token(struct wblob *b);
-static void token_set_renewal(struct image *img, int64_t expires_in);
 
 static void running_remove(struct warm *w, struct wblob *b)
 {
@@ -258,14 +249,14 @@ static void blob_start_fetch(struct wblob *b)
         char target[REGISTRY_PATH_MAX + 400];
         snprintf(target, sizeof(target), "/v2/%s/blobs/sha256:%s%s", img->ref.name, b->hex,
                  img->target_query);
-        struct upstream_header hdr = {"Authorization", img->authorization, true};
+        struct upstream_header hdr = {"Authorization", pull_auth_header(img->auth), true};
         struct chain_spec spec = {
             .method = "GET",
             .bases = (const char *const *)img->bases,
             .n_bases = img->n_bases,
             .target = target,
             .headers = &hdr,
-            .n_headers = img->authorization != NULL ? 1 : 0,
+            .n_headers = hdr.value != NULL ? 1 : 0,
             .max_redirects = 5,
         };
         int rc = fetch_start(w->env.fetches, b->hex, &spec, -1, true, &f);
@@ -323,7 +314,7 @@ static void blob_stat_done(uv_work_t *req, int status)
         b->img->st.blobs_refused++;
         hand_over(w, b); /* (the policy may answer another repository otherwise) */
         blob_end(b, false, false, NULL);
-    } else if (token_due(b->img)) {
+    } else if (pull_auth_renewal_due(b->img->auth)) {
         blob_wait_token(b);
     } else {
         blob_start_fetch(b);
@@ -448,39 +439,13 @@ static void blob_add(struct image *img, const char *hex, uint64_t size)
 
 /* ---- the realm's token, renewed ---------------------------------------------------------- */
 
-/* A token of expires_in seconds was just given: fetches started after three quarters of
- * that wait for a new one. */
-static void token_set_renewal(struct image *img, int64_t expires_in)
-{
-    if (expires_in <= 0) expires_in = REALM_DEFAULT_EXPIRES_S;
-    img->token_renew_ms = uv_now(img->w->env.loop) + (uint64_t)expires_in * 750;
-}
-
-static bool token_due(const struct image *img)
-{
-    return img->challenge != NULL && img->token_renew_ms != 0 &&
-           uv_now(img->w->env.loop) >= img->token_renew_ms;
-}
-
-/* The renewal's end: the waiting blobs go on (with the new token, or the old one). */
-static void token_renewed(void *arg, int err, const struct realm_answer *a)
+/* The renewal's end: the waiting blobs go on (with the new token, or the one held). */
+static void token_renewed(void *arg, int err, const char *why)
 {
     struct image *img = arg;
     struct warm *w = img->w;
-    img->renewal = NULL;
-    char *auth = NULL;
-    if (err == 0 && a->token != NULL && (auth = malloc(strlen(a->token) + 8)) != NULL) {
-        snprintf(auth, strlen(a->token) + 8, "Bearer %s", a->token);
-        free(img->authorization);
-        img->authorization = auth;
-        token_set_renewal(img, a->expires_in);
-    } else {
-        log_msg(LOG_WARN,
-                "warm %s: no new token from the registry's token service (%s): "
-                "going on with the one held",
-                img->text, err ? uv_strerror(err) : "no token in its answer");
-        img->token_renew_ms = 0; /* no second try */
-    }
+    img->renewing = false;
+    if (err != 0) log_msg(LOG_WARN, "warm %s: %s: going on with the token held", img->text, why);
     struct wblob *b = img->waiting;
     img->waiting = NULL;
     while (b != NULL) {
@@ -498,19 +463,17 @@ static void token_renewed(void *arg, int err, const struct realm_answer *a)
     pump(w);
 }
 
-/* Fetches b once the image's token is renewed (renewing it unless that is under way). */
+/* Fetches b once the image's token is renewed (renewing it unless that is under way). A
+ * long warm outlives a token: registries give them for minutes. */
 static void blob_wait_token(struct wblob *b)
 {
     struct image *img = b->img;
-    char scope[REGISTRY_NAME_MAX + 32];
-    if (img->renewal == NULL) {
-        snprintf(scope, sizeof(scope), "repository:%s:pull", img->ref.name);
-        if (realm_request(upstreams_pool(img->w->env.upstreams), img->challenge, scope, img->basic,
-                          token_renewed, img, &img->renewal) != 0) {
-            img->token_renew_ms = 0; /* the token held goes on serving */
-            blob_start_fetch(b);
+    if (!img->renewing) {
+        if (pull_auth_renew(img->auth, token_renewed, img) != 0) {
+            blob_start_fetch(b); /* the token held goes on serving */
             return;
         }
+        img->renewing = true;
     }
     b->next_queued = img->waiting;
     img->waiting = b;
@@ -519,8 +482,8 @@ static void blob_wait_token(struct wblob *b)
 /* At a cancel: the renewal stops, its waiting blobs end. */
 static void token_cancel(struct image *img)
 {
-    if (img->renewal != NULL) realm_cancel(img->renewal);
-    img->renewal = NULL;
+    if (img->auth != NULL && img->renewing) pull_auth_cancel(img->auth);
+    img->renewing = false;
     struct wblob *b = img->waiting;
     img->waiting = NULL;
     while (b != NULL) {
@@ -703,61 +666,19 @@ static void mget_body(void *ud, const char *data, size_t len)
 
 static void mget_send(struct mget *m);
 
-static void realm_answered(void *arg, int err, const struct realm_answer *a)
+/* The realm answered the image's pull_auth for this GET: asked again with the token. */
+static void token_got(void *arg, int err, const char *why)
 {
     struct mget *m = arg;
     struct image *img = m->img;
-    m->realm = NULL;
-    if (err != 0 || a->token == NULL) {
-        if (err == 0 && (a->status == 401 || a->status == 403))
-            image_fail(img, "unauthorized: the registry's token service refused the %s (%d)",
-                       img->authorization ? "credentials" : "anonymous request", a->status);
-        else
-            image_fail(img, "no token from the registry's token service: %s",
-                       err ? uv_strerror(err) : "no token in its answer");
+    m->waiting_token = false;
+    if (err != 0) {
+        image_fail(img, "unauthorized: %s", why);
         image_release(img);
         mget_free(m);
         return;
     }
-    size_t tlen = strlen(a->token);
-    char *auth = malloc(tlen + 8);
-    if (auth == NULL) {
-        image_fail(img, "out of memory");
-        image_release(img);
-        mget_free(m);
-        return;
-    }
-    snprintf(auth, tlen + 8, "Bearer %s", a->token);
-    if (img->basic == NULL && img->authorization != NULL)
-        img->basic = img->authorization;
-    else
-        free(img->authorization);
-    img->authorization = auth; /* the token serves the reference's every request */
-    token_set_renewal(img, a->expires_in);
     mget_send(m);
-}
-
-/* A 401 with a Bearer challenge: a token of the realm (once), else a clear refusal. */
-static bool mget_try_token(struct mget *m)
-{
-    struct image *img = m->img;
-    struct auth_challenge_params ch;
-    if (m->token_tried || m->challenge[0] == '\0' ||
-        auth_challenge_parse(m->challenge, strlen(m->challenge), &ch) != 0 ||
-        strcasecmp(ch.scheme, "Bearer") != 0)
-        return false;
-    m->token_tried = true;
-    char scope[REGISTRY_NAME_MAX + 32];
-    snprintf(scope, sizeof(scope), "repository:%s:pull", img->ref.name);
-    const char *basic = img->authorization && strncasecmp(img->authorization, "Basic ", 6) == 0
-                            ? img->authorization
-                            : NULL;
-    if (img->authorization != NULL && basic == NULL) return false; /* a token was refused */
-    int rc = realm_request(upstreams_pool(img->w->env.upstreams), &ch, scope, basic, realm_answered,
-                           m, &m->realm);
-    if (rc == 0 && img->challenge == NULL && (img->challenge = malloc(sizeof(ch))) != NULL)
-        *img->challenge = ch;
-    return rc == 0;
 }
 
 static void mget_done(void *ud, int err)
@@ -765,7 +686,9 @@ static void mget_done(void *ud, int err)
     struct mget *m = ud;
     struct image *img = m->img;
     m->up = NULL;
-    if (err == 0 && m->status == 401 && mget_try_token(m)) {
+    if (err == 0 && m->status == 401 && !img->w->cancelled &&
+        pull_auth_challenged(img->auth, m->challenge, token_got, m) == 0) {
+        m->waiting_token = true;
         free(m->body);
         m->body = NULL;
         m->len = m->cap = 0;
@@ -776,7 +699,8 @@ static void mget_done(void *ud, int err)
     else if (m->status == 401 || m->status == 403)
         image_fail(img, "unauthorized: the registry answered %d to manifest %s of %s (%s)",
                    m->status, m->reference, img->ref.name,
-                   img->authorization ? "the credentials were refused" : "no credentials given");
+                   pull_auth_header(img->auth) ? "the credentials were refused"
+                                               : "no credentials given");
     else if (m->status == 404)
         image_fail(img, "not found: the registry has no manifest %s in %s", m->reference,
                    img->ref.name);
@@ -801,14 +725,14 @@ static void mget_send(struct mget *m)
     snprintf(target, sizeof(target), "/v2/%s/manifests/%s%s", img->ref.name, m->reference,
              img->target_query);
     struct upstream_header hdrs[2] = {{"Accept", accept_manifests, false},
-                                      {"Authorization", img->authorization, true}};
+                                      {"Authorization", pull_auth_header(img->auth), true}};
     struct chain_spec spec = {
         .method = "GET",
         .bases = (const char *const *)img->bases,
         .n_bases = img->n_bases,
         .target = target,
         .headers = hdrs,
-        .n_headers = img->authorization != NULL ? 2 : 1,
+        .n_headers = hdrs[1].value != NULL ? 2 : 1,
         .max_redirects = 5,
     };
     static const struct upstream_callbacks cbs = {mget_head, mget_body, mget_error_cb};
@@ -899,16 +823,20 @@ static void image_begin(struct image *img)
     img->bases = calloc(n ? n : 1, sizeof(*img->bases));
     for (size_t k = 0; img->bases != NULL && k < n; k++)
         if ((img->bases[img->n_bases] = strdup(bases[k])) != NULL) img->n_bases++;
+    const char *given = NULL;
     if (w->opts.authorization != NULL) {
         char registry[300];
         entry_registry(w->env.cfg, img->entry, registry, sizeof(registry));
-        const char *a = w->opts.authorization(w->opts.ud, registry);
-        if (a != NULL && a[0] != '\0' && strlen(a) < WARM_AUTH_MAX) img->authorization = strdup(a);
+        given = w->opts.authorization(w->opts.ud, registry);
+        if (given != NULL && strlen(given) >= WARM_AUTH_MAX) given = NULL;
     }
+    img->auth = pull_auth_new(w->env.loop, upstreams_pool(w->env.upstreams), img->ref.name, given);
     img->st.state = WARM_RESOLVING;
     img->st.started_ms = uv_now(w->env.loop);
     img->pending++; /* held while the first request starts */
-    if (img->n_bases == 0)
+    if (img->auth == NULL)
+        image_fail(img, "out of memory");
+    else if (img->n_bases == 0)
         image_fail(img, "no upstream to ask");
     else
         mget_start(img, reference, true, 0);
@@ -993,7 +921,7 @@ void warm_cancel(struct warm *w)
         struct mget *m = w->mgets;
         struct image *img = m->img;
         if (m->up) chain_cancel(m->up);
-        if (m->realm) realm_cancel(m->realm);
+        if (m->waiting_token) pull_auth_cancel(img->auth);
         image_fail(img, "interrupted");
         mget_free(m);
         image_release(img);
@@ -1053,9 +981,7 @@ void warm_free(struct warm *w)
     for (size_t i = 0; w->images != NULL && i < w->n_images; i++) {
         struct image *img = &w->images[i];
         free(img->text);
-        free(img->authorization);
-        free(img->basic);
-        free(img->challenge);
+        pull_auth_free(img->auth);
         for (size_t k = 0; k < img->n_bases; k++)
             free(img->bases[k]);
         free(img->bases);
