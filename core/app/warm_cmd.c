@@ -24,6 +24,7 @@
 #include "cache/manifest.h"
 #include "cache/store.h"
 #include "lua/policy.h"
+#include "registry/registry.h"
 #include "registry/upstreams.h"
 
 #define CREDS_FILE_MAX 4096
@@ -451,6 +452,38 @@ static void on_signal(uv_signal_t *s, int signum)
 
 /* ---- the run -------------------------------------------------------------------------------- */
 
+/* --creds are one registry's: true when every reference is for one upstreams entry (a
+ * reference naming no registry is the first entry's), else false with why. */
+static bool one_registry(const struct upstreams *ups, const struct warm_cmd_args *a, char *why,
+                         size_t why_len)
+{
+    int first = -2;
+    for (size_t i = 0; i < a->n_images; i++) {
+        struct registry_image_ref r;
+        char ignored[300];
+        if (registry_image_ref_parse(a->images[i], &r, ignored, sizeof(ignored)) != 0) continue;
+        int e = r.registry[0] ? upstreams_entry_for_registry(ups, r.registry) : 0;
+        if (e < 0) continue; /* (that reference fails on its own) */
+        if (first == -2) first = e;
+        if (e != first) {
+            snprintf(why, why_len,
+                     "--creds%s are one registry's, and %s and %s are for two: give each "
+                     "registry its login in an --authfile",
+                     a->creds_file ? "-file's" : "", a->images[0], a->images[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Before any warm: what the loop holds is closed, and the loop runs out. */
+static void stop_early(struct fetch_manager *fetches, struct upstream_pool *pool, uv_loop_t *loop)
+{
+    fetch_manager_cancel_all(fetches);
+    upstream_pool_close(pool);
+    uv_run(loop, UV_RUN_DEFAULT);
+}
+
 int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
                  const char *builtin_policies)
 {
@@ -504,6 +537,12 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
         fprintf(stderr, "content-cache warm: out of memory\n");
         goto out;
     }
+    if ((a->creds != NULL || a->creds_file != NULL) && !one_registry(ups, a, err, sizeof(err))) {
+        fprintf(stderr, "content-cache warm: %s\n", err);
+        code = WARM_EXIT_USAGE;
+        stop_early(fetches, c.pool, proc.loop);
+        goto out;
+    }
     upstreams_set_policy(ups, pe);
     c.adapters.pe = pe;
     manifest_service_set_auth(manifests, cfg, NULL, NULL);
@@ -532,9 +571,7 @@ int warm_cmd_run(const struct config *cfg, const struct warm_cmd_args *a,
     if (rc != 0) {
         fprintf(stderr, "content-cache warm: %s\n", err);
         code = rc == -EINVAL ? WARM_EXIT_USAGE : WARM_EXIT_RUNTIME;
-        fetch_manager_cancel_all(fetches);
-        upstream_pool_close(c.pool);
-        uv_run(proc.loop, UV_RUN_DEFAULT);
+        stop_early(fetches, c.pool, proc.loop);
         goto out;
     }
     c.warm = warm;

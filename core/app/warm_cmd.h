@@ -5,7 +5,8 @@
  * Options (each also as --name=value):
  *   --platform P[,P...]   only these platforms of an index (os/arch[/variant]); repeatable
  *   --jobs N              blobs fetched at once (1..64, default 4)
- *   --creds USER:PASS     credentials for the registries of the references given
+ *   --creds USER:PASS     credentials for the registry of the references given (all
+ *                         for one upstreams entry, or the command line is wrong)
  *   --creds-file FILE     the same, from the first line of FILE
  *   --authfile FILE       a Docker config.json whose `auths` give each registry its own
  *                         (default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json,

@@ -366,6 +366,9 @@ def main(run):
 
     def bad_command_lines_exit_2():
         cfg = cache.config_path
+        # Two origins: --creds would go to both, and they are one registry's.
+        two = run.cache([origin, "http://127.0.0.1:1"], start=False, name="two-origins")
+        two.write_config()
         for args, says in [
             ([], "needs a CONFIG"),
             ([cfg], "needs a CONFIG and at least one IMAGE"),
@@ -375,6 +378,8 @@ def main(run):
             ([cfg, web_ref, "--bogus"], "unknown option --bogus"),
             ([cfg, web_ref, "--creds", "nocolon"], "USER:PASSWORD"),
             ([cfg, web_ref, "--creds-file", work.sub("no-such-file")], "--creds-file"),
+            ([two.config_path, web_ref, "127.0.0.1:1/x/y:1", "--creds", CREDS],
+             "give each registry its login in an --authfile"),
         ]:
             cp = h.run_binary(["warm"] + args, env=cache.env())
             expect_exit(cp, 2, "warm %s" % " ".join(args))
