@@ -152,7 +152,7 @@ struct creds_entry {
 };
 
 struct creds {
-    char *everywhere; /* --creds, --creds-file: for every registry of the references */
+    char *everywhere; /* --creds, --creds-file: the one registry of the references */
     struct creds_entry entries[AUTHFILE_ENTRIES];
     size_t n;
 };
