@@ -28,8 +28,8 @@
  * (its host[:port] as the config's originhost writes it), or NULL. It goes with every
  * request for that entry's references, as a client's own goes with its pull. When the
  * registry answers 401 with a Bearer challenge, a Basic credential is taken to the realm
- * for a pull token of the repository (realm.h), as Docker clients do. Credentials are
- * never logged nor put in a status.
+ * for a pull token of the repository, renewed before it expires (pull_auth.h), as Docker
+ * clients do. Credentials are never logged nor put in a status.
  *
  * Errors are negative errno-style integers. A function that fails never calls a
  * callback, and no callback comes before warm_start returns: every one comes from the
