@@ -14,6 +14,7 @@
 #define HEALTH_BODY_MAX 8192
 #define DEBUG_SECTIONS_MAX 32
 #define DEBUG_CHECKS_MAX 8
+#define DEBUG_ROUTES_MAX 4
 
 /* --- Request counters ---------------------------------------------------------------- */
 
@@ -102,6 +103,12 @@ struct debug {
     } checks[DEBUG_CHECKS_MAX];
     size_t n_checks;
     struct health *background; /* the evaluation a scrape started, while in flight */
+    struct {
+        char prefix[64];
+        http_request_cb handle;
+        void *ud;
+    } routes[DEBUG_ROUTES_MAX];
+    size_t n_routes;
 };
 
 static void render_health(const struct debug *d, struct textbuf *o)
@@ -261,6 +268,14 @@ static void debug_handle(struct http_exchange *x, void *ud)
     struct debug *d = ud;
     size_t len;
     const char *path = http_req_path(x, &len);
+    for (size_t i = 0; i < d->n_routes; i++) {
+        size_t plen = strlen(d->routes[i].prefix);
+        if (len >= plen && memcmp(path, d->routes[i].prefix, plen) == 0 &&
+            (len == plen || path[plen] == '/')) {
+            d->routes[i].handle(x, d->routes[i].ud);
+            return;
+        }
+    }
     if (!http_req_is_get(x) && !http_req_is_head(x)) {
         http_respond_full(x, 405, NULL, 0, "method not allowed\n", 19);
         return;
@@ -290,6 +305,17 @@ static void debug_handle(struct http_exchange *x, void *ud)
         return;
     }
     http_respond_full(x, 404, NULL, 0, "not found\n", 10);
+}
+
+int debug_add_route(struct debug *d, const char *prefix, http_request_cb handle, void *ud)
+{
+    if (d->n_routes == DEBUG_ROUTES_MAX || strlen(prefix) >= sizeof(d->routes[0].prefix))
+        return -ENOMEM;
+    snprintf(d->routes[d->n_routes].prefix, sizeof(d->routes[0].prefix), "%s", prefix);
+    d->routes[d->n_routes].handle = handle;
+    d->routes[d->n_routes].ud = ud;
+    d->n_routes++;
+    return 0;
 }
 
 int debug_start(uv_loop_t *loop, const char *addr, struct debug **out, char *err, size_t errlen)

@@ -12,8 +12,10 @@
  *                       (its name and its sentence), then "status"
  *
  * The debug server knows no module: main.c hands it render callbacks and health checks
- * (metrics.h), and each module renders its own figures. The request counters are fed by
- * debug_observe (one call per access-log entry). Everything runs on the loop's thread.
+ * (metrics.h), and each module renders its own figures; a module with endpoints of its
+ * own (POST /debug/warm, warm_debug.h) is handed its path prefix (debug_add_route). The
+ * request counters are fed by debug_observe (one call per access-log entry). Everything
+ * runs on the loop's thread.
  */
 #ifndef CC_DEBUG_H
 #define CC_DEBUG_H
@@ -23,6 +25,7 @@
 
 #include "base/log.h"
 #include "base/metrics.h"
+#include "net/server.h"
 
 struct debug;
 
@@ -42,6 +45,13 @@ int debug_add_section(struct debug *d, metrics_render_fn render, const void *sou
 /* Adds a health check named `name` (a JSON key, copied): check(source, ...) at each
  * /debug/health, one after the other in the order added. Returns 0 or -ENOMEM. */
 int debug_add_check(struct debug *d, const char *name, health_check_fn check, void *source);
+
+/*
+ * Hands every request whose path is `prefix` or starts with `prefix` + "/" (any method)
+ * to handle(x, ud), which answers it as a server handler does (server.h). For a
+ * module's own endpoints (POST /debug/warm). ud must outlive d. 0 or -ENOMEM.
+ */
+int debug_add_route(struct debug *d, const char *prefix, http_request_cb handle, void *ud);
 
 /* Counts one finished request (from the access-log entry). Kept process-wide, whether
  * or not a debug server runs. */

@@ -7,11 +7,12 @@
  *   content-cache expire CONFIG [--dry-run]        one blobttl sweep now (or what it would do)
  *   content-cache evict CONFIG --bytes N [--dry-run]  free N bytes as the evict policy chooses
  *   content-cache fsck CONFIG [--repair]
+ *   content-cache warm CONFIG IMAGE... [options]   images into the store now (warm_cmd.h)
  *   content-cache --version | --help
  *
  * Serving wires the floors together: the store, the upstream pool and the upstreams,
  * the relay and blob services behind the router, authorization, the disk budget and
- * expiry, the policies, the debug server's sections and checks. Exit codes: usage_text.
+ * expiry, the policies, the debug server's sections and checks. Exit codes: usage_format.
  */
 #include <errno.h>
 #include <signal.h>
@@ -43,6 +44,8 @@
 #include "base/log.h"
 #include "lua/policy.h"
 #include "app/router.h"
+#include "app/warm_cmd.h"
+#include "app/warm_debug.h"
 #include "net/chain.h"
 #include "registry/relay.h"
 #include "registry/upstreams.h"
@@ -73,7 +76,7 @@ static const char *builtin_policies(void)
     return dir != NULL && dir[0] != '\0' ? dir : NULL;
 }
 
-static const char usage_text[] =
+static const char usage_format[] =
     "Usage:\n"
     "  content-cache CONFIG            serve with the Docker Registry config.yml CONFIG\n"
     "  content-cache serve CONFIG      the same\n"
@@ -89,6 +92,7 @@ static const char usage_text[] =
     "  content-cache fsck CONFIG [--repair]\n"
     "                                  verify every stored blob against its digest; with\n"
     "                                  --repair remove the bad ones and leftover files\n"
+    "%s"
     "  content-cache --version         print the version\n"
     "  content-cache --help            print this help\n"
     "\n"
@@ -106,7 +110,15 @@ static const char usage_text[] =
     "  1  the configuration is invalid\n"
     "  2  the command line is wrong\n"
     "  3  could not start serving (address in use, storage root not usable, ...)\n"
-    "  4  fsck found damaged blobs or leftover files (and, without --repair, left them)\n";
+    "  4  fsck found damaged blobs or leftover files (and, without --repair, left them)\n"
+    "  (warm: 0 every image warmed, 1 some failed or it was interrupted, 2 the command\n"
+    "  line is wrong)\n";
+
+/* The usage text, with the lines of the commands that keep their own (warm). */
+static void print_usage(FILE *to)
+{
+    fprintf(to, usage_format, warm_cmd_usage);
+}
 
 struct app {
     struct process proc; /* the loop, the server, the debug server, signals */
@@ -130,6 +142,7 @@ struct app {
     struct auth_verifier *verifier;
     struct keyring *grant_keys; /* the front's keys, for redirected requests */
     struct budget *budget;
+    struct warm_debug *warms; /* POST /debug/warm */
 };
 
 static struct config *load_config(const char *path)
@@ -432,6 +445,25 @@ static int run_fsck(const char *path, bool repair)
     return left ? EXIT_DAMAGED : EXIT_OK;
 }
 
+/* `content-cache warm CONFIG IMAGE... [options]` (warm_cmd.h). */
+static int run_warm(int argc, char **argv)
+{
+    struct warm_cmd_args *args = malloc(sizeof(*args));
+    char why[512];
+    if (args == NULL) return EXIT_RUNTIME;
+    if (warm_cmd_parse(argc, argv, args, why, sizeof(why)) != 0) {
+        fprintf(stderr, "content-cache warm: %s\n\n", why);
+        print_usage(stderr);
+        free(args);
+        return EXIT_USAGE;
+    }
+    struct config *cfg = load_config(args->config);
+    int rc = cfg == NULL ? EXIT_CONFIG : warm_cmd_run(cfg, args, builtin_policies());
+    config_free(cfg);
+    free(args);
+    return rc;
+}
+
 /* What the debug server shows: each module's figures, in the order operators read them,
  * and the two health checks. */
 static void debug_wire(struct app *app)
@@ -454,6 +486,7 @@ static void debug_wire(struct app *app)
 static void server_stopped(void *arg)
 {
     struct app *app = arg;
+    warm_debug_stop(app->warms); /* (before the fetches it follows fail) */
     fetch_manager_cancel_all(app->fetches);
     budget_stop(app->budget);
     app->budget = NULL;
@@ -490,6 +523,14 @@ static long app_evict(void *ud, const budget_blob *cands, size_t n, uint64_t byt
 static int app_blob_ttl(void *ud, const struct expire_blob *b, double *ttl_s)
 {
     return policies_blob_ttl(&((struct app *)ud)->adapters, b, ttl_s);
+}
+
+/* What a warm stores (warm.h): what a client's miss would, the budget's room and the
+ * admit policy. */
+static bool warm_admit(void *ud, const char *digest, int64_t size, const struct policy_request *req)
+{
+    struct app *app = ud;
+    return budget_fits(app->budget, size) && policies_admit(&app->adapters, digest, size, req);
 }
 
 static bool blob_in_use(void *ud, const char *hex)
@@ -663,6 +704,21 @@ static int run_serve(const char *path)
     if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
     if (process_debug(&app.proc) != 0) return EXIT_RUNTIME;
     if (app.proc.debug != NULL) debug_wire(&app);
+    if (app.proc.debug != NULL) {
+        struct warm_env we = {.loop = app.loop,
+                              .cfg = app.cfg,
+                              .store = app.store,
+                              .fetches = app.fetches,
+                              .manifests = app.manifests,
+                              .upstreams = app.upstreams,
+                              .admit = warm_admit,
+                              .admit_ud = &app};
+        if ((app.warms = warm_debug_new(&we)) == NULL ||
+            debug_add_route(app.proc.debug, "/debug/warm", warm_debug_handle, app.warms) != 0) {
+            log_msg(LOG_ERROR, "out of memory at start");
+            return EXIT_RUNTIME;
+        }
+    }
     log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
     for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
         const struct config_upstream *u = &app.cfg->upstreams[i];
@@ -673,6 +729,7 @@ static int run_serve(const char *path)
     }
 
     process_run(&app.proc);
+    warm_debug_free(app.warms);
     policy_engine_free(app.policy);
     auth_cache_free(app.auth);
     auth_token_verifier_free(app.verifier);
@@ -697,7 +754,7 @@ int main(int argc, char **argv)
         return EXIT_OK;
     }
     if (argc == 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        fputs(usage_text, stdout);
+        print_usage(stdout);
         return EXIT_OK;
     }
     if (argc == 3 && (strcmp(argv[1], "--check") == 0 || strcmp(argv[1], "check") == 0))
@@ -705,7 +762,7 @@ int main(int argc, char **argv)
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "expire") == 0) {
         bool dry = argc == 4 && strcmp(argv[3], "--dry-run") == 0;
         if (argc == 4 && !dry) {
-            fputs(usage_text, stderr);
+            print_usage(stderr);
             return EXIT_USAGE;
         }
         return run_expire(argv[2], dry);
@@ -722,7 +779,7 @@ int main(int argc, char **argv)
                 bad = true;
         }
         if (bad || bytes == NULL || argc != (dry ? 6 : 5)) {
-            fputs(usage_text, stderr);
+            print_usage(stderr);
             return EXIT_USAGE;
         }
         return run_evict(argv[2], bytes, dry);
@@ -730,13 +787,14 @@ int main(int argc, char **argv)
     if ((argc == 3 || argc == 4) && strcmp(argv[1], "fsck") == 0) {
         bool repair = argc == 4 && strcmp(argv[3], "--repair") == 0;
         if (argc == 4 && !repair) {
-            fputs(usage_text, stderr);
+            print_usage(stderr);
             return EXIT_USAGE;
         }
         return run_fsck(argv[2], repair);
     }
+    if (argc >= 2 && strcmp(argv[1], "warm") == 0) return run_warm(argc, argv);
     if (argc == 3 && strcmp(argv[1], "serve") == 0) return run_serve(argv[2]);
     if (argc == 2 && argv[1][0] != '-') return run_serve(argv[1]);
-    fputs(usage_text, stderr);
+    print_usage(stderr);
     return EXIT_USAGE;
 }

@@ -24,11 +24,11 @@
 #include "base/config.h"
 #include "base/digest.h"
 #include "base/bytes.h"
-#include "base/json.h"
 #include "base/log.h"
 #include "cache/links.h"
 #include "cache/pulls.h"
 #include "net/chain.h"
+#include "registry/image_manifest.h"
 #include "registry/relay.h"
 #include "registry/respond.h"
 
@@ -205,57 +205,28 @@ static int media_dir(const struct store *st, const char *hex, bool create)
     return store_dir_open_sync(st, rel, create);
 }
 
+struct refs_found {
+    char (*refs)[65];
+    size_t n, max;
+    bool platforms;
+};
+
+static int found_ref(void *ud, const struct image_ref *r)
+{
+    struct refs_found *f = ud;
+    if ((r->kind == IMAGE_REF_MANIFEST) == f->platforms && f->n < f->max)
+        memcpy(f->refs[f->n++], r->hex, 65);
+    return 0;
+}
+
 /* The digests a manifest names, sha256 only: its blobs (config, layers), or with
  * platforms its platform manifests (an index's "manifests"). Into refs (hex), at most
  * max. Returns how many, 0 for what does not parse. */
 static size_t manifest_refs(const char *body, size_t len, bool platforms, char (*refs)[65],
                             size_t max)
 {
-    size_t cap = len / 16 + 64, n = 0;
-    struct json_token *tok = NULL;
-    struct json_doc doc;
-    int rc = -E2BIG;
-    while (rc == -E2BIG && cap <= json_tokens_for(len) * 2) {
-        free(tok);
-        if ((tok = malloc(cap * sizeof(*tok))) == NULL) return 0;
-        rc = json_parse(body, len, tok, cap, &doc);
-        cap *= 2;
-    }
-    if (rc != 0 || json_type_of(&doc, 0) != JSON_OBJECT) {
-        free(tok);
-        return 0;
-    }
-    static const char *const lists[] = {"layers", "manifests"};
-    size_t v;
-    char value[80];
-    size_t vlen;
-    for (size_t l = 0; l < 3; l++) {
-        size_t items[MAX_REFS], n_items = 0;
-        if ((l == 1) != platforms) continue; /* "manifests" only for platforms */
-        if (l == 2) {
-            if (json_object_get(&doc, 0, "config", &v) == 0 && json_type_of(&doc, v) == JSON_OBJECT)
-                items[n_items++] = v;
-        } else if (json_object_get(&doc, 0, lists[l], &v) == 0 &&
-                   json_type_of(&doc, v) == JSON_ARRAY) {
-            size_t i = v + 1;
-            for (size_t k = 0; k < json_count(&doc, v) && n_items < MAX_REFS; k++) {
-                items[n_items++] = i;
-                i = json_skip(&doc, i);
-            }
-        }
-        for (size_t k = 0; k < n_items && n < max; k++) {
-            size_t d;
-            if (json_type_of(&doc, items[k]) != JSON_OBJECT ||
-                json_object_get(&doc, items[k], "digest", &d) != 0 ||
-                json_type_of(&doc, d) != JSON_STRING ||
-                json_string_decode(&doc, d, value, sizeof(value), &vlen) != 0 ||
-                !digest_ref_is_sha256(value, vlen) || !store_hex_valid(value + 7))
-                continue;
-            memcpy(refs[n++], value + 7, 65);
-        }
-    }
-    free(tok);
-    return n;
+    struct refs_found f = {.refs = refs, .max = max, .platforms = platforms};
+    return image_manifest_walk(body, len, found_ref, &f, NULL) < 0 ? 0 : f.n;
 }
 
 /* Reads what the disk holds of manifest hex in repo (the thread pool). */
@@ -325,6 +296,8 @@ struct store_job {
     int rc;
     char (*refs)[65]; /* what it names: blobs [0, n_blobs), then platform manifests */
     size_t n_refs, n_blobs;
+    manifest_kept_fn done; /* may be NULL */
+    void *done_ud;
 };
 
 /* Writes the manifest as a blob (unless it is there), its media type and its links. */
@@ -381,35 +354,49 @@ static void store_done(uv_work_t *w, int status)
     if (status == 0 && j->rc == 0 && j->body != NULL) ms->stats.stored++;
     if (j->committed && ms->on_commit) ms->on_commit(ms->commit_ud, j->hex, j->len);
     if (j->rc == 0) vouch(ms, j->origin, j->repo, j->refs, j->n_refs, j->n_blobs);
+    if (j->done != NULL) j->done(j->done_ud, status != 0 ? status : j->rc);
     free(j->refs);
     free(j->body);
     free(j);
 }
 
-/* Keeps body (taken) as manifest hex of repo, and tag's link when tag is not NULL. */
-static void keep(struct mreq *r, const char *hex, char *body, size_t len, const char *media_type,
-                 const char *tag)
+int manifest_keep(struct manifest_service *ms, size_t entry, const char *repo, const char *tag,
+                  const char *hex, char *body, size_t len, const char *media_type,
+                  manifest_kept_fn done, void *ud)
 {
     struct store_job *j = calloc(1, sizeof(*j));
-    if (j == NULL || r->info.req.repository == NULL) {
+    if (j == NULL || repo == NULL) {
         free(j);
         free(body);
-        return;
+        return UV_ENOMEM;
     }
-    j->ms = r->ms;
-    snprintf(j->repo, sizeof(j->repo), "%s", r->info.req.repository);
+    j->ms = ms;
+    snprintf(j->repo, sizeof(j->repo), "%s", repo);
     snprintf(j->tag, sizeof(j->tag), "%s", tag ? tag : "");
     memcpy(j->hex, hex, 65);
     snprintf(j->media_type, sizeof(j->media_type), "%s",
              media_type ? media_type : "application/octet-stream");
-    snprintf(j->origin, sizeof(j->origin), "%s", origin_of(r->ms, r->entry));
+    snprintf(j->origin, sizeof(j->origin), "%s", origin_of(ms, entry));
     j->body = body;
     j->len = len;
+    j->done = done;
+    j->done_ud = ud;
     j->work.data = j;
-    if (uv_queue_work(r->ms->loop, &j->work, store_work, store_done) != 0) {
+    int rc = uv_queue_work(ms->loop, &j->work, store_work, store_done);
+    if (rc != 0) {
         free(j->body);
         free(j);
     }
+    return rc;
+}
+
+/* Keeps body (taken) as manifest hex of the request's repository, and tag's link when
+ * tag is not NULL. */
+static void keep(struct mreq *r, const char *hex, char *body, size_t len, const char *media_type,
+                 const char *tag)
+{
+    manifest_keep(r->ms, r->entry, r->info.req.repository, tag, hex, body, len, media_type, NULL,
+                  NULL);
 }
 
 /* ---- the end of a request ------------------------------------------------------------------ */

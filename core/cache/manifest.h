@@ -68,6 +68,21 @@ void manifest_service_set_pulls(struct manifest_service *ms, struct pulls *pulls
 void manifest_service_on_commit(struct manifest_service *ms,
                                 void (*cb)(void *ud, const char *hex, uint64_t size), void *ud);
 
+/*
+ * Keeps a manifest the origin gave as a GET's answer is kept: body (taken: the service
+ * frees it) as blob `hex` with its media type, its revision link in `repo`, the _layers
+ * links of the blobs it names, and tag's link when tag is not NULL; entry is the
+ * upstreams entry that answered. The caller has checked that body hashes to hex and is
+ * at most RELAY_MANIFEST_MAX bytes. The work runs on the thread pool; done(ud, err) comes
+ * from the loop once it is on disk (0 or -errno). Returns 0, or a negative error (then
+ * done is not called and body is freed). For `content-cache warm`, which walks a
+ * manifest itself.
+ */
+typedef void (*manifest_kept_fn)(void *ud, int err);
+int manifest_keep(struct manifest_service *ms, size_t entry, const char *repo, const char *tag,
+                  const char *hex, char *body, size_t len, const char *media_type,
+                  manifest_kept_fn done, void *ud);
+
 /* Handles GET or HEAD of a manifest route of upstreams entry `entry` (a sha256 digest or
  * a tag; other digests are relayed unchanged by the caller). */
 void manifest_handle(struct manifest_service *ms, struct http_exchange *x,

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "base/json.h"
@@ -285,4 +286,65 @@ int registry_error_json(enum registry_error_code code, const char *message, cons
     at = put(buf, at, tail);
     buf[at] = '\0';
     return (int)at;
+}
+
+/* ---- image references ------------------------------------------------------------------- */
+
+int registry_image_ref_parse(const char *text, struct registry_image_ref *out, char *why,
+                             size_t why_len)
+{
+    memset(out, 0, sizeof(*out));
+    size_t len = strlen(text);
+    if (len == 0 || len > REGISTRY_PATH_MAX) {
+        snprintf(why, why_len, "\"%.64s\" is not an image reference", text);
+        return -EINVAL;
+    }
+    const char *name = text, *end = text + len;
+    const char *slash = strchr(text, '/');
+    if (slash != NULL) {
+        size_t first = (size_t)(slash - text);
+        if (memchr(text, '.', first) != NULL || memchr(text, ':', first) != NULL ||
+            (first == 9 && memcmp(text, "localhost", 9) == 0)) {
+            if (first >= sizeof(out->registry)) {
+                snprintf(why, why_len, "%s: the registry's name is too long", text);
+                return -EINVAL;
+            }
+            memcpy(out->registry, text, first);
+            name = slash + 1;
+        }
+    }
+    const char *at = strchr(name, '@');
+    if (at != NULL) {
+        size_t dlen = (size_t)(end - at - 1);
+        if (!registry_digest_valid(at + 1, dlen)) {
+            snprintf(why, why_len, "%s: \"%.*s\" is not a digest (sha256:<64 hex digits>)", text,
+                     (int)(dlen < 80 ? dlen : 80), at + 1);
+            return -EINVAL;
+        }
+        memcpy(out->digest, at + 1, dlen);
+        end = at;
+    }
+    const char *colon = NULL; /* the tag's, after the name's last '/' */
+    for (const char *p = end; p > name && p[-1] != '/' && colon == NULL; p--)
+        if (p[-1] == ':') colon = p - 1;
+    if (colon != NULL) {
+        size_t tlen = (size_t)(end - colon - 1);
+        if (!registry_tag_valid(colon + 1, tlen)) {
+            snprintf(why, why_len, "%s: \"%.*s\" is not a valid tag", text,
+                     (int)(tlen < 140 ? tlen : 140), colon + 1);
+            return -EINVAL;
+        }
+        if (out->digest[0] == '\0') memcpy(out->tag, colon + 1, tlen);
+        end = colon;
+    } else if (out->digest[0] == '\0') {
+        memcpy(out->tag, "latest", 7);
+    }
+    size_t nlen = (size_t)(end - name);
+    if (nlen == 0 || nlen > REGISTRY_NAME_MAX || !registry_name_valid(name, nlen)) {
+        snprintf(why, why_len, "%s: \"%.*s\" is not a valid repository name", text,
+                 (int)(nlen < 260 ? nlen : 260), name);
+        return -EINVAL;
+    }
+    memcpy(out->name, name, nlen);
+    return 0;
 }

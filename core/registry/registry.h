@@ -84,6 +84,25 @@ struct registry_route {
 enum registry_error_code registry_route_parse(const char *path, size_t len,
                                               struct registry_route *out);
 
+/*
+ * An image reference as clients write one: [registry/]name[:tag][@digest]. The first
+ * component is a registry (host[:port]) when the reference has a '/' after it and it
+ * holds a '.' or a ':', or is "localhost", as Docker reads it (no default registry, no
+ * "library/" prefix). Neither tag nor digest: the tag "latest"; a digest: tag "" (a tag
+ * beside a digest is checked, then the digest decides).
+ */
+struct registry_image_ref {
+    char registry[256]; /* host[:port], or "" when none is named */
+    char name[REGISTRY_NAME_MAX + 1];
+    char tag[REGISTRY_REFERENCE_MAX + 1];    /* "" by digest */
+    char digest[REGISTRY_REFERENCE_MAX + 1]; /* "algorithm:hex", or "" by tag */
+};
+
+/* Reads text into *out. Returns 0, or -EINVAL with a sentence naming the part that is
+ * wrong in why (NUL-terminated, cut to why_len). */
+int registry_image_ref_parse(const char *text, struct registry_image_ref *out, char *why,
+                             size_t why_len);
+
 bool registry_name_valid(const char *s, size_t len);
 bool registry_tag_valid(const char *s, size_t len);
 bool registry_digest_valid(const char *s, size_t len);

@@ -142,9 +142,14 @@ int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x
         q = amp + 1;
     }
     if (ns[0] == '\0') return 0; /* no namespace: the first entry serves */
+    return upstreams_entry_for_registry(u, ns);
+}
+
+int upstreams_entry_for_registry(const struct upstreams *u, const char *registry)
+{
     /* Docker Hub's names: containerd says docker.io, the registry is registry-1. */
-    const char *name = ns;
-    if (strcasecmp(ns, "docker.io") == 0 || strcasecmp(ns, "index.docker.io") == 0)
+    const char *name = registry;
+    if (strcasecmp(registry, "docker.io") == 0 || strcasecmp(registry, "index.docker.io") == 0)
         name = "registry-1.docker.io";
     for (size_t e = 0; e < u->n_entries; e++) {
         const struct url *o = &u->cfg->upstreams[e].origin;

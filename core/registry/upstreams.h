@@ -49,6 +49,10 @@ size_t upstreams_count(const struct upstreams *u);
 int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x, char *ns,
                         size_t ns_len);
 
+/* The entry whose originhost is `registry` (host[:port], matched as the ns parameter
+ * is), or -1. For a reference that names its registry (`content-cache warm`). */
+int upstreams_entry_for_registry(const struct upstreams *u, const char *registry);
+
 /*
  * The base URLs to try for one client request of entry `entry`, in order: what the
  * select_upstream policy answers (each URL mapped to the configured upstream it names;

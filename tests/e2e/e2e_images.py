@@ -14,7 +14,8 @@ from e2e_base import (CLIENT_TIMEOUT, OCI_CONFIG, OCI_INDEX, OCI_LAYER_GZIP, OCI
                       sha256_digest, sha256_file)
 
 __all__ = [
-    "make_layer", "random_layers", "Image", "make_oci_layout", "ClientError", "skopeo",
+    "make_layer", "random_layers", "Image", "make_oci_layout", "make_index_layout",
+    "ClientError", "skopeo",
     "push", "pull", "verify_pulled",
 ]
 
@@ -127,6 +128,30 @@ def make_oci_layout(layout, layers, tag="latest", labels=None):
     with open(os.path.join(layout, "oci-layout"), "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')
     return Image(layout, tag, manifest_bytes, config_bytes, layers)
+
+
+def make_index_layout(layout, tag, platforms):
+    """Writes an OCI layout at `layout` whose `tag` is an image index of one image per
+    platform: platforms is [(arch, [layer bytes])], each image tagged "plat-<arch>" too,
+    all "linux". Pushed with `skopeo copy --all --preserve-digests`, the index keeps its
+    bytes. Returns (index bytes, {arch: Image})."""
+    images = {arch: make_oci_layout(layout, layers, tag="plat-" + arch)
+              for arch, layers in platforms}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{"mediaType": OCI_MANIFEST, "digest": img.manifest_digest,
+                       "size": len(img.manifest_bytes),
+                       "platform": {"architecture": arch, "os": "linux"}}
+                      for arch, img in images.items()],
+    }
+    index_bytes = _canonical_json(index)
+    digest = _write_blob(layout, index_bytes)
+    with open(os.path.join(layout, "index.json"), "wb") as f:
+        f.write(_canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{
+            "mediaType": OCI_INDEX, "digest": digest, "size": len(index_bytes),
+            "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+    return index_bytes, images
 
 
 # --- skopeo ---------------------------------------------------------------------------

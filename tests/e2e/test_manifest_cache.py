@@ -18,7 +18,6 @@ With a real origin (Docker Distribution) and real clients:
 Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_manifest_cache.py
 """
 
-import json
 import os
 import shutil
 import sys
@@ -30,36 +29,14 @@ from harness import expect, expect_eq  # noqa: E402
 REPO = "team/app"
 
 
-def canonical(doc):
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-
-
 def make_multiplatform(work, name, tag):
     """An OCI layout whose `tag` is an image index of two platform images (amd64, arm64).
     Returns (layout, index bytes, [platform manifest bytes])."""
     layout = work.sub(name)
-    images = []
-    for i, arch in enumerate(("amd64", "arm64")):
-        img = h.make_oci_layout(layout, h.random_layers([20_000 + i, 30_000 + i], seed=90 + 2 * i),
-                                tag="plat-" + arch)
-        images.append((arch, img))
-    index = {
-        "schemaVersion": 2,
-        "mediaType": h.OCI_INDEX,
-        "manifests": [{"mediaType": h.OCI_MANIFEST, "digest": img.manifest_digest,
-                       "size": len(img.manifest_bytes),
-                       "platform": {"architecture": arch, "os": "linux"}}
-                      for arch, img in images],
-    }
-    index_bytes = canonical(index)
-    digest = h.sha256_digest(index_bytes)
-    with open(os.path.join(layout, "blobs", "sha256", digest.split(":", 1)[1]), "wb") as f:
-        f.write(index_bytes)
-    with open(os.path.join(layout, "index.json"), "wb") as f:
-        f.write(canonical({"schemaVersion": 2, "mediaType": h.OCI_INDEX, "manifests": [{
-            "mediaType": h.OCI_INDEX, "digest": digest, "size": len(index_bytes),
-            "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
-    return layout, index_bytes, [img.manifest_bytes for _, img in images]
+    index_bytes, images = h.make_index_layout(layout, tag, [
+        (arch, h.random_layers([20_000 + i, 30_000 + i], seed=90 + 2 * i))
+        for i, arch in enumerate(("amd64", "arm64"))])
+    return layout, index_bytes, [img.manifest_bytes for img in images.values()]
 
 
 def manifest_uri(ref):

@@ -5,7 +5,7 @@ Two uses:
 * As a program (a process of the test, stopped by its PID):
 
       python3 token_server.py --port P --key KEY.pem [--cert CERT.pem --x5c]
-          --issuer ISS --service SVC --users USERS.json --issued ISSUED.txt
+          --issuer ISS --service SVC --users USERS.json --issued ISSUED.txt [--lifetime S]
 
   It answers `GET /token?service=SVC&scope=repository:NAME:ACTIONS[&scope=...]`, with
   optional HTTP Basic credentials, with {"token": "<JWT>", "expires_in": 300}. USERS.json
@@ -187,8 +187,10 @@ def grant(users, user, scopes):
 class TokenServer(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, addr, key, kid, x5c_certs, issuer, service, users, issued_path):
+    def __init__(self, addr, key, kid, x5c_certs, issuer, service, users, issued_path,
+                 lifetime=TOKEN_LIFETIME):
         super().__init__(addr, Handler)
+        self.lifetime = lifetime
         self.key = key
         self.kid = kid
         self.x5c_certs = x5c_certs
@@ -199,7 +201,8 @@ class TokenServer(http.server.ThreadingHTTPServer):
         self.lock = threading.Lock()
 
     def issue(self, user, scopes):
-        claims = claims_for(self.issuer, self.service, user or "", grant(self.users, user, scopes))
+        claims = claims_for(self.issuer, self.service, user or "", grant(self.users, user, scopes),
+                            lifetime=self.lifetime)
         token = sign_jwt(self.key, claims, kid=self.kid, x5c_certs=self.x5c_certs)
         with self.lock, open(self.issued_path, "a") as f:
             f.write(token + "\n")
@@ -264,7 +267,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             scopes.extend(s.split(" "))  # some clients join several scopes with spaces
         token = self.server.issue(user, scopes)
         issued_at = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self._send(200, {"token": token, "expires_in": TOKEN_LIFETIME, "issued_at": issued_at})
+        self._send(200, {"token": token, "expires_in": self.server.lifetime,
+                         "issued_at": issued_at})
 
 
 def main(argv=None):
@@ -277,6 +281,8 @@ def main(argv=None):
     p.add_argument("--service", required=True)
     p.add_argument("--users", required=True, help="JSON: {user: {password, grants}}")
     p.add_argument("--issued", required=True, help="file to append every issued token to")
+    p.add_argument("--lifetime", type=int, default=TOKEN_LIFETIME,
+                   help="seconds a token is valid (expires_in, exp)")
     args = p.parse_args(argv)
     key = load_key(args.key)
     with open(args.users) as f:
@@ -288,7 +294,7 @@ def main(argv=None):
     else:
         kid, x5c_certs = libtrust_kid(key.public_key()), None
     server = TokenServer(("127.0.0.1", args.port), key, kid, x5c_certs, args.issuer,
-                         args.service, users, args.issued)
+                         args.service, users, args.issued, args.lifetime)
     sys.stderr.write("token server on 127.0.0.1:%d (%s)\n"
                      % (args.port, "x5c" if args.x5c else "kid " + kid))
     sys.stderr.flush()

@@ -535,6 +535,60 @@ static void test_error_json_truncation(void)
     CHECK_STR(buf, "{\"errors\":[{\"code\":\"DENIED\",\"message\":\"abcdef\",\"detail\":\"gh\"}]}");
 }
 
+#define IMAGE_DIGEST "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+static void test_image_refs_accepted(void)
+{
+    static const struct {
+        const char *text, *registry, *name, *tag, *digest;
+    } ok[] = {
+        {"team/app:1", "", "team/app", "1", ""},
+        {"team/app", "", "team/app", "latest", ""},
+        {"app", "", "app", "latest", ""},
+        {"team/app@" IMAGE_DIGEST, "", "team/app", "", IMAGE_DIGEST},
+        {"team/app:1@" IMAGE_DIGEST, "", "team/app", "", IMAGE_DIGEST},
+        {"127.0.0.1:5000/team/app:1", "127.0.0.1:5000", "team/app", "1", ""},
+        {"registry.example.com/org/app:2.0", "registry.example.com", "org/app", "2.0", ""},
+        {"localhost/app:x", "localhost", "app", "x", ""},
+        {"localhost:5000/a/b/c:v1.2_3-rc", "localhost:5000", "a/b/c", "v1.2_3-rc", ""},
+        {"team.io", "", "team.io", "latest", ""}, /* no '/': a name, not a registry */
+    };
+    char why[300];
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        struct registry_image_ref r;
+        why[0] = '\0';
+        CHECK_INT(registry_image_ref_parse(ok[i].text, &r, why, sizeof(why)), 0);
+        CHECK_STR(why, "");
+        CHECK_STR(r.registry, ok[i].registry);
+        CHECK_STR(r.name, ok[i].name);
+        CHECK_STR(r.tag, ok[i].tag);
+        CHECK_STR(r.digest, ok[i].digest);
+    }
+}
+
+static void test_image_refs_refused(void)
+{
+    static const struct {
+        const char *text, *says;
+    } bad[] = {
+        {"", "not an image reference"},
+        {"Team/App:1", "\"Team/App\" is not a valid repository name"},
+        {"team/app:", "\"\" is not a valid tag"},
+        {"team/app:bad tag", "not a valid tag"},
+        {"team/app@sha256:abc", "\"sha256:abc\" is not a digest"},
+        {"team/app@md5:0123", "is not a digest"},
+        {"registry.example.com/:1", "not a valid repository name"},
+        {"team//app:1", "not a valid repository name"},
+        {"registry.example.com/", "not a valid repository name"},
+    };
+    char why[300];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct registry_image_ref r;
+        CHECK_INT(registry_image_ref_parse(bad[i].text, &r, why, sizeof(why)), -EINVAL);
+        CHECK_CONTAINS(why, bad[i].says);
+    }
+}
+
 int main(void)
 {
     RUN(test_names);
@@ -547,5 +601,7 @@ int main(void)
     RUN(test_error_table);
     RUN(test_error_json_exact);
     RUN(test_error_json_truncation);
+    RUN(test_image_refs_accepted);
+    RUN(test_image_refs_refused);
     return check_summary();
 }
