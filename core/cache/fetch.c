@@ -1263,6 +1263,8 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
 static void commit_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
+    if (f->dfd >= 0) close(f->dfd); /* every write is done */
+    f->dfd = -1;
     f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
     /* Stored anew: its pull count (pulls.h) starts again, as its created time does. */
     if (f->commit_err == 0) pulls_reset_sync(f->m->store, f->hex);
@@ -1343,8 +1345,6 @@ static void fetch_maybe_finish(struct fetch *f)
         wake(f);
         return;
     }
-    if (f->dfd >= 0) close(f->dfd); /* every write is done (here, on the loop: it reads dfd) */
-    f->dfd = -1;
     f->committing = true;
     f->commit_work.data = f;
     fetch_ref(f);
