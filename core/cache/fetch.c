@@ -47,15 +47,6 @@
  * page faults as it fills). */
 #define SPARE_CHUNKS 16
 #define JOB_IOV 10 /* chunks one work item takes (JOB_MAX / CHUNK_BYTES + 2) */
-/* Whole chunks go to the file with O_DIRECT (a second descriptor of the temporary
- * file): the page cache is skipped, so a cold pull does not pay for copying 200 MiB
- * into freshly allocated page-cache pages (here, a VM whose host backs a guest page at
- * its first touch: 0.35-0.55 GB/s for such a write, against 1-1.4 GB/s for O_DIRECT
- * and 5 GB/s for pages the guest reuses). Chunk data is aligned for it; a tail that is
- * not a multiple of DIRECT_ALIGN, and every write on a file system that refuses
- * O_DIRECT (EINVAL), goes through the page cache as before. */
-#define DIRECT_ALIGN 4096u
-#define CHUNK_HEAD DIRECT_ALIGN /* struct chunk, then its data at the next alignment */
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
 #define UNSIZED_MAX ((uint64_t)256 << 20)
@@ -97,7 +88,7 @@ struct chunk {
     uint64_t off;
     size_t len;
     unsigned pins; /* spans lent to followers (fetch_span_borrow): not freed while > 0 */
-    char *data;    /* CHUNK_BYTES at (char *)chunk + CHUNK_HEAD, DIRECT_ALIGN-aligned */
+    char data[];
 };
 
 /* A write or a hash over [off, off + len) of the spool, on the thread pool. The chunks
@@ -133,8 +124,6 @@ struct fetch {
 
     /* The temporary file. */
     uv_file fd;
-    int dfd;            /* the same file opened O_DIRECT, or -1 (see DIRECT_ALIGN) */
-    bool direct_failed; /* set by the write job when the file system refused O_DIRECT */
     bool fd_ready;
     char tmp_path[4096];
     uv_work_t open_work;
@@ -278,11 +267,7 @@ static struct chunk *chunk_new(struct fetch_manager *m)
         m->n_spare--;
         return c;
     }
-    void *p = NULL;
-    if (posix_memalign(&p, DIRECT_ALIGN, CHUNK_HEAD + CHUNK_BYTES) != 0) return NULL;
-    c = p;
-    c->data = (char *)p + CHUNK_HEAD;
-    return c;
+    return malloc(sizeof(*c) + CHUNK_BYTES);
 }
 
 static void chunk_free(struct fetch_manager *m, struct chunk *c)
@@ -310,7 +295,6 @@ static void spool_free(struct fetch *f)
 void fetch_unref(struct fetch *f)
 {
     if (--f->refs > 0) return;
-    if (f->dfd >= 0) close(f->dfd);
     if (f->fd >= 0) {
         uv_fs_t *req = malloc(sizeof(*req));
         if (req == NULL || uv_fs_close(f->m->loop, req, f->fd, close_cb) != 0) {
@@ -533,10 +517,8 @@ static int spool_append(struct fetch *f, const char *data, size_t len)
     return 0;
 }
 
-/* Lists the spool's bytes from `from` (at most JOB_MAX, in whole iovecs) into job.
- * whole_chunks: stop before a chunk that is still filling (a write that goes O_DIRECT
- * takes whole chunks, so that the next one starts aligned too). */
-static void job_fill(struct fetch *f, struct spool_job *j, uint64_t from, bool whole_chunks)
+/* Lists the spool's bytes from `from` (at most JOB_MAX, in whole iovecs) into job. */
+static void job_fill(struct fetch *f, struct spool_job *j, uint64_t from)
 {
     j->off = from;
     j->len = 0;
@@ -544,7 +526,6 @@ static void job_fill(struct fetch *f, struct spool_job *j, uint64_t from, bool w
     for (struct chunk *c = f->head; c != NULL && j->n_iov < JOB_IOV && j->len < JOB_MAX;
          c = c->next) {
         if (from >= c->off + c->len) continue;
-        if (whole_chunks && c->len < CHUNK_BYTES && !f->up_done) break;
         size_t skip = (size_t)(from - c->off);
         j->iov[j->n_iov++] = (struct iovec){c->data + skip, c->len - skip};
         j->len += c->len - skip;
@@ -992,17 +973,27 @@ static void disk_fail(struct fetch *f, int err)
     fetch_unref(f);
 }
 
-/* Writes iov[0..n) at off, going on after short writes (iov is consumed). 0 or -errno. */
-static int pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
+static void write_work(uv_work_t *w)
 {
+    struct spool_job *j = w->data;
+    struct fetch *f = j->f;
+    struct iovec *iov = j->iov;
+    int n = j->n_iov;
+    uint64_t off = j->off;
+    j->err = 0;
     while (n > 0) {
-        ssize_t got = pwritev(fd, iov, n, (off_t)off);
+        ssize_t got = pwritev(f->fd, iov, n, (off_t)off);
         if (got < 0) {
             if (errno == EINTR) continue;
-            return -errno;
+            j->err = -errno;
+            return;
         }
-        if (got == 0) return -EIO;
+        if (got == 0) {
+            j->err = -EIO;
+            return;
+        }
         off += (uint64_t)got;
+        /* A short write: go on from where it stopped. */
         while (n > 0 && (size_t)got >= iov->iov_len) {
             got -= (ssize_t)iov->iov_len;
             iov++;
@@ -1013,46 +1004,6 @@ static int pwritev_all(int fd, struct iovec *iov, int n, uint64_t off)
             iov->iov_len -= (size_t)got;
         }
     }
-    return 0;
-}
-
-static bool direct_aligned(const struct iovec *v)
-{
-    return (uintptr_t)v->iov_base % DIRECT_ALIGN == 0 && v->iov_len % DIRECT_ALIGN == 0;
-}
-
-/* The job's leading whole, aligned chunks go O_DIRECT; the rest through the page cache. */
-static void write_work(uv_work_t *w)
-{
-    struct spool_job *j = w->data;
-    struct fetch *f = j->f;
-    struct iovec *iov = j->iov;
-    int n = j->n_iov;
-    uint64_t off = j->off;
-    int n_direct = 0;
-    if (f->dfd >= 0 && !f->direct_failed && off % DIRECT_ALIGN == 0)
-        while (n_direct < n && direct_aligned(&iov[n_direct]))
-            n_direct++;
-    if (n_direct > 0) {
-        struct iovec copy[JOB_IOV];
-        uint64_t len = 0;
-        for (int i = 0; i < n_direct; i++) {
-            copy[i] = iov[i];
-            len += iov[i].iov_len;
-        }
-        int err = pwritev_all(f->dfd, copy, n_direct, off);
-        if (err == -EINVAL) {
-            f->direct_failed = true; /* the file system refuses it: the page cache from now */
-        } else if (err != 0) {
-            j->err = err;
-            return;
-        } else {
-            iov += n_direct;
-            n -= n_direct;
-            off += len;
-        }
-    }
-    j->err = pwritev_all(f->fd, iov, n, off);
 }
 
 static void hash_work(uv_work_t *w)
@@ -1102,7 +1053,7 @@ static void hash_done(uv_work_t *w, int status)
 static bool job_start(struct fetch *f, struct spool_job *j, uint64_t from, uv_work_cb work,
                       uv_after_work_cb done)
 {
-    job_fill(f, j, from, j == &f->write_job && f->dfd >= 0 && !f->direct_failed);
+    job_fill(f, j, from);
     if (j->len == 0) return true;
     j->f = f;
     j->work.data = j;
@@ -1124,7 +1075,7 @@ static void spool_kick(struct fetch *f)
     if (!f->hash_job.pending && f->received - f->hashed >= min &&
         !job_start(f, &f->hash_job, f->hashed, hash_work, hash_done)) {
         /* No thread pool: hash here. */
-        job_fill(f, &f->hash_job, f->hashed, false);
+        job_fill(f, &f->hash_job, f->hashed);
         f->hash_job.f = f;
         hash_work(&f->hash_job.work);
         f->hash_job.work.data = &f->hash_job;
@@ -1134,16 +1085,6 @@ static void spool_kick(struct fetch *f)
         f->received - f->written >= min &&
         !job_start(f, &f->write_job, f->written, write_work, write_done))
         disk_fail(f, -EIO);
-}
-
-/* fd again, opened O_DIRECT through /proc/self/fd (the same file, whatever its name
- * became), or -1: no /proc, or a file system without O_DIRECT. */
-static int direct_open(int fd)
-{
-    char path[64];
-    snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-    int dfd = open(path, O_WRONLY | O_DIRECT | O_CLOEXEC);
-    return dfd >= 0 ? dfd : -1;
 }
 
 static void open_work(uv_work_t *w)
@@ -1157,7 +1098,6 @@ static void open_work(uv_work_t *w)
         return;
     }
     f->fd = fd;
-    f->dfd = direct_open(fd);
     struct store_lock_info held;
     int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->size, &held);
     if (rc == 0) {
@@ -1166,8 +1106,6 @@ static void open_work(uv_work_t *w)
     }
     if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
     /* Another process sharing the root fetches it: follow its file. */
-    if (f->dfd >= 0) close(f->dfd);
-    f->dfd = -1;
     close(fd);
     unlink(f->tmp_path);
     f->tmp_path[0] = '\0';
@@ -1263,8 +1201,6 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
 static void commit_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
-    if (f->dfd >= 0) close(f->dfd); /* every write is done */
-    f->dfd = -1;
     f->commit_err = store_commit_sync(f->m->store, f->fd, f->tmp_path, f->hex);
     /* Stored anew: its pull count (pulls.h) starts again, as its created time does. */
     if (f->commit_err == 0) pulls_reset_sync(f->m->store, f->hex);
@@ -1478,7 +1414,6 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     f->m = m;
     memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     f->fd = -1;
-    f->dfd = -1;
     f->poll_final_fd = -1;
     f->size = expected_size;
     f->refs = 1;
