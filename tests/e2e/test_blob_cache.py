@@ -36,7 +36,8 @@ IMAGE_REPO = "e2e/pulled-twice"
 MB = 1 << 20
 COLD_SIZE = 50 * MB + 12345          # check 1 (odd sizes: no chunk-aligned luck)
 LATE_SIZE = 40 * MB + 777            # check 2, through the slow proxy
-RANGE_MISS_SIZE = 30 * MB + 4321     # check 3, through the slow proxy
+RANGE_MISS_SIZE = 60 * MB + 4321     # check 3, through the slow proxy (3 s: time for
+                                     # the ranges to join on a loaded machine)
 HEAD_SIZE = 2 * MB + 99              # check 4
 LEAVER_SIZE = 20 * MB + 3            # check 2b, through the slow proxy
 PROXY_RATE = 20e6                    # bytes per second through the slow proxy
