@@ -4,6 +4,7 @@
 #include "app/debug.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,10 @@
 /* --- Request counters ---------------------------------------------------------------- */
 
 #define STATUS_SLOTS 64
+
+/* The counters are the process's, fed by every loop (workers): counters_lock guards them,
+ * held for one update or one rendering, never across a callback. */
+static pthread_mutex_t counters_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct {
     char method[8];
@@ -37,6 +42,7 @@ void debug_observe(const struct log_access_entry *e)
     const char *m = e->method ? e->method : "?";
     if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0)
         m = "other"; /* the label set stays small whatever clients send */
+    pthread_mutex_lock(&counters_lock);
     size_t i = 0;
     for (; i < STATUS_SLOTS && requests[i].status != 0; i++)
         if (requests[i].status == e->status && strcmp(requests[i].method, m) == 0) break;
@@ -56,10 +62,12 @@ void debug_observe(const struct log_access_entry *e)
             break;
         }
     }
+    pthread_mutex_unlock(&counters_lock);
 }
 
 static void render_requests(struct textbuf *o)
 {
+    pthread_mutex_lock(&counters_lock);
     metrics_help(o, "content_cache_http_requests_total", "counter",
                  "Requests answered, by method and status.");
     for (size_t i = 0; i < STATUS_SLOTS && requests[i].status != 0; i++)
@@ -82,6 +90,7 @@ static void render_requests(struct textbuf *o)
     for (size_t i = 0; i < BLOB_RESULTS; i++)
         metrics_labelled(o, "content_cache_blob_served_bytes_total", "result", blob_results[i],
                          blob_result_bytes[i]);
+    pthread_mutex_unlock(&counters_lock);
 }
 
 /* --- The debug server ------------------------------------------------------------------ */

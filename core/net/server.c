@@ -27,6 +27,7 @@
 #include "net/server.h"
 
 #include <errno.h>
+#include <sys/socket.h>
 #include <inttypes.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -1818,7 +1819,17 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     srv->settings.on_body = on_body;
     srv->settings.on_message_complete = on_message_complete;
 
-    uv_tcp_init(loop, &srv->listener);
+    /* With reuseport the socket is made now (init_ex), for the option to precede bind. */
+    r = uv_tcp_init_ex(loop, &srv->listener, opts->reuseport ? ss.ss_family : AF_UNSPEC);
+    if (r != 0)
+        uv_tcp_init(loop, &srv->listener); /* (to be closed like any listener) */
+    else if (opts->reuseport) {
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&srv->listener, &fd) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+            r = uv_translate_sys_error(errno);
+    }
     srv->listener.data = srv;
     uv_idle_init(loop, &srv->idle);
     srv->idle.data = srv;
@@ -1828,7 +1839,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         srv->nofile = (uint64_t)rl.rlim_cur;
-    r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
+    if (r == 0) r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
     if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
     if (r != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));

@@ -80,6 +80,10 @@ struct http_server_opts {
     /* Formats the access-log line of an exchange (NULL: log_format_access). */
     size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
     void *format_ud;
+    /* Several loops of one process listen on one address (workers): each listener sets
+     * SO_REUSEPORT and the kernel spreads connections over them. Any other socket that
+     * sets it too (same user) could join the address: off with workers: 1. */
+    bool reuseport;
 };
 
 /*
