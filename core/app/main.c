@@ -36,6 +36,7 @@
 #include "app/policies.h"
 #include "cache/expire.h"
 #include "cache/fetch.h"
+#include "cache/fetch_board.h"
 #include "cache/answers.h"
 #include "cache/fsck.h"
 #include "cache/manifest.h"
@@ -115,7 +116,8 @@ static const char usage_text[] =
 struct shared {
     struct config *cfg;
     struct store *store;
-    struct app *main; /* loop 0's */
+    struct fetch_board *board; /* one fetch per missing blob over the loops; NULL with one */
+    struct app *main;          /* loop 0's */
     uv_async_t commits;
     bool commits_open;
     _Atomic uint64_t committed_blobs, committed_bytes;
@@ -599,6 +601,7 @@ static int app_build(struct process *p, void *ud)
     app->upstreams = upstreams_new(app->cfg, app->pool);
     app->relays = app->upstreams ? relay_service_new(app->upstreams) : NULL;
     app->fetches = fetch_manager_new(app->loop, app->store, app->pool);
+    if (app->fetches != NULL) fetch_manager_set_board(app->fetches, sh->board);
     app->blobs = app->upstreams && app->fetches
                      ? blob_service_new(app->loop, app->store, app->fetches, app->upstreams)
                      : NULL;
@@ -757,6 +760,10 @@ static int run_serve(const char *path)
     process_init(&proc, sh.cfg);
     unsigned loops = config_workers(sh.cfg);
     proc.reuseport = loops > 1;
+    if (loops > 1 && (sh.board = fetch_board_new()) == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
     rc = app_build(&proc, &sh);
     if (rc != EXIT_OK) return rc;
     struct app *app = proc.ud;
@@ -776,6 +783,7 @@ static int run_serve(const char *path)
 
     process_run(&proc);
     app_finish(&proc);
+    fetch_board_free(sh.board);
     store_close(sh.store);
     config_free(sh.cfg);
     uv_loop_close(proc.loop);

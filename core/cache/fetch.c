@@ -18,6 +18,8 @@
  */
 #include "cache/fetch.h"
 
+#include "cache/fetch_board.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -73,6 +75,7 @@ struct fetch_manager {
     size_t n_beat;
     struct chunk *spare; /* freed chunks, for reuse */
     unsigned n_spare;
+    struct fetch_board *board; /* the process's other loops (workers), or NULL */
 };
 
 void fetch_manager_on_commit(struct fetch_manager *m,
@@ -184,6 +187,14 @@ struct fetch {
     bool check_ok;
     uint64_t check_limit; /* bytes of the final file there to compare with */
     uv_work_t check_work;
+
+    /* Loops of one process (fetch_board.h): the claim this fetch holds for the others;
+     * or, for a mirror (a fetch another loop runs, followed here), the claim it follows,
+     * woken through follow_wake. */
+    struct fetch_board_claim *claim;
+    bool mirror;
+    struct fetch_board_follower follow;
+    uv_async_t *follow_wake;
 };
 
 static void fetch_maybe_finish(struct fetch *f);
@@ -319,8 +330,11 @@ void fetch_unref(struct fetch *f)
     free(f);
 }
 
+static void board_publish(struct fetch *f);
+
 static void wake(struct fetch *f)
 {
+    board_publish(f);
     struct fetch_waiter *list = f->waiters;
     f->waiters = NULL;
     fetch_ref(f);
@@ -364,7 +378,7 @@ enum fetch_state fetch_state(const struct fetch *f)
 
 bool fetch_head_seen(const struct fetch *f)
 {
-    return f->head_seen || f->remote || f->state != FETCH_RUNNING;
+    return f->head_seen || (f->remote && !f->mirror) || f->state != FETCH_RUNNING;
 }
 
 bool fetch_complete(const struct fetch *f)
@@ -661,6 +675,132 @@ static void poll_stop(struct fetch *f)
     }
 }
 
+/* --- Loops of one process: the board ------------------------------------------------- */
+
+/* Tells the loops that follow this fetch how it stands; lets go of the claim at the end. */
+static void board_publish(struct fetch *f)
+{
+    if (f->claim == NULL) return;
+    struct fetch_board_view v = {
+        .size = f->size,
+        .written = f->written,
+        .head_seen = fetch_head_seen(f),
+        .verified = f->verified,
+        .done = f->state == FETCH_DONE,
+        .failed = f->state == FETCH_FAILED || f->disk_failed,
+    };
+    if (v.failed)
+        snprintf(v.error, sizeof(v.error), "%s",
+                 f->state == FETCH_FAILED ? f->error : "the fetch stopped storing the blob");
+    fetch_board_publish(f->claim, &v);
+    if (v.done || v.failed) {
+        fetch_board_release(f->claim);
+        f->claim = NULL;
+    }
+}
+
+/* This fetch can no longer be followed from other loops (their file is gone): they
+ * fail, and the blob is free to be claimed again. */
+static void board_drop(struct fetch *f)
+{
+    if (f->claim == NULL) return;
+    fetch_board_release(f->claim);
+    f->claim = NULL;
+}
+
+static void mirror_stop(struct fetch *f)
+{
+    if (f->follow_wake == NULL) return;
+    fetch_board_unfollow(&f->follow); /* no wake-up comes after this */
+    uv_close((uv_handle_t *)f->follow_wake, handle_free_cb);
+    f->follow_wake = NULL;
+}
+
+/* A mirror reads what the owner published: bytes on disk, the size, the end. */
+static void mirror_update(struct fetch *f)
+{
+    if (f->state != FETCH_RUNNING || f->follow_wake == NULL) return;
+    struct fetch_board_view v;
+    int fd = f->fd;
+    fetch_board_read(&f->follow, &v, &fd);
+    f->fd = fd;
+    if (v.failed || (v.written > 0 && f->fd < 0)) {
+        fetch_fail(f, "on another loop: %s", v.failed ? v.error : "its file cannot be opened");
+        return;
+    }
+    f->size = v.size;
+    f->head_seen = v.head_seen;
+    f->written = v.written;
+    f->verified = v.verified && v.size >= 0 && v.written == (uint64_t)v.size;
+    if (v.done) {
+        f->state = FETCH_DONE;
+        mirror_stop(f);
+        unregister(f);
+    }
+    wake(f);
+}
+
+static void mirror_woken(uv_async_t *h)
+{
+    struct fetch *f = h->data;
+    fetch_ref(f);
+    mirror_update(f);
+    fetch_unref(f);
+}
+
+/*
+ * A fetch of this loop that follows the fetch another loop of the process runs for
+ * `hex`: registered like any fetch (later requests here join it), reading the other
+ * loop's file. Returns 0 and a reference in *out, -ENOENT when no loop holds it any
+ * more, or -ENOMEM.
+ */
+static int mirror_start(struct fetch_manager *m, const char *hex, struct fetch **out)
+{
+    struct fetch *f = calloc(1, sizeof(*f));
+    uv_async_t *wake_handle = malloc(sizeof(*wake_handle));
+    if (f == NULL || wake_handle == NULL) {
+        free(f);
+        free(wake_handle);
+        return -ENOMEM;
+    }
+    f->m = m;
+    memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
+    f->fd = -1;
+    f->poll_final_fd = -1;
+    f->size = -1;
+    f->mirror = true;
+    f->remote = true;
+    uv_async_init(m->loop, wake_handle, mirror_woken);
+    wake_handle->data = f;
+    f->follow.wake = wake_handle;
+    f->follow_wake = wake_handle;
+    if (fetch_board_follow(m->board, hex, &f->follow) != 0) {
+        uv_close((uv_handle_t *)wake_handle, handle_free_cb);
+        free(f);
+        return -ENOENT;
+    }
+    f->refs = 2; /* the manager's and the caller's */
+    f->registered = true;
+    f->next = m->active;
+    if (m->active) m->active->prev = f;
+    m->active = f;
+    m->n_active++;
+    log_msg(LOG_INFO, "blob sha256:%s is being fetched on another loop: following it", hex);
+    mirror_update(f);
+    *out = f;
+    return 0;
+}
+
+bool fetch_follows_loop(const struct fetch *f)
+{
+    return f->mirror;
+}
+
+void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board)
+{
+    m->board = board;
+}
+
 static void queue_open(struct fetch *f);
 
 /*
@@ -690,6 +830,7 @@ static bool served_push(struct fetch *f)
 static void takeover(struct fetch *f, const char *why)
 {
     log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
+    board_drop(f); /* this loop's followers on other loops read the old file: they stop */
     poll_stop(f);
     if (!served_push(f)) {
         fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
@@ -1026,6 +1167,7 @@ static void write_done(uv_work_t *w, int status)
             disk_fail(f, j->err);
         } else {
             f->written += j->len;
+            board_publish(f); /* other loops read it from the file */
             spool_trim(f);
             spool_kick(f);
         }
@@ -1147,11 +1289,13 @@ static void open_done(uv_work_t *w, int status)
                 "file %s",
                 f->hex, f->remote_tmp);
         f->m->stats.followed++;
+        if (f->claim != NULL && fetch_board_set_fd(f->claim, f->fd) != 0) board_drop(f);
         poll_start(f);
     } else {
         /* Taken over or not, a file another replica made is never removed here: the
          * start-up clean-up (of whichever replica starts next) or fsck --repair does. */
         f->fd_ready = true;
+        if (f->claim != NULL && fetch_board_set_fd(f->claim, f->fd) != 0) board_drop(f);
         if (f->locked) beat_ensure(f->m);
         start_upstream(f);
         spool_kick(f);
@@ -1193,6 +1337,7 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
     if (f->fd_ready) unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
     lock_release(f);
     poll_stop(f);
+    mirror_stop(f);
     unregister(f);
     wake(f);
     fetch_unref(f);
@@ -1409,8 +1554,21 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
                 int64_t expected_size, bool store_it, struct fetch **out)
 {
     if (!store_hex_valid(hex)) return UV_EINVAL;
+    /* Another loop of the process fetches it: follow that one. (Between its release
+     * and our claim the blob may change hands: a few tries.) */
+    struct fetch_board_claim *claim = NULL;
+    for (int tries = 0; m->board != NULL && store_it && tries < 3; tries++) {
+        int rc = fetch_board_claim(m->board, hex, &claim);
+        if (rc == 0) break;
+        if (rc == -EEXIST && (rc = mirror_start(m, hex, out)) != -ENOENT) return rc;
+        if (rc == -ENOMEM) return UV_ENOMEM;
+    }
     struct fetch *f = calloc(1, sizeof(*f));
-    if (f == NULL) return UV_ENOMEM;
+    if (f == NULL) {
+        if (claim != NULL) fetch_board_release(claim);
+        return UV_ENOMEM;
+    }
+    f->claim = claim;
     f->m = m;
     memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     f->fd = -1;

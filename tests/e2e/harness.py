@@ -463,6 +463,11 @@ def _upstream_entry(up):
     return as_url(origin), [as_url(h) for h in hosts]
 
 
+# The loops every test's cache serves with, unless the test says otherwise
+# ($CC_TEST_WORKERS=1: the suite as before workers existed).
+DEFAULT_WORKERS = int(os.environ.get("CC_TEST_WORKERS", "2"))
+
+
 class Cache:
     """The content-cache binary with a config of the test's own.
 
@@ -471,12 +476,16 @@ class Cache:
     extra_downstream_yaml: more lines under the downstream middleware's options (indented
     by the caller to 8 spaces). extra_yaml: more top-level text. env: extra environment.
     debug: serve http.debug.addr on a free port (self.debug_port; metrics()).
+    workers: the loops it serves with (the middleware's workers). The suite runs every
+    cache with DEFAULT_WORKERS (2, or $CC_TEST_WORKERS) so that every path is crossed
+    between loops; None leaves the option out (one loop per CPU).
     """
 
     def __init__(self, work, upstreams, name="cache", blobttl=None, delete_enabled=True,
                  log_level="info", extra_downstream_yaml="", extra_yaml="", env=None,
-                 binary=None, storage=None, debug=False):
+                 binary=None, storage=None, debug=False, workers=None):
         self.work = work
+        self.workers = DEFAULT_WORKERS if workers is None else workers
         self.debug_port = free_port() if debug else None
         self.name = name
         self.upstreams = list(upstreams)
@@ -527,6 +536,8 @@ class Cache:
         ]
         if self.blobttl is not None:
             lines.append("        blobttl: %s" % self.blobttl)
+        if self.workers:
+            lines.append("        workers: %d" % self.workers)
         lines.append("        upstreams:")
         for up in self.upstreams:
             origin, hosts = _upstream_entry(up)
