@@ -117,6 +117,7 @@ struct shared {
     struct config *cfg;
     struct store *store;
     struct fetch_board *board; /* one fetch per missing blob over the loops; NULL with one */
+    struct auth_cache *auth;   /* the decisions remembered, for every loop (auth.h) */
     struct app *main;          /* loop 0's */
     uv_async_t commits;
     bool commits_open;
@@ -143,7 +144,7 @@ struct app {
     struct policy_engine *policy;
     struct policies adapters; /* what the modules ask the policies through */
     struct pulls *pulls;
-    struct auth_cache *auth;
+    struct auth_cache *auth; /* shared->auth */
     struct auth_verifier *verifier;
     struct keyring *grant_keys; /* the front's keys, for redirected requests */
     struct budget *budget;      /* loop 0's own; a worker's is NULL (it asks loop 0's) */
@@ -616,8 +617,7 @@ static int app_build(struct process *p, void *ud)
     upstreams_set_policy(app->upstreams, app->policy);
     /* Authorization decisions are remembered briefly; with auth.token, tokens are
      * verified here against the issuer's certificates. */
-    app->auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
-                               AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    app->auth = sh->auth;
     if (app->cfg->auth_token_realm != NULL &&
         auth_token_verifier_new(app->cfg->auth_token_rootcertbundle, app->cfg->auth_token_issuer,
                                 app->cfg->auth_token_service, err, sizeof(err),
@@ -708,7 +708,6 @@ static void app_finish(struct process *p)
     struct app *app = p->ud;
     if (app == NULL) return;
     policy_engine_free(app->policy);
-    auth_cache_free(app->auth);
     auth_token_verifier_free(app->verifier);
     blob_service_free(app->blobs);
     manifest_service_free(app->manifests);
@@ -756,6 +755,9 @@ static int run_serve(const char *path)
         log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
                 removed);
 
+    /* Authorization decisions are remembered briefly, once for every loop. */
+    sh.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                             AUTH_CACHE_DEFAULT_DENY_TTL_MS);
     struct process proc;
     process_init(&proc, sh.cfg);
     unsigned loops = config_workers(sh.cfg);
@@ -784,6 +786,7 @@ static int run_serve(const char *path)
     process_run(&proc);
     app_finish(&proc);
     fetch_board_free(sh.board);
+    auth_cache_free(sh.auth);
     store_close(sh.store);
     config_free(sh.cfg);
     uv_loop_close(proc.loop);
