@@ -111,7 +111,18 @@ struct debug {
     } checks[DEBUG_CHECKS_MAX];
     size_t n_checks;
     struct health *background; /* the evaluation a scrape started, while in flight */
+    void (*gather)(void *ud, debug_gathered_fn done, void *arg);
+    void *gather_ud;
+    unsigned scrapes; /* scrapes waiting for the other loops' figures */
+    bool stopped;     /* debug_stop came while some were: the last frees d */
 };
+
+void debug_set_gather(struct debug *d, void (*gather)(void *ud, debug_gathered_fn done, void *arg),
+                      void *ud)
+{
+    d->gather = gather;
+    d->gather_ud = ud;
+}
 
 static void render_health(const struct debug *d, struct textbuf *o)
 {
@@ -265,6 +276,49 @@ static void health_start_background(struct debug *d)
     if (d->background != NULL) health_next(d->background);
 }
 
+/* A /metrics answer that waits for the other loops' figures. */
+struct scrape {
+    struct debug *d;
+    struct http_exchange *x; /* NULL once the client is gone */
+};
+
+static void scrape_gone(struct http_exchange *x, void *arg)
+{
+    ((struct scrape *)arg)->x = NULL;
+}
+
+static void metrics_respond(struct debug *d, struct http_exchange *x, const char *more,
+                            size_t more_len)
+{
+    char *buf = malloc(METRICS_MAX);
+    if (buf == NULL) {
+        http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
+        return;
+    }
+    size_t n = debug_render_metrics(d, buf, METRICS_MAX);
+    if (more_len > 0) {
+        struct textbuf total = {buf, METRICS_MAX, n, false};
+        metrics_sum_into(&total, more, more_len);
+        n = total.len;
+    }
+    struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
+    if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
+    free(buf);
+}
+
+static void scrape_gathered(void *arg, const char *text, size_t len)
+{
+    struct scrape *sc = arg;
+    struct debug *d = sc->d;
+    d->scrapes--;
+    if (sc->x != NULL && !d->stopped) {
+        http_exchange_on_gone(sc->x, NULL, NULL);
+        metrics_respond(d, sc->x, text, len);
+    }
+    free(sc);
+    if (d->stopped && d->scrapes == 0) free(d);
+}
+
 static void debug_handle(struct http_exchange *x, void *ud)
 {
     struct debug *d = ud;
@@ -277,15 +331,16 @@ static void debug_handle(struct http_exchange *x, void *ud)
     if (len == 8 && memcmp(path, "/metrics", 8) == 0) {
         /* Checks that answer at once show in this scrape, the others from the next. */
         health_start_background(d);
-        char *buf = malloc(METRICS_MAX);
-        if (buf == NULL) {
-            http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
+        struct scrape *sc = d->gather != NULL ? calloc(1, sizeof(*sc)) : NULL;
+        if (sc == NULL) {
+            metrics_respond(d, x, NULL, 0);
             return;
         }
-        size_t n = debug_render_metrics(d, buf, METRICS_MAX);
-        struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
-        if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
-        free(buf);
+        sc->d = d;
+        sc->x = x;
+        d->scrapes++;
+        http_exchange_on_gone(x, scrape_gone, sc);
+        d->gather(d->gather_ud, scrape_gathered, sc);
         return;
     }
     if (len == 13 && memcmp(path, "/debug/health", 13) == 0) {
@@ -316,11 +371,19 @@ int debug_start(uv_loop_t *loop, const char *addr, struct debug **out, char *err
     return 0;
 }
 
+/* The server is closed: d goes, or, while scrapes wait for other loops, the last does. */
+static void debug_closed(void *arg)
+{
+    struct debug *d = arg;
+    d->stopped = true;
+    if (d->scrapes == 0) free(d);
+}
+
 void debug_stop(struct debug *d)
 {
     if (d == NULL) return;
     if (d->background != NULL) d->background->d = NULL; /* it frees itself when it ends */
-    http_server_shutdown(d->server, 0, free, d);
+    http_server_shutdown(d->server, 0, debug_closed, d);
 }
 
 const char *debug_address(const struct debug *d)

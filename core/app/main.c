@@ -450,22 +450,51 @@ static int run_fsck(const char *path, bool repair)
     return left ? EXIT_DAMAGED : EXIT_OK;
 }
 
-/* What the debug server shows: each module's figures, in the order operators read them,
- * and the two health checks. */
+/* The sections of /metrics each loop keeps for itself, in the order operators read them
+ * (loop 0's through its debug server, a worker's when loop 0 gathers them: app_render).
+ * Returns how many were put in fns and sources (at most LOOP_SECTIONS). */
+#define LOOP_SECTIONS 8
+static size_t loop_sections(const struct app *app, metrics_render_fn *fns, const void **sources)
+{
+    size_t n = 0;
+    fns[n] = fetch_render_metrics, sources[n++] = app->fetches;
+    fns[n] = blob_render_metrics, sources[n++] = app->blobs;
+    fns[n] = manifest_render_metrics, sources[n++] = app->manifests;
+    fns[n] = outage_render_metrics, sources[n++] = app->outage;
+    if (app->policy != NULL) fns[n] = policy_render_metrics, sources[n++] = app->policy;
+    fns[n] = http_server_render_metrics, sources[n++] = app->proc->server;
+    return n;
+}
+
+/* A worker's sections, rendered on its own thread when loop 0 gathers them. */
+static void app_render(struct process *p, struct textbuf *out)
+{
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
+    struct app *app = p->ud;
+    if (app == NULL || p->server == NULL) return;
+    size_t n = loop_sections(app, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        fns[i](sources[i], out);
+}
+
+/* What the debug server shows: the process-wide figures (upstreams, request counters),
+ * each loop's own summed over the loops, the store's (loop 0 keeps them), and the two
+ * health checks. */
 static void debug_wire(struct app *app)
 {
     struct debug *d = app->proc->debug;
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
     debug_add_section(d, chain_render_metrics, NULL);
-    debug_add_section(d, fetch_render_metrics, app->fetches);
+    size_t n = loop_sections(app, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        debug_add_section(d, fns[i], sources[i]);
     debug_add_section(d, budget_render_metrics, app->budget);
     if (app->expiry != NULL) debug_add_section(d, expire_render_metrics, app->expiry);
-    debug_add_section(d, blob_render_metrics, app->blobs);
-    debug_add_section(d, manifest_render_metrics, app->manifests);
-    debug_add_section(d, outage_render_metrics, app->outage);
-    if (app->policy != NULL) debug_add_section(d, policy_render_metrics, app->policy);
-    debug_add_section(d, http_server_render_metrics, app->proc->server);
     debug_add_check(d, "storage", store_health_check, app->store);
     debug_add_check(d, "upstream", upstreams_health_check, app->upstreams);
+    debug_set_gather(d, process_gather, app->proc);
 }
 
 /* The server has drained: what keeps the loop running is stopped. */
@@ -771,7 +800,8 @@ static int run_serve(const char *path)
     struct app *app = proc.ud;
     if (process_debug(&proc) != 0) return EXIT_RUNTIME;
     if (proc.debug != NULL) debug_wire(app);
-    struct process_mode mode = {.build = app_build, .finish = app_finish, .ud = &sh};
+    struct process_mode mode = {
+        .build = app_build, .finish = app_finish, .render = app_render, .ud = &sh};
     rc = process_start_workers(&proc, loops, &mode);
     if (rc != 0) return rc;
     log_msg(LOG_INFO, "storage root %s", sh.cfg->storage_root);

@@ -16,6 +16,10 @@
 /* What loop 0 asks of a worker (bits of struct process.asked). */
 #define ASK_STOP 1u
 #define ASK_RELOAD 2u
+#define ASK_GATHER 4u
+
+/* The most a worker's sections of /metrics take. */
+#define PROCESS_METRICS_MAX (256 * 1024)
 
 /* Loop 0's view of the workers: their structs and threads. */
 struct process_group {
@@ -26,7 +30,16 @@ struct process_group {
     uv_sem_t ready;        /* posted by each worker once built (or failed) */
     uv_async_t ended;      /* on loop 0: a worker's loop has ended */
     _Atomic unsigned n_ended;
-    bool drained; /* loop 0's server has drained: it stops once every worker did */
+    bool drained;            /* loop 0's server has drained: it stops once every worker did */
+    uv_mutex_t control_lock; /* a worker's control handle is sent to only while open */
+    /* A gather of the workers' metrics: one at a time. */
+    uv_async_t gathered; /* on loop 0: the last worker has rendered */
+    _Atomic unsigned gather_pending;
+    bool gathering;
+    char **texts; /* [1..n): each worker's rendering, PROCESS_METRICS_MAX bytes */
+    size_t *text_len;
+    debug_gathered_fn gather_done;
+    void *gather_arg;
     struct process_mode mode;
 };
 
@@ -137,6 +150,8 @@ void process_observe(void *unused, const struct log_access_entry *e)
 }
 
 static void all_stopped(struct process *p);
+static void gather_answer(struct process *p, bool render);
+static void gather_finish(struct process_group *g);
 
 /* The server has drained: the mode closes its own, then the scaffold's handles go. Loop
  * 0 waits for every worker's loop to end first: its services (the budget) serve them. */
@@ -165,14 +180,24 @@ static void worker_ended(uv_async_t *h)
 
 static void all_stopped(struct process *p)
 {
-    if (p->index == 0 && p->group != NULL) uv_close((uv_handle_t *)&p->group->ended, NULL);
+    if (p->index == 0 && p->group != NULL) {
+        gather_finish(p->group); /* (every worker answered: they have all ended) */
+        uv_close((uv_handle_t *)&p->group->ended, NULL);
+        uv_close((uv_handle_t *)&p->group->gathered, NULL);
+    }
     log_access_set_buffered(false); /* the flush handles close below; lines still come */
     p->server = NULL;
     if (p->on_stopped != NULL) p->on_stopped(p->ud);
     debug_stop(p->debug);
     p->debug = NULL;
     if (p->index > 0) {
+        struct process_group *g = p->group;
+        uv_mutex_lock(&g->control_lock);
+        p->control_closed = true;
         uv_close((uv_handle_t *)&p->control, NULL);
+        unsigned asked = atomic_exchange(&p->asked, 0);
+        uv_mutex_unlock(&g->control_lock);
+        if (asked & ASK_GATHER) gather_answer(p, false);
     } else {
         uv_close((uv_handle_t *)&p->sig_term, NULL);
         uv_close((uv_handle_t *)&p->sig_int, NULL);
@@ -192,14 +217,71 @@ static void flush_after_io(uv_check_t *h)
     log_access_flush();
 }
 
-/* Asks every worker for `what` (ASK_*): it acts on it on its own loop. */
+/* Asks every worker still running for `what` (ASK_*): it acts on it on its own loop.
+ * For a gather, each one asked counts in gather_pending. */
 static void ask_workers(struct process *p, unsigned what)
 {
     struct process_group *g = p->group;
-    for (unsigned i = 1; g != NULL && i < g->started + 1; i++) {
-        atomic_fetch_or(&g->loops[i].asked, what);
-        uv_async_send(&g->loops[i].control);
+    if (g == NULL) return;
+    uv_mutex_lock(&g->control_lock);
+    for (unsigned i = 1; i < g->started + 1; i++) {
+        struct process *w = &g->loops[i];
+        if (w->control_closed) continue;
+        if (what & ASK_GATHER) atomic_fetch_add(&g->gather_pending, 1);
+        atomic_fetch_or(&w->asked, what);
+        uv_async_send(&w->control);
     }
+    uv_mutex_unlock(&g->control_lock);
+}
+
+/* A worker's part of a gather: its sections (or nothing, when it is stopping). */
+static void gather_answer(struct process *p, bool render)
+{
+    struct process_group *g = p->group;
+    g->text_len[p->index] = 0;
+    if (render && g->texts[p->index] == NULL) g->texts[p->index] = malloc(PROCESS_METRICS_MAX);
+    if (render && g->texts[p->index] != NULL && g->mode.render != NULL) {
+        struct textbuf out;
+        textbuf_init(&out, g->texts[p->index], PROCESS_METRICS_MAX);
+        g->mode.render(p, &out);
+        g->text_len[p->index] = out.len;
+    }
+    if (atomic_fetch_sub(&g->gather_pending, 1) == 1) uv_async_send(&g->gathered);
+}
+
+/* On loop 0: every worker answered; their sum goes to the scrape. */
+static void gather_finish(struct process_group *g)
+{
+    if (!g->gathering) return;
+    g->gathering = false;
+    char *buf = malloc(PROCESS_METRICS_MAX);
+    struct textbuf total = {buf, PROCESS_METRICS_MAX, 0, false};
+    if (buf != NULL) buf[0] = '\0';
+    for (unsigned i = 1; buf != NULL && i < g->started + 1; i++)
+        if (g->text_len[i] > 0) metrics_sum_into(&total, g->texts[i], g->text_len[i]);
+    g->gather_done(g->gather_arg, buf != NULL ? buf : "", total.len);
+    free(buf);
+}
+
+static void on_gathered(uv_async_t *h)
+{
+    gather_finish(h->data);
+}
+
+void process_gather(void *ud, debug_gathered_fn done, void *arg)
+{
+    struct process *p = ud;
+    struct process_group *g = p->group;
+    if (g == NULL || g->gathering) {
+        done(arg, "", 0);
+        return;
+    }
+    g->gathering = true;
+    g->gather_done = done;
+    g->gather_arg = arg;
+    atomic_store(&g->gather_pending, 1); /* ours, until every worker is asked */
+    ask_workers(p, ASK_GATHER);
+    if (atomic_fetch_sub(&g->gather_pending, 1) == 1) gather_finish(g);
 }
 
 static void drain(struct process *p)
@@ -236,6 +318,7 @@ static void on_control(uv_async_t *h)
 {
     struct process *p = h->data;
     unsigned asked = atomic_exchange(&p->asked, 0);
+    if (asked & ASK_GATHER) gather_answer(p, true);
     if ((asked & ASK_RELOAD) && p->on_reload != NULL && !p->stopping) p->on_reload(p->ud);
     if ((asked & ASK_STOP) && !p->stopping) drain(p);
 }
@@ -264,8 +347,12 @@ int process_start_workers(struct process *p, unsigned n, const struct process_mo
     if (g != NULL) {
         g->loops = calloc(n, sizeof(*g->loops));
         g->threads = calloc(n, sizeof(*g->threads));
+        g->texts = calloc(n, sizeof(*g->texts));
+        g->text_len = calloc(n, sizeof(*g->text_len));
     }
-    if (g == NULL || g->loops == NULL || g->threads == NULL || uv_sem_init(&g->ready, 0) != 0) {
+    if (g == NULL || g->loops == NULL || g->threads == NULL || g->texts == NULL ||
+        g->text_len == NULL || uv_sem_init(&g->ready, 0) != 0 ||
+        uv_mutex_init(&g->control_lock) != 0) {
         log_msg(LOG_ERROR, "out of memory at start");
         return PROCESS_EXIT_RUNTIME;
     }
@@ -275,6 +362,9 @@ int process_start_workers(struct process *p, unsigned n, const struct process_mo
     uv_async_init(p->loop, &g->ended, worker_ended);
     g->ended.data = p;
     uv_unref((uv_handle_t *)&g->ended);
+    uv_async_init(p->loop, &g->gathered, on_gathered);
+    g->gathered.data = g;
+    uv_unref((uv_handle_t *)&g->gathered);
     for (unsigned i = 1; i < n; i++) {
         struct process *w = &g->loops[i];
         w->cfg = p->cfg;
@@ -337,6 +427,11 @@ void process_run(struct process *p)
         uv_thread_join(&g->threads[i]);
     if (g != NULL) {
         uv_sem_destroy(&g->ready);
+        uv_mutex_destroy(&g->control_lock);
+        for (unsigned i = 0; i < g->n; i++)
+            free(g->texts[i]);
+        free(g->texts);
+        free(g->text_len);
         free(g->threads);
         free(g->loops);
         free(g);

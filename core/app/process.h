@@ -68,6 +68,7 @@ struct process {
     uv_async_t control;
     _Atomic unsigned asked;
     int start_rc;
+    bool control_closed; /* under the group's lock: loop 0 asks no more */
 };
 
 /*
@@ -79,6 +80,8 @@ struct process {
 struct process_mode {
     int (*build)(struct process *p, void *ud);
     void (*finish)(struct process *p);
+    /* The loop's own sections of /metrics (what is not process-wide), into out. */
+    void (*render)(struct process *p, struct textbuf *out);
     void *ud;
 };
 
@@ -92,6 +95,13 @@ void process_init(struct process *p, const struct config *cfg);
  * it): then the process is to exit with it (loops that started are left running).
  */
 int process_start_workers(struct process *p, unsigned n, const struct process_mode *mode);
+
+/*
+ * A gather of debug.h (ud: loop 0's struct process): every worker renders its sections
+ * (mode->render) on its own thread; done gets their sum on loop 0. Without workers, or
+ * while another gather is out, done gets nothing at once.
+ */
+void process_gather(void *ud, debug_gathered_fn done, void *arg);
 
 /* How many loops serve (1 without workers). */
 unsigned process_loops(const struct process *p);
