@@ -179,6 +179,14 @@ int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, cha
 /* Closes the Lua state and frees the engine. NULL is a no-op. */
 void policy_engine_free(struct policy_engine *pe);
 
+/*
+ * The engines of one process's loops (workers; a Lua state is never shared between
+ * threads, so each loop has its own engine): pe's failed hooks are logged at the rate
+ * of `first`'s, so that the process logs a failing hook at most once per interval
+ * whatever the loops. `first` must outlive pe; its failure record is guarded by a mutex.
+ */
+void policy_engine_share_log(struct policy_engine *pe, struct policy_engine *first);
+
 /* The clock behind cache.now() and the log rate limits (default: CLOCK_REALTIME). */
 void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud);
 

@@ -625,6 +625,8 @@ static int app_build(struct process *p, void *ud)
         log_msg(LOG_ERROR, "policies: %s", err);
         return EXIT_CONFIG;
     }
+    /* A failing hook is logged once per interval for the process, not per loop. */
+    if (!main_loop) policy_engine_share_log(app->policy, sh->main->policy);
     /* https upstreams: the system's CAs and the config's cas. */
     rc = process_pool(p, &app->pool);
     if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;

@@ -687,26 +687,29 @@ static void board_publish(struct fetch *f)
         .head_seen = fetch_head_seen(f),
         .verified = f->verified,
         .done = f->state == FETCH_DONE,
-        .failed = f->state == FETCH_FAILED || f->disk_failed,
+        .failed = f->state == FETCH_FAILED,
+        .moved = f->state == FETCH_RUNNING && f->disk_failed,
     };
-    if (v.failed)
-        snprintf(v.error, sizeof(v.error), "%s",
-                 f->state == FETCH_FAILED ? f->error : "the fetch stopped storing the blob");
+    if (v.failed) snprintf(v.error, sizeof(v.error), "%s", f->error);
     fetch_board_publish(f->claim, &v);
-    if (v.done || v.failed) {
+    if (v.done || v.failed || v.moved) {
         fetch_board_release(f->claim);
         f->claim = NULL;
     }
 }
 
-/* This fetch can no longer be followed from other loops (their file is gone): they
- * fail, and the blob is free to be claimed again. */
+/* This fetch's file is no longer the one to follow (taken over): the loops that follow
+ * it go on by themselves, and the blob is free to be claimed again. */
 static void board_drop(struct fetch *f)
 {
     if (f->claim == NULL) return;
+    struct fetch_board_view v = {.size = f->size, .written = f->written, .moved = true};
+    fetch_board_publish(f->claim, &v);
     fetch_board_release(f->claim);
     f->claim = NULL;
 }
+
+static void takeover(struct fetch *f, const char *why);
 
 static void mirror_stop(struct fetch *f)
 {
@@ -726,6 +729,14 @@ static void mirror_update(struct fetch *f)
     f->fd = fd;
     if (v.failed || (v.written > 0 && f->fd < 0)) {
         fetch_fail(f, "on another loop: %s", v.failed ? v.error : "its file cannot be opened");
+        return;
+    }
+    if (v.moved) {
+        /* What was sent from the old file is checked against the blob at the end, as
+         * after a replica's takeover; from here on this loop fetches (or follows) it. */
+        mirror_stop(f);
+        f->mirror = false;
+        takeover(f, "on another loop stopped storing it or was taken over");
         return;
     }
     f->size = v.size;
@@ -754,7 +765,10 @@ static void mirror_woken(uv_async_t *h)
  * loop's file. Returns 0 and a reference in *out, -ENOENT when no loop holds it any
  * more, or -ENOMEM.
  */
-static int mirror_start(struct fetch_manager *m, const char *hex, struct fetch **out)
+static int spec_copy(struct fetch *f, const struct chain_spec *spec);
+
+static int mirror_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
+                        struct fetch **out)
 {
     struct fetch *f = calloc(1, sizeof(*f));
     uv_async_t *wake_handle = malloc(sizeof(*wake_handle));
@@ -770,13 +784,20 @@ static int mirror_start(struct fetch_manager *m, const char *hex, struct fetch *
     f->size = -1;
     f->mirror = true;
     f->remote = true;
+    f->refs = 1;
+    digest_sha256_init(&f->sha);
+    if (spec_copy(f, spec) != 0) { /* kept for a takeover */
+        free(wake_handle);
+        fetch_unref(f);
+        return -ENOMEM;
+    }
     uv_async_init(m->loop, wake_handle, mirror_woken);
     wake_handle->data = f;
     f->follow.wake = wake_handle;
     f->follow_wake = wake_handle;
     if (fetch_board_follow(m->board, hex, &f->follow) != 0) {
         uv_close((uv_handle_t *)wake_handle, handle_free_cb);
-        free(f);
+        fetch_unref(f);
         return -ENOENT;
     }
     f->refs = 2; /* the manager's and the caller's */
@@ -1560,7 +1581,7 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     for (int tries = 0; m->board != NULL && store_it && tries < 3; tries++) {
         int rc = fetch_board_claim(m->board, hex, &claim);
         if (rc == 0) break;
-        if (rc == -EEXIST && (rc = mirror_start(m, hex, out)) != -ENOENT) return rc;
+        if (rc == -EEXIST && (rc = mirror_start(m, hex, spec, out)) != -ENOENT) return rc;
         if (rc == -ENOMEM) return UV_ENOMEM;
     }
     struct fetch *f = calloc(1, sizeof(*f));

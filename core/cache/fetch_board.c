@@ -108,7 +108,8 @@ int fetch_board_set_fd(struct fetch_board_claim *c, int fd)
 static bool same_view(const struct fetch_board_view *a, const struct fetch_board_view *b)
 {
     return a->size == b->size && a->written == b->written && a->head_seen == b->head_seen &&
-           a->verified == b->verified && a->done == b->done && a->failed == b->failed;
+           a->verified == b->verified && a->done == b->done && a->failed == b->failed &&
+           a->moved == b->moved;
 }
 
 void fetch_board_publish(struct fetch_board_claim *c, const struct fetch_board_view *v)
@@ -129,7 +130,7 @@ void fetch_board_release(struct fetch_board_claim *c)
     struct fetch_board *b = c->board;
     unindex(c);
     c->owned = false;
-    if (!c->view.done && !c->view.failed) {
+    if (!c->view.done && !c->view.failed && !c->view.moved) {
         /* Released without a last word: its followers cannot go on. */
         c->view.failed = true;
         strcpy(c->view.error, "the loop that fetched it stopped");

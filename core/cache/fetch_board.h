@@ -38,7 +38,9 @@ struct fetch_board_view {
     bool head_seen;   /* the upstream's head arrived: size is as known as it will be */
     bool verified;    /* the digest matched (the file may still be being committed) */
     bool done;        /* verified and committed (or verified and kept only in the file) */
-    bool failed;      /* the fetch failed, or stopped storing: followers cannot go on */
+    bool failed;      /* the fetch failed: followers fail too */
+    bool moved;       /* the owner's file is no longer going to be the blob (it stopped
+                         storing, or it was taken over): followers fetch on their own */
     char error[200];  /* why, when failed */
 };
 
