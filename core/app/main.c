@@ -249,6 +249,8 @@ static void print_cache_settings(const struct config *cfg)
     } else {
         printf("blob ttl:      none (blobs are kept)\n");
     }
+    printf("workers:       %u loop%s%s\n", config_workers(cfg), config_workers(cfg) > 1 ? "s" : "",
+           cfg->workers ? "" : " (one per CPU: workers not set)");
     char tc_s[64], tp_s[64], th_s[64];
     unsigned connect_ms =
         cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;

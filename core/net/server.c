@@ -209,6 +209,11 @@ struct http_server {
     struct throttle refused;    /* connections closed at accept (limits, shutdown) */
     struct throttle tls_failed; /* failed TLS handshakes and sessions */
     unsigned n_handshaking;     /* https connections whose handshake is not done */
+    /* With reuseport, at the fd limit the listener is closed for a while (other loops'
+     * listeners take the address meanwhile) and opened again: see accept_pause. */
+    struct sockaddr_storage bound_addr;
+    bool listener_paused;  /* closed on purpose: shutdown need not close it */
+    bool listener_closing; /* its close has not completed yet */
 };
 
 static void conn_close(struct conn *c);
@@ -1014,11 +1019,82 @@ static void conn_handshake_over(struct conn *c)
     c->srv->n_handshaking--;
 }
 
+static void on_connection(uv_stream_t *listener, int status);
+
+/*
+ * Makes srv->listener listen on srv->bound_addr (the handle is initialized whatever
+ * happens: close it on failure). With reuseport the socket is made first (init_ex), so
+ * that the option precedes bind.
+ */
+static int listener_open(struct http_server *srv)
+{
+    struct sockaddr_storage *ss = &srv->bound_addr;
+    int r =
+        uv_tcp_init_ex(srv->loop, &srv->listener, srv->opts.reuseport ? ss->ss_family : AF_UNSPEC);
+    if (r != 0) {
+        uv_tcp_init(srv->loop, &srv->listener);
+    } else if (srv->opts.reuseport) {
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&srv->listener, &fd) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+            r = uv_translate_sys_error(errno);
+    }
+    srv->listener.data = srv;
+    if (r == 0) r = uv_tcp_bind(&srv->listener, (struct sockaddr *)ss, 0);
+    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    return r;
+}
+
+#define ACCEPT_PAUSE_MS 250
+
+static void server_handle_closed(uv_handle_t *h);
+
+static void listener_pause_closed(uv_handle_t *h)
+{
+    struct http_server *srv = h->data;
+    srv->listener_closing = false;
+    if (srv->shutting_down) server_handle_closed(h); /* it counts as the listener's close */
+}
+
+static void accept_resume(uv_timer_t *t)
+{
+    struct http_server *srv = t->data;
+    if (srv->shutting_down || !srv->listener_paused) return;
+    if (srv->listener_closing || listener_open(srv) != 0) {
+        if (!srv->listener_closing) {
+            srv->listener_closing = true;
+            uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
+        }
+        uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+    srv->listener_paused = false;
+}
+
+/*
+ * Out of descriptors with other loops on the address (reuseport): libuv's way out (a
+ * descriptor it keeps in reserve, per loop) does not hold when several loops race for
+ * the same free descriptor, and accept would fail again at once, a spin. Instead this
+ * loop stops listening for ACCEPT_PAUSE_MS (its queued connections are refused; the
+ * other loops' listeners go on) and listens again. (The shutdown timer is free until a
+ * shutdown, which takes it over.)
+ */
+static void accept_pause(struct http_server *srv)
+{
+    if (srv->listener_paused || srv->shutting_down) return;
+    srv->listener_paused = true;
+    srv->listener_closing = true;
+    uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
+    uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct http_server *srv = listener->data;
     if (status < 0) {
         log_msg(LOG_WARN, "accept failed: %s", uv_strerror(status));
+        if (srv->opts.reuseport && (status == UV_EMFILE || status == UV_ENFILE)) accept_pause(srv);
         return;
     }
     struct conn *c = calloc(1, sizeof(*c));
@@ -1819,18 +1895,6 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     srv->settings.on_body = on_body;
     srv->settings.on_message_complete = on_message_complete;
 
-    /* With reuseport the socket is made now (init_ex), for the option to precede bind. */
-    r = uv_tcp_init_ex(loop, &srv->listener, opts->reuseport ? ss.ss_family : AF_UNSPEC);
-    if (r != 0)
-        uv_tcp_init(loop, &srv->listener); /* (to be closed like any listener) */
-    else if (opts->reuseport) {
-        uv_os_fd_t fd;
-        int one = 1;
-        if (uv_fileno((uv_handle_t *)&srv->listener, &fd) != 0 ||
-            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
-            r = uv_translate_sys_error(errno);
-    }
-    srv->listener.data = srv;
     uv_idle_init(loop, &srv->idle);
     srv->idle.data = srv;
     uv_timer_init(loop, &srv->shutdown_timer);
@@ -1839,8 +1903,8 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         srv->nofile = (uint64_t)rl.rlim_cur;
-    if (r == 0) r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
-    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    srv->bound_addr = ss;
+    r = listener_open(srv);
     if (r != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
         srv->shutting_down = true;
@@ -1923,7 +1987,12 @@ void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*d
     srv->shutting_down = true;
     srv->shutdown_done = done;
     srv->shutdown_arg = arg;
-    if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_timer_stop(&srv->shutdown_timer); /* (an accept pause's) */
+    if (srv->listener_paused) {
+        /* Closed already, or closing: it counts as closed once that is done. */
+        srv->listener_paused = false;
+        if (!srv->listener_closing) srv->handles_open--; /* (else its close callback will) */
+    } else if (!uv_is_closing((uv_handle_t *)&srv->listener))
         uv_close((uv_handle_t *)&srv->listener, server_handle_closed);
     struct conn *c = srv->conns;
     while (c != NULL) {
