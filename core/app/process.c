@@ -254,6 +254,8 @@ static void gather_finish(struct process_group *g)
 {
     if (!g->gathering) return;
     g->gathering = false;
+    (void)atomic_load(&g->gather_pending); /* (after the workers' texts: they were written
+                                              before their decrement) */
     char *buf = malloc(PROCESS_METRICS_MAX);
     struct textbuf total = {buf, PROCESS_METRICS_MAX, 0, false};
     if (buf != NULL) buf[0] = '\0';

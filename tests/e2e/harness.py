@@ -653,6 +653,7 @@ class Cache:
         lines = read_lines(self.stderr_path)
         for i, line in enumerate(lines):
             if ("ERROR: AddressSanitizer" in line or "ERROR: LeakSanitizer" in line
+                    or "WARNING: ThreadSanitizer" in line
                     or "runtime error:" in line or "ERROR: UndefinedBehaviorSanitizer" in line):
                 return "\n".join(lines[i:i + 30])
         return None
