@@ -27,7 +27,9 @@
 #include "net/server.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -212,6 +214,8 @@ struct http_server {
     /* With reuseport, at the fd limit the listener is closed for a while (other loops'
      * listeners take the address meanwhile) and opened again: see accept_pause. */
     struct sockaddr_storage bound_addr;
+    int listen_spare;      /* a duplicate of the listening socket (reuseport), or -1: it
+                              stays listening, its queue kept, while the listener pauses */
     bool listener_paused;  /* closed on purpose: shutdown need not close it */
     bool listener_closing; /* its close has not completed yet */
 };
@@ -1057,15 +1061,23 @@ static void listener_pause_closed(uv_handle_t *h)
     if (srv->shutting_down) server_handle_closed(h); /* it counts as the listener's close */
 }
 
+/* Listens again on the same socket (a new duplicate of the spare): what queued meanwhile
+ * is accepted now. Tried again later while no descriptor is free. */
 static void accept_resume(uv_timer_t *t)
 {
     struct http_server *srv = t->data;
     if (srv->shutting_down || !srv->listener_paused) return;
-    if (srv->listener_closing || listener_open(srv) != 0) {
-        if (!srv->listener_closing) {
-            srv->listener_closing = true;
-            uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
-        }
+    int fd = srv->listener_closing ? -1 : fcntl(srv->listen_spare, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+    uv_tcp_init(srv->loop, &srv->listener);
+    srv->listener.data = srv;
+    if (uv_tcp_open(&srv->listener, fd) != 0 ||
+        uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection) != 0) {
+        srv->listener_closing = true; /* (uv_close closes fd) */
+        uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
         uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
         return;
     }
@@ -1076,13 +1088,13 @@ static void accept_resume(uv_timer_t *t)
  * Out of descriptors with other loops on the address (reuseport): libuv's way out (a
  * descriptor it keeps in reserve, per loop) does not hold when several loops race for
  * the same free descriptor, and accept would fail again at once, a spin. Instead this
- * loop stops listening for ACCEPT_PAUSE_MS (its queued connections are refused; the
- * other loops' listeners go on) and listens again. (The shutdown timer is free until a
- * shutdown, which takes it over.)
+ * loop stops watching its socket for ACCEPT_PAUSE_MS (the socket stays open through
+ * listen_spare, so what queues meanwhile waits, and the other loops go on) and watches it
+ * again. (The shutdown timer is free until a shutdown, which takes it over.)
  */
 static void accept_pause(struct http_server *srv)
 {
-    if (srv->listener_paused || srv->shutting_down) return;
+    if (srv->listener_paused || srv->shutting_down || srv->listen_spare < 0) return;
     srv->listener_paused = true;
     srv->listener_closing = true;
     uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
@@ -1904,7 +1916,11 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         srv->nofile = (uint64_t)rl.rlim_cur;
     srv->bound_addr = ss;
+    srv->listen_spare = -1;
     r = listener_open(srv);
+    uv_os_fd_t lfd;
+    if (r == 0 && opts->reuseport && uv_fileno((uv_handle_t *)&srv->listener, &lfd) == 0)
+        srv->listen_spare = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
     if (r != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
         srv->shutting_down = true;
@@ -1966,6 +1982,7 @@ static void server_maybe_done(struct http_server *srv)
         void *arg = srv->shutdown_arg;
         free(srv->extra_headers);
         tls_config_free(srv->tls);
+        if (srv->listen_spare >= 0) close(srv->listen_spare);
         free(srv);
         if (done) done(arg);
     }
