@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "net/tls.h"
 
@@ -299,7 +300,11 @@ static void on_stop_signal(uv_signal_t *h, int signum)
     const char *name = signum == SIGINT ? "SIGINT" : "SIGTERM";
     if (p->stopping) {
         log_msg(LOG_WARN, "second %s: stopping now", name);
-        exit(0);
+        if (p->group == NULL) exit(0);
+        /* Other loops run on their threads: exit's clean-up would pull things from under
+         * them. This thread's access lines go out; the rest stop where they are. */
+        log_access_flush();
+        _exit(0);
     }
     unsigned drain_ms = (unsigned)(p->cfg->http_draintimeout_ns / 1000000ULL);
     log_msg(LOG_INFO, "%s received: draining %u loop%s (up to %ums), then stopping", name,

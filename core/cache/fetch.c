@@ -131,6 +131,13 @@ struct fetch {
     char tmp_path[4096];
     uv_work_t open_work;
     int open_err;
+    /* What open_work found, applied by open_done on the loop (which reads fd, locked,
+     * remote and size meanwhile): the file, whether the lock is ours, whether another
+     * process's file is followed instead, the size its lock says. */
+    uv_file opened_fd;
+    bool opened_locked, opened_remote;
+    int64_t opened_size;
+    int64_t opened_size_hint; /* the size for the lock, as it was when open_work began */
 
     /* The spool: [head->off, received) in memory, appended at the tail. */
     struct chunk *head, *tail;
@@ -1254,17 +1261,20 @@ static void open_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
     struct store *st = f->m->store;
+    f->opened_fd = -1;
+    f->opened_locked = f->opened_remote = false;
+    f->opened_size = -1;
     int fd = store_tmp_create_sync(st, f->hex, f->tmp_path, sizeof(f->tmp_path));
     if (fd < 0) {
         f->open_err = fd;
         f->tmp_path[0] = '\0';
         return;
     }
-    f->fd = fd;
+    f->opened_fd = fd;
     struct store_lock_info held;
-    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->size, &held);
+    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->opened_size_hint, &held);
     if (rc == 0) {
-        f->locked = true;
+        f->opened_locked = true;
         return;
     }
     if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
@@ -1272,7 +1282,7 @@ static void open_work(uv_work_t *w)
     close(fd);
     unlink(f->tmp_path);
     f->tmp_path[0] = '\0';
-    f->fd = -1;
+    f->opened_fd = -1;
     struct stat sb;
     int rfd = store_lock_tmp_open_sync(st, &held, &sb);
     if (rfd < 0) rfd = store_open_blob_sync(st, f->hex, &sb); /* it may have just committed */
@@ -1280,10 +1290,10 @@ static void open_work(uv_work_t *w)
         f->open_err = -EAGAIN;
         return;
     }
-    f->fd = rfd;
-    f->remote = true;
+    f->opened_fd = rfd;
+    f->opened_remote = true;
     snprintf(f->remote_tmp, sizeof(f->remote_tmp), "%s", held.tmp);
-    if (f->size < 0 && held.size >= 0) f->size = held.size;
+    f->opened_size = held.size;
 }
 
 static void start_upstream(struct fetch *f);
@@ -1291,6 +1301,11 @@ static void start_upstream(struct fetch *f);
 static void open_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
+    if (f->opened_fd >= 0) f->fd = f->opened_fd;
+    f->opened_fd = -1;
+    if (f->opened_locked) f->locked = true;
+    if (f->opened_remote) f->remote = true;
+    if (f->opened_remote && f->size < 0 && f->opened_size >= 0) f->size = f->opened_size;
     if (f->state != FETCH_RUNNING) {
         /* Failed meanwhile: the file and the lock have no use. */
         if (!f->remote) unlink_tmp(f);
@@ -1328,6 +1343,9 @@ static void open_done(uv_work_t *w, int status)
 static void queue_open(struct fetch *f)
 {
     f->open_err = 0;
+    f->opened_size_hint = f->size; /* (read on the pool: a copy) */
+    f->opened_fd = -1;             /* (until open_work says otherwise) */
+    f->opened_locked = f->opened_remote = false;
     f->open_work.data = f;
     fetch_ref(f);
     if (uv_queue_work(f->m->loop, &f->open_work, open_work, open_done) != 0) {
@@ -1355,8 +1373,11 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
         f->up = NULL;
         f->up_done = true;
     }
-    if (f->fd_ready) unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
-    lock_release(f);
+    /* A commit in flight on the thread pool owns the file and the lock (it renames or
+     * removes the one and releases the other): neither is touched here meanwhile. */
+    if (f->fd_ready && !f->committing)
+        unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
+    if (!f->committing) lock_release(f);
     poll_stop(f);
     mirror_stop(f);
     unregister(f);

@@ -122,6 +122,8 @@ def body(run):
         for i, b in enumerate(bodies):
             expect(b.complete and b.status == 200, "download %d: %r" % (i, b.error or b.status))
             expect_eq(b.sha256, late[i], "download %d's digest" % i)
+        # The process ends by itself once every loop has drained (no second signal).
+        cache.proc.popen.wait(timeout=h.STOP_TIMEOUT)
         expect_eq(cache.stop(), 0, "exit code after the drain")
 
     run.check("SIGTERM drains every loop: downloads in flight finish whole, exit 0",
