@@ -46,8 +46,11 @@
 #define JOB_MAX (8u << 20)          /* bytes one write or hash work item takes */
 #define JOB_MIN (1u << 20)          /* and waits for, unless the body is all in */
 /* Chunks kept for reuse by the manager: their pages stay mapped (a fresh chunk costs 256
- * page faults as it fills). */
+ * page faults as it fills). They go back to the system once no fetch has run for
+ * SPARE_IDLE_MS: a burst of misses reuses them, an idle cache (one per loop, with
+ * workers) does not hold 16 MiB each. */
 #define SPARE_CHUNKS 16
+#define SPARE_IDLE_MS 2000
 #define JOB_IOV 10 /* chunks one work item takes (JOB_MAX / CHUNK_BYTES + 2) */
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
@@ -75,6 +78,7 @@ struct fetch_manager {
     size_t n_beat;
     struct chunk *spare; /* freed chunks, for reuse */
     unsigned n_spare;
+    uv_timer_t *spare_timer;   /* frees the spares when no fetch runs (SPARE_IDLE_MS) */
     struct fetch_board *board; /* the process's other loops (workers), or NULL */
 };
 
@@ -204,6 +208,7 @@ struct fetch {
     uv_async_t *follow_wake;
 };
 
+static void spares_free(struct fetch_manager *m);
 static void fetch_maybe_finish(struct fetch *f);
 static void fetch_fail(struct fetch *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -222,11 +227,7 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
 
 void fetch_manager_free(struct fetch_manager *m)
 {
-    while (m->spare != NULL) {
-        struct chunk *c = m->spare;
-        m->spare = c->next;
-        free(c);
-    }
+    spares_free(m);
     free(m->beat_hexes);
     free(m);
 }
@@ -288,12 +289,37 @@ static struct chunk *chunk_new(struct fetch_manager *m)
     return malloc(sizeof(*c) + CHUNK_BYTES);
 }
 
+static void spares_free(struct fetch_manager *m)
+{
+    while (m->spare != NULL) {
+        struct chunk *c = m->spare;
+        m->spare = c->next;
+        free(c);
+    }
+    m->n_spare = 0;
+}
+
+static void spare_idle(uv_timer_t *t)
+{
+    struct fetch_manager *m = t->data;
+    if (m->n_active == 0)
+        spares_free(m);
+    else
+        uv_timer_start(t, spare_idle, SPARE_IDLE_MS, 0);
+}
+
 static void chunk_free(struct fetch_manager *m, struct chunk *c)
 {
     if (m->n_spare < SPARE_CHUNKS) {
         c->next = m->spare;
         m->spare = c;
         m->n_spare++;
+        if (m->spare_timer == NULL && (m->spare_timer = malloc(sizeof(uv_timer_t))) != NULL) {
+            uv_timer_init(m->loop, m->spare_timer);
+            m->spare_timer->data = m;
+            uv_unref((uv_handle_t *)m->spare_timer); /* it never keeps the loop alive */
+        }
+        if (m->spare_timer != NULL) uv_timer_start(m->spare_timer, spare_idle, SPARE_IDLE_MS, 0);
     } else {
         free(c);
     }
@@ -1653,6 +1679,10 @@ void fetch_manager_cancel_all(struct fetch_manager *m)
     if (m->beat != NULL) {
         uv_close((uv_handle_t *)m->beat, handle_free_cb);
         m->beat = NULL;
+    }
+    if (m->spare_timer != NULL) {
+        uv_close((uv_handle_t *)m->spare_timer, handle_free_cb);
+        m->spare_timer = NULL;
     }
 }
 

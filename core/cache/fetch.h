@@ -61,8 +61,9 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
                                         struct upstream_pool *pool);
 /*
  * Frees the manager; every fetch must have ended, and fetch_manager_cancel_all must have
- * been called on the running loop (it closes the manager's heartbeat timer, which a fetch
- * that took a lock started: without it the loop does not close).
+ * been called on the running loop (it closes the manager's timers: the heartbeat, which a
+ * fetch that took a lock started, and the one that frees the spare chunks after a fetch:
+ * without it the loop does not close).
  */
 void fetch_manager_free(struct fetch_manager *m);
 const struct fetch_stats *fetch_stats(const struct fetch_manager *m);
