@@ -305,21 +305,24 @@ class Bench:
         self.nginx_cold.stop()
         self.results["cold1"] = {"status": "ok", "size": size, "values": values}
 
+    def cold32_once(self, srv):
+        """32 concurrent GETs of the cold blob from srv restarted on an empty storage: the
+        wall clock, the upstream fetches (the origin's log) and the slowest first byte."""
+        digest, size = self.blobs["cold"]
+        srv.restart_fresh()
+        os.sync()
+        before = self.origin.settled_blob_gets(digest, quiet=0.5)
+        r = clients.curl_parallel(blob_url(srv.url, digest), 32, size)
+        fetched = self.origin.settled_blob_gets(digest) - before
+        return {"wall": r["wall"], "fetches": fetched,
+                "slowest_ttfb_ms": max(x["ttfb"] for x in r["results"]) * 1000.0}
+
     # 4. 32 concurrent requests for one cold blob: upstream fetches and time to all done.
     def scenario_cold32(self):
-        digest, size = self.blobs["cold"]
         cache_cold, dist_cold = self.cold_servers()
 
-        def measure(srv):
-            srv.restart_fresh()
-            os.sync()
-            before = self.origin.settled_blob_gets(digest, quiet=0.5)
-            r = clients.curl_parallel(blob_url(srv.url, digest), 32, size)
-            fetched = self.origin.settled_blob_gets(digest) - before
-            return {"wall": r["wall"], "fetches": fetched,
-                    "slowest_ttfb_ms": max(x["ttfb"] for x in r["results"]) * 1000.0}
-
-        values = self.alternate("cold32", [cache_cold, dist_cold], measure)
+        values = self.alternate("cold32", [cache_cold, dist_cold],
+                                lambda srv: self.cold32_once(srv))
         cache_cold.stop()
         dist_cold.stop()
         self.results["cold32"] = {"status": "ok", "values": values}
@@ -538,7 +541,6 @@ class Bench:
         n = min(os.cpu_count() or 1, 64)
         digest_small, _ = self.blobs["small"]
         digest_big, size_big = self.blobs["big"]
-        digest_cold, size_cold = self.blobs["cold"]
         secs = self.mode["wrk_seconds"]
         plain = [servers.Cache(self.work, self.args.binary, self.origin.url,
                                name="cache-w%d" % k, workers=k) for k in (1, n)]
@@ -582,15 +584,8 @@ class Bench:
             for c in tls:
                 c.stop()
 
-            def cold32(srv):
-                srv.restart_fresh()
-                os.sync()
-                before = self.origin.settled_blob_gets(digest_cold, quiet=0.5)
-                r = clients.curl_parallel(blob_url(srv.url, digest_cold), 32, size_cold)
-                fetched = self.origin.settled_blob_gets(digest_cold) - before
-                return {"wall": r["wall"], "fetches": fetched}
-
-            res["cold32"] = self.alternate("workers-cold32", cold + [dist_cold], cold32)
+            res["cold32"] = self.alternate("workers-cold32", cold + [dist_cold],
+                                           lambda srv: self.cold32_once(srv))
         finally:
             for c in plain + tls + cold + [dist_cold]:
                 c.stop()

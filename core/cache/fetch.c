@@ -800,30 +800,49 @@ static void mirror_woken(uv_async_t *h)
  */
 static int spec_copy(struct fetch *f, const struct chain_spec *spec);
 
-static int mirror_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
-                        struct fetch **out)
+/* A fetch of blob hex with a copy of spec (kept to start it, or start it again at a
+ * takeover), holding one reference; NULL when memory ran out. */
+static struct fetch *fetch_new(struct fetch_manager *m, const char *hex, int64_t size,
+                               const struct chain_spec *spec)
 {
     struct fetch *f = calloc(1, sizeof(*f));
-    uv_async_t *wake_handle = malloc(sizeof(*wake_handle));
-    if (f == NULL || wake_handle == NULL) {
-        free(f);
-        free(wake_handle);
-        return -ENOMEM;
-    }
+    if (f == NULL) return NULL;
     f->m = m;
     memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
     f->fd = -1;
     f->poll_final_fd = -1;
-    f->size = -1;
-    f->mirror = true;
-    f->remote = true;
+    f->size = size;
     f->refs = 1;
     digest_sha256_init(&f->sha);
-    if (spec_copy(f, spec) != 0) { /* kept for a takeover */
-        free(wake_handle);
+    if (spec_copy(f, spec) != 0) {
         fetch_unref(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* Lists f among the manager's running fetches: a second reference, the manager's. */
+static void manager_register(struct fetch_manager *m, struct fetch *f)
+{
+    f->refs++;
+    f->registered = true;
+    f->next = m->active;
+    if (m->active) m->active->prev = f;
+    m->active = f;
+    m->n_active++;
+}
+
+static int mirror_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
+                        struct fetch **out)
+{
+    uv_async_t *wake_handle = malloc(sizeof(*wake_handle));
+    struct fetch *f = wake_handle != NULL ? fetch_new(m, hex, -1, spec) : NULL;
+    if (f == NULL) {
+        free(wake_handle);
         return -ENOMEM;
     }
+    f->mirror = true;
+    f->remote = true;
     uv_async_init(m->loop, wake_handle, mirror_woken);
     wake_handle->data = f;
     f->follow.wake = wake_handle;
@@ -833,12 +852,7 @@ static int mirror_start(struct fetch_manager *m, const char *hex, const struct c
         fetch_unref(f);
         return -ENOENT;
     }
-    f->refs = 2; /* the manager's and the caller's */
-    f->registered = true;
-    f->next = m->active;
-    if (m->active) m->active->prev = f;
-    m->active = f;
-    m->n_active++;
+    manager_register(m, f);
     log_msg(LOG_INFO, "blob sha256:%s is being fetched on another loop: following it", hex);
     mirror_update(f);
     *out = f;
@@ -1631,29 +1645,13 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
         if (rc == -EEXIST && (rc = mirror_start(m, hex, spec, out)) != -ENOENT) return rc;
         if (rc == -ENOMEM) return UV_ENOMEM;
     }
-    struct fetch *f = calloc(1, sizeof(*f));
+    struct fetch *f = fetch_new(m, hex, expected_size, spec);
     if (f == NULL) {
         if (claim != NULL) fetch_board_release(claim);
         return UV_ENOMEM;
     }
     f->claim = claim;
-    f->m = m;
-    memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    f->fd = -1;
-    f->poll_final_fd = -1;
-    f->size = expected_size;
-    f->refs = 1;
-    digest_sha256_init(&f->sha);
-    if (spec_copy(f, spec) != 0) {
-        fetch_unref(f);
-        return UV_ENOMEM;
-    }
-    f->refs = 2; /* the manager's and the caller's */
-    f->registered = true;
-    f->next = m->active;
-    if (m->active) m->active->prev = f;
-    m->active = f;
-    m->n_active++;
+    manager_register(m, f);
     m->stats.started++;
     *out = f;
     if (!store_it) {
