@@ -79,6 +79,7 @@ struct fetch_manager {
     struct chunk *spare; /* freed chunks, for reuse */
     unsigned n_spare;
     uv_timer_t *spare_timer;   /* frees the spares when no fetch runs (SPARE_IDLE_MS) */
+    bool stopped;              /* fetch_manager_cancel_all ran: no timer starts any more */
     struct fetch_board *board; /* the process's other loops (workers), or NULL */
 };
 
@@ -314,6 +315,7 @@ static void chunk_free(struct fetch_manager *m, struct chunk *c)
         c->next = m->spare;
         m->spare = c;
         m->n_spare++;
+        if (m->stopped) return; /* (freed with the manager) */
         if (m->spare_timer == NULL && (m->spare_timer = malloc(sizeof(uv_timer_t))) != NULL) {
             uv_timer_init(m->loop, m->spare_timer);
             m->spare_timer->data = m;
@@ -1672,6 +1674,7 @@ void fetch_dont_store(struct fetch *f)
 
 void fetch_manager_cancel_all(struct fetch_manager *m)
 {
+    m->stopped = true;
     while (m->active != NULL)
         fetch_fail(m->active, "the cache is stopping");
     if (m->beat != NULL) {
