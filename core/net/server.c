@@ -27,6 +27,7 @@
 #include "net/server.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -181,7 +182,7 @@ struct conn {
     /* https: the session on the socket (tls_stream.h), when https is set. */
     struct tls_stream tls;
     bool https;
-    bool handshaking; /* counted in the server's n_handshaking */
+    bool handshaking; /* counted in pending_handshakes */
 };
 
 struct http_server {
@@ -210,7 +211,6 @@ struct http_server {
     struct throttle fd_warn;    /* "open files near the limit" */
     struct throttle refused;    /* connections closed at accept (limits, shutdown) */
     struct throttle tls_failed; /* failed TLS handshakes and sessions */
-    unsigned n_handshaking;     /* https connections whose handshake is not done */
     /* With reuseport, at the fd limit the listener is closed for a while (other loops'
      * listeners take the address meanwhile) and opened again: see accept_pause. */
     struct sockaddr_storage bound_addr;
@@ -219,6 +219,11 @@ struct http_server {
     bool listener_paused;  /* closed on purpose: shutdown need not close it */
     bool listener_closing; /* its close has not completed yet */
 };
+
+/* https connections whose handshake is not done, in the whole process: the loops of one
+ * process (workers) each have a server on the same address, and the bound on pending
+ * handshakes (their sessions' memory) is the process's. */
+static atomic_uint pending_handshakes;
 
 static void conn_close(struct conn *c);
 static void conn_continue(struct conn *c);
@@ -1020,7 +1025,7 @@ static void conn_handshake_over(struct conn *c)
 {
     if (!c->handshaking) return;
     c->handshaking = false;
-    c->srv->n_handshaking--;
+    atomic_fetch_sub(&pending_handshakes, 1);
 }
 
 static void on_connection(uv_stream_t *listener, int status);
@@ -1141,14 +1146,15 @@ static void on_connection(uv_stream_t *listener, int status)
         conn_close(c);
         return;
     }
-    if (srv->tls != NULL && srv->n_handshaking >= srv->opts.max_pending_handshakes) {
+    unsigned handshaking = atomic_load(&pending_handshakes);
+    if (srv->tls != NULL && handshaking >= srv->opts.max_pending_handshakes) {
         /* Each pending handshake holds its session (~35 KiB): their number is bounded
          * apart from the connections'. */
         if (throttle_event(&srv->refused, now_ns(), &count))
             log_msg(LOG_WARN,
                     "connection refused: %u TLS handshakes pending (limit %u; %u refused since "
                     "the last such line)",
-                    srv->n_handshaking, srv->opts.max_pending_handshakes, count);
+                    handshaking, srv->opts.max_pending_handshakes, count);
         conn_close(c);
         return;
     }
@@ -1177,7 +1183,7 @@ static void on_connection(uv_stream_t *listener, int status)
         }
         c->https = true;
         c->handshaking = true;
-        srv->n_handshaking++;
+        atomic_fetch_add(&pending_handshakes, 1);
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;

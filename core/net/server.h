@@ -66,8 +66,9 @@ struct http_server_opts {
     unsigned write_timeout_ms;       /* default 60000 */
     unsigned max_connections;        /* default 16384 */
     unsigned max_pending_handshakes; /* https: default 1024 connections whose TLS handshake
-                                        is not done yet (~35 KiB each); more are closed at
-                                        accept */
+                                        is not done yet (~35 KiB each), counted over the
+                                        whole process (the servers of several loops share
+                                        the bound); more are closed at accept */
     /* Headers added to every response (config http.headers); copied. */
     const struct http_header *extra_headers;
     size_t n_extra_headers;
