@@ -97,15 +97,19 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
         .format_ud = format_ud,
         .reuseport = p->reuseport,
     };
-    if (cfg->http_tls_certificate != NULL &&
-        tls_server_config_new(cfg->http_tls_certificate, cfg->http_tls_key,
-                              cfg->http_tls_minimumtls, &opts.tls, err, sizeof(err)) != 0) {
+    if (cfg->http_tls_certificate != NULL && p->server_tls != NULL) {
+        opts.tls = tls_config_ref(p->server_tls);
+    } else if (cfg->http_tls_certificate != NULL &&
+               tls_server_config_new(cfg->http_tls_certificate, cfg->http_tls_key,
+                                     cfg->http_tls_minimumtls, &opts.tls, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, "http.tls: %s", err);
         return -EINVAL;
     }
     const char *addr = p->listen_addr != NULL ? p->listen_addr : cfg->http_addr;
     int rc = http_server_listen(p->loop, addr, &opts, &p->server, err, sizeof(err));
-    tls_config_free(opts.tls); /* the server holds its own reference */
+    if (rc == 0 && p->index == 0 && p->reuseport && p->server_tls == NULL)
+        p->server_tls = tls_config_ref(opts.tls); /* for the workers (NULL for http) */
+    tls_config_free(opts.tls);                    /* the server holds its own reference */
     if (rc != 0) {
         log_msg(LOG_ERROR, "%s", err);
         p->server = NULL;
@@ -379,6 +383,7 @@ int process_start_workers(struct process *p, unsigned n, const struct process_mo
         w->group = g;
         w->reuseport = true;
         w->listen_addr = http_server_address(p->server);
+        w->server_tls = p->server_tls;
         int rc = uv_loop_init(&w->own_loop);
         w->loop = &w->own_loop;
         if (rc == 0) rc = uv_async_init(w->loop, &w->control, on_control);
@@ -432,6 +437,8 @@ void process_run(struct process *p)
     struct process_group *g = p->group;
     for (unsigned i = 1; g != NULL && i < g->started + 1; i++)
         uv_thread_join(&g->threads[i]);
+    tls_config_free(p->server_tls); /* every worker has ended */
+    p->server_tls = NULL;
     if (g != NULL) {
         uv_sem_destroy(&g->ready);
         uv_mutex_destroy(&g->control_lock);

@@ -61,8 +61,11 @@ struct process {
     uv_prepare_t log_prepare;
     uv_check_t log_check;
     bool stopping;
-    bool reuseport;          /* listen with SO_REUSEPORT (more than one loop) */
-    const char *listen_addr; /* NULL: cfg->http_addr; a worker's: loop 0's bound address */
+    bool reuseport;                /* listen with SO_REUSEPORT (more than one loop) */
+    const char *listen_addr;       /* NULL: cfg->http_addr; a worker's: loop 0's bound address */
+    struct tls_config *server_tls; /* loop 0's https configuration, which every loop uses
+                                      (session tickets resume on any loop): loop 0 holds a
+                                      reference, a worker borrows it */
     /* A worker's: its loop, and what loop 0 asks of it. */
     uv_loop_t own_loop;
     uv_async_t control;
