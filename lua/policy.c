@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <lauxlib.h>
@@ -52,6 +53,9 @@ struct policy_engine {
      * engine's of the process (policy_engine_share_log); failures_lock guards them. */
     struct policy_engine *log_owner;
     pthread_mutex_t failures_lock;
+    /* cache.turn's counters, by upstreams entry (1..POLICY_TURNS): the log owner's serve
+     * every engine of the process, so a rotation is one for all the loops. */
+    atomic_ulong turns[POLICY_TURNS];
 
     void (*log_fn)(void *ud, enum log_level level, const char *line); /* NULL: log_msg */
     void *log_ud;
@@ -173,6 +177,15 @@ static void script_log(void *ud, enum log_level level, const char *msg)
     engine_log(pe, level, "policy: %s", msg);
 }
 
+/* cache.turn(key): the process's count of calls with key (an upstreams entry's index). */
+static unsigned long host_turn(void *ud, long long key)
+{
+    struct policy_engine *pe = ud;
+    struct policy_engine *owner = pe->log_owner != NULL ? pe->log_owner : pe;
+    if (key < 1 || key > POLICY_TURNS) return 0;
+    return atomic_fetch_add(&owner->turns[key - 1], 1) + 1;
+}
+
 static double host_now(void *ud)
 {
     return engine_now(ud);
@@ -193,7 +206,7 @@ static int engine_vm_new(struct policy_engine *pe, struct policy_settings *setti
         .n_hooks = POLICY_HOOK_COUNT,
         .instructions = pe->instructions,
         .memory_bytes = pe->memory,
-        .host = {.now = host_now, .log = script_log, .ud = pe},
+        .host = {.now = host_now, .log = script_log, .turn = host_turn, .ud = pe},
         .push_config = policy_settings_push,
         .config_ud = settings,
     };

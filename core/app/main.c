@@ -506,7 +506,8 @@ static void server_stopped(void *arg)
     fetch_manager_cancel_all(app->fetches);
     budget_stop(app->budget);
     app->budget = NULL;
-    pulls_stop(app->pulls); /* the counts gathered since the last flush go to disk */
+    if (app == app->shared->main)
+        pulls_stop(app->pulls); /* the counts gathered since the last flush go to disk */
     app->pulls = NULL;
     if (app->expiry != NULL) {
         expire_stop(app->expiry, NULL, NULL);
@@ -699,8 +700,9 @@ static int app_build(struct process *p, void *ud)
     }
     blob_service_set_budget(app->blobs, sh->main->budget);
     fetch_manager_on_commit(app->fetches, blob_committed, app);
-    /* Pull counts (blob.pulls of the policies), and the admit policy. */
-    app->pulls = pulls_new(app->loop, app->store);
+    /* Pull counts (blob.pulls of the policies), and the admit policy: loop 0's table
+     * counts every loop's pulls (pulls.h). */
+    app->pulls = main_loop ? pulls_new(app->loop, app->store) : sh->main->pulls;
     app->adapters = (struct policies){.pe = app->policy, .pulls = app->pulls};
     blob_service_set_pulls(app->blobs, app->pulls);
     blob_service_set_admit(app->blobs, policies_admit, &app->adapters);

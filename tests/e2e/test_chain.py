@@ -40,10 +40,7 @@ def body(run):
 
     a1 = run.cache([origin], name="a1")
     a2 = run.cache([origin], name="a2")
-    # B runs one loop: the round robin's cursor lives in each loop's Lua state (README,
-    # "Several loops"), so with two loops the split is per loop, not 4/4 overall.
-    b = run.cache([{"originhost": origin.url, "upstreamhosts": [a1.url, a2.url]}], name="b",
-                  workers=1)
+    b = run.cache([{"originhost": origin.url, "upstreamhosts": [a1.url, a2.url]}], name="b")
 
     def split_four_four():
         for d in digests[:8]:
