@@ -480,6 +480,14 @@ static void app_render(struct process *p, struct textbuf *out)
         fns[i](sources[i], out);
 }
 
+/* content_cache_loops: how many loops serve (workers). */
+static void render_loops(const void *proc, struct textbuf *out)
+{
+    metrics_value(out, "content_cache_loops", "gauge",
+                  "Event loops serving, each on its own thread (workers).",
+                  process_loops((const struct process *)proc));
+}
+
 /* What the debug server shows: the process-wide figures (upstreams, request counters),
  * each loop's own summed over the loops, the store's (loop 0 keeps them), and the two
  * health checks. */
@@ -488,6 +496,7 @@ static void debug_wire(struct app *app)
     struct debug *d = app->proc->debug;
     metrics_render_fn fns[LOOP_SECTIONS];
     const void *sources[LOOP_SECTIONS];
+    debug_add_section(d, render_loops, app->proc);
     debug_add_section(d, chain_render_metrics, NULL);
     size_t n = loop_sections(app, fns, sources);
     for (size_t i = 0; i < n; i++)

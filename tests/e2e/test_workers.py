@@ -90,6 +90,7 @@ def body(run):
         joined = (metrics.get('content_cache_blob_requests_total{result="coalesced"}', 0)
                   + metrics.get('content_cache_blob_requests_total{result="hit"}', 0))
         expect_eq(joined, float(CLIENTS - BLOBS), "coalesced and hit blob GETs in /metrics")
+        expect_eq(metrics.get("content_cache_loops"), 2.0, "content_cache_loops")
         tasks = os.listdir("/proc/%d/task" % cache.proc.pid)
         expect(len(tasks) >= 2, "one process with %d threads" % len(tasks))
 
