@@ -1146,8 +1146,11 @@ static void on_connection(uv_stream_t *listener, int status)
         conn_close(c);
         return;
     }
-    unsigned handshaking = atomic_load(&pending_handshakes);
+    /* A place among the pending handshakes is taken at once (loops accept at the same
+     * time), and given back if the connection does not start one. */
+    unsigned handshaking = srv->tls != NULL ? atomic_fetch_add(&pending_handshakes, 1) : 0;
     if (srv->tls != NULL && handshaking >= srv->opts.max_pending_handshakes) {
+        atomic_fetch_sub(&pending_handshakes, 1);
         /* Each pending handshake holds its session (~35 KiB): their number is bounded
          * apart from the connections'. */
         if (throttle_event(&srv->refused, now_ns(), &count))
@@ -1175,6 +1178,7 @@ static void on_connection(uv_stream_t *listener, int status)
     warn_fd_limit(srv, c);
     uv_tcp_nodelay(&c->tcp, 1);
     if (srv->tls != NULL) {
+        c->handshaking = true; /* (its place is taken above) */
         if (tls_stream_init(&c->tls, (uv_stream_t *)&c->tcp, srv->tls, NULL, conn_tls_written, c) !=
             0) {
             log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
@@ -1182,8 +1186,6 @@ static void on_connection(uv_stream_t *listener, int status)
             return;
         }
         c->https = true;
-        c->handshaking = true;
-        atomic_fetch_add(&pending_handshakes, 1);
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
