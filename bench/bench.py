@@ -45,7 +45,7 @@ MODES = {
 MAX_RETRIES_PER_SCENARIO = 2
 
 SCENARIOS = ["hit1k", "big16", "rss", "idle", "cold1", "cold32", "sha256", "tls", "policy",
-             "redirect"]
+             "redirect", "workers"]
 
 
 def log(msg):
@@ -305,21 +305,24 @@ class Bench:
         self.nginx_cold.stop()
         self.results["cold1"] = {"status": "ok", "size": size, "values": values}
 
+    def cold32_once(self, srv):
+        """32 concurrent GETs of the cold blob from srv restarted on an empty storage: the
+        wall clock, the upstream fetches (the origin's log) and the slowest first byte."""
+        digest, size = self.blobs["cold"]
+        srv.restart_fresh()
+        os.sync()
+        before = self.origin.settled_blob_gets(digest, quiet=0.5)
+        r = clients.curl_parallel(blob_url(srv.url, digest), 32, size)
+        fetched = self.origin.settled_blob_gets(digest) - before
+        return {"wall": r["wall"], "fetches": fetched,
+                "slowest_ttfb_ms": max(x["ttfb"] for x in r["results"]) * 1000.0}
+
     # 4. 32 concurrent requests for one cold blob: upstream fetches and time to all done.
     def scenario_cold32(self):
-        digest, size = self.blobs["cold"]
         cache_cold, dist_cold = self.cold_servers()
 
-        def measure(srv):
-            srv.restart_fresh()
-            os.sync()
-            before = self.origin.settled_blob_gets(digest, quiet=0.5)
-            r = clients.curl_parallel(blob_url(srv.url, digest), 32, size)
-            fetched = self.origin.settled_blob_gets(digest) - before
-            return {"wall": r["wall"], "fetches": fetched,
-                    "slowest_ttfb_ms": max(x["ttfb"] for x in r["results"]) * 1000.0}
-
-        values = self.alternate("cold32", [cache_cold, dist_cold], measure)
+        values = self.alternate("cold32", [cache_cold, dist_cold],
+                                lambda srv: self.cold32_once(srv))
         cache_cold.stop()
         dist_cold.stop()
         self.results["cold32"] = {"status": "ok", "values": values}
@@ -529,6 +532,64 @@ class Bench:
         self.results["redirect"] = {"status": "ok", "requests": n,
                                     "values": {"redirected": values["front"],
                                                "direct": values["cache-edge"]}}
+
+    # 13. workers: 1 against workers: N (one loop per CPU) on the same run: cached 1 KiB
+    # hits (wrk, nginx and Distribution beside them), 16 concurrent TLS downloads of the
+    # cached big blob (nginx's TLS beside them), 32 cold clients (Distribution beside
+    # them), and the RSS of each after its hit rows.
+    def scenario_workers(self):
+        n = min(os.cpu_count() or 1, 64)
+        digest_small, _ = self.blobs["small"]
+        digest_big, size_big = self.blobs["big"]
+        secs = self.mode["wrk_seconds"]
+        plain = [servers.Cache(self.work, self.args.binary, self.origin.url,
+                               name="cache-w%d" % k, workers=k) for k in (1, n)]
+        tls = [servers.Cache(self.work, self.args.binary, self.origin.url,
+                             name="cache-tls-w%d" % k, tls=(self.cert, self.key), workers=k)
+               for k in (1, n)]
+        cold = [servers.Cache(self.work, self.args.binary, self.origin.url,
+                              name="cache-cold-w%d" % k, workers=k) for k in (1, n)]
+        _, dist_cold = self.cold_servers()
+        nginx_tls = types.SimpleNamespace(name="nginx", url=self.nginx.tls_url)
+        res = {"status": "ok", "workers": n, "seconds": secs}
+        try:
+            for c in plain:
+                c.start()
+            self.warm(plain, ["small", "big"])
+
+            def hits(srv):
+                result = clients.wrk(blob_url(srv.url, digest_small), 2, 64, secs)
+                if hasattr(srv, "truncate_access_log"):
+                    srv.truncate_access_log()
+                return result["rps"]
+
+            res["hit1k"] = self.alternate("workers-hit1k",
+                                          [self.nginx, self.dist] + plain, hits)
+            res["rss_mib"] = {c.name: [c.rss_kib() / 1024.0] for c in plain}
+            for c in plain:
+                c.stop()
+
+            for c in tls:
+                c.start()
+            self.warm(tls, ["big"], insecure=True)
+            for c in tls:
+                verify_body(blob_url(c.url, digest_big), digest_big, insecure=True)
+
+            def tls16(srv):
+                r = clients.curl_parallel(blob_url(srv.url, digest_big), 16, size_big,
+                                          insecure=True)
+                return 16 * size_big / r["wall"] / 1e6
+
+            res["tls16"] = self.alternate("workers-tls16", [nginx_tls] + tls, tls16)
+            for c in tls:
+                c.stop()
+
+            res["cold32"] = self.alternate("workers-cold32", cold + [dist_cold],
+                                           lambda srv: self.cold32_once(srv))
+        finally:
+            for c in plain + tls + cold + [dist_cold]:
+                c.stop()
+        self.results["workers"] = res
 
     def policy_engine_wired(self):
         """Whether this content-cache calls policy hooks: a drop-in format_log that returns

@@ -12,7 +12,7 @@
 #   --out FILE         where the table goes (default bench/results/<UTC date-time>[-quick].md)
 #   --rounds N         rounds per scenario (default 3, --quick 1)
 #   --only LIST        comma-separated scenarios: hit1k,big16,rss,idle,cold1,cold32,sha256,tls,policy,
-#                      redirect
+#                      redirect,workers
 #   --work DIR         work directory (default: a new one under $TMPDIR, removed at the end)
 #   --keep             keep the work directory (servers' configs and logs)
 #   --wait-quiet S     at the start, wait up to S seconds for other processes to leave the CPUs

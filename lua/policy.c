@@ -10,6 +10,8 @@
 #endif
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <lauxlib.h>
@@ -47,6 +49,13 @@ struct policy_engine {
 
     uint64_t errors[POLICY_HOOK_COUNT];
     struct hook_failures failures[POLICY_HOOK_COUNT];
+    /* Whose failures[] rate-limits this engine's log lines: its own, or the first
+     * engine's of the process (policy_engine_share_log); failures_lock guards them. */
+    struct policy_engine *log_owner;
+    pthread_mutex_t failures_lock;
+    /* cache.turn's counters, by upstreams entry (1..POLICY_TURNS): the log owner's serve
+     * every engine of the process, so a rotation is one for all the loops. */
+    atomic_ulong turns[POLICY_TURNS];
 
     void (*log_fn)(void *ud, enum log_level level, const char *line); /* NULL: log_msg */
     void *log_ud;
@@ -168,6 +177,15 @@ static void script_log(void *ud, enum log_level level, const char *msg)
     engine_log(pe, level, "policy: %s", msg);
 }
 
+/* cache.turn(key): the process's count of calls with key (an upstreams entry's index). */
+static unsigned long host_turn(void *ud, long long key)
+{
+    struct policy_engine *pe = ud;
+    struct policy_engine *owner = pe->log_owner != NULL ? pe->log_owner : pe;
+    if (key < 1 || key > POLICY_TURNS) return 0;
+    return atomic_fetch_add(&owner->turns[key - 1], 1) + 1;
+}
+
 static double host_now(void *ud)
 {
     return engine_now(ud);
@@ -188,7 +206,7 @@ static int engine_vm_new(struct policy_engine *pe, struct policy_settings *setti
         .n_hooks = POLICY_HOOK_COUNT,
         .instructions = pe->instructions,
         .memory_bytes = pe->memory,
-        .host = {.now = host_now, .log = script_log, .ud = pe},
+        .host = {.now = host_now, .log = script_log, .turn = host_turn, .ud = pe},
         .push_config = policy_settings_push,
         .config_ud = settings,
     };
@@ -206,7 +224,8 @@ static int engine_new(struct policy_settings *settings, const char *builtin_dir,
 
     *out = NULL;
     if (errlen) err[0] = '\0';
-    if (settings == NULL || (pe = calloc(1, sizeof *pe)) == NULL) {
+    if (settings == NULL || (pe = calloc(1, sizeof *pe)) == NULL ||
+        pthread_mutex_init(&pe->failures_lock, NULL) != 0) {
         policy_settings_free(settings);
         snprintf(err, errlen, "policy: out of memory");
         return -ENOMEM;
@@ -279,6 +298,7 @@ void policy_engine_free(struct policy_engine *pe)
     for (size_t i = 0; i < pe->n_dropin_files; i++)
         free(pe->dropin_files[i]);
     free(pe->dropin_files);
+    pthread_mutex_destroy(&pe->failures_lock);
     free(pe);
 }
 
@@ -333,25 +353,35 @@ void policy_free_list(char **list, size_t n)
  * POLICY_LOG_INTERVAL ago. */
 static void hook_failed(struct policy_engine *pe, enum policy_hook h, const char *msg)
 {
-    struct hook_failures *f = &pe->failures[h];
+    struct policy_engine *owner = pe->log_owner != NULL ? pe->log_owner : pe;
+    struct hook_failures *f = &owner->failures[h];
     double now = engine_now(pe);
 
     pe->errors[h]++;
+    pthread_mutex_lock(&owner->failures_lock);
     if (f->logged && !interval_over(f->last_logged, now)) {
         f->unlogged++;
+        pthread_mutex_unlock(&owner->failures_lock);
         return;
     }
-    if (f->unlogged)
-        engine_log(pe, LOG_WARN,
-                   "policy: %s failed, the built-in default is used (and %" PRIu64
-                   " more failures not logged): %s",
-                   hook_names[h], f->unlogged, msg);
-    else
-        engine_log(pe, LOG_WARN, "policy: %s failed, the built-in default is used: %s",
-                   hook_names[h], msg);
+    uint64_t unlogged = f->unlogged;
     f->logged = true;
     f->last_logged = now;
     f->unlogged = 0;
+    pthread_mutex_unlock(&owner->failures_lock);
+    if (unlogged)
+        engine_log(pe, LOG_WARN,
+                   "policy: %s failed, the built-in default is used (and %" PRIu64
+                   " more failures not logged): %s",
+                   hook_names[h], unlogged, msg);
+    else
+        engine_log(pe, LOG_WARN, "policy: %s failed, the built-in default is used: %s",
+                   hook_names[h], msg);
+}
+
+void policy_engine_share_log(struct policy_engine *pe, struct policy_engine *first)
+{
+    pe->log_owner = first != pe ? first : NULL;
 }
 
 /* ---- calling a hook --------------------------------------------------------------------- */

@@ -100,6 +100,8 @@ enum policy_hook {
 /* evict gets its budget plus this many instructions per candidate (it sorts them). */
 #define POLICY_EVICT_INSTRUCTIONS_PER_CANDIDATE 1000UL
 /* Seconds between two logged failures of one hook, and cache.log's window. */
+/* cache.turn keeps counts for upstreams entries 1..POLICY_TURNS (more: nil). */
+#define POLICY_TURNS 64
 #define POLICY_LOG_INTERVAL 10.0
 /* cache.log lines written per window; the rest are counted. */
 #define POLICY_LOG_BURST 20
@@ -178,6 +180,15 @@ int policy_engine_reload(struct policy_engine *pe, const struct config *cfg, cha
 
 /* Closes the Lua state and frees the engine. NULL is a no-op. */
 void policy_engine_free(struct policy_engine *pe);
+
+/*
+ * The engines of one process's loops (workers; a Lua state is never shared between
+ * threads, so each loop has its own engine): pe's failed hooks are logged at the rate
+ * of `first`'s, so that the process logs a failing hook at most once per interval
+ * whatever the loops. `first` must outlive pe; its failure record is guarded by a mutex.
+ */
+void policy_engine_share_log(struct policy_engine *pe, struct policy_engine *first);
+/* (It also shares first's cache.turn counters: one round robin for the process.) */
 
 /* The clock behind cache.now() and the log rate limits (default: CLOCK_REALTIME). */
 void policy_engine_set_clock(struct policy_engine *pe, double (*now)(void *ud), void *ud);

@@ -299,6 +299,18 @@ static int cache_now(lua_State *L)
     return 1;
 }
 
+static int cache_turn(lua_State *L)
+{
+    struct policy_vm *vm = vm_of(L);
+    unsigned long n = vm->opt.host.turn(vm->opt.host.ud, (long long)luaL_checkinteger(L, 1));
+
+    if (n == 0)
+        lua_pushnil(L);
+    else
+        lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
 static int cache_log(lua_State *L)
 {
     struct policy_vm *vm = vm_of(L);
@@ -508,6 +520,10 @@ static void open_cache_module(lua_State *L, struct policy_vm *vm)
     lua_setfield(L, -2, "now");
     lua_pushcfunction(L, cache_log);
     lua_setfield(L, -2, "log");
+    if (vm->opt.host.turn != NULL) {
+        lua_pushcfunction(L, cache_turn);
+        lua_setfield(L, -2, "turn");
+    }
     vm->opt.push_config(L, vm->opt.config_ud);
     lua_setfield(L, -2, "config");
     sandbox_make_readonly(L);

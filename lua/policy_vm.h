@@ -53,6 +53,10 @@ struct policy_vm;
 struct policy_vm_host {
     double (*now)(void *ud);                                      /* cache.now() */
     void (*log)(void *ud, enum log_level level, const char *msg); /* cache.log, print */
+    /* cache.turn(key): the number of calls so far with this key, this one included, for
+     * the whole process (1, 2, 3, ...), or 0 for a key it does not keep (then nil).
+     * NULL: no cache.turn. */
+    unsigned long (*turn)(void *ud, long long key);
     void *ud;
 };
 

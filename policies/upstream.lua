@@ -5,8 +5,10 @@
 -- the first call gives {A, B, origin}, the second {B, A, origin}, the third {A, B,
 -- origin} again. Each upstreams entry has its own cursor, advanced once per call.
 --
--- The cursors live in this module, in the Lua state: a reload (SIGHUP) builds a new state,
--- so the rotation starts again at the first host.
+-- The cursor of an entry of the config is the host's cache.turn(index): one count for the
+-- whole process, whatever loop (Lua state) serves the request, kept across a reload
+-- (SIGHUP). Without cache.turn (a spec's fake host, or a hand-made entry without an
+-- index) the cursors live in this module, in the Lua state: a reload starts them again.
 
 local M = {}
 
@@ -29,9 +31,15 @@ function M.select_upstream(req, upstream)
 
     if n > 0 then
         local key = entry_key(upstream)
-        local first = cursors[key] or 1
-        if first > n then
-            first = 1
+        local turn = upstream.index and cache and cache.turn and cache.turn(upstream.index)
+        local first
+        if turn then
+            first = (turn - 1) % n + 1
+        else
+            first = cursors[key] or 1
+            if first > n then
+                first = 1
+            end
         end
         for i = 0, n - 1 do
             order[#order + 1] = hosts[(first - 1 + i) % n + 1]

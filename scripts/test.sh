@@ -3,6 +3,7 @@
 #
 #   scripts/test.sh                  build/ and its ctest
 #   scripts/test.sh --asan           build-asan/ (sanitizers) and its ctest
+#   scripts/test.sh --tsan -R ...    build-tsan/ (ThreadSanitizer) and its ctest
 #   scripts/test.sh -R e2e/          extra arguments go to ctest (here: e2e tests only)
 #
 # Tests run two at a time: each end-to-end test takes its own free ports and its own
@@ -24,8 +25,13 @@ for arg in "$@"; do
             # Sanitized binaries start and serve more slowly: stretch the e2e waits.
             export CC_E2E_TIMEOUT_SCALE=${CC_E2E_TIMEOUT_SCALE:-3}
             ;;
+        --tsan)
+            build_args+=(--tsan)
+            build_dir=build-tsan
+            export CC_E2E_TIMEOUT_SCALE=${CC_E2E_TIMEOUT_SCALE:-3}
+            ;;
         -h | --help)
-            sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+            sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *) ctest_args+=("$arg") ;;

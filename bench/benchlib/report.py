@@ -344,6 +344,61 @@ def render(env, mode, results, args):
     scenario("redirect", 12, "cached 1 KiB blob: redirected by the front vs asked of the cache",
              "ms", "redirected <= direct + 5 ms", "front 307 + cache, sequential", redirect)
 
+    # 13
+    def workers(res):
+        n = res["workers"]
+        one, many = "cache-w1", "cache-w%d" % n
+        hit = {k: statistics.median(v) for k, v in res["hit1k"].items()}
+        h1, hn = hit.get(one), hit.get(many)
+        fig = {"nginx": hit.get("nginx"), "dist": hit.get("distproxy")}
+        wrk = "`wrk -t2 -c64 -d%ds URL`" % res["seconds"]
+        t.row("13a", "cached 1 KiB blob, workers: 1", "req/s", dict(fig, cc=h1), 0,
+              ratio(h1, fig["nginx"]), ratio(h1, fig["dist"]), "shown", DASH, wrk)
+        rn = ratio(hn, fig["nginx"])
+        t.row("13b", "cached 1 KiB blob, workers: %d" % n, "req/s", dict(fig, cc=hn), 0, rn,
+              ratio(hn, fig["dist"]), "cc/nginx >= 1.0 (nginx: 2 workers), >= 13a",
+              "%s; %.2fx 13a" % (verdict(rn is not None and rn >= 1.0 and hn >= h1),
+                                 ratio(hn, h1) or 0), wrk)
+        tls = {k: statistics.median(v) for k, v in res["tls16"].items()}
+        t1, tn, tng = tls.get("cache-tls-w1"), tls.get("cache-tls-w%d" % n), tls.get("nginx")
+        how = "16 x `curl -k -o /dev/null URL` at once over HTTPS; 16 x size / wall clock"
+        t.row("13c", "16 concurrent TLS downloads of a cached %d MiB blob, workers: 1" % big,
+              "MB/s (sum)", {"nginx": tng, "cc": t1}, 0, ratio(t1, tng), None, "shown", DASH,
+              how)
+        rt = ratio(tn, t1)
+        t.row("13d", "16 concurrent TLS downloads of a cached %d MiB blob, workers: %d"
+              % (big, n), "MB/s (sum)", {"nginx": tng, "cc": tn}, 0, ratio(tn, tng), None,
+              ">= 1.6x 13c", "%s: %.2fx 13c" % (verdict(rt is not None and rt >= 1.6), rt or 0),
+              how)
+        c1 = res["cold32"].get("cache-cold-w1", [])
+        cn = res["cold32"].get("cache-cold-w%d" % n, [])
+        cd = res["cold32"].get("distproxy-cold", [])
+        fetches = sorted(set(v["fetches"] for v in cn))
+        t.row("13e", "32 concurrent requests for one cold %d MiB blob: upstream fetches, "
+              "workers: 1 / %d" % (cold, n), "fetches",
+              {"dist": statistics.median([v["fetches"] for v in cd]) if cd else None}, 0,
+              target="exactly 1 with workers: %d" % n,
+              result="%s (every round: %s)" % (verdict(fetches == [1]), fetches),
+              how="32 x `curl` at once; the origin's access log",
+              cc_text="%s / %s" % (num(statistics.median([v["fetches"] for v in c1]) if c1
+                                       else None),
+                                   num(statistics.median([v["fetches"] for v in cn]) if cn
+                                       else None)))
+        rss = {k: v[0] for k, v in res["rss_mib"].items()}
+        rn_ = rss.get(many)
+        t.row("13f", "RSS after the hit rows, workers: %d (workers: 1: %.1f MiB)"
+              % (n, rss.get(one) or 0), "MiB", {"cc": rn_}, 1, target="<= 24 MiB",
+              result=verdict(rn_ is not None and rn_ <= 24), how="VmRSS of the process")
+        wall = {k: statistics.median([v["wall"] for v in vals])
+                for k, vals in res["cold32"].items() if vals}
+        t.notes.append("Row 13: caches of their own started for these rows, same origin and "
+                       "blobs; workers: %d is one loop per CPU. 32 cold clients took %s s "
+                       "(workers: 1 / %d / Distribution, medians)." % (
+                           n, " / ".join("%.2f" % wall[k] for k in
+                                         ("cache-cold-w1", "cache-cold-w%d" % n,
+                                          "distproxy-cold") if k in wall), n))
+    scenario("workers", 13, "workers: 1 vs workers: N", "", "see rows 13a-13f", "", workers)
+
     others = []
     for name, res in results.items():
         if "others_per_try" in res:

@@ -475,12 +475,14 @@ class NginxProxyCache(Server):
 
 class Cache(Server):
     """content-cache with the origin as its originhost. tls=(cert, key) serves HTTPS;
-    policydir names a drop-in policy directory. stdout (the access log) goes to a file,
-    as it would in a deployment."""
+    policydir names a drop-in policy directory; workers sets the loops (None: the option
+    is left out, one loop per CPU). stdout (the access log) goes to a file, as it would
+    in a deployment."""
 
     def __init__(self, work, binary, origin_url, name="cache", tls=None, policydir=None,
-                 builtin_policies=None):
+                 builtin_policies=None, workers=None):
         super().__init__(work, name)
+        self.workers = workers
         self.binary = binary
         # The built-in policies: given, else what bench/run.sh exports for every cache.
         self.builtin_policies = builtin_policies
@@ -507,6 +509,8 @@ class Cache(Server):
                   "        upstreams:", "          - originhost: %s" % self.origin_url]
         if self.policydir:
             lines.append("        policydir: %s" % self.policydir)
+        if self.workers:
+            lines.append("        workers: %d" % self.workers)
         return "\n".join(lines) + "\n"
 
     def write_config(self, port):

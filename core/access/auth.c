@@ -6,10 +6,17 @@
  * to the bound, with entries linked by index: one chain per bucket (the bucket is the
  * first bytes of the key, a SHA-256, so no further hashing is needed), one list in order
  * of use for eviction, and one list of free slots.
+ *
+ * Threads: one cache serves every loop of the process (workers). Its mutex is held for
+ * the whole of each public call on it and nothing else; a challenge handed out by a
+ * lookup is a copy in the calling thread's own buffer, so another loop's store or
+ * eviction cannot free it under the caller.
  */
 #include "access/auth.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -39,6 +46,7 @@ struct auth_cache {
     uint32_t free_list;
     unsigned allow_ttl_ms, deny_ttl_ms;
     uint64_t hits, misses, evictions;
+    pthread_mutex_t lock;
 };
 
 struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, unsigned deny_ttl_ms)
@@ -58,6 +66,7 @@ struct auth_cache *auth_cache_new(size_t max_entries, unsigned allow_ttl_ms, uns
         c->buckets[i] = NIL;
     c->bucket_mask = n_buckets - 1;
     c->max_entries = max_entries;
+    pthread_mutex_init(&c->lock, NULL);
     c->newest = c->oldest = c->free_list = NIL;
     c->allow_ttl_ms = allow_ttl_ms;
     c->deny_ttl_ms = deny_ttl_ms;
@@ -71,15 +80,19 @@ void auth_cache_free(struct auth_cache *c)
         free(c->entries[i].challenge);
     free(c->entries);
     free(c->buckets);
+    pthread_mutex_destroy(&c->lock);
     free(c);
 }
 
 void auth_cache_stats(const struct auth_cache *c, struct auth_cache_stats *out)
 {
+    struct auth_cache *locked = (struct auth_cache *)c; /* the lock, not the figures */
+    pthread_mutex_lock(&locked->lock);
     out->hits = c->hits;
     out->misses = c->misses;
     out->evictions = c->evictions;
     out->entries = c->n_live;
+    pthread_mutex_unlock(&locked->lock);
 }
 
 static void hash_field(struct digest_sha256 *ctx, const void *data, size_t len)
@@ -180,12 +193,33 @@ static uint32_t take_slot(struct auth_cache *c)
     return (uint32_t)c->n_used++;
 }
 
+static bool lookup_locked(struct auth_cache *c, const unsigned char key[32], uint64_t now_ms,
+                          int *status_out, const char **challenge_out);
+
 bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *credential,
                        size_t cred_len, const char *repo, size_t repo_len, const char *action,
                        uint64_t now_ms, int *status_out, const char **challenge_out)
 {
+    static _Thread_local char challenge_copy[AUTH_CACHE_CHALLENGE_MAX + 1];
     unsigned char key[32];
+    const char *challenge = NULL;
     make_key(origin, credential, cred_len, repo, repo_len, action, key);
+    pthread_mutex_lock(&c->lock);
+    bool found = lookup_locked(c, key, now_ms, status_out, &challenge);
+    if (found && challenge_out != NULL) {
+        *challenge_out = NULL;
+        if (challenge != NULL) {
+            snprintf(challenge_copy, sizeof(challenge_copy), "%s", challenge);
+            *challenge_out = challenge_copy;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+static bool lookup_locked(struct auth_cache *c, const unsigned char key[32], uint64_t now_ms,
+                          int *status_out, const char **challenge_out)
+{
     uint32_t i = find(c, key);
     if (i != NIL && now_ms >= c->entries[i].expires_ms) {
         drop(c, i);
@@ -199,7 +233,7 @@ bool auth_cache_lookup(struct auth_cache *c, const char *origin, const char *cre
     use_push_newest(c, i);
     c->hits++;
     *status_out = c->entries[i].status;
-    if (challenge_out != NULL) *challenge_out = c->entries[i].challenge;
+    *challenge_out = c->entries[i].challenge;
     return true;
 }
 
@@ -235,6 +269,9 @@ static bool copy_challenge(const char *challenge, size_t len, char **out)
     return *out != NULL;
 }
 
+static bool store_locked(struct auth_cache *c, const unsigned char key[32], bool allowed,
+                         int status, char *kept, uint64_t expires);
+
 bool auth_cache_store(struct auth_cache *c, const char *origin, const char *credential,
                       size_t cred_len, const char *repo, size_t repo_len, const char *action,
                       int status, const char *challenge, size_t challenge_len, uint64_t now_ms)
@@ -246,6 +283,15 @@ bool auth_cache_store(struct auth_cache *c, const char *origin, const char *cred
     if (!allowed && !copy_challenge(challenge, challenge_len, &kept)) return false;
     unsigned char key[32];
     make_key(origin, credential, cred_len, repo, repo_len, action, key);
+    pthread_mutex_lock(&c->lock);
+    bool stored = store_locked(c, key, allowed, status, kept, expires);
+    pthread_mutex_unlock(&c->lock);
+    return stored;
+}
+
+static bool store_locked(struct auth_cache *c, const unsigned char key[32], bool allowed,
+                         int status, char *kept, uint64_t expires)
+{
     uint32_t i = find(c, key);
     if (i != NIL) {
         use_unlink(c, i);

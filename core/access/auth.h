@@ -1,7 +1,9 @@
 /*
  * auth.h: who may pull what. Two independent parts, for the loop thread (no I/O but the
- * bundle file read once by auth_token_verifier_new, no locks; only the signature checks
- * of auth_token_check run elsewhere, on libuv's thread pool, see below):
+ * bundle file read once by auth_token_verifier_new; only the signature checks of
+ * auth_token_check run elsewhere, on libuv's thread pool, see below). The decision
+ * cache may be shared by the loops of one process (workers): each call on it holds its
+ * mutex throughout (auth.c). A verifier is one loop's (auth_token_verifier_attach).
  *
  * - The decision cache (auth.c) remembers, for a short time, what an upstream answered
  *   to "may this credential do this action on this repository", so that the server

@@ -4,6 +4,7 @@
 #include "app/debug.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,10 @@
 /* --- Request counters ---------------------------------------------------------------- */
 
 #define STATUS_SLOTS 64
+
+/* The counters are the process's, fed by every loop (workers): counters_lock guards them,
+ * held for one update or one rendering, never across a callback. */
+static pthread_mutex_t counters_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static struct {
     char method[8];
@@ -38,6 +43,7 @@ void debug_observe(const struct log_access_entry *e)
     const char *m = e->method ? e->method : "?";
     if (strcmp(m, "GET") != 0 && strcmp(m, "HEAD") != 0)
         m = "other"; /* the label set stays small whatever clients send */
+    pthread_mutex_lock(&counters_lock);
     size_t i = 0;
     for (; i < STATUS_SLOTS && requests[i].status != 0; i++)
         if (requests[i].status == e->status && strcmp(requests[i].method, m) == 0) break;
@@ -57,10 +63,12 @@ void debug_observe(const struct log_access_entry *e)
             break;
         }
     }
+    pthread_mutex_unlock(&counters_lock);
 }
 
 static void render_requests(struct textbuf *o)
 {
+    pthread_mutex_lock(&counters_lock);
     metrics_help(o, "content_cache_http_requests_total", "counter",
                  "Requests answered, by method and status.");
     for (size_t i = 0; i < STATUS_SLOTS && requests[i].status != 0; i++)
@@ -83,6 +91,7 @@ static void render_requests(struct textbuf *o)
     for (size_t i = 0; i < BLOB_RESULTS; i++)
         metrics_labelled(o, "content_cache_blob_served_bytes_total", "result", blob_results[i],
                          blob_result_bytes[i]);
+    pthread_mutex_unlock(&counters_lock);
 }
 
 /* --- The debug server ------------------------------------------------------------------ */
@@ -109,7 +118,18 @@ struct debug {
         void *ud;
     } routes[DEBUG_ROUTES_MAX];
     size_t n_routes;
+    void (*gather)(void *ud, debug_gathered_fn done, void *arg);
+    void *gather_ud;
+    unsigned scrapes; /* scrapes waiting for the other loops' figures */
+    bool stopped;     /* debug_stop came while some were: the last frees d */
 };
+
+void debug_set_gather(struct debug *d, void (*gather)(void *ud, debug_gathered_fn done, void *arg),
+                      void *ud)
+{
+    d->gather = gather;
+    d->gather_ud = ud;
+}
 
 static void render_health(const struct debug *d, struct textbuf *o)
 {
@@ -263,6 +283,49 @@ static void health_start_background(struct debug *d)
     if (d->background != NULL) health_next(d->background);
 }
 
+/* A /metrics answer that waits for the other loops' figures. */
+struct scrape {
+    struct debug *d;
+    struct http_exchange *x; /* NULL once the client is gone */
+};
+
+static void scrape_gone(struct http_exchange *x, void *arg)
+{
+    ((struct scrape *)arg)->x = NULL;
+}
+
+static void metrics_respond(struct debug *d, struct http_exchange *x, const char *more,
+                            size_t more_len)
+{
+    char *buf = malloc(METRICS_MAX);
+    if (buf == NULL) {
+        http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
+        return;
+    }
+    size_t n = debug_render_metrics(d, buf, METRICS_MAX);
+    if (more_len > 0) {
+        struct textbuf total = {buf, METRICS_MAX, n, false};
+        metrics_sum_into(&total, more, more_len);
+        n = total.len;
+    }
+    struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
+    if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
+    free(buf);
+}
+
+static void scrape_gathered(void *arg, const char *text, size_t len)
+{
+    struct scrape *sc = arg;
+    struct debug *d = sc->d;
+    d->scrapes--;
+    if (sc->x != NULL && !d->stopped) {
+        http_exchange_on_gone(sc->x, NULL, NULL);
+        metrics_respond(d, sc->x, text, len);
+    }
+    free(sc);
+    if (d->stopped && d->scrapes == 0) free(d);
+}
+
 static void debug_handle(struct http_exchange *x, void *ud)
 {
     struct debug *d = ud;
@@ -283,15 +346,16 @@ static void debug_handle(struct http_exchange *x, void *ud)
     if (len == 8 && memcmp(path, "/metrics", 8) == 0) {
         /* Checks that answer at once show in this scrape, the others from the next. */
         health_start_background(d);
-        char *buf = malloc(METRICS_MAX);
-        if (buf == NULL) {
-            http_respond_full(x, 503, NULL, 0, "out of memory\n", 14);
+        struct scrape *sc = d->gather != NULL ? calloc(1, sizeof(*sc)) : NULL;
+        if (sc == NULL) {
+            metrics_respond(d, x, NULL, 0);
             return;
         }
-        size_t n = debug_render_metrics(d, buf, METRICS_MAX);
-        struct http_header h = {"Content-Type", 12, "text/plain; version=0.0.4; charset=utf-8", 40};
-        if (http_respond_full(x, 200, &h, 1, buf, n) != 0) http_respond_abort(x);
-        free(buf);
+        sc->d = d;
+        sc->x = x;
+        d->scrapes++;
+        http_exchange_on_gone(x, scrape_gone, sc);
+        d->gather(d->gather_ud, scrape_gathered, sc);
         return;
     }
     if (len == 13 && memcmp(path, "/debug/health", 13) == 0) {
@@ -333,11 +397,19 @@ int debug_start(uv_loop_t *loop, const char *addr, struct debug **out, char *err
     return 0;
 }
 
+/* The server is closed: d goes, or, while scrapes wait for other loops, the last does. */
+static void debug_closed(void *arg)
+{
+    struct debug *d = arg;
+    d->stopped = true;
+    if (d->scrapes == 0) free(d);
+}
+
 void debug_stop(struct debug *d)
 {
     if (d == NULL) return;
     if (d->background != NULL) d->background->d = NULL; /* it frees itself when it ends */
-    http_server_shutdown(d->server, 0, free, d);
+    http_server_shutdown(d->server, 0, debug_closed, d);
 }
 
 const char *debug_address(const struct debug *d)

@@ -14,8 +14,8 @@
  * The debug server knows no module: main.c hands it render callbacks and health checks
  * (metrics.h), and each module renders its own figures; a module with endpoints of its
  * own (POST /debug/warm, warm_debug.h) is handed its path prefix (debug_add_route). The
- * request counters are fed by debug_observe (one call per access-log entry). Everything
- * runs on the loop's thread.
+ * request counters are fed by debug_observe (one call per access-log entry), from any
+ * loop. Everything else runs on the loop's thread.
  */
 #ifndef CC_DEBUG_H
 #define CC_DEBUG_H
@@ -53,8 +53,20 @@ int debug_add_check(struct debug *d, const char *name, health_check_fn check, vo
  */
 int debug_add_route(struct debug *d, const char *prefix, http_request_cb handle, void *ud);
 
-/* Counts one finished request (from the access-log entry). Kept process-wide, whether
- * or not a debug server runs. */
+/*
+ * The figures of the process's other loops (workers): at each /metrics scrape,
+ * gather(ud, done, arg) is called; it must call done(arg, text, len) exactly once, on
+ * d's loop, with the other loops' sections rendered on their own threads (text valid
+ * during the call). The answer is then d's own figures with those summed in
+ * (metrics_sum_into): one series per name and labels, totals over the loops.
+ */
+typedef void (*debug_gathered_fn)(void *arg, const char *text, size_t len);
+void debug_set_gather(struct debug *d, void (*gather)(void *ud, debug_gathered_fn done, void *arg),
+                      void *ud);
+
+/* Counts one finished request (from the access-log entry). Kept process-wide (every
+ * loop counts into the same figures, under a mutex), whether or not a debug server
+ * runs. */
 void debug_observe(const struct log_access_entry *e);
 
 /* Renders the metrics (the request counters and d's sections) into buf; returns the

@@ -16,6 +16,7 @@
  */
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@
 #include "app/policies.h"
 #include "cache/expire.h"
 #include "cache/fetch.h"
+#include "cache/fetch_board.h"
 #include "cache/answers.h"
 #include "cache/fsck.h"
 #include "cache/manifest.h"
@@ -120,8 +122,24 @@ static void print_usage(FILE *to)
     fprintf(to, usage_format, warm_cmd_usage);
 }
 
+/* What the loops of one process share (workers): the config and the store are read only
+ * once the loops run; loop 0's budget takes the commits of every loop through
+ * `commits` (an async handle and two atomic counters), as only loop 0 may touch it. */
+struct shared {
+    struct config *cfg;
+    struct store *store;
+    struct fetch_board *board; /* one fetch per missing blob over the loops; NULL with one */
+    struct auth_cache *auth;   /* the decisions remembered, for every loop (auth.h) */
+    struct app *main;          /* loop 0's */
+    uv_async_t commits;
+    bool commits_open;
+    _Atomic uint64_t committed_blobs, committed_bytes;
+};
+
+/* One loop's services (loop 0's, or a worker's built on its own thread). */
 struct app {
-    struct process proc; /* the loop, the server, the debug server, signals */
+    struct process *proc; /* the loop, the server, the debug server (loop 0), signals */
+    struct shared *shared;
     uv_loop_t *loop;
     struct config *cfg;
     struct upstream_pool *pool;
@@ -134,15 +152,15 @@ struct app {
     struct manifest_service *manifests;
     struct answers *answers; /* the credentials' answers on disk, for the outage policy */
     struct outage *outage;
-    struct expiry *expiry;
+    struct expiry *expiry; /* loop 0's only */
     struct policy_engine *policy;
     struct policies adapters; /* what the modules ask the policies through */
     struct pulls *pulls;
-    struct auth_cache *auth;
+    struct auth_cache *auth; /* shared->auth */
     struct auth_verifier *verifier;
     struct keyring *grant_keys; /* the front's keys, for redirected requests */
-    struct budget *budget;
-    struct warm_debug *warms; /* POST /debug/warm */
+    struct budget *budget;      /* loop 0's own; a worker's is NULL (it asks loop 0's) */
+    struct warm_debug *warms;   /* POST /debug/warm: loop 0's only (its debug server) */
 };
 
 static struct config *load_config(const char *path)
@@ -244,6 +262,8 @@ static void print_cache_settings(const struct config *cfg)
     } else {
         printf("blob ttl:      none (blobs are kept)\n");
     }
+    printf("workers:       %u loop%s%s\n", config_workers(cfg), config_workers(cfg) > 1 ? "s" : "",
+           cfg->workers ? "" : " (one per CPU: workers not set)");
     char tc_s[64], tp_s[64], th_s[64];
     unsigned connect_ms =
         cfg->upstream_connect_ms ? cfg->upstream_connect_ms : UPSTREAM_DEFAULT_CONNECT_MS;
@@ -464,22 +484,60 @@ static int run_warm(int argc, char **argv)
     return rc;
 }
 
-/* What the debug server shows: each module's figures, in the order operators read them,
- * and the two health checks. */
+/* The sections of /metrics each loop keeps for itself, in the order operators read them
+ * (loop 0's through its debug server, a worker's when loop 0 gathers them: app_render).
+ * Returns how many were put in fns and sources (at most LOOP_SECTIONS). */
+#define LOOP_SECTIONS 8
+static size_t loop_sections(const struct app *app, metrics_render_fn *fns, const void **sources)
+{
+    size_t n = 0;
+    fns[n] = fetch_render_metrics, sources[n++] = app->fetches;
+    fns[n] = blob_render_metrics, sources[n++] = app->blobs;
+    fns[n] = manifest_render_metrics, sources[n++] = app->manifests;
+    fns[n] = outage_render_metrics, sources[n++] = app->outage;
+    if (app->policy != NULL) fns[n] = policy_render_metrics, sources[n++] = app->policy;
+    fns[n] = http_server_render_metrics, sources[n++] = app->proc->server;
+    return n;
+}
+
+/* A worker's sections, rendered on its own thread when loop 0 gathers them. */
+static void app_render(struct process *p, struct textbuf *out)
+{
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
+    struct app *app = p->ud;
+    if (app == NULL || p->server == NULL) return;
+    size_t n = loop_sections(app, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        fns[i](sources[i], out);
+}
+
+/* content_cache_loops: how many loops serve (workers). */
+static void render_loops(const void *proc, struct textbuf *out)
+{
+    metrics_value(out, "content_cache_loops", "gauge",
+                  "Event loops serving, each on its own thread (workers).",
+                  process_loops((const struct process *)proc));
+}
+
+/* What the debug server shows: the process-wide figures (upstreams, request counters),
+ * each loop's own summed over the loops, the store's (loop 0 keeps them), and the two
+ * health checks. */
 static void debug_wire(struct app *app)
 {
-    struct debug *d = app->proc.debug;
+    struct debug *d = app->proc->debug;
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
+    debug_add_section(d, render_loops, app->proc);
     debug_add_section(d, chain_render_metrics, NULL);
-    debug_add_section(d, fetch_render_metrics, app->fetches);
+    size_t n = loop_sections(app, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        debug_add_section(d, fns[i], sources[i]);
     debug_add_section(d, budget_render_metrics, app->budget);
     if (app->expiry != NULL) debug_add_section(d, expire_render_metrics, app->expiry);
-    debug_add_section(d, blob_render_metrics, app->blobs);
-    debug_add_section(d, manifest_render_metrics, app->manifests);
-    debug_add_section(d, outage_render_metrics, app->outage);
-    if (app->policy != NULL) debug_add_section(d, policy_render_metrics, app->policy);
-    debug_add_section(d, http_server_render_metrics, app->proc.server);
     debug_add_check(d, "storage", store_health_check, app->store);
     debug_add_check(d, "upstream", upstreams_health_check, app->upstreams);
+    debug_set_gather(d, process_gather, app->proc);
 }
 
 /* The server has drained: what keeps the loop running is stopped. */
@@ -490,7 +548,8 @@ static void server_stopped(void *arg)
     fetch_manager_cancel_all(app->fetches);
     budget_stop(app->budget);
     app->budget = NULL;
-    pulls_stop(app->pulls); /* the counts gathered since the last flush go to disk */
+    if (app == app->shared->main)
+        pulls_stop(app->pulls); /* the counts gathered since the last flush go to disk */
     app->pulls = NULL;
     if (app->expiry != NULL) {
         expire_stop(app->expiry, NULL, NULL);
@@ -501,16 +560,22 @@ static void server_stopped(void *arg)
     app->grant_keys = NULL;
     upstream_pool_close(app->pool);
     app->pool = NULL;
+    if (app->shared->main == app && app->shared->commits_open) {
+        uv_close((uv_handle_t *)&app->shared->commits, NULL);
+        app->shared->commits_open = false;
+    }
 }
 
 static void on_hup(void *arg)
 {
     struct app *app = arg;
     char err[1024];
+    unsigned loop = app->proc->index;
     if (policy_engine_reload(app->policy, NULL, err, sizeof(err)) != 0)
-        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
+        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded on loop %u, the running ones stay: %s",
+                loop, err);
     else
-        log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+        log_msg(LOG_INFO, "SIGHUP: policies reloaded on loop %u", loop);
 }
 
 static long app_evict(void *ud, const budget_blob *cands, size_t n, uint64_t bytes_needed,
@@ -539,10 +604,30 @@ static bool blob_in_use(void *ud, const char *hex)
     return blob_service_in_use(app->blobs, hex);
 }
 
+/* A blob committed on this loop: into the store's totals, which loop 0's budget keeps
+ * (a worker's commits reach it through shared->commits). */
 static void blob_committed(void *ud, const char *hex, uint64_t size)
 {
     struct app *app = ud;
-    budget_added(app->budget, size);
+    struct shared *sh = app->shared;
+    if (app == sh->main) {
+        budget_added(app->budget, size);
+        return;
+    }
+    atomic_fetch_add(&sh->committed_bytes, size);
+    atomic_fetch_add(&sh->committed_blobs, 1);
+    uv_async_send(&sh->commits);
+}
+
+/* On loop 0: the workers' commits since the last wake-up, into the budget. */
+static void commits_arrived(uv_async_t *h)
+{
+    struct shared *sh = h->data;
+    uint64_t blobs = atomic_exchange(&sh->committed_blobs, 0);
+    uint64_t bytes = atomic_exchange(&sh->committed_bytes, 0);
+    /* budget_added counts one blob a call: the bytes go with the first. */
+    for (uint64_t i = 0; i < blobs; i++)
+        budget_added(sh->main->budget, i == 0 ? bytes : 0);
 }
 
 static void blob_expired(void *ud, const struct expire_blob *b)
@@ -561,189 +646,252 @@ static void raise_fd_limit(void)
     }
 }
 
+/*
+ * Builds one loop's services on p->loop and listens: loop 0's on the main thread (with
+ * the budget's eviction, expiry and the debug server), each worker's on its own thread.
+ * Every loop has its own upstream pool (and TLS configs), policy engine (Lua states are
+ * never shared between threads), fetch manager, authorization memory, pull counts and
+ * listener; they share the config and the store. Returns 0 or an exit code (logged).
+ */
+static int app_build(struct process *p, void *ud)
+{
+    struct shared *sh = ud;
+    struct app *app = calloc(1, sizeof(*app));
+    if (app == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    bool main_loop = p->index == 0;
+    char err[512];
+    app->shared = sh;
+    app->proc = p;
+    app->cfg = sh->cfg;
+    app->store = sh->store;
+    app->loop = p->loop;
+    p->on_reload = on_hup;
+    p->on_stopped = server_stopped;
+    p->ud = app;
+    if (main_loop) sh->main = app;
+
+    int rc = policy_engine_new(app->cfg, builtin_policies(), &app->policy, err, sizeof(err));
+    if (rc != 0) {
+        log_msg(LOG_ERROR, "policies: %s", err);
+        return EXIT_CONFIG;
+    }
+    /* A failing hook is logged once per interval for the process, not per loop. */
+    if (!main_loop) policy_engine_share_log(app->policy, sh->main->policy);
+    /* https upstreams: the system's CAs and the config's cas. */
+    rc = process_pool(p, &app->pool);
+    if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
+    app->upstreams = upstreams_new(app->cfg, app->pool);
+    app->relays = app->upstreams ? relay_service_new(app->upstreams) : NULL;
+    app->fetches = fetch_manager_new(app->loop, app->store, app->pool);
+    if (app->fetches != NULL) fetch_manager_set_board(app->fetches, sh->board);
+    app->blobs = app->upstreams && app->fetches
+                     ? blob_service_new(app->loop, app->store, app->fetches, app->upstreams)
+                     : NULL;
+    app->manifests =
+        app->upstreams ? manifest_service_new(app->loop, app->store, app->upstreams) : NULL;
+    app->router =
+        app->relays && app->blobs ? router_new(app->upstreams, app->relays, app->blobs) : NULL;
+    if (app->router == NULL || app->manifests == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    upstreams_set_policy(app->upstreams, app->policy);
+    /* Authorization decisions are remembered briefly; with auth.token, tokens are
+     * verified here against the issuer's certificates. */
+    app->auth = sh->auth;
+    if (app->cfg->auth_token_realm != NULL &&
+        auth_token_verifier_new(app->cfg->auth_token_rootcertbundle, app->cfg->auth_token_issuer,
+                                app->cfg->auth_token_service, err, sizeof(err),
+                                &app->verifier) != 0) {
+        log_msg(LOG_ERROR, "auth.token: %s", err);
+        return EXIT_CONFIG;
+    }
+    /* Token signatures are verified on the thread pool, outcomes remembered. */
+    if (app->auth == NULL ||
+        (app->verifier != NULL &&
+         auth_token_verifier_attach(app->verifier, app->loop, app->auth) != 0)) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_auth(app->blobs, app->cfg, app->auth, app->verifier);
+    /* Requests redirected by a front carry grants, verified with its keys (fetched when
+     * the first grant comes, and when one names a key not seen yet). */
+    app->grant_keys = keyring_new(app->loop, app->pool);
+    if (app->grant_keys == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_grants(app->blobs, app->grant_keys);
+    manifest_service_set_auth(app->manifests, app->cfg, app->auth, app->verifier);
+    router_set_manifests(app->router, app->manifests);
+
+    /* The store's totals, and eviction under the disk budget when one is set: loop 0's.
+     * A worker asks loop 0's budget only whether a size fits (its options, fixed). */
+    if (main_loop) {
+        struct budget_opts bo = {
+            .max_bytes = app->cfg->has_budget ? app->cfg->budget_bytes : 0,
+            .high_pct = app->cfg->budget_high_pct,
+            .low_pct = app->cfg->budget_low_pct,
+            .evict = app_evict,
+            .in_use = blob_in_use,
+            .ud = app,
+        };
+        if (budget_start(app->loop, app->store, &bo, &app->budget) != 0 ||
+            uv_async_init(app->loop, &sh->commits, commits_arrived) != 0) {
+            log_msg(LOG_ERROR, "out of memory at start");
+            return EXIT_RUNTIME;
+        }
+        sh->commits.data = sh;
+        sh->commits_open = true;
+        uv_unref((uv_handle_t *)&sh->commits);
+    }
+    blob_service_set_budget(app->blobs, sh->main->budget);
+    fetch_manager_on_commit(app->fetches, blob_committed, app);
+    /* Pull counts (blob.pulls of the policies), and the admit policy: loop 0's table
+     * counts every loop's pulls (pulls.h). */
+    app->pulls = main_loop ? pulls_new(app->loop, app->store) : sh->main->pulls;
+    app->adapters = (struct policies){.pe = app->policy, .pulls = app->pulls};
+    blob_service_set_pulls(app->blobs, app->pulls);
+    blob_service_set_admit(app->blobs, policies_admit, &app->adapters);
+    manifest_service_set_pulls(app->manifests, app->pulls);
+    manifest_service_on_commit(app->manifests, blob_committed, app);
+    /* When every upstream fails: the on_upstream_failure policy, with the origin's last
+     * answers for each credential kept on disk as hashes. */
+    app->answers = answers_open(app->loop, app->store);
+    app->outage = outage_new(app->answers, policies_on_upstream_failure, &app->adapters);
+    if (app->outage == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
+    blob_service_set_outage(app->blobs, app->answers, app->outage);
+    manifest_service_set_outage(app->manifests, app->answers, app->outage);
+    /* Expiry runs with a configured blobttl, or when the blob_ttl in force is not the
+     * shipped one (which gives no TTL without a blobttl); the sweeps are loop 0's. */
+    if (policies_expiry_needed(app->policy, app->cfg)) {
+        double ttl_s = app->cfg->has_blobttl ? (double)app->cfg->blobttl_ns / 1e9 : 0;
+        blob_service_set_ttl(app->blobs, ttl_s);
+        struct expire_opts eo = {
+            .default_ttl_s = ttl_s, .ttl = app_blob_ttl, .on_removed = blob_expired, .ud = app};
+        if (main_loop && expire_start(app->loop, app->store, &eo, &app->expiry) != 0) {
+            log_msg(LOG_ERROR, "cannot start the blob expiry timer");
+            return EXIT_RUNTIME;
+        }
+    }
+
+    rc = process_listen(p, router_handle, app->router, process_format_access, process_observe,
+                        app->policy);
+    if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
+    return EXIT_OK;
+}
+
+/* Frees one loop's services once its loop has ended (or its build failed). */
+static void app_finish(struct process *p)
+{
+    struct app *app = p->ud;
+    if (app == NULL) return;
+    warm_debug_free(app->warms);
+    policy_engine_free(app->policy);
+    auth_token_verifier_free(app->verifier);
+    blob_service_free(app->blobs);
+    manifest_service_free(app->manifests);
+    outage_free(app->outage);
+    answers_close(app->answers); /* (no work is in flight: the loop has run out) */
+    if (app->fetches != NULL) fetch_manager_free(app->fetches);
+    router_free(app->router);
+    relay_service_free(app->relays);
+    upstreams_free(app->upstreams);
+    free(app);
+    p->ud = NULL;
+}
+
 /* Serves the cache (a downstream middleware); the front's config goes to front_run. */
 static int run_serve(const char *path)
 {
-    struct app app;
-    memset(&app, 0, sizeof(app));
-    app.cfg = load_config(path);
-    if (app.cfg == NULL) return EXIT_CONFIG;
-    struct log_options log_opts = config_log_options(app.cfg);
+    struct shared sh;
+    memset(&sh, 0, sizeof(sh));
+    sh.cfg = load_config(path);
+    if (sh.cfg == NULL) return EXIT_CONFIG;
+    struct log_options log_opts = config_log_options(sh.cfg);
     log_configure(&log_opts);
     signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
-    if (app.cfg->has_contentcaches) {
-        int frc = front_run(app.cfg, builtin_policies());
-        config_free(app.cfg);
+    if (sh.cfg->has_contentcaches) {
+        int frc = front_run(sh.cfg, builtin_policies());
+        config_free(sh.cfg);
         return frc;
     }
 
-    /* File I/O and hashing run on libuv's thread pool: size it for a disk with
-     * several fetches and many readers in flight, unless the operator did. */
+    /* File I/O and hashing run on libuv's thread pool (one for the process, whatever
+     * the loops): size it for a disk with several fetches and many readers in flight,
+     * unless the operator did. */
     setenv("UV_THREADPOOL_SIZE", "16", 0);
 
     char err[512];
     unsigned removed = 0;
-    int rc = store_open(app.cfg->storage_root, &app.store, &removed, err, sizeof(err));
+    int rc = store_open(sh.cfg->storage_root, &sh.store, &removed, err, sizeof(err));
     if (rc != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        config_free(app.cfg);
+        config_free(sh.cfg);
         return EXIT_RUNTIME;
     }
     if (removed > 0)
         log_msg(LOG_INFO, "removed %u unfinished temporary blob files left by an earlier run",
                 removed);
 
-    rc = policy_engine_new(app.cfg, builtin_policies(), &app.policy, err, sizeof(err));
-    if (rc != 0) {
-        log_msg(LOG_ERROR, "policies: %s", err);
-        config_free(app.cfg);
-        return EXIT_CONFIG;
-    }
-
-    process_init(&app.proc, app.cfg);
-    app.proc.on_reload = on_hup;
-    app.proc.on_stopped = server_stopped;
-    app.proc.ud = &app;
-    app.loop = app.proc.loop;
-    /* https upstreams: the system's CAs and the config's cas. */
-    rc = process_pool(&app.proc, &app.pool);
-    if (rc != 0) {
-        config_free(app.cfg);
-        return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
-    }
-    app.upstreams = upstreams_new(app.cfg, app.pool);
-    app.relays = app.upstreams ? relay_service_new(app.upstreams) : NULL;
-    app.fetches = fetch_manager_new(app.loop, app.store, app.pool);
-    app.blobs = app.upstreams && app.fetches
-                    ? blob_service_new(app.loop, app.store, app.fetches, app.upstreams)
-                    : NULL;
-    app.manifests = app.upstreams ? manifest_service_new(app.loop, app.store, app.upstreams) : NULL;
-    app.router = app.relays && app.blobs ? router_new(app.upstreams, app.relays, app.blobs) : NULL;
-    if (app.router == NULL || app.manifests == NULL) {
+    /* Authorization decisions are remembered briefly, once for every loop. */
+    sh.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                             AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    struct process proc;
+    process_init(&proc, sh.cfg);
+    unsigned loops = config_workers(sh.cfg);
+    proc.reuseport = loops > 1;
+    if (loops > 1 && (sh.board = fetch_board_new()) == NULL) {
         log_msg(LOG_ERROR, "out of memory at start");
         return EXIT_RUNTIME;
     }
-    upstreams_set_policy(app.upstreams, app.policy);
-    /* Authorization decisions are remembered briefly; with auth.token, tokens are
-     * verified here against the issuer's certificates. */
-    app.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
-                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
-    if (app.cfg->auth_token_realm != NULL &&
-        auth_token_verifier_new(app.cfg->auth_token_rootcertbundle, app.cfg->auth_token_issuer,
-                                app.cfg->auth_token_service, err, sizeof(err),
-                                &app.verifier) != 0) {
-        log_msg(LOG_ERROR, "auth.token: %s", err);
-        return EXIT_CONFIG;
-    }
-    /* Token signatures are verified on the thread pool, outcomes remembered. */
-    if (app.auth == NULL || (app.verifier != NULL &&
-                             auth_token_verifier_attach(app.verifier, app.loop, app.auth) != 0)) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return EXIT_RUNTIME;
-    }
-    blob_service_set_auth(app.blobs, app.cfg, app.auth, app.verifier);
-    /* Requests redirected by a front carry grants, verified with its keys (fetched when
-     * the first grant comes, and when one names a key not seen yet). */
-    app.grant_keys = keyring_new(app.loop, app.pool);
-    if (app.grant_keys == NULL) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return EXIT_RUNTIME;
-    }
-    blob_service_set_grants(app.blobs, app.grant_keys);
-    manifest_service_set_auth(app.manifests, app.cfg, app.auth, app.verifier);
-    router_set_manifests(app.router, app.manifests);
-
-    /* The store's totals, and eviction under the disk budget when one is set. */
-    struct budget_opts bo = {
-        .max_bytes = app.cfg->has_budget ? app.cfg->budget_bytes : 0,
-        .high_pct = app.cfg->budget_high_pct,
-        .low_pct = app.cfg->budget_low_pct,
-        .evict = app_evict,
-        .in_use = blob_in_use,
-        .ud = &app,
-    };
-    if (budget_start(app.loop, app.store, &bo, &app.budget) != 0) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return EXIT_RUNTIME;
-    }
-    blob_service_set_budget(app.blobs, app.budget);
-    fetch_manager_on_commit(app.fetches, blob_committed, &app);
-    /* Pull counts (blob.pulls of the policies), and the admit policy. */
-    app.pulls = pulls_new(app.loop, app.store);
-    app.adapters = (struct policies){.pe = app.policy, .pulls = app.pulls};
-    blob_service_set_pulls(app.blobs, app.pulls);
-    blob_service_set_admit(app.blobs, policies_admit, &app.adapters);
-    manifest_service_set_pulls(app.manifests, app.pulls);
-    manifest_service_on_commit(app.manifests, blob_committed, &app);
-    /* When every upstream fails: the on_upstream_failure policy, with the origin's last
-     * answers for each credential kept on disk as hashes. */
-    app.answers = answers_open(app.loop, app.store);
-    app.outage = outage_new(app.answers, policies_on_upstream_failure, &app.adapters);
-    if (app.outage == NULL) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return EXIT_RUNTIME;
-    }
-    blob_service_set_outage(app.blobs, app.answers, app.outage);
-    manifest_service_set_outage(app.manifests, app.answers, app.outage);
-    /* Expiry runs with a configured blobttl, or when the blob_ttl in force is not the
-     * shipped one (which gives no TTL without a blobttl). */
-    if (policies_expiry_needed(app.policy, app.cfg)) {
-        double ttl_s = app.cfg->has_blobttl ? (double)app.cfg->blobttl_ns / 1e9 : 0;
-        blob_service_set_ttl(app.blobs, ttl_s);
-        struct expire_opts eo = {
-            .default_ttl_s = ttl_s, .ttl = app_blob_ttl, .on_removed = blob_expired, .ud = &app};
-        if (expire_start(app.loop, app.store, &eo, &app.expiry) != 0) {
-            log_msg(LOG_ERROR, "cannot start the blob expiry timer");
-            return EXIT_RUNTIME;
-        }
-    }
-
-    rc = process_listen(&app.proc, router_handle, app.router, process_format_access,
-                        process_observe, app.policy);
-    if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
-    if (process_debug(&app.proc) != 0) return EXIT_RUNTIME;
-    if (app.proc.debug != NULL) debug_wire(&app);
-    if (app.proc.debug != NULL) {
-        struct warm_env we = {.loop = app.loop,
-                              .cfg = app.cfg,
-                              .store = app.store,
-                              .fetches = app.fetches,
-                              .manifests = app.manifests,
-                              .upstreams = app.upstreams,
+    rc = app_build(&proc, &sh);
+    if (rc != EXIT_OK) return rc;
+    struct app *app = proc.ud;
+    if (process_debug(&proc) != 0) return EXIT_RUNTIME;
+    if (proc.debug != NULL) debug_wire(app);
+    if (proc.debug != NULL) {
+        struct warm_env we = {.loop = app->loop,
+                              .cfg = app->cfg,
+                              .store = app->store,
+                              .fetches = app->fetches,
+                              .manifests = app->manifests,
+                              .upstreams = app->upstreams,
                               .admit = warm_admit,
-                              .admit_ud = &app};
-        if ((app.warms = warm_debug_new(&we)) == NULL ||
-            debug_add_route(app.proc.debug, "/debug/warm", warm_debug_handle, app.warms) != 0) {
+                              .admit_ud = app};
+        if ((app->warms = warm_debug_new(&we)) == NULL ||
+            debug_add_route(proc.debug, "/debug/warm", warm_debug_handle, app->warms) != 0) {
             log_msg(LOG_ERROR, "out of memory at start");
             return EXIT_RUNTIME;
         }
     }
-    log_msg(LOG_INFO, "storage root %s", app.cfg->storage_root);
-    for (size_t i = 0; i < app.cfg->n_upstreams; i++) {
-        const struct config_upstream *u = &app.cfg->upstreams[i];
+    struct process_mode mode = {
+        .build = app_build, .finish = app_finish, .render = app_render, .ud = &sh};
+    rc = process_start_workers(&proc, loops, &mode);
+    if (rc != 0) return rc;
+    log_msg(LOG_INFO, "storage root %s", sh.cfg->storage_root);
+    for (size_t i = 0; i < sh.cfg->n_upstreams; i++) {
+        const struct config_upstream *u = &sh.cfg->upstreams[i];
         for (size_t k = 0; k < u->n_upstreamhosts; k++)
             log_msg(LOG_INFO, "upstream cache %s (for origin %s)", u->upstreamhosts[k],
                     u->originhost);
         log_msg(LOG_INFO, "origin %s", u->originhost);
     }
 
-    process_run(&app.proc);
-    warm_debug_free(app.warms);
-    policy_engine_free(app.policy);
-    auth_cache_free(app.auth);
-    auth_token_verifier_free(app.verifier);
-    blob_service_free(app.blobs);
-    manifest_service_free(app.manifests);
-    outage_free(app.outage);
-    answers_close(app.answers); /* (no work is in flight: the loop has run out) */
-    fetch_manager_free(app.fetches);
-    store_close(app.store);
-    router_free(app.router);
-    relay_service_free(app.relays);
-    upstreams_free(app.upstreams);
-    config_free(app.cfg);
-    uv_loop_close(app.loop);
+    process_run(&proc);
+    app_finish(&proc);
+    fetch_board_free(sh.board);
+    auth_cache_free(sh.auth);
+    store_close(sh.store);
+    config_free(sh.cfg);
+    uv_loop_close(proc.loop);
     return EXIT_OK;
 }
 

@@ -9,8 +9,19 @@
  * stop, a second one stops at once; SIGHUP calls the mode's reload) and the access log's
  * flush before the loop waits.
  *
- * Everything runs on the loop's thread. A function that fails logs why and returns a
- * negative error; nothing it started needs undoing but by process_run's end.
+ * Workers (the config's `workers`, several loops in one process): loop 0 runs on the
+ * main thread and is the one operators talk to: it takes the signals and serves the
+ * debug server. Each further loop runs on a thread of its own with a struct process of
+ * its own, its own listener on the same address (SO_REUSEPORT: the kernel spreads the
+ * connections) and its own instances of the mode's services, built by the mode's
+ * build callback on that thread. Loop 0 tells the others to drain (SIGTERM, SIGINT) and
+ * to reload (SIGHUP) through a uv_async_t of each (the only thing touched across
+ * threads here, with an atomic word saying what is asked), and process_run on loop 0
+ * returns only once every loop has ended and its thread is joined. With workers: 1
+ * nothing of this exists: one loop, as before.
+ *
+ * Everything else runs on the loop's own thread. A function that fails logs why and
+ * returns a negative error; nothing it started needs undoing but by process_run's end.
  */
 #ifndef CC_PROCESS_H
 #define CC_PROCESS_H
@@ -32,8 +43,12 @@ enum process_exit {
     PROCESS_EXIT_RUNTIME = 3, /* could not start serving */
 };
 
+struct process_group;
+
 struct process {
     uv_loop_t *loop;
+    unsigned index;              /* 0: the main thread's loop; 1..: a worker's */
+    struct process_group *group; /* loop 0's, with more than one loop; else NULL */
     const struct config *cfg;
     struct http_server *server;
     struct debug *debug; /* NULL without http.debug.addr */
@@ -46,10 +61,55 @@ struct process {
     uv_prepare_t log_prepare;
     uv_check_t log_check;
     bool stopping;
+    bool reuseport;                /* listen with SO_REUSEPORT (more than one loop) */
+    const char *listen_addr;       /* NULL: cfg->http_addr; a worker's: loop 0's bound address */
+    struct tls_config *server_tls; /* loop 0's https configuration, which every loop uses
+                                      (session tickets resume on any loop): loop 0 holds a
+                                      reference, a worker borrows it */
+    /* A worker's: its loop, and what loop 0 asks of it. */
+    uv_loop_t own_loop;
+    uv_async_t control;
+    _Atomic unsigned asked;
+    int start_rc;
+    bool control_closed; /* under the group's lock: loop 0 asks no more */
 };
 
-/* Sets up p for cfg on the default loop (nothing is started yet). */
+/*
+ * The mode's life on a worker's loop, called on the worker's thread: build makes the
+ * mode's services on p->loop and listens (process_listen); it sets p->on_reload,
+ * p->on_stopped and p->ud as loop 0 does, and returns 0 or the mode's exit code. finish
+ * frees what build made, after the loop ended (also when build failed).
+ */
+struct process_mode {
+    int (*build)(struct process *p, void *ud);
+    void (*finish)(struct process *p);
+    /* The loop's own sections of /metrics (what is not process-wide), into out. */
+    void (*render)(struct process *p, struct textbuf *out);
+    void *ud;
+};
+
+/* Sets up p for cfg on the default loop (nothing is started yet): loop 0. */
 void process_init(struct process *p, const struct config *cfg);
+
+/*
+ * Starts n - 1 more loops after loop 0 listens (n = config_workers, 1: nothing to do),
+ * each on its own thread, and waits until each has built its services and listens on
+ * loop 0's address. Returns 0, or the first nonzero exit code of mode->build (logged by
+ * it): then the process is to exit with it (loops that started are left running).
+ */
+int process_start_workers(struct process *p, unsigned n, const struct process_mode *mode);
+
+/*
+ * A gather of debug.h (ud: loop 0's struct process): every worker renders its sections
+ * (mode->render) on its own thread; done gets their sum on loop 0. Without workers, or
+ * while another gather is out, done gets nothing at once.
+ */
+void process_gather(void *ud, debug_gathered_fn done, void *arg);
+
+/* How many loops serve (1 without workers). */
+unsigned process_loops(const struct process *p);
+/* Loop i's struct process (0: p itself), from loop 0. */
+struct process *process_loop(struct process *p, unsigned i);
 
 /*
  * An upstream pool with the system's CAs and cfg's cas, and cfg's upstream timeouts.
@@ -85,7 +145,8 @@ size_t process_format_access(void *policy_engine, const struct log_access_entry 
 /* Counts a finished request for /metrics (debug_observe). */
 void process_observe(void *unused, const struct log_access_entry *e);
 
-/* Runs the loop until a stop signal has drained the server and every handle is closed. */
+/* Runs the loop until a stop signal has drained the server and every handle is closed;
+ * on loop 0, then waits for every worker's loop to end likewise. */
 void process_run(struct process *p);
 
 #endif

@@ -16,6 +16,7 @@
 #include "base/config.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -870,6 +871,31 @@ static int walk_blobttl(struct ctx *ctx, const struct ynode *value, const char *
     return 0;
 }
 
+/* workers: how many loops (threads) serve, each with its own listening socket; our
+ * extension. An integer from 1 to CONFIG_WORKERS_MAX; unset means one per CPU. */
+static int walk_workers(struct ctx *ctx, const struct ynode *value, const char *path)
+{
+    char q[128];
+    if (is_null(value)) return 0;
+    unsigned long n = 0;
+    const char *text = value->kind == YN_SCALAR ? value->text : "";
+    size_t i = 0;
+    for (; text[i] >= '0' && text[i] <= '9' && n <= CONFIG_WORKERS_MAX; i++)
+        n = n * 10 + (unsigned long)(text[i] - '0');
+    bool digits = value->kind == YN_SCALAR && i > 0 && (text[i] == '\0' || n > CONFIG_WORKERS_MAX);
+    if (!digits)
+        return fail_node(ctx, value, path,
+                         "expected a whole number of worker loops from 1 to %d, got %s",
+                         CONFIG_WORKERS_MAX, got(value, q, sizeof(q)));
+    if (n < 1 || n > CONFIG_WORKERS_MAX)
+        return fail_node(ctx, value, path,
+                         "expected a whole number of worker loops from 1 to %d (one per core "
+                         "is the most that helps), got %s",
+                         CONFIG_WORKERS_MAX, got(value, q, sizeof(q)));
+    ctx->cfg->workers = (unsigned)n;
+    return 0;
+}
+
 static int walk_policydir(struct ctx *ctx, const struct ynode *value, const char *path)
 {
     static const char expected[] = "an absolute directory path";
@@ -882,6 +908,14 @@ static int walk_policydir(struct ctx *ctx, const struct ynode *value, const char
             fail_node(ctx, value, path, "expected %s, got %s", expected, quote(text, q, sizeof(q)));
     if (rc == 0 && (ctx->cfg->policydir = strdup(text)) == NULL) rc = out_of_memory(ctx);
     return rc;
+}
+
+unsigned config_workers(const struct config *cfg)
+{
+    if (cfg->workers > 0) return cfg->workers;
+    cpu_set_t set;
+    int n = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    return n < 1 ? 1 : n > CONFIG_WORKERS_MAX ? CONFIG_WORKERS_MAX : (unsigned)n;
 }
 
 int config_parse_size(const char *text, uint64_t *bytes)
@@ -1267,6 +1301,7 @@ static const struct field downstream_fields[] = {
     {.key = "upstreams", .kind = F_HANDLER, .handler = walk_upstreams},
     {.key = "cas", .kind = F_HANDLER, .handler = walk_cas},
     {.key = "policydir", .kind = F_HANDLER, .handler = walk_policydir},
+    {.key = "workers", .kind = F_HANDLER, .handler = walk_workers},
     {0},
 };
 static const struct section downstream_section = {downstream_fields, NULL};

@@ -100,6 +100,9 @@ struct config {
     unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
     unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
     unsigned upstream_head_ms;     /* upstreamtimeouts.head: to the final head; 0: 60 s */
+    unsigned workers;              /* workers (our extension, the cache's): loops that
+                                      serve, 1..CONFIG_WORKERS_MAX; 0: not set, one per CPU
+                                      (config_workers) */
 
     /* The front: a middleware.registry entry named contentcaches (then has_downstream is
      * false, and upstreams[0] is its originhost). */
@@ -164,6 +167,13 @@ int config_parse_duration(const char *text, uint64_t *ns);
 void config_format_duration(uint64_t ns, char *buf, size_t len);
 
 /* Defaults and bounds of the front's granttl. */
+/* workers: at most this many loops. */
+#define CONFIG_WORKERS_MAX 64
+
+/* The loops to run: cfg->workers, or when it is not set the CPUs this process may run
+ * on (sched_getaffinity), at most CONFIG_WORKERS_MAX. */
+unsigned config_workers(const struct config *cfg);
+
 #define CONFIG_GRANTTL_DEFAULT_NS (300ULL * 1000000000ULL)
 #define CONFIG_GRANTTL_MIN_NS (1000000000ULL)
 #define CONFIG_GRANTTL_MAX_NS (86400ULL * 1000000000ULL)

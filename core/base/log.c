@@ -3,11 +3,18 @@
  *
  * A line is built whole in a buffer on the stack and handed to one write(2). The
  * configured fields are rendered once, by log_configure, in both formats.
+ *
+ * Threads (workers: several loops in one process): log_configure runs before any loop
+ * starts, and what it sets is only read afterwards. Each thread buffers its own access
+ * lines (thread-local); every write to a descriptor, of one line or of a buffer of whole
+ * lines, happens under one process-wide mutex, so lines of different loops never
+ * interleave, even when write(2) takes part of a buffer.
  */
 #include "base/log.h"
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -335,7 +342,18 @@ void log_configure(const struct log_options *opts)
  * takes part of the line or a signal interrupts it. A descriptor that is non-blocking
  * and full is waited for, up to about a second in all; other errors drop the line.
  */
+static pthread_mutex_t write_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void write_line_locked(int fd, const char *buf, size_t n);
+
 static void write_line(int fd, const char *buf, size_t n)
+{
+    pthread_mutex_lock(&write_lock);
+    write_line_locked(fd, buf, n);
+    pthread_mutex_unlock(&write_lock);
+}
+
+static void write_line_locked(int fd, const char *buf, size_t n)
 {
     int waits = 0;
 
@@ -390,9 +408,9 @@ void log_msg(enum log_level level, const char *fmt, ...)
 
 /* Access lines wait here while buffering is on (a loop runs); one write takes them all. */
 #define ACCESS_BUF_FLUSH (64 * 1024)
-static char access_buf[ACCESS_BUF_FLUSH + LOG_LINE_MAX];
-static size_t access_len;
-static bool access_buffered;
+static _Thread_local char access_buf[ACCESS_BUF_FLUSH + LOG_LINE_MAX];
+static _Thread_local size_t access_len;
+static _Thread_local bool access_buffered;
 
 void log_access_flush(void)
 {
@@ -402,8 +420,8 @@ void log_access_flush(void)
 
 void log_access_set_buffered(bool on)
 {
-    static bool at_exit;
-    if (on && !at_exit) at_exit = atexit(log_access_flush) == 0;
+    static atomic_bool at_exit; /* (the main thread's buffer is flushed at exit) */
+    if (on && !atomic_exchange(&at_exit, true)) atexit(log_access_flush);
     if (!on) log_access_flush();
     access_buffered = on;
 }

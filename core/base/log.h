@@ -106,8 +106,9 @@ void log_access_line(const char *line, size_t len);
  * With buffering on, access lines gather in memory (at most 64 KiB, then they are
  * written) until log_access_flush: the server flushes before the loop waits for I/O and
  * after each round of I/O callbacks, so a line is out before the loop sleeps, at one
- * write(2) for many requests. Turning it off flushes; so does exit(). Off by default.
- * Loop thread only.
+ * write(2) for many requests. Turning it off flushes; so does exit() (the main thread's
+ * buffer). Off by default. Per thread: each loop's thread has its own buffer and turns it
+ * on and off for itself; writes never interleave (log.c).
  */
 void log_access_set_buffered(bool on);
 void log_access_flush(void);

@@ -35,6 +35,16 @@ void metrics_labelled(struct textbuf *out, const char *name, const char *label, 
 void metrics_label_value(struct textbuf *out, const char *value);
 
 /*
+ * Adds `more` (Prometheus text, as rendered by the sections of another loop of the
+ * process) into `total`, in place: a sample whose name and labels are in total gets the
+ * sum of both values; one that is not is added after the last sample of its family (or
+ * at the end, with its HELP and TYPE lines). Comment lines of `more` that total has are
+ * dropped. total holds total->len bytes of a buffer of total->cap; what does not fit is
+ * cut, as textbuf does. Values are written as integers when they are whole.
+ */
+void metrics_sum_into(struct textbuf *total, const char *more, size_t more_len);
+
+/*
  * A health check's answer: ok or not, and a short sentence for the health body (copied;
  * "writable", "storage root /x is not writable: read-only file system").
  */

@@ -835,7 +835,7 @@ static void start_fetch(struct blob_req *r)
             fail(r, REG_ERR_UNAVAILABLE, msg);
             return;
         }
-        http_log_set_cache(r->x, "miss");
+        http_log_set_cache(r->x, fetch_follows_loop(f) ? "coalesced" : "miss");
     }
     r->fetch = f;
     r->waiter.cb = on_progress;

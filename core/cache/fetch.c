@@ -18,6 +18,8 @@
  */
 #include "cache/fetch.h"
 
+#include "cache/fetch_board.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -44,8 +46,11 @@
 #define JOB_MAX (8u << 20)          /* bytes one write or hash work item takes */
 #define JOB_MIN (1u << 20)          /* and waits for, unless the body is all in */
 /* Chunks kept for reuse by the manager: their pages stay mapped (a fresh chunk costs 256
- * page faults as it fills). */
+ * page faults as it fills). They go back to the system once no fetch has run for
+ * SPARE_IDLE_MS: a burst of misses reuses them, an idle cache (one per loop, with
+ * workers) does not hold 16 MiB each. */
 #define SPARE_CHUNKS 16
+#define SPARE_IDLE_MS 2000
 #define JOB_IOV 10 /* chunks one work item takes (JOB_MAX / CHUNK_BYTES + 2) */
 /* A blob body without a length may be at most this long. Registries send a length for
  * every blob; one that does not, and never ends, must not fill the disk. */
@@ -73,6 +78,9 @@ struct fetch_manager {
     size_t n_beat;
     struct chunk *spare; /* freed chunks, for reuse */
     unsigned n_spare;
+    uv_timer_t *spare_timer;   /* frees the spares when no fetch runs (SPARE_IDLE_MS) */
+    bool stopped;              /* fetch_manager_cancel_all ran: no timer starts any more */
+    struct fetch_board *board; /* the process's other loops (workers), or NULL */
 };
 
 void fetch_manager_on_commit(struct fetch_manager *m,
@@ -128,6 +136,13 @@ struct fetch {
     char tmp_path[4096];
     uv_work_t open_work;
     int open_err;
+    /* What open_work found, applied by open_done on the loop (which reads fd, locked,
+     * remote and size meanwhile): the file, whether the lock is ours, whether another
+     * process's file is followed instead, the size its lock says. */
+    uv_file opened_fd;
+    bool opened_locked, opened_remote;
+    int64_t opened_size;
+    int64_t opened_size_hint; /* the size for the lock, as it was when open_work began */
 
     /* The spool: [head->off, received) in memory, appended at the tail. */
     struct chunk *head, *tail;
@@ -184,8 +199,17 @@ struct fetch {
     bool check_ok;
     uint64_t check_limit; /* bytes of the final file there to compare with */
     uv_work_t check_work;
+
+    /* Loops of one process (fetch_board.h): the claim this fetch holds for the others;
+     * or, for a mirror (a fetch another loop runs, followed here), the claim it follows,
+     * woken through follow_wake. */
+    struct fetch_board_claim *claim;
+    bool mirror;
+    struct fetch_board_follower follow;
+    uv_async_t *follow_wake;
 };
 
+static void spares_free(struct fetch_manager *m);
 static void fetch_maybe_finish(struct fetch *f);
 static void fetch_fail(struct fetch *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -204,11 +228,7 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
 
 void fetch_manager_free(struct fetch_manager *m)
 {
-    while (m->spare != NULL) {
-        struct chunk *c = m->spare;
-        m->spare = c->next;
-        free(c);
-    }
+    spares_free(m);
     free(m->beat_hexes);
     free(m);
 }
@@ -270,12 +290,38 @@ static struct chunk *chunk_new(struct fetch_manager *m)
     return malloc(sizeof(*c) + CHUNK_BYTES);
 }
 
+static void spares_free(struct fetch_manager *m)
+{
+    while (m->spare != NULL) {
+        struct chunk *c = m->spare;
+        m->spare = c->next;
+        free(c);
+    }
+    m->n_spare = 0;
+}
+
+static void spare_idle(uv_timer_t *t)
+{
+    struct fetch_manager *m = t->data;
+    if (m->n_active == 0)
+        spares_free(m);
+    else
+        uv_timer_start(t, spare_idle, SPARE_IDLE_MS, 0);
+}
+
 static void chunk_free(struct fetch_manager *m, struct chunk *c)
 {
     if (m->n_spare < SPARE_CHUNKS) {
         c->next = m->spare;
         m->spare = c;
         m->n_spare++;
+        if (m->stopped) return; /* (freed with the manager) */
+        if (m->spare_timer == NULL && (m->spare_timer = malloc(sizeof(uv_timer_t))) != NULL) {
+            uv_timer_init(m->loop, m->spare_timer);
+            m->spare_timer->data = m;
+            uv_unref((uv_handle_t *)m->spare_timer); /* it never keeps the loop alive */
+        }
+        if (m->spare_timer != NULL) uv_timer_start(m->spare_timer, spare_idle, SPARE_IDLE_MS, 0);
     } else {
         free(c);
     }
@@ -319,8 +365,11 @@ void fetch_unref(struct fetch *f)
     free(f);
 }
 
+static void board_publish(struct fetch *f);
+
 static void wake(struct fetch *f)
 {
+    board_publish(f);
     struct fetch_waiter *list = f->waiters;
     f->waiters = NULL;
     fetch_ref(f);
@@ -364,7 +413,7 @@ enum fetch_state fetch_state(const struct fetch *f)
 
 bool fetch_head_seen(const struct fetch *f)
 {
-    return f->head_seen || f->remote || f->state != FETCH_RUNNING;
+    return f->head_seen || (f->remote && !f->mirror) || f->state != FETCH_RUNNING;
 }
 
 bool fetch_complete(const struct fetch *f)
@@ -661,6 +710,167 @@ static void poll_stop(struct fetch *f)
     }
 }
 
+/* --- Loops of one process: the board ------------------------------------------------- */
+
+/* Tells the loops that follow this fetch how it stands; lets go of the claim at the end. */
+static void board_publish(struct fetch *f)
+{
+    if (f->claim == NULL) return;
+    struct fetch_board_view v = {
+        .size = f->size,
+        .written = f->written,
+        .head_seen = fetch_head_seen(f),
+        .verified = f->verified,
+        .done = f->state == FETCH_DONE,
+        .failed = f->state == FETCH_FAILED,
+        .moved = f->state == FETCH_RUNNING && f->disk_failed,
+    };
+    if (v.failed) snprintf(v.error, sizeof(v.error), "%s", f->error);
+    fetch_board_publish(f->claim, &v);
+    if (v.done || v.failed || v.moved) {
+        fetch_board_release(f->claim);
+        f->claim = NULL;
+    }
+}
+
+/* This fetch's file is no longer the one to follow (taken over): the loops that follow
+ * it go on by themselves, and the blob is free to be claimed again. */
+static void board_drop(struct fetch *f)
+{
+    if (f->claim == NULL) return;
+    struct fetch_board_view v = {.size = f->size, .written = f->written, .moved = true};
+    fetch_board_publish(f->claim, &v);
+    fetch_board_release(f->claim);
+    f->claim = NULL;
+}
+
+static void takeover(struct fetch *f, const char *why);
+
+static void mirror_stop(struct fetch *f)
+{
+    if (f->follow_wake == NULL) return;
+    fetch_board_unfollow(&f->follow); /* no wake-up comes after this */
+    uv_close((uv_handle_t *)f->follow_wake, handle_free_cb);
+    f->follow_wake = NULL;
+}
+
+/* A mirror reads what the owner published: bytes on disk, the size, the end. */
+static void mirror_update(struct fetch *f)
+{
+    if (f->state != FETCH_RUNNING || f->follow_wake == NULL) return;
+    struct fetch_board_view v;
+    int fd = f->fd;
+    fetch_board_read(&f->follow, &v, &fd);
+    f->fd = fd;
+    if (v.failed || (v.written > 0 && f->fd < 0)) {
+        fetch_fail(f, "on another loop: %s", v.failed ? v.error : "its file cannot be opened");
+        return;
+    }
+    if (v.moved) {
+        /* What was sent from the old file is checked against the blob at the end, as
+         * after a replica's takeover; from here on this loop fetches (or follows) it. */
+        mirror_stop(f);
+        f->mirror = false;
+        takeover(f, "on another loop stopped storing it or was taken over");
+        return;
+    }
+    f->size = v.size;
+    f->head_seen = v.head_seen;
+    f->written = v.written;
+    f->verified = v.verified && v.size >= 0 && v.written == (uint64_t)v.size;
+    if (v.done) {
+        f->state = FETCH_DONE;
+        mirror_stop(f);
+        unregister(f);
+    }
+    wake(f);
+}
+
+static void mirror_woken(uv_async_t *h)
+{
+    struct fetch *f = h->data;
+    fetch_ref(f);
+    mirror_update(f);
+    fetch_unref(f);
+}
+
+/*
+ * A fetch of this loop that follows the fetch another loop of the process runs for
+ * `hex`: registered like any fetch (later requests here join it), reading the other
+ * loop's file. Returns 0 and a reference in *out, -ENOENT when no loop holds it any
+ * more, or -ENOMEM.
+ */
+static int spec_copy(struct fetch *f, const struct chain_spec *spec);
+
+/* A fetch of blob hex with a copy of spec (kept to start it, or start it again at a
+ * takeover), holding one reference; NULL when memory ran out. */
+static struct fetch *fetch_new(struct fetch_manager *m, const char *hex, int64_t size,
+                               const struct chain_spec *spec)
+{
+    struct fetch *f = calloc(1, sizeof(*f));
+    if (f == NULL) return NULL;
+    f->m = m;
+    memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
+    f->fd = -1;
+    f->poll_final_fd = -1;
+    f->size = size;
+    f->refs = 1;
+    digest_sha256_init(&f->sha);
+    if (spec_copy(f, spec) != 0) {
+        fetch_unref(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* Lists f among the manager's running fetches: a second reference, the manager's. */
+static void manager_register(struct fetch_manager *m, struct fetch *f)
+{
+    f->refs++;
+    f->registered = true;
+    f->next = m->active;
+    if (m->active) m->active->prev = f;
+    m->active = f;
+    m->n_active++;
+}
+
+static int mirror_start(struct fetch_manager *m, const char *hex, const struct chain_spec *spec,
+                        struct fetch **out)
+{
+    uv_async_t *wake_handle = malloc(sizeof(*wake_handle));
+    struct fetch *f = wake_handle != NULL ? fetch_new(m, hex, -1, spec) : NULL;
+    if (f == NULL) {
+        free(wake_handle);
+        return -ENOMEM;
+    }
+    f->mirror = true;
+    f->remote = true;
+    uv_async_init(m->loop, wake_handle, mirror_woken);
+    wake_handle->data = f;
+    f->follow.wake = wake_handle;
+    f->follow_wake = wake_handle;
+    if (fetch_board_follow(m->board, hex, &f->follow) != 0) {
+        uv_close((uv_handle_t *)wake_handle, handle_free_cb);
+        fetch_unref(f);
+        return -ENOENT;
+    }
+    manager_register(m, f);
+    log_msg(LOG_INFO, "blob sha256:%s is being fetched on another loop: following it", hex);
+    mirror_update(f);
+    *out = f;
+    return 0;
+}
+
+bool fetch_follows_loop(const struct fetch *f)
+{
+    return f->mirror;
+}
+
+void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board)
+{
+    m->board = board;
+}
+
 static void queue_open(struct fetch *f);
 
 /*
@@ -690,6 +900,7 @@ static bool served_push(struct fetch *f)
 static void takeover(struct fetch *f, const char *why)
 {
     log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
+    board_drop(f); /* this loop's followers on other loops read the old file: they stop */
     poll_stop(f);
     if (!served_push(f)) {
         fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
@@ -1026,6 +1237,7 @@ static void write_done(uv_work_t *w, int status)
             disk_fail(f, j->err);
         } else {
             f->written += j->len;
+            board_publish(f); /* other loops read it from the file */
             spool_trim(f);
             spool_kick(f);
         }
@@ -1091,17 +1303,20 @@ static void open_work(uv_work_t *w)
 {
     struct fetch *f = w->data;
     struct store *st = f->m->store;
+    f->opened_fd = -1;
+    f->opened_locked = f->opened_remote = false;
+    f->opened_size = -1;
     int fd = store_tmp_create_sync(st, f->hex, f->tmp_path, sizeof(f->tmp_path));
     if (fd < 0) {
         f->open_err = fd;
         f->tmp_path[0] = '\0';
         return;
     }
-    f->fd = fd;
+    f->opened_fd = fd;
     struct store_lock_info held;
-    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->size, &held);
+    int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->opened_size_hint, &held);
     if (rc == 0) {
-        f->locked = true;
+        f->opened_locked = true;
         return;
     }
     if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
@@ -1109,7 +1324,7 @@ static void open_work(uv_work_t *w)
     close(fd);
     unlink(f->tmp_path);
     f->tmp_path[0] = '\0';
-    f->fd = -1;
+    f->opened_fd = -1;
     struct stat sb;
     int rfd = store_lock_tmp_open_sync(st, &held, &sb);
     if (rfd < 0) rfd = store_open_blob_sync(st, f->hex, &sb); /* it may have just committed */
@@ -1117,10 +1332,10 @@ static void open_work(uv_work_t *w)
         f->open_err = -EAGAIN;
         return;
     }
-    f->fd = rfd;
-    f->remote = true;
+    f->opened_fd = rfd;
+    f->opened_remote = true;
     snprintf(f->remote_tmp, sizeof(f->remote_tmp), "%s", held.tmp);
-    if (f->size < 0 && held.size >= 0) f->size = held.size;
+    f->opened_size = held.size;
 }
 
 static void start_upstream(struct fetch *f);
@@ -1128,6 +1343,11 @@ static void start_upstream(struct fetch *f);
 static void open_done(uv_work_t *w, int status)
 {
     struct fetch *f = w->data;
+    if (f->opened_fd >= 0) f->fd = f->opened_fd;
+    f->opened_fd = -1;
+    if (f->opened_locked) f->locked = true;
+    if (f->opened_remote) f->remote = true;
+    if (f->opened_remote && f->size < 0 && f->opened_size >= 0) f->size = f->opened_size;
     if (f->state != FETCH_RUNNING) {
         /* Failed meanwhile: the file and the lock have no use. */
         if (!f->remote) unlink_tmp(f);
@@ -1147,11 +1367,13 @@ static void open_done(uv_work_t *w, int status)
                 "file %s",
                 f->hex, f->remote_tmp);
         f->m->stats.followed++;
+        if (f->claim != NULL && fetch_board_set_fd(f->claim, f->fd) != 0) board_drop(f);
         poll_start(f);
     } else {
         /* Taken over or not, a file another replica made is never removed here: the
          * start-up clean-up (of whichever replica starts next) or fsck --repair does. */
         f->fd_ready = true;
+        if (f->claim != NULL && fetch_board_set_fd(f->claim, f->fd) != 0) board_drop(f);
         if (f->locked) beat_ensure(f->m);
         start_upstream(f);
         spool_kick(f);
@@ -1163,6 +1385,9 @@ static void open_done(uv_work_t *w, int status)
 static void queue_open(struct fetch *f)
 {
     f->open_err = 0;
+    f->opened_size_hint = f->size; /* (read on the pool: a copy) */
+    f->opened_fd = -1;             /* (until open_work says otherwise) */
+    f->opened_locked = f->opened_remote = false;
     f->open_work.data = f;
     fetch_ref(f);
     if (uv_queue_work(f->m->loop, &f->open_work, open_work, open_done) != 0) {
@@ -1190,9 +1415,13 @@ static void fetch_fail(struct fetch *f, const char *fmt, ...)
         f->up = NULL;
         f->up_done = true;
     }
-    if (f->fd_ready) unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
-    lock_release(f);
+    /* A commit in flight on the thread pool owns the file and the lock (it renames or
+     * removes the one and releases the other): neither is touched here meanwhile. */
+    if (f->fd_ready && !f->committing)
+        unlink_tmp(f); /* a pending write lands in the unlinked file, harmlessly */
+    if (!f->committing) lock_release(f);
     poll_stop(f);
+    mirror_stop(f);
     unregister(f);
     wake(f);
     fetch_unref(f);
@@ -1409,25 +1638,22 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
                 int64_t expected_size, bool store_it, struct fetch **out)
 {
     if (!store_hex_valid(hex)) return UV_EINVAL;
-    struct fetch *f = calloc(1, sizeof(*f));
-    if (f == NULL) return UV_ENOMEM;
-    f->m = m;
-    memcpy(f->hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    f->fd = -1;
-    f->poll_final_fd = -1;
-    f->size = expected_size;
-    f->refs = 1;
-    digest_sha256_init(&f->sha);
-    if (spec_copy(f, spec) != 0) {
-        fetch_unref(f);
+    /* Another loop of the process fetches it: follow that one. (Between its release
+     * and our claim the blob may change hands: a few tries.) */
+    struct fetch_board_claim *claim = NULL;
+    for (int tries = 0; m->board != NULL && store_it && tries < 3; tries++) {
+        int rc = fetch_board_claim(m->board, hex, &claim);
+        if (rc == 0) break;
+        if (rc == -EEXIST && (rc = mirror_start(m, hex, spec, out)) != -ENOENT) return rc;
+        if (rc == -ENOMEM) return UV_ENOMEM;
+    }
+    struct fetch *f = fetch_new(m, hex, expected_size, spec);
+    if (f == NULL) {
+        if (claim != NULL) fetch_board_release(claim);
         return UV_ENOMEM;
     }
-    f->refs = 2; /* the manager's and the caller's */
-    f->registered = true;
-    f->next = m->active;
-    if (m->active) m->active->prev = f;
-    m->active = f;
-    m->n_active++;
+    f->claim = claim;
+    manager_register(m, f);
     m->stats.started++;
     *out = f;
     if (!store_it) {
@@ -1448,11 +1674,16 @@ void fetch_dont_store(struct fetch *f)
 
 void fetch_manager_cancel_all(struct fetch_manager *m)
 {
+    m->stopped = true;
     while (m->active != NULL)
         fetch_fail(m->active, "the cache is stopping");
     if (m->beat != NULL) {
         uv_close((uv_handle_t *)m->beat, handle_free_cb);
         m->beat = NULL;
+    }
+    if (m->spare_timer != NULL) {
+        uv_close((uv_handle_t *)m->spare_timer, handle_free_cb);
+        m->spare_timer = NULL;
     }
 }
 

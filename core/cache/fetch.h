@@ -38,6 +38,7 @@
 
 struct fetch_manager;
 struct fetch;
+struct fetch_board;
 
 enum fetch_state { FETCH_RUNNING, FETCH_DONE, FETCH_FAILED };
 
@@ -60,8 +61,9 @@ struct fetch_manager *fetch_manager_new(uv_loop_t *loop, struct store *store,
                                         struct upstream_pool *pool);
 /*
  * Frees the manager; every fetch must have ended, and fetch_manager_cancel_all must have
- * been called on the running loop (it closes the manager's heartbeat timer, which a fetch
- * that took a lock started: without it the loop does not close).
+ * been called on the running loop (it closes the manager's timers: the heartbeat, which a
+ * fetch that took a lock started, and the one that frees the spare chunks after a fetch:
+ * without it the loop does not close).
  */
 void fetch_manager_free(struct fetch_manager *m);
 const struct fetch_stats *fetch_stats(const struct fetch_manager *m);
@@ -71,6 +73,18 @@ void fetch_manager_cancel_all(struct fetch_manager *m);
 unsigned fetch_manager_active(const struct fetch_manager *m);
 /* A metrics_render_fn over a struct fetch_manager: fetches by outcome, and running. */
 void fetch_render_metrics(const void *fetch_manager, struct textbuf *out);
+
+/*
+ * Loops of one process (workers) share a board (fetch_board.h): a fetch that stores
+ * claims its blob there, and fetch_start on another loop for a claimed blob returns a
+ * fetch that follows the claim (fetch_follows_loop: it reads the other loop's file and
+ * is woken as it grows) instead of fetching again. Followers of such a fetch fail when
+ * the fetch on the other loop fails or stops storing (a pass-through). Without a board
+ * (workers: 1) nothing changes.
+ */
+void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board);
+/* True when f follows a fetch another loop runs (the request joined it: coalesced). */
+bool fetch_follows_loop(const struct fetch *f);
 
 /* The running fetch of blob `hex` that still takes followers, or NULL. */
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex);

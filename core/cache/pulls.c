@@ -4,6 +4,7 @@
 #include "cache/pulls.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdbool.h>
@@ -37,6 +38,10 @@ struct pulls {
     struct pending *batch;
     size_t n_batch;
     bool stopping, timer_closed;
+    /* Every loop of the process counts here (workers): the table, the batch's bounds and
+     * flushing are read and written under lock; the timer and the flush are the loop's
+     * that made it (loop 0), and flush_work reads the batch alone, while flushing. */
+    pthread_mutex_t lock;
 };
 
 /* --- the files ------------------------------------------------------------------------- */
@@ -139,9 +144,18 @@ static bool grow(struct pulls *p)
     return true;
 }
 
+static void count_locked(struct pulls *p, const char *hex);
+
 void pulls_count(struct pulls *p, const char *hex)
 {
     if (p == NULL || !store_hex_valid(hex)) return;
+    pthread_mutex_lock(&p->lock);
+    count_locked(p, hex);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void count_locked(struct pulls *p, const char *hex)
+{
     struct pending *e = find(p->slots, p->cap, hex);
     if (e != NULL && e->hex[0] != '\0') {
         e->count++;
@@ -161,16 +175,24 @@ uint64_t pulls_pending(const struct pulls *p, const char *hex)
 {
     uint64_t n = 0;
     if (p == NULL || !store_hex_valid(hex)) return 0;
+    pthread_mutex_t *lock = (pthread_mutex_t *)&p->lock; /* (the lock, not the counts) */
+    pthread_mutex_lock(lock);
     const struct pending *e = find(p->slots, p->cap, hex);
     if (e != NULL && e->hex[0] != '\0') n += e->count;
     for (size_t i = 0; p->flushing && i < p->n_batch; i++)
         if (memcmp(p->batch[i].hex, hex, 64) == 0) n += p->batch[i].count;
+    pthread_mutex_unlock(lock);
     return n;
 }
 
 uint64_t pulls_dropped(const struct pulls *p)
 {
-    return p ? p->dropped : 0;
+    if (p == NULL) return 0;
+    pthread_mutex_t *lock = (pthread_mutex_t *)&p->lock;
+    pthread_mutex_lock(lock);
+    uint64_t n = p->dropped;
+    pthread_mutex_unlock(lock);
+    return n;
 }
 
 /* --- flushing ------------------------------------------------------------------------------ */
@@ -216,6 +238,7 @@ static void maybe_free(struct pulls *p)
     if (p->stopping && p->timer_closed && !p->flushing) {
         free(p->slots);
         free(p->batch);
+        pthread_mutex_destroy(&p->lock);
         free(p);
     }
 }
@@ -223,18 +246,29 @@ static void maybe_free(struct pulls *p)
 static void flush_done(uv_work_t *w, int status)
 {
     struct pulls *p = w->data;
+    pthread_mutex_lock(&p->lock);
     p->flushing = false;
     p->n_batch = 0;
+    pthread_mutex_unlock(&p->lock);
     maybe_free(p);
 }
 
 static void tick(uv_timer_t *t)
 {
     struct pulls *p = t->data;
-    if (p->flushing || !take_batch(p)) return;
+    pthread_mutex_lock(&p->lock);
+    bool go = !p->flushing && take_batch(p);
+    if (go) p->flushing = true; /* (the batch is the flush's from here) */
+    pthread_mutex_unlock(&p->lock);
+    if (!go) return;
     p->work.data = p;
-    p->flushing = uv_queue_work(p->loop, &p->work, flush_work, flush_done) == 0;
-    if (!p->flushing) write_batch(p->st, p->batch, p->n_batch); /* (cannot queue: now) */
+    if (uv_queue_work(p->loop, &p->work, flush_work, flush_done) != 0) {
+        write_batch(p->st, p->batch, p->n_batch); /* (cannot queue: now) */
+        pthread_mutex_lock(&p->lock);
+        p->flushing = false;
+        p->n_batch = 0;
+        pthread_mutex_unlock(&p->lock);
+    }
 }
 
 struct pulls *pulls_new(uv_loop_t *loop, const struct store *st)
@@ -243,6 +277,7 @@ struct pulls *pulls_new(uv_loop_t *loop, const struct store *st)
     if (p == NULL) return NULL;
     p->loop = loop;
     p->st = st;
+    pthread_mutex_init(&p->lock, NULL);
     uv_timer_init(loop, &p->timer);
     p->timer.data = p;
     uv_timer_start(&p->timer, tick, PULLS_FLUSH_MS, PULLS_FLUSH_MS);
@@ -262,6 +297,7 @@ void pulls_stop(struct pulls *p)
     if (p == NULL) return;
     p->stopping = true;
     uv_timer_stop(&p->timer);
+    pthread_mutex_lock(&p->lock); /* (every other loop has stopped: for the record) */
     if (!p->flushing && take_batch(p)) {
         write_batch(p->st, p->batch, p->n_batch);
         p->n_batch = 0;
@@ -275,5 +311,6 @@ void pulls_stop(struct pulls *p)
         write_batch(p->st, rest, n);
         free(rest);
     }
+    pthread_mutex_unlock(&p->lock);
     uv_close((uv_handle_t *)&p->timer, timer_closed);
 }

@@ -14,8 +14,10 @@
  * commit) and goes when the blob goes (pulls_remove_sync). Policies read the count as
  * blob.pulls (policy.h): the file's number plus what waits in memory.
  *
- * The loop-thread functions (pulls_new, pulls_count, pulls_pending, pulls_stop) must not
- * be called from elsewhere; the *_sync ones block and belong on the thread pool or in a
+ * pulls_new and pulls_stop belong to the loop that made it (its timer flushes);
+ * pulls_count, pulls_pending and pulls_dropped may be called from any loop of the
+ * process (workers: one table for all, under a mutex, so a policy on any loop sees every
+ * loop's pulls); the *_sync ones block and belong on the thread pool or in a
  * command. Errors are -errno.
  */
 #ifndef CC_PULLS_H

@@ -614,7 +614,7 @@ int store_blob_path(const struct store *st, const char *hex, char *buf, size_t l
 
 int store_tmp_create_sync(const struct store *st, const char *hex, char *path_out, size_t len)
 {
-    static unsigned counter;
+    static atomic_uint counter; /* (loops of one process create files at once) */
     if (!store_hex_valid(hex)) return -EINVAL;
     int tmpdir = open_store_dir(st, REL_TMP);
     if (tmpdir < 0) return tmpdir;
@@ -622,7 +622,7 @@ int store_tmp_create_sync(const struct store *st, const char *hex, char *path_ou
     for (int attempt = 0; attempt < 16; attempt++) {
         unsigned char rnd[6];
         if (uv_random(NULL, NULL, rnd, sizeof(rnd), 0, NULL) != 0)
-            memset(rnd, (int)(++counter + (unsigned)attempt), sizeof(rnd));
+            memset(rnd, (int)(atomic_fetch_add(&counter, 1) + 1 + (unsigned)attempt), sizeof(rnd));
         char name[TMP_NAME_LEN + 1];
         snprintf(name, sizeof(name), "%.64s.%02x%02x%02x%02x%02x%02x", hex, rnd[0], rnd[1], rnd[2],
                  rnd[3], rnd[4], rnd[5]);

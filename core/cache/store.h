@@ -21,6 +21,12 @@
  * Functions named *_sync do blocking file-system calls: call them from the thread pool
  * (uv_queue_work) or at start, never on the loop thread while serving. Errors are
  * negative errno values.
+ *
+ * Threads: a struct store is not written after store_open (paths and the owner name),
+ * so the loops of one process (workers) and the thread pool share one without a lock;
+ * what several threads do at once to the same files is ordered by the file system as
+ * for replicas (O_EXCL locks, renames, flock on pull counts). Open it before any other
+ * thread runs.
  */
 #ifndef CC_STORE_H
 #define CC_STORE_H

@@ -3,6 +3,7 @@
  */
 #include "net/chain.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,11 +46,15 @@ struct upstream_host {
     struct chain_host_stats st;
 };
 
-/* One table per process: every chain request of the loop sees the same hosts. A base
- * comes from the configuration, so the table does not fill; if it does, the slot of
- * the host that answered longest ago is reused. */
+/* One table per process: every chain request of every loop sees the same hosts (a base
+ * that fails on one loop backs off on all). A base comes from the configuration, so the
+ * table does not fill; if it does, the slot of the host that answered longest ago is
+ * reused. Locking: hosts_lock guards the table and last_answer_ms; it is held only to
+ * read or update an entry (and, in chain_hosts_foreach, while the callback renders), never
+ * across a call into the upstream client or a callback of the caller. */
 static struct upstream_host hosts[HOST_SLOTS];
 static uint64_t last_answer_ms;
+static pthread_mutex_t hosts_lock = PTHREAD_MUTEX_INITIALIZER;
 
 const double chain_latency_buckets[CHAIN_LATENCY_BUCKETS] = {0.005, 0.01, 0.025, 0.05, 0.1,
                                                              0.25,  0.5,  1,     2.5,  10};
@@ -77,32 +82,43 @@ static struct upstream_host *host_find(const char *base, bool create)
 
 bool chain_backing_off(const char *base)
 {
+    pthread_mutex_lock(&hosts_lock);
     struct upstream_host *h = host_find(base, false);
-    return h != NULL && h->until_ms > mono_ms();
+    bool backing_off = h != NULL && h->until_ms > mono_ms();
+    pthread_mutex_unlock(&hosts_lock);
+    return backing_off;
 }
 
 void chain_hosts_foreach(void (*fn)(void *ud, const char *base, const struct chain_host_stats *st),
                          void *ud)
 {
+    pthread_mutex_lock(&hosts_lock);
     for (size_t i = 0; i < HOST_SLOTS; i++)
         if (hosts[i].base[0] != '\0') fn(ud, hosts[i].base, &hosts[i].st);
+    pthread_mutex_unlock(&hosts_lock);
 }
 
 uint64_t chain_last_answer_ms(void)
 {
-    return last_answer_ms;
+    pthread_mutex_lock(&hosts_lock);
+    uint64_t ms = last_answer_ms;
+    pthread_mutex_unlock(&hosts_lock);
+    return ms;
 }
 
 static void backoff_failed(struct upstream_host *h, const char *why)
 {
     if (h == NULL) return;
+    char base[sizeof(h->base)];
+    pthread_mutex_lock(&hosts_lock);
     h->st.errors++;
     unsigned ms = BACKOFF_FIRST_MS << (h->failures < 5 ? h->failures : 5);
     if (ms > BACKOFF_MAX_MS) ms = BACKOFF_MAX_MS;
     h->failures++;
     h->until_ms = mono_ms() + ms;
-    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", h->base, why,
-            ms / 1000);
+    memcpy(base, h->base, sizeof(base));
+    pthread_mutex_unlock(&hosts_lock);
+    log_msg(LOG_WARN, "upstream %s failed (%s): tried last for the next %us", base, why, ms / 1000);
 }
 
 /* A head arrived from h: its latency, and the end of any backoff when it is no 5xx. */
@@ -111,17 +127,22 @@ static void host_answered(struct chain_req *c, int status)
     struct upstream_host *h = c->host;
     if (h == NULL) return;
     double s = (double)(uv_hrtime() - c->attempt_start_ns) / 1e9;
+    bool again = false;
+    char base[sizeof(h->base)];
+    pthread_mutex_lock(&hosts_lock);
     h->st.latency_sum_s += s;
     h->st.latency_count++;
     for (size_t i = 0; i < CHAIN_LATENCY_BUCKETS; i++)
         if (s <= chain_latency_buckets[i]) h->st.latency_buckets[i]++;
-    if (status >= 500) return;
-    h->st.last_ok_ms = last_answer_ms = mono_ms();
-    if (h->failures > 0) {
-        log_msg(LOG_INFO, "upstream %s answers again", h->base);
+    if (status < 500) {
+        h->st.last_ok_ms = last_answer_ms = mono_ms();
+        again = h->failures > 0;
         h->failures = 0;
         h->until_ms = 0;
+        memcpy(base, h->base, sizeof(base));
     }
+    pthread_mutex_unlock(&hosts_lock);
+    if (again) log_msg(LOG_INFO, "upstream %s answers again", base);
 }
 
 static void chain_free(struct chain_req *c)
@@ -181,7 +202,11 @@ static void on_head(void *ud, int status, const struct http_header *hdrs, size_t
 static void on_body(void *ud, const char *data, size_t len)
 {
     struct chain_req *c = ud;
-    if (c->host != NULL) c->host->st.bytes += len;
+    if (c->host != NULL) {
+        pthread_mutex_lock(&hosts_lock);
+        c->host->st.bytes += len;
+        pthread_mutex_unlock(&hosts_lock);
+    }
     c->cbs->on_body(c->ud, data, len);
 }
 
@@ -190,8 +215,11 @@ static void on_done(void *ud, int err)
     struct chain_req *c = ud;
     if (err < 0) {
         snprintf(c->error, sizeof(c->error), "%s", upstream_error_message(c->cur));
-        if (c->head_given && c->host != NULL)
-            c->host->st.errors++; /* the body broke off: no failover, no backoff */
+        if (c->head_given && c->host != NULL) { /* the body broke off: no failover, no backoff */
+            pthread_mutex_lock(&hosts_lock);
+            c->host->st.errors++;
+            pthread_mutex_unlock(&hosts_lock);
+        }
         if (!c->head_given) {
             backoff_failed(c->host, c->error);
             c->cur = NULL;
@@ -220,9 +248,11 @@ static int chain_start_attempt(struct chain_req *c)
         .has_body = c->has_body,
         .body_length = c->body_length,
     };
+    pthread_mutex_lock(&hosts_lock);
     c->host = host_find(c->bases[c->attempt], true);
-    c->attempt_start_ns = uv_hrtime();
     if (c->host != NULL) c->host->st.requests++;
+    pthread_mutex_unlock(&hosts_lock);
+    c->attempt_start_ns = uv_hrtime();
     int rc = upstream_request(c->pool, &spec, &cbs, c, &c->cur);
     free(url);
     if (rc < 0) {

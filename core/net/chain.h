@@ -11,6 +11,10 @@
  *
  * A request with a body (a push) is sent to the first base only, without failover (its
  * body cannot be sent again): with it, a failure or a 5xx is the answer.
+ *
+ * Threads: a request lives on its pool's loop. What is known of each base (backoff,
+ * counters, the last answer) is one table for the whole process, guarded by a mutex in
+ * chain.c, so every loop (workers) sees the same backoff and /metrics the same totals.
  */
 #ifndef CC_CHAIN_H
 #define CC_CHAIN_H

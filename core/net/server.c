@@ -27,6 +27,10 @@
 #include "net/server.h"
 
 #include <errno.h>
+#include <stdatomic.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <llhttp.h>
 #include <stdio.h>
@@ -178,7 +182,7 @@ struct conn {
     /* https: the session on the socket (tls_stream.h), when https is set. */
     struct tls_stream tls;
     bool https;
-    bool handshaking; /* counted in the server's n_handshaking */
+    bool handshaking; /* counted in pending_handshakes */
 };
 
 struct http_server {
@@ -207,8 +211,19 @@ struct http_server {
     struct throttle fd_warn;    /* "open files near the limit" */
     struct throttle refused;    /* connections closed at accept (limits, shutdown) */
     struct throttle tls_failed; /* failed TLS handshakes and sessions */
-    unsigned n_handshaking;     /* https connections whose handshake is not done */
+    /* With reuseport, at the fd limit the listener is closed for a while (other loops'
+     * listeners take the address meanwhile) and opened again: see accept_pause. */
+    struct sockaddr_storage bound_addr;
+    int listen_spare;      /* a duplicate of the listening socket (reuseport), or -1: it
+                              stays listening, its queue kept, while the listener pauses */
+    bool listener_paused;  /* closed on purpose: shutdown need not close it */
+    bool listener_closing; /* its close has not completed yet */
 };
+
+/* https connections whose handshake is not done, in the whole process: the loops of one
+ * process (workers) each have a server on the same address, and the bound on pending
+ * handshakes (their sessions' memory) is the process's. */
+static atomic_uint pending_handshakes;
 
 static void conn_close(struct conn *c);
 static void conn_continue(struct conn *c);
@@ -1010,7 +1025,85 @@ static void conn_handshake_over(struct conn *c)
 {
     if (!c->handshaking) return;
     c->handshaking = false;
-    c->srv->n_handshaking--;
+    atomic_fetch_sub(&pending_handshakes, 1);
+}
+
+static void on_connection(uv_stream_t *listener, int status);
+
+/*
+ * Makes srv->listener listen on srv->bound_addr (the handle is initialized whatever
+ * happens: close it on failure). With reuseport the socket is made first (init_ex), so
+ * that the option precedes bind.
+ */
+static int listener_open(struct http_server *srv)
+{
+    struct sockaddr_storage *ss = &srv->bound_addr;
+    int r =
+        uv_tcp_init_ex(srv->loop, &srv->listener, srv->opts.reuseport ? ss->ss_family : AF_UNSPEC);
+    if (r != 0) {
+        uv_tcp_init(srv->loop, &srv->listener);
+    } else if (srv->opts.reuseport) {
+        uv_os_fd_t fd;
+        int one = 1;
+        if (uv_fileno((uv_handle_t *)&srv->listener, &fd) != 0 ||
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+            r = uv_translate_sys_error(errno);
+    }
+    srv->listener.data = srv;
+    if (r == 0) r = uv_tcp_bind(&srv->listener, (struct sockaddr *)ss, 0);
+    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    return r;
+}
+
+#define ACCEPT_PAUSE_MS 250
+
+static void server_handle_closed(uv_handle_t *h);
+
+static void listener_pause_closed(uv_handle_t *h)
+{
+    struct http_server *srv = h->data;
+    srv->listener_closing = false;
+    if (srv->shutting_down) server_handle_closed(h); /* it counts as the listener's close */
+}
+
+/* Listens again on the same socket (a new duplicate of the spare): what queued meanwhile
+ * is accepted now. Tried again later while no descriptor is free. */
+static void accept_resume(uv_timer_t *t)
+{
+    struct http_server *srv = t->data;
+    if (srv->shutting_down || !srv->listener_paused) return;
+    int fd = srv->listener_closing ? -1 : fcntl(srv->listen_spare, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0) {
+        uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+    uv_tcp_init(srv->loop, &srv->listener);
+    srv->listener.data = srv;
+    if (uv_tcp_open(&srv->listener, fd) != 0 ||
+        uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection) != 0) {
+        srv->listener_closing = true; /* (uv_close closes fd) */
+        uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
+        uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
+        return;
+    }
+    srv->listener_paused = false;
+}
+
+/*
+ * Out of descriptors with other loops on the address (reuseport): libuv's way out (a
+ * descriptor it keeps in reserve, per loop) does not hold when several loops race for
+ * the same free descriptor, and accept would fail again at once, a spin. Instead this
+ * loop stops watching its socket for ACCEPT_PAUSE_MS (the socket stays open through
+ * listen_spare, so what queues meanwhile waits, and the other loops go on) and watches it
+ * again. (The shutdown timer is free until a shutdown, which takes it over.)
+ */
+static void accept_pause(struct http_server *srv)
+{
+    if (srv->listener_paused || srv->shutting_down || srv->listen_spare < 0) return;
+    srv->listener_paused = true;
+    srv->listener_closing = true;
+    uv_close((uv_handle_t *)&srv->listener, listener_pause_closed);
+    uv_timer_start(&srv->shutdown_timer, accept_resume, ACCEPT_PAUSE_MS, 0);
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -1018,6 +1111,7 @@ static void on_connection(uv_stream_t *listener, int status)
     struct http_server *srv = listener->data;
     if (status < 0) {
         log_msg(LOG_WARN, "accept failed: %s", uv_strerror(status));
+        if (srv->opts.reuseport && (status == UV_EMFILE || status == UV_ENFILE)) accept_pause(srv);
         return;
     }
     struct conn *c = calloc(1, sizeof(*c));
@@ -1052,14 +1146,18 @@ static void on_connection(uv_stream_t *listener, int status)
         conn_close(c);
         return;
     }
-    if (srv->tls != NULL && srv->n_handshaking >= srv->opts.max_pending_handshakes) {
+    /* A place among the pending handshakes is taken at once (loops accept at the same
+     * time), and given back if the connection does not start one. */
+    unsigned handshaking = srv->tls != NULL ? atomic_fetch_add(&pending_handshakes, 1) : 0;
+    if (srv->tls != NULL && handshaking >= srv->opts.max_pending_handshakes) {
+        atomic_fetch_sub(&pending_handshakes, 1);
         /* Each pending handshake holds its session (~35 KiB): their number is bounded
          * apart from the connections'. */
         if (throttle_event(&srv->refused, now_ns(), &count))
             log_msg(LOG_WARN,
                     "connection refused: %u TLS handshakes pending (limit %u; %u refused since "
                     "the last such line)",
-                    srv->n_handshaking, srv->opts.max_pending_handshakes, count);
+                    handshaking, srv->opts.max_pending_handshakes, count);
         conn_close(c);
         return;
     }
@@ -1080,6 +1178,7 @@ static void on_connection(uv_stream_t *listener, int status)
     warn_fd_limit(srv, c);
     uv_tcp_nodelay(&c->tcp, 1);
     if (srv->tls != NULL) {
+        c->handshaking = true; /* (its place is taken above) */
         if (tls_stream_init(&c->tls, (uv_stream_t *)&c->tcp, srv->tls, NULL, conn_tls_written, c) !=
             0) {
             log_msg(LOG_WARN, "connection from %s closed: cannot start a TLS session", c->remote);
@@ -1087,8 +1186,6 @@ static void on_connection(uv_stream_t *listener, int status)
             return;
         }
         c->https = true;
-        c->handshaking = true;
-        srv->n_handshaking++;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &srv->settings);
     c->parser.data = c;
@@ -1818,8 +1915,6 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     srv->settings.on_body = on_body;
     srv->settings.on_message_complete = on_message_complete;
 
-    uv_tcp_init(loop, &srv->listener);
-    srv->listener.data = srv;
     uv_idle_init(loop, &srv->idle);
     srv->idle.data = srv;
     uv_timer_init(loop, &srv->shutdown_timer);
@@ -1828,8 +1923,12 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
         srv->nofile = (uint64_t)rl.rlim_cur;
-    r = uv_tcp_bind(&srv->listener, (struct sockaddr *)&ss, 0);
-    if (r == 0) r = uv_listen((uv_stream_t *)&srv->listener, 1024, on_connection);
+    srv->bound_addr = ss;
+    srv->listen_spare = -1;
+    r = listener_open(srv);
+    uv_os_fd_t lfd;
+    if (r == 0 && opts->reuseport && uv_fileno((uv_handle_t *)&srv->listener, &lfd) == 0)
+        srv->listen_spare = fcntl(lfd, F_DUPFD_CLOEXEC, 0);
     if (r != 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", addr, uv_strerror(r));
         srv->shutting_down = true;
@@ -1891,6 +1990,7 @@ static void server_maybe_done(struct http_server *srv)
         void *arg = srv->shutdown_arg;
         free(srv->extra_headers);
         tls_config_free(srv->tls);
+        if (srv->listen_spare >= 0) close(srv->listen_spare);
         free(srv);
         if (done) done(arg);
     }
@@ -1912,7 +2012,12 @@ void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*d
     srv->shutting_down = true;
     srv->shutdown_done = done;
     srv->shutdown_arg = arg;
-    if (!uv_is_closing((uv_handle_t *)&srv->listener))
+    uv_timer_stop(&srv->shutdown_timer); /* (an accept pause's) */
+    if (srv->listener_paused) {
+        /* Closed already, or closing: it counts as closed once that is done. */
+        srv->listener_paused = false;
+        if (!srv->listener_closing) srv->handles_open--; /* (else its close callback will) */
+    } else if (!uv_is_closing((uv_handle_t *)&srv->listener))
         uv_close((uv_handle_t *)&srv->listener, server_handle_closed);
     struct conn *c = srv->conns;
     while (c != NULL) {

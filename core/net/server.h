@@ -66,8 +66,9 @@ struct http_server_opts {
     unsigned write_timeout_ms;       /* default 60000 */
     unsigned max_connections;        /* default 16384 */
     unsigned max_pending_handshakes; /* https: default 1024 connections whose TLS handshake
-                                        is not done yet (~35 KiB each); more are closed at
-                                        accept */
+                                        is not done yet (~35 KiB each), counted over the
+                                        whole process (the servers of several loops share
+                                        the bound); more are closed at accept */
     /* Headers added to every response (config http.headers); copied. */
     const struct http_header *extra_headers;
     size_t n_extra_headers;
@@ -80,6 +81,10 @@ struct http_server_opts {
     /* Formats the access-log line of an exchange (NULL: log_format_access). */
     size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf, size_t cap);
     void *format_ud;
+    /* Several loops of one process listen on one address (workers): each listener sets
+     * SO_REUSEPORT and the kernel spreads connections over them. Any other socket that
+     * sets it too (same user) could join the address: off with workers: 1. */
+    bool reuseport;
 };
 
 /*

@@ -16,6 +16,8 @@
  */
 #include "net/tls.h"
 
+#include <stdatomic.h>
+
 #include <arpa/inet.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -46,7 +48,7 @@
 #define MAX_PEER_NAMES 6
 
 struct tls_config {
-    int refs;
+    atomic_int refs; /* loops of one process may share a server config (workers) */
     bool server;
     mbedtls_ssl_config conf;
     mbedtls_entropy_context entropy;
@@ -278,13 +280,13 @@ int tls_server_config_new(const char *cert_file, const char *key_file, const cha
 
 struct tls_config *tls_config_ref(struct tls_config *cfg)
 {
-    if (cfg != NULL) cfg->refs++;
+    if (cfg != NULL) atomic_fetch_add(&cfg->refs, 1);
     return cfg;
 }
 
 void tls_config_free(struct tls_config *cfg)
 {
-    if (cfg == NULL || --cfg->refs > 0) return;
+    if (cfg == NULL || atomic_fetch_sub(&cfg->refs, 1) > 1) return;
     mbedtls_ssl_config_free(&cfg->conf);
     mbedtls_x509_crt_free(&cfg->ca);
     mbedtls_x509_crt_free(&cfg->cert);

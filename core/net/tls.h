@@ -1,6 +1,12 @@
 /*
  * tls.h: TLS sessions over mbedTLS 2.28 that know nothing of sockets.
  *
+ * Threads: a session is one loop's. A configuration may be shared by the loops of one
+ * process (workers: one server configuration, so that a session ticket issued on one
+ * loop resumes on another): it is not written after it is made, its reference count is
+ * atomic, and mbedTLS (built with MBEDTLS_THREADING_C, as Debian's is) guards its random
+ * generator and its ticket keys with mutexes of its own.
+ *
  * A session is a "memory BIO": the caller moves ciphertext between the session and
  * whatever carries it (a uv_tcp_t, or another session in a test), and the session turns
  * it into plaintext and back. The same code serves the upstream client, the server and

@@ -8,7 +8,9 @@
 --
 -- The first requests are remembered in this policy's Lua state (digest -> time), at most
 -- MAX_REMEMBERED of them: past that, the oldest half is forgotten. A reload (SIGHUP)
--- forgets them all.
+-- forgets them all. With several loops (`workers`), each loop has its own Lua state and
+-- remembers the requests it served: a blob is stored at the second request on one loop,
+-- so it may be streamed through up to `workers` + 1 times first.
 
 local WINDOW = 3600 -- seconds
 local MAX_REMEMBERED = 10000

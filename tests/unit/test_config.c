@@ -1569,6 +1569,43 @@ static void test_front_env(void)
     config_free(cfg);
 }
 
+/* ---- workers: loops in one process --------------------------------------------------- */
+
+static void test_workers(void)
+{
+    struct config *cfg = parse_ok(HEAD UPSTREAMS);
+    CHECK(cfg != NULL);
+    if (cfg == NULL) return;
+    /* Unset: one loop per CPU this process may use, at least 1, at most 64. */
+    CHECK(cfg->workers == 0);
+    CHECK(config_workers(cfg) >= 1 && config_workers(cfg) <= CONFIG_WORKERS_MAX);
+    config_free(cfg);
+
+    cfg = parse_ok(HEAD UPSTREAMS "          workers: 3\n");
+    CHECK(cfg != NULL);
+    if (cfg == NULL) return;
+    CHECK(cfg->workers == 3);
+    CHECK(config_workers(cfg) == 3);
+    config_free(cfg);
+
+    cfg = parse_ok(HEAD UPSTREAMS "          workers: 64\n");
+    CHECK(cfg != NULL && cfg->workers == 64);
+    config_free(cfg);
+
+    const char *at = "config.yml:15:20: middleware.registry[0].options.workers: ";
+    CHECK(fails(HEAD UPSTREAMS "          workers: 0\n", at,
+                "expected a whole number of worker loops from 1 to 64 (one per core is the most "
+                "that helps), got \"0\""));
+    CHECK(fails(HEAD UPSTREAMS "          workers: 65\n", at, "from 1 to 64 (one per core"));
+    CHECK(fails(HEAD UPSTREAMS "          workers: 99999999999999999999\n", at,
+                "from 1 to 64 (one per core"));
+    CHECK(fails(HEAD UPSTREAMS "          workers: -2\n", at,
+                "expected a whole number of worker loops from 1 to 64, got \"-2\""));
+    CHECK(fails(HEAD UPSTREAMS "          workers: 1.5\n", at, "got \"1.5\""));
+    CHECK(fails(HEAD UPSTREAMS "          workers: two\n", at, "got \"two\""));
+    CHECK(fails(HEAD UPSTREAMS "          workers: [2]\n", at, "got a list"));
+}
+
 int main(void)
 {
     RUN(test_seed_example);
@@ -1604,5 +1641,6 @@ int main(void)
     RUN(test_front_config);
     RUN(test_front_config_errors);
     RUN(test_front_env);
+    RUN(test_workers);
     return check_summary();
 }
