@@ -111,6 +111,7 @@ struct spool_job {
     size_t len;
     bool pending;
     int err;
+    bool mismatch; /* hash job: bytes sent from a followed file differ from these */
 };
 
 struct fetch {
@@ -1217,11 +1218,48 @@ static void write_work(uv_work_t *w)
     }
 }
 
+/* Do [off, off + len) of the files followers were sent bytes from (served) hold `data`
+ * where they overlap it? Read on the pool, beside the hash. */
+static bool served_match(const struct fetch *f, const char *data, size_t len, uint64_t off)
+{
+    char buf[64 * 1024];
+    for (unsigned i = 0; i < f->n_served; i++) {
+        uint64_t end = f->served[i].len;
+        for (uint64_t at = off; at < end && at < off + len; at += sizeof(buf)) {
+            size_t n = sizeof(buf);
+            if (at + n > end) n = (size_t)(end - at);
+            if (at + n > off + len) n = (size_t)(off + len - at);
+            if (!pread_full(f->served[i].fd, buf, n, at) || memcmp(buf, data + (at - off), n) != 0)
+                return false;
+        }
+    }
+    return true;
+}
+
+/* Hashes the job's bytes; after a takeover, also compares them with what followers were
+ * sent from the files followed before (the comparison that served_check makes with the
+ * final file, made here because a fetch that cannot store has no final file to read). */
 static void hash_work(uv_work_t *w)
 {
     struct spool_job *j = w->data;
-    for (int i = 0; i < j->n_iov; i++)
-        digest_sha256_update(&j->f->sha, j->iov[i].iov_base, j->iov[i].iov_len);
+    struct fetch *f = j->f;
+    uint64_t off = j->off;
+    j->mismatch = false;
+    for (int i = 0; i < j->n_iov; i++) {
+        digest_sha256_update(&f->sha, j->iov[i].iov_base, j->iov[i].iov_len);
+        if (f->n_served > 0 && !served_match(f, j->iov[i].iov_base, j->iov[i].iov_len, off))
+            j->mismatch = true;
+        off += j->iov[i].iov_len;
+    }
+}
+
+/* The bytes followers were sent from other files are all compared (hash_work) once the
+ * hash has passed the longest of them. */
+static bool served_all_hashed(const struct fetch *f)
+{
+    for (unsigned i = 0; i < f->n_served; i++)
+        if (f->served[i].len > f->hashed) return false;
+    return true;
 }
 
 static void spool_kick(struct fetch *f);
@@ -1253,6 +1291,14 @@ static void hash_done(uv_work_t *w, int status)
     j->pending = false;
     if (status == UV_ECANCELED) hash_work(w); /* it never ran: here, on the loop */
     f->hashed += j->len;
+    if (f->state == FETCH_RUNNING && f->n_served > 0 && !f->served_checked) {
+        if (j->mismatch) {
+            fetch_fail(f, "the bytes its clients were sent from the file of a replica it "
+                          "followed are not the blob's: they are cut off");
+        } else if (served_all_hashed(f)) {
+            f->served_checked = true;
+        }
+    }
     if (f->state == FETCH_RUNNING) {
         spool_trim(f);
         spool_kick(f);

@@ -216,6 +216,10 @@ static void write_batch(const struct store *st, const struct pending *batch, siz
 {
     int failures = 0, last = 0;
     for (size_t i = 0; i < n; i++) {
+        /* A blob that is not stored (passed through, evicted, or still being fetched:
+         * its commit starts the count again) gets no count file. */
+        struct stat sb;
+        if (store_stat_blob_sync(st, batch[i].hex, &sb) != 0) continue;
         int rc = pulls_add_sync(st, batch[i].hex, batch[i].count);
         if (rc != 0) {
             failures++;

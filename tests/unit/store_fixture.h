@@ -22,6 +22,18 @@ static inline struct store *fixture_store_open(char *root, const char *name)
     return st;
 }
 
+/* Puts a data file for blob `hex` where the store keeps it (its bytes are not its digest:
+ * for modules that only look whether a blob is stored). */
+static inline void fixture_blob_put(const char *root, const char *hex)
+{
+    char cmd[512];
+    snprintf(cmd, sizeof(cmd),
+             "mkdir -p '%s/docker/registry/v2/blobs/sha256/%.2s/%s' && "
+             "echo x > '%s/docker/registry/v2/blobs/sha256/%.2s/%s/data'",
+             root, hex, hex, root, hex, hex);
+    CHECK(system(cmd) == 0);
+}
+
 static inline void fixture_rm_rf(const char *path)
 {
     char cmd[512];

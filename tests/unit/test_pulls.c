@@ -11,6 +11,7 @@
 
 static const char a[] = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
 static const char b[] = "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7";
+static const char c[] = "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9";
 
 static void test_files(void)
 {
@@ -37,9 +38,12 @@ static void test_counted_in_memory_then_on_disk(void)
     uv_loop_init(&loop);
     struct pulls *p = pulls_new(&loop, st);
     CHECK(p != NULL);
+    fixture_blob_put(root, a);
+    fixture_blob_put(root, b);
     for (int i = 0; i < 5; i++)
         pulls_count(p, a);
     pulls_count(p, b);
+    pulls_count(p, c); /* served but not stored (passed through): no count file */
     pulls_count(p, "not hex"); /* ignored */
     CHECK_INT(pulls_pending(p, a), 5);
     CHECK_INT(pulls_pending(p, b), 1);
@@ -48,6 +52,10 @@ static void test_counted_in_memory_then_on_disk(void)
     CHECK_INT(uv_run(&loop, UV_RUN_DEFAULT), 0);
     CHECK_INT(pulls_read_sync(st, a), 5);
     CHECK_INT(pulls_read_sync(st, b), 1);
+    CHECK_INT(pulls_read_sync(st, c), 0);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/docker/registry/v2/_content-cache/pulls/%.2s/%s", root, c, c);
+    CHECK(access(path, F_OK) != 0);
     CHECK_INT(uv_loop_close(&loop), 0);
     store_close(st);
     fixture_rm_rf(root);
@@ -60,6 +68,8 @@ static void test_many_blobs_grow_the_table(void)
     struct store *st = fixture_store_open(root, "pulls");
     uv_loop_init(&loop);
     struct pulls *p = pulls_new(&loop, st);
+    snprintf(hex, sizeof(hex), "%064x", 1234);
+    fixture_blob_put(root, hex);
     for (int i = 0; i < 2000; i++) {
         snprintf(hex, sizeof(hex), "%064x", i);
         pulls_count(p, hex);
