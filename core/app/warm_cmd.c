@@ -452,28 +452,18 @@ static void on_signal(uv_signal_t *s, int signum)
 
 /* ---- the run -------------------------------------------------------------------------------- */
 
-/* --creds are one registry's: true when every reference is for one upstreams entry (a
- * reference naming no registry is the first entry's), else false with why. */
+/* --creds are one registry's: true when every reference is for one upstreams entry
+ * (upstreams_images_one_entry), else false with why. */
 static bool one_registry(const struct upstreams *ups, const struct warm_cmd_args *a, char *why,
                          size_t why_len)
 {
-    int first = -2;
-    for (size_t i = 0; i < a->n_images; i++) {
-        struct registry_image_ref r;
-        char ignored[300];
-        if (registry_image_ref_parse(a->images[i], &r, ignored, sizeof(ignored)) != 0) continue;
-        int e = r.registry[0] ? upstreams_entry_for_registry(ups, r.registry) : 0;
-        if (e < 0) continue; /* (that reference fails on its own) */
-        if (first == -2) first = e;
-        if (e != first) {
-            snprintf(why, why_len,
-                     "--creds%s are one registry's, and %s and %s are for two: give each "
-                     "registry its login in an --authfile",
-                     a->creds_file ? "-file's" : "", a->images[0], a->images[i]);
-            return false;
-        }
-    }
-    return true;
+    size_t other = 0;
+    if (upstreams_images_one_entry(ups, a->images, a->n_images, &other)) return true;
+    snprintf(why, why_len,
+             "--creds%s are one registry's, and %s and %s are for two: give each "
+             "registry its login in an --authfile",
+             a->creds_file ? "-file's" : "", a->images[0], a->images[other]);
+    return false;
 }
 
 /* Before any warm: what the loop holds is closed, and the loop runs out. */

@@ -186,6 +186,19 @@ static void start_job(struct post *p)
         free(tok);
         return;
     }
+    const struct http_header *auth = http_req_header(x, "Authorization");
+    size_t other = 0;
+    if (auth != NULL && !upstreams_images_one_entry(wd->env.upstreams, images, n_images, &other)) {
+        /* The caller's login is one registry's: it never goes to another. */
+        snprintf(why, sizeof(why),
+                 "the Authorization is one registry's login, and %s and %s are for two: "
+                 "post each registry's images with its own",
+                 images[0], images[other]);
+        answer_error(x, 400, why);
+        free(strings);
+        free(tok);
+        return;
+    }
     struct job *j = wd->stopped ? NULL : job_slot(wd);
     if (j == NULL) {
         answer_error(x, 503, wd->stopped ? "the cache is stopping" : "no job slot free");
@@ -193,7 +206,6 @@ static void start_job(struct post *p)
         free(tok);
         return;
     }
-    const struct http_header *auth = http_req_header(x, "Authorization");
     if (auth != NULL && (j->authorization = malloc(auth->value_len + 1)) != NULL) {
         memcpy(j->authorization, auth->value, auth->value_len);
         j->authorization[auth->value_len] = '\0';

@@ -58,6 +58,10 @@
 /* Files a follower may have served bytes from before its fetch was taken over; past
  * this many takeovers the fetch fails. */
 #define SERVED_FROM_MAX 4
+/* Why a fetch fails when bytes sent from a followed file are not the blob's. */
+static const char SERVED_MISMATCH[] =
+    "the bytes its clients were sent from the file of a replica it followed are not the "
+    "blob's: they are cut off";
 
 struct chunk;
 
@@ -957,8 +961,7 @@ static void check_done(uv_work_t *w, int status)
     f->check_pending = false;
     if (f->state == FETCH_RUNNING) {
         if (status != 0 || !f->check_ok) {
-            fetch_fail(f, "the bytes its clients were sent from the file of a replica it followed "
-                          "are not the blob's: they are cut off");
+            fetch_fail(f, "%s", SERVED_MISMATCH);
         } else {
             f->served_checked = true;
             if (f->remote)
@@ -1293,8 +1296,7 @@ static void hash_done(uv_work_t *w, int status)
     f->hashed += j->len;
     if (f->state == FETCH_RUNNING && f->n_served > 0 && !f->served_checked) {
         if (j->mismatch) {
-            fetch_fail(f, "the bytes its clients were sent from the file of a replica it "
-                          "followed are not the blob's: they are cut off");
+            fetch_fail(f, "%s", SERVED_MISMATCH);
         } else if (served_all_hashed(f)) {
             f->served_checked = true;
         }
@@ -1338,6 +1340,10 @@ static void spool_kick(struct fetch *f)
         hash_work(&f->hash_job.work);
         f->hash_job.work.data = &f->hash_job;
         f->hashed += f->hash_job.len;
+        if (f->hash_job.mismatch) {
+            fetch_fail(f, "%s", SERVED_MISMATCH);
+            return;
+        }
     }
     if (f->fd_ready && !f->disk_failed && !f->write_job.pending &&
         f->received - f->written >= min &&

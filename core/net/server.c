@@ -2012,6 +2012,10 @@ void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*d
     srv->shutting_down = true;
     srv->shutdown_done = done;
     srv->shutdown_arg = arg;
+    /* The duplicate of the listening socket goes with the listener: the port stops
+     * listening now, not after the drain (connections would queue where none accepts). */
+    if (srv->listen_spare >= 0) close(srv->listen_spare);
+    srv->listen_spare = -1;
     uv_timer_stop(&srv->shutdown_timer); /* (an accept pause's) */
     if (srv->listener_paused) {
         /* Closed already, or closing: it counts as closed once that is done. */

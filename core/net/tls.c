@@ -36,6 +36,12 @@
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 
+/* The loops (workers) share one server configuration: its random generator and session
+ * ticket keys are guarded by mbedTLS's own mutexes, which it has only with this. */
+#if !defined(MBEDTLS_THREADING_C)
+#error "mbedTLS is built without MBEDTLS_THREADING_C; content-cache's loops share TLS state"
+#endif
+
 #if MBEDTLS_VERSION_MAJOR != 2
 #error "tls.c is written for mbedTLS 2.x (Debian 12 ships 2.28)"
 #endif

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "net/chain.h"
+#include "registry/registry.h"
 
 #define UPSTREAMS_MAX_CANDIDATES 16
 #define UPSTREAMS_FRESH_MS 60000u /* an answer this recent makes the upstreams healthy */
@@ -379,4 +380,23 @@ void upstreams_health_check(void *upstreams, uv_loop_t *loop, health_done_fn don
     }
     free(p);
     done(arg, false, "no upstream answered: cannot ask the upstream");
+}
+
+bool upstreams_images_one_entry(const struct upstreams *u, const char *const *images, size_t n,
+                                size_t *other)
+{
+    int first = -2;
+    for (size_t i = 0; i < n; i++) {
+        struct registry_image_ref r;
+        char ignored[300];
+        if (registry_image_ref_parse(images[i], &r, ignored, sizeof(ignored)) != 0) continue;
+        int e = r.registry[0] ? upstreams_entry_for_registry(u, r.registry) : 0;
+        if (e < 0) continue;
+        if (first == -2) first = e;
+        if (e != first) {
+            *other = i;
+            return false;
+        }
+    }
+    return true;
 }

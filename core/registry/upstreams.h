@@ -53,6 +53,13 @@ int upstreams_entry_for(const struct upstreams *u, const struct http_exchange *x
  * is), or -1. For a reference that names its registry (`content-cache warm`). */
 int upstreams_entry_for_registry(const struct upstreams *u, const char *registry);
 
+/* Whether image references (registry_image_ref_parse) all go to one upstreams entry, as
+ * a login that is one registry's must: a reference naming no registry is the first
+ * entry's; one that does not parse or names no entry is left out (it fails on its own).
+ * False with *other the index of the first that goes elsewhere than images[0]'s. */
+bool upstreams_images_one_entry(const struct upstreams *u, const char *const *images, size_t n,
+                                size_t *other);
+
 /*
  * The base URLs to try for one client request of entry `entry`, in order: what the
  * select_upstream policy answers (each URL mapped to the configured upstream it names;

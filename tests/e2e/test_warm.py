@@ -486,6 +486,25 @@ def main(run):
     run.check("POST /debug/warm warms a running cache while it serves clients; "
               "GET /debug/warm/{id} reports it", debug_warm_on_a_running_cache)
 
+    def debug_warm_login_stays_with_its_registry():
+        # Two origins: the POST's Authorization is one registry's login.
+        c = run.cache([origin, "http://127.0.0.1:1"], debug=True, name="two-debug")
+        auth = {"Authorization": h.basic_auth(USER, PASSWORD)}
+        body = json.dumps({"images": [web_ref, "127.0.0.1:1/x/y:1"]})
+        r = h.request(c.debug_port, "POST", "/debug/warm", headers=auth, body=body)
+        expect(r.status == 400 and "one registry's login" in r.json()["error"],
+               "a login for images of two registries: %r" % r)
+        lines = [line for line in h.read_lines(c.stderr_path) if "127.0.0.1:1" in line]
+        expect(not any("fetch" in line or "resolv" in line for line in lines),
+               "nothing was asked of the second registry: %r" % lines)
+        r = h.request(c.debug_port, "POST", "/debug/warm", headers=auth,
+                      body=json.dumps({"images": [web_ref]}))
+        expect_eq(r.status, 202, "the same login for one registry's image")
+        c.stop()
+
+    run.check("POST /debug/warm: a login is refused (400) for images of two registries, "
+              "never sent to the second", debug_warm_login_stays_with_its_registry)
+
     def sigint_leaves_nothing_partial():
         layer = big.layer_digests[0]
         proxy = FakeUpstream(work, name="pacer", role="proxy", target=origin,
