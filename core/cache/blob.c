@@ -127,6 +127,7 @@ struct blob_req {
     struct stat hit_sb;
     int hit_result;
     bool hit_stat_only; /* a HEAD: the size is all it needs */
+    bool rechecked;     /* the store was looked at again once no fetch was found */
     bool fs_busy;
     bool writing;
     bool gone;
@@ -810,10 +811,23 @@ static void upstream_call_free(struct upstream_call *c)
 
 /* --- Hit or miss -------------------------------------------------------------------- */
 
+static void open_work(uv_work_t *w);
+static void open_done(uv_work_t *w, int status);
+
 static void start_fetch(struct blob_req *r)
 {
     struct blob_service *bs = r->bs;
     struct fetch *f = fetch_find(bs->fetches, r->hex);
+    if (f == NULL && !r->rechecked) {
+        /* No fetch runs, but one may have committed (on this loop or another) since the
+         * store was looked at: its rename comes before it leaves the fetch table. One
+         * more look, so that it is served, not fetched from upstream a second time. */
+        r->rechecked = true;
+        r->hit_stat_only = false;
+        r->fs_busy = true;
+        if (uv_queue_work(bs->loop, &r->hit_work, open_work, open_done) == 0) return;
+        r->fs_busy = false;
+    }
     if (f != NULL) {
         fetch_ref(f);
         http_log_set_cache(r->x, "coalesced");

@@ -1094,6 +1094,10 @@ static void poll_done(uv_work_t *w, int status)
             fetch_unref(f);
             return;
         }
+        /* Loops following us were sent bytes from the file we followed: they take it
+         * over and check them against a stream of their own (board_drop), rather than
+         * go on in a file that is not the blob's. */
+        if (final_fd >= 0) board_drop(f);
         if (final_fd >= 0) f->fd = final_fd;
         f->size = f->poll_final;
         f->written = (uint64_t)f->poll_final;
