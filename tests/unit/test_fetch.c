@@ -517,7 +517,7 @@ static void test_pass_through_without_storing(void)
     e.origin.chunk = 16384;
     origin_script(&e.origin, 200, BODY_LENGTH, e.size);
     struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, false);
-    CHECK(fetch_find(e.m, e.hex) == NULL); /* it takes no followers: others fetch anew */
+    CHECK(fetch_find(e.m, e.hex) == NULL);   /* it takes no followers: others fetch anew */
     CHECK_INT(fetch_manager_active(e.m), 1); /* but it runs (and a stop would fail it) */
     CHECK(fetch_in_memory(f, 0));
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));

@@ -43,7 +43,7 @@ static void test_counted_in_memory_then_on_disk(void)
     for (int i = 0; i < 5; i++)
         pulls_count(p, a);
     pulls_count(p, b);
-    pulls_count(p, c); /* served but not stored (passed through): no count file */
+    pulls_count(p, c);         /* served but not stored (passed through): no count file */
     pulls_count(p, "not hex"); /* ignored */
     CHECK_INT(pulls_pending(p, a), 5);
     CHECK_INT(pulls_pending(p, b), 1);
