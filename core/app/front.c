@@ -14,6 +14,7 @@
 #include "access/keyring.h"
 #include "app/process.h"
 #include "base/log.h"
+#include "base/metrics.h"
 #include "base/url.h"
 #include "front/account.h"
 #include "front/caches_api.h"
@@ -28,25 +29,36 @@
 #include "registry/respond.h"
 #include "registry/upstreams.h"
 
+/* What the loops of a front share (workers). Read only once the loops run, but for the
+ * state (state.h says how its views share it) and the memory (auth.h: its own lock). */
+struct front_shared {
+    const struct config *cfg;
+    const char *builtin_policies;
+    struct front_state *state; /* loop 0's view; each worker has one of its own */
+    struct auth_cache *memory; /* remembered sign-ins and decisions, for every loop */
+    struct grant_key key;      /* signs the grants; made at first start, kept in the state dir */
+    char origin_base[1400];
+    char jwks[1024]; /* the public key, served to caches */
+    size_t jwks_len;
+    struct front *main; /* loop 0's */
+};
+
+/* One loop's front (loop 0's, or a worker's built on its own thread). */
 struct front {
-    struct process proc;
+    struct process *proc;
+    struct front_shared *sh;
     const struct config *cfg;
     struct upstream_pool *pool;
     struct upstreams *upstreams; /* the origin, as upstreams entry 0 */
     struct relay_service *relays;
     struct policy_engine *policy;
-    struct front_state *state;      /* the caches and the users' choices */
-    struct auth_cache *memory;      /* remembered sign-ins and decisions */
+    struct front_state *state;      /* this loop's view of the caches and the users' choices */
     struct auth_verifier *verifier; /* auth.token, when configured */
     struct identity *identity;
     struct caches_api *api;
-    struct grant_key key; /* signs the grants; made at first start, kept in the state dir */
     struct redirect_service *redirects;
     struct keyring *keys;           /* the front's own key, to verify grants coming back */
     struct origin_account *account; /* the pull-only account caches' blobs are fetched with */
-    char origin_base[1400];
-    char jwks[1024]; /* the public key, served to caches */
-    size_t jwks_len;
 };
 
 /* --- Requests ------------------------------------------------------------------------- */
@@ -192,7 +204,7 @@ static void serve_keys(struct front *f, struct http_exchange *x)
     }
     struct http_header h[2] = {{"Content-Type", 12, "application/json", 16},
                                {"Cache-Control", 13, "max-age=300", 11}};
-    if (http_respond_full(x, 200, h, 2, f->jwks, f->jwks_len) != 0) http_respond_abort(x);
+    if (http_respond_full(x, 200, h, 2, f->sh->jwks, f->sh->jwks_len) != 0) http_respond_abort(x);
 }
 
 static void front_handle(struct http_exchange *x, void *ud)
@@ -250,6 +262,9 @@ void front_describe(const struct config *cfg, FILE *out)
     else
         fprintf(out, "account:       none: blobs for the caches are fetched anonymously\n");
     fprintf(out, "grant ttl:     %s (lifetime of a blob redirect)\n", ttl);
+    fprintf(out, "workers:       %u loop%s%s\n", config_workers(cfg),
+            config_workers(cfg) > 1 ? "s" : "",
+            cfg->workers ? "" : " (one per CPU: workers not set)");
 }
 
 /* --- Wiring (serving) ------------------------------------------------------------------------ */
@@ -267,146 +282,236 @@ static void front_reload(void *ud)
 {
     struct front *f = ud;
     char err[1024];
+    unsigned loop = f->proc->index;
     if (policy_engine_reload(f->policy, NULL, err, sizeof(err)) != 0)
-        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded, the running ones stay: %s", err);
+        log_msg(LOG_ERROR, "SIGHUP: policies not reloaded on loop %u, the running ones stay: %s",
+                loop, err);
     else
-        log_msg(LOG_INFO, "SIGHUP: policies reloaded");
+        log_msg(LOG_INFO, "SIGHUP: policies reloaded on loop %u", loop);
+}
+
+/* The sections of /metrics each loop keeps for itself (loop 0's through its debug
+ * server, a worker's when loop 0 gathers them). Returns how many (at most 3). */
+static size_t loop_sections(const struct front *f, metrics_render_fn *fns, const void **sources)
+{
+    size_t n = 0;
+    fns[n] = redirect_render_metrics, sources[n++] = f->redirects;
+    fns[n] = policy_render_metrics, sources[n++] = f->policy;
+    fns[n] = http_server_render_metrics, sources[n++] = f->proc->server;
+    return n;
+}
+
+static void front_render(struct process *p, struct textbuf *out)
+{
+    metrics_render_fn fns[3];
+    const void *sources[3];
+    struct front *f = p->ud;
+    if (f == NULL || p->server == NULL) return;
+    size_t n = loop_sections(f, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        fns[i](sources[i], out);
+}
+
+static void render_loops(const void *proc, struct textbuf *out)
+{
+    metrics_value(out, "content_cache_loops", "gauge",
+                  "Event loops serving, each on its own thread (workers).",
+                  process_loops((const struct process *)proc));
 }
 
 static void debug_wire(struct front *f)
 {
-    struct debug *d = f->proc.debug;
+    struct debug *d = f->proc->debug;
+    metrics_render_fn fns[3];
+    const void *sources[3];
+    debug_add_section(d, render_loops, f->proc);
     debug_add_section(d, chain_render_metrics, NULL);
-    debug_add_section(d, redirect_render_metrics, f->redirects);
-    debug_add_section(d, policy_render_metrics, f->policy);
-    debug_add_section(d, http_server_render_metrics, f->proc.server);
+    size_t n = loop_sections(f, fns, sources);
+    for (size_t i = 0; i < n; i++)
+        debug_add_section(d, fns[i], sources[i]);
     debug_add_check(d, "upstream", upstreams_health_check, f->upstreams);
+    debug_set_gather(d, process_gather, f->proc);
 }
 
-static void front_free(struct front *f)
+/* Frees one loop's front once its loop has ended (or its build failed). */
+static void front_finish(struct process *p)
 {
+    struct front *f = p->ud;
+    if (f == NULL) return;
     origin_account_free(f->account);
     redirect_service_free(f->redirects);
     caches_api_free(f->api);
     identity_free(f->identity);
     auth_token_verifier_free(f->verifier);
-    auth_cache_free(f->memory);
-    front_state_close(f->state);
     relay_service_free(f->relays);
     upstreams_free(f->upstreams);
     policy_engine_free(f->policy);
+    /* (loop 0's view is the shared one: front_run closes it last) */
+    if (f->state != f->sh->state) front_state_close(f->state);
+    free(f);
+    p->ud = NULL;
+}
+
+/* Says out of memory at start and gives the exit code for it. */
+static int out_of_memory(void)
+{
+    log_msg(LOG_ERROR, "out of memory at start");
+    return PROCESS_EXIT_RUNTIME;
+}
+
+/*
+ * Builds one loop's front on p->loop and listens: loop 0's on the main thread (with the
+ * debug server, made by front_run), each worker's on its own thread. Every loop has its
+ * own upstream pool, policy engine (Lua states are never shared between threads), view
+ * of the state, sign-in checks, redirects, grant keyring and origin account; they share
+ * the config, the state, the memory of decisions and the grant key. Returns 0 or an exit
+ * code (logged).
+ */
+static int front_build(struct process *p, void *ud)
+{
+    struct front_shared *sh = ud;
+    const struct config *cfg = sh->cfg;
+    struct front *f = calloc(1, sizeof(*f));
+    if (f == NULL) return out_of_memory();
+    bool main_loop = p->index == 0;
+    char err[1024];
+    f->proc = p;
+    f->sh = sh;
+    f->cfg = cfg;
+    p->on_reload = front_reload;
+    p->on_stopped = front_stopped;
+    p->ud = f;
+    if (main_loop) sh->main = f;
+    if (policy_engine_new(cfg, sh->builtin_policies, &f->policy, err, sizeof(err)) != 0) {
+        log_msg(LOG_ERROR, "policies: %s", err);
+        return PROCESS_EXIT_CONFIG;
+    }
+    /* A failing hook is logged once per interval for the process, not per loop. */
+    if (!main_loop) policy_engine_share_log(f->policy, sh->main->policy);
+    if (main_loop)
+        f->state = sh->state;
+    else if (front_state_share(sh->state, &f->state) != 0)
+        return out_of_memory();
+    front_state_attach(f->state, p->loop);
+    int rc = process_pool(p, &f->pool);
+    if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
+    f->upstreams = upstreams_new(cfg, f->pool);
+    f->relays = f->upstreams ? relay_service_new(f->upstreams) : NULL;
+    if (f->relays == NULL) return out_of_memory();
+    upstreams_set_policy(f->upstreams, f->policy);
+    /* Who a client is: its credentials, as the origin (or auth.token) judges them. */
+    if (cfg->auth_token_realm != NULL &&
+        auth_token_verifier_new(cfg->auth_token_rootcertbundle, cfg->auth_token_issuer,
+                                cfg->auth_token_service, err, sizeof(err), &f->verifier) != 0) {
+        log_msg(LOG_ERROR, "auth.token: %s", err);
+        return PROCESS_EXIT_CONFIG;
+    }
+    if (f->verifier != NULL && auth_token_verifier_attach(f->verifier, p->loop, sh->memory) != 0)
+        return out_of_memory();
+    f->identity = identity_new(p->loop, f->pool, sh->origin_base, sh->memory, f->verifier);
+    f->api = f->identity ? caches_api_new(cfg, f->state, f->identity) : NULL;
+    struct redirect_opts ro = {
+        .loop = p->loop,
+        .pool = f->pool,
+        .origin_base = sh->origin_base,
+        .origin_key = cfg->upstreams[0].originhost,
+        .identity = f->identity,
+        .state = f->state,
+        .policy = f->policy,
+        .memory = sh->memory,
+        .key = &sh->key,
+        .granttl_s = cfg->granttl_ns / 1000000000ULL,
+        .fallback = relay,
+        .ud = f,
+    };
+    f->redirects = f->api ? redirect_service_new(&ro) : NULL;
+    f->keys = keyring_new(p->loop, f->pool);
+    if (f->keys != NULL) keyring_add(f->keys, &sh->key);
+    f->account = origin_account_new(p->loop, f->pool, sh->origin_base, cfg->front_username,
+                                    cfg->front_password);
+    if (f->redirects == NULL || f->keys == NULL || f->account == NULL) return out_of_memory();
+    /* Upload URLs name the origin: clients are sent back to us instead. */
+    if (relay_service_rewrite_location(f->relays, cfg->http_tls_certificate != NULL,
+                                       cfg->http_host) != 0)
+        return out_of_memory();
+    rc = process_listen(p, front_handle, f, process_format_access, process_observe, f->policy);
+    if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
+    return PROCESS_EXIT_OK;
+}
+
+/* What front_run made before the loops: freed after them. */
+static void shared_free(struct front_shared *sh)
+{
+    front_state_close(sh->state);
+    auth_cache_free(sh->memory);
 }
 
 int front_run(const struct config *cfg, const char *builtin_policies)
 {
-    struct front f;
-    memset(&f, 0, sizeof(f));
-    f.cfg = cfg;
+    struct front_shared sh;
+    memset(&sh, 0, sizeof(sh));
+    sh.cfg = cfg;
+    sh.builtin_policies = builtin_policies;
     char err[1024];
-    if (policy_engine_new(cfg, builtin_policies, &f.policy, err, sizeof(err)) != 0) {
+    /* The policies are checked before anything is opened (each loop loads its own). */
+    struct policy_engine *pe = NULL;
+    if (policy_engine_new(cfg, builtin_policies, &pe, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, "policies: %s", err);
         return PROCESS_EXIT_CONFIG;
     }
+    policy_engine_free(pe);
     /* The state first: a second front on the same storage root is refused here. */
     char dir[1100];
     snprintf(dir, sizeof(dir), "%s/%s", cfg->storage_root, FRONT_STATE_DIR);
     if (mkdir_root(cfg->storage_root, err, sizeof(err)) != 0 ||
-        front_state_open(dir, &f.state, err, sizeof(err)) != 0) {
+        front_state_open(dir, &sh.state, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        front_free(&f);
         return PROCESS_EXIT_RUNTIME;
     }
     char key_path[1200];
     bool created = false;
     snprintf(key_path, sizeof(key_path), "%s/grant-key.pem", dir);
-    if (grant_key_load_or_create(key_path, &f.key, &created, err, sizeof(err)) != 0) {
+    if (grant_key_load_or_create(key_path, &sh.key, &created, err, sizeof(err)) != 0) {
         log_msg(LOG_ERROR, "%s", err);
-        front_free(&f);
+        shared_free(&sh);
         return PROCESS_EXIT_RUNTIME;
     }
     log_msg(LOG_INFO, "%s grant key %s (kid %s), served at %s", created ? "made the" : "the",
-            key_path, f.key.kid, GRANT_KEYS_PATH);
-    int jl = grant_jwks_write(&f.key, 1, f.jwks, sizeof(f.jwks));
-    f.jwks_len = jl > 0 ? (size_t)jl : 0;
-    process_init(&f.proc, cfg);
-    front_state_attach(f.state, f.proc.loop);
-    f.proc.on_reload = front_reload;
-    f.proc.on_stopped = front_stopped;
-    f.proc.ud = &f;
-    int rc = process_pool(&f.proc, &f.pool);
-    if (rc != 0) {
-        front_free(&f);
-        return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
-    }
-    f.upstreams = upstreams_new(cfg, f.pool);
-    f.relays = f.upstreams ? relay_service_new(f.upstreams) : NULL;
-    if (f.relays == NULL) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return PROCESS_EXIT_RUNTIME;
-    }
-    upstreams_set_policy(f.upstreams, f.policy);
-    /* Who a client is: its credentials, as the origin (or auth.token) judges them. */
-    f.memory = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
-                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
-    if (cfg->auth_token_realm != NULL &&
-        auth_token_verifier_new(cfg->auth_token_rootcertbundle, cfg->auth_token_issuer,
-                                cfg->auth_token_service, err, sizeof(err), &f.verifier) != 0) {
-        log_msg(LOG_ERROR, "auth.token: %s", err);
-        return PROCESS_EXIT_CONFIG;
-    }
-    if (f.verifier != NULL && auth_token_verifier_attach(f.verifier, f.proc.loop, f.memory) != 0) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return PROCESS_EXIT_RUNTIME;
-    }
+            key_path, sh.key.kid, GRANT_KEYS_PATH);
+    int jl = grant_jwks_write(&sh.key, 1, sh.jwks, sizeof(sh.jwks));
+    sh.jwks_len = jl > 0 ? (size_t)jl : 0;
     const struct url *o = &cfg->upstreams[0].origin;
-    if (url_format_origin(o, f.origin_base, sizeof(f.origin_base)) > 0)
-        snprintf(f.origin_base + strlen(f.origin_base),
-                 sizeof(f.origin_base) - strlen(f.origin_base), "%s", o->path);
-    f.identity =
-        f.memory ? identity_new(f.proc.loop, f.pool, f.origin_base, f.memory, f.verifier) : NULL;
-    f.api = f.identity ? caches_api_new(cfg, f.state, f.identity) : NULL;
-    struct redirect_opts ro = {
-        .loop = f.proc.loop,
-        .pool = f.pool,
-        .origin_base = f.origin_base,
-        .origin_key = cfg->upstreams[0].originhost,
-        .identity = f.identity,
-        .state = f.state,
-        .policy = f.policy,
-        .memory = f.memory,
-        .key = &f.key,
-        .granttl_s = cfg->granttl_ns / 1000000000ULL,
-        .fallback = relay,
-        .ud = &f,
-    };
-    f.redirects = f.api ? redirect_service_new(&ro) : NULL;
-    f.keys = keyring_new(f.proc.loop, f.pool);
-    if (f.keys != NULL) keyring_add(f.keys, &f.key);
-    f.account = origin_account_new(f.proc.loop, f.pool, f.origin_base, cfg->front_username,
-                                   cfg->front_password);
-    if (f.redirects == NULL || f.keys == NULL || f.account == NULL) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return PROCESS_EXIT_RUNTIME;
+    if (url_format_origin(o, sh.origin_base, sizeof(sh.origin_base)) > 0)
+        snprintf(sh.origin_base + strlen(sh.origin_base),
+                 sizeof(sh.origin_base) - strlen(sh.origin_base), "%s", o->path);
+    sh.memory = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
+                               AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    if (sh.memory == NULL) {
+        shared_free(&sh);
+        return out_of_memory();
     }
-    /* Upload URLs name the origin: clients are sent back to us instead. */
-    if (relay_service_rewrite_location(f.relays, cfg->http_tls_certificate != NULL,
-                                       cfg->http_host) != 0) {
-        log_msg(LOG_ERROR, "out of memory at start");
-        return PROCESS_EXIT_RUNTIME;
-    }
-    rc =
-        process_listen(&f.proc, front_handle, &f, process_format_access, process_observe, f.policy);
-    if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
-    if (process_debug(&f.proc) != 0) return PROCESS_EXIT_RUNTIME;
-    if (f.proc.debug != NULL) debug_wire(&f);
-    const struct front_cache *caches;
-    size_t n_caches = front_state_caches(f.state, &caches);
-    log_msg(LOG_INFO, "front for origin %s; state %s/%s: %zu caches, %zu users with a cache",
-            cfg->upstreams[0].originhost, dir, FRONT_STATE_DB, n_caches,
-            front_state_users(f.state));
 
-    process_run(&f.proc);
-    front_free(&f);
-    uv_loop_close(f.proc.loop);
+    struct process proc;
+    process_init(&proc, cfg);
+    unsigned loops = config_workers(cfg);
+    proc.reuseport = loops > 1;
+    int rc = front_build(&proc, &sh);
+    if (rc == PROCESS_EXIT_OK && process_debug(&proc) != 0) rc = PROCESS_EXIT_RUNTIME;
+    if (rc == PROCESS_EXIT_OK && proc.debug != NULL) debug_wire(sh.main);
+    struct process_mode mode = {
+        .build = front_build, .finish = front_finish, .render = front_render, .ud = &sh};
+    if (rc == PROCESS_EXIT_OK) rc = process_start_workers(&proc, loops, &mode);
+    if (rc != PROCESS_EXIT_OK) return rc; /* (what started is left to the exit) */
+    struct front_cache *caches;
+    long n_caches = front_state_caches(sh.state, &caches);
+    free(caches);
+    log_msg(LOG_INFO, "front for origin %s; state %s/%s: %ld caches, %zu users with a cache",
+            cfg->upstreams[0].originhost, dir, FRONT_STATE_DB, n_caches,
+            front_state_users(sh.state));
+
+    process_run(&proc);
+    front_finish(&proc);
+    shared_free(&sh);
+    uv_loop_close(proc.loop);
     return PROCESS_EXIT_OK;
 }

@@ -22,7 +22,13 @@
  *
  * A grant in a request's query is a credential: what the logs show has it redacted.
  *
- * Everything runs on the loop's thread.
+ * Several loops (the contentcaches options' `workers`, as the cache's): each loop serves
+ * on its own thread with its own listener (SO_REUSEPORT), upstream pool, policy engine,
+ * sign-in checks, redirects and origin account; they share the state (front/state.h:
+ * one database, one mirror, under locks), the memory of decisions (access/auth.h) and
+ * the grant key. Loop 0 takes the signals and serves the debug server (app/process.h).
+ *
+ * Everything else runs on its loop's thread.
  */
 #ifndef CC_FRONT_H
 #define CC_FRONT_H

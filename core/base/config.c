@@ -1136,6 +1136,7 @@ static const struct field contentcaches_fields[] = {
     {.key = "password", .kind = F_HANDLER, .handler = walk_front_password},
     {.key = "granttl", .kind = F_HANDLER, .handler = walk_granttl},
     {.key = "policydir", .kind = F_HANDLER, .handler = walk_policydir},
+    {.key = "workers", .kind = F_HANDLER, .handler = walk_workers},
     {0},
 };
 static const struct section contentcaches_section = {contentcaches_fields, NULL};

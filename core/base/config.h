@@ -100,9 +100,9 @@ struct config {
     unsigned upstream_connect_ms;  /* upstreamtimeouts.connect (our extension); 0: 10 s */
     unsigned upstream_progress_ms; /* upstreamtimeouts.progress; 0: 30 s */
     unsigned upstream_head_ms;     /* upstreamtimeouts.head: to the final head; 0: 60 s */
-    unsigned workers;              /* workers (our extension, the cache's): loops that
-                                      serve, 1..CONFIG_WORKERS_MAX; 0: not set, one per CPU
-                                      (config_workers) */
+    unsigned workers; /* workers (our extension, the cache's and the front's): loops that
+                         serve, 1..CONFIG_WORKERS_MAX; 0: not set, one per CPU
+                         (config_workers) */
 
     /* The front: a middleware.registry entry named contentcaches (then has_downstream is
      * false, and upstreams[0] is its originhost). */

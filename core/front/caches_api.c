@@ -177,6 +177,14 @@ static void answer_settings(struct api_req *r, const struct front_cache *c)
     answer_json(r, 200, buf, t.len);
 }
 
+/* The signed-in user's choice, as the state holds it now. */
+static void answer_user_settings(struct api_req *r)
+{
+    struct front_cache c;
+    bool chosen = front_state_user_cache(r->api->st, r->account, strlen(r->account), &c);
+    answer_settings(r, chosen ? &c : NULL);
+}
+
 static void answer_account(struct api_req *r)
 {
     char buf[800];
@@ -191,20 +199,22 @@ static void answer_account(struct api_req *r)
 
 static void answer_list(struct api_req *r)
 {
-    const struct front_cache *list;
-    size_t n = front_state_caches(r->api->st, &list);
-    char *buf = malloc(RESPONSE_MAX);
+    struct front_cache *list;
+    long n = front_state_caches(r->api->st, &list);
+    char *buf = n >= 0 ? malloc(RESPONSE_MAX) : NULL;
     if (buf == NULL) {
+        free(list);
         answer_error(r, 500, "UNKNOWN", NULL, "out of memory");
         return;
     }
     struct textbuf t;
     textbuf_init(&t, buf, RESPONSE_MAX);
     textbuf_puts(&t, "[");
-    for (size_t i = 0; i < n; i++) {
+    for (long i = 0; i < n; i++) {
         if (i > 0) textbuf_puts(&t, ",");
         put_cache(&t, &list[i]);
     }
+    free(list);
     textbuf_puts(&t, "]\n");
     if (t.cut)
         answer_error(r, 500, "UNKNOWN", NULL, "too many caches to list");
@@ -329,14 +339,15 @@ static void act_put_settings(struct api_req *r)
     bool ok = json_object_get(&doc, 0, "contentCache", &at) == 0;
     if (ok && json_type_of(&doc, at) != JSON_NULL) {
         ok = member_string(&doc, "contentCache", name, sizeof(name));
-        const struct front_cache *c = ok ? front_state_cache_by_name(r->api->st, name) : NULL;
-        if (ok && c == NULL) {
+        struct front_cache c;
+        bool known = ok && front_state_cache_by_name(r->api->st, name, &c);
+        if (ok && !known) {
             free(tokens);
             fail(r, 400, "INVALID_PARAMETER", "contentCache",
                  "contentCache: no cache of that name is registered");
             return;
         }
-        if (c != NULL) cache_id = c->id;
+        if (known) cache_id = c.id;
     }
     free(tokens);
     if (!ok) {
@@ -384,7 +395,7 @@ static void written(void *arg, int rc, const struct front_cache *c)
         log_msg(LOG_INFO, "cache %" PRId64 " removed by %s", r->cache_id, r->who.user);
         if (http_respond_full(r->x, 204, NULL, 0, NULL, 0) != 0) http_respond_abort(r->x);
     } else {
-        answer_settings(r, front_state_user_cache(r->api->st, r->account, strlen(r->account)));
+        answer_user_settings(r);
     }
     req_free(r);
 }
@@ -418,22 +429,22 @@ static void act(struct api_req *r)
         if (r->route == API_CACHES) {
             answer_list(r);
         } else if (r->route == API_CACHE) {
-            const struct front_cache *c = front_state_cache_by_id(r->api->st, r->cache_id);
-            if (c == NULL) {
+            struct front_cache c;
+            if (!front_state_cache_by_id(r->api->st, r->cache_id, &c)) {
                 fail(r, 404, "NOT_FOUND", NULL, "no cache with that id");
                 return;
             }
-            answer_cache(r, 200, c);
+            answer_cache(r, 200, &c);
         } else if (r->route == API_ACCOUNT) {
             answer_account(r);
         } else {
-            answer_settings(r, front_state_user_cache(r->api->st, r->account, strlen(r->account)));
+            answer_user_settings(r);
         }
         req_free(r);
         return;
     }
     if (strcmp(method, "DELETE") == 0) {
-        if (front_state_cache_by_id(r->api->st, r->cache_id) == NULL) {
+        if (!front_state_cache_by_id(r->api->st, r->cache_id, NULL)) {
             fail(r, 404, "NOT_FOUND", NULL, "no cache with that id");
             return;
         }

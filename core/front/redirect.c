@@ -275,18 +275,20 @@ static void authorize(struct redirect_req *r)
 static void choose(struct redirect_req *r)
 {
     struct redirect_service *rs = r->rs;
+    struct front_cache mine;
     const struct front_cache *chosen =
-        front_state_user_cache(rs->o.state, r->user, strlen(r->user));
+        front_state_user_cache(rs->o.state, r->user, strlen(r->user), &mine) ? &mine : NULL;
     struct policy_engine *pe = rs->o.policy;
     if (pe != NULL && policy_has_hook(pe, POLICY_HOOK_SELECT_CACHE) &&
         !policy_hook_is_shipped(pe, POLICY_HOOK_SELECT_CACHE)) {
         /* A drop-in or an edited select_cache.lua decides; the shipped one (the user's
          * choice) is done above, in C, as format_log's C twin is. */
-        const struct front_cache *list;
-        size_t n = front_state_caches(rs->o.state, &list);
+        struct front_cache *list;
+        long got = front_state_caches(rs->o.state, &list);
+        size_t n = got > 0 ? (size_t)got : 0;
         struct policy_cache *pc = calloc(n ? n : 1, sizeof(*pc));
         char(*ids)[24] = calloc(n ? n : 1, sizeof(*ids));
-        if (pc != NULL && ids != NULL) {
+        if (got >= 0 && pc != NULL && ids != NULL) {
             for (size_t i = 0; i < n; i++) {
                 snprintf(ids[i], sizeof(ids[i]), "%" PRId64, list[i].id);
                 pc[i] = (struct policy_cache){ids[i], list[i].name, list[i].host};
@@ -298,11 +300,14 @@ static void choose(struct redirect_req *r)
                                           .kind = "blob"};
             long at = -1;
             if (policy_select_cache(pe, &preq, http_req_remote_addr(r->x), r->user,
-                                    chosen ? chosen->name : NULL, pc, n, &at) == 0)
-                chosen = at >= 0 ? &list[at] : NULL;
+                                    chosen ? chosen->name : NULL, pc, n, &at) == 0) {
+                if (at >= 0) mine = list[at];
+                chosen = at >= 0 ? &mine : NULL;
+            }
         }
         free(pc);
         free(ids);
+        free(list);
     }
     if (chosen == NULL) {
         fall_back(r);

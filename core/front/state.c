@@ -1,14 +1,17 @@
 /*
  * state.c: the front's state in SQLite, mirrored in memory. See state.h.
  *
- * One connection, used by one thread at a time: the loop's at open and close, a thread
- * pool worker's for each write (writes are queued and run one after the other). The
- * memory mirror is the loop's alone: a worker fills the job's result, and the loop
- * applies it in the job's after-work callback.
+ * struct state_db is the state every loop shares; struct front_state is one loop's view
+ * of it (its loop and its queue of writes). One connection, used by one thread at a
+ * time under write_lock: the opener's at open, the last view's at close, a thread pool
+ * worker's for each write. The mirror is under mirror_lock: a write's worker applies
+ * what it committed (holding both locks, so the mirror follows the database's order),
+ * readers on any loop copy out under the read lock.
  */
 #include "front/state.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,21 +41,29 @@ struct state_job {
     char user[FRONT_USER_MAX + 1];
     int64_t cache_id; /* set-user */
     int rc;
-    char why[256]; /* a database failure, for the log */
+    bool added_lost; /* committed, but the mirror could not take it (out of memory) */
+    char why[256];   /* a database failure, for the log */
     front_state_cb cb;
     void *arg;
 };
 
-struct front_state {
+struct state_db {
+    pthread_mutex_t write_lock; /* the connection; the view count */
+    pthread_rwlock_t mirror_lock;
+    unsigned views;
     sqlite3 *db;
     char path[1024];
-    uv_loop_t *loop; /* NULL until attached: writes are done at once */
-    struct state_job *head, *tail;
-    bool running;
     struct front_cache *caches; /* by id */
     size_t n_caches;
     struct user_entry *users[USER_BUCKETS];
     size_t n_users;
+};
+
+struct front_state {
+    struct state_db *sd;
+    uv_loop_t *loop; /* NULL until attached: writes are done at once */
+    struct state_job *head, *tail;
+    bool running;
 };
 
 /* --- Memory ------------------------------------------------------------------------------ */
@@ -65,7 +76,7 @@ static size_t user_bucket(const char *name, size_t len)
     return (size_t)(h % USER_BUCKETS);
 }
 
-static struct user_entry **user_find(struct front_state *st, const char *name, size_t len)
+static struct user_entry **user_find(struct state_db *st, const char *name, size_t len)
 {
     struct user_entry **pp = &st->users[user_bucket(name, len)];
     while (*pp != NULL && ((*pp)->len != len || memcmp((*pp)->name, name, len) != 0))
@@ -74,7 +85,7 @@ static struct user_entry **user_find(struct front_state *st, const char *name, s
 }
 
 /* Sets (cache_id > 0) or clears a user's choice in memory. */
-static int user_set(struct front_state *st, const char *name, size_t len, int64_t cache_id)
+static int user_set(struct state_db *st, const char *name, size_t len, int64_t cache_id)
 {
     struct user_entry **pp = user_find(st, name, len);
     if (*pp != NULL) {
@@ -102,7 +113,7 @@ static int user_set(struct front_state *st, const char *name, size_t len, int64_
 }
 
 /* Forgets every user's choice of cache_id (the cache is gone). */
-static void users_drop_cache(struct front_state *st, int64_t cache_id)
+static void users_drop_cache(struct state_db *st, int64_t cache_id)
 {
     for (size_t b = 0; b < USER_BUCKETS; b++) {
         struct user_entry **pp = &st->users[b];
@@ -119,7 +130,7 @@ static void users_drop_cache(struct front_state *st, int64_t cache_id)
     }
 }
 
-static int caches_add(struct front_state *st, const struct front_cache *c)
+static int caches_add(struct state_db *st, const struct front_cache *c)
 {
     struct front_cache *grown = realloc(st->caches, (st->n_caches + 1) * sizeof(*grown));
     if (grown == NULL) return -ENOMEM;
@@ -133,7 +144,7 @@ static int caches_add(struct front_state *st, const struct front_cache *c)
     return 0;
 }
 
-static void caches_remove(struct front_state *st, int64_t id)
+static void caches_remove(struct state_db *st, int64_t id)
 {
     for (size_t i = 0; i < st->n_caches; i++) {
         if (st->caches[i].id == id) {
@@ -145,36 +156,74 @@ static void caches_remove(struct front_state *st, int64_t id)
     }
 }
 
-size_t front_state_caches(const struct front_state *st, const struct front_cache **list)
+static const struct front_cache *find_id(const struct state_db *sd, int64_t id)
 {
-    *list = st->caches;
-    return st->n_caches;
-}
-
-const struct front_cache *front_state_cache_by_id(const struct front_state *st, int64_t id)
-{
-    for (size_t i = 0; i < st->n_caches; i++)
-        if (st->caches[i].id == id) return &st->caches[i];
+    for (size_t i = 0; i < sd->n_caches; i++)
+        if (sd->caches[i].id == id) return &sd->caches[i];
     return NULL;
 }
 
-const struct front_cache *front_state_cache_by_name(const struct front_state *st, const char *name)
+/* Copies c into out (when both are there); true when c is. */
+static bool copy_out(const struct front_cache *c, struct front_cache *out)
 {
-    for (size_t i = 0; i < st->n_caches; i++)
-        if (strcmp(st->caches[i].name, name) == 0) return &st->caches[i];
-    return NULL;
+    if (c != NULL && out != NULL) *out = *c;
+    return c != NULL;
 }
 
-const struct front_cache *front_state_user_cache(const struct front_state *st, const char *user,
-                                                 size_t len)
+long front_state_caches(const struct front_state *st, struct front_cache **list)
 {
-    struct user_entry **pp = user_find((struct front_state *)st, user, len);
-    return *pp != NULL ? front_state_cache_by_id(st, (*pp)->cache_id) : NULL;
+    struct state_db *sd = st->sd;
+    long n = 0;
+    *list = NULL;
+    pthread_rwlock_rdlock(&sd->mirror_lock);
+    if (sd->n_caches > 0 && (*list = malloc(sd->n_caches * sizeof(**list))) == NULL) {
+        n = -ENOMEM;
+    } else if (sd->n_caches > 0) {
+        memcpy(*list, sd->caches, sd->n_caches * sizeof(**list));
+        n = (long)sd->n_caches;
+    }
+    pthread_rwlock_unlock(&sd->mirror_lock);
+    return n;
+}
+
+bool front_state_cache_by_id(const struct front_state *st, int64_t id, struct front_cache *out)
+{
+    pthread_rwlock_rdlock(&st->sd->mirror_lock);
+    bool found = copy_out(find_id(st->sd, id), out);
+    pthread_rwlock_unlock(&st->sd->mirror_lock);
+    return found;
+}
+
+bool front_state_cache_by_name(const struct front_state *st, const char *name,
+                               struct front_cache *out)
+{
+    struct state_db *sd = st->sd;
+    const struct front_cache *c = NULL;
+    pthread_rwlock_rdlock(&sd->mirror_lock);
+    for (size_t i = 0; c == NULL && i < sd->n_caches; i++)
+        if (strcmp(sd->caches[i].name, name) == 0) c = &sd->caches[i];
+    bool found = copy_out(c, out);
+    pthread_rwlock_unlock(&sd->mirror_lock);
+    return found;
+}
+
+bool front_state_user_cache(const struct front_state *st, const char *user, size_t len,
+                            struct front_cache *out)
+{
+    struct state_db *sd = st->sd;
+    pthread_rwlock_rdlock(&sd->mirror_lock);
+    struct user_entry **pp = user_find(sd, user, len);
+    bool found = copy_out(*pp != NULL ? find_id(sd, (*pp)->cache_id) : NULL, out);
+    pthread_rwlock_unlock(&sd->mirror_lock);
+    return found;
 }
 
 size_t front_state_users(const struct front_state *st)
 {
-    return st->n_users;
+    pthread_rwlock_rdlock(&st->sd->mirror_lock);
+    size_t n = st->sd->n_users;
+    pthread_rwlock_unlock(&st->sd->mirror_lock);
+    return n;
 }
 
 /* --- The database ---------------------------------------------------------------------- */
@@ -199,7 +248,7 @@ static int exec(sqlite3 *db, const char *sql, char *why, size_t why_len)
     return rc;
 }
 
-static int load(struct front_state *st, char *why, size_t why_len)
+static int load(struct state_db *st, char *why, size_t why_len)
 {
     sqlite3_stmt *q = NULL;
     int rc =
@@ -232,6 +281,30 @@ failed:
     return -EIO;
 }
 
+static void db_free(struct state_db *sd)
+{
+    if (sd->db != NULL) sqlite3_close(sd->db);
+    for (size_t b = 0; b < USER_BUCKETS; b++) {
+        while (sd->users[b] != NULL) {
+            struct user_entry *e = sd->users[b];
+            sd->users[b] = e->next;
+            free(e);
+        }
+    }
+    free(sd->caches);
+    pthread_rwlock_destroy(&sd->mirror_lock);
+    pthread_mutex_destroy(&sd->write_lock);
+    free(sd);
+}
+
+/* A view of sd for one loop (sd's view count is the caller's to raise). */
+static struct front_state *view_new(struct state_db *sd)
+{
+    struct front_state *st = calloc(1, sizeof(*st));
+    if (st != NULL) st->sd = sd;
+    return st;
+}
+
 int front_state_open(const char *dir, struct front_state **out, char *err, size_t errlen)
 {
     char why[512] = "";
@@ -240,8 +313,17 @@ int front_state_open(const char *dir, struct front_state **out, char *err, size_
         snprintf(err, errlen, "state directory %s: %s", dir, strerror(errno));
         return -errno;
     }
-    struct front_state *st = calloc(1, sizeof(*st));
+    struct state_db *st = calloc(1, sizeof(*st));
     if (st == NULL) return -ENOMEM;
+    if (pthread_mutex_init(&st->write_lock, NULL) != 0) {
+        free(st);
+        return -ENOMEM;
+    }
+    if (pthread_rwlock_init(&st->mirror_lock, NULL) != 0) {
+        pthread_mutex_destroy(&st->write_lock);
+        free(st);
+        return -ENOMEM;
+    }
     snprintf(st->path, sizeof(st->path), "%s/%s", dir, FRONT_STATE_DB);
     int rc = sqlite3_open_v2(st->path, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
     if (rc == SQLITE_OK) chmod(st->path, 0600);
@@ -258,7 +340,7 @@ int front_state_open(const char *dir, struct front_state **out, char *err, size_
     if (rc == SQLITE_BUSY || rc == SQLITE_LOCKED) {
         snprintf(err, errlen, "%s: in use by another process (one front per state directory)",
                  st->path);
-        front_state_close(st);
+        db_free(st);
         return -EBUSY;
     }
     if (rc != SQLITE_OK) {
@@ -266,15 +348,28 @@ int front_state_open(const char *dir, struct front_state **out, char *err, size_
                  why[0]   ? why
                  : st->db ? sqlite3_errmsg(st->db)
                           : sqlite3_errstr(rc));
-        front_state_close(st);
+        db_free(st);
         return -EIO;
     }
     if (load(st, why, sizeof(why)) != 0) {
         snprintf(err, errlen, "%s: %s", st->path, why);
-        front_state_close(st);
+        db_free(st);
         return -EIO;
     }
-    *out = st;
+    if ((*out = view_new(st)) == NULL) {
+        db_free(st);
+        return -ENOMEM;
+    }
+    st->views = 1;
+    return 0;
+}
+
+int front_state_share(struct front_state *st, struct front_state **out)
+{
+    if ((*out = view_new(st->sd)) == NULL) return -ENOMEM;
+    pthread_mutex_lock(&st->sd->write_lock);
+    st->sd->views++;
+    pthread_mutex_unlock(&st->sd->write_lock);
     return 0;
 }
 
@@ -291,16 +386,12 @@ bool front_state_busy(const struct front_state *st)
 void front_state_close(struct front_state *st)
 {
     if (st == NULL) return;
-    if (st->db != NULL) sqlite3_close(st->db);
-    for (size_t b = 0; b < USER_BUCKETS; b++) {
-        while (st->users[b] != NULL) {
-            struct user_entry *e = st->users[b];
-            st->users[b] = e->next;
-            free(e);
-        }
-    }
-    free(st->caches);
+    struct state_db *sd = st->sd;
     free(st);
+    pthread_mutex_lock(&sd->write_lock);
+    bool last = --sd->views == 0;
+    pthread_mutex_unlock(&sd->write_lock);
+    if (last) db_free(sd);
 }
 
 /* --- Writes: on a worker ----------------------------------------------------------------- */
@@ -323,10 +414,31 @@ static int run_stmt(sqlite3 *db, const char *sql, const char *types, const char 
     return rc;
 }
 
+/* The mirror follows what j committed (under both locks: in the database's order). */
+static void mirror_apply(struct state_db *sd, struct state_job *j)
+{
+    pthread_rwlock_wrlock(&sd->mirror_lock);
+    switch (j->kind) {
+    case JOB_ADD_CACHE:
+        if (caches_add(sd, &j->cache) != 0) j->added_lost = true;
+        break;
+    case JOB_REMOVE_CACHE:
+        caches_remove(sd, j->cache.id);
+        users_drop_cache(sd, j->cache.id);
+        break;
+    case JOB_SET_USER:
+        if (user_set(sd, j->user, strlen(j->user), j->cache_id) != 0) j->added_lost = true;
+        break;
+    }
+    pthread_rwlock_unlock(&sd->mirror_lock);
+}
+
 static void job_work(uv_work_t *w)
 {
     struct state_job *j = w->data;
-    sqlite3 *db = j->st->db;
+    struct state_db *sd = j->st->sd;
+    pthread_mutex_lock(&sd->write_lock);
+    sqlite3 *db = sd->db;
     int rc = SQLITE_OK;
     switch (j->kind) {
     case JOB_ADD_CACHE:
@@ -355,32 +467,24 @@ static void job_work(uv_work_t *w)
         j->rc = -EIO;
         snprintf(j->why, sizeof(j->why), "%s", sqlite3_errmsg(db));
     }
+    if (j->rc == 0) mirror_apply(sd, j);
+    pthread_mutex_unlock(&sd->write_lock);
 }
 
 static void job_pump(struct front_state *st);
 
-/* On the loop: the mirror follows what was committed, then the caller is told. */
+/* On the loop (the mirror already follows): the caller is told. */
 static void job_done(struct state_job *j)
 {
-    struct front_state *st = j->st;
-    const struct front_cache *added = NULL;
+    struct state_db *sd = j->st->sd;
     if (j->rc == -EIO)
-        log_msg(LOG_ERROR, "front state %s: a change was not saved: %s", st->path, j->why);
-    if (j->rc == 0) {
-        switch (j->kind) {
-        case JOB_ADD_CACHE:
-            if (caches_add(st, &j->cache) == 0) added = front_state_cache_by_id(st, j->cache.id);
-            break;
-        case JOB_REMOVE_CACHE:
-            caches_remove(st, j->cache.id);
-            users_drop_cache(st, j->cache.id);
-            break;
-        case JOB_SET_USER:
-            user_set(st, j->user, strlen(j->user), j->cache_id);
-            break;
-        }
-    }
-    j->cb(j->arg, j->rc, added);
+        log_msg(LOG_ERROR, "front state %s: a change was not saved: %s", sd->path, j->why);
+    if (j->added_lost)
+        log_msg(LOG_ERROR,
+                "front state %s: a change was saved but is not served until a restart: out "
+                "of memory",
+                sd->path);
+    j->cb(j->arg, j->rc, j->rc == 0 && j->kind == JOB_ADD_CACHE ? &j->cache : NULL);
     free(j);
 }
 

@@ -10,15 +10,25 @@
  * mode and written once at open: a second front on the same state directory is refused
  * at start rather than sharing it.
  *
- * Reads (front_state_caches, _cache_by_*, _user_cache) answer from memory, on the loop,
- * without I/O. Writes go to the database on libuv's thread pool, one at a time in the
- * order asked, after front_state_attach (before it, for tools and tests, each write is
- * done before its function returns, its callback included). The database decides what
- * a write may do (a unique name, an existing cache): the memory mirror follows what was
- * committed, when the write's callback is called. A cache's id is never reused.
+ * Several loops (workers): a struct front_state is one loop's view of the state; the
+ * first comes from front_state_open, one more for each further loop from
+ * front_state_share. The views share one database connection and one mirror; the last
+ * view closed closes them. Locking (state.c): the connection is used by one thread at a
+ * time (a write's, on the thread pool, under a mutex); the mirror is under a
+ * reader-writer lock, written by a write's worker right after its commit, read (and
+ * copied out) by any loop. A view itself is its loop's alone.
+ *
+ * Reads (front_state_caches, _cache_by_*, _user_cache) answer from memory without I/O,
+ * copying what they find: another loop's write may change the mirror at any moment.
+ * Writes go to the database on libuv's thread pool, one at a time in the order a view
+ * asked them, after front_state_attach (before it, for tools and tests, each write is
+ * done before its function returns, its callback included); the writes of two views
+ * are done in the order they reach the database. The database decides what a write may
+ * do (a unique name, an existing cache): the mirror follows what was committed before
+ * the write's callback is called, on every loop at once. A cache's id is never reused.
  *
  * Errors are negative errno values. A write that returns an error never calls its
- * callback. Everything but the thread pool's work runs on the loop's thread.
+ * callback. Everything but the thread pool's work runs on the view's loop's thread.
  */
 #ifndef CC_FRONT_STATE_H
 #define CC_FRONT_STATE_H
@@ -49,24 +59,31 @@ struct front_cache {
  */
 int front_state_open(const char *dir, struct front_state **out, char *err, size_t errlen);
 
-/* Writes go to loop's thread pool from now on. */
+/* One more view of st's state, for another loop (attach it there). Returns 0 or -ENOMEM. */
+int front_state_share(struct front_state *st, struct front_state **out);
+
+/* This view's writes go to loop's thread pool from now on. */
 void front_state_attach(struct front_state *st, uv_loop_t *loop);
 
 /* True while a write is pending (front_state_close must wait for it). */
 bool front_state_busy(const struct front_state *st);
 
-/* Closes the database and frees everything. No write may be pending. NULL is a no-op. */
+/* Frees the view; the last one closes the database and frees everything. No write of the
+ * view may be pending. NULL is a no-op. */
 void front_state_close(struct front_state *st);
 
 /* --- Reads (memory) --------------------------------------------------------------------- */
 
-/* The caches, by id; *list is valid until the next write's callback. */
-size_t front_state_caches(const struct front_state *st, const struct front_cache **list);
-const struct front_cache *front_state_cache_by_id(const struct front_state *st, int64_t id);
-const struct front_cache *front_state_cache_by_name(const struct front_state *st, const char *name);
-/* The cache user[0..len) chose, or NULL for none. */
-const struct front_cache *front_state_user_cache(const struct front_state *st, const char *user,
-                                                 size_t len);
+/* A copy of the caches, by id, in *list (free() it; NULL when there are none). Returns
+ * how many, or -ENOMEM. */
+long front_state_caches(const struct front_state *st, struct front_cache **list);
+/* True when the cache is there, and then (out not NULL) a copy of it in *out. */
+bool front_state_cache_by_id(const struct front_state *st, int64_t id, struct front_cache *out);
+bool front_state_cache_by_name(const struct front_state *st, const char *name,
+                               struct front_cache *out);
+/* True when user[0..len) chose a cache, and then (out not NULL) a copy of it in *out. */
+bool front_state_user_cache(const struct front_state *st, const char *user, size_t len,
+                            struct front_cache *out);
 /* How many users have chosen a cache. */
 size_t front_state_users(const struct front_state *st);
 

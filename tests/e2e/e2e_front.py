@@ -20,6 +20,7 @@ class Front(h.Cache):
     admins: user names that may register caches; account: (username, password) of the
     front's pull-only account at the origin, or None; granttl: "5m" or None;
     extra_options: more lines under the contentcaches options (8 spaces); policydir.
+    A front serves with `workers` loops as a cache does (harness.DEFAULT_WORKERS: 2).
     """
 
     def __init__(self, work, origin, name="front", admins=("admin",), account=None,
@@ -61,6 +62,8 @@ class Front(h.Cache):
             lines.append("        granttl: %s" % self.granttl)
         if self.policydir:
             lines.append("        policydir: %s" % json.dumps(self.policydir))
+        if self.workers:
+            lines.append("        workers: %d" % self.workers)
         return "\n".join(lines) + "\n" + self.extra_options + self.extra_yaml
 
 

@@ -9,7 +9,8 @@ settings read and written by the user or an admin, 400 for an unknown cache. The
 survives a restart and a kill -9 right after a change, and a kill -9 in the middle of a
 burst of changes leaves a database that opens and passes SQLite's integrity check. With
 an origin that uses token auth, Basic credentials are checked against its realm and a
-bearer token is accepted; a front with auth.token verifies tokens itself.
+bearer token is accepted; a front with auth.token verifies tokens itself. The front runs
+with two loops (workers: 2): a change answered on one is read at once on the other.
 
 Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_front_api.py
 """
@@ -152,6 +153,22 @@ def body(run):
 
     run.check("settings: the user or an admin reads and writes them (403 otherwise), 400 for an "
               "unknown cache; an account says whether it is an admin", user_settings)
+
+    def every_loop_sees_a_change():
+        # Each request is a connection of its own, spread over the front's loops by the
+        # kernel (SO_REUSEPORT): a choice answered on one loop is read on any other.
+        expect_eq(f.workers, h.DEFAULT_WORKERS, "the front's loops")
+        for i in range(24):
+            name = "region-us" if i % 2 else "region-eu"
+            r = api(f.port, "PUT", settings("carol"), creds=ADMIN, doc={"contentCache": name})
+            expect_eq((r.status, r.json()), (200, {"contentCache": name}), "PUT %d" % i)
+            r = api(f.port, "GET", settings("carol"), creds=ADMIN)
+            expect_eq(r.json(), {"contentCache": name}, "GET right after PUT %d" % i)
+        r = api(f.port, "PUT", settings("carol"), creds=ADMIN, doc={"contentCache": None})
+        h.expect_status(r, 200)
+
+    run.check("with several loops, a change answered on one is read at once on every loop",
+              every_loop_sees_a_change)
 
     def delete():
         path = "%s/%s" % (CACHES, ids["region-eu"])

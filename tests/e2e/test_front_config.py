@@ -38,7 +38,8 @@ def body(run):
                      "origin:        %s" % origin.url,
                      "admins:        admin, ops",
                      "account:       cache-reader (password set)",
-                     "grant ttl:     90s"):
+                     "grant ttl:     90s",
+                     "workers:       %d loop" % h.DEFAULT_WORKERS):
             expect(line in r.stdout, "--check prints %r; it printed:\n%s" % (line, r.stdout))
         expect("s3cret-pw" not in r.stdout + r.stderr, "--check never prints the password")
 
@@ -46,7 +47,7 @@ def body(run):
               "never the password", check_prints_front)
 
     def both_is_an_error():
-        f = Front(work, origin, name="both",
+        f = Front(work, origin, name="both", workers=0,  # (no workers line: line numbers)
                   extra_options="    - name: downstream\n      options:\n        upstreams:\n"
                                 "          - originhost: %s\n" % origin.url)
         path = f.write_config()

@@ -1,7 +1,8 @@
 /*
  * test_front_state.c: the front's state (core/front/state.c): caches and users' choices
  * written to SQLite and read back after a reopen, ids never reused, duplicates and
- * unknown caches refused by the database, writes on the thread pool in order, a second
+ * unknown caches refused by the database, writes on the thread pool in order, two loops'
+ * views of one state on two threads, a second
  * process refused, and kill -9 in the middle of writes: the reopened database passes
  * SQLite's integrity check, holds every write that was reported done, and nothing
  * half-done.
@@ -10,6 +11,8 @@
 #include "front/state.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdlib.h>
@@ -42,10 +45,16 @@ static struct result set_user(struct front_state *st, const char *user, int64_t 
     return r;
 }
 
+/* The name of user's cache, or "(none)" (a static copy: the next call overwrites it). */
 static const char *user_cache(struct front_state *st, const char *user)
 {
-    const struct front_cache *c = front_state_user_cache(st, user, strlen(user));
-    return c != NULL ? c->name : "(none)";
+    static struct front_cache c;
+    return front_state_user_cache(st, user, strlen(user), &c) ? c.name : "(none)";
+}
+
+static bool cache_named(struct front_state *st, const char *name, struct front_cache *out)
+{
+    return front_state_cache_by_name(st, name, out);
 }
 
 static void wipe(void)
@@ -63,8 +72,9 @@ static void test_write_reopen(void)
     char err[512];
     struct front_state *st = NULL;
     CHECK_INT(front_state_open(sub, &st, err, sizeof(err)), 0);
-    const struct front_cache *list;
+    struct front_cache *list;
     CHECK_INT(front_state_caches(st, &list), 0);
+    CHECK(list == NULL);
     struct result us = {0}, eu = {0}, dup = {0};
     CHECK_INT(front_state_add_cache(st, "region-us", "http://10.0.0.1:5000", on_write, &us), 0);
     CHECK_INT(front_state_add_cache(st, "region-eu", "http://10.0.0.2:5000", on_write, &eu), 0);
@@ -90,6 +100,7 @@ static void test_write_reopen(void)
     CHECK_STR(list[0].name, "region-us");
     CHECK_STR(list[0].host, "http://10.0.0.1:5000");
     CHECK_STR(list[1].name, "region-eu");
+    free(list);
     CHECK_STR(user_cache(st, "alice"), "region-us");
     CHECK_STR(user_cache(st, "bob"), "region-eu");
     struct result rm = {0}, rm2 = {0};
@@ -105,9 +116,9 @@ static void test_write_reopen(void)
     front_state_close(st);
     CHECK_INT(front_state_open(sub, &st, err, sizeof(err)), 0);
     CHECK_STR(user_cache(st, "bob"), "(none)");
-    CHECK(front_state_cache_by_name(st, "region-eu") != NULL &&
-          front_state_cache_by_name(st, "region-eu")->id == again.id);
-    CHECK(front_state_cache_by_id(st, eu.id) == NULL);
+    struct front_cache got;
+    CHECK(cache_named(st, "region-eu", &got) && got.id == again.id);
+    CHECK(!front_state_cache_by_id(st, eu.id, NULL));
     /* Too long is refused before anything. */
     char longname[FRONT_CACHE_NAME_MAX + 2];
     memset(longname, 'a', sizeof(longname) - 1);
@@ -137,7 +148,7 @@ static void async_cb(void *arg, int rc, const struct front_cache *c)
     a->order[a->n++] = k;
     if (k == 0) {
         CHECK_INT(rc, 0);
-        CHECK(front_state_cache_by_name(a->st, "edge") != NULL);
+        CHECK(cache_named(a->st, "edge", NULL));
     }
     if (k == 1) CHECK_INT(rc, -EEXIST);
     if (k == 2) {
@@ -171,6 +182,126 @@ static void test_writes_on_the_pool(void)
     CHECK(!front_state_busy(a.st));
     front_state_close(a.st);
     CHECK_INT(uv_loop_close(&loop), 0);
+}
+
+/* Two loops on two threads (workers), each with its view of one state: each view's
+ * writes are done in its order, the other view sees them at once (the mirror is shared),
+ * a reader on a third thread copies while they are written, and the database holds all
+ * of them after the last view closed. ThreadSanitizer runs this (.ci/run). */
+#define VIEW_WRITES 25
+
+struct view_loop {
+    uv_loop_t loop;
+    struct front_state *st;
+    int tag;
+    int added, chosen, next_expected;
+    bool out_of_order;
+    pthread_t thread;
+};
+
+static void view_chosen(void *arg, int rc, const struct front_cache *c)
+{
+    struct view_loop *v = arg;
+    (void)c;
+    if (rc == 0) v->chosen++;
+}
+
+static void view_added(void *arg, int rc, const struct front_cache *c)
+{
+    struct view_loop *v = arg;
+    if (rc != 0 || c == NULL) return;
+    int i = -1, tag = -1;
+    if (sscanf(c->name, "t%d-%d", &tag, &i) != 2 || tag != v->tag || i != v->next_expected)
+        v->out_of_order = true;
+    v->next_expected = i + 1;
+    v->added++;
+    char user[32];
+    snprintf(user, sizeof(user), "u%d-%d", v->tag, i);
+    if (front_state_set_user_cache(v->st, user, c->id, view_chosen, v) != 0) v->out_of_order = true;
+}
+
+static void *view_thread(void *arg)
+{
+    struct view_loop *v = arg;
+    for (int i = 0; i < VIEW_WRITES; i++) {
+        char name[32];
+        snprintf(name, sizeof(name), "t%d-%d", v->tag, i);
+        if (front_state_add_cache(v->st, name, "http://c:5000", view_added, v) != 0)
+            v->out_of_order = true;
+    }
+    uv_run(&v->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static _Atomic bool readers_stop;
+
+static void *reader_thread(void *arg)
+{
+    struct front_state *st = arg;
+    long reads = 0;
+    while (!atomic_load(&readers_stop)) {
+        struct front_cache *list;
+        long n = front_state_caches(st, &list);
+        for (long i = 0; i < n; i++)
+            if (strncmp(list[i].host, "http://", 7) != 0) abort(); /* torn */
+        free(list);
+        user_cache(st, "u0-3");
+        reads++;
+    }
+    return (void *)reads;
+}
+
+static void test_views_on_two_loops(void)
+{
+    char sub[300];
+    snprintf(sub, sizeof(sub), "%s/views", dir);
+    char err[512];
+    struct front_state *first = NULL;
+    CHECK_INT(front_state_open(sub, &first, err, sizeof(err)), 0);
+    struct view_loop v[2];
+    memset(v, 0, sizeof(v));
+    v[0].st = first;
+    CHECK_INT(front_state_share(first, &v[1].st), 0);
+    struct front_state *reader = NULL;
+    CHECK_INT(front_state_share(first, &reader), 0);
+    pthread_t rt;
+    CHECK_INT(pthread_create(&rt, NULL, reader_thread, reader), 0);
+    for (int k = 0; k < 2; k++) {
+        v[k].tag = k;
+        CHECK_INT(uv_loop_init(&v[k].loop), 0);
+        front_state_attach(v[k].st, &v[k].loop);
+        CHECK_INT(pthread_create(&v[k].thread, NULL, view_thread, &v[k]), 0);
+    }
+    for (int k = 0; k < 2; k++)
+        CHECK_INT(pthread_join(v[k].thread, NULL), 0);
+    atomic_store(&readers_stop, true);
+    void *reads = NULL;
+    CHECK_INT(pthread_join(rt, &reads), 0);
+    CHECK((long)reads > 0);
+    for (int k = 0; k < 2; k++) {
+        CHECK_INT(v[k].added, VIEW_WRITES);
+        CHECK_INT(v[k].chosen, VIEW_WRITES);
+        CHECK(!v[k].out_of_order);
+        CHECK(!front_state_busy(v[k].st));
+    }
+    /* Each view sees the other's writes. */
+    CHECK_STR(user_cache(v[0].st, "u1-7"), "t1-7");
+    CHECK_STR(user_cache(v[1].st, "u0-7"), "t0-7");
+    CHECK_INT(front_state_users(v[1].st), 2 * VIEW_WRITES);
+    front_state_close(v[1].st);
+    front_state_close(reader);
+    front_state_close(first); /* the last view: the database closes */
+    for (int k = 0; k < 2; k++)
+        CHECK_INT(uv_loop_close(&v[k].loop), 0);
+    CHECK_INT(front_state_open(sub, &first, err, sizeof(err)), 0);
+    struct front_cache *list;
+    long n = front_state_caches(first, &list);
+    CHECK_INT(n, 2 * VIEW_WRITES);
+    for (long i = 1; i < n; i++)
+        CHECK(list[i].id > list[i - 1].id);
+    free(list);
+    CHECK_STR(user_cache(first, "u1-24"), "t1-24");
+    front_state_close(first);
 }
 
 /* One front per state directory. */
@@ -225,8 +356,9 @@ static void writer(const char *sub, int fd)
         if (i % 3 == 0) {
             struct result rm = {0};
             snprintf(name, sizeof(name), "cache-%d", i - 2);
-            const struct front_cache *c = front_state_cache_by_name(st, name);
-            if (c != NULL && front_state_remove_cache(st, c->id, on_write, &rm) != 0) _exit(6);
+            struct front_cache c;
+            if (cache_named(st, name, &c) && front_state_remove_cache(st, c.id, on_write, &rm) != 0)
+                _exit(6);
         }
         if (write(fd, &i, sizeof(i)) != sizeof(i)) _exit(7);
     }
@@ -285,8 +417,7 @@ static void test_kill_9_while_writing(void)
         char name[32], user[32];
         snprintf(name, sizeof(name), "cache-%d", last);
         snprintf(user, sizeof(user), "user-%d", last % 50);
-        const struct front_cache *c = front_state_cache_by_name(st, name);
-        if (c != NULL) {
+        if (cache_named(st, name, NULL)) {
             CHECK_STR(user_cache(st, user), name);
         } else {
             /* Only write last + 2 removes cache-<last>: it may have committed before the
@@ -295,10 +426,11 @@ static void test_kill_9_while_writing(void)
             CHECK_STR(user_cache(st, user), "(none)");
         }
         /* No user names a cache that is not there (the mirror is built from the rows). */
-        const struct front_cache *list;
-        size_t n = front_state_caches(st, &list);
+        struct front_cache *list;
+        long n = front_state_caches(st, &list);
+        free(list);
         CHECK(n > 0);
-        fprintf(stderr, "round %d: killed after %d writes reported done, %zu caches, %zu users\n",
+        fprintf(stderr, "round %d: killed after %d writes reported done, %ld caches, %zu users\n",
                 round, last, n, front_state_users(st));
         front_state_close(st);
     }
@@ -310,6 +442,7 @@ int main(void)
     CHECK(mkdtemp(dir) != NULL);
     RUN(test_write_reopen);
     RUN(test_writes_on_the_pool);
+    RUN(test_views_on_two_loops);
     RUN(test_second_process_refused);
     RUN(test_kill_9_while_writing);
     char cmd[300];
