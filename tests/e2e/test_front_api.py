@@ -18,6 +18,7 @@ Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_front_api.py
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def expect_api_error(r, status, code, field=None):
 def body(run):
     work = run.work
     origin = run.origin(users=PASSWORDS)
-    f = front(run, origin)
+    f = front(run, origin, debug=True)
     ids = {}
 
     def signin():
@@ -169,6 +170,25 @@ def body(run):
 
     run.check("with several loops, a change answered on one is read at once on every loop",
               every_loop_sees_a_change)
+
+    def one_process():
+        metrics = f.metrics()
+        expect_eq(metrics.get("content_cache_loops"), float(h.DEFAULT_WORKERS),
+                  "content_cache_loops")
+        # (PUT, POST and DELETE are counted as method="other")
+        puts = sum(v for k, v in metrics.items()
+                   if k.startswith('content_cache_http_requests_total{method="other"'))
+        expect(puts >= 25, "/metrics counts %d PUTs over the loops, at least 25 were answered"
+               % puts)
+        os.kill(f.proc.pid, signal.SIGHUP)
+        for loop in range(h.DEFAULT_WORKERS):
+            h.wait_until(lambda loop=loop: any(
+                "policies reloaded on loop %d" % loop in line
+                for line in h.read_lines(f.stderr_path)), h.LOG_TIMEOUT,
+                "the front's loop %d to reload its policies" % loop)
+
+    run.check("the front's loops are one process: one /metrics, SIGHUP reaches every loop",
+              one_process)
 
     def delete():
         path = "%s/%s" % (CACHES, ids["region-eu"])
