@@ -34,9 +34,10 @@
 struct front_shared {
     const struct config *cfg;
     const char *builtin_policies;
-    struct front_state *state; /* loop 0's view; each worker has one of its own */
-    struct auth_cache *memory; /* remembered sign-ins and decisions, for every loop */
-    struct grant_key key;      /* signs the grants; made at first start, kept in the state dir */
+    struct front_state *state;     /* loop 0's view; each worker has one of its own */
+    struct auth_cache *memory;     /* remembered sign-ins and decisions, for every loop */
+    struct account_tokens *tokens; /* the pull account's tokens, for every loop */
+    struct grant_key key; /* signs the grants; made at first start, kept in the state dir */
     char origin_base[1400];
     char jwks[1024]; /* the public key, served to caches */
     size_t jwks_len;
@@ -428,7 +429,7 @@ static int front_build(struct process *p, void *ud)
     f->keys = keyring_new(p->loop, f->pool);
     if (f->keys != NULL) keyring_add(f->keys, &sh->key);
     f->account = origin_account_new(p->loop, f->pool, sh->origin_base, cfg->front_username,
-                                    cfg->front_password);
+                                    cfg->front_password, sh->tokens);
     if (f->redirects == NULL || f->keys == NULL || f->account == NULL) return out_of_memory();
     /* Upload URLs name the origin: clients are sent back to us instead. */
     if (relay_service_rewrite_location(f->relays, cfg->http_tls_certificate != NULL,
@@ -444,6 +445,7 @@ static void shared_free(struct front_shared *sh)
 {
     front_state_close(sh->state);
     auth_cache_free(sh->memory);
+    account_tokens_free(sh->tokens);
 }
 
 int front_run(const struct config *cfg, const char *builtin_policies)
@@ -486,7 +488,8 @@ int front_run(const struct config *cfg, const char *builtin_policies)
                  sizeof(sh.origin_base) - strlen(sh.origin_base), "%s", o->path);
     sh.memory = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
                                AUTH_CACHE_DEFAULT_DENY_TTL_MS);
-    if (sh.memory == NULL) {
+    sh.tokens = account_tokens_new();
+    if (sh.memory == NULL || sh.tokens == NULL) {
         shared_free(&sh);
         return out_of_memory();
     }

@@ -8,6 +8,7 @@
 #include "front/account.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +40,15 @@ struct account_job {
     bool cancelled;
 };
 
+/* The tokens, shared by the loops' accounts (account.h). */
+struct account_tokens {
+    pthread_mutex_t lock;
+    struct token_entry tokens[ACCOUNT_TOKENS];
+};
+
 struct origin_account {
+    struct account_tokens *shared;
+    char *held; /* the last token found, copied out of the table (origin_account_get's *now) */
     uv_loop_t *loop;
     struct upstream_pool *pool;
     char *v2_url;
@@ -50,7 +59,6 @@ struct origin_account {
     int probe_status;
     bool probe_bearer;
     struct account_job *waiting;
-    struct token_entry tokens[ACCOUNT_TOKENS];
 };
 
 static uint64_t mono_ms(void)
@@ -58,12 +66,32 @@ static uint64_t mono_ms(void)
     return uv_hrtime() / 1000000u;
 }
 
+struct account_tokens *account_tokens_new(void)
+{
+    struct account_tokens *t = calloc(1, sizeof(*t));
+    if (t != NULL && pthread_mutex_init(&t->lock, NULL) != 0) {
+        free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void account_tokens_free(struct account_tokens *t)
+{
+    if (t == NULL) return;
+    for (size_t i = 0; i < ACCOUNT_TOKENS; i++)
+        free(t->tokens[i].value);
+    pthread_mutex_destroy(&t->lock);
+    free(t);
+}
+
 struct origin_account *origin_account_new(uv_loop_t *loop, struct upstream_pool *pool,
                                           const char *origin_base, const char *username,
-                                          const char *password)
+                                          const char *password, struct account_tokens *tokens)
 {
     struct origin_account *a = calloc(1, sizeof(*a));
     if (a == NULL) return NULL;
+    a->shared = tokens;
     a->loop = loop;
     a->pool = pool;
     size_t n = strlen(origin_base) + 5;
@@ -97,8 +125,7 @@ struct origin_account *origin_account_new(uv_loop_t *loop, struct upstream_pool 
 void origin_account_free(struct origin_account *a)
 {
     if (a == NULL) return;
-    for (size_t i = 0; i < ACCOUNT_TOKENS; i++)
-        free(a->tokens[i].value);
+    free(a->held);
     free(a->basic);
     free(a->v2_url);
     free(a);
@@ -106,44 +133,55 @@ void origin_account_free(struct origin_account *a)
 
 /* --- Tokens ------------------------------------------------------------------------------- */
 
-static struct token_entry *token_find(struct origin_account *a, const char *repo)
+/* The token kept for repo, copied into a->held (valid until the next call), or NULL. */
+static const char *token_find(struct origin_account *a, const char *repo)
 {
+    struct account_tokens *shared = a->shared;
     uint64_t now = mono_ms();
-    for (size_t i = 0; i < ACCOUNT_TOKENS; i++) {
-        struct token_entry *t = &a->tokens[i];
+    char *copy = NULL;
+    pthread_mutex_lock(&shared->lock);
+    for (size_t i = 0; copy == NULL && i < ACCOUNT_TOKENS; i++) {
+        struct token_entry *t = &shared->tokens[i];
         if (t->value != NULL && strcmp(t->repo, repo) == 0) {
             if (t->expires_ms > now) {
                 t->used_ms = now;
-                return t;
+                copy = strdup(t->value);
+                break;
             }
             free(t->value);
             t->value = NULL;
         }
     }
-    return NULL;
+    pthread_mutex_unlock(&shared->lock);
+    free(a->held);
+    a->held = copy;
+    return copy;
 }
 
 static void token_store(struct origin_account *a, const char *repo, const char *token,
                         int64_t expires_in)
 {
-    struct token_entry *slot = &a->tokens[0];
-    for (size_t i = 0; i < ACCOUNT_TOKENS; i++) {
-        if (a->tokens[i].value == NULL) {
-            slot = &a->tokens[i];
-            break;
-        }
-        if (a->tokens[i].used_ms < slot->used_ms) slot = &a->tokens[i];
-    }
     size_t n = strlen(token) + 8;
     char *value = malloc(n);
     if (value == NULL) return;
     snprintf(value, n, "Bearer %s", token);
+    uint64_t now = mono_ms(), life = (uint64_t)expires_in * 1000u;
+    struct account_tokens *shared = a->shared;
+    pthread_mutex_lock(&shared->lock);
+    struct token_entry *slot = &shared->tokens[0];
+    for (size_t i = 0; i < ACCOUNT_TOKENS; i++) {
+        if (shared->tokens[i].value == NULL) {
+            slot = &shared->tokens[i];
+            break;
+        }
+        if (shared->tokens[i].used_ms < slot->used_ms) slot = &shared->tokens[i];
+    }
     free(slot->value);
     slot->value = value;
     snprintf(slot->repo, sizeof(slot->repo), "%s", repo);
-    uint64_t now = mono_ms(), life = (uint64_t)expires_in * 1000u;
     slot->expires_ms = now + (life > TOKEN_MARGIN_MS ? life - TOKEN_MARGIN_MS : life / 2);
     slot->used_ms = now;
+    pthread_mutex_unlock(&shared->lock);
 }
 
 /* --- Jobs ------------------------------------------------------------------------------- */
@@ -171,9 +209,9 @@ static void realm_done(void *arg, int err, const struct realm_answer *ans)
         return;
     }
     token_store(j->a, j->repo, ans->token, ans->expires_in);
-    struct token_entry *t = token_find(j->a, j->repo);
-    if (t != NULL) {
-        job_end(j, 0, t->value);
+    const char *kept = token_find(j->a, j->repo);
+    if (kept != NULL) {
+        job_end(j, 0, kept);
         return;
     }
     /* (no room to keep it: use it once) */
@@ -196,9 +234,9 @@ static void job_go(struct account_job *j)
         job_end(j, 0, a->basic);
         return;
     }
-    struct token_entry *t = token_find(a, j->repo);
-    if (t != NULL) {
-        job_end(j, 0, t->value);
+    const char *kept = token_find(a, j->repo);
+    if (kept != NULL) {
+        job_end(j, 0, kept);
         return;
     }
     char scope[REGISTRY_NAME_MAX + 32];
@@ -264,11 +302,7 @@ int origin_account_get(struct origin_account *a, const char *repo, const char **
         return 0;
     }
     if (a->mode == MODE_TOKEN) {
-        struct token_entry *t = token_find(a, repo);
-        if (t != NULL) {
-            *now = t->value;
-            return 0;
-        }
+        if ((*now = token_find(a, repo)) != NULL) return 0;
     }
     struct account_job *j = calloc(1, sizeof(*j));
     if (j == NULL) return -ENOMEM;

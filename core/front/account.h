@@ -10,8 +10,13 @@
  * ACCOUNT_TOKENS tokens, the least recently used dropped). Which of the two is learned
  * once, by a GET /v2/ with the Basic credentials, again after a failure.
  *
+ * Several loops (workers): each loop has its own origin_account (its probe, its jobs),
+ * and they keep their tokens in one struct account_tokens, under its mutex (held for a
+ * lookup or a store, never across a callback), so a token one loop got serves every
+ * loop. Two loops that miss the same repository at once may each ask the realm.
+ *
  * No credential or token is logged. A function that returns an error never calls its
- * callback; callbacks come from the loop. Loop thread only.
+ * callback; callbacks come from the loop. Loop thread only, but for account_tokens.
  */
 #ifndef CC_FRONT_ACCOUNT_H
 #define CC_FRONT_ACCOUNT_H
@@ -30,10 +35,17 @@ struct account_job;
  * -EACCES (the origin refused the account), -EIO (it could not be asked). */
 typedef void (*account_cb)(void *arg, int err, const char *authorization);
 
-/* username NULL: anonymous. Strings are copied; the pool must outlive the object. */
+/* The tokens the accounts of a process keep, for every loop; NULL: out of memory. Freed
+ * after every account that uses it. */
+struct account_tokens;
+struct account_tokens *account_tokens_new(void);
+void account_tokens_free(struct account_tokens *t);
+
+/* username NULL: anonymous. Strings are copied; the pool and tokens must outlive the
+ * object. */
 struct origin_account *origin_account_new(uv_loop_t *loop, struct upstream_pool *pool,
                                           const char *origin_base, const char *username,
-                                          const char *password);
+                                          const char *password, struct account_tokens *tokens);
 /* No job may be pending. */
 void origin_account_free(struct origin_account *a);
 
