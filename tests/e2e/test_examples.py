@@ -454,10 +454,11 @@ def check_dockerfile(run):
         expect_eq(cp.returncode, 0, "ldd exit code")
         libs = re.findall(r"=>\s+(/\S+)", cp.stdout)
         base = ("libc.so", "libm.so", "ld-linux", "libpthread.so", "libdl.so")
-        if "libasan" in cp.stdout:
-            # A sanitizer build (scripts/test.sh --asan) links its runtimes: the image's
-            # Release build does not.
-            base += ("libasan.so", "libubsan.so", "liblsan.so", "libgcc_s.so", "libstdc++.so")
+        if "libasan" in cp.stdout or "libtsan" in cp.stdout:
+            # A sanitizer build (scripts/test.sh --asan or --tsan) links its runtimes: the
+            # image's Release build does not.
+            base += ("libasan.so", "libubsan.so", "liblsan.so", "libtsan.so", "libgcc_s.so",
+                     "libstdc++.so")
         needed = {}
         for lib in libs:
             if os.path.basename(lib).startswith(base):
