@@ -497,6 +497,7 @@ static size_t loop_sections(const struct app *app, metrics_render_fn *fns, const
     fns[n] = outage_render_metrics, sources[n++] = app->outage;
     if (app->policy != NULL) fns[n] = policy_render_metrics, sources[n++] = app->policy;
     fns[n] = http_server_render_metrics, sources[n++] = app->proc->server;
+    fns[n] = process_render_loop_metrics, sources[n++] = app->proc; /* {loop="N"} */
     return n;
 }
 
