@@ -6,6 +6,10 @@
   reads; the client then gets the blob whole.
 - Expiry: the same with blobttl 2s: a blob read slowly on loop 1 for twice its TTL stays
   stored while it is read, and expires once its reader is gone.
+- Admit: a blob whose fetch loop A started and loop B followed (its length unknown until
+  the upstream's late GET answer), refused at that answer by an admit policy (by size),
+  is stored by neither loop: loop B fetches it again for its clients without storing;
+  every client gets it whole.
 
 Which loop serves a connection is the kernel's choice (SO_REUSEPORT): a test that needs
 loop 1 opens connections until /metrics (content_cache_loop_connections{loop}) shows one
@@ -22,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+from fake_upstream import FakeUpstream  # noqa: E402
 from harness import expect, expect_eq  # noqa: E402
 
 REPO = "loops/store"
@@ -165,6 +170,48 @@ def body(run):
 
     run.check("a blob read on loop 1 for twice its blobttl stays while it is read, then "
               "expires", reader_on_loop_1_not_expired)
+
+    # --- Admit: refused on the loop that fetches, not stored by the loop that follows ----
+    fake = FakeUpstream(work, name="late-origin").start()
+    refused = os.urandom(SMALL)
+    d_refused = h.sha256_digest(refused)
+    path = work.sub("refused.bin")
+    with open(path, "wb") as f:
+        f.write(refused)
+    # Its HEAD tells no length, so the admit policy decides at the GET's answer, which
+    # comes 2 s late: the loops that asked meanwhile follow the first one's fetch.
+    fake.set_blob(d_refused, path, head="unsized", delay=2.0)
+    admit_dir = work.sub("admit", mkdir=True)
+    with open(os.path.join(admit_dir, "80-admit-small.lua"), "w") as f:
+        f.write("return { admit = function(blob, req)\n"
+                "  return blob.size == nil or blob.size <= 100000\n"
+                "end }\n")
+    admitting = run.cache([fake.url], name="admitting", workers=2, debug=True,
+                          extra_downstream_yaml="        policydir: %s\n" % admit_dir)
+
+    def refused_blob_stored_by_no_loop():
+        uri = "/v2/%s/blobs/%s" % (REPO, d_refused)
+        jobs = [lambda: h.get_body(admitting.port, uri, timeout=h.HTTP_TIMEOUT * 2)
+                for _ in range(12)]
+        bodies = h.parallel(jobs, timeout=h.CLIENT_TIMEOUT)
+        for i, b in enumerate(bodies):
+            expect(b.complete and b.status == 200, "client %d: %r" % (i, b))
+            expect_eq(b.sha256, d_refused, "client %d's digest" % i)
+        lines = h.read_lines(admitting.stderr_path)
+        followed = sum(1 for ln in lines if "is being fetched on another loop" in ln)
+        again = sum(1 for ln in lines if "is not to be stored (decided on the loop" in ln)
+        gets = fake.count("GET", uri)
+        h.log("  12 clients over 2 loops: %d followed another loop's fetch, %d fetched it "
+              "again without storing; the origin answered %d GETs" % (followed, again, gets))
+        expect(followed >= 1, "no loop followed the other's fetch: did both loops serve?")
+        h.wait_until(lambda: admitting.metrics().get("content_cache_fetches_running") == 0,
+                     h.LOG_TIMEOUT, "the fetches to end")
+        expect(not stored(admitting, d_refused), "a loop stored the blob the admit policy "
+               "refused")
+        expect_eq(admitting.tmp_files(d_refused), {}, "temporary files of the refused blob")
+
+    run.check("a blob the admit policy refuses while another loop follows its fetch is stored "
+              "by neither loop", refused_blob_stored_by_no_loop)
 
 
 if __name__ == "__main__":
