@@ -38,6 +38,7 @@
 #include "cache/expire.h"
 #include "cache/fetch.h"
 #include "cache/fetch_board.h"
+#include "cache/in_use.h"
 #include "cache/answers.h"
 #include "cache/fsck.h"
 #include "cache/manifest.h"
@@ -130,6 +131,7 @@ struct shared {
     struct store *store;
     struct fetch_board *board; /* one fetch per missing blob over the loops; NULL with one */
     struct auth_cache *auth;   /* the decisions remembered, for every loop (auth.h) */
+    struct in_use *in_use;     /* the blobs every loop's requests read (in_use.h) */
     struct app *main;          /* loop 0's */
     uv_async_t commits;
     bool commits_open;
@@ -497,6 +499,7 @@ static size_t loop_sections(const struct app *app, metrics_render_fn *fns, const
     fns[n] = outage_render_metrics, sources[n++] = app->outage;
     if (app->policy != NULL) fns[n] = policy_render_metrics, sources[n++] = app->policy;
     fns[n] = http_server_render_metrics, sources[n++] = app->proc->server;
+    fns[n] = process_render_loop_metrics, sources[n++] = app->proc; /* {loop="N"} */
     return n;
 }
 
@@ -598,6 +601,8 @@ static bool warm_admit(void *ud, const char *digest, int64_t size, const struct 
     return budget_fits(app->budget, size) && policies_admit(&app->adapters, digest, size, req);
 }
 
+/* Eviction's and expiry's question (on loop 0): is a request of any loop reading it?
+ * The blob services of every loop count their readers in shared->in_use. */
 static bool blob_in_use(void *ud, const char *hex)
 {
     struct app *app = ud;
@@ -717,6 +722,8 @@ static int app_build(struct process *p, void *ud)
         return EXIT_RUNTIME;
     }
     blob_service_set_auth(app->blobs, app->cfg, app->auth, app->verifier);
+    /* What any loop reads, loop 0's eviction and expiry leave alone (blob_in_use). */
+    blob_service_set_in_use(app->blobs, sh->in_use);
     /* Requests redirected by a front carry grants, verified with its keys (fetched when
      * the first grant comes, and when one names a key not seen yet). */
     app->grant_keys = keyring_new(app->loop, app->pool);
@@ -773,8 +780,11 @@ static int app_build(struct process *p, void *ud)
     if (policies_expiry_needed(app->policy, app->cfg)) {
         double ttl_s = app->cfg->has_blobttl ? (double)app->cfg->blobttl_ns / 1e9 : 0;
         blob_service_set_ttl(app->blobs, ttl_s);
-        struct expire_opts eo = {
-            .default_ttl_s = ttl_s, .ttl = app_blob_ttl, .on_removed = blob_expired, .ud = app};
+        struct expire_opts eo = {.default_ttl_s = ttl_s,
+                                 .ttl = app_blob_ttl,
+                                 .on_removed = blob_expired,
+                                 .in_use = blob_in_use,
+                                 .ud = app};
         if (main_loop && expire_start(app->loop, app->store, &eo, &app->expiry) != 0) {
             log_msg(LOG_ERROR, "cannot start the blob expiry timer");
             return EXIT_RUNTIME;
@@ -844,6 +854,10 @@ static int run_serve(const char *path)
     /* Authorization decisions are remembered briefly, once for every loop. */
     sh.auth = auth_cache_new(AUTH_CACHE_DEFAULT_ENTRIES, AUTH_CACHE_DEFAULT_ALLOW_TTL_MS,
                              AUTH_CACHE_DEFAULT_DENY_TTL_MS);
+    if ((sh.in_use = in_use_new()) == NULL) {
+        log_msg(LOG_ERROR, "out of memory at start");
+        return EXIT_RUNTIME;
+    }
     struct process proc;
     process_init(&proc, sh.cfg);
     unsigned loops = config_workers(sh.cfg);
@@ -889,6 +903,7 @@ static int run_serve(const char *path)
     app_finish(&proc);
     fetch_board_free(sh.board);
     auth_cache_free(sh.auth);
+    in_use_free(sh.in_use); /* (every loop's blob service is freed) */
     store_close(sh.store);
     config_free(sh.cfg);
     uv_loop_close(proc.loop);

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -96,6 +97,8 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
         .on_complete = on_complete,
         .format_ud = format_ud,
         .reuseport = p->reuseport,
+        .max_connections = cfg->http_maxconnections,
+        .connections = p->connections != NULL ? p->connections : &p->connections_open,
     };
     if (cfg->http_tls_certificate != NULL && p->server_tls != NULL) {
         opts.tls = tls_config_ref(p->server_tls);
@@ -147,6 +150,22 @@ size_t process_format_access(void *policy_engine, const struct log_access_entry 
         policy_format_log(policy, e, buf, cap, &n) == 0)
         return n;
     return log_format_access(e, buf, cap);
+}
+
+void process_render_loop_metrics(const void *proc, struct textbuf *out)
+{
+    const struct process *p = proc;
+    char loop[16];
+    if (p->server == NULL) return; /* (drained) */
+    snprintf(loop, sizeof(loop), "%u", p->index);
+    metrics_help(out, "content_cache_loop_connections", "gauge",
+                 "Client connections open, by loop (workers: how the kernel spreads them).");
+    metrics_labelled(out, "content_cache_loop_connections", "loop", loop,
+                     http_server_connections(p->server));
+    metrics_help(out, "content_cache_loop_requests_total", "counter",
+                 "Requests answered, by loop (their sum is content_cache_http_requests_total's).");
+    metrics_labelled(out, "content_cache_loop_requests_total", "loop", loop,
+                     http_server_requests(p->server));
 }
 
 void process_observe(void *unused, const struct log_access_entry *e)
@@ -383,6 +402,7 @@ int process_start_workers(struct process *p, unsigned n, const struct process_mo
         w->group = g;
         w->reuseport = true;
         w->listen_addr = http_server_address(p->server);
+        w->connections = &p->connections_open; /* max_connections is the process's */
         w->server_tls = p->server_tls;
         int rc = uv_loop_init(&w->own_loop);
         w->loop = &w->own_loop;

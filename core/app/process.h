@@ -20,12 +20,17 @@
  * returns only once every loop has ended and its thread is joined. With workers: 1
  * nothing of this exists: one loop, as before.
  *
+ * http.maxconnections bounds the client connections of the process, not of a loop:
+ * every loop's server counts its connections in loop 0's `connections_open` (an atomic
+ * counter, the one thing of loop 0's struct that other threads write; server.h).
+ *
  * Everything else runs on the loop's own thread. A function that fails logs why and
  * returns a negative error; nothing it started needs undoing but by process_run's end.
  */
 #ifndef CC_PROCESS_H
 #define CC_PROCESS_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <uv.h>
 
@@ -63,6 +68,8 @@ struct process {
     bool stopping;
     bool reuseport;                /* listen with SO_REUSEPORT (more than one loop) */
     const char *listen_addr;       /* NULL: cfg->http_addr; a worker's: loop 0's bound address */
+    atomic_uint connections_open;  /* loop 0's: client connections open in the process */
+    atomic_uint *connections;      /* a worker's: loop 0's connections_open (NULL: ours) */
     struct tls_config *server_tls; /* loop 0's https configuration, which every loop uses
                                       (session tickets resume on any loop): loop 0 holds a
                                       reference, a worker borrows it */
@@ -141,6 +148,14 @@ int process_debug(struct process *p);
  */
 size_t process_format_access(void *policy_engine, const struct log_access_entry *e, char *buf,
                              size_t cap);
+
+/*
+ * A metrics_render_fn over a struct process: this loop's own series, labelled with its
+ * index, which the sum over the loops keeps apart (metrics_sum_into):
+ * content_cache_loop_connections{loop="N"} (open now) and
+ * content_cache_loop_requests_total{loop="N"} (answered). Renders on the loop's thread.
+ */
+void process_render_loop_metrics(const void *proc, struct textbuf *out);
 
 /* Counts a finished request for /metrics (debug_observe). */
 void process_observe(void *unused, const struct log_access_entry *e);

@@ -526,7 +526,7 @@ static int check_list(struct ctx *ctx, const struct ynode *node, const char *pat
 typedef int (*walk_fn)(struct ctx *ctx, const struct ynode *value, const char *path);
 typedef void (*unknown_fn)(struct ctx *ctx, const struct ynode *key, const char *path);
 
-enum field_kind { F_STRING, F_BOOL, F_DURATION, F_CHOICE, F_SECTION, F_HANDLER };
+enum field_kind { F_STRING, F_BOOL, F_DURATION, F_CHOICE, F_WHOLE, F_SECTION, F_HANDLER };
 
 struct choice {
     const char *text;    /* as written, compared without case */
@@ -539,7 +539,8 @@ struct field {
     enum field_kind kind;
     size_t offset;                 /* scalar kinds: the member of struct config */
     const struct choice *choices;  /* F_CHOICE, ended by a NULL text */
-    const char *expected;          /* F_CHOICE: "one of ..." */
+    const char *expected;          /* F_CHOICE: "one of ..."; F_WHOLE: "a whole number ..." */
+    unsigned long max;             /* F_WHOLE: from 1 to max, into an unsigned member */
     const struct section *section; /* F_SECTION */
     walk_fn handler;               /* F_HANDLER */
 };
@@ -572,6 +573,7 @@ static const char *field_expected(const struct field *field)
     case F_DURATION:
         return duration_expected;
     case F_CHOICE:
+    case F_WHOLE:
         return field->expected;
     default:
         return "a single value";
@@ -871,6 +873,20 @@ static int walk_blobttl(struct ctx *ctx, const struct ynode *value, const char *
     return 0;
 }
 
+/* What whole_number made of a text. */
+enum whole { WHOLE_OK, WHOLE_OUT_OF_RANGE /* digits, but 0 or past max */, WHOLE_NOT_A_NUMBER };
+
+/* A whole number from 1 to max (digits only) into *n. */
+static enum whole whole_number(const char *text, unsigned long max, unsigned long *n)
+{
+    size_t i = 0;
+    *n = 0;
+    for (; text[i] >= '0' && text[i] <= '9' && *n <= max; i++)
+        *n = *n * 10 + (unsigned long)(text[i] - '0');
+    if (i == 0 || (text[i] != '\0' && *n <= max)) return WHOLE_NOT_A_NUMBER;
+    return *n < 1 || *n > max ? WHOLE_OUT_OF_RANGE : WHOLE_OK;
+}
+
 /* workers: how many loops (threads) serve, each with its own listening socket; our
  * extension. An integer from 1 to CONFIG_WORKERS_MAX; unset means one per CPU. */
 static int walk_workers(struct ctx *ctx, const struct ynode *value, const char *path)
@@ -878,16 +894,13 @@ static int walk_workers(struct ctx *ctx, const struct ynode *value, const char *
     char q[128];
     if (is_null(value)) return 0;
     unsigned long n = 0;
-    const char *text = value->kind == YN_SCALAR ? value->text : "";
-    size_t i = 0;
-    for (; text[i] >= '0' && text[i] <= '9' && n <= CONFIG_WORKERS_MAX; i++)
-        n = n * 10 + (unsigned long)(text[i] - '0');
-    bool digits = value->kind == YN_SCALAR && i > 0 && (text[i] == '\0' || n > CONFIG_WORKERS_MAX);
-    if (!digits)
+    enum whole w =
+        whole_number(value->kind == YN_SCALAR ? value->text : "", CONFIG_WORKERS_MAX, &n);
+    if (w == WHOLE_NOT_A_NUMBER)
         return fail_node(ctx, value, path,
                          "expected a whole number of worker loops from 1 to %d, got %s",
                          CONFIG_WORKERS_MAX, got(value, q, sizeof(q)));
-    if (n < 1 || n > CONFIG_WORKERS_MAX)
+    if (w == WHOLE_OUT_OF_RANGE)
         return fail_node(ctx, value, path,
                          "expected a whole number of worker loops from 1 to %d (one per core "
                          "is the most that helps), got %s",
@@ -1477,6 +1490,12 @@ static const struct field http_fields[] = {
      .kind = F_DURATION,
      .offset = offsetof(struct config, http_draintimeout_ns)},
     {.key = "headers", .kind = F_HANDLER, .handler = walk_http_headers},
+    /* Our extension: the client connections of the process, over its loops. */
+    {.key = "maxconnections",
+     .kind = F_WHOLE,
+     .offset = offsetof(struct config, http_maxconnections),
+     .max = CONFIG_MAXCONNECTIONS_MAX,
+     .expected = "a whole number of connections from 1 to 1048576"},
     {.key = "tls", .kind = F_SECTION, .section = &tls_section},
     {.key = "debug", .kind = F_SECTION, .section = &debug_section},
     {0},
@@ -1608,6 +1627,13 @@ static int convert(struct ctx *ctx, const struct pending *p)
             return set_string(ctx, f->offset, c->value ? c->value : c->text);
         }
         return fail_pending(ctx, p, "expected %s, got %s", f->expected, q);
+    case F_WHOLE: {
+        unsigned long n;
+        if (whole_number(p->text, f->max, &n) != WHOLE_OK)
+            return fail_pending(ctx, p, "expected %s, got %s", f->expected, q);
+        *(unsigned *)member = (unsigned)n;
+        return 0;
+    }
     default:
         return 0;
     }

@@ -77,6 +77,9 @@ struct config {
     char *http_tls_key;
     char *http_tls_minimumtls; /* "tls1.2" (default) or "tls1.3" */
     char *http_debug_addr;
+    unsigned http_maxconnections; /* http.maxconnections (our extension): client connections
+                                     the process holds at once, over every loop; 0: not
+                                     set, CONFIG_MAXCONNECTIONS_DEFAULT */
 
     char *auth_token_realm; /* all four set, or none: auth.token */
     char *auth_token_service;
@@ -169,6 +172,10 @@ void config_format_duration(uint64_t ns, char *buf, size_t len);
 /* Defaults and bounds of the front's granttl. */
 /* workers: at most this many loops. */
 #define CONFIG_WORKERS_MAX 64
+
+/* http.maxconnections: its default, and the most it may be. */
+#define CONFIG_MAXCONNECTIONS_DEFAULT 16384
+#define CONFIG_MAXCONNECTIONS_MAX 1048576
 
 /* The loops to run: cfg->workers, or when it is not set the CPUs this process may run
  * on (sched_getaffinity), at most CONFIG_WORKERS_MAX. */

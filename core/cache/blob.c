@@ -24,6 +24,7 @@
 #include "access/grant.h"
 #include "access/keyring.h"
 #include "cache/budget.h"
+#include "cache/in_use.h"
 #include "cache/answers.h"
 #include "cache/links.h"
 #include "cache/outage.h"
@@ -58,12 +59,10 @@ struct blob_service {
     struct outage *outage;   /* when every upstream fails; may be NULL */
     blob_admit_fn admit;     /* may be NULL: store every blob */
     void *admit_ud;
-    /* Stored blobs open for reading now, and by how many requests: not evicted. */
-    struct {
-        char hex[DIGEST_SHA256_HEX_LEN + 1];
-        unsigned readers;
-    } * in_use;
-    size_t n_in_use, cap_in_use;
+    /* Stored blobs open for reading now, and by how many requests: not evicted, not
+     * expired. The process's table (shared by the loops), or this service's own. */
+    struct in_use *in_use;
+    bool own_in_use;
     /* Descriptors of stored blobs kept open: a hot hit needs no open/fstat/close on the
      * thread pool. An entry is checked (fstat: still linked?) at each use. */
     struct {
@@ -82,6 +81,7 @@ struct blob_service {
 
 struct blob_req {
     struct blob_service *bs;
+    unsigned reading; /* counts of this request in the in-use table (reading_begin) */
     struct http_exchange *x;
     char hex[DIGEST_SHA256_HEX_LEN + 1];
     char digest[DIGEST_SHA256_REF_LEN + 1];
@@ -154,7 +154,20 @@ struct blob_service *blob_service_new(uv_loop_t *loop, struct store *store,
     bs->store = store;
     bs->fetches = fetches;
     bs->upstreams = upstreams;
+    bs->in_use = in_use_new();
+    bs->own_in_use = true;
+    if (bs->in_use == NULL) {
+        free(bs);
+        return NULL;
+    }
     return bs;
+}
+
+void blob_service_set_in_use(struct blob_service *bs, struct in_use *table)
+{
+    if (bs->own_in_use) in_use_free(bs->in_use);
+    bs->in_use = table;
+    bs->own_in_use = false;
 }
 
 void blob_service_set_auth(struct blob_service *bs, const struct config *cfg,
@@ -238,40 +251,23 @@ static void link_blob(struct blob_req *r)
 
 bool blob_service_in_use(const struct blob_service *bs, const char *hex)
 {
-    for (size_t i = 0; i < bs->n_in_use; i++)
-        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) return true;
-    return false;
+    return in_use_has(bs->in_use, hex);
 }
 
-static void in_use_add(struct blob_service *bs, const char *hex)
+/* The request reads the stored blob (or will, once its fetch commits): it must not be
+ * evicted or expired under it. Each call is undone by one reading_end. */
+static void reading_begin(struct blob_req *r)
 {
-    for (size_t i = 0; i < bs->n_in_use; i++) {
-        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) {
-            bs->in_use[i].readers++;
-            return;
-        }
-    }
-    if (bs->n_in_use == bs->cap_in_use) {
-        size_t cap = bs->cap_in_use ? bs->cap_in_use * 2 : 16;
-        void *n = realloc(bs->in_use, cap * sizeof(*bs->in_use));
-        if (n == NULL)
-            return; /* at worst, the blob may be evicted while it is read: the reader's
-                       descriptor keeps its bytes */
-        bs->in_use = n;
-        bs->cap_in_use = cap;
-    }
-    memcpy(bs->in_use[bs->n_in_use].hex, hex, DIGEST_SHA256_HEX_LEN + 1);
-    bs->in_use[bs->n_in_use++].readers = 1;
+    /* Without memory the blob may be deleted while it is read: the reader's descriptor
+     * keeps its bytes. */
+    if (in_use_add(r->bs->in_use, r->hex) == 0) r->reading++;
 }
 
-static void in_use_remove(struct blob_service *bs, const char *hex)
+static void reading_end(struct blob_req *r)
 {
-    for (size_t i = 0; i < bs->n_in_use; i++) {
-        if (memcmp(bs->in_use[i].hex, hex, DIGEST_SHA256_HEX_LEN) == 0) {
-            if (--bs->in_use[i].readers == 0) bs->in_use[i] = bs->in_use[--bs->n_in_use];
-            return;
-        }
-    }
+    if (r->reading == 0) return;
+    r->reading--;
+    in_use_remove(r->bs->in_use, r->hex);
 }
 
 static void close_fs_cb(uv_fs_t *req);
@@ -375,7 +371,7 @@ void blob_service_free(struct blob_service *bs)
 {
     for (int i = 0; i < BLOB_FD_CACHE; i++)
         if (bs->fdc[i].hex[0] != '\0') close(bs->fdc[i].fd);
-    free(bs->in_use);
+    if (bs->own_in_use) in_use_free(bs->in_use);
     free(bs);
 }
 
@@ -460,19 +456,19 @@ static void release(struct blob_req *r)
         r->span = NULL;
         if (r->following) {
             fetch_follow_end(r->fetch, &r->follower);
-            in_use_remove(r->bs, r->hex);
+            reading_end(r);
         }
         fetch_unref(r->fetch);
         r->fetch = NULL;
     }
     if (r->fdc_slot >= 0) {
-        in_use_remove(r->bs, r->hex);
+        reading_end(r);
         fdc_release(r->bs, r->fdc_slot);
         r->fdc_slot = -1;
         r->fd = -1;
     }
     if (r->own_fd && r->fd >= 0) {
-        in_use_remove(r->bs, r->hex);
+        reading_end(r);
         uv_fs_t *req = malloc(sizeof(*req));
         if (req == NULL || uv_fs_close(r->bs->loop, req, r->fd, close_fs_cb) != 0) free(req);
         r->fd = -1;
@@ -753,7 +749,7 @@ static void serve(struct blob_req *r, int64_t size)
         r->follower.offset = r->pos;
         fetch_follow_begin(r->fetch, &r->follower);
         r->following = true;
-        in_use_add(r->bs, r->hex); /* once committed, it must not be evicted under us */
+        reading_begin(r); /* once committed, it must not be evicted under us */
     }
     pump(r);
 }
@@ -880,7 +876,7 @@ static void open_done(uv_work_t *w, int status)
     if (result >= 0) {
         r->fd = result;
         r->own_fd = true;
-        in_use_add(r->bs, r->hex);
+        reading_begin(r);
     }
     if (r->gone) {
         finish(r, false);
@@ -967,7 +963,7 @@ static void authorized(struct blob_req *r)
         /* A hot hit: no thread-pool round trip to open and stat. */
         r->fdc_slot = slot;
         r->fd = r->bs->fdc[slot].fd;
-        in_use_add(r->bs, r->hex);
+        reading_begin(r);
         touch_times(r, (double)sb.st_atim.tv_sec + (double)sb.st_atim.tv_nsec / 1e9,
                     (double)sb.st_mtim.tv_sec + (double)sb.st_mtim.tv_nsec / 1e9);
         http_log_set_cache(r->x, "hit");

@@ -85,8 +85,18 @@ void blob_service_set_pulls(struct blob_service *bs, struct pulls *pulls);
 typedef bool (*blob_admit_fn)(void *ud, const char *digest, int64_t size,
                               const struct policy_request *req);
 void blob_service_set_admit(struct blob_service *bs, blob_admit_fn admit, void *ud);
-/* True while a request reads stored blob `hex` (eviction leaves it alone). */
+/* True while a request reads stored blob `hex` (eviction and expiry leave it alone): a
+ * request of this service, or of any service sharing its table (blob_service_set_in_use). */
 bool blob_service_in_use(const struct blob_service *bs, const char *hex);
+
+struct in_use;
+/*
+ * The table of blobs being read (in_use.h) that this service counts its readers in,
+ * instead of its own: the loops of one process share one, so that loop 0's eviction
+ * and expiry see the readers of every loop. Set before the first request; the table
+ * must outlive the service.
+ */
+void blob_service_set_in_use(struct blob_service *bs, struct in_use *table);
 
 /* The configured blobttl in seconds (0: none): how often a hit records its pull time. */
 void blob_service_set_ttl(struct blob_service *bs, double ttl_s);

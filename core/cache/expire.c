@@ -177,9 +177,16 @@ static void scan_done(uv_work_t *w, int status)
     e->n_doomed = 0;
     for (size_t i = 0; e->doomed != NULL && i < e->n_found; i++) {
         double ttl;
-        if (expire_blob_ttl(&e->opts, &e->found[i], &ttl) == 1 &&
-            now - e->found[i].last_pulled >= ttl)
-            e->doomed[e->n_doomed++].blob = e->found[i];
+        if (expire_blob_ttl(&e->opts, &e->found[i], &ttl) != 1 ||
+            now - e->found[i].last_pulled < ttl)
+            continue;
+        if (e->opts.in_use != NULL && e->opts.in_use(e->opts.ud, e->found[i].hex)) {
+            e->stats.kept_in_use++;
+            log_msg(LOG_DEBUG, "blob sha256:%s expired but is being read: kept for now",
+                    e->found[i].hex);
+            continue;
+        }
+        e->doomed[e->n_doomed++].blob = e->found[i];
     }
     if (e->n_doomed == 0) return;
     e->work.data = e;

@@ -11,8 +11,10 @@
  * batches on the thread pool: a tick lists and stats at most `batch` blobs, the loop
  * asks the TTL of each (the blob_ttl policy, or the configured blobttl), and the
  * expired ones are deleted on the thread pool after their access time was read again
- * (a blob pulled meanwhile stays). A blob being served while it is deleted is served
- * whole: its readers hold an open descriptor.
+ * (a blob pulled meanwhile stays). A blob that a request reads when its TTL has passed
+ * (opts.in_use: on any loop of the process) stays until a sweep finds it unread; one
+ * whose reader starts after that question is still served whole: its readers hold an
+ * open descriptor.
  */
 #ifndef CC_EXPIRE_H
 #define CC_EXPIRE_H
@@ -56,11 +58,15 @@ struct expire_opts {
     unsigned batch;       /* blobs looked at per tick; 0: 2048 */
     /* Called for every removal (after the files are gone), may be NULL. */
     void (*on_removed)(void *ud, const struct expire_blob *blob);
+    /* True for a blob that a request reads now (blob.h, in_use.h): it is kept, and
+     * looked at again by the next sweep. May be NULL. Called on the loop. */
+    bool (*in_use)(void *ud, const char *hex);
 };
 
 struct expire_stats {
-    uint64_t sweeps;  /* full passes over the store */
-    uint64_t removed; /* blobs deleted */
+    uint64_t sweeps;      /* full passes over the store */
+    uint64_t kept_in_use; /* expired blobs kept because they were being read */
+    uint64_t removed;     /* blobs deleted */
     uint64_t removed_bytes;
     uint64_t errors;
 };

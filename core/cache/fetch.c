@@ -165,6 +165,8 @@ struct fetch {
 
     /* Pass-through: nothing is (or will be) written; the spool is all there is. */
     bool disk_failed;
+    bool refused; /* ... because the blob is not to be stored (admit, budget), not because
+                     the disk failed: loops that follow it must not store it either */
 
     struct fetch_follower *followers;
     struct fetch_waiter *waiters;
@@ -729,6 +731,7 @@ static void board_publish(struct fetch *f)
         .done = f->state == FETCH_DONE,
         .failed = f->state == FETCH_FAILED,
         .moved = f->state == FETCH_RUNNING && f->disk_failed,
+        .refused = f->state == FETCH_RUNNING && f->disk_failed && f->refused,
     };
     if (v.failed) snprintf(v.error, sizeof(v.error), "%s", f->error);
     fetch_board_publish(f->claim, &v);
@@ -750,6 +753,7 @@ static void board_drop(struct fetch *f)
 }
 
 static void takeover(struct fetch *f, const char *why);
+static void refused_elsewhere(struct fetch *f);
 
 static void mirror_stop(struct fetch *f)
 {
@@ -773,10 +777,14 @@ static void mirror_update(struct fetch *f)
     }
     if (v.moved) {
         /* What was sent from the old file is checked against the blob at the end, as
-         * after a replica's takeover; from here on this loop fetches (or follows) it. */
+         * after a replica's takeover; from here on this loop fetches (or follows) it,
+         * and stores it only when the other loop's disk was the reason it stopped. */
         mirror_stop(f);
         f->mirror = false;
-        takeover(f, "on another loop stopped storing it or was taken over");
+        if (v.refused)
+            refused_elsewhere(f);
+        else
+            takeover(f, "on another loop stopped storing it or was taken over");
         return;
     }
     f->size = v.size;
@@ -915,6 +923,32 @@ static void takeover(struct fetch *f, const char *why)
     f->remote = false;
     f->written = 0;
     queue_open(f);
+}
+
+static void disk_fail(struct fetch *f, int err);
+static void start_upstream(struct fetch *f);
+
+/* The loop we followed stopped storing the blob by decision (the admit policy, or the
+ * disk budget, said no): neither does this one, as its clients would have been served
+ * on one loop (fetch_dont_store). The bytes are in the other loop's memory only now, so
+ * this loop fetches the blob for its own clients as a pass-through; what they were sent
+ * from the followed file is compared with the new stream as it is hashed (hash_work). */
+static void refused_elsewhere(struct fetch *f)
+{
+    log_msg(LOG_INFO,
+            "blob sha256:%s is not to be stored (decided on the loop that fetched it): "
+            "fetching it again for this loop's clients, without storing",
+            f->hex);
+    if (!served_push(f)) {
+        fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
+                   SERVED_FROM_MAX);
+        return;
+    }
+    f->remote = false;
+    f->written = 0;
+    f->refused = true;
+    disk_fail(f, 0);
+    start_upstream(f);
 }
 
 /* Reads exactly len bytes at off. */
@@ -1713,6 +1747,7 @@ int fetch_start(struct fetch_manager *m, const char *hex, const struct chain_spe
     m->stats.started++;
     *out = f;
     if (!store_it) {
+        f->refused = true;
         disk_fail(f, 0);
         start_upstream(f);
         return 0;
@@ -1725,6 +1760,7 @@ void fetch_dont_store(struct fetch *f)
 {
     if (f->state != FETCH_RUNNING || f->disk_failed || f->committing || f->verified || f->remote)
         return;
+    f->refused = true; /* (loops that follow it learn why: board_publish) */
     disk_fail(f, 0);
 }
 

@@ -78,9 +78,12 @@ void fetch_render_metrics(const void *fetch_manager, struct textbuf *out);
  * Loops of one process (workers) share a board (fetch_board.h): a fetch that stores
  * claims its blob there, and fetch_start on another loop for a claimed blob returns a
  * fetch that follows the claim (fetch_follows_loop: it reads the other loop's file and
- * is woken as it grows) instead of fetching again. Followers of such a fetch fail when
- * the fetch on the other loop fails or stops storing (a pass-through). Without a board
- * (workers: 1) nothing changes.
+ * is woken as it grows) instead of fetching again. Such a fetch fails when the fetch on
+ * the other loop fails. When that one stops storing because its disk failed, or is
+ * taken over, this loop takes the fetch over (and stores the blob); when it stops
+ * storing by decision (fetch_dont_store, store_it false: the admit policy, the disk
+ * budget), this loop fetches the blob again for its own clients and stores nothing, as
+ * one loop would not have. Without a board (workers: 1) nothing changes.
  */
 void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board);
 /* True when f follows a fetch another loop runs (the request joined it: coalesced). */

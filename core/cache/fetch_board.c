@@ -109,7 +109,7 @@ static bool same_view(const struct fetch_board_view *a, const struct fetch_board
 {
     return a->size == b->size && a->written == b->written && a->head_seen == b->head_seen &&
            a->verified == b->verified && a->done == b->done && a->failed == b->failed &&
-           a->moved == b->moved;
+           a->moved == b->moved && a->refused == b->refused;
 }
 
 void fetch_board_publish(struct fetch_board_claim *c, const struct fetch_board_view *v)

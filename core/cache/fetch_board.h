@@ -41,6 +41,10 @@ struct fetch_board_view {
     bool failed;      /* the fetch failed: followers fail too */
     bool moved;       /* the owner's file is no longer going to be the blob (it stopped
                          storing, or it was taken over): followers fetch on their own */
+    bool refused;     /* with moved: the owner stopped storing because the blob is not to
+                         be stored (the admit policy, the disk budget), not because its
+                         disk failed: followers fetch it for their clients and do not
+                         store it either */
     char error[200];  /* why, when failed */
 };
 

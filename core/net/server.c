@@ -195,7 +195,10 @@ struct http_server {
     char *extra_headers; /* preformatted "Name: value\r\n" lines */
     size_t extra_len;
     char address[80];
-    unsigned n_conns;
+    unsigned n_conns;         /* this server's connections (closing ones included) */
+    atomic_uint own_conns;    /* what max_connections bounds without opts.connections */
+    atomic_uint *bound_conns; /* opts.connections, or &own_conns */
+    uint64_t requests;        /* exchanges ended (access-logged) */
     struct conn *conns;
     struct conn *ready_head;
     bool shutting_down;
@@ -590,6 +593,7 @@ static void conn_free_if_done(struct conn *c)
         srv->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     srv->n_conns--;
+    atomic_fetch_sub(srv->bound_conns, 1);
     reqparse_free(c->rp);
     free(c->kept);
     if (c->https) tls_stream_free(&c->tls);
@@ -1123,6 +1127,7 @@ static void on_connection(uv_stream_t *listener, int status)
         c->closing = true;
         c->srv = srv;
         srv->n_conns++;
+        atomic_fetch_add(srv->bound_conns, 1);
         c->next = srv->conns;
         if (srv->conns) srv->conns->prev = c;
         srv->conns = c;
@@ -1136,13 +1141,16 @@ static void on_connection(uv_stream_t *listener, int status)
     if (srv->conns) srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
+    /* Counted at once where the bound is shared (loops accept at the same time); a
+     * refused connection is counted until it is freed, as every other is. */
+    unsigned open = atomic_fetch_add(srv->bound_conns, 1);
     unsigned count;
-    if (srv->n_conns > srv->opts.max_connections || srv->shutting_down) {
+    if (open >= srv->opts.max_connections || srv->shutting_down) {
         if (throttle_event(&srv->refused, now_ns(), &count))
             log_msg(LOG_WARN,
                     "connection refused: %u connections open (limit %u; %u refused since the "
                     "last such line)",
-                    srv->n_conns - 1, srv->opts.max_connections, count);
+                    open, srv->opts.max_connections, count);
         conn_close(c);
         return;
     }
@@ -1584,6 +1592,7 @@ static void access_log(struct http_exchange *x)
                                                    : NULL,
     };
     const struct http_server_opts *o = &x->conn->srv->opts;
+    x->conn->srv->requests++;
     if (o->on_complete != NULL) o->on_complete(o->format_ud, &e);
     size_t n = o->format_access ? o->format_access(o->format_ud, &e, line, sizeof(line))
                                 : log_format_access(&e, line, sizeof(line));
@@ -1888,6 +1897,7 @@ int http_server_listen(uv_loop_t *loop, const char *addr, const struct http_serv
     if (!srv->opts.idle_timeout_ms) srv->opts.idle_timeout_ms = 60000;
     if (!srv->opts.write_timeout_ms) srv->opts.write_timeout_ms = 60000;
     if (!srv->opts.max_connections) srv->opts.max_connections = 16384;
+    srv->bound_conns = opts->connections != NULL ? opts->connections : &srv->own_conns;
     if (!srv->opts.max_pending_handshakes) srv->opts.max_pending_handshakes = 1024;
     size_t cap = 1;
     for (size_t i = 0; i < opts->n_extra_headers; i++)
@@ -1961,6 +1971,11 @@ const char *http_server_address(const struct http_server *srv)
 unsigned http_server_connections(const struct http_server *srv)
 {
     return srv->n_conns;
+}
+
+uint64_t http_server_requests(const struct http_server *srv)
+{
+    return srv->requests;
 }
 
 void http_server_render_metrics(const void *srv, struct textbuf *out)

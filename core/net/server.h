@@ -17,7 +17,8 @@
  * beyond), header_timeout_ms for a request's headers to arrive (408 and close),
  * idle_timeout_ms between requests and without a byte of a body being read (close),
  * write_timeout_ms without write progress, at most
- * max_connections at once and, for https, at most max_pending_handshakes whose handshake
+ * max_connections at once (over every server that shares the `connections` counter: the
+ * loops of one process) and, for https, at most max_pending_handshakes whose handshake
  * is not done (more are closed at accept). An idle connection holds no buffer: reads go
  * through one loop-wide buffer.
  *
@@ -32,6 +33,7 @@
 #ifndef CC_SERVER_H
 #define CC_SERVER_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -69,6 +71,12 @@ struct http_server_opts {
                                         is not done yet (~35 KiB each), counted over the
                                         whole process (the servers of several loops share
                                         the bound); more are closed at accept */
+    /* The count that max_connections bounds: NULL, this server's own connections; else
+     * a counter the caller owns (zero at first, outliving the server) that several
+     * servers share, so the bound is theirs together (the loops of one process). Each
+     * server adds its connections when it accepts them and takes them off when they are
+     * freed, atomically: any thread may share it. */
+    atomic_uint *connections;
     /* Headers added to every response (config http.headers); copied. */
     const struct http_header *extra_headers;
     size_t n_extra_headers;
@@ -106,8 +114,10 @@ const char *http_server_address(const struct http_server *srv);
 void http_server_shutdown(struct http_server *srv, unsigned timeout_ms, void (*done)(void *arg),
                           void *arg);
 
-/* Connections open now. */
+/* Connections open now (this server's). */
 unsigned http_server_connections(const struct http_server *srv);
+/* Exchanges this server has ended (answered, or cut short), since it listened. */
+uint64_t http_server_requests(const struct http_server *srv);
 
 /* A metrics_render_fn over a struct http_server: the connections open now. */
 void http_server_render_metrics(const void *srv, struct textbuf *out);

@@ -16,7 +16,8 @@ paths that nothing else uses:
 
   GET  /__fake/stats   {"requests": {"GET /v2/..": n}, "completed": {...}}
   POST /__fake/blob    {"digest", "path" (a file holding the blob's real bytes),
-                        "mode", "rate"}: adds or changes a blob (registry role)
+                        "mode", "rate", "delay"}: adds or changes a blob (registry role);
+                        delay: seconds its GET waits before the answer begins
   POST /__fake/config  {"rate": bytes per second}: the proxy's pace
   POST /__fake/manifest {"repo", "ref", "path" (a file holding the manifest's bytes),
                         "media_type", "mode", "head", "rate", "hold"}: adds or changes
@@ -224,7 +225,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     st.blobs[doc["digest"]] = {"path": doc["path"], "mode": mode,
                                                "rate": float(doc.get("rate", 0)), "size": size,
                                                "head": doc.get("head"),
-                                               "hold": float(doc.get("hold", HOLD))}
+                                               "hold": float(doc.get("hold", HOLD)),
+                                               "delay": float(doc.get("delay", 0))}
             return self._send_json(200, {"ok": True})
         return self._send_json(404, {"error": "no such control path"})
 
@@ -261,6 +263,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             blob = dict(st.blobs[digest]) if digest in st.blobs else None
         if blob is None or blob["mode"] == "missing":
             return self._error(404, "BLOB_UNKNOWN", "blob unknown to the fake registry")
+        if self.command == "GET" and blob["delay"] > 0:
+            time.sleep(blob["delay"])  # a slow origin: the response head comes late
         if blob["mode"] in FAULTS or blob["head"] is not None:
             return self._blob_with_faults(digest, blob)
         size, mode = blob["size"], blob["mode"]
@@ -627,13 +631,16 @@ class FakeUpstream:
         if r.status != 200:
             raise AssertionError("%s: POST %s %r -> %r" % (self.name, path, doc, r))
 
-    def set_blob(self, digest, path, mode="honest", rate=0, head=None, hold=None):
+    def set_blob(self, digest, path, mode="honest", rate=0, head=None, hold=None, delay=None):
         """Serves the bytes in file `path` as blob `digest` (any repository), answering
         its GET as MODES[mode] or FAULTS[mode] says, paced at `rate` bytes per second
         (0: unpaced). head: how its HEAD is answered ("honest", "unsized" or a FAULTS
         entry; None: honest, or unsized for the unsized modes). hold: seconds a stalled
-        or endless response lasts at most (default HOLD)."""
+        or endless response lasts at most (default HOLD). delay: seconds each GET waits
+        before its answer begins (None: none)."""
         doc = {"digest": digest, "path": path, "mode": mode, "rate": rate}
+        if delay is not None:
+            doc["delay"] = delay
         if head is not None:
             doc["head"] = head
         if hold is not None:

@@ -5,9 +5,14 @@
   proxy's count agree), every body has the right digest, the access log says 8 miss and
   56 coalesced (or hit, for a client that came after the commit), and loops followed
   each other's fetches ("on another loop").
-- One process: /metrics counts the requests of every loop; SIGHUP reloads the policies
-  of every loop; SIGTERM lets downloads in flight on every loop finish (draintimeout),
-  then the process exits 0.
+- One process: /metrics counts the requests of every loop, and shows each loop's own
+  (content_cache_loop_requests_total{loop}, content_cache_loop_connections{loop}): both
+  loops served some of the 64 connections, and the loops' figures sum to the totals;
+  SIGHUP reloads the policies of every loop; SIGTERM lets downloads in flight on every
+  loop finish (draintimeout), then the process exits 0.
+- http.maxconnections is the process's bound, not each loop's: with 4 and two loops,
+  4 of 8 idle connections are served and 4 closed at accept, wherever the kernel put
+  them; once they close, new connections are served again.
 - workers: 1 is one loop: the same burst, one fetch per blob, no loop follows another.
 
 The origin sits behind a pacing proxy so that fetches are really in flight.
@@ -16,7 +21,9 @@ Run alone: CC_BINARY=build/content-cache python3 tests/e2e/test_workers.py
 """
 
 import os
+import select
 import signal
+import socket
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,6 +41,18 @@ CLIENTS = 64
 def followed_lines(cache):
     return sum(1 for line in h.read_lines(cache.stderr_path)
                if "is being fetched on another loop" in line)
+
+
+def closed_at_once(sock):
+    """True when the server has closed the socket (EOF or reset) within half a second;
+    nothing is consumed from a socket that is still open."""
+    readable, _, _ = select.select([sock], [], [], 0.5 * h.SCALE)
+    if not readable:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
 
 
 def burst(origin, proxy, cache, digests):
@@ -91,6 +110,22 @@ def body(run):
                   + metrics.get('content_cache_blob_requests_total{result="hit"}', 0))
         expect_eq(joined, float(CLIENTS - BLOBS), "coalesced and hit blob GETs in /metrics")
         expect_eq(metrics.get("content_cache_loops"), 2.0, "content_cache_loops")
+        # Each loop's own figures: the kernel spread the 64 connections over both, and
+        # the loops' requests add up to the process's.
+        per_loop = {loop: metrics.get('content_cache_loop_requests_total{loop="%d"}' % loop)
+                    for loop in (0, 1)}
+        h.log("  requests answered per loop: %r" % per_loop)
+        expect(all(v is not None and v > 0 for v in per_loop.values()),
+               "both loops answered requests: %r" % per_loop)
+        total = sum(v for k, v in metrics.items()
+                    if k.startswith("content_cache_http_requests_total{"))
+        expect_eq(sum(per_loop.values()), total,
+                  "the loops' requests summed, against content_cache_http_requests_total")
+        conns = [metrics.get('content_cache_loop_connections{loop="%d"}' % loop)
+                 for loop in (0, 1)]
+        expect(None not in conns, "content_cache_loop_connections of each loop: %r" % conns)
+        expect_eq(sum(conns), metrics.get("content_cache_connections"),
+                  "the loops' connections summed, against content_cache_connections")
         tasks = os.listdir("/proc/%d/task" % cache.proc.pid)
         expect(len(tasks) >= 2, "one process with %d threads" % len(tasks))
 
@@ -142,6 +177,42 @@ def body(run):
         h.log("  workers: 1 runs %d threads (the loop and libuv's pool)" % len(tasks))
 
     run.check("workers: 1 is one loop: the same burst, one fetch per blob", one_loop)
+
+    def max_connections_per_process():
+        limited = run.cache([origin], name="four-connections", workers=2, debug=True,
+                            env={"REGISTRY_HTTP_MAXCONNECTIONS": "4"})
+        # (The harness's own probes of the port must be gone before the count starts.)
+        h.wait_until(lambda: limited.metrics().get("content_cache_connections") == 0,
+                     h.LOG_TIMEOUT, "no connection open")
+        conns = [h.RawConnection(limited.port) for _ in range(8)]
+        try:
+            # Closed at accept means at once: well before the 10 s header timeout.
+            closed = [c for c in conns if closed_at_once(c.sock)]
+            open_ = [c for c in conns if c not in closed]
+            per_loop = [limited.metrics().get('content_cache_loop_connections{loop="%d"}' % i)
+                        for i in (0, 1)]
+            h.log("  8 idle connections with maxconnections 4: %d closed at accept; open per "
+                  "loop %r" % (len(closed), per_loop))
+            expect_eq(len(closed), 4, "connections closed at accept (8 made, 4 allowed)")
+            expect_eq(sum(per_loop), 4.0, "connections open over both loops")
+            for c in open_:
+                c.send_request("GET", "/v2/")
+                r = c.read_response()
+                expect(r.status in (200, 401), "a request on an open connection: %r" % r.status)
+        finally:
+            for c in conns:
+                c.close()
+        # Their places are given back: a new connection is served.
+        h.wait_until(lambda: limited.metrics().get("content_cache_connections") == 0,
+                     h.LOG_TIMEOUT, "the connections to close")
+        r = h.request(limited.port, "GET", "/v2/")
+        expect(r.status in (200, 401), "a new connection after they closed: %r" % r.status)
+        expect(any("connection refused: 4 connections open (limit 4" in line
+                   for line in h.read_lines(limited.stderr_path)),
+               "the log says why connections were refused")
+
+    run.check("http.maxconnections bounds the process, not each loop: 4 of 8 connections "
+              "over 2 loops", max_connections_per_process)
 
 
 if __name__ == "__main__":

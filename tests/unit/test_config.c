@@ -1606,9 +1606,33 @@ static void test_workers(void)
     CHECK(fails(HEAD UPSTREAMS "          workers: [2]\n", at, "got a list"));
 }
 
+/* ---- http.maxconnections: the process's bound on client connections ---------------- */
+
+static void test_maxconnections(void)
+{
+    struct config *cfg = parse_ok(HEAD UPSTREAMS);
+    CHECK(cfg != NULL && cfg->http_maxconnections == 0); /* not set: the server's default */
+    config_free(cfg);
+    cfg = parse_ok("version: 0.1\nhttp:\n  maxconnections: 3\n" DOWNSTREAM);
+    CHECK(cfg != NULL && cfg->http_maxconnections == 3);
+    config_free(cfg);
+    char *const env[] = {"REGISTRY_HTTP_MAXCONNECTIONS=7", NULL};
+    cfg = parse_ok_env("version: 0.1\nhttp:\n  maxconnections: 3\n" DOWNSTREAM, env);
+    CHECK(cfg != NULL && cfg->http_maxconnections == 7); /* a scalar key: the environment's */
+    config_free(cfg);
+    const char *at = "config.yml:3:19: http.maxconnections: ";
+    CHECK(fails("version: 0.1\nhttp:\n  maxconnections: 0\n" DOWNSTREAM, at,
+                "expected a whole number of connections from 1 to 1048576, got \"0\""));
+    CHECK(fails("version: 0.1\nhttp:\n  maxconnections: 1048577\n" DOWNSTREAM, at,
+                "from 1 to 1048576"));
+    CHECK(fails("version: 0.1\nhttp:\n  maxconnections: -1\n" DOWNSTREAM, at, "got \"-1\""));
+    CHECK(fails("version: 0.1\nhttp:\n  maxconnections: many\n" DOWNSTREAM, at, "got \"many\""));
+}
+
 int main(void)
 {
     RUN(test_seed_example);
+    RUN(test_maxconnections);
     RUN(test_example_file);
     RUN(test_defaults);
     RUN(test_all_keys);
