@@ -292,10 +292,12 @@ static void front_reload(void *ud)
 }
 
 /* The sections of /metrics each loop keeps for itself (loop 0's through its debug
- * server, a worker's when loop 0 gathers them). Returns how many (at most 3). */
+ * server, a worker's when loop 0 gathers them). Returns how many (at most LOOP_SECTIONS). */
+#define LOOP_SECTIONS 4
 static size_t loop_sections(const struct front *f, metrics_render_fn *fns, const void **sources)
 {
     size_t n = 0;
+    fns[n] = process_render_loop_metrics, sources[n++] = f->proc; /* {loop="N"} */
     fns[n] = redirect_render_metrics, sources[n++] = f->redirects;
     fns[n] = policy_render_metrics, sources[n++] = f->policy;
     fns[n] = http_server_render_metrics, sources[n++] = f->proc->server;
@@ -304,8 +306,8 @@ static size_t loop_sections(const struct front *f, metrics_render_fn *fns, const
 
 static void front_render(struct process *p, struct textbuf *out)
 {
-    metrics_render_fn fns[3];
-    const void *sources[3];
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
     struct front *f = p->ud;
     if (f == NULL || p->server == NULL) return;
     size_t n = loop_sections(f, fns, sources);
@@ -323,8 +325,8 @@ static void render_loops(const void *proc, struct textbuf *out)
 static void debug_wire(struct front *f)
 {
     struct debug *d = f->proc->debug;
-    metrics_render_fn fns[3];
-    const void *sources[3];
+    metrics_render_fn fns[LOOP_SECTIONS];
+    const void *sources[LOOP_SECTIONS];
     debug_add_section(d, render_loops, f->proc);
     debug_add_section(d, chain_render_metrics, NULL);
     size_t n = loop_sections(f, fns, sources);

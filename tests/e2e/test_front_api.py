@@ -180,6 +180,12 @@ def body(run):
                    if k.startswith('content_cache_http_requests_total{method="other"'))
         expect(puts >= 25, "/metrics counts %d PUTs over the loops, at least 25 were answered"
                % puts)
+        per_loop = {k: v for k, v in metrics.items()
+                     if k.startswith("content_cache_loop_requests_total{")}
+        expect_eq(len(per_loop), h.DEFAULT_WORKERS, "loops in content_cache_loop_requests_total")
+        if h.DEFAULT_WORKERS > 1:
+            expect(all(v > 0 for v in per_loop.values()),
+                   "every loop answered some of the requests: %r" % per_loop)
         os.kill(f.proc.pid, signal.SIGHUP)
         for loop in range(h.DEFAULT_WORKERS):
             h.wait_until(lambda loop=loop: any(
