@@ -613,6 +613,7 @@ static void on_progress(struct fetch_waiter *w)
 {
     struct blob_req *r = (struct blob_req *)((char *)w - offsetof(struct blob_req, waiter));
     if (r->done || r->fs_busy || r->writing) return;
+    if (fetch_found_stored(r->fetch)) http_log_set_cache(r->x, "hit");
     if (r->waiting_size) {
         if (fetch_size(r->fetch) < 0 && !fetch_head_seen(r->fetch)) {
             fetch_wait(r->fetch, &r->waiter);

@@ -146,6 +146,8 @@ struct fetch {
      * process's file is followed instead, the size its lock says. */
     uv_file opened_fd;
     bool opened_locked, opened_remote;
+    bool opened_committed; /* the blob was in the store once the lock was ours */
+    bool found_stored;     /* (so this fetch reads the stored blob: fetch_found_stored) */
     int64_t opened_size;
     int64_t opened_size_hint; /* the size for the lock, as it was when open_work began */
 
@@ -879,6 +881,11 @@ bool fetch_follows_loop(const struct fetch *f)
     return f->mirror;
 }
 
+bool fetch_found_stored(const struct fetch *f)
+{
+    return f->found_stored;
+}
+
 void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board)
 {
     m->board = board;
@@ -1394,7 +1401,7 @@ static void open_work(uv_work_t *w)
     struct fetch *f = w->data;
     struct store *st = f->m->store;
     f->opened_fd = -1;
-    f->opened_locked = f->opened_remote = false;
+    f->opened_locked = f->opened_remote = f->opened_committed = false;
     f->opened_size = -1;
     int fd = store_tmp_create_sync(st, f->hex, f->tmp_path, sizeof(f->tmp_path));
     if (fd < 0) {
@@ -1405,8 +1412,25 @@ static void open_work(uv_work_t *w)
     f->opened_fd = fd;
     struct store_lock_info held;
     int rc = store_lock_acquire_sync(st, f->hex, f->tmp_path, f->opened_size_hint, &held);
+    struct stat sb;
     if (rc == 0) {
-        f->opened_locked = true;
+        /* The blob may have been committed (by another loop or replica, which then let
+         * go of its claim and lock) after the request looked at the store and before
+         * the claim and the lock were ours: then it is followed as committed, not
+         * fetched a second time. */
+        int bfd = store_open_blob_sync(st, f->hex, &sb);
+        if (bfd < 0) {
+            f->opened_locked = true;
+            return;
+        }
+        store_lock_release_sync(st, f->hex);
+        close(fd);
+        unlink(f->tmp_path);
+        f->tmp_path[0] = '\0';
+        f->opened_fd = bfd;
+        f->opened_remote = f->opened_committed = true;
+        f->remote_tmp[0] = '\0';
+        f->opened_size = sb.st_size;
         return;
     }
     if (rc != -EEXIST) return; /* no lock to be had: fetch on our own */
@@ -1415,7 +1439,6 @@ static void open_work(uv_work_t *w)
     unlink(f->tmp_path);
     f->tmp_path[0] = '\0';
     f->opened_fd = -1;
-    struct stat sb;
     int rfd = store_lock_tmp_open_sync(st, &held, &sb);
     if (rfd < 0) rfd = store_open_blob_sync(st, f->hex, &sb); /* it may have just committed */
     if (rfd < 0) {
@@ -1451,6 +1474,11 @@ static void open_done(uv_work_t *w, int status)
     } else if (f->open_err != 0) {
         disk_fail(f, f->open_err);
         start_upstream(f);
+    } else if (f->remote && f->opened_committed) {
+        f->found_stored = true;
+        log_msg(LOG_DEBUG, "blob sha256:%s was stored meanwhile: served from the store", f->hex);
+        if (f->claim != NULL && fetch_board_set_fd(f->claim, f->fd) != 0) board_drop(f);
+        poll_start(f); /* (its first look finds the blob committed: done) */
     } else if (f->remote) {
         log_msg(LOG_INFO,
                 "blob sha256:%s is being fetched by another replica: following its "

@@ -88,6 +88,10 @@ void fetch_render_metrics(const void *fetch_manager, struct textbuf *out);
 void fetch_manager_set_board(struct fetch_manager *m, struct fetch_board *board);
 /* True when f follows a fetch another loop runs (the request joined it: coalesced). */
 bool fetch_follows_loop(const struct fetch *f);
+/* True when f found the blob stored once its claim and lock were taken (another loop or
+ * replica committed it between the request's look at the store and the claim): f reads
+ * the stored blob and asks no upstream; its requests are hits. */
+bool fetch_found_stored(const struct fetch *f);
 
 /* The running fetch of blob `hex` that still takes followers, or NULL. */
 struct fetch *fetch_find(struct fetch_manager *m, const char *hex);

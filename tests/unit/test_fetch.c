@@ -506,6 +506,37 @@ static void test_coalescing(void)
     env_finish(&e);
 }
 
+/*
+ * A request looked at the store before another fetch committed the blob, and starts a
+ * fetch after it (on another loop, after that loop let go of its claim): the fetch finds
+ * the blob stored once its lock is taken and reads it, asking no upstream.
+ */
+static void test_stored_meanwhile(void)
+{
+    struct env e;
+    struct reader r1, r2;
+    env_init(&e, BLOB_SMALL);
+    origin_script(&e.origin, 200, BODY_LENGTH, e.size);
+    struct fetch *f = start_read(&e, &r1, NULL, -1, true);
+    CHECK(fakenet_run_until(&e.loop, reader_ended, &r1, WAIT_MS));
+    CHECK_INT(stored_size(&e), e.size);
+    CHECK(!fetch_found_stored(f));
+    fetch_unref(f);
+    CHECK(fetch_find(e.m, e.hex) == NULL);
+    struct fetch *late = start_read(&e, &r2, NULL, (int64_t)e.size, true);
+    CHECK(fakenet_run_until(&e.loop, reader_ended, &r2, WAIT_MS));
+    CHECK(fetch_found_stored(late));
+    CHECK_INT(fetch_state(late), FETCH_DONE);
+    CHECK_INT(r2.got, e.size);
+    CHECK(!r2.bad_bytes && !r2.early_last);
+    CHECK_INT(e.origin.gets, 1); /* the first fetch's only */
+    CHECK_INT(e.commits, 1);
+    CHECK_INT(stored_size(&e), e.size);
+    check_no_leftovers(&e);
+    fetch_unref(late);
+    env_finish(&e);
+}
+
 /* --- Pass-through ----------------------------------------------------------------------- */
 
 /* store_it false: the bytes go from memory to the reader; nothing is stored. */
@@ -744,6 +775,7 @@ int main(void)
     RUN(test_commit);
     RUN(test_last_byte_held_back);
     RUN(test_coalescing);
+    RUN(test_stored_meanwhile);
     RUN(test_pass_through_without_storing);
     RUN(test_pass_through_window_waits_for_reader);
     RUN(test_disk_fails_mid_fetch);
