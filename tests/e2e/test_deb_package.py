@@ -59,7 +59,7 @@ def skip_reason():
         return "installing into a chroot needs root"
     if os.environ.get("CC_E2E_DEB") != "1":
         cp = subprocess.run(["ldd", h.binary_path()], capture_output=True, text=True)
-        if "libasan" in cp.stdout or "libubsan" in cp.stdout:
+        if any(lib in cp.stdout for lib in ("libasan", "libubsan", "libtsan")):
             return ("the binary under test is a sanitizer build: the package holds its own "
                     "Release build of the source, so this pass would repeat the plain pass's "
                     "test of the packaging, not test memory safety (CC_E2E_DEB=1 runs it "

@@ -369,7 +369,7 @@ def skip_reason():
                    "installs it)" % path
     if os.environ.get("CC_E2E_DOCKER") != "1":
         cp = subprocess.run(["ldd", h.binary_path()], capture_output=True, text=True)
-        if "libasan" in cp.stdout or "libubsan" in cp.stdout:
+        if any(lib in cp.stdout for lib in ("libasan", "libubsan", "libtsan")):
             return ("the binary under test is a sanitizer build: the image builds its own "
                     "Release binary from the source, so this pass would repeat the plain "
                     "pass's test of the packaging, not test memory safety (CC_E2E_DOCKER=1 "
