@@ -14,7 +14,6 @@
 #include "access/keyring.h"
 #include "app/process.h"
 #include "base/log.h"
-#include "base/metrics.h"
 #include "base/url.h"
 #include "front/account.h"
 #include "front/caches_api.h"
@@ -23,7 +22,6 @@
 #include "front/redirect.h"
 #include "front/state.h"
 #include "lua/policy.h"
-#include "net/chain.h"
 #include "registry/registry.h"
 #include "registry/relay.h"
 #include "registry/respond.h"
@@ -291,49 +289,10 @@ static void front_reload(void *ud)
         log_msg(LOG_INFO, "SIGHUP: policies reloaded on loop %u", loop);
 }
 
-/* The sections of /metrics each loop keeps for itself (loop 0's through its debug
- * server, a worker's when loop 0 gathers them). Returns how many (at most LOOP_SECTIONS). */
-#define LOOP_SECTIONS 4
-static size_t loop_sections(const struct front *f, metrics_render_fn *fns, const void **sources)
-{
-    size_t n = 0;
-    fns[n] = process_render_loop_metrics, sources[n++] = f->proc; /* {loop="N"} */
-    fns[n] = redirect_render_metrics, sources[n++] = f->redirects;
-    fns[n] = policy_render_metrics, sources[n++] = f->policy;
-    fns[n] = http_server_render_metrics, sources[n++] = f->proc->server;
-    return n;
-}
-
-static void front_render(struct process *p, struct textbuf *out)
-{
-    metrics_render_fn fns[LOOP_SECTIONS];
-    const void *sources[LOOP_SECTIONS];
-    struct front *f = p->ud;
-    if (f == NULL || p->server == NULL) return;
-    size_t n = loop_sections(f, fns, sources);
-    for (size_t i = 0; i < n; i++)
-        fns[i](sources[i], out);
-}
-
-static void render_loops(const void *proc, struct textbuf *out)
-{
-    metrics_value(out, "content_cache_loops", "gauge",
-                  "Event loops serving, each on its own thread (workers).",
-                  process_loops((const struct process *)proc));
-}
-
+/* What the debug server shows beyond process_debug's: the origin's health. */
 static void debug_wire(struct front *f)
 {
-    struct debug *d = f->proc->debug;
-    metrics_render_fn fns[LOOP_SECTIONS];
-    const void *sources[LOOP_SECTIONS];
-    debug_add_section(d, render_loops, f->proc);
-    debug_add_section(d, chain_render_metrics, NULL);
-    size_t n = loop_sections(f, fns, sources);
-    for (size_t i = 0; i < n; i++)
-        debug_add_section(d, fns[i], sources[i]);
-    debug_add_check(d, "upstream", upstreams_health_check, f->upstreams);
-    debug_set_gather(d, process_gather, f->proc);
+    debug_add_check(f->proc->debug, "upstream", upstreams_health_check, f->upstreams);
 }
 
 /* Frees one loop's front once its loop has ended (or its build failed). */
@@ -437,6 +396,9 @@ static int front_build(struct process *p, void *ud)
     if (relay_service_rewrite_location(f->relays, cfg->http_tls_certificate != NULL,
                                        cfg->http_host) != 0)
         return out_of_memory();
+    /* This loop's sections of /metrics (summed over the loops; the server's follow). */
+    process_add_section(p, redirect_render_metrics, f->redirects);
+    process_add_section(p, policy_render_metrics, f->policy);
     rc = process_listen(p, front_handle, f, process_format_access, process_observe, f->policy);
     if (rc != 0) return rc == -EINVAL ? PROCESS_EXIT_CONFIG : PROCESS_EXIT_RUNTIME;
     return PROCESS_EXIT_OK;
@@ -503,8 +465,7 @@ int front_run(const struct config *cfg, const char *builtin_policies)
     int rc = front_build(&proc, &sh);
     if (rc == PROCESS_EXIT_OK && process_debug(&proc) != 0) rc = PROCESS_EXIT_RUNTIME;
     if (rc == PROCESS_EXIT_OK && proc.debug != NULL) debug_wire(sh.main);
-    struct process_mode mode = {
-        .build = front_build, .finish = front_finish, .render = front_render, .ud = &sh};
+    struct process_mode mode = {.build = front_build, .finish = front_finish, .ud = &sh};
     if (rc == PROCESS_EXIT_OK) rc = process_start_workers(&proc, loops, &mode);
     if (rc != PROCESS_EXIT_OK) return rc; /* (what started is left to the exit) */
     struct front_cache *caches;

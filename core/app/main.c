@@ -49,7 +49,6 @@
 #include "app/router.h"
 #include "app/warm_cmd.h"
 #include "app/warm_debug.h"
-#include "net/chain.h"
 #include "registry/relay.h"
 #include "registry/upstreams.h"
 #include "net/server.h"
@@ -487,60 +486,25 @@ static int run_warm(int argc, char **argv)
 }
 
 /* The sections of /metrics each loop keeps for itself, in the order operators read them
- * (loop 0's through its debug server, a worker's when loop 0 gathers them: app_render).
- * Returns how many were put in fns and sources (at most LOOP_SECTIONS). */
-#define LOOP_SECTIONS 8
-static size_t loop_sections(const struct app *app, metrics_render_fn *fns, const void **sources)
+ * (process_add_section: summed over the loops; the server's follow, process_listen). */
+static void add_loop_sections(struct app *app)
 {
-    size_t n = 0;
-    fns[n] = fetch_render_metrics, sources[n++] = app->fetches;
-    fns[n] = blob_render_metrics, sources[n++] = app->blobs;
-    fns[n] = manifest_render_metrics, sources[n++] = app->manifests;
-    fns[n] = outage_render_metrics, sources[n++] = app->outage;
-    if (app->policy != NULL) fns[n] = policy_render_metrics, sources[n++] = app->policy;
-    fns[n] = http_server_render_metrics, sources[n++] = app->proc->server;
-    fns[n] = process_render_loop_metrics, sources[n++] = app->proc; /* {loop="N"} */
-    return n;
+    process_add_section(app->proc, fetch_render_metrics, app->fetches);
+    process_add_section(app->proc, blob_render_metrics, app->blobs);
+    process_add_section(app->proc, manifest_render_metrics, app->manifests);
+    process_add_section(app->proc, outage_render_metrics, app->outage);
+    if (app->policy != NULL) process_add_section(app->proc, policy_render_metrics, app->policy);
 }
 
-/* A worker's sections, rendered on its own thread when loop 0 gathers them. */
-static void app_render(struct process *p, struct textbuf *out)
-{
-    metrics_render_fn fns[LOOP_SECTIONS];
-    const void *sources[LOOP_SECTIONS];
-    struct app *app = p->ud;
-    if (app == NULL || p->server == NULL) return;
-    size_t n = loop_sections(app, fns, sources);
-    for (size_t i = 0; i < n; i++)
-        fns[i](sources[i], out);
-}
-
-/* content_cache_loops: how many loops serve (workers). */
-static void render_loops(const void *proc, struct textbuf *out)
-{
-    metrics_value(out, "content_cache_loops", "gauge",
-                  "Event loops serving, each on its own thread (workers).",
-                  process_loops((const struct process *)proc));
-}
-
-/* What the debug server shows: the process-wide figures (upstreams, request counters),
- * each loop's own summed over the loops, the store's (loop 0 keeps them), and the two
- * health checks. */
+/* What the debug server shows beyond process_debug's: the store's figures (loop 0 keeps
+ * them) and the two health checks. */
 static void debug_wire(struct app *app)
 {
     struct debug *d = app->proc->debug;
-    metrics_render_fn fns[LOOP_SECTIONS];
-    const void *sources[LOOP_SECTIONS];
-    debug_add_section(d, render_loops, app->proc);
-    debug_add_section(d, chain_render_metrics, NULL);
-    size_t n = loop_sections(app, fns, sources);
-    for (size_t i = 0; i < n; i++)
-        debug_add_section(d, fns[i], sources[i]);
     debug_add_section(d, budget_render_metrics, app->budget);
     if (app->expiry != NULL) debug_add_section(d, expire_render_metrics, app->expiry);
     debug_add_check(d, "storage", store_health_check, app->store);
     debug_add_check(d, "upstream", upstreams_health_check, app->upstreams);
-    debug_set_gather(d, process_gather, app->proc);
 }
 
 /* The server has drained: what keeps the loop running is stopped. */
@@ -791,6 +755,7 @@ static int app_build(struct process *p, void *ud)
         }
     }
 
+    add_loop_sections(app);
     rc = process_listen(p, router_handle, app->router, process_format_access, process_observe,
                         app->policy);
     if (rc != 0) return rc == -EINVAL ? EXIT_CONFIG : EXIT_RUNTIME;
@@ -886,8 +851,7 @@ static int run_serve(const char *path)
             return EXIT_RUNTIME;
         }
     }
-    struct process_mode mode = {
-        .build = app_build, .finish = app_finish, .render = app_render, .ud = &sh};
+    struct process_mode mode = {.build = app_build, .finish = app_finish, .ud = &sh};
     rc = process_start_workers(&proc, loops, &mode);
     if (rc != 0) return rc;
     log_msg(LOG_INFO, "storage root %s", sh.cfg->storage_root);

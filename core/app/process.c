@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "net/chain.h"
 #include "net/tls.h"
 
 #define PROCESS_MAX_EXTRA_HEADERS 64
@@ -119,10 +120,21 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
         uv_run(p->loop, UV_RUN_DEFAULT); /* the listener's close */
         return rc;
     }
+    /* The server's figures and this loop's labelled ones, after the mode's sections. */
+    process_add_section(p, http_server_render_metrics, p->server);
+    process_add_section(p, process_render_loop_metrics, p);
     if (p->index == 0)
         log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,
                 http_server_address(p->server), cfg->http_tls_certificate ? "https" : "http");
     return 0;
+}
+
+/* content_cache_loops: how many loops serve (workers). */
+static void render_loops(const void *proc, struct textbuf *out)
+{
+    metrics_value(out, "content_cache_loops", "gauge",
+                  "Event loops serving, each on its own thread (workers).",
+                  process_loops((const struct process *)proc));
 }
 
 int process_debug(struct process *p)
@@ -135,7 +147,23 @@ int process_debug(struct process *p)
         return rc;
     }
     log_msg(LOG_INFO, "debug server (/metrics, /debug/health) on %s", debug_address(p->debug));
+    debug_add_section(p->debug, render_loops, p);
+    debug_add_section(p->debug, chain_render_metrics, NULL);
+    for (size_t i = 0; i < p->n_sections; i++)
+        debug_add_section(p->debug, p->sections[i], p->section_sources[i]);
+    debug_set_gather(p->debug, process_gather, p);
     return 0;
+}
+
+void process_add_section(struct process *p, metrics_render_fn fn, const void *source)
+{
+    if (p->n_sections == PROCESS_LOOP_SECTIONS) {
+        log_msg(LOG_ERROR, "metrics: more than %d sections on loop %u; one is left out",
+                PROCESS_LOOP_SECTIONS, p->index);
+        return;
+    }
+    p->sections[p->n_sections] = fn;
+    p->section_sources[p->n_sections++] = source;
 }
 
 size_t process_format_access(void *policy_engine, const struct log_access_entry *e, char *buf,
@@ -264,10 +292,11 @@ static void gather_answer(struct process *p, bool render)
     struct process_group *g = p->group;
     g->text_len[p->index] = 0;
     if (render && g->texts[p->index] == NULL) g->texts[p->index] = malloc(PROCESS_METRICS_MAX);
-    if (render && g->texts[p->index] != NULL && g->mode.render != NULL) {
+    if (render && g->texts[p->index] != NULL && p->server != NULL) {
         struct textbuf out;
         textbuf_init(&out, g->texts[p->index], PROCESS_METRICS_MAX);
-        g->mode.render(p, &out);
+        for (size_t i = 0; i < p->n_sections; i++)
+            p->sections[i](p->section_sources[i], &out);
         g->text_len[p->index] = out.len;
     }
     if (atomic_fetch_sub(&g->gather_pending, 1) == 1) uv_async_send(&g->gathered);

@@ -50,6 +50,8 @@ enum process_exit {
 
 struct process_group;
 
+#define PROCESS_LOOP_SECTIONS 12 /* sections of /metrics a loop keeps for itself */
+
 struct process {
     uv_loop_t *loop;
     unsigned index;              /* 0: the main thread's loop; 1..: a worker's */
@@ -79,6 +81,10 @@ struct process {
     _Atomic unsigned asked;
     int start_rc;
     bool control_closed; /* under the group's lock: loop 0 asks no more */
+    /* This loop's own sections of /metrics (process_add_section). */
+    metrics_render_fn sections[PROCESS_LOOP_SECTIONS];
+    const void *section_sources[PROCESS_LOOP_SECTIONS];
+    size_t n_sections;
 };
 
 /*
@@ -90,8 +96,6 @@ struct process {
 struct process_mode {
     int (*build)(struct process *p, void *ud);
     void (*finish)(struct process *p);
-    /* The loop's own sections of /metrics (what is not process-wide), into out. */
-    void (*render)(struct process *p, struct textbuf *out);
     void *ud;
 };
 
@@ -107,9 +111,18 @@ void process_init(struct process *p, const struct config *cfg);
 int process_start_workers(struct process *p, unsigned n, const struct process_mode *mode);
 
 /*
+ * A section of /metrics that is this loop's own (not the process's): rendered by loop 0's
+ * debug server for loop 0, and by each worker on its own thread when loop 0 gathers them,
+ * the loops' series summed (labelled ones kept apart: metrics_sum_into). Added while the
+ * loop is built, before process_listen (which adds the server's sections after the
+ * mode's); at most PROCESS_LOOP_SECTIONS (more are left out, logged).
+ */
+void process_add_section(struct process *p, metrics_render_fn fn, const void *source);
+
+/*
  * A gather of debug.h (ud: loop 0's struct process): every worker renders its sections
- * (mode->render) on its own thread; done gets their sum on loop 0. Without workers, or
- * while another gather is out, done gets nothing at once.
+ * (process_add_section) on its own thread; done gets their sum on loop 0. Without
+ * workers, or while another gather is out, done gets nothing at once.
  */
 void process_gather(void *ud, debug_gathered_fn done, void *arg);
 
@@ -137,8 +150,10 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
                    void (*on_complete)(void *ud, const struct log_access_entry *e),
                    void *format_ud);
 
-/* Starts the debug server when http.debug.addr is set (p->debug). Returns 0 or the error,
- * logged. */
+/* Starts the debug server when http.debug.addr is set (p->debug), with the sections both
+ * modes show: content_cache_loops, the upstreams' state (the process's), and loop 0's own
+ * sections summed with the workers' (process_add_section, process_gather); the mode adds
+ * its process-wide sections and health checks after. Returns 0 or the error, logged. */
 int process_debug(struct process *p);
 
 /*
