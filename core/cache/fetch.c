@@ -912,6 +912,21 @@ static bool served_push(struct fetch *f)
     return true;
 }
 
+/* The file followed so far stops being followed: kept for the check of what was sent from
+ * it (served_push), and this fetch's own file fills from 0. False when the fetch failed
+ * instead (too many files kept). */
+static bool leave_followed(struct fetch *f)
+{
+    if (!served_push(f)) {
+        fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
+                   SERVED_FROM_MAX);
+        return false;
+    }
+    f->remote = false;
+    f->written = 0;
+    return true;
+}
+
 /* The replica we followed stopped (dead, silent, or its file is gone): take the lock
  * again, which fetches it ourselves or follows whoever was faster to take over.
  * Followers keep their offsets: the new file fills from 0, and what they were sent
@@ -922,13 +937,7 @@ static void takeover(struct fetch *f, const char *why)
     log_msg(LOG_WARN, "the replica fetching blob sha256:%s %s: taking the fetch over", f->hex, why);
     board_drop(f); /* this loop's followers on other loops read the old file: they stop */
     poll_stop(f);
-    if (!served_push(f)) {
-        fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
-                   SERVED_FROM_MAX);
-        return;
-    }
-    f->remote = false;
-    f->written = 0;
+    if (!leave_followed(f)) return;
     queue_open(f);
 }
 
@@ -946,13 +955,7 @@ static void refused_elsewhere(struct fetch *f)
             "blob sha256:%s is not to be stored (decided on the loop that fetched it): "
             "fetching it again for this loop's clients, without storing",
             f->hex);
-    if (!served_push(f)) {
-        fetch_fail(f, "taken over %d times: the bytes already sent cannot be accounted for",
-                   SERVED_FROM_MAX);
-        return;
-    }
-    f->remote = false;
-    f->written = 0;
+    if (!leave_followed(f)) return;
     f->refused = true;
     disk_fail(f, 0);
     start_upstream(f);

@@ -471,6 +471,19 @@ def _upstream_entry(up):
 # ($CC_TEST_WORKERS=1: the suite as before workers existed).
 DEFAULT_WORKERS = int(os.environ.get("CC_TEST_WORKERS", "2"))
 
+# A drop-in evict policy (a file of a policydir): the largest blobs first, whatever their
+# pull times (unlike the default), until what is asked for is freed.
+LARGEST_FIRST_EVICT = ("return { evict = function(cands, need)\n"
+                       "  local order, out, freed = {}, {}, 0\n"
+                       "  for i, c in ipairs(cands) do order[i] = c end\n"
+                       "  table.sort(order, function(a, b) return a.size > b.size end)\n"
+                       "  for _, c in ipairs(order) do\n"
+                       "    if freed >= need then break end\n"
+                       "    out[#out + 1] = c.digest; freed = freed + c.size\n"
+                       "  end\n"
+                       "  return out\n"
+                       "end }\n")
+
 
 class Cache:
     """The content-cache binary with a config of the test's own.

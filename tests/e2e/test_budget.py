@@ -129,16 +129,7 @@ def body(run):
         sized.append((origin.upload_blob(REPO, data), data))
     pol = work.sub("policies", mkdir=True)
     with open(os.path.join(pol, "50-largest-first.lua"), "w") as f:
-        f.write("return { evict = function(cands, need)\n"
-                "  local order, out, freed = {}, {}, 0\n"
-                "  for i, c in ipairs(cands) do order[i] = c end\n"
-                "  table.sort(order, function(a, b) return a.size > b.size end)\n"
-                "  for _, c in ipairs(order) do\n"
-                "    if freed >= need then break end\n"
-                "    out[#out + 1] = c.digest; freed = freed + c.size\n"
-                "  end\n"
-                "  return out\n"
-                "end }\n")
+        f.write(h.LARGEST_FIRST_EVICT)
     custom = run.cache([origin], name="largest-first",
                        extra_downstream_yaml=budget_yaml + "        policydir: %s\n" % pol)
 

@@ -115,16 +115,7 @@ def body(run):
     # --- Eviction: loop 0's budget, a reader on loop 1 ----------------------------------
     pol = work.sub("largest-first", mkdir=True)
     with open(os.path.join(pol, "50-largest-first.lua"), "w") as f:
-        f.write("return { evict = function(cands, need)\n"
-                "  local order, out, freed = {}, {}, 0\n"
-                "  for i, c in ipairs(cands) do order[i] = c end\n"
-                "  table.sort(order, function(a, b) return a.size > b.size end)\n"
-                "  for _, c in ipairs(order) do\n"
-                "    if freed >= need then break end\n"
-                "    out[#out + 1] = c.digest; freed = freed + c.size\n"
-                "  end\n"
-                "  return out\n"
-                "end }\n")
+        f.write(h.LARGEST_FIRST_EVICT)
     # 24 MiB, evicting above 90% (21.6 MiB) down to 60%: the big blob and three small
     # ones (22 MiB) pass the mark; largest first, the big one alone would do.
     budget = ("        diskbudget:\n          maxsize: %d\n          highwatermark: 90\n"
