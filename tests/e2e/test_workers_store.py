@@ -170,8 +170,9 @@ def body(run):
     with open(path, "wb") as f:
         f.write(refused)
     # Its HEAD tells no length, so the admit policy decides at the GET's answer, which
-    # comes 2 s late: the loops that asked meanwhile follow the first one's fetch.
-    fake.set_blob(d_refused, path, head="unsized", delay=2.0)
+    # comes 2 s late (6 s on a sanitizer build, whose 12 clients take longer to arrive):
+    # the loops that asked meanwhile follow the first one's fetch.
+    fake.set_blob(d_refused, path, head="unsized", delay=2.0 * h.SCALE)
     admit_dir = work.sub("admit", mkdir=True)
     with open(os.path.join(admit_dir, "80-admit-small.lua"), "w") as f:
         f.write("return { admit = function(blob, req)\n"
