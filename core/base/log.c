@@ -13,6 +13,7 @@
 #include "base/log.h"
 
 #include <errno.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -219,18 +220,60 @@ int log_append_kv(char *buf, size_t cap, size_t *pos, const char *key, const cha
 
 /* ---- time and levels ------------------------------------------------------------------- */
 
+/* Writes v as exactly `width` decimal digits (zero-padded, the high digits cut). */
+static void put_digits(char *at, unsigned long long v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) {
+        at[i] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
 void log_format_time_at(char *buf, size_t len, const struct timespec *ts)
 {
-    struct tm tm;
+    /* "2006-01-02T15:04:05" of the last second formatted by this thread: a loop logs
+     * many lines a second (the access log), and gmtime_r is the dear part. */
+    static _Thread_local time_t cached_sec = -1;
+    static _Thread_local char cached[20];
     time_t sec = ts->tv_sec;
 
     if (len == 0) return;
-    if (gmtime_r(&sec, &tm) == NULL) {
-        snprintf(buf, len, "1970-01-01T00:00:00.000Z");
-        return;
+    if (sec != cached_sec) {
+        struct tm tm;
+        if (gmtime_r(&sec, &tm) == NULL) {
+            snprintf(buf, len, "1970-01-01T00:00:00.000Z");
+            return;
+        }
+        if (tm.tm_year + 1900 < 0 || tm.tm_year + 1900 > 9999) { /* not four digits */
+            snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     (int)(ts->tv_nsec / 1000000));
+            return;
+        }
+        char *c = cached;
+        put_digits(c, (unsigned long long)(tm.tm_year + 1900), 4);
+        c[4] = '-';
+        put_digits(c + 5, (unsigned long long)(tm.tm_mon + 1), 2);
+        c[7] = '-';
+        put_digits(c + 8, (unsigned long long)tm.tm_mday, 2);
+        c[10] = 'T';
+        put_digits(c + 11, (unsigned long long)tm.tm_hour, 2);
+        c[13] = ':';
+        put_digits(c + 14, (unsigned long long)tm.tm_min, 2);
+        c[16] = ':';
+        put_digits(c + 17, (unsigned long long)tm.tm_sec, 2);
+        c[19] = '\0';
+        cached_sec = sec;
     }
-    snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ts->tv_nsec / 1000000));
+    char out[25];
+    memcpy(out, cached, 19);
+    out[19] = '.';
+    put_digits(out + 20, (unsigned long long)(ts->tv_nsec / 1000000) % 1000, 3);
+    out[23] = 'Z';
+    out[24] = '\0';
+    size_t n = len - 1 < sizeof(out) - 1 ? len - 1 : sizeof(out) - 1;
+    memcpy(buf, out, n);
+    buf[n] = '\0';
 }
 
 void log_format_time(char *buf, size_t len)
@@ -448,6 +491,24 @@ void log_access_line(const char *text, size_t len)
 /* ---- the access line ------------------------------------------------------------------- */
 
 /* Go's way of writing a duration below an hour: "1.234ms", "2.5s", "0ms". */
+/* Decimal digits of v into buf (at least 21 bytes, NUL-terminated); returns how many. */
+static size_t format_u64(unsigned long long v, char *buf)
+{
+    char rev[21];
+    size_t n = 0;
+    do {
+        rev[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        buf[i] = rev[n - 1 - i];
+    buf[n] = '\0';
+    return n;
+}
+
+/* "0.1214ms", "2.5s": six decimals at most, trailing zeros cut, as printf's %.6f rounds.
+ * In integers where that is sure: printf's %f costs more than the rest of an access-log
+ * line. */
 static void format_duration_ms(double ms, char *buf, size_t len)
 {
     const char *unit = "ms";
@@ -455,6 +516,28 @@ static void format_duration_ms(double ms, char *buf, size_t len)
     if (ms >= 1000) {
         ms /= 1000;
         unit = "s";
+    }
+    if (len >= 48 && ms < 1e9) {
+        /* q rounds ms to six decimals as %.6f does only when the exact ms * 10^6 lies
+         * strictly between q - 0.5 and q + 0.5 (fma sees the exact product); a tie, or
+         * a product too close to call, goes to printf below. */
+        unsigned long long q = (unsigned long long)(ms * 1e6 + 0.5);
+        if (fma(ms, 1e6, 0.5 - (double)q) > 0 && fma(ms, 1e6, -0.5 - (double)q) < 0) {
+            size_t n = format_u64(q / 1000000, buf);
+            unsigned long long frac = q % 1000000;
+            if (frac != 0) {
+                int width = 6;
+                while (frac % 10 == 0) {
+                    frac /= 10;
+                    width--;
+                }
+                buf[n++] = '.';
+                put_digits(buf + n, frac, width);
+                n += (size_t)width;
+            }
+            memcpy(buf + n, unit, strlen(unit) + 1);
+            return;
+        }
     }
     int n = snprintf(buf, len, "%.6f", ms);
     while (n > 0 && buf[n - 1] == '0')
@@ -497,7 +580,7 @@ static void access_str(struct access_writer *w, const char *key, const char *val
 static void access_num(struct access_writer *w, const char *key, unsigned long long v)
 {
     char num[32];
-    int n = snprintf(num, sizeof num, "%llu", v);
+    size_t n = format_u64(v, num);
     if (w->json) {
         put_raw(w->buf, w->cap, &w->pos, ",\"", 2);
         put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
@@ -507,7 +590,7 @@ static void access_num(struct access_writer *w, const char *key, unsigned long l
         put_raw(w->buf, w->cap, &w->pos, key, strlen(key));
         put_raw(w->buf, w->cap, &w->pos, "=", 1);
     }
-    put_raw(w->buf, w->cap, &w->pos, num, (size_t)n);
+    put_raw(w->buf, w->cap, &w->pos, num, n);
 }
 
 size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap)
@@ -521,17 +604,16 @@ size_t log_format_access(const struct log_access_entry *e, char *buf, size_t cap
     } else {
         log_format_time(now, sizeof now);
     }
-    if (w.json) {
-        w.pos = (size_t)snprintf(buf, w.cap,
-                                 "{\"time\":\"%s\",\"level\":\"info\",\"msg\":\"response "
-                                 "completed\"",
-                                 now);
-        put_raw(buf, w.cap, &w.pos, fields_json, fields_json_len);
-    } else {
-        w.pos =
-            (size_t)snprintf(buf, w.cap, "time=\"%s\" level=info msg=\"response completed\"", now);
-        put_raw(buf, w.cap, &w.pos, fields_text, fields_text_len);
-    }
+    static const char json_head[] = "{\"time\":\"", text_head[] = "time=\"";
+    static const char json_rest[] = "\",\"level\":\"info\",\"msg\":\"response completed\"";
+    static const char text_rest[] = "\" level=info msg=\"response completed\"";
+    /* The head in pieces (no printf); a buffer too small for it gets what fits of it. */
+    const char *head = w.json ? json_head : text_head, *rest = w.json ? json_rest : text_rest;
+    if (put_raw(buf, w.cap, &w.pos, head, strlen(head)) &&
+        put_raw(buf, w.cap, &w.pos, now, strlen(now)) &&
+        put_raw(buf, w.cap, &w.pos, rest, strlen(rest)))
+        put_raw(buf, w.cap, &w.pos, w.json ? fields_json : fields_text,
+                w.json ? fields_json_len : fields_text_len);
     if (w.pos > w.cap) w.pos = w.cap;
     access_str(&w, "http.request.method", e->method);
     access_str(&w, "http.request.uri", e->uri);

@@ -379,6 +379,17 @@ static void test_time_format(void)
 
     log_format_time_at(buf, sizeof buf, &ts);
     CHECK_STR(buf, "2026-11-27T23:00:00.123Z");
+    /* The date and time of a second are kept for the next line: the same second with
+     * other milliseconds, the next second, a short buffer (cut, as snprintf cuts). */
+    ts.tv_nsec = 7000000;
+    log_format_time_at(buf, sizeof buf, &ts);
+    CHECK_STR(buf, "2026-11-27T23:00:00.007Z");
+    ts.tv_sec += 86399;
+    ts.tv_nsec = 999999999;
+    log_format_time_at(buf, sizeof buf, &ts);
+    CHECK_STR(buf, "2026-11-28T22:59:59.999Z");
+    log_format_time_at(buf, 11, &ts);
+    CHECK_STR(buf, "2026-11-28");
     ts.tv_sec = 0;
     ts.tv_nsec = 0;
     log_format_time_at(buf, sizeof buf, &ts);

@@ -14,6 +14,7 @@
 #include <limits.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <signal.h>
@@ -374,7 +375,11 @@ static void test_format_log_escapes_as_core_log(void)
 static void test_format_log_c_twin(void)
 {
     static const char *const formatters[] = {"text", "json"};
-    static const double durations[] = {1.234, 0, 999.9999, 1000, 2500.5, 73000.25, -1};
+    /* With the C side's integer rounding put to the test: halfway cases (2.0000005 ms,
+     * 1234.5675 ms), what rounds to nothing or to the next unit, a NaN. */
+    static const double durations[] = {1.234,       0,         999.9999,     1000, 2500.5,
+                                       73000.25,    2.0000005, 1234.5675,    5e-7, 0.1214,
+                                       999.9999996, 1e10,      1000.0000005, NAN,  -1};
     for (size_t f = 0; f < 2; f++) {
         struct config cfg = test_config();
         cfg.log_formatter = (char *)formatters[f];
@@ -386,14 +391,16 @@ static void test_format_log_c_twin(void)
         struct log_access_entry e = sample_entry();
         char lua[LOG_LINE_MAX], c[LOG_LINE_MAX];
         size_t n;
-        for (size_t i = 0; i < sizeof hostile / sizeof hostile[0]; i++) {
-            e.user_agent = hostile[i];
-            e.error = i % 2 ? hostile[i] : NULL;
+        const size_t n_hostile = sizeof hostile / sizeof hostile[0];
+        const size_t n_durations = sizeof durations / sizeof durations[0];
+        for (size_t i = 0; i < n_hostile || i < n_durations; i++) {
+            e.user_agent = hostile[i % n_hostile];
+            e.error = i % 2 ? hostile[i % n_hostile] : NULL;
             e.incomplete = i % 5 == 1;
             e.stale = i % 3 == 2;
             e.stale_age_s = (uint64_t)i * 7919;
             e.cache = i % 3 ? "miss" : NULL;
-            e.duration_ms = durations[i % (sizeof durations / sizeof durations[0])];
+            e.duration_ms = durations[i % n_durations];
             e.status = i % 4 ? 200 : 0;
             e.time = 1795820400.0 + (double)i * 0.0317;
             CHECK_INT(policy_format_log(pe, &e, lua, sizeof lua, &n), 0);
