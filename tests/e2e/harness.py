@@ -591,13 +591,26 @@ class Cache:
         if not binary_available():
             raise ServerStartError("no content-cache binary at %s (set CC_BINARY)" % self.binary)
 
+        # With several loops, loop 0 listens before the others: connections made before
+        # they do all go to loop 0. Ready is when the log says every loop serves.
+        loops = self.workers or len(os.sched_getaffinity(0))
+        marker = "loops serve on"
+        seen = [0]
+
+        def served_lines():
+            return sum(marker in line for line in read_lines(self.stderr_path))
+
         def make(port):
             self.write_config(port)
+            seen[0] = served_lines()
             return Proc(self.name, [self.binary, self.config_path], self.stdout_path,
                         self.stderr_path, env=self.env())
 
         def ready(port, proc):
-            return port_open(port)
+            if not port_open(port):
+                return False
+            return loops <= 1 or self.log_level not in ("info", "debug") or \
+                served_lines() > seen[0]
 
         self.port, self.proc = _start_server(make, ready, self.name)
         log("%s: content-cache pid %d on %s" % (self.name, self.proc.pid, self.url))
