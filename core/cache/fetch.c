@@ -1232,6 +1232,10 @@ static void disk_fail(struct fetch *f, int err)
      * spool, which from now on waits for the followers. */
     unlink_tmp(f);
     lock_release(f);
+    /* The spool's bound changes meaning: what is hashed and read goes now, and the
+     * upstream, maybe paused for the disk, goes on. Nothing else may come to do it: the
+     * hash and every follower may be waiting for the upstream already. */
+    spool_trim(f);
     wake(f);
     fetch_unref(f);
 }

@@ -14,9 +14,11 @@
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "base/digest.h"
@@ -634,6 +636,78 @@ static void test_disk_fails_mid_fetch(void)
     env_finish(&e);
 }
 
+/* A write past RLIMIT_FSIZE raises SIGXFSZ in the thread that made it (a work item on the
+ * thread pool): this handler holds that write there until the test lets it fail. */
+static atomic_bool write_held, write_release;
+
+static void hold_write(int sig)
+{
+    (void)sig;
+    atomic_store(&write_held, true);
+    while (!atomic_load(&write_release)) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+}
+
+static bool write_is_held(void *arg)
+{
+    (void)arg;
+    return atomic_load(&write_held);
+}
+
+/*
+ * The disk fails only once the spool is full: the write that fails is held on the pool
+ * while the upstream fills the spool and is paused, the hash catches up and the reader
+ * reads all there is. From then on nothing moves by itself (no hash to finish, no reader
+ * to move on), so the failure itself must free what is hashed and read and let the
+ * upstream go on; else the reader waits for ever (the e2e full-disk check under ASan).
+ */
+static void test_disk_fails_with_spool_full(void)
+{
+    struct env e;
+    struct reader r;
+    env_init(&e, BLOB_LARGE);
+    origin_script(&e.origin, 200, BODY_LENGTH, e.size);
+    struct rlimit old, small;
+    CHECK_INT(getrlimit(RLIMIT_FSIZE, &old), 0);
+    small = old;
+    small.rlim_cur = 256 * 1024;
+    struct sigaction hold = {.sa_handler = hold_write}, before;
+    sigemptyset(&hold.sa_mask);
+    atomic_store(&write_held, false);
+    atomic_store(&write_release, false);
+    CHECK_INT(sigaction(SIGXFSZ, &hold, &before), 0);
+    CHECK_INT(setrlimit(RLIMIT_FSIZE, &small), 0);
+    struct fetch *f = start_read(&e, &r, NULL, (int64_t)e.size, true);
+    CHECK(fakenet_run_until(&e.loop, write_is_held, NULL, WAIT_MS));
+    /* Nothing is written, so the spool holds all that came: the reader reads up to its
+     * 16 MiB bound and no further (the upstream is paused; this wait must run out, and
+     * gives the hash the time to catch up). */
+    struct progress full = {&r, 15u << 20};
+    CHECK(fakenet_run_until(&e.loop, reader_got, &full, WAIT_MS));
+    struct progress past_bound = {&r, 20u << 20};
+    CHECK(!fakenet_run_until(&e.loop, readable_past, &past_bound, 1000));
+    CHECK_INT(r.got, fetch_readable(f));
+    CHECK_INT(fetch_state(f), FETCH_RUNNING);
+    atomic_store(&write_release, true); /* the write fails (EFBIG): a pass-through */
+    CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
+    CHECK_INT(setrlimit(RLIMIT_FSIZE, &old), 0);
+    CHECK_INT(sigaction(SIGXFSZ, &before, NULL), 0);
+
+    CHECK_INT(fetch_state(f), FETCH_DONE);
+    CHECK_INT(r.got, e.size);
+    CHECK(!r.bad_bytes);
+    CHECK(!r.early_last);
+    CHECK_INT(r.from_window, e.size);
+    CHECK_INT(e.commits, 0);
+    CHECK_INT(stored_size(&e), -1);
+    check_no_leftovers(&e);
+    check_counts(&e, 1, 0, 0, 1);
+    fetch_unref(f);
+    env_finish(&e);
+}
+
 /* --- Clients that leave ---------------------------------------------------------------- */
 
 static bool origin_idle(void *arg)
@@ -779,6 +853,7 @@ int main(void)
     RUN(test_pass_through_without_storing);
     RUN(test_pass_through_window_waits_for_reader);
     RUN(test_disk_fails_mid_fetch);
+    RUN(test_disk_fails_with_spool_full);
     RUN(test_clients_leave);
     RUN(test_digest_mismatch);
     RUN(test_wrong_length);
