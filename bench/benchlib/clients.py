@@ -92,9 +92,11 @@ def curl_get(url, expect_size=None, insecure=False, timeout=300):
     return _parse_curl(r.stdout, url, expect_size)
 
 
-def curl_parallel(url, n, expect_size=None, insecure=False, timeout=600):
-    """n curl processes at once, each one GET to /dev/null. Returns {wall, results}: wall is
-    the time from starting the first to the end of the last (seconds)."""
+def curl_parallel(url, n, expect_size=None, insecure=False, timeout=600, tolerate=False):
+    """n curl processes at once, each one GET to /dev/null. Returns {wall, results, errors}:
+    wall is the time from starting the first to the end of the last (seconds). A failed
+    GET raises BenchError, unless tolerate (a peer's failures are figures, not the
+    benchmark's): then it is left out of results and said in errors."""
     procs = []
     start = time.monotonic()
     for _ in range(n):
@@ -105,12 +107,19 @@ def curl_parallel(url, n, expect_size=None, insecure=False, timeout=600):
         out, err = p.communicate(timeout=timeout)
         outputs.append((p.returncode, out, err))
     wall = time.monotonic() - start
-    results = []
+    results, errors = [], []
     for code, out, err in outputs:
-        if code != 0:
-            raise BenchError("curl %s: exit %d: %s" % (url, code, err.strip()))
-        results.append(_parse_curl(out, url, expect_size))
-    return {"wall": wall, "results": results}
+        try:
+            if code != 0:
+                raise BenchError("curl %s: exit %d: %s" % (url, code, err.strip()))
+            results.append(_parse_curl(out, url, expect_size))
+        except BenchError as e:
+            if not tolerate:
+                raise
+            errors.append(str(e))
+    if not results:
+        raise BenchError("curl %s: every one of %d GETs failed: %s" % (url, n, errors[0]))
+    return {"wall": wall, "results": results, "errors": errors}
 
 
 def tls_session(url):

@@ -410,6 +410,8 @@ def render(env, mode, results, args):
                        "cores, per round (a try beyond the round count is a round run again "
                        "because it was disturbed; a few percent is noise): %s."
                        % ", ".join(others))
+    for note in results.get("peer_failures", {}).get("notes", []):
+        t.notes.append("A peer's failures (counted, not the benchmark's): %s." % note)
     if "setup" in results:
         t.notes.append("Setup failed: %s" % results["setup"]["error"])
     if "interrupted" in results:
