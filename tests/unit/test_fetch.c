@@ -541,6 +541,20 @@ static void test_stored_meanwhile(void)
 
 /* --- Pass-through ----------------------------------------------------------------------- */
 
+/* A pass-through that ended: its reader got every byte from memory; nothing stored. */
+static void check_passed_through(struct env *e, struct reader *r, struct fetch *f)
+{
+    CHECK_INT(fetch_state(f), FETCH_DONE);
+    CHECK_INT(r->got, e->size);
+    CHECK_INT(r->from_window, e->size);
+    CHECK(!r->bad_bytes);
+    CHECK(!r->early_last);
+    CHECK_INT(e->commits, 0);
+    CHECK_INT(stored_size(e), -1);
+    check_no_leftovers(e);
+    check_counts(e, 1, 0, 0, 1);
+}
+
 /* store_it false: the bytes go from memory to the reader; nothing is stored. */
 static void test_pass_through_without_storing(void)
 {
@@ -554,15 +568,7 @@ static void test_pass_through_without_storing(void)
     CHECK_INT(fetch_manager_active(e.m), 1); /* but it runs (and a stop would fail it) */
     CHECK(fetch_in_memory(f, 0));
     CHECK(fakenet_run_until(&e.loop, reader_ended, &r, WAIT_MS));
-    CHECK_INT(fetch_state(f), FETCH_DONE);
-    CHECK_INT(r.got, e.size);
-    CHECK_INT(r.from_window, e.size);
-    CHECK(!r.bad_bytes);
-    CHECK(!r.early_last);
-    CHECK_INT(e.commits, 0);
-    CHECK_INT(stored_size(&e), -1);
-    check_no_leftovers(&e);
-    check_counts(&e, 1, 0, 0, 1);
+    check_passed_through(&e, &r, f);
     fetch_unref(f);
     env_finish(&e);
 }
@@ -695,15 +701,7 @@ static void test_disk_fails_with_spool_full(void)
     CHECK_INT(setrlimit(RLIMIT_FSIZE, &old), 0);
     CHECK_INT(sigaction(SIGXFSZ, &before, NULL), 0);
 
-    CHECK_INT(fetch_state(f), FETCH_DONE);
-    CHECK_INT(r.got, e.size);
-    CHECK(!r.bad_bytes);
-    CHECK(!r.early_last);
-    CHECK_INT(r.from_window, e.size);
-    CHECK_INT(e.commits, 0);
-    CHECK_INT(stored_size(&e), -1);
-    check_no_leftovers(&e);
-    check_counts(&e, 1, 0, 0, 1);
+    check_passed_through(&e, &r, f);
     fetch_unref(f);
     env_finish(&e);
 }
