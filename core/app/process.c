@@ -74,6 +74,14 @@ int process_pool(struct process *p, struct upstream_pool **out)
     return 0;
 }
 
+/* The server's section while it serves (a drained server is freed before loop 0's debug
+ * server stops, when other loops still drain). */
+static void render_server(const void *proc, struct textbuf *out)
+{
+    const struct process *p = proc;
+    if (p->server != NULL) http_server_render_metrics(p->server, out);
+}
+
 int process_listen(struct process *p, http_request_cb on_request, void *ud,
                    size_t (*format_access)(void *ud, const struct log_access_entry *e, char *buf,
                                            size_t cap),
@@ -121,7 +129,7 @@ int process_listen(struct process *p, http_request_cb on_request, void *ud,
         return rc;
     }
     /* The server's figures and this loop's labelled ones, after the mode's sections. */
-    process_add_section(p, http_server_render_metrics, p->server);
+    process_add_section(p, render_server, p);
     process_add_section(p, process_render_loop_metrics, p);
     if (p->index == 0)
         log_msg(LOG_INFO, "content-cache %s listening on %s (%s)", CC_VERSION,

@@ -524,9 +524,11 @@ static bool up_should_pause(const struct fetch *f)
 static void spool_trim(struct fetch *f)
 {
     uint64_t keep = f->hashed;
-    if (!f->disk_failed) {
+    /* (a write still on the pool reads its chunks, also once the disk has failed) */
+    if (!f->disk_failed || f->write_job.pending) {
         if (f->written < keep) keep = f->written;
-    } else {
+    }
+    if (f->disk_failed) {
         for (struct fetch_follower *fl = f->followers; fl != NULL; fl = fl->next)
             if (fl->offset < keep) keep = fl->offset;
     }
@@ -1324,6 +1326,8 @@ static void write_done(uv_work_t *w, int status)
     struct spool_job *j = w->data;
     struct fetch *f = j->f;
     j->pending = false;
+    /* A pass-through since this write left: its chunks may go now. */
+    if (f->state == FETCH_RUNNING && f->disk_failed) spool_trim(f);
     if (f->state == FETCH_RUNNING && !f->disk_failed) {
         if (status == UV_ECANCELED) j->err = -ECANCELED;
         if (j->err != 0) {
